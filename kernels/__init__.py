@@ -1,0 +1,1 @@
+"""Triton kernels of unimask, shipped inside the wheel as ``unimask.kernels``."""

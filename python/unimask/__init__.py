@@ -1,0 +1,43 @@
+"""unimask: a Rust data path and Triton attention for BERT / GPT / MASS / UNILM training.
+
+Public names are imported lazily, so ``import unimask`` is cheap (no torch until you use a
+torch-facing name). See the README for the tour.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from ._native import InternalError
+from ._native import __version__ as __version__
+
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    # attention
+    "unified_attention": "attention",
+    "reference_attention": "attention",
+    "dense_mask": "masks",
+    "BIDIRECTIONAL": "masks",
+    "LEFT_TO_RIGHT": "masks",
+    "RIGHT_TO_LEFT": "masks",
+    "SEQ2SEQ": "masks",
+    # corpus
+    "demo_corpus_path": "corpus",
+    "read_documents": "corpus",
+}
+
+__all__ = ["InternalError", "__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'unimask' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

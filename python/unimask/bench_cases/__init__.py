@@ -1,0 +1,13 @@
+"""The benchmark cases, one module per area of the library."""
+
+from __future__ import annotations
+
+from ..benchmarking import BenchCase
+from . import attention, collate, tokenizer
+
+__all__ = ["all_cases"]
+
+
+def all_cases() -> list[BenchCase]:
+    """Cases of every area: tokenizer, collators, attention."""
+    return [*tokenizer.cases(), *collate.cases(), *attention.cases()]

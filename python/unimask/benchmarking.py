@@ -1,0 +1,115 @@
+"""Same-run benchmarks of unimask against its reference libraries.
+
+A :class:`BenchCase` pairs a unimask callable with the reference callable that does the same
+work (HF ``tokenizers``, ``transformers``' collators, PyTorch SDPA ...). Both run in the same
+process on the same input, so the *ratio* is what is reported; absolute figures drift from
+machine to machine. The pytest-benchmark suites in ``bench/`` and ``unimask bench`` use the
+same cases from :func:`all_cases`.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+__all__ = ["BenchCase", "BenchResult", "all_cases", "time_callable", "run_case", "format_table"]
+
+
+@dataclass
+class BenchCase:
+    """One benchmark: unimask vs a reference doing the same ``work`` units of work per call.
+
+    ``setup(corpus_paths)`` returns ``(unimask_fn, reference_fn, work, unit)`` where ``work``
+    is the amount processed per call in ``unit`` (e.g. bytes, tokens); the functions take no
+    arguments. ``reference_fn`` may be ``None`` when the reference library is not installed;
+    the case then reports no ratio and says why in ``note``.
+    """
+
+    name: str
+    setup: Callable[[list[Path]], tuple[Callable[[], object], Callable[[], object] | None, float, str]]
+    group: str = "data"
+    note: str = ""
+
+
+@dataclass
+class BenchResult:
+    """Timings of one case: seconds per call (median of repeats)."""
+
+    name: str
+    unit: str
+    work: float
+    unimask_s: float
+    reference_s: float | None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def unimask_rate(self) -> float:
+        return self.work / self.unimask_s
+
+    @property
+    def reference_rate(self) -> float | None:
+        return None if self.reference_s is None else self.work / self.reference_s
+
+    @property
+    def ratio(self) -> float | None:
+        return None if self.reference_s is None else self.reference_s / self.unimask_s
+
+
+def time_callable(fn: Callable[[], object], min_time: float = 0.5, min_repeats: int = 3) -> float:
+    """Median seconds per call of ``fn`` after one warm-up call."""
+    fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < min_repeats or time.perf_counter() - start < min_time:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+        if len(times) >= 1000:
+            break
+    return statistics.median(times)
+
+
+def run_case(case: BenchCase, corpus: list[Path], min_time: float = 0.5) -> BenchResult:
+    """Set up and time one case (unimask and its reference, interleaved in the same run)."""
+    ours, ref, work, unit = case.setup(corpus)
+    t_ours = time_callable(ours, min_time)
+    t_ref = time_callable(ref, min_time) if ref is not None else None
+    return BenchResult(case.name, unit, work, t_ours, t_ref)
+
+
+def _human(rate: float) -> str:
+    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if rate >= div:
+            return f"{rate / div:.2f} {suffix}"
+    return f"{rate:.2f} "
+
+
+def format_table(results: list[BenchResult]) -> str:
+    """A plain-text table: case, unimask rate, reference rate, ratio."""
+    rows = [("benchmark", "unimask", "reference", "ratio")]
+    for r in results:
+        rows.append(
+            (
+                r.name,
+                f"{_human(r.unimask_rate)}{r.unit}/s",
+                "n/a" if r.reference_rate is None else f"{_human(r.reference_rate)}{r.unit}/s",
+                "n/a" if r.ratio is None else f"{r.ratio:.1f}x",
+            )
+        )
+    widths = [max(len(row[c]) for row in rows) for c in range(4)]
+    lines = []
+    for k, row in enumerate(rows):
+        lines.append("  ".join(cell.ljust(widths[c]) if c == 0 else cell.rjust(widths[c]) for c, cell in enumerate(row)))
+        if k == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def all_cases() -> list[BenchCase]:
+    """Every registered case, in display order (from :mod:`unimask.bench_cases`)."""
+    from .bench_cases import all_cases as _all  # noqa: PLC0415 - keeps import of this module light
+
+    return _all()

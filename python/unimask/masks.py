@@ -1,0 +1,126 @@
+"""The unified LM attention masks, described by three integers per sample.
+
+UNILM (Dong et al. 2019, arXiv 1905.03197, section 2.3) trains one Transformer under four
+self-attention masks. unimask never materialises an L x L mask on the fast path: a sample's
+mask is a function of ``(attn_mode, src_len, seq_len)``. This module is the single source of
+truth for that function; the Triton kernel implements the same predicate tile by tile and the
+tests check both against :func:`allowed`.
+
+For a valid query ``i < seq_len`` and key ``j < seq_len``:
+
+==================  =====  ================================================
+mode                value  query i may attend to key j when
+==================  =====  ================================================
+bidirectional       0      always
+left_to_right       1      ``j <= i``
+right_to_left       2      ``j >= i``
+seq2seq             3      ``j < src_len`` if ``i < src_len``, else ``j <= i``
+==================  =====  ================================================
+
+Queries ``i >= seq_len`` (padding) attend to nothing; their attention output is zero.
+"""
+
+from __future__ import annotations
+
+import torch
+
+BIDIRECTIONAL = 0
+LEFT_TO_RIGHT = 1
+RIGHT_TO_LEFT = 2
+SEQ2SEQ = 3
+
+#: Mode names in the order of their integer codes.
+MODE_NAMES = ("bidirectional", "left_to_right", "right_to_left", "seq2seq")
+
+__all__ = [
+    "BIDIRECTIONAL",
+    "LEFT_TO_RIGHT",
+    "RIGHT_TO_LEFT",
+    "SEQ2SEQ",
+    "MODE_NAMES",
+    "allowed",
+    "dense_mask",
+    "check_mask_args",
+]
+
+
+def allowed(mode: int, src_len: int, seq_len: int, i: int, j: int) -> bool:
+    """Whether query ``i`` may attend to key ``j`` for one sample (plain-Python definition)."""
+    if i >= seq_len or j >= seq_len:
+        return False
+    if mode == BIDIRECTIONAL:
+        return True
+    if mode == LEFT_TO_RIGHT:
+        return j <= i
+    if mode == RIGHT_TO_LEFT:
+        return j >= i
+    if mode == SEQ2SEQ:
+        return j < src_len if i < src_len else j <= i
+    raise ValueError(f"attn_mode must be 0..3 ({', '.join(MODE_NAMES)}), got {mode}")
+
+
+def check_mask_args(
+    attn_mode: torch.Tensor, src_len: torch.Tensor, seq_len: torch.Tensor, L: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Validate the per-sample integers and return them as int64 tensors on one device.
+
+    Raises ``ValueError``/``TypeError`` naming the offending value: modes outside 0..3,
+    ``seq_len`` outside ``[0, L]``, ``src_len`` outside ``[0, seq_len]``, shape mismatches.
+    """
+    tensors = []
+    for name, t in (("attn_mode", attn_mode), ("src_len", src_len), ("seq_len", seq_len)):
+        if not isinstance(t, torch.Tensor):
+            try:
+                t = torch.as_tensor(t)
+            except Exception as e:  # noqa: BLE001 - re-raised with the argument's name
+                raise TypeError(f"{name} must be a tensor of integers, got {type(t).__name__}") from e
+        if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+            raise TypeError(f"{name} must hold integers, got dtype {t.dtype}")
+        if t.dim() != 1:
+            raise ValueError(f"{name} must be 1-D [batch], got shape {tuple(t.shape)}")
+        tensors.append(t.to(torch.int64))
+    mode, src, seq = tensors
+    if not (mode.shape == src.shape == seq.shape):
+        raise ValueError(
+            f"attn_mode, src_len, seq_len must have the same length, got "
+            f"{mode.shape[0]}, {src.shape[0]}, {seq.shape[0]}"
+        )
+    src, seq = src.to(mode.device), seq.to(mode.device)
+    if mode.numel():
+        bad = (mode < 0) | (mode > 3)
+        if bad.any():
+            b = int(bad.nonzero()[0, 0])
+            raise ValueError(f"attn_mode[{b}] = {int(mode[b])} is not a mode (0..3: {', '.join(MODE_NAMES)})")
+        bad = (seq < 0) | (seq > L)
+        if bad.any():
+            b = int(bad.nonzero()[0, 0])
+            raise ValueError(f"seq_len[{b}] = {int(seq[b])} is outside [0, {L}]")
+        bad = (src < 0) | (src > seq)
+        if bad.any():
+            b = int(bad.nonzero()[0, 0])
+            raise ValueError(f"src_len[{b}] = {int(src[b])} is outside [0, seq_len[{b}] = {int(seq[b])}]")
+    return mode, src, seq
+
+
+def dense_mask(
+    attn_mode: torch.Tensor, src_len: torch.Tensor, seq_len: torch.Tensor, L: int
+) -> torch.Tensor:
+    """Boolean mask ``[B, L, L]``, ``True`` where query ``i`` (dim 1) may attend to key ``j`` (dim 2).
+
+    The O(B*L^2) form of the three integers, used by the reference attention path and tests.
+    """
+    mode, src, seq = check_mask_args(attn_mode, src_len, seq_len, L)
+    dev = mode.device
+    i = torch.arange(L, device=dev).view(1, L, 1)
+    j = torch.arange(L, device=dev).view(1, 1, L)
+    mode = mode.view(-1, 1, 1)
+    src = src.view(-1, 1, 1)
+    seq = seq.view(-1, 1, 1)
+    valid = (i < seq) & (j < seq)
+    s2s = torch.where(i < src, j < src, j <= i)
+    rule = torch.where(
+        mode == BIDIRECTIONAL,
+        torch.ones_like(s2s),
+        torch.where(mode == LEFT_TO_RIGHT, j <= i, torch.where(mode == RIGHT_TO_LEFT, j >= i, s2s)),
+    )
+    return valid & rule
