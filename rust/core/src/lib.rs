@@ -8,6 +8,24 @@
 pub mod error;
 pub mod pool;
 
+// tokenizer stages
+pub mod normalize;
+pub mod pretokenize;
+pub mod vocab;
+pub mod wordpiece;
+pub mod tokenizer;
+pub mod segment;
+pub mod shards;
+pub mod train;
+
+// pretraining data path
+pub mod rng;
+pub mod masking;
+pub mod spans;
+pub mod nsp;
+pub mod unilm;
+pub mod causal;
+
 pub use error::{Error, Result};
 
 /// Version of this crate, reported by `unimask info`.

@@ -1,0 +1,1 @@
+//! Causal LM (GPT) batches: shifted labels, document packing.

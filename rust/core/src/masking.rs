@@ -1,0 +1,1 @@
+//! BERT dynamic masking (80/10/10), whole-word and entity masking.

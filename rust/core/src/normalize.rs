@@ -1,0 +1,1 @@
+//! BERT text cleaning, CJK splitting, lowercasing and accent stripping.

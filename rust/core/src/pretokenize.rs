@@ -1,0 +1,1 @@
+//! Whitespace and punctuation splitting into words with character offsets.

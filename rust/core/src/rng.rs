@@ -1,0 +1,1 @@
+//! Counter-based random numbers: a pure function of (seed, epoch, sample index).

@@ -1,0 +1,1 @@
+//! Dictionary-based Chinese word segmentation for whole-word masking.

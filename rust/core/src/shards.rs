@@ -1,0 +1,1 @@
+//! Memory-mapped token shards on disk.

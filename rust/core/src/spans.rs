@@ -1,0 +1,1 @@
+//! Span sampling: UNILM n-grams, SpanBERT, MASS, T5 span corruption.

@@ -1,0 +1,1 @@
+//! The BERT tokenizer pipeline: normalize, pretokenize, wordpiece, special tokens, truncation.

@@ -1,0 +1,1 @@
+//! UNILM batches: per-sample attention modes, segments and masks.

@@ -1,0 +1,1 @@
+//! WordPiece vocabularies: loading, validation, special tokens.

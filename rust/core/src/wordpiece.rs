@@ -1,0 +1,1 @@
+//! WordPiece: greedy longest-match-first subword segmentation.
