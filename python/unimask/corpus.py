@@ -130,6 +130,11 @@ def _fortune_documents(path: Path, zh: bool) -> list[list[str]]:
     return docs
 
 
+def _cjk_ratio(doc: list[str]) -> float:
+    text = "".join(doc)
+    return sum("\u4e00" <= c <= "\u9fff" for c in text) / max(1, len(text))
+
+
 def _write(docs: list[list[str]], out: Path, budget: int) -> int:
     size = 0
     with open(out, "w", encoding="utf-8") as f:
@@ -157,7 +162,8 @@ def build_demo_corpus(out_dir: str | Path, en_budget: int = 1_200_000, zh_budget
             en.extend(_fortune_documents(p, zh=False))
     zh: list[list[str]] = []
     for name in ("tang300", "song100", "chinese"):
-        zh.extend(_fortune_documents(_FORTUNES / name, zh=True))
+        # keep entries that are mostly Chinese (the `chinese` file also quotes shell snippets)
+        zh.extend(d for d in _fortune_documents(_FORTUNES / name, zh=True) if _cjk_ratio(d) > 0.5)
     return {"en": _write(en, out / "demo_en.txt", en_budget), "zh": _write(zh, out / "demo_zh.txt", zh_budget)}
 
 
