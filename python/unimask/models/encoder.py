@@ -1,0 +1,327 @@
+"""The BERT-architecture Transformer encoder, with attention routed through ``unified_attention``.
+
+One file, readable top to bottom (nanoGPT style): embeddings, self-attention, block, encoder.
+The architecture is BERT's (Devlin et al. 2019; google-research/bert ``modeling.py``): token +
+absolute position + segment embeddings, LayerNorm, then post-LN blocks with exact-erf GELU. A
+pre-LN variant (``EncoderConfig.pre_layer_norm``) adds a final LayerNorm.
+
+Attention masks are never built here: every block passes the three per-sample integers
+``(attn_mode, src_len, seq_len)`` of :mod:`unimask.masks` to
+:func:`unimask.attention.unified_attention`, which runs the Triton kernel on CUDA and the
+PyTorch reference elsewhere. UNILM's four self-attention masks (arXiv 1905.03197 sec. 2.3) and
+plain padding are therefore the same code path.
+
+Padding contract: sequences are right-padded. An HF-style ``attention_mask`` (1 = token,
+0 = padding) is accepted and turned into ``seq_len``; a mask with holes or left padding cannot
+be expressed by ``seq_len`` and raises ``ValueError``. Outputs at padded positions are not
+meaningful (their attention output is zero) and must be ignored.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..attention import unified_attention
+from .config import EncoderConfig
+
+__all__ = [
+    "EncoderOutput",
+    "KVCache",
+    "Embeddings",
+    "SelfAttention",
+    "EncoderLayer",
+    "TransformerEncoder",
+    "resolve_mask_args",
+    "activation",
+]
+
+
+def activation(name: str):
+    """The activation of HF ``ACT2FN[name]``: ``gelu`` is the exact erf GELU."""
+    if name == "gelu":
+        return F.gelu
+    if name in ("gelu_new", "gelu_pytorch_tanh"):
+        return lambda x: F.gelu(x, approximate="tanh")
+    if name == "relu":
+        return F.relu
+    raise ValueError(f"unsupported hidden_act {name!r}")
+
+
+@dataclass
+class EncoderOutput:
+    """Output of :class:`TransformerEncoder` (field names as in HF ``BaseModelOutputWithPooling``)."""
+
+    last_hidden_state: torch.Tensor
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    pooler_output: torch.Tensor | None = None
+
+
+class KVCache:
+    """Per-layer key/value buffers ``[B, H, T, D]`` indexed by absolute position.
+
+    Decoding writes the keys/values of new tokens at their positions and lets a query at
+    position ``p`` see the cached keys ``j <= p``; a slot may be overwritten later (UNILM
+    decoding first writes a [MASK] there, then the real token). ``reorder`` follows beams.
+    """
+
+    def __init__(self, num_layers: int, batch: int, heads: int, max_len: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device) -> None:
+        shape = (batch, heads, max_len, head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.max_len = max_len
+
+    def reorder(self, index: torch.Tensor) -> None:
+        self.k = [t.index_select(0, index) for t in self.k]
+        self.v = [t.index_select(0, index) for t in self.v]
+
+
+def resolve_mask_args(
+    input_shape: tuple[int, int],
+    attention_mask: torch.Tensor | None,
+    attn_mode: torch.Tensor | None,
+    src_len: torch.Tensor | None,
+    seq_len: torch.Tensor | None,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Turn HF-style and collator-style mask inputs into ``(attn_mode, src_len, seq_len)``.
+
+    ``seq_len`` defaults to ``attention_mask.sum(1)`` (which must then be a right-padding mask)
+    or to the full length; ``attn_mode`` defaults to bidirectional; ``src_len`` to 0.
+    """
+    B, L = input_shape
+    if attention_mask is not None:
+        if tuple(attention_mask.shape) != (B, L):
+            raise ValueError(
+                f"attention_mask must have shape {(B, L)} like input_ids, got {tuple(attention_mask.shape)}"
+            )
+        am = attention_mask.to(device) != 0
+        n = am.sum(dim=1)
+        prefix = torch.arange(L, device=device)[None, :] < n[:, None]
+        bad = (am != prefix).any(dim=1)
+        if bad.any():
+            b = int(bad.nonzero()[0, 0])
+            raise ValueError(
+                f"attention_mask[{b}] is not a right-padding mask (it has holes or left padding): "
+                f"{attention_mask[b].tolist()}; unimask expects tokens first, padding last"
+            )
+        if seq_len is None:
+            seq_len = n
+        elif not torch.equal(seq_len.to(device=device, dtype=torch.int64), n):
+            raise ValueError(
+                f"seq_len {seq_len.tolist()} disagrees with attention_mask.sum(1) {n.tolist()}"
+            )
+    if seq_len is None:
+        seq_len = torch.full((B,), L, dtype=torch.int64, device=device)
+    if attn_mode is None:
+        attn_mode = torch.zeros(B, dtype=torch.int64, device=device)
+    if src_len is None:
+        src_len = torch.zeros(B, dtype=torch.int64, device=device)
+    return attn_mode.to(device), src_len.to(device), seq_len.to(device)
+
+
+class Embeddings(nn.Module):
+    """Token + absolute position + segment embeddings, then LayerNorm and dropout (BERT)."""
+
+    def __init__(self, config: EncoderConfig) -> None:
+        super().__init__()
+        self.word = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.position = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.ln = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.drop = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        B, L = input_ids.shape
+        if position_ids is None:
+            if L > self.position.num_embeddings:
+                raise ValueError(
+                    f"sequence length {L} exceeds max_position_embeddings {self.position.num_embeddings}"
+                )
+            position_ids = torch.arange(L, device=input_ids.device)[None, :]
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        x = self.word(input_ids) + self.position(position_ids) + self.token_type(token_type_ids)
+        return self.drop(self.ln(x))
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with a fused QKV projection; the mask is three integers/sample."""
+
+    def __init__(self, config: EncoderConfig) -> None:
+        super().__init__()
+        self.n_head = config.num_attention_heads
+        self.head_dim = config.head_dim
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
+        self.proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout_p = config.attention_probs_dropout_prob
+        self.backend = config.attention_backend
+
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        B, L, _ = t.shape
+        return t.view(B, L, self.n_head, self.head_dim).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, attn_mode: torch.Tensor, src_len: torch.Tensor,
+                seq_len: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor] | None = None,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
+        B, L, C = x.shape
+        q, k, v = (self._heads(t) for t in self.qkv(x).split(C, dim=2))
+        if positions is None:
+            if cache is not None:  # prefill: remember this prefix's keys/values
+                cache[0][:, :, :L] = k
+                cache[1][:, :, :L] = v
+            y = unified_attention(
+                q, k, v, attn_mode, src_len, seq_len,
+                dropout_p=self.dropout_p if self.training else 0.0, backend=self.backend,
+            )
+        else:  # incremental decoding: write new k/v at their positions, attend to j <= position
+            assert cache is not None
+            kc, vc = cache
+            idx = positions[:, None, :, None].expand(B, self.n_head, L, self.head_dim)
+            kc.scatter_(2, idx, k)
+            vc.scatter_(2, idx, v)
+            T = kc.shape[2]
+            visible = torch.arange(T, device=x.device)[None, None, :] <= positions[:, :, None]
+            scores = (q @ kc.transpose(-1, -2)) / math.sqrt(self.head_dim)
+            scores = scores.masked_fill(~visible[:, None], float("-inf"))
+            y = torch.softmax(scores, dim=-1) @ vc
+        return self.proj(y.transpose(1, 2).reshape(B, L, C))
+
+
+class EncoderLayer(nn.Module):
+    """One Transformer block: attention and GELU MLP, post-LN (BERT) or pre-LN."""
+
+    def __init__(self, config: EncoderConfig) -> None:
+        super().__init__()
+        self.attn = SelfAttention(config)
+        self.ln1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.ln2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.drop = nn.Dropout(config.hidden_dropout_prob)
+        self.act = activation(config.hidden_act)
+        self.pre_ln = config.pre_layer_norm
+
+    def forward(self, x: torch.Tensor, attn_mode: torch.Tensor, src_len: torch.Tensor,
+                seq_len: torch.Tensor, cache=None, positions=None) -> torch.Tensor:
+        if self.pre_ln:
+            x = x + self.drop(self.attn(self.ln1(x), attn_mode, src_len, seq_len, cache, positions))
+            return x + self.drop(self.fc2(self.act(self.fc1(self.ln2(x)))))
+        x = self.ln1(x + self.drop(self.attn(x, attn_mode, src_len, seq_len, cache, positions)))
+        return self.ln2(x + self.drop(self.fc2(self.act(self.fc1(x)))))
+
+
+class TransformerEncoder(nn.Module):
+    """BERT-compatible encoder: ``model(input_ids, ...) -> EncoderOutput``.
+
+    Loads and saves HF ``BertModel`` checkpoints (:meth:`from_pretrained`,
+    :meth:`save_pretrained`); the name mapping lives in :mod:`unimask.models.checkpoint`.
+    """
+
+    def __init__(self, config: EncoderConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embeddings = Embeddings(config)
+        self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.final_ln = (nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+                         if config.pre_layer_norm else None)
+        self.pooler = nn.Linear(config.hidden_size, config.hidden_size) if config.add_pooler else None
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """BERT init: N(0, initializer_range) weights, zero biases, LayerNorm (1, 0)."""
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, 0.0, std)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, 0.0, std)
+            if module.padding_idx is not None:
+                with torch.no_grad():
+                    module.weight[module.padding_idx].zero_()
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        attn_mode: torch.Tensor | None = None,
+        src_len: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+        *,
+        seq_len: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        cache_positions: torch.Tensor | None = None,
+    ) -> EncoderOutput:
+        """Encode a right-padded batch.
+
+        Args:
+            input_ids: int ``[B, L]``.
+            token_type_ids: int ``[B, L]`` segment ids (UNILM uses them to mark the LM mode).
+            attention_mask: HF-style ``[B, L]`` right-padding mask; gives ``seq_len``.
+            attn_mode, src_len, seq_len: int ``[B]`` per-sample mask of :mod:`unimask.masks`.
+            output_hidden_states: also return the embeddings output and every layer's output.
+            position_ids: ``[B, L]`` or ``[1, L]`` absolute positions (default ``0..L-1``).
+            cache, cache_positions: incremental decoding (see :class:`KVCache`); with
+                ``cache`` and no ``cache_positions`` the call is a prefill that fills the cache.
+        """
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
+        if cache_positions is not None:
+            position_ids = cache_positions
+        else:
+            attn_mode, src_len, seq_len = resolve_mask_args(
+                tuple(input_ids.shape), attention_mask, attn_mode, src_len, seq_len, input_ids.device
+            )
+        x = self.embeddings(input_ids, token_type_ids, position_ids)
+        hidden = [x] if output_hidden_states else None
+        for i, layer in enumerate(self.layers):
+            layer_cache = (cache.k[i], cache.v[i]) if cache is not None else None
+            x = layer(x, attn_mode, src_len, seq_len, layer_cache, cache_positions)
+            if hidden is not None:
+                hidden.append(x)
+        if self.final_ln is not None:
+            x = self.final_ln(x)
+            if hidden is not None:
+                hidden[-1] = x
+        pooled = torch.tanh(self.pooler(x[:, 0])) if self.pooler is not None else None
+        return EncoderOutput(x, tuple(hidden) if hidden is not None else None, pooled)
+
+    def new_cache(self, batch: int, max_len: int) -> KVCache:
+        """Empty :class:`KVCache` for ``batch`` sequences of up to ``max_len`` positions."""
+        if max_len > self.config.max_position_embeddings:
+            raise ValueError(
+                f"max_len {max_len} exceeds max_position_embeddings {self.config.max_position_embeddings}"
+            )
+        p = self.embeddings.word.weight
+        c = self.config
+        return KVCache(c.num_hidden_layers, batch, c.num_attention_heads, max_len, c.head_dim,
+                       p.dtype, p.device)
+
+    # -- checkpoints ----------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, config: EncoderConfig | None = None) -> TransformerEncoder:
+        """Load an HF BERT checkpoint directory (``config.json`` + ``model.safetensors`` or
+        ``pytorch_model.bin``). Accepts ``bert.``-prefixed names and legacy ``gamma``/``beta``;
+        ignores ``position_ids`` and heads (``cls.*``); raises ``ValueError`` listing any
+        missing encoder weight."""
+        from .checkpoint import load_encoder  # noqa: PLC0415
+
+        return load_encoder(cls, directory, config)
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write ``config.json`` + ``model.safetensors`` in HF ``BertModel`` format."""
+        from .checkpoint import save_encoder  # noqa: PLC0415
+
+        save_encoder(self, directory)
