@@ -1,0 +1,459 @@
+"""Fused masked attention for the four unified LM modes (Triton; forward and backward).
+
+The structure follows Triton's fused-attention tutorial (FlashAttention-2, Dao 2023,
+arXiv 2307.08691), as named stages:
+
+* :func:`_attn_fwd` -- forward with online softmax; saves the base-2 log-sum-exp per row.
+* :func:`_attn_bwd_preprocess` -- ``delta = rowsum(dO * O)``.
+* :func:`_attn_bwd_dkdv` -- one program per key/value tile (and kv head): dK, dV.
+* :func:`_attn_bwd_dq` -- one program per query tile: dQ.
+* :class:`_UnifiedAttention` -- the ``torch.autograd.Function`` that wires them; :func:`attention`.
+
+The mask is never materialised. Each sample's mask is the predicate of :mod:`unimask.masks`
+(UNILM, Dong et al. 2019, arXiv 1905.03197, section 2.3) on ``(attn_mode, src_len, seq_len)``:
+for a query ``i < seq_len`` and key ``j < seq_len``: bidirectional: always; left_to_right:
+``j <= i``; right_to_left: ``j >= i``; seq2seq: ``j < src_len`` if ``i < src_len`` else ``j <= i``.
+Per (query tile, key tile) pair the kernels classify from those integers alone:
+
+* fully masked -> never visited: the loop bounds come from :func:`_kv_range` / :func:`_q_range`
+  (left_to_right stops at the diagonal, right_to_left starts at it, seq2seq source rows stop at
+  ``src_len``, everything stops at ``seq_len``);
+* fully visible (:func:`_tile_is_full`) -> no mask arithmetic at all;
+* partial -> the element-wise predicate :func:`_tile_mask`.
+
+Padded queries (``i >= seq_len``) get an output row of exact zeros and LSE ``+inf``, so in the
+backward their probabilities are ``exp2(x - inf) = 0`` and nothing (no NaN, no inf) leaks into
+dQ, dK, dV. Every valid query sees at least itself, so every valid row has a positive softmax
+denominator.
+
+Loads are masked with ``seq_len`` (which also covers the ``L`` boundary), so the content of
+padded positions never matters. Grouped-query attention: query head ``h`` reads kv head
+``h // (H // H_kv)``; the dK/dV program of a kv head loops over its group of query heads, so no
+atomics are needed and results are deterministic.
+
+Under ``TRITON_INTERPRET=1`` (read by Triton when a kernel is *decorated*, i.e. when this
+module is imported) the kernels are plain functions with one fixed small tile config; on a GPU
+they are autotuned over Hopper-friendly configs keyed on the head dim and a power-of-two bucket
+of ``L`` (set ``UNIMASK_ATTN_AUTOTUNE=0`` to use the first config only).
+
+Packed rows (several documents per row, each with its own mode, given as ``cu_seqlens``) are
+designed in but not implemented: see ``docs/attention.md``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["attention", "INTERPRET", "fwd_configs", "bwd_dkdv_configs", "bwd_dq_configs"]
+
+#: Whether Triton decorated these kernels for its CPU interpreter (``TRITON_INTERPRET=1`` at import).
+INTERPRET: bool = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+_LOG2E = 1.4426950408889634
+
+
+# --------------------------------------------------------------------------------------------
+# autotune configs
+# --------------------------------------------------------------------------------------------
+def _cfg(bm: int, bn: int, warps: int, stages: int) -> triton.Config:
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=warps, num_stages=stages)
+
+
+def _configs(full: list[tuple[int, int, int, int]]) -> list[triton.Config]:
+    if INTERPRET:
+        # The interpreter runs tiles as numpy ops: one small fixed config, no autotuning.
+        return [_cfg(16, 16, 1, 1)]
+    if os.environ.get("UNIMASK_ATTN_AUTOTUNE", "1") == "0":
+        full = full[:1]
+    return [_cfg(*c) for c in full]
+
+
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) -- first entry is the no-autotune default.
+fwd_configs = _configs(
+    [(128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 8, 4), (64, 64, 4, 4), (64, 128, 4, 3), (128, 128, 8, 2)]
+)
+# dK/dV: BLOCK_N is the kv tile the program owns, BLOCK_M the query tiles it streams over.
+bwd_dkdv_configs = _configs([(64, 128, 8, 3), (32, 128, 4, 3), (64, 64, 4, 3), (64, 128, 4, 2), (128, 128, 8, 2)])
+# dQ: BLOCK_M is the query tile the program owns, BLOCK_N the kv tiles it streams over.
+bwd_dq_configs = _configs([(128, 64, 8, 3), (128, 32, 4, 3), (64, 64, 4, 3), (128, 128, 8, 2)])
+
+
+def _prune(configs, named_args, **kwargs):
+    """Drop configs whose tiles are far larger than the sequence (they only add masked work)."""
+    L = named_args["L"]
+    keep = [c for c in configs if c.kwargs["BLOCK_M"] <= max(16, triton.next_power_of_2(L)) and c.kwargs["BLOCK_N"] <= max(16, triton.next_power_of_2(L))]
+    return keep or configs[:1]
+
+
+#: Tile sizes passed explicitly when the kernels are not autotuned (interpreter).
+_FIXED = {"BLOCK_M": 16, "BLOCK_N": 16} if INTERPRET else {}
+
+
+def _autotune(configs):
+    if INTERPRET:
+        return lambda fn: fn
+    return triton.autotune(configs=configs, key=["HEAD_DIM", "L_BUCKET", "IS_FP32"], prune_configs_by={"early_config_prune": _prune})
+
+
+# --------------------------------------------------------------------------------------------
+# the mask, tile by tile (mirror of unimask.masks.allowed)
+# --------------------------------------------------------------------------------------------
+@triton.jit
+def _tile_mask(mode, src, seq, i, j):
+    """Element-wise predicate: query indices ``i`` and key indices ``j``, broadcast to a tile."""
+    rule = (mode == 0) | ((mode == 1) & (j <= i)) | ((mode == 2) & (j >= i))
+    rule = rule | ((mode == 3) & (((i < src) & (j < src)) | ((i >= src) & (j <= i))))
+    return rule & (i < seq) & (j < seq)
+
+
+@triton.jit
+def _tile_is_full(mode, src, seq, m0, m1, n0, n1):
+    """True when every key of [n0, n1) is visible to every query of [m0, m1) (query padding aside:
+    padded rows are discarded in the forward and have zero probability in the backward)."""
+    full_hi = tl.where(mode == 1, tl.minimum(seq, m0 + 1), seq)
+    full_hi = tl.where(mode == 3, tl.minimum(seq, tl.maximum(src, m0 + 1)), full_hi)
+    full_lo = tl.where(mode == 2, m1 - 1, 0)
+    return (n1 <= full_hi) & (n0 >= full_lo)
+
+
+@triton.jit
+def _kv_range(mode, src, seq, m0, m1, BLOCK_N: tl.constexpr):
+    """Key range [lo, hi) that queries [m0, m1) can see; lo is a multiple of BLOCK_N."""
+    causal_hi = tl.minimum(m1, seq)
+    hi = tl.where(mode == 1, causal_hi, seq)
+    hi = tl.where(mode == 3, tl.where(m1 <= src, src, causal_hi), hi)
+    lo = tl.where(mode == 2, (m0 // BLOCK_N) * BLOCK_N, 0)
+    hi = tl.where(m0 < seq, hi, 0)  # query tile entirely padding: nothing to do
+    return lo, hi
+
+
+@triton.jit
+def _q_range(mode, src, seq, n0, n1, BLOCK_M: tl.constexpr):
+    """Query range [lo, hi) whose rows can see some key of [n0, n1); lo is a multiple of BLOCK_M."""
+    lo = tl.where((mode == 1) | ((mode == 3) & (n0 >= src)), (n0 // BLOCK_M) * BLOCK_M, 0)
+    hi = tl.where(mode == 2, tl.minimum(n1, seq), seq)
+    hi = tl.where(n0 < seq, hi, 0)  # key tile entirely padding: its gradients are zero
+    return lo, hi
+
+
+# --------------------------------------------------------------------------------------------
+# forward
+# --------------------------------------------------------------------------------------------
+@_autotune(fwd_configs)
+@triton.jit
+def _attn_fwd(
+    Q, K, V, O, LSE, MODE, SRC, SEQ,
+    sm_scale,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_ob, stride_oh, stride_om, stride_od,
+    H, GROUP, L, L_BUCKET,
+    HEAD_DIM: tl.constexpr, IS_FP32: tl.constexpr, DOT_PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = (pid_bh % H).to(tl.int64)
+    hk = h // GROUP
+    mode = tl.load(MODE + b)
+    src = tl.load(SRC + b)
+    seq = tl.load(SEQ + b)
+
+    m0 = pid_m * BLOCK_M
+    m1 = m0 + BLOCK_M
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd
+    q = tl.load(q_ptrs, mask=offs_m[:, None] < seq, other=0.0)
+    k_base = K + b * stride_kb + hk * stride_kh
+    v_base = V + b * stride_vb + hk * stride_vh
+
+    qk_scale = sm_scale * 1.4426950408889634  # exp(x) = exp2(x * log2(e))
+    # finite init: a row whose first visited tile is fully masked gets p = exp2(-inf) = 0, not NaN
+    m_i = tl.zeros([BLOCK_M], dtype=tl.float32) - 1.0e30
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+
+    lo, hi = _kv_range(mode, src, seq, m0, m1, BLOCK_N)
+    for n0 in range(lo, hi, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        kv_ok = offs_n[:, None] < seq
+        k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=kv_ok, other=0.0)
+        v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=kv_ok, other=0.0)
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
+        if not _tile_is_full(mode, src, seq, m0, m1, n0, n0 + BLOCK_N):
+            qk = tl.where(_tile_mask(mode, src, seq, offs_m[:, None], offs_n[None, :]), qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        p = tl.math.exp2(qk - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PREC)
+        m_i = m_new
+
+    row_ok = offs_m < seq
+    l_safe = tl.where(row_ok, l_i, 1.0)
+    out = tl.where(row_ok[:, None], acc / l_safe[:, None], 0.0)
+    lse = tl.where(row_ok, m_i + tl.math.log2(l_safe), float("inf"))
+    o_ptrs = O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od
+    tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=offs_m[:, None] < L)
+    tl.store(LSE + pid_bh.to(tl.int64) * L + offs_m, lse, mask=offs_m < L)
+
+
+# --------------------------------------------------------------------------------------------
+# backward
+# --------------------------------------------------------------------------------------------
+@triton.jit
+def _attn_bwd_preprocess(
+    O, DO, DELTA,
+    stride_ob, stride_oh, stride_om, stride_od,
+    stride_db, stride_dh, stride_dm, stride_dd,
+    H, L,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+):  # fmt: skip
+    """delta[b, h, i] = sum_d dO[b, h, i, d] * O[b, h, i, d] (fp32)."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = (pid_bh % H).to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    ok = offs_m[:, None] < L
+    o = tl.load(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od, mask=ok, other=0.0)
+    do = tl.load(DO + b * stride_db + h * stride_dh + offs_m[:, None] * stride_dm + offs_d[None, :] * stride_dd, mask=ok, other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
+    tl.store(DELTA + pid_bh.to(tl.int64) * L + offs_m, delta, mask=offs_m < L)
+
+
+@_autotune(bwd_dkdv_configs)
+@triton.jit
+def _attn_bwd_dkdv(
+    Q, K, V, DO, DK, DV, LSE, DELTA, MODE, SRC, SEQ,
+    sm_scale,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_db, stride_dh, stride_dm, stride_dd,
+    stride_dkb, stride_dkh, stride_dkn, stride_dkd,
+    stride_dvb, stride_dvh, stride_dvn, stride_dvd,
+    H, HK, GROUP, L, L_BUCKET,
+    HEAD_DIM: tl.constexpr, IS_FP32: tl.constexpr, DOT_PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """One program per (kv tile, b, kv head): dK, dV summed over the group's query heads."""
+    pid_n = tl.program_id(0)
+    pid_bhk = tl.program_id(1)
+    b = (pid_bhk // HK).to(tl.int64)
+    hk = (pid_bhk % HK).to(tl.int64)
+    mode = tl.load(MODE + b)
+    src = tl.load(SRC + b)
+    seq = tl.load(SEQ + b)
+
+    n0 = pid_n * BLOCK_N
+    n1 = n0 + BLOCK_N
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    kv_ok = offs_n[:, None] < seq
+    k = tl.load(K + b * stride_kb + hk * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=kv_ok, other=0.0)
+    v = tl.load(V + b * stride_vb + hk * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=kv_ok, other=0.0)
+    dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    qk_scale = sm_scale * 1.4426950408889634
+
+    lo, hi = _q_range(mode, src, seq, n0, n1, BLOCK_M)
+    for g in range(0, GROUP):
+        h = hk * GROUP + g
+        q_base = Q + b * stride_qb + h * stride_qh
+        do_base = DO + b * stride_db + h * stride_dh
+        row_base = (b * H + h) * L
+        for m0 in range(lo, hi, BLOCK_M):
+            offs_m = m0 + tl.arange(0, BLOCK_M)
+            q_ok = offs_m[:, None] < seq
+            q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd, mask=q_ok, other=0.0)
+            do = tl.load(do_base + offs_m[:, None] * stride_dm + offs_d[None, :] * stride_dd, mask=q_ok, other=0.0)
+            # padded / out-of-range rows: lse = +inf -> probability exactly 0
+            lse = tl.load(LSE + row_base + offs_m, mask=offs_m < seq, other=float("inf"))
+            delta = tl.load(DELTA + row_base + offs_m, mask=offs_m < seq, other=0.0)
+            qkT = tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * qk_scale  # [BLOCK_N, BLOCK_M]
+            if not _tile_is_full(mode, src, seq, m0, m0 + BLOCK_M, n0, n1):
+                qkT = tl.where(_tile_mask(mode, src, seq, offs_m[None, :], offs_n[:, None]), qkT, float("-inf"))
+            pT = tl.math.exp2(qkT - lse[None, :])
+            dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=DOT_PREC)
+            dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PREC).to(tl.float32)
+            dsT = pT * (dpT - delta[None, :])
+            dk = tl.dot(dsT.to(q.dtype), q, dk, input_precision=DOT_PREC)
+    dk = dk * sm_scale
+
+    st_ok = offs_n[:, None] < L
+    tl.store(DK + b * stride_dkb + hk * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkd, dk.to(DK.dtype.element_ty), mask=st_ok)
+    tl.store(DV + b * stride_dvb + hk * stride_dvh + offs_n[:, None] * stride_dvn + offs_d[None, :] * stride_dvd, dv.to(DV.dtype.element_ty), mask=st_ok)
+
+
+@_autotune(bwd_dq_configs)
+@triton.jit
+def _attn_bwd_dq(
+    Q, K, V, DO, DQ, LSE, DELTA, MODE, SRC, SEQ,
+    sm_scale,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_db, stride_dh, stride_dm, stride_dd,
+    stride_dqb, stride_dqh, stride_dqm, stride_dqd,
+    H, GROUP, L, L_BUCKET,
+    HEAD_DIM: tl.constexpr, IS_FP32: tl.constexpr, DOT_PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """One program per (query tile, b, head): dQ."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = (pid_bh % H).to(tl.int64)
+    hk = h // GROUP
+    mode = tl.load(MODE + b)
+    src = tl.load(SRC + b)
+    seq = tl.load(SEQ + b)
+
+    m0 = pid_m * BLOCK_M
+    m1 = m0 + BLOCK_M
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    q_ok = offs_m[:, None] < seq
+    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd, mask=q_ok, other=0.0)
+    do = tl.load(DO + b * stride_db + h * stride_dh + offs_m[:, None] * stride_dm + offs_d[None, :] * stride_dd, mask=q_ok, other=0.0)
+    row_base = pid_bh.to(tl.int64) * L
+    lse = tl.load(LSE + row_base + offs_m, mask=offs_m < seq, other=float("inf"))
+    delta = tl.load(DELTA + row_base + offs_m, mask=offs_m < seq, other=0.0)
+    k_base = K + b * stride_kb + hk * stride_kh
+    v_base = V + b * stride_vb + hk * stride_vh
+    dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    qk_scale = sm_scale * 1.4426950408889634
+
+    lo, hi = _kv_range(mode, src, seq, m0, m1, BLOCK_N)
+    for n0 in range(lo, hi, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        kv_ok = offs_n[:, None] < seq
+        k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=kv_ok, other=0.0)
+        v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=kv_ok, other=0.0)
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
+        if not _tile_is_full(mode, src, seq, m0, m1, n0, n0 + BLOCK_N):
+            qk = tl.where(_tile_mask(mode, src, seq, offs_m[:, None], offs_n[None, :]), qk, float("-inf"))
+        p = tl.math.exp2(qk - lse[:, None])
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC).to(tl.float32)
+        ds = p * (dp - delta[:, None])
+        dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PREC)
+    dq = dq * sm_scale
+    tl.store(DQ + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd, dq.to(DQ.dtype.element_ty), mask=offs_m[:, None] < L)
+
+
+# --------------------------------------------------------------------------------------------
+# host side
+# --------------------------------------------------------------------------------------------
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def _l_bucket(L: int) -> int:
+    return max(16, triton.next_power_of_2(L))
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    """fp32 inputs: exact fp32 products unless PyTorch allows TF32 for matmuls (its own rule)."""
+    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+        return "ieee"
+    return "tf32"
+
+
+def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    if q.dtype not in _DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
+        raise TypeError(f"q, k, v must share one dtype of {_DTYPES}, got {q.dtype}, {k.dtype}, {v.dtype}")
+    D = q.shape[-1]
+    if D < 16 or D & (D - 1):
+        raise ValueError(f"head dim must be a power of two >= 16 for the Triton kernel, got {D}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+
+
+def _ints(t, device: torch.device) -> torch.Tensor:
+    return torch.as_tensor(t).to(device=device, dtype=torch.int32).contiguous()
+
+
+class _UnifiedAttention(torch.autograd.Function):
+    """Forward: :func:`_attn_fwd`. Backward: preprocess delta, dK/dV kernel, dQ kernel."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, mode, src, seq, sm_scale):  # noqa: D102
+        B, H, L, D = q.shape
+        HK = k.shape[1]
+        o = torch.empty_like(q, memory_format=torch.contiguous_format)
+        lse = torch.empty((B, H, L), device=q.device, dtype=torch.float32)
+        if B * H * L > 0:
+            grid = lambda meta: (triton.cdiv(L, meta["BLOCK_M"]), B * H)  # noqa: E731
+            _attn_fwd[grid](
+                q, k, v, o, lse, mode, src, seq, sm_scale,
+                *q.stride(), *k.stride(), *v.stride(), *o.stride(),
+                H, H // HK, L, _l_bucket(L),
+                HEAD_DIM=D, IS_FP32=q.dtype == torch.float32, DOT_PREC=_dot_precision(q.dtype), **_FIXED,
+            )  # fmt: skip
+        ctx.save_for_backward(q, k, v, o, lse, mode, src, seq)
+        ctx.sm_scale = sm_scale
+        return o
+
+    @staticmethod
+    def backward(ctx, do):  # noqa: D102
+        q, k, v, o, lse, mode, src, seq = ctx.saved_tensors
+        B, H, L, D = q.shape
+        HK = k.shape[1]
+        dq = torch.empty_like(q, memory_format=torch.contiguous_format)
+        dk = torch.empty_like(k, memory_format=torch.contiguous_format)
+        dv = torch.empty_like(v, memory_format=torch.contiguous_format)
+        if B * H * L == 0:
+            return dq.zero_(), dk.zero_(), dv.zero_(), None, None, None, None
+        delta = torch.empty_like(lse)
+        pre_m = 16 if INTERPRET else 128
+        _attn_bwd_preprocess[(triton.cdiv(L, pre_m), B * H)](
+            o, do, delta, *o.stride(), *do.stride(), H, L, HEAD_DIM=D, BLOCK_M=pre_m
+        )
+        common = dict(HEAD_DIM=D, IS_FP32=q.dtype == torch.float32, DOT_PREC=_dot_precision(q.dtype), **_FIXED)
+        grid_kv = lambda meta: (triton.cdiv(L, meta["BLOCK_N"]), B * HK)  # noqa: E731
+        _attn_bwd_dkdv[grid_kv](
+            q, k, v, do, dk, dv, lse, delta, mode, src, seq, ctx.sm_scale,
+            *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *dv.stride(),
+            H, HK, H // HK, L, _l_bucket(L), **common,
+        )  # fmt: skip
+        grid_q = lambda meta: (triton.cdiv(L, meta["BLOCK_M"]), B * H)  # noqa: E731
+        _attn_bwd_dq[grid_q](
+            q, k, v, do, dq, lse, delta, mode, src, seq, ctx.sm_scale,
+            *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride(),
+            H, H // HK, L, _l_bucket(L), **common,
+        )  # fmt: skip
+        return dq, dk, dv, None, None, None, None
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attn_mode: torch.Tensor,
+    src_len: torch.Tensor,
+    seq_len: torch.Tensor,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Fused unified-LM attention (Triton), differentiable in ``q``, ``k``, ``v``.
+
+    ``q``: ``[B, H, L, D]``; ``k``, ``v``: ``[B, H_kv, L, D]`` with ``H % H_kv == 0``; any strides.
+    ``attn_mode``/``src_len``/``seq_len``: int ``[B]`` as in :mod:`unimask.masks` (validated by
+    :func:`unimask.attention.unified_attention`, which is the public entry point). fp16/bf16
+    (fp32 accumulation) or fp32; head dim a power of two >= 16. Returns ``[B, H, L, D]``
+    (contiguous), rows of padded queries exactly zero.
+    """
+    _check(q, k, v)
+    D = q.shape[-1]
+    sm_scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    dev = q.device
+    return _UnifiedAttention.apply(q, k, v, _ints(attn_mode, dev), _ints(src_len, dev), _ints(seq_len, dev), sm_scale)
