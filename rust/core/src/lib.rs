@@ -11,20 +11,20 @@ pub mod pool;
 // tokenizer stages
 pub mod normalize;
 pub mod pretokenize;
-pub mod vocab;
-pub mod wordpiece;
-pub mod tokenizer;
 pub mod segment;
 pub mod shards;
+pub mod tokenizer;
 pub mod train;
+pub mod vocab;
+pub mod wordpiece;
 
 // pretraining data path
-pub mod rng;
-pub mod masking;
-pub mod spans;
-pub mod nsp;
-pub mod unilm;
 pub mod causal;
+pub mod masking;
+pub mod nsp;
+pub mod rng;
+pub mod spans;
+pub mod unilm;
 
 pub use error::{Error, Result};
 

@@ -94,7 +94,12 @@ mod tests {
 
     #[test]
     fn run_uses_requested_threads_and_result_is_independent_of_them() {
-        let sum = |t| run(Some(t), || (0..10_000u64).into_par_iter().map(|x| x * x).sum::<u64>()).unwrap();
+        let sum = |t| {
+            run(Some(t), || {
+                (0..10_000u64).into_par_iter().map(|x| x * x).sum::<u64>()
+            })
+            .unwrap()
+        };
         let expect: u64 = (0..10_000u64).map(|x| x * x).sum();
         assert_eq!(sum(1), expect);
         assert_eq!(sum(3), expect);
@@ -103,7 +108,10 @@ mod tests {
 
     #[test]
     fn absurd_thread_counts_are_rejected() {
-        assert!(matches!(resolve_threads(Some(5000)), Err(Error::InvalidInput(_))));
+        assert!(matches!(
+            resolve_threads(Some(5000)),
+            Err(Error::InvalidInput(_))
+        ));
         assert_eq!(resolve_threads(Some(0)).unwrap(), default_threads());
     }
 }
