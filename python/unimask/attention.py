@@ -2,9 +2,10 @@
 
 :func:`unified_attention` takes ``q, k, v`` of shape ``[B, H, L, D]`` (``k``/``v`` may have fewer
 heads, GQA) and the three per-sample integers of :mod:`unimask.masks`. On CUDA with Triton it
-runs the fused kernel from ``unimask.kernels``; elsewhere it runs :func:`reference_attention`.
+runs the fused kernel from ``unimask.kernels`` (FlashAttention-2 style, Dao 2023, with the UNILM
+masks of Dong et al. 2019 derived per tile); elsewhere it runs :func:`reference_attention`.
 Force a path with ``backend="triton"``/``"reference"`` or the environment variable
-``UNIMASK_ATTENTION_BACKEND``.
+``UNIMASK_ATTENTION_BACKEND``; :func:`select_backend` tells which path a call takes.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 
 from .masks import check_mask_args, dense_mask
 
-__all__ = ["unified_attention", "reference_attention", "BACKENDS"]
+__all__ = ["unified_attention", "reference_attention", "select_backend", "BACKENDS"]
 
 BACKENDS = ("auto", "triton", "reference")
 
@@ -69,18 +70,51 @@ def reference_attention(
     return torch.matmul(probs, v)
 
 
-def _triton_usable(q: torch.Tensor) -> bool:
-    if not q.is_cuda:
-        return os.environ.get("TRITON_INTERPRET") == "1" and _kernel_module() is not None
-    return _kernel_module() is not None
-
-
 def _kernel_module():
     try:
         from .kernels import unified_attention as kmod  # noqa: PLC0415 - optional dependency
     except ImportError:
         return None
     return kmod
+
+
+def _kernel_unsupported(q: torch.Tensor, dropout_p: float) -> str | None:
+    """Why the Triton kernel cannot run this call (``None`` when it can)."""
+    kmod = _kernel_module()
+    if kmod is None:
+        return "the Triton kernels cannot be imported (is triton installed?)"
+    if not q.is_cuda and not kmod.INTERPRET:
+        return f"q is on {q.device}; the kernel needs CUDA tensors (or TRITON_INTERPRET=1 set before import)"
+    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        return f"dtype {q.dtype} is not float16/bfloat16/float32"
+    D = q.shape[-1]
+    if D < 16 or D > 256 or D & (D - 1):
+        return f"head dim {D} is not a power of two in [16, 256]"
+    if dropout_p > 0.0:
+        return "dropout_p > 0 is not implemented in the kernel"
+    return None
+
+
+def select_backend(q: torch.Tensor, dropout_p: float = 0.0, backend: str | None = None) -> str:
+    """The path :func:`unified_attention` takes: ``"triton"`` or ``"reference"``.
+
+    ``backend`` (or ``UNIMASK_ATTENTION_BACKEND`` when ``None``): ``"auto"`` picks the kernel
+    for CUDA tensors it supports and the reference otherwise; ``"triton"`` forces the kernel
+    (raising ``RuntimeError``/``NotImplementedError`` with the reason when it cannot run);
+    ``"reference"`` forces PyTorch.
+    """
+    backend = backend or os.environ.get("UNIMASK_ATTENTION_BACKEND") or "auto"
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "reference":
+        return "reference"
+    if backend == "auto":
+        return "triton" if q.is_cuda and _kernel_unsupported(q, dropout_p) is None else "reference"
+    why = _kernel_unsupported(q, dropout_p)
+    if why is not None:
+        exc = NotImplementedError if dropout_p > 0.0 and "dropout" in why else RuntimeError
+        raise exc(f"backend='triton' cannot run: {why}")
+    return "triton"
 
 
 def unified_attention(
@@ -103,25 +137,25 @@ def unified_attention(
         src_len: int ``[B]``: source length (incl. its [CLS]/[SEP]) for seq2seq; ignored otherwise.
         seq_len: int ``[B]``: number of valid tokens; queries and keys beyond it are padding.
         scale: softmax scale, default ``1/sqrt(D)``.
-        dropout_p: attention-probability dropout (reference path only for now).
-        backend: ``"auto"`` (default; or ``UNIMASK_ATTENTION_BACKEND``), ``"triton"``, ``"reference"``.
+        dropout_p: attention-probability dropout. The kernel does not implement it yet, so
+            ``"auto"`` takes the reference path when ``dropout_p > 0``.
+        backend: ``"auto"`` (default; or ``UNIMASK_ATTENTION_BACKEND``), ``"triton"``,
+            ``"reference"``; see :func:`select_backend`.
+
+    Raises:
+        ValueError/TypeError: bad shapes, dtypes, devices, mask integers (naming the value).
 
     Returns:
         ``[B, H, L, D]``, rows of padded queries exactly zero.
     """
-    backend = backend or os.environ.get("UNIMASK_ATTENTION_BACKEND", "auto")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
     _check_qkv(q, k, v)
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     check_mask_args(attn_mode, src_len, seq_len, q.shape[2])
-    use_kernel = backend == "triton" or (backend == "auto" and q.is_cuda and _triton_usable(q))
-    if use_kernel:
-        kmod = _kernel_module()
-        if kmod is None:
-            raise RuntimeError("backend='triton' requested but the Triton kernels cannot be imported")
-        if dropout_p > 0.0:
-            raise NotImplementedError("dropout_p > 0 is not supported by the Triton kernel yet")
-        return kmod.attention(q, k, v, attn_mode, src_len, seq_len, scale)
+    if select_backend(q, dropout_p, backend) == "triton":
+        return _kernel_module().attention(q, k, v, attn_mode, src_len, seq_len, scale)
     return reference_attention(q, k, v, attn_mode, src_len, seq_len, scale, dropout_p)

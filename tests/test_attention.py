@@ -1,0 +1,177 @@
+"""The PyTorch reference path and the dispatch of :func:`unimask.attention.unified_attention`.
+
+Oracle: a naive per-(sample, head, query) loop that lists the visible keys with the
+plain-Python :func:`unimask.masks.allowed` and applies a softmax over them by hand; and
+``torch.autograd.gradcheck`` (finite differences) in fp64 for the gradients.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from unimask.attention import BACKENDS, reference_attention, select_backend, unified_attention
+from unimask.masks import allowed
+
+
+def _naive(q, k, v, mode, src, seq, scale=None):
+    B, H, L, D = q.shape
+    group = H // k.shape[1]
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    out = torch.zeros_like(q)
+    for b in range(B):
+        m, s, n = int(mode[b]), int(src[b]), int(seq[b])
+        for h in range(H):
+            kh, vh = k[b, h // group], v[b, h // group]
+            for i in range(L):
+                keys = [j for j in range(L) if allowed(m, s, n, i, j)]
+                if not keys:
+                    continue
+                logits = torch.stack([(q[b, h, i] * kh[j]).sum() * scale for j in keys])
+                w = torch.exp(logits - logits.max())
+                w = w / w.sum()
+                out[b, h, i] = sum(w[t] * vh[j] for t, j in enumerate(keys))
+    return out
+
+
+def _inputs(B, H, HK, L, D, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(B, h, L, D, generator=g, dtype=dtype) for h in (H, HK, HK))
+
+
+MODE = torch.tensor([0, 1, 2, 3, 3, 1])
+SRC = torch.tensor([0, 0, 0, 1, 4, 0])
+SEQ = torch.tensor([7, 5, 6, 7, 4, 0])
+
+
+@pytest.mark.parametrize("hk", [2, 1], ids=["mha", "gqa"])
+def test_reference_matches_naive_loop(hk):
+    q, k, v = _inputs(6, 2, hk, 7, 4)
+    got = reference_attention(q, k, v, MODE, SRC, SEQ)
+    want = _naive(q, k, v, MODE, SRC, SEQ)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_reference_custom_scale():
+    q, k, v = _inputs(6, 2, 2, 7, 4, seed=3)
+    torch.testing.assert_close(
+        reference_attention(q, k, v, MODE, SRC, SEQ, scale=0.7), _naive(q, k, v, MODE, SRC, SEQ, 0.7), rtol=1e-12, atol=1e-12
+    )
+
+
+@pytest.mark.parametrize("hk", [2, 1], ids=["mha", "gqa"])
+def test_reference_gradcheck_fp64(hk):
+    """All four modes, src_len 1 and < seq_len, a fully padded sample and padded rows."""
+    q, k, v = (t.requires_grad_() for t in _inputs(6, 2, hk, 7, 4, seed=1))
+    fn = lambda q, k, v: reference_attention(q, k, v, MODE, SRC, SEQ)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (q, k, v), eps=1e-6, atol=1e-7)
+    assert torch.autograd.gradgradcheck(fn, (q, k, v), eps=1e-6, atol=1e-6)
+
+
+def test_padding_rows_zero_and_zero_grads_no_nan():
+    q, k, v = (t.requires_grad_() for t in _inputs(6, 2, 1, 7, 4, seed=2))
+    out = reference_attention(q, k, v, MODE, SRC, SEQ)
+    out.backward(torch.randn_like(out))
+    assert torch.isfinite(out).all()
+    for t in (q, k, v):
+        assert torch.isfinite(t.grad).all()
+    for b, n in enumerate(SEQ.tolist()):
+        assert not out[b, :, n:].any(), "padded query rows must be exactly zero"
+        assert not q.grad[b, :, n:].any(), "padded queries must get zero gradient"
+        assert not k.grad[b, :, n:].any() and not v.grad[b, :, n:].any(), "padded keys must get zero gradient"
+
+
+def test_reference_low_precision_finite():
+    q, k, v = (t.to(torch.bfloat16) for t in _inputs(6, 2, 2, 7, 16))
+    out = reference_attention(q, k, v, MODE, SRC, SEQ)
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+    ref = reference_attention(*(t.double() for t in (q, k, v)), MODE, SRC, SEQ)
+    torch.testing.assert_close(out.double(), ref, atol=2e-2, rtol=2e-2)
+
+
+def test_reference_dropout_seeded_and_scaled():
+    q, k, v = _inputs(6, 2, 2, 7, 4)
+    torch.manual_seed(0)
+    a = reference_attention(q, k, v, MODE, SRC, SEQ, dropout_p=0.5)
+    torch.manual_seed(0)
+    b = reference_attention(q, k, v, MODE, SRC, SEQ, dropout_p=0.5)
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, reference_attention(q, k, v, MODE, SRC, SEQ))
+    assert torch.equal(reference_attention(q, k, v, MODE, SRC, SEQ, dropout_p=0.5, training=False), reference_attention(q, k, v, MODE, SRC, SEQ))
+
+
+# --- dispatch -------------------------------------------------------------------------------
+def test_auto_on_cpu_is_reference(monkeypatch):
+    monkeypatch.delenv("UNIMASK_ATTENTION_BACKEND", raising=False)
+    q, k, v = _inputs(6, 2, 2, 7, 16, dtype=torch.float32)
+    assert select_backend(q) == "reference"
+    assert torch.equal(unified_attention(q, k, v, MODE, SRC, SEQ), reference_attention(q, k, v, MODE, SRC, SEQ))
+
+
+def test_env_var_forces_reference(monkeypatch):
+    monkeypatch.setenv("UNIMASK_ATTENTION_BACKEND", "reference")
+    assert select_backend(torch.zeros(1, 1, 1, 16)) == "reference"
+    monkeypatch.setenv("UNIMASK_ATTENTION_BACKEND", "bogus")
+    with pytest.raises(ValueError, match="bogus"):
+        select_backend(torch.zeros(1, 1, 1, 16))
+
+
+def test_bad_backend_name():
+    q, k, v = _inputs(6, 2, 2, 7, 16, dtype=torch.float32)
+    with pytest.raises(ValueError, match="'cuda'"):
+        unified_attention(q, k, v, MODE, SRC, SEQ, backend="cuda")
+    assert BACKENDS == ("auto", "triton", "reference")
+
+
+def test_forced_triton_on_cpu_explains_why():
+    from unimask.kernels import unified_attention as K
+
+    if K.INTERPRET:
+        pytest.skip("TRITON_INTERPRET=1 in this process: the kernel can run on the CPU here")
+    q, k, v = _inputs(6, 2, 2, 7, 16, dtype=torch.float32)
+    with pytest.raises(RuntimeError, match="CUDA"):
+        unified_attention(q, k, v, MODE, SRC, SEQ, backend="triton")
+
+
+def test_forced_triton_rejects_unsupported_head_dim_and_dropout(monkeypatch):
+    from unimask.kernels import unified_attention as K
+
+    monkeypatch.setattr(K, "INTERPRET", True)  # pretend the kernel could run on this device
+    q = torch.zeros(1, 1, 4, 24)
+    with pytest.raises(RuntimeError, match="head dim 24"):
+        select_backend(q, 0.0, "triton")
+    with pytest.raises(NotImplementedError, match="dropout"):
+        select_backend(torch.zeros(1, 1, 4, 32), 0.1, "triton")
+    with pytest.raises(RuntimeError, match="float64"):
+        select_backend(torch.zeros(1, 1, 4, 32, dtype=torch.float64), 0.0, "triton")
+    assert select_backend(torch.zeros(1, 1, 4, 32), 0.0, "triton") == "triton"
+
+
+@pytest.mark.parametrize(
+    "shapes,exc,needle",
+    [
+        (((2, 2, 5, 8), (2, 2, 5, 8), (2, 2, 4, 8)), ValueError, "same shape"),
+        (((2, 3, 5, 8), (2, 2, 5, 8), (2, 2, 5, 8)), ValueError, "multiple"),
+        (((2, 2, 5, 8), (2, 2, 6, 8), (2, 2, 6, 8)), ValueError, "does not match"),
+        (((2, 5, 8), (2, 2, 5, 8), (2, 2, 5, 8)), ValueError, "[B, H, L, D]"),
+    ],
+)
+def test_bad_shapes(shapes, exc, needle):
+    q, k, v = (torch.zeros(s) for s in shapes)
+    with pytest.raises(exc) as info:
+        unified_attention(q, k, v, torch.tensor([0, 0]), torch.tensor([0, 0]), torch.tensor([1, 1]))
+    assert needle in str(info.value)
+
+
+def test_bad_mask_ints_and_dropout_and_dtypes():
+    q, k, v = _inputs(2, 2, 2, 5, 8, dtype=torch.float32)
+    with pytest.raises(ValueError, match=r"seq_len\[1\] = 6"):
+        unified_attention(q, k, v, torch.tensor([0, 0]), torch.tensor([0, 0]), torch.tensor([5, 6]))
+    with pytest.raises(ValueError, match="dropout_p"):
+        unified_attention(q, k, v, torch.tensor([0, 0]), torch.tensor([0, 0]), torch.tensor([5, 5]), dropout_p=1.0)
+    with pytest.raises(TypeError, match="dtype"):
+        unified_attention(q, k.double(), v, torch.tensor([0, 0]), torch.tensor([0, 0]), torch.tensor([5, 5]))
+    with pytest.raises(TypeError, match="q must be a torch.Tensor"):
+        unified_attention(q.numpy(), k, v, torch.tensor([0, 0]), torch.tensor([0, 0]), torch.tensor([5, 5]))
