@@ -287,3 +287,14 @@ def test_objective_trains_on_bundled_corpus(objective, sentences):
         opt.step()
     after = held_loss()
     assert after < before - 1.0, (objective, before, after)
+
+
+def test_mass_save_load_round_trip(tmp_path):
+    torch.manual_seed(6)
+    model = MassSeq2Seq(tiny(), num_decoder_layers=1).eval()
+    model.save_pretrained(tmp_path)
+    again = MassSeq2Seq.from_pretrained(tmp_path).eval()
+    batch = dict(input_ids=torch.randint(1000, 2000, (2, 8)), decoder_input_ids=torch.randint(1000, 2000, (2, 3)),
+                 decoder_positions=torch.tensor([[2, 3, 4], [1, 2, 3]]))
+    with torch.no_grad():
+        assert torch.equal(model(**batch).last_hidden_state, again(**batch).last_hidden_state)

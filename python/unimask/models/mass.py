@@ -9,14 +9,24 @@ share the embedding tables, and the output projection is tied to the word embedd
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..masks import LEFT_TO_RIGHT
+from .checkpoint import (
+    hf_to_unimask,
+    normalize_hf_names,
+    read_state_dict,
+    save_safetensors,
+    unimask_to_hf,
+    write_config,
+)
 from .config import EncoderConfig
 from .encoder import KVCache, SelfAttention, TransformerEncoder, activation
 from .heads import MLMHead, gather_labelled
@@ -154,6 +164,36 @@ class MassSeq2Seq(nn.Module):
             logits = self.lm_logits(h)
             loss = _mean_ce(logits, y)
         return PretrainingOutput(loss, loss, None, logits, y, None, hidden)
+
+    # -- checkpoints: encoder in HF BERT names (loadable by transformers.BertModel), decoder
+    # and LM head under their unimask names -------------------------------------------------
+    def save_pretrained(self, directory: str | Path) -> None:
+        """``config.json`` (+ ``num_decoder_layers``) and ``model.safetensors``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        sd = self.state_dict()
+        out = unimask_to_hf(sd, self.config, prefix="encoder.")
+        out.update({k: v for k, v in sd.items() if k.startswith(("decoder.", "lm."))})
+        write_config(self.config, directory, ["MassSeq2Seq"])
+        cfg = json.loads((directory / "config.json").read_text())
+        cfg["unimask"]["num_decoder_layers"] = len(self.decoder)
+        (directory / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+        save_safetensors(out, directory / "model.safetensors")
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> MassSeq2Seq:
+        """Load what :meth:`save_pretrained` wrote (strict)."""
+        directory = Path(directory)
+        raw = json.loads((directory / "config.json").read_text())
+        config = EncoderConfig.from_dict(raw)
+        sd = normalize_hf_names(read_state_dict(directory))
+        ours, missing = hf_to_unimask(sd, config, prefix="encoder.")
+        if missing:
+            raise ValueError(f"checkpoint {directory} is missing {len(missing)} encoder weights: {missing}")
+        ours.update({k: v for k, v in sd.items() if k.startswith(("decoder.", "lm."))})
+        model = cls(config, raw.get("unimask", {}).get("num_decoder_layers"))
+        model.load_state_dict(ours, strict=True)
+        return model
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         p = self.encoder.embeddings.word.weight

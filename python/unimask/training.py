@@ -1,0 +1,520 @@
+"""The pretraining loop: optimizer, schedule, evaluation, checkpoints, exact resume, DDP.
+
+Reads top to bottom like nanoGPT's ``train.py``, but as a small API:
+
+* :func:`configure_optimizers` — AdamW with BERT's weight-decay exclusions (biases and
+  LayerNorm parameters get no decay; google-research/bert ``optimization.py``).
+* :func:`linear_schedule` — linear warmup then linear decay to 0 (BERT's schedule).
+* :class:`Trainer` — gradient accumulation, gradient clipping, bf16/fp16 autocast on CUDA,
+  periodic held-out evaluation (MLM loss, accuracy, perplexity), a tqdm bar with tokens/s, a
+  loss-curve PNG at the end, atomic checksummed checkpoints that hold model, optimizer,
+  scheduler, RNG states and the data position, and DDP/FSDP under ``torchrun``.
+
+Data position is exact by construction: the training data is a :class:`BatchSource`, whose
+``batches(start)`` yields the micro-batches from index ``start`` on, each a pure function of
+(seed, index) — RoBERTa-style dynamic masking seeded per (seed, epoch, index), as in fairseq.
+A checkpoint stores the number of micro-batches consumed, so a resumed run reads the very
+batches an uninterrupted run would have read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import random
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "TrainingConfig",
+    "Trainer",
+    "BatchSource",
+    "configure_optimizers",
+    "linear_schedule",
+    "save_checkpoint_file",
+    "load_checkpoint_file",
+    "CheckpointError",
+]
+
+Batch = dict[str, torch.Tensor]
+
+
+class BatchSource(Protocol):
+    """Resumable training data: ``batches(start)`` yields micro-batches ``start, start+1, ...``.
+
+    Micro-batch ``i`` must depend only on ``i`` (and the source's own seed/rank), never on how
+    many batches were drawn before in this process. A plain callable ``f(start)`` also works.
+    """
+
+    def batches(self, start: int) -> Iterator[Batch]: ...
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, truncated or fails its sha256 check."""
+
+
+@dataclass
+class TrainingConfig:
+    """Every knob of :class:`Trainer`, with BERT-like defaults (Devlin et al. 2019, A.2)."""
+
+    max_steps: int = 1000
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-6
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autocast; bf16/fp16 on CUDA only)
+    eval_every: int = 200
+    log_every: int = 10
+    checkpoint_every: int = 0  # 0: only at the end (when output_dir is set)
+    keep_checkpoints: int = 2
+    output_dir: str | None = None
+    progress: bool = True
+    distributed: str = "ddp"  # ddp | fsdp (fsdp on CUDA only)
+    find_unused_parameters: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_steps < 0:
+            raise ValueError(f"max_steps must be >= 0, got {self.max_steps}")
+        if self.grad_accum < 1:
+            raise ValueError(f"grad_accum must be >= 1, got {self.grad_accum}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be auto|fp32|bf16|fp16, got {self.precision!r}")
+        if self.distributed not in ("ddp", "fsdp"):
+            raise ValueError(f"distributed must be 'ddp' or 'fsdp', got {self.distributed!r}")
+
+
+def configure_optimizers(model: nn.Module, lr: float, weight_decay: float,
+                         betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-6) -> torch.optim.AdamW:
+    """AdamW with two groups: decay for weight matrices and embeddings; none for biases and
+    LayerNorm parameters (BERT's ``exclude_from_weight_decay=["LayerNorm", "layer_norm", "bias"]``).
+    Tied parameters appear once."""
+    no_decay: set[int] = set()
+    for module in model.modules():
+        if isinstance(module, nn.LayerNorm):
+            no_decay.update(id(p) for p in module.parameters(recurse=False))
+    for name, p in model.named_parameters():
+        if name.endswith("bias"):
+            no_decay.add(id(p))
+    decay_params, plain = [], []
+    seen: set[int] = set()
+    for p in model.parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        (plain if id(p) in no_decay else decay_params).append(p)
+    groups = [{"params": decay_params, "weight_decay": weight_decay},
+              {"params": plain, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
+
+
+def linear_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup from 0 to the base lr over ``warmup_steps``, then linear decay to 0."""
+
+    def factor(step: int) -> float:
+        if warmup_steps > 0 and step < warmup_steps:
+            return step / warmup_steps
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoint files: torch.save to a temp file, sha256 next to it, os.replace both
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_checkpoint_file(state: dict[str, Any], path: str | Path) -> Path:
+    """Write ``state`` to ``path`` atomically and ``path.sha256`` with its checksum."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    data = buf.getvalue()
+    digest = hashlib.sha256(data).hexdigest()
+    _atomic_write_bytes(path, data)
+    _atomic_write_bytes(path.with_name(path.name + ".sha256"), f"{digest}  {path.name}\n".encode())
+    return path
+
+
+def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint_file`, verifying its sha256 first."""
+    path = Path(path)
+    sha = path.with_name(path.name + ".sha256")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if not sha.is_file():
+        raise CheckpointError(f"checksum file missing for {path} (expected {sha})")
+    expected = sha.read_text().split()[0]
+    actual = _sha256(path)
+    if actual != expected:
+        raise CheckpointError(f"checkpoint {path} is corrupt: sha256 {actual} != recorded {expected}")
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _dist():
+    import torch.distributed as dist  # noqa: PLC0415
+
+    return dist if dist.is_available() and dist.is_initialized() else None
+
+
+def _count_tokens(batch: Batch) -> int:
+    for key in ("seq_len", "attention_mask"):
+        if key in batch:
+            t = batch[key]
+            return int(t.sum()) if key == "seq_len" else int((t != 0).sum())
+    return int(batch["input_ids"].numel())
+
+
+@dataclass
+class _State:
+    step: int = 0  # optimizer steps done
+    data_position: int = 0  # micro-batches consumed
+    history: list[dict[str, float]] = field(default_factory=list)
+    evals: list[dict[str, float]] = field(default_factory=list)
+
+
+class Trainer:
+    """Train a unimask pretraining model on a resumable batch source.
+
+    Args:
+        model: a model whose ``forward(**batch)`` returns an output with ``.loss`` (and
+            ``.mlm_logits``/``.mlm_labels`` for evaluation), e.g. :class:`unimask.models.UnifiedLM`.
+        train_data: a :class:`BatchSource` or a callable ``start -> iterator of batches``.
+        config: :class:`TrainingConfig`.
+        eval_data: held-out batches (an iterable, or a callable returning one), evaluated every
+            ``config.eval_every`` steps and at the end.
+        device: default CUDA if available, else CPU.
+
+    Under ``torchrun`` (``torch.distributed`` initialised before construction) the model is
+    wrapped in DDP (or FSDP on CUDA with ``config.distributed="fsdp"``); the batch source must
+    then give each rank its own part of the data (see :class:`unimask.pretrain.CorpusBatches`).
+    """
+
+    def __init__(self, model: nn.Module, train_data: BatchSource | Callable[[int], Iterator[Batch]],
+                 config: TrainingConfig, eval_data: Iterable[Batch] | Callable[[], Iterable[Batch]] | None = None,
+                 device: str | torch.device | None = None, log: Callable[[str], None] | None = None) -> None:
+        self.config = config
+        self.device = torch.device(device) if device is not None else torch.device(
+            "cuda" if torch.cuda.is_available() else "cpu")
+        self.dist = _dist()
+        self.rank = self.dist.get_rank() if self.dist else 0
+        self.world = self.dist.get_world_size() if self.dist else 1
+        self.model = model.to(self.device)
+        self.train_data = train_data
+        self.eval_data = eval_data
+        self.log = log if log is not None else (print if self.rank == 0 else (lambda _s: None))
+        precision = config.precision
+        if precision == "auto":
+            precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if self.device.type == "cuda" else "fp32"
+        if precision != "fp32" and self.device.type != "cuda":
+            raise ValueError(f"precision {precision!r} needs a CUDA device (autocast is CUDA-only here), got {self.device}")
+        self.precision = precision
+        self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+        self.wrapped = self._wrap(self.model)
+        self.optimizer = configure_optimizers(self.model, config.lr, config.weight_decay, config.betas, config.eps)
+        self.scheduler = linear_schedule(self.optimizer, config.warmup_steps, config.max_steps)
+        self.state = _State()
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        if self.dist is None:
+            return model
+        if self.config.distributed == "fsdp":
+            if self.device.type != "cuda":
+                raise ValueError("FSDP is enabled only on CUDA; use distributed='ddp' on the CPU (gloo)")
+            from torch.distributed.fsdp import FullyShardedDataParallel  # noqa: PLC0415
+
+            return FullyShardedDataParallel(model, use_orig_params=True, device_id=self.device)
+        from torch.nn.parallel import DistributedDataParallel  # noqa: PLC0415
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=ids,
+                                       find_unused_parameters=self.config.find_unused_parameters)
+
+    # -- data -------------------------------------------------------------------------------
+    def _batches(self, start: int) -> Iterator[Batch]:
+        src = self.train_data
+        it = src.batches(start) if hasattr(src, "batches") else src(start)
+        return iter(it)
+
+    def _to_device(self, batch: Batch) -> Batch:
+        return {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+    def _autocast(self):
+        if self.precision == "fp32":
+            return torch.autocast(self.device.type, enabled=False)
+        return torch.autocast("cuda", dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16)
+
+    # -- evaluation -------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Held-out MLM loss (token-weighted), accuracy and perplexity over ``eval_data``."""
+        if self.eval_data is None:
+            return {}
+        data = self.eval_data() if callable(self.eval_data) else self.eval_data
+        was_training = self.model.training
+        self.model.eval()
+        total, correct, count = 0.0, 0, 0
+        for batch in data:
+            with self._autocast():
+                out = self.model(**self._to_device(batch))
+            logits, labels = out.mlm_logits, out.mlm_labels
+            if logits is None or labels.numel() == 0:
+                continue
+            total += float(torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum"))
+            correct += int((logits.argmax(-1) == labels).sum())
+            count += labels.numel()
+        self.model.train(was_training)
+        if count == 0:
+            return {}
+        loss = total / count
+        return {"eval_loss": loss, "eval_accuracy": correct / count, "eval_perplexity": math.exp(min(loss, 50.0))}
+
+    # -- the loop ---------------------------------------------------------------------------
+    def train(self, until: int | None = None) -> dict[str, Any]:
+        """Run until ``config.max_steps`` optimizer steps (or stop early after step ``until``,
+        e.g. to checkpoint mid-schedule); returns the final metrics."""
+        cfg = self.config
+        stop = cfg.max_steps if until is None else min(until, cfg.max_steps)
+        model, opt = self.wrapped, self.optimizer
+        model.train()
+        batches = self._batches(self.state.data_position)
+        bar = None
+        if cfg.progress and self.rank == 0 and self.state.step < stop:
+            from tqdm.auto import tqdm  # noqa: PLC0415
+
+            bar = tqdm(total=stop, initial=self.state.step, desc="pretrain", unit="step", dynamic_ncols=True)
+        t0, tokens = time.perf_counter(), 0
+        while self.state.step < stop:
+            loss_sum = 0.0
+            for micro in range(cfg.grad_accum):
+                try:
+                    batch = next(batches)
+                except StopIteration:
+                    raise RuntimeError(f"training data ran out at micro-batch {self.state.data_position}") from None
+                self.state.data_position += 1
+                tokens += _count_tokens(batch) * self.world
+                batch = self._to_device(batch)
+                sync = micro == cfg.grad_accum - 1 or not hasattr(model, "no_sync")
+                ctx = model.no_sync() if not sync else _nullcontext()
+                with ctx:
+                    with self._autocast():
+                        loss = model(**batch).loss / cfg.grad_accum
+                    (self.scaler.scale(loss) if self.scaler else loss).backward()
+                loss_sum += float(loss.detach())
+            if self.scaler:
+                self.scaler.unscale_(opt)
+            if cfg.grad_clip and cfg.grad_clip > 0:
+                if hasattr(model, "clip_grad_norm_"):  # FSDP
+                    model.clip_grad_norm_(cfg.grad_clip)
+                else:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            if self.scaler:
+                self.scaler.step(opt)
+                self.scaler.update()
+            else:
+                opt.step()
+            self.scheduler.step()
+            opt.zero_grad(set_to_none=True)
+            self.state.step += 1
+            if self.dist is not None:
+                t = torch.tensor([loss_sum], device=self.device)
+                self.dist.all_reduce(t)
+                loss_sum = float(t) / self.world
+            self.state.history.append({"step": self.state.step, "loss": loss_sum,
+                                       "lr": self.scheduler.get_last_lr()[0]})
+            if bar is not None:
+                rate = tokens / max(time.perf_counter() - t0, 1e-9)
+                bar.set_postfix(loss=f"{loss_sum:.3f}", tok_s=f"{rate:,.0f}")
+                bar.update(1)
+            step = self.state.step
+            if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps) and self.eval_data is not None:
+                metrics = self.evaluate()
+                if metrics:
+                    self.state.evals.append({"step": step, **metrics})
+                    msg = (f"step {step}: train loss {loss_sum:.4f}  eval loss {metrics['eval_loss']:.4f}  "
+                           f"acc {metrics['eval_accuracy']:.3f}  ppl {metrics['eval_perplexity']:.1f}")
+                    (bar.write if bar is not None else self.log)(msg)
+            if cfg.output_dir and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.max_steps:
+                self.save_checkpoint()
+        if bar is not None:
+            bar.close()
+        if cfg.output_dir and stop == cfg.max_steps:
+            self.save_checkpoint()
+            if self.rank == 0:
+                self.plot_losses(Path(cfg.output_dir) / "loss_curve.png")
+        final = {"step": self.state.step, "train_loss": self.state.history[-1]["loss"] if self.state.history else None}
+        if self.state.evals:
+            final.update({k: v for k, v in self.state.evals[-1].items() if k != "step"})
+        return final
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def _model_state(self) -> dict[str, torch.Tensor]:
+        if self.config.distributed == "fsdp" and self.dist is not None:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict  # noqa: PLC0415
+
+            return get_model_state_dict(self.wrapped, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Everything needed to continue exactly: model, optimizer, scheduler, RNG, data position."""
+        if self.config.distributed == "fsdp" and self.dist is not None:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict  # noqa: PLC0415
+
+            optim = get_optimizer_state_dict(self.wrapped, self.optimizer,
+                                             options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        else:
+            optim = self.optimizer.state_dict()
+        return {
+            "format": "unimask-checkpoint-1",
+            "model": self._model_state(),
+            "optimizer": optim,
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+            "rng": _rng_state(),
+            "step": self.state.step,
+            "data_position": self.state.data_position,
+            "history": self.state.history,
+            "evals": self.state.evals,
+            "world_size": self.world,
+            "config": asdict(self.config),
+        }
+
+    def save_checkpoint(self, directory: str | Path | None = None) -> Path | None:
+        """Write ``step-XXXXXXX.pt`` (+ ``.sha256``) and point ``latest`` at it (rank 0 only)."""
+        directory = Path(directory or self.config.output_dir or ".")
+        state = self.checkpoint_state()  # collective under FSDP: every rank calls it
+        if self.rank != 0:
+            if self.dist is not None:
+                self.dist.barrier()
+            return None
+        path = save_checkpoint_file(state, directory / f"step-{self.state.step:07d}.pt")
+        _atomic_write_bytes(directory / "latest", (path.name + "\n").encode())
+        olds = sorted(directory.glob("step-*.pt"))[: -max(1, self.config.keep_checkpoints)]
+        for old in olds:
+            for p in (old, old.with_name(old.name + ".sha256")):
+                p.unlink(missing_ok=True)
+        if self.dist is not None:
+            self.dist.barrier()
+        return path
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Restore from a checkpoint file, or from a directory's ``latest`` checkpoint."""
+        path = Path(path)
+        if path.is_dir():
+            latest = path / "latest"
+            if not latest.is_file():
+                raise CheckpointError(f"no 'latest' file in checkpoint directory {path}")
+            path = path / latest.read_text().strip()
+        state = load_checkpoint_file(path)
+        if state.get("format") != "unimask-checkpoint-1":
+            raise CheckpointError(f"{path} is not a unimask checkpoint (format {state.get('format')!r})")
+        if state["world_size"] != self.world:
+            raise CheckpointError(
+                f"checkpoint {path} was written by {state['world_size']} processes, this run has {self.world}; "
+                "the data position would not be exact"
+            )
+        if self.config.distributed == "fsdp" and self.dist is not None:
+            from torch.distributed.checkpoint.state_dict import (  # noqa: PLC0415
+                StateDictOptions,
+                set_model_state_dict,
+                set_optimizer_state_dict,
+            )
+
+            opts = StateDictOptions(full_state_dict=True)
+            set_model_state_dict(self.wrapped, state["model"], options=opts)
+            set_optimizer_state_dict(self.wrapped, self.optimizer, state["optimizer"], options=opts)
+        else:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        _set_rng_state(state["rng"])
+        self.state = _State(state["step"], state["data_position"], list(state["history"]), list(state["evals"]))
+
+    # -- plot -------------------------------------------------------------------------------
+    def plot_losses(self, path: str | Path) -> Path:
+        """Training loss per step and held-out loss at each evaluation, as a PNG."""
+        import matplotlib  # noqa: PLC0415
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+
+        path = Path(path)
+        fig, ax = plt.subplots(figsize=(7, 4))
+        if self.state.history:
+            ax.plot([h["step"] for h in self.state.history], [h["loss"] for h in self.state.history],
+                    lw=0.8, label="train loss")
+        if self.state.evals:
+            ax.plot([e["step"] for e in self.state.evals], [e["eval_loss"] for e in self.state.evals],
+                    "o-", label="held-out MLM loss")
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        (path.parent / "metrics.json").write_text(
+            json.dumps({"history": self.state.history, "evals": self.state.evals}, indent=1), encoding="utf-8")
+        return path
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
