@@ -1,0 +1,477 @@
+#!/usr/bin/env python3
+"""One prepared GPU run for unimask's fused attention: correctness, then the benchmark table.
+
+Run from the repository root on a CUDA machine (see bench/gpu_check.sh, which wraps this)::
+
+    python3 bench/gpu_attention.py [--out DIR] [--budget-s 420] [--quick]
+
+Nothing needs installing: the script puts ``python/`` first on ``sys.path`` and imports
+``unimask.masks``, ``unimask.attention`` and ``unimask.kernels.unified_attention`` from the
+working tree. ``unimask/__init__.py`` imports the Rust extension ``unimask._native``, which a
+GPU machine without a Rust toolchain does not have; when that import fails, the script
+registers a stub ``unimask`` package (a bare module whose ``__path__`` is ``python/unimask``)
+so the pure-Python submodules import without running ``__init__.py``.
+
+Sections (each backend of each section runs under try/except and reports its error, so one
+failure never hides the rest):
+
+1. environment: Python, torch, triton, GPU, FlexAttention availability;
+2. correctness: kernel vs a high-precision reference (fp64 for short L, fp32 for long L) for
+   bf16/fp16, D 64/128, mixed modes, odd L, GQA, forward and dQ/dK/dV; pass when the kernel's
+   error is at most 2x the error of PyTorch computing the same reference in the low precision
+   (+1e-3), the FlashAttention test criterion; padded rows exactly zero; bitwise determinism;
+3. benchmark (bf16, H=16, B*L = 16384 tokens, L 512..4096, D 64/128, batches mixing all four
+   modes in UNILM's 1/3 bidirectional, 1/3 seq2seq, 1/6 left_to_right, 1/6 right_to_left
+   proportions, seq_len in [L/2, L]): forward and forward+backward TFLOP/s and peak memory of
+   unimask vs SDPA with the dense boolean mask vs FlexAttention (create_block_mask BLOCK 128 +
+   torch.compile'd flex_attention; block-mask build time separately and included) and, on a
+   left_to_right-only batch with no padding, vs SDPA ``is_causal=True``.
+
+FLOPs count only unmasked work: fwd = 4 * D * H * sum_b(allowed (i, j) pairs of sample b)
+(two matmuls, 2 flops per multiply-add); bwd = 2.5 x fwd (five matmuls instead of two, as in
+FlashAttention's benchmarks); fwd+bwd = 3.5 x fwd. Every backend is credited with the same
+useful FLOPs, whatever it actually computes.
+
+Output: a markdown table on stdout, and ``gpu_attention.json`` in ``--out`` (default ``$OUT``
+or ``./gpu_results``), rewritten after every measurement so a killed run keeps its numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+import os
+import platform
+import sys
+import time
+import traceback
+import types
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PY_SRC = ROOT / "python"
+T0 = time.time()
+
+
+def log(*a) -> None:
+    print(f"[{time.time() - T0:6.1f}s]", *a, flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# imports: torch/triton (report when missing), unimask from the working tree
+# --------------------------------------------------------------------------------------------
+def import_unimask():
+    """Import masks, attention and the kernel module from ``python/`` (stub package if needed)."""
+    sys.path.insert(0, str(PY_SRC))
+    os.environ.pop("TRITON_INTERPRET", None)  # compile for the GPU, never interpret
+    try:
+        import unimask  # noqa: F401 - runs __init__, which needs unimask._native
+
+        how = "package import (unimask._native present)"
+    except ImportError as e:
+        for name in [n for n in sys.modules if n == "unimask" or n.startswith("unimask.")]:
+            del sys.modules[name]
+        pkg = types.ModuleType("unimask")
+        pkg.__path__ = [str(PY_SRC / "unimask")]
+        pkg.__file__ = str(PY_SRC / "unimask" / "__init__.py")
+        sys.modules["unimask"] = pkg
+        how = f"stub package (unimask/__init__.py not run: {e})"
+    masks = importlib.import_module("unimask.masks")
+    attention = importlib.import_module("unimask.attention")
+    kernel = importlib.import_module("unimask.kernels.unified_attention")
+    return masks, attention, kernel, how
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+class Results:
+    def __init__(self, out_dir: Path):
+        self.out_dir = out_dir
+        self.data: dict = {"env": {}, "correctness": [], "bench": [], "errors": [], "notes": []}
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    def save(self) -> None:
+        path = self.out_dir / "gpu_attention.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=1, default=str))
+        tmp.replace(path)
+
+    def error(self, where: str, exc: BaseException) -> str:
+        msg = f"{type(exc).__name__}: {exc}"
+        self.data["errors"].append({"where": where, "error": msg, "trace": traceback.format_exc()[-4000:]})
+        log(f"ERROR in {where}: {msg}")
+        self.save()
+        return msg
+
+
+def make_batch(torch, B: int, L: int, seed: int, modes: list[int] | None = None, full: bool = False):
+    """Per-sample (mode, src_len, seq_len) for a batch mixing the modes in UNILM proportions."""
+    g = torch.Generator().manual_seed(seed)
+    if modes is None:
+        cycle = [0, 3, 0, 3, 1, 2]  # 1/3 bi, 1/3 seq2seq, 1/6 l2r, 1/6 r2l
+        modes = [cycle[(b + seed) % 6] for b in range(B)]
+    mode = torch.tensor(modes, dtype=torch.int32)
+    if full:
+        seq = torch.full((B,), L, dtype=torch.int32)
+    else:
+        seq = torch.randint(L // 2, L + 1, (B,), generator=g, dtype=torch.int32)
+        seq[0] = L
+    frac = torch.rand(B, generator=g) * 0.6 + 0.2
+    src = (seq.float() * frac).to(torch.int32).clamp(min=1)
+    src = torch.minimum(src, seq)
+    return mode, src, seq
+
+
+def allowed_pairs(masks, mode, src, seq, L: int) -> int:
+    return int(masks.dense_mask(mode, src, seq, L).sum())
+
+
+def sdpa_mask_fn(torch, masks, mode, src, seq, L, device):
+    """SDPA with the dense boolean mask; rows with no key are given one so SDPA does not NaN,
+    and their output is zeroed, matching unimask's semantics."""
+    F = torch.nn.functional
+    m = masks.dense_mask(mode, src, seq, L).to(device)[:, None]
+    row_ok = m.any(-1, keepdim=True)
+    m = m | ~row_ok
+
+    def fn(q, k, v):
+        gqa = k.shape[1] != q.shape[1]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=m, enable_gqa=gqa) if gqa else F.scaled_dot_product_attention(q, k, v, attn_mask=m)
+        return out * row_ok
+
+    return fn, m.numel() * m.element_size()
+
+
+def flex_setup(torch, mode, src, seq, L, B, device, compiled_flex):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    mode_t, src_t, seq_t = (t.to(device=device, dtype=torch.int64) for t in (mode, src, seq))
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        m = mode_t[b]
+        s = src_t[b]
+        n = seq_t[b]
+        rule = (m == 0) | ((m == 1) & (kv_idx <= q_idx)) | ((m == 2) & (kv_idx >= q_idx))
+        rule = rule | ((m == 3) & (((q_idx < s) & (kv_idx < s)) | ((q_idx >= s) & (kv_idx <= q_idx))))
+        return rule & (q_idx < n) & (kv_idx < n)
+
+    def build():
+        try:
+            return create_block_mask(mask_mod, B, None, L, L, device=device, BLOCK_SIZE=128, _compile=True)
+        except TypeError:  # torch without the _compile argument
+            return create_block_mask(mask_mod, B, None, L, L, device=device, BLOCK_SIZE=128)
+
+    block_mask = build()
+
+    def fn(q, k, v, bm=None):
+        gqa = k.shape[1] != q.shape[1]
+        return compiled_flex(q, k, v, block_mask=bm or block_mask, enable_gqa=gqa)
+
+    return fn, build
+
+
+def time_host(torch, fn, reps: int = 5) -> float:
+    """Median milliseconds of a call that mixes host and device work (block-mask build)."""
+    fn()
+    ts = []
+    for _ in range(reps):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        ts.append((time.perf_counter() - t) * 1e3)
+    return sorted(ts)[len(ts) // 2]
+
+
+def peak_mem_mib(torch, fn_fwd_bwd) -> float:
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn_fwd_bwd()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+# --------------------------------------------------------------------------------------------
+# 2. correctness
+# --------------------------------------------------------------------------------------------
+def correctness(torch, masks, attention, K, res: Results, quick: bool) -> None:
+    dev = "cuda"
+    cases = []
+    for dt in (torch.bfloat16, torch.float16):
+        for D in (64, 128):
+            cases.append(dict(dtype=dt, D=D, L=257, B=8, H=4, HK=2, hi=torch.float64))
+            if not quick:
+                cases.append(dict(dtype=dt, D=D, L=1000, B=4, H=4, HK=4, hi=torch.float32))
+    cases.append(dict(dtype=torch.float32, D=64, L=200, B=6, H=2, HK=1, hi=torch.float64))
+    for c in cases:
+        name = f"{str(c['dtype']).split('.')[-1]} D{c['D']} L{c['L']} B{c['B']} H{c['H']} Hkv{c['HK']}"
+        row: dict = {"case": name}
+        try:
+            B, H, HK, L, D, dt = c["B"], c["H"], c["HK"], c["L"], c["D"], c["dtype"]
+            mode, src, seq = make_batch(torch, B, L, seed=7)
+            # edge cases: a fully padded sample, seq_len 1, src_len 1 and src_len = seq_len
+            mode[1], seq[1], src[1] = 0, 0, 0
+            mode[2], seq[2], src[2] = 2, 1, 1
+            mode[3], src[3] = 3, 1
+            if B > 4:
+                mode[4], src[4] = 3, int(seq[4])
+                mode[5] = 1
+            g = torch.Generator(device=dev).manual_seed(0)
+            q = torch.randn(B, H, L, D, device=dev, generator=g).to(dt)
+            k = torch.randn(B, HK, L, D, device=dev, generator=g).to(dt)
+            v = torch.randn(B, HK, L, D, device=dev, generator=g).to(dt)
+            do = torch.randn(B, H, L, D, device=dev, generator=g).to(dt)
+            mode_d, src_d, seq_d = (t.to(dev) for t in (mode, src, seq))
+
+            def run(fn, qq, kk, vv, ddo):
+                qq, kk, vv = (t.detach().clone().requires_grad_() for t in (qq, kk, vv))
+                o = fn(qq, kk, vv, mode_d, src_d, seq_d)
+                o.backward(ddo)
+                return [o.detach(), qq.grad, kk.grad, vv.grad]
+
+            got = run(K.attention, q, k, v, do)
+            again = run(K.attention, q, k, v, do)
+            ref_hi = run(attention.reference_attention, q.to(c["hi"]), k.to(c["hi"]), v.to(c["hi"]), do.to(c["hi"]))
+            ref_lo = run(attention.reference_attention, q, k, v, do) if dt != torch.float32 else None
+            ok = True
+            for n, a, r, lo in zip(("out", "dq", "dk", "dv"), got, ref_hi, ref_lo or [None] * 4):
+                err = (a.to(r.dtype) - r).abs().max().item()
+                scale = r.abs().max().item()
+                if lo is not None:
+                    err_torch = (lo.to(r.dtype) - r).abs().max().item()
+                    passed = err <= 2 * err_torch + 1e-3
+                else:
+                    err_torch = None
+                    passed = err <= 1e-4 + 1e-4 * scale
+                row[n] = {"max_err": err, "torch_lowp_err": err_torch, "ref_max": scale, "pass": passed}
+                ok &= passed and bool(torch.isfinite(a).all())
+            pad_zero = all(
+                not t[b, :, int(seq[b]):].any() for t in got for b in range(B)
+            )
+            row["padding_exact_zero"] = pad_zero
+            row["deterministic"] = all(torch.equal(a, b) for a, b in zip(got, again))
+            row["pass"] = ok and pad_zero and row["deterministic"]
+            log(f"correctness {name}: {'PASS' if row['pass'] else 'FAIL'} " + " ".join(
+                f"{n}={row[n]['max_err']:.2e}(torch {row[n]['torch_lowp_err'] if row[n]['torch_lowp_err'] is None else format(row[n]['torch_lowp_err'], '.2e')})"
+                for n in ("out", "dq", "dk", "dv")
+            ) + f" pad0={pad_zero} det={row['deterministic']}")
+        except Exception as e:  # noqa: BLE001 - report and go on
+            row["error"] = res.error(f"correctness {name}", e)
+            row["pass"] = False
+        res.data["correctness"].append(row)
+        res.save()
+    # FlexAttention semantics check (so that the comparison is apples to apples)
+    try:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        B, H, L, D = 6, 4, 300, 64
+        mode, src, seq = make_batch(torch, B, L, seed=3)
+        mode[1], seq[1], src[1] = 0, 0, 0
+        q, k, v = (torch.randn(B, H, L, D, device=dev, dtype=torch.bfloat16) for _ in range(3))
+        fn, _ = flex_setup(torch, mode, src, seq, L, B, dev, torch.compile(flex_attention))
+        o = fn(q, k, v)
+        r = attention.reference_attention(q.float(), k.float(), v.float(), mode, src, seq)
+        err = (o.float() - r).abs().max().item()
+        res.data["notes"].append(f"FlexAttention vs reference (bf16, L=300, mixed modes, a padded sample): max err {err:.3g}")
+        log(res.data["notes"][-1])
+    except Exception as e:  # noqa: BLE001
+        res.error("flex semantics check", e)
+
+
+# --------------------------------------------------------------------------------------------
+# 3. benchmark
+# --------------------------------------------------------------------------------------------
+def bench(torch, triton, masks, K, res: Results, budget_s: float, quick: bool) -> None:
+    from triton.testing import do_bench
+
+    dev = "cuda"
+    H, dt, tokens = 16, torch.bfloat16, 16384
+    try:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        compiled_flex = torch.compile(flex_attention)
+    except Exception as e:  # noqa: BLE001
+        compiled_flex = None
+        res.error("import/compile flex_attention", e)
+    Ls = [512, 1024, 2048, 4096] if not quick else [512, 2048]
+    Ds = [64, 128]
+    shapes = [(L, D, "mixed") for L in Ls for D in Ds] + [(L, D, "l2r") for L in (1024, 4096) for D in Ds]
+    for L, D, kind in shapes:
+        if time.time() - T0 > budget_s:
+            res.data["notes"].append(f"budget of {budget_s:.0f}s reached: skipped L={L} D={D} {kind} and later shapes")
+            log(res.data["notes"][-1])
+            break
+        B = tokens // L
+        if kind == "mixed":
+            mode, src, seq = make_batch(torch, B, L, seed=L + D)
+        else:  # left_to_right only, no padding: SDPA is_causal computes exactly this mask
+            mode, src, seq = make_batch(torch, B, L, seed=0, modes=[1] * B, full=True)
+        pairs = allowed_pairs(masks, mode, src, seq, L)
+        fwd_flops = 4.0 * D * H * pairs
+        row: dict = {
+            "L": L, "D": D, "B": B, "H": H, "batch": kind, "allowed_pairs": pairs,
+            "density": pairs / (B * L * L), "fwd_gflop": fwd_flops / 1e9,
+            "modes": mode.tolist(), "src_len": src.tolist(), "seq_len": seq.tolist(),
+        }  # fmt: skip
+        g = torch.Generator(device=dev).manual_seed(L * D)
+        q, k, v, do = (torch.randn(B, H, L, D, device=dev, dtype=dt, generator=g) for _ in range(4))
+        qg, kg, vg = (t.detach().clone().requires_grad_() for t in (q, k, v))
+        mode_d, src_d, seq_d = (t.to(dev) for t in (mode, src, seq))
+        log(f"bench L={L} D={D} B={B} batch={kind}: density {row['density']:.3f}")
+
+        backends: dict = {}
+        backends["unimask"] = lambda q_, k_, v_: K.attention(q_, k_, v_, mode_d, src_d, seq_d)
+        try:
+            f, mask_bytes = sdpa_mask_fn(torch, masks, mode, src, seq, L, dev)
+            backends["sdpa_mask"] = f
+            row["sdpa_mask_bytes"] = mask_bytes
+        except Exception as e:  # noqa: BLE001
+            row["sdpa_mask_error"] = res.error(f"sdpa mask setup L={L} D={D}", e)
+        if compiled_flex is not None:
+            try:
+                f, build = flex_setup(torch, mode, src, seq, L, B, dev, compiled_flex)
+                row["flex_block_mask_ms"] = time_host(torch, build)
+                backends["flex"] = f
+            except Exception as e:  # noqa: BLE001
+                row["flex_error"] = res.error(f"flex setup L={L} D={D}", e)
+        if kind == "l2r":
+            backends["sdpa_causal"] = lambda q_, k_, v_: torch.nn.functional.scaled_dot_product_attention(q_, k_, v_, is_causal=True)
+
+        for name, fn in backends.items():
+            r: dict = {}
+            try:
+                with torch.no_grad():
+                    ms = do_bench(lambda: fn(q, k, v), warmup=25, rep=100)
+                r["fwd_ms"] = ms
+                r["fwd_tflops"] = fwd_flops / (ms * 1e-3) / 1e12
+
+                def fwd_bwd():
+                    fn(qg, kg, vg).backward(do)
+
+                ms = do_bench(fwd_bwd, warmup=25, rep=100, grad_to_none=[qg, kg, vg])
+                r["fwd_bwd_ms"] = ms
+                r["fwd_bwd_tflops"] = 3.5 * fwd_flops / (ms * 1e-3) / 1e12
+                r["peak_mem_mib"] = peak_mem_mib(torch, fwd_bwd)
+                if name == "flex" and "flex_block_mask_ms" in row:
+                    bm = row["flex_block_mask_ms"]
+                    r["fwd_ms_incl_mask"] = r["fwd_ms"] + bm
+                    r["fwd_tflops_incl_mask"] = fwd_flops / (r["fwd_ms_incl_mask"] * 1e-3) / 1e12
+                    r["fwd_bwd_ms_incl_mask"] = r["fwd_bwd_ms"] + bm
+                    r["fwd_bwd_tflops_incl_mask"] = 3.5 * fwd_flops / (r["fwd_bwd_ms_incl_mask"] * 1e-3) / 1e12
+                log(f"  {name:12s} fwd {r['fwd_ms']:.3f} ms {r['fwd_tflops']:.1f} TF/s | fwd+bwd {r['fwd_bwd_ms']:.3f} ms "
+                    f"{r['fwd_bwd_tflops']:.1f} TF/s | peak {r['peak_mem_mib']:.0f} MiB")
+            except Exception as e:  # noqa: BLE001
+                r["error"] = res.error(f"bench {name} L={L} D={D} {kind}", e)
+            row[name] = r
+            torch.cuda.empty_cache()
+        res.data["bench"].append(row)
+        res.save()
+        del q, k, v, do, qg, kg, vg, backends
+        torch.cuda.empty_cache()
+
+
+def table(res: Results) -> str:
+    def f(x, fmt="{:.1f}"):
+        return "-" if x is None else fmt.format(x)
+
+    lines = [
+        "FLOPs: fwd = 4*D*H*sum_b(allowed pairs of sample b); fwd+bwd = 3.5 x fwd (bwd = 2.5 x fwd). "
+        "Only unmasked work is counted, the same for every backend. TF/s = TFLOP/s; peak = extra CUDA "
+        "memory of one fwd+bwd (MiB). flex build = create_block_mask(BLOCK 128) ms per batch; "
+        "'incl' columns add it to flex's time.",
+        "",
+        "| L | D | B | batch | density | unimask fwd | unimask f+b | SDPA-mask fwd | SDPA-mask f+b | flex fwd | flex f+b | flex build ms | flex f+b incl | SDPA causal f+b | x flex (f+b) | x flex incl | x SDPA-mask (f+b) | peak MiB uni / sdpa / flex |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in res.data["bench"]:
+        u, s, fl, c = (r.get(n, {}) for n in ("unimask", "sdpa_mask", "flex", "sdpa_causal"))
+        ratio = lambda a, b: (a / b) if a and b else None  # noqa: E731
+        lines.append(
+            f"| {r['L']} | {r['D']} | {r['B']} | {r['batch']} | {r['density']:.2f} | {f(u.get('fwd_tflops'))} | {f(u.get('fwd_bwd_tflops'))} "
+            f"| {f(s.get('fwd_tflops'))} | {f(s.get('fwd_bwd_tflops'))} | {f(fl.get('fwd_tflops'))} | {f(fl.get('fwd_bwd_tflops'))} "
+            f"| {f(r.get('flex_block_mask_ms'), '{:.2f}')} | {f(fl.get('fwd_bwd_tflops_incl_mask'))} | {f(c.get('fwd_bwd_tflops'))} "
+            f"| {f(ratio(u.get('fwd_bwd_tflops'), fl.get('fwd_bwd_tflops')), '{:.2f}x')} "
+            f"| {f(ratio(u.get('fwd_bwd_tflops'), fl.get('fwd_bwd_tflops_incl_mask')), '{:.2f}x')} "
+            f"| {f(ratio(u.get('fwd_bwd_tflops'), s.get('fwd_bwd_tflops')), '{:.2f}x')} "
+            f"| {f(u.get('peak_mem_mib'), '{:.0f}')} / {f(s.get('peak_mem_mib'), '{:.0f}')} / {f(fl.get('peak_mem_mib'), '{:.0f}')} |"
+        )
+    if any("sdpa_causal" in r for r in res.data["bench"]):
+        lines.append("")
+        lines.append("left_to_right-only rows: SDPA is_causal=True runs FlashAttention's causal path on the same batch (no padding).")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default=os.environ.get("OUT", "./gpu_results"))
+    ap.add_argument("--budget-s", type=float, default=420.0, help="stop starting new bench shapes after this many seconds")
+    ap.add_argument("--quick", action="store_true", help="fewer correctness cases and shapes")
+    ap.add_argument("--skip-correctness", action="store_true")
+    args = ap.parse_args()
+    res = Results(Path(args.out))
+    env = res.data["env"]
+    env["python"] = sys.version.split()[0]
+    env["platform"] = platform.platform()
+    try:
+        import torch
+
+        env["torch"] = torch.__version__
+        env["cuda_available"] = torch.cuda.is_available()
+    except ImportError as e:
+        log(f"torch is not installed ({e}); this machine has no registry access, install a torch wheel first")
+        res.error("import torch", e)
+        return 2
+    try:
+        import triton
+
+        env["triton"] = triton.__version__
+    except ImportError as e:
+        log(f"triton is not installed ({e}); only the reference paths could run, nothing to benchmark")
+        res.error("import triton", e)
+        return 2
+    if not torch.cuda.is_available():
+        log("no CUDA device visible: this script is the GPU comparison; nothing to do")
+        res.save()
+        return 2
+    p = torch.cuda.get_device_properties(0)
+    env.update(gpu=p.name, capability=f"{p.major}.{p.minor}", sms=p.multi_processor_count, mem_gib=round(p.total_memory / 2**30, 1), cuda=torch.version.cuda)
+    env["autotune"] = os.environ.get("UNIMASK_ATTN_AUTOTUNE", "1")
+    try:
+        masks, attention, K, how = import_unimask()
+        env["unimask_import"] = how
+    except Exception as e:  # noqa: BLE001
+        res.error("import unimask", e)
+        return 3
+    try:
+        import torch.nn.attention.flex_attention  # noqa: F401
+
+        env["flex_attention"] = True
+    except ImportError:
+        env["flex_attention"] = False
+    log("environment: " + json.dumps(env))
+    res.save()
+    torch.backends.cuda.matmul.allow_tf32 = False
+    if not args.skip_correctness:
+        log("== correctness ==")
+        correctness(torch, masks, attention, K, res, args.quick)
+        n_ok = sum(1 for r in res.data["correctness"] if r.get("pass"))
+        log(f"correctness: {n_ok}/{len(res.data['correctness'])} cases pass")
+    log("== benchmark ==")
+    bench(torch, triton, masks, K, res, args.budget_s, args.quick)
+    md = table(res)
+    res.data["table_md"] = md
+    res.save()
+    print("\n" + md + "\n", flush=True)
+    if res.data["errors"]:
+        print(f"{len(res.data['errors'])} error(s); see {res.out_dir / 'gpu_attention.json'} ('errors')", flush=True)
+    log(f"done; JSON in {res.out_dir / 'gpu_attention.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
