@@ -135,18 +135,15 @@ def test_forced_triton_on_cpu_explains_why():
         unified_attention(q, k, v, MODE, SRC, SEQ, backend="triton")
 
 
-def test_forced_triton_rejects_unsupported_head_dim_and_dropout(monkeypatch):
+def test_forced_triton_rejects_unsupported_head_dim_and_dtype(monkeypatch):
     from unimask.kernels import unified_attention as K
 
     monkeypatch.setattr(K, "INTERPRET", True)  # pretend the kernel could run on this device
-    q = torch.zeros(1, 1, 4, 24)
     with pytest.raises(RuntimeError, match="head dim 24"):
-        select_backend(q, 0.0, "triton")
-    with pytest.raises(NotImplementedError, match="dropout"):
-        select_backend(torch.zeros(1, 1, 4, 32), 0.1, "triton")
+        select_backend(torch.zeros(1, 1, 4, 24), "triton")
     with pytest.raises(RuntimeError, match="float64"):
-        select_backend(torch.zeros(1, 1, 4, 32, dtype=torch.float64), 0.0, "triton")
-    assert select_backend(torch.zeros(1, 1, 4, 32), 0.0, "triton") == "triton"
+        select_backend(torch.zeros(1, 1, 4, 32, dtype=torch.float64), "triton")
+    assert select_backend(torch.zeros(1, 1, 4, 32), "triton") == "triton"
 
 
 @pytest.mark.parametrize(

@@ -37,8 +37,10 @@ def _signature(fn, dtype: str, constexprs: dict) -> dict:
     for name in fn.arg_names:
         if name in constexprs:
             sig[name] = "constexpr"
-        elif name == "sm_scale":
+        elif name in ("sm_scale", "dropout_p"):
             sig[name] = "fp32"
+        elif name == "seed":
+            sig[name] = "i32"
         elif name in _INT_ARGS or name.startswith("stride_"):
             sig[name] = "i32"
         elif name in _FP32_PTRS:
@@ -50,12 +52,13 @@ def _signature(fn, dtype: str, constexprs: dict) -> dict:
     return sig
 
 
-def _compile(kernel, dtype: str, head_dim: int, config) -> object:
+def _compile(kernel, dtype: str, head_dim: int, config, dropout: bool = False) -> object:
     fn = getattr(kernel, "fn", kernel)  # the JITFunction under the autotuner
     consts = {
         "HEAD_DIM": head_dim,
         "IS_FP32": dtype == "fp32",
         "DOT_PREC": "ieee" if dtype == "fp32" else "tf32",
+        "DROPOUT": dropout,
         **config.kwargs,
     }
     src = ASTSource(fn, _signature(fn, dtype, consts), consts)
@@ -67,13 +70,13 @@ KERNELS = [
     ("dkdv", K._attn_bwd_dkdv, K.bwd_dkdv_configs),
     ("dq", K._attn_bwd_dq, K.bwd_dq_configs),
 ]
-VARIANTS = [("bf16", 128), ("fp16", 64), ("fp16", 16), ("fp32", 32)]
+VARIANTS = [("bf16", 128, False), ("fp16", 64, False), ("fp16", 16, False), ("fp32", 32, False), ("bf16", 64, True)]
 
 
-@pytest.mark.parametrize("dtype,head_dim", VARIANTS, ids=[f"{d}-D{h}" for d, h in VARIANTS])
+@pytest.mark.parametrize("dtype,head_dim,dropout", VARIANTS, ids=[f"{d}-D{h}{'-dropout' if p else ''}" for d, h, p in VARIANTS])
 @pytest.mark.parametrize("name,kernel,configs", KERNELS, ids=[k[0] for k in KERNELS])
-def test_kernel_compiles_for_sm90(name, kernel, configs, dtype, head_dim):
-    ck = _compile(kernel, dtype, head_dim, configs[0])
+def test_kernel_compiles_for_sm90(name, kernel, configs, dtype, head_dim, dropout):
+    ck = _compile(kernel, dtype, head_dim, configs[0], dropout)
     assert ck.asm.get("cubin"), f"{name}: no cubin produced"
     ptx = ck.asm["ptx"]
     assert ".target sm_90" in ptx

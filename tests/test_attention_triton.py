@@ -18,6 +18,7 @@ worker and reported as the skip reason).
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -35,7 +36,7 @@ BM, BN = 16, 16  # the interpreter's fixed tile sizes (see _FIXED in the kernel 
 # --------------------------------------------------------------------------------------------
 # the cases (built in the parent)
 # --------------------------------------------------------------------------------------------
-def _case(name, B, H, HK, L, D, mode, src, seq, dtype=torch.float32, scale=None, layout="contiguous", seed=0):
+def _case(name, B, H, HK, L, D, mode, src, seq, dtype=torch.float32, scale=None, layout="contiguous", seed=0, dropout=0.0):
     g = torch.Generator().manual_seed(seed)
     q = torch.randn(B, H, L, D, generator=g, dtype=torch.float64)
     k = torch.randn(B, HK, L, D, generator=g, dtype=torch.float64)
@@ -46,7 +47,7 @@ def _case(name, B, H, HK, L, D, mode, src, seq, dtype=torch.float32, scale=None,
         for t in (q, k, v):
             t[b, :, n:] = 1e4
     return dict(
-        name=name, q=q, k=k, v=v, do=do, dtype=dtype, scale=scale, layout=layout,
+        name=name, q=q, k=k, v=v, do=do, dtype=dtype, scale=scale, layout=layout, dropout=dropout, seed=1000 + seed,
         mode=torch.tensor(mode), src=torch.tensor(src), seq=torch.tensor(seq),
     )  # fmt: skip
 
@@ -61,6 +62,8 @@ CASES = [
     _case("fp16_L33_D32", 4, 2, 1, 33, 32, [0, 1, 2, 3], [0, 0, 0, 7], [33, 25, 18, 30], dtype=torch.float16, seed=4),
     # strided (transposed) inputs as a model produces them, custom scale
     _case("strided_scale_L24_D32", 4, 2, 2, 24, 32, [3, 2, 1, 0], [12, 0, 0, 0], [24, 23, 11, 19], scale=0.3, layout="blhd", seed=5),
+    # attention dropout: the reference applies the kernel's own keep-mask (read back separately)
+    _case("dropout_L33_D16_gqa", 4, 4, 2, 33, 16, [0, 1, 2, 3], [0, 0, 0, 9], [33, 30, 0, 21], dropout=0.3, seed=6),
 ]
 CASE_NAMES = [c["name"] for c in CASES]
 
@@ -88,9 +91,18 @@ def _worker(inp: str, out: str) -> None:
         if c["layout"] == "blhd":  # [B, L, H, D] storage seen through a transpose
             q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v))
         q, k, v = (t.requires_grad_() for t in (q, k, v))
-        o = K.attention(q, k, v, c["mode"], c["src"], c["seq"], c["scale"])
+        o = K.attention(q, k, v, c["mode"], c["src"], c["seq"], c["scale"], c["dropout"], c["seed"])
         o.backward(c["do"].to(dt))
-        results["cases"][c["name"]] = dict(o=o.detach(), dq=q.grad, dk=k.grad, dv=v.grad)
+        results["cases"][c["name"]] = r = dict(o=o.detach(), dq=q.grad, dk=k.grad, dv=v.grad)
+        if c["dropout"] > 0.0:
+            B, H, L, _ = q.shape
+            keep = torch.zeros(B * H, L, L, dtype=torch.int8)
+            dropout_keep[(B * H,)](keep, c["seed"], c["dropout"], L, BL=triton.next_power_of_2(L))
+            r["keep"] = keep.view(B, H, L, L).bool()
+            again = K.attention(q, k, v, c["mode"], c["src"], c["seq"], c["scale"], c["dropout"], c["seed"])
+            other = K.attention(q, k, v, c["mode"], c["src"], c["seq"], c["scale"], c["dropout"], c["seed"] + 1)
+            r["same_seed_equal"] = bool(torch.equal(again, o))
+            r["other_seed_differs"] = not torch.equal(other, o)
     # the public entry point dispatches to the kernel when asked to
     c = payload["cases"][0]
     args = (c["q"].float(), c["k"].float(), c["v"].float(), c["mode"], c["src"], c["seq"])
@@ -157,10 +169,24 @@ def interp(tmp_path_factory) -> dict:
     return res
 
 
-def _reference(c) -> dict:
+def _reference_with_keep(q, k, v, mode, src, seq, scale, keep, p):
+    """fp64 attention under dense_mask with a given dropout keep-mask (inverted dropout)."""
+    B, H, L, D = q.shape
+    mask = dense_mask(mode, src, seq, L)[:, None]
+    k, v = (t.repeat_interleave(H // k.shape[1], dim=1) for t in (k, v))
+    s = q @ k.transpose(-1, -2) * (1.0 / math.sqrt(D) if scale is None else scale)
+    row = mask.any(-1, keepdim=True)
+    probs = torch.softmax(s.masked_fill(~mask, float("-inf")).masked_fill(~row, 0.0), dim=-1) * row
+    return (probs * keep / (1.0 - p)) @ v
+
+
+def _reference(c, keep=None) -> dict:
     dt = c["dtype"]
     q, k, v = (t.to(dt).double().requires_grad_() for t in (c["q"], c["k"], c["v"]))
-    o = reference_attention(q, k, v, c["mode"], c["src"], c["seq"], c["scale"])
+    if c["dropout"] > 0.0:
+        o = _reference_with_keep(q, k, v, c["mode"], c["src"], c["seq"], c["scale"], keep, c["dropout"])
+    else:
+        o = reference_attention(q, k, v, c["mode"], c["src"], c["seq"], c["scale"])
     o.backward(c["do"].to(dt).double())
     return dict(o=o.detach(), dq=q.grad, dk=k.grad, dv=v.grad)
 
@@ -180,7 +206,7 @@ def _assert_close(name, got, want, tol):
 @pytest.mark.parametrize("case", CASES, ids=CASE_NAMES)
 def test_forward_and_grads_match_fp64_reference(interp, case):
     got = interp["cases"][case["name"]]
-    want = _reference(case)
+    want = _reference(case, got.get("keep"))
     tol_f, tol_g = _tolerances(case["dtype"])
     _assert_close(f"{case['name']} out", got["o"], want["o"], tol_f)
     for g in ("dq", "dk", "dv"):
@@ -196,6 +222,16 @@ def test_padding_is_exactly_zero(interp, case):
         assert not got["dq"][b, :, n:].any()
         assert not got["dk"][b, :, n:].any()
         assert not got["dv"][b, :, n:].any()
+
+
+def test_dropout_mask_rate_and_seeding(interp):
+    c = next(c for c in CASES if c["dropout"] > 0.0)
+    got = interp["cases"][c["name"]]
+    rate = 1.0 - got["keep"].double().mean().item()
+    n = got["keep"].numel()
+    assert abs(rate - c["dropout"]) < 5 * math.sqrt(c["dropout"] * (1 - c["dropout"]) / n), f"drop rate {rate}"
+    assert got["same_seed_equal"], "same seed must reproduce the same output"
+    assert got["other_seed_differs"], "another seed must draw another mask"
 
 
 def test_output_dtype_and_layout(interp):
@@ -282,6 +318,15 @@ if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "--worker":
             for u in tl.static_range(NT):
                 f = K._tile_is_full(mode, src, seq, t * BLOCK_M, t * BLOCK_M + BLOCK_M, u * BLOCK_N, u * BLOCK_N + BLOCK_N)
                 tl.store(FULL + (c * NT + t) * NT + u, f.to(tl.int32))
+
+    @triton.jit
+    def dropout_keep(OUT, seed, p, L, BL: tl.constexpr):
+        """The kernel's dropout keep-mask over a whole [L, L] (b, h) slice, one tile."""
+        bh = tl.program_id(0)
+        i = tl.arange(0, BL)
+        keep = K._dropout_keep(seed, p, bh.to(tl.int64) * L, L, i[:, None], i[None, :])
+        ok = (i[:, None] < L) & (i[None, :] < L)
+        tl.store(OUT + bh * L * L + i[:, None] * L + i[None, :], keep.to(tl.int8), mask=ok)
 
     @triton.jit
     def dot16(X, Y, Z):

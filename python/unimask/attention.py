@@ -78,7 +78,7 @@ def _kernel_module():
     return kmod
 
 
-def _kernel_unsupported(q: torch.Tensor, dropout_p: float) -> str | None:
+def _kernel_unsupported(q: torch.Tensor) -> str | None:
     """Why the Triton kernel cannot run this call (``None`` when it can)."""
     kmod = _kernel_module()
     if kmod is None:
@@ -90,12 +90,10 @@ def _kernel_unsupported(q: torch.Tensor, dropout_p: float) -> str | None:
     D = q.shape[-1]
     if D < 16 or D > 256 or D & (D - 1):
         return f"head dim {D} is not a power of two in [16, 256]"
-    if dropout_p > 0.0:
-        return "dropout_p > 0 is not implemented in the kernel"
     return None
 
 
-def select_backend(q: torch.Tensor, dropout_p: float = 0.0, backend: str | None = None) -> str:
+def select_backend(q: torch.Tensor, backend: str | None = None) -> str:
     """The path :func:`unified_attention` takes: ``"triton"`` or ``"reference"``.
 
     ``backend`` (or ``UNIMASK_ATTENTION_BACKEND`` when ``None``): ``"auto"`` picks the kernel
@@ -109,11 +107,10 @@ def select_backend(q: torch.Tensor, dropout_p: float = 0.0, backend: str | None 
     if backend == "reference":
         return "reference"
     if backend == "auto":
-        return "triton" if q.is_cuda and _kernel_unsupported(q, dropout_p) is None else "reference"
-    why = _kernel_unsupported(q, dropout_p)
+        return "triton" if q.is_cuda and _kernel_unsupported(q) is None else "reference"
+    why = _kernel_unsupported(q)
     if why is not None:
-        exc = NotImplementedError if dropout_p > 0.0 and "dropout" in why else RuntimeError
-        raise exc(f"backend='triton' cannot run: {why}")
+        raise RuntimeError(f"backend='triton' cannot run: {why}")
     return "triton"
 
 
@@ -137,8 +134,10 @@ def unified_attention(
         src_len: int ``[B]``: source length (incl. its [CLS]/[SEP]) for seq2seq; ignored otherwise.
         seq_len: int ``[B]``: number of valid tokens; queries and keys beyond it are padding.
         scale: softmax scale, default ``1/sqrt(D)``.
-        dropout_p: attention-probability dropout. The kernel does not implement it yet, so
-            ``"auto"`` takes the reference path when ``dropout_p > 0``.
+        dropout_p: inverted dropout on the attention probabilities (pass 0 in eval). Both
+            paths draw from torch's RNG, so ``torch.manual_seed`` reproduces a run; the kernel
+            regenerates its mask in the backward (Philox) and the two paths draw different
+            masks for the same seed.
         backend: ``"auto"`` (default; or ``UNIMASK_ATTENTION_BACKEND``), ``"triton"``,
             ``"reference"``; see :func:`select_backend`.
 
@@ -156,6 +155,6 @@ def unified_attention(
     if not (q.dtype == k.dtype == v.dtype):
         raise TypeError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     check_mask_args(attn_mode, src_len, seq_len, q.shape[2])
-    if select_backend(q, dropout_p, backend) == "triton":
-        return _kernel_module().attention(q, k, v, attn_mode, src_len, seq_len, scale)
+    if select_backend(q, backend) == "triton":
+        return _kernel_module().attention(q, k, v, attn_mode, src_len, seq_len, scale, dropout_p)
     return reference_attention(q, k, v, attn_mode, src_len, seq_len, scale, dropout_p)

@@ -97,7 +97,7 @@ _FIXED = {"BLOCK_M": 16, "BLOCK_N": 16} if INTERPRET else {}
 def _autotune(configs):
     if INTERPRET:
         return lambda fn: fn
-    return triton.autotune(configs=configs, key=["HEAD_DIM", "L_BUCKET", "IS_FP32"], prune_configs_by={"early_config_prune": _prune})
+    return triton.autotune(configs=configs, key=["HEAD_DIM", "L_BUCKET", "IS_FP32", "DROPOUT"], prune_configs_by={"early_config_prune": _prune})
 
 
 # --------------------------------------------------------------------------------------------
@@ -141,20 +141,30 @@ def _q_range(mode, src, seq, n0, n1, BLOCK_M: tl.constexpr):
     return lo, hi
 
 
+@triton.jit
+def _dropout_keep(seed, dropout_p, row_base, L, i, j):
+    """Keep-mask of attention dropout for rows ``i``, keys ``j`` (broadcast) of one (b, h).
+
+    Philox on the global element index ``(b*H + h)*L*L + i*L + j`` (int64), so the forward and
+    both backward kernels draw the same bits whatever their tile sizes."""
+    offs = (row_base + i.to(tl.int64)) * L + j
+    return tl.rand(seed, offs) >= dropout_p
+
+
 # --------------------------------------------------------------------------------------------
 # forward
 # --------------------------------------------------------------------------------------------
 @_autotune(fwd_configs)
-@triton.jit
+@triton.jit(do_not_specialize=["seed"])
 def _attn_fwd(
     Q, K, V, O, LSE, MODE, SRC, SEQ,
-    sm_scale,
+    sm_scale, dropout_p, seed,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_ob, stride_oh, stride_om, stride_od,
     H, GROUP, L, L_BUCKET,
-    HEAD_DIM: tl.constexpr, IS_FP32: tl.constexpr, DOT_PREC: tl.constexpr,
+    HEAD_DIM: tl.constexpr, IS_FP32: tl.constexpr, DOT_PREC: tl.constexpr, DROPOUT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     pid_m = tl.program_id(0)
@@ -181,6 +191,7 @@ def _attn_fwd(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
 
+    row0 = pid_bh.to(tl.int64) * L
     lo, hi = _kv_range(mode, src, seq, m0, m1, BLOCK_N)
     for n0 in range(lo, hi, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
@@ -193,15 +204,19 @@ def _attn_fwd(
         m_new = tl.maximum(m_i, tl.max(qk, 1))
         p = tl.math.exp2(qk - m_new[:, None])
         alpha = tl.math.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
+        l_i = l_i * alpha + tl.sum(p, 1)  # the denominator counts dropped probabilities too
         acc = acc * alpha[:, None]
+        if DROPOUT:
+            p = tl.where(_dropout_keep(seed, dropout_p, row0, L, offs_m[:, None], offs_n[None, :]), p, 0.0)
         acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PREC)
         m_i = m_new
 
     row_ok = offs_m < seq
     l_safe = tl.where(row_ok, l_i, 1.0)
+    if DROPOUT:
+        l_safe = l_safe * (1.0 - dropout_p)  # inverted dropout: kept probabilities scaled up
     out = tl.where(row_ok[:, None], acc / l_safe[:, None], 0.0)
-    lse = tl.where(row_ok, m_i + tl.math.log2(l_safe), float("inf"))
+    lse = tl.where(row_ok, m_i + tl.math.log2(tl.where(row_ok, l_i, 1.0)), float("inf"))
     o_ptrs = O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od
     tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=offs_m[:, None] < L)
     tl.store(LSE + pid_bh.to(tl.int64) * L + offs_m, lse, mask=offs_m < L)
@@ -233,10 +248,10 @@ def _attn_bwd_preprocess(
 
 
 @_autotune(bwd_dkdv_configs)
-@triton.jit
+@triton.jit(do_not_specialize=["seed"])
 def _attn_bwd_dkdv(
     Q, K, V, DO, DK, DV, LSE, DELTA, MODE, SRC, SEQ,
-    sm_scale,
+    sm_scale, dropout_p, seed,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -244,7 +259,7 @@ def _attn_bwd_dkdv(
     stride_dkb, stride_dkh, stride_dkn, stride_dkd,
     stride_dvb, stride_dvh, stride_dvn, stride_dvd,
     H, HK, GROUP, L, L_BUCKET,
-    HEAD_DIM: tl.constexpr, IS_FP32: tl.constexpr, DOT_PREC: tl.constexpr,
+    HEAD_DIM: tl.constexpr, IS_FP32: tl.constexpr, DOT_PREC: tl.constexpr, DROPOUT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     """One program per (kv tile, b, kv head): dK, dV summed over the group's query heads."""
@@ -285,8 +300,14 @@ def _attn_bwd_dkdv(
             if not _tile_is_full(mode, src, seq, m0, m0 + BLOCK_M, n0, n1):
                 qkT = tl.where(_tile_mask(mode, src, seq, offs_m[None, :], offs_n[:, None]), qkT, float("-inf"))
             pT = tl.math.exp2(qkT - lse[None, :])
-            dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=DOT_PREC)
             dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PREC).to(tl.float32)
+            if DROPOUT:  # O = (P * Z) V with Z = keep / (1 - p): dV = (P * Z)^T dO, dP = Z * dO V^T
+                keepT = _dropout_keep(seed, dropout_p, row_base, L, offs_m[None, :], offs_n[:, None])
+                zT = tl.where(keepT, 1.0 / (1.0 - dropout_p), 0.0)
+                dv = tl.dot((pT * zT).to(do.dtype), do, dv, input_precision=DOT_PREC)
+                dpT = dpT * zT
+            else:
+                dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=DOT_PREC)
             dsT = pT * (dpT - delta[None, :])
             dk = tl.dot(dsT.to(q.dtype), q, dk, input_precision=DOT_PREC)
     dk = dk * sm_scale
@@ -297,17 +318,17 @@ def _attn_bwd_dkdv(
 
 
 @_autotune(bwd_dq_configs)
-@triton.jit
+@triton.jit(do_not_specialize=["seed"])
 def _attn_bwd_dq(
     Q, K, V, DO, DQ, LSE, DELTA, MODE, SRC, SEQ,
-    sm_scale,
+    sm_scale, dropout_p, seed,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_db, stride_dh, stride_dm, stride_dd,
     stride_dqb, stride_dqh, stride_dqm, stride_dqd,
     H, GROUP, L, L_BUCKET,
-    HEAD_DIM: tl.constexpr, IS_FP32: tl.constexpr, DOT_PREC: tl.constexpr,
+    HEAD_DIM: tl.constexpr, IS_FP32: tl.constexpr, DOT_PREC: tl.constexpr, DROPOUT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     """One program per (query tile, b, head): dQ."""
@@ -346,6 +367,9 @@ def _attn_bwd_dq(
             qk = tl.where(_tile_mask(mode, src, seq, offs_m[:, None], offs_n[None, :]), qk, float("-inf"))
         p = tl.math.exp2(qk - lse[:, None])
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC).to(tl.float32)
+        if DROPOUT:
+            keep = _dropout_keep(seed, dropout_p, row_base, L, offs_m[:, None], offs_n[None, :])
+            dp = tl.where(keep, dp / (1.0 - dropout_p), 0.0)
         ds = p * (dp - delta[:, None])
         dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PREC)
     dq = dq * sm_scale
@@ -387,7 +411,7 @@ class _UnifiedAttention(torch.autograd.Function):
     """Forward: :func:`_attn_fwd`. Backward: preprocess delta, dK/dV kernel, dQ kernel."""
 
     @staticmethod
-    def forward(ctx, q, k, v, mode, src, seq, sm_scale):  # noqa: D102
+    def forward(ctx, q, k, v, mode, src, seq, sm_scale, dropout_p, seed):  # noqa: D102
         B, H, L, D = q.shape
         HK = k.shape[1]
         o = torch.empty_like(q, memory_format=torch.contiguous_format)
@@ -395,13 +419,14 @@ class _UnifiedAttention(torch.autograd.Function):
         if B * H * L > 0:
             grid = lambda meta: (triton.cdiv(L, meta["BLOCK_M"]), B * H)  # noqa: E731
             _attn_fwd[grid](
-                q, k, v, o, lse, mode, src, seq, sm_scale,
+                q, k, v, o, lse, mode, src, seq, sm_scale, dropout_p, seed,
                 *q.stride(), *k.stride(), *v.stride(), *o.stride(),
                 H, H // HK, L, _l_bucket(L),
-                HEAD_DIM=D, IS_FP32=q.dtype == torch.float32, DOT_PREC=_dot_precision(q.dtype), **_FIXED,
+                HEAD_DIM=D, IS_FP32=q.dtype == torch.float32, DOT_PREC=_dot_precision(q.dtype),
+                DROPOUT=dropout_p > 0.0, **_FIXED,
             )  # fmt: skip
         ctx.save_for_backward(q, k, v, o, lse, mode, src, seq)
-        ctx.sm_scale = sm_scale
+        ctx.sm_scale, ctx.dropout_p, ctx.seed = sm_scale, dropout_p, seed
         return o
 
     @staticmethod
@@ -413,26 +438,29 @@ class _UnifiedAttention(torch.autograd.Function):
         dk = torch.empty_like(k, memory_format=torch.contiguous_format)
         dv = torch.empty_like(v, memory_format=torch.contiguous_format)
         if B * H * L == 0:
-            return dq.zero_(), dk.zero_(), dv.zero_(), None, None, None, None
+            return dq.zero_(), dk.zero_(), dv.zero_(), None, None, None, None, None, None
         delta = torch.empty_like(lse)
         pre_m = 16 if INTERPRET else 128
         _attn_bwd_preprocess[(triton.cdiv(L, pre_m), B * H)](
             o, do, delta, *o.stride(), *do.stride(), H, L, HEAD_DIM=D, BLOCK_M=pre_m
         )
-        common = dict(HEAD_DIM=D, IS_FP32=q.dtype == torch.float32, DOT_PREC=_dot_precision(q.dtype), **_FIXED)
+        common = dict(
+            HEAD_DIM=D, IS_FP32=q.dtype == torch.float32, DOT_PREC=_dot_precision(q.dtype),
+            DROPOUT=ctx.dropout_p > 0.0, **_FIXED,
+        )  # fmt: skip
         grid_kv = lambda meta: (triton.cdiv(L, meta["BLOCK_N"]), B * HK)  # noqa: E731
         _attn_bwd_dkdv[grid_kv](
-            q, k, v, do, dk, dv, lse, delta, mode, src, seq, ctx.sm_scale,
+            q, k, v, do, dk, dv, lse, delta, mode, src, seq, ctx.sm_scale, ctx.dropout_p, ctx.seed,
             *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *dv.stride(),
             H, HK, H // HK, L, _l_bucket(L), **common,
         )  # fmt: skip
         grid_q = lambda meta: (triton.cdiv(L, meta["BLOCK_M"]), B * H)  # noqa: E731
         _attn_bwd_dq[grid_q](
-            q, k, v, do, dq, lse, delta, mode, src, seq, ctx.sm_scale,
+            q, k, v, do, dq, lse, delta, mode, src, seq, ctx.sm_scale, ctx.dropout_p, ctx.seed,
             *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride(),
             H, H // HK, L, _l_bucket(L), **common,
         )  # fmt: skip
-        return dq, dk, dv, None, None, None, None
+        return dq, dk, dv, None, None, None, None, None, None
 
 
 def attention(
@@ -443,6 +471,8 @@ def attention(
     src_len: torch.Tensor,
     seq_len: torch.Tensor,
     scale: float | None = None,
+    dropout_p: float = 0.0,
+    seed: int | None = None,
 ) -> torch.Tensor:
     """Fused unified-LM attention (Triton), differentiable in ``q``, ``k``, ``v``.
 
@@ -451,9 +481,19 @@ def attention(
     :func:`unimask.attention.unified_attention`, which is the public entry point). fp16/bf16
     (fp32 accumulation) or fp32; head dim a power of two >= 16. Returns ``[B, H, L, D]``
     (contiguous), rows of padded queries exactly zero.
+
+    ``dropout_p``: inverted dropout on the attention probabilities (as
+    ``torch.nn.functional.dropout`` applied to the softmax), regenerated in the backward from
+    Philox(``seed``, element index) instead of being stored. ``seed`` defaults to a draw from
+    torch's CPU generator, so ``torch.manual_seed`` makes runs reproducible.
     """
     _check(q, k, v)
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
     D = q.shape[-1]
     sm_scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    if seed is None:
+        seed = int(torch.randint(0, 2**31 - 1, (1,)).item()) if dropout_p > 0.0 else 0
     dev = q.device
-    return _UnifiedAttention.apply(q, k, v, _ints(attn_mode, dev), _ints(src_len, dev), _ints(seq_len, dev), sm_scale)
+    mode, src, seq = _ints(attn_mode, dev), _ints(src_len, dev), _ints(seq_len, dev)
+    return _UnifiedAttention.apply(q, k, v, mode, src, seq, sm_scale, float(dropout_p), int(seed))
