@@ -71,7 +71,7 @@ def test_wheel_installs_into_a_fresh_venv_and_imports(wheel, tmp_path):
     # dependencies (numpy, torch, ...) come from the current environment; unimask only from the wheel
     deps = sysconfig.get_paths()["purelib"]
     Path(site, "00-deps.pth").write_text(deps + "\n")
-    subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-index", "--no-deps", str(wheel)], check=True, timeout=600)
+    subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--ignore-installed", str(wheel)], check=True, timeout=600)
     code = (
         "import unimask, unimask._native, unimask.kernels, unimask.corpus\n"
         "import os\n"
