@@ -1,7 +1,332 @@
-//! Bindings of the core's tokenizer stage (filled in by the tokenizer work).
+//! Bindings of the core's tokenizer stage: `unimask._native.Tokenizer`.
+//!
+//! Thin by design: convert arguments (texts are copied into one contiguous UTF-8 buffer while
+//! the GIL is held), run the core outside the GIL through `run_detached`, and hand the flat
+//! output vectors to numpy without copying. The Python face is `unimask.tokenizer`.
 
+use std::sync::Arc;
+
+use numpy::{IntoPyArray, PyArray1, PyArray2, PyArrayMethods};
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::types::{PyList, PyString, PyTuple};
+use unimask_core::normalize::NormalizerConfig;
+use unimask_core::tokenizer::{EncodeOptions, EncodingBuf, Tokenizer, TokenizerConfig, Truncation};
+use unimask_core::vocab::Vocab;
 
-pub fn register(_m: &Bound<'_, PyModule>) -> PyResult<()> {
+use crate::errors::{run_detached, to_py};
+
+/// Borrow the UTF-8 of a Python `str`, with errors naming the argument.
+fn as_text<'a>(obj: &'a Bound<'_, PyAny>, what: &str) -> PyResult<&'a str> {
+    let s = obj.cast::<PyString>().map_err(|_| {
+        let tn = obj
+            .get_type()
+            .name()
+            .map(|n| n.to_string())
+            .unwrap_or_else(|_| "?".into());
+        let hint = if tn == "bytes" || tn == "bytearray" {
+            " (decode it to str first)"
+        } else {
+            ""
+        };
+        PyTypeError::new_err(format!("{what} must be str, got {tn}{hint}"))
+    })?;
+    s.to_str().map_err(|_| {
+        PyValueError::new_err(format!(
+            "{what} is not valid Unicode text: it contains a lone surrogate code point (cannot be encoded as UTF-8)"
+        ))
+    })
+}
+
+/// Texts of a Python list/tuple copied into one buffer: (buffer, end offsets).
+fn collect_texts(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<(String, Vec<usize>)> {
+    if obj.is_instance_of::<PyString>() {
+        return Err(PyTypeError::new_err(format!(
+            "{what} must be a list of str, got a single str (wrap it in a list)"
+        )));
+    }
+    let items: Vec<Bound<'_, PyAny>> = if let Ok(l) = obj.cast::<PyList>() {
+        l.iter().collect()
+    } else if let Ok(t) = obj.cast::<PyTuple>() {
+        t.iter().collect()
+    } else {
+        let mut v = Vec::new();
+        let it = obj.try_iter().map_err(|_| {
+            let tn = obj
+                .get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_else(|_| "?".into());
+            PyTypeError::new_err(format!("{what} must be a list of str, got {tn}"))
+        })?;
+        for x in it {
+            v.push(x?);
+        }
+        v
+    };
+    let mut buf = String::new();
+    let mut ends = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        buf.push_str(as_text(item, &format!("{what}[{i}]"))?);
+        ends.push(buf.len());
+    }
+    Ok((buf, ends))
+}
+
+fn slices<'a>(buf: &'a str, ends: &[usize]) -> Vec<&'a str> {
+    let mut start = 0;
+    ends.iter()
+        .map(|&e| {
+            let s = &buf[start..e];
+            start = e;
+            s
+        })
+        .collect()
+}
+
+type Columns<'py> = (
+    Bound<'py, PyArray1<u32>>,
+    Bound<'py, PyArray1<u8>>,
+    Bound<'py, PyArray2<u32>>,
+    Bound<'py, PyArray1<i32>>,
+);
+
+fn columns(py: Python<'_>, e: EncodingBuf) -> PyResult<Columns<'_>> {
+    let n = e.ids.len();
+    let offsets = e
+        .offsets
+        .into_flattened()
+        .into_pyarray(py)
+        .reshape([n, 2])?;
+    Ok((
+        e.ids.into_pyarray(py),
+        e.type_ids.into_pyarray(py),
+        offsets,
+        e.word_ids.into_pyarray(py),
+    ))
+}
+
+fn options(
+    add_special_tokens: bool,
+    max_length: Option<i64>,
+    truncation: &str,
+    stride: i64,
+) -> PyResult<EncodeOptions> {
+    let max_length = match max_length {
+        None => None,
+        Some(m) if m < 0 => {
+            return Err(PyValueError::new_err(format!(
+                "max_length must be >= 0, got {m}"
+            )))
+        }
+        Some(m) => Some(
+            usize::try_from(m)
+                .map_err(|_| PyValueError::new_err(format!("max_length too large: {m}")))?,
+        ),
+    };
+    if stride < 0 {
+        return Err(PyValueError::new_err(format!(
+            "stride must be >= 0, got {stride}"
+        )));
+    }
+    Ok(EncodeOptions {
+        add_special_tokens,
+        max_length,
+        truncation: Truncation::parse(truncation).map_err(to_py)?,
+        stride: stride as usize,
+    })
+}
+
+/// A BERT WordPiece tokenizer (see `unimask.tokenizer.WordPieceTokenizer`).
+#[pyclass(frozen, module = "unimask._native", name = "Tokenizer")]
+struct PyTokenizer {
+    inner: Arc<Tokenizer>,
+}
+
+#[pymethods]
+impl PyTokenizer {
+    #[new]
+    #[pyo3(signature = (tokens, *, clean_text=true, handle_chinese_chars=true, strip_accents=true,
+        lowercase=true, unk_token="[UNK]".to_string(), continuing_subword_prefix="##".to_string(),
+        max_input_chars_per_word=100, cls_token="[CLS]".to_string(), sep_token="[SEP]".to_string(),
+        pad_token="[PAD]".to_string(), mask_token="[MASK]".to_string(), special_tokens=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        tokens: Vec<String>,
+        clean_text: bool,
+        handle_chinese_chars: bool,
+        strip_accents: bool,
+        lowercase: bool,
+        unk_token: String,
+        continuing_subword_prefix: String,
+        max_input_chars_per_word: usize,
+        cls_token: String,
+        sep_token: String,
+        pad_token: String,
+        mask_token: String,
+        special_tokens: Option<Vec<String>>,
+    ) -> PyResult<Self> {
+        let special_tokens = special_tokens.unwrap_or_else(|| {
+            vec![
+                pad_token.clone(),
+                unk_token.clone(),
+                cls_token.clone(),
+                sep_token.clone(),
+                mask_token.clone(),
+            ]
+        });
+        let config = TokenizerConfig {
+            normalizer: NormalizerConfig {
+                clean_text,
+                handle_chinese_chars,
+                strip_accents,
+                lowercase,
+            },
+            unk_token,
+            continuing_subword_prefix,
+            max_input_chars_per_word,
+            cls_token,
+            sep_token,
+            pad_token,
+            mask_token,
+            special_tokens,
+        };
+        let inner = run_detached(py, move || Tokenizer::new(Vocab::new(tokens)?, config))?;
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// Read and validate a `vocab.txt` file; returns its tokens in id order.
+    #[staticmethod]
+    fn read_vocab(py: Python<'_>, path: std::path::PathBuf) -> PyResult<Vec<String>> {
+        run_detached(py, move || Ok(Vocab::from_file(&path)?.tokens().to_vec()))
+    }
+
+    /// Encode one text (and optional pair): (ids u32, type_ids u8, offsets u32 [n, 2], word_ids i32).
+    #[pyo3(signature = (text, pair=None, add_special_tokens=true, max_length=None, truncation="longest_first", stride=0))]
+    #[allow(clippy::too_many_arguments)]
+    fn encode<'py>(
+        &self,
+        py: Python<'py>,
+        text: &Bound<'py, PyAny>,
+        pair: Option<&Bound<'py, PyAny>>,
+        add_special_tokens: bool,
+        max_length: Option<i64>,
+        truncation: &str,
+        stride: i64,
+    ) -> PyResult<Columns<'py>> {
+        let opts = options(add_special_tokens, max_length, truncation, stride)?;
+        let text = as_text(text, "text")?.to_owned();
+        let pair = pair
+            .map(|p| as_text(p, "pair"))
+            .transpose()?
+            .map(str::to_owned);
+        let inner = Arc::clone(&self.inner);
+        let e = run_detached(py, move || inner.encode(&text, pair.as_deref(), &opts))?;
+        columns(py, e)
+    }
+
+    /// Encode a batch: (ids, type_ids, offsets, word_ids, row_splits i64 [B + 1]).
+    #[pyo3(signature = (texts, pairs=None, add_special_tokens=true, max_length=None,
+        truncation="longest_first", stride=0, num_threads=None))]
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    fn encode_batch<'py>(
+        &self,
+        py: Python<'py>,
+        texts: &Bound<'py, PyAny>,
+        pairs: Option<&Bound<'py, PyAny>>,
+        add_special_tokens: bool,
+        max_length: Option<i64>,
+        truncation: &str,
+        stride: i64,
+        num_threads: Option<usize>,
+    ) -> PyResult<(
+        Bound<'py, PyArray1<u32>>,
+        Bound<'py, PyArray1<u8>>,
+        Bound<'py, PyArray2<u32>>,
+        Bound<'py, PyArray1<i32>>,
+        Bound<'py, PyArray1<i64>>,
+    )> {
+        let opts = options(add_special_tokens, max_length, truncation, stride)?;
+        let (buf, ends) = collect_texts(texts, "texts")?;
+        let pairs = pairs.map(|p| collect_texts(p, "pairs")).transpose()?;
+        let inner = Arc::clone(&self.inner);
+        let batch = run_detached(py, move || {
+            let t = slices(&buf, &ends);
+            let p = pairs.as_ref().map(|(b, e)| slices(b, e));
+            inner.encode_batch(&t, p.as_deref(), &opts, num_threads)
+        })?;
+        let (a, b, c, d) = columns(py, batch.tokens)?;
+        Ok((a, b, c, d, batch.row_splits.into_pyarray(py)))
+    }
+
+    /// Decode ids to text (HF WordPiece decoder rules).
+    #[pyo3(signature = (ids, skip_special_tokens=true))]
+    fn decode(&self, py: Python<'_>, ids: Vec<i64>, skip_special_tokens: bool) -> PyResult<String> {
+        let n = self.inner.vocab().len();
+        let ids: Vec<u32> = ids
+            .into_iter()
+            .map(|i| {
+                u32::try_from(i).map_err(|_| {
+                    PyValueError::new_err(format!("token id {i} is out of range (vocab_size {n})"))
+                })
+            })
+            .collect::<PyResult<_>>()?;
+        let inner = Arc::clone(&self.inner);
+        run_detached(py, move || inner.decode(&ids, skip_special_tokens))
+    }
+
+    fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.vocab().token_to_id(token)
+    }
+
+    fn id_to_token(&self, id: i64) -> Option<String> {
+        u32::try_from(id)
+            .ok()
+            .and_then(|i| self.inner.vocab().id_to_token(i))
+            .map(str::to_owned)
+    }
+
+    /// Tokens in id order.
+    fn tokens(&self) -> Vec<String> {
+        self.inner.vocab().tokens().to_vec()
+    }
+
+    #[getter]
+    fn vocab_size(&self) -> usize {
+        self.inner.vocab().len()
+    }
+    #[getter]
+    fn unk_id(&self) -> u32 {
+        self.inner.unk_id()
+    }
+    #[getter]
+    fn cls_id(&self) -> Option<u32> {
+        self.inner.cls_id
+    }
+    #[getter]
+    fn sep_id(&self) -> Option<u32> {
+        self.inner.sep_id
+    }
+    #[getter]
+    fn pad_id(&self) -> Option<u32> {
+        self.inner.pad_id
+    }
+    #[getter]
+    fn mask_id(&self) -> Option<u32> {
+        self.inner.mask_id
+    }
+    /// Ids of the special (added) tokens, sorted.
+    fn special_ids(&self) -> Vec<u32> {
+        (0..self.inner.vocab().len() as u32)
+            .filter(|&i| self.inner.is_special(i))
+            .collect()
+    }
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyTokenizer>()?;
     Ok(())
 }

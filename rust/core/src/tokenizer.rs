@@ -1,1 +1,863 @@
 //! The BERT tokenizer pipeline: normalize, pretokenize, wordpiece, special tokens, truncation.
+//!
+//! Follows HF `tokenizers` 0.23.3 `Tokenizer::encode` for a BERT `tokenizer.json`:
+//!
+//! 1. *Added tokens*: the special tokens (`[CLS]`, `[SEP]`, `[MASK]`, ...) are found verbatim
+//!    in the raw text (leftmost-longest) and become one token each; the text between them is
+//!    processed by the next steps.
+//! 2. Normalization ([`crate::normalize`]), pre-tokenization ([`crate::pretokenize`]) and
+//!    WordPiece ([`crate::wordpiece`]). Word ids count the words (including added-token
+//!    splits) of each sequence from 0.
+//! 3. Truncation of the sequence(s) to `max_length` minus the special tokens
+//!    (`longest_first`, `only_first`, `only_second`, HF `utils/truncation.rs`), then the
+//!    template `[CLS] A [SEP]` / `[CLS] A [SEP] B [SEP]` with type ids 0 for A (and its
+//!    `[SEP]`), 1 for B (and the final `[SEP]`). Special tokens get offsets (0, 0) and word id -1.
+//!
+//! Offsets are *character* offsets into the original text (what Python's `Encoding.offsets`
+//! reports for `str` input). ASCII text takes a byte-table fast path; any other text takes the
+//! general normalizer, which follows HF's alignment rules exactly.
+
+use rayon::prelude::*;
+
+use crate::normalize::{
+    char_flags, NChar, NormScratch, Normalizer, NormalizerConfig, F_PUNCT, F_WS,
+};
+use crate::pretokenize::split_words;
+use crate::vocab::Vocab;
+use crate::wordpiece::WordPiece;
+use crate::{pool, Error, Result};
+
+/// Truncation strategy (HF names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Truncation {
+    LongestFirst,
+    OnlyFirst,
+    OnlySecond,
+}
+
+impl Truncation {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "longest_first" => Ok(Self::LongestFirst),
+            "only_first" => Ok(Self::OnlyFirst),
+            "only_second" => Ok(Self::OnlySecond),
+            other => Err(Error::InvalidInput(format!(
+                "truncation must be 'longest_first', 'only_first' or 'only_second', got {other:?}"
+            ))),
+        }
+    }
+}
+
+/// Options of one encode call.
+#[derive(Clone, Copy, Debug)]
+pub struct EncodeOptions {
+    pub add_special_tokens: bool,
+    pub max_length: Option<usize>,
+    pub truncation: Truncation,
+    pub stride: usize,
+}
+
+impl Default for EncodeOptions {
+    fn default() -> Self {
+        Self {
+            add_special_tokens: true,
+            max_length: None,
+            truncation: Truncation::LongestFirst,
+            stride: 0,
+        }
+    }
+}
+
+/// Everything needed to build a [`Tokenizer`] besides the vocabulary.
+#[derive(Clone, Debug)]
+pub struct TokenizerConfig {
+    pub normalizer: NormalizerConfig,
+    pub unk_token: String,
+    pub continuing_subword_prefix: String,
+    pub max_input_chars_per_word: usize,
+    pub cls_token: String,
+    pub sep_token: String,
+    pub pad_token: String,
+    pub mask_token: String,
+    /// Tokens matched verbatim in the raw text before normalization (HF "added tokens"
+    /// with `normalized: false`). Those missing from the vocabulary are ignored.
+    pub special_tokens: Vec<String>,
+}
+
+impl Default for TokenizerConfig {
+    fn default() -> Self {
+        Self {
+            normalizer: NormalizerConfig::default(),
+            unk_token: "[UNK]".into(),
+            continuing_subword_prefix: "##".into(),
+            max_input_chars_per_word: 100,
+            cls_token: "[CLS]".into(),
+            sep_token: "[SEP]".into(),
+            pad_token: "[PAD]".into(),
+            mask_token: "[MASK]".into(),
+            special_tokens: ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        }
+    }
+}
+
+/// Encoded tokens of one or many sequences, as flat columns.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EncodingBuf {
+    pub ids: Vec<u32>,
+    pub type_ids: Vec<u8>,
+    pub offsets: Vec<[u32; 2]>,
+    /// Word index within its sequence; -1 for template special tokens.
+    pub word_ids: Vec<i32>,
+}
+
+impl EncodingBuf {
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+    pub fn clear(&mut self) {
+        self.ids.clear();
+        self.type_ids.clear();
+        self.offsets.clear();
+        self.word_ids.clear();
+    }
+    fn truncate(&mut self, n: usize) {
+        self.ids.truncate(n);
+        self.type_ids.truncate(n);
+        self.offsets.truncate(n);
+        self.word_ids.truncate(n);
+    }
+    #[inline]
+    fn push(&mut self, id: u32, type_id: u8, start: u32, end: u32, word: i32) {
+        self.ids.push(id);
+        self.type_ids.push(type_id);
+        self.offsets.push([start, end]);
+        self.word_ids.push(word);
+    }
+    fn extend_prefix(&mut self, other: &EncodingBuf, n: usize) {
+        self.ids.extend_from_slice(&other.ids[..n]);
+        self.type_ids.extend_from_slice(&other.type_ids[..n]);
+        self.offsets.extend_from_slice(&other.offsets[..n]);
+        self.word_ids.extend_from_slice(&other.word_ids[..n]);
+    }
+    fn append(&mut self, other: &EncodingBuf) {
+        self.extend_prefix(other, other.len());
+    }
+}
+
+/// A batch of encodings: flat columns plus `row_splits` (length B + 1).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RaggedBatch {
+    pub tokens: EncodingBuf,
+    pub row_splits: Vec<i64>,
+}
+
+/// Per-thread scratch buffers (no allocation per token or per word in steady state).
+#[derive(Default)]
+pub struct Scratch {
+    norm: NormScratch,
+    nchars: Vec<NChar>,
+    word: Vec<u8>,
+    byte_char: Vec<u32>,
+    pieces: Vec<(u32, u32, u32)>,
+    pair: EncodingBuf,
+}
+
+const A_DROP: u8 = 0;
+const A_SPACE: u8 = 1;
+const A_PUNCT: u8 = 2;
+const A_WORD: u8 = 3;
+
+/// A BERT WordPiece tokenizer.
+#[derive(Clone, Debug)]
+pub struct Tokenizer {
+    config: TokenizerConfig,
+    vocab: Vocab,
+    wordpiece: WordPiece,
+    normalizer: Normalizer,
+    /// (bytes, id, char length), sorted longest first for leftmost-longest matching.
+    specials: Vec<(Vec<u8>, u32, u32)>,
+    special_first: [bool; 256],
+    special_first_bytes: Vec<u8>,
+    is_special_id: Vec<bool>,
+    ascii_class: [u8; 128],
+    ascii_map: [u8; 128],
+    pub cls_id: Option<u32>,
+    pub sep_id: Option<u32>,
+    pub pad_id: Option<u32>,
+    pub mask_id: Option<u32>,
+}
+
+impl Tokenizer {
+    /// Build a tokenizer from a vocabulary and configuration.
+    pub fn new(vocab: Vocab, config: TokenizerConfig) -> Result<Self> {
+        if config.max_input_chars_per_word == 0 {
+            return Err(Error::InvalidInput(
+                "max_input_chars_per_word must be positive".into(),
+            ));
+        }
+        let wordpiece = WordPiece::new(
+            &vocab,
+            &config.unk_token,
+            &config.continuing_subword_prefix,
+            config.max_input_chars_per_word,
+        )?;
+        let normalizer = Normalizer::new(config.normalizer);
+        let mut specials: Vec<(Vec<u8>, u32, u32)> = Vec::new();
+        let mut is_special_id = vec![false; vocab.len()];
+        for s in &config.special_tokens {
+            if s.is_empty() {
+                return Err(Error::InvalidInput(
+                    "special tokens must not be empty strings".into(),
+                ));
+            }
+            if let Some(id) = vocab.token_to_id(s) {
+                if !specials.iter().any(|(b, _, _)| b == s.as_bytes()) {
+                    specials.push((s.as_bytes().to_vec(), id, s.chars().count() as u32));
+                    is_special_id[id as usize] = true;
+                }
+            }
+        }
+        specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.0.cmp(&b.0)));
+        let mut special_first = [false; 256];
+        let mut special_first_bytes = Vec::new();
+        for (b, _, _) in &specials {
+            if !special_first[b[0] as usize] {
+                special_first[b[0] as usize] = true;
+                special_first_bytes.push(b[0]);
+            }
+        }
+        let mut ascii_class = [A_DROP; 128];
+        let mut ascii_map = [0u8; 128];
+        for b in 0u8..128 {
+            let out = normalizer.normalize_char(b as char);
+            let (class, m) = match out.as_slice() {
+                [] => (A_DROP, 0),
+                [c] if (*c as u32) < 128 => {
+                    let f = char_flags(*c);
+                    let class = if f & F_WS != 0 {
+                        A_SPACE
+                    } else if f & F_PUNCT != 0 {
+                        A_PUNCT
+                    } else {
+                        A_WORD
+                    };
+                    (class, *c as u8)
+                }
+                _ => {
+                    return Err(Error::Internal(format!(
+                        "ASCII {b} normalizes outside ASCII"
+                    )))
+                }
+            };
+            ascii_class[b as usize] = class;
+            ascii_map[b as usize] = m;
+        }
+        let id = |t: &str| vocab.token_to_id(t);
+        Ok(Self {
+            cls_id: id(&config.cls_token),
+            sep_id: id(&config.sep_token),
+            pad_id: id(&config.pad_token),
+            mask_id: id(&config.mask_token),
+            config,
+            wordpiece,
+            normalizer,
+            specials,
+            special_first,
+            special_first_bytes,
+            is_special_id,
+            ascii_class,
+            ascii_map,
+            vocab,
+        })
+    }
+
+    pub fn vocab(&self) -> &Vocab {
+        &self.vocab
+    }
+    pub fn config(&self) -> &TokenizerConfig {
+        &self.config
+    }
+    pub fn unk_id(&self) -> u32 {
+        self.wordpiece.unk_id
+    }
+    /// Whether `id` is one of the special (added) tokens.
+    pub fn is_special(&self, id: u32) -> bool {
+        self.is_special_id
+            .get(id as usize)
+            .copied()
+            .unwrap_or(false)
+    }
+
+    /// Number of template special tokens added to a single sequence / a pair.
+    pub fn num_special_tokens(&self, pair: bool) -> usize {
+        if pair {
+            3
+        } else {
+            2
+        }
+    }
+
+    fn check_options(&self, opts: &EncodeOptions, pair: bool) -> Result<()> {
+        if opts.add_special_tokens && (self.cls_id.is_none() || self.sep_id.is_none()) {
+            return Err(Error::InvalidInput(format!(
+                "add_special_tokens=True needs {:?} and {:?} in the vocabulary",
+                self.config.cls_token, self.config.sep_token
+            )));
+        }
+        if let Some(ml) = opts.max_length {
+            let n_special = if opts.add_special_tokens {
+                self.num_special_tokens(pair)
+            } else {
+                0
+            };
+            if ml > i32::MAX as usize {
+                return Err(Error::InvalidInput(format!(
+                    "max_length is absurdly large: {ml}"
+                )));
+            }
+            if ml < n_special {
+                return Err(Error::InvalidInput(format!(
+                    "max_length={ml} is smaller than the {n_special} special tokens added to each {}",
+                    if pair { "pair" } else { "sequence" }
+                )));
+            }
+            if opts.stride > 0 && opts.stride >= ml - n_special {
+                return Err(Error::InvalidInput(format!(
+                    "stride={} must be smaller than max_length minus special tokens ({})",
+                    opts.stride,
+                    ml - n_special
+                )));
+            }
+        } else if opts.stride > i32::MAX as usize {
+            return Err(Error::InvalidInput(format!(
+                "stride is absurdly large: {}",
+                opts.stride
+            )));
+        }
+        Ok(())
+    }
+
+    /// Encode one text (and optional pair) into fresh buffers.
+    pub fn encode(
+        &self,
+        text: &str,
+        pair: Option<&str>,
+        opts: &EncodeOptions,
+    ) -> Result<EncodingBuf> {
+        self.check_options(opts, pair.is_some())?;
+        let mut out = EncodingBuf::default();
+        let mut sc = Scratch::default();
+        self.encode_into(text, pair, opts, &mut sc, &mut out)?;
+        Ok(out)
+    }
+
+    /// Encode a batch on `num_threads` threads (None = all cores). The output does not depend
+    /// on the thread count: texts are encoded independently and concatenated in order.
+    pub fn encode_batch(
+        &self,
+        texts: &[&str],
+        pairs: Option<&[&str]>,
+        opts: &EncodeOptions,
+        num_threads: Option<usize>,
+    ) -> Result<RaggedBatch> {
+        if let Some(p) = pairs {
+            if p.len() != texts.len() {
+                return Err(Error::InvalidInput(format!(
+                    "pairs has {} entries but texts has {}",
+                    p.len(),
+                    texts.len()
+                )));
+            }
+        }
+        self.check_options(opts, pairs.is_some())?;
+        let threads = pool::resolve_threads(num_threads)?;
+        let total_bytes: usize = texts.iter().map(|t| t.len()).sum::<usize>()
+            + pairs.map_or(0, |p| p.iter().map(|t| t.len()).sum());
+        // Chunks of roughly 64 KiB of text (or fewer texts): enough to amortize, enough to balance.
+        let n = texts.len();
+        let per_chunk = if n == 0 {
+            1
+        } else {
+            (64 * 1024 * n / total_bytes.max(1)).clamp(1, 4096)
+        };
+        let chunks: Vec<(usize, usize)> = (0..n)
+            .step_by(per_chunk)
+            .map(|s| (s, (s + per_chunk).min(n)))
+            .collect();
+        let work = |&(s, e): &(usize, usize)| -> Result<(EncodingBuf, Vec<u32>)> {
+            let mut sc = Scratch::default();
+            let mut buf = EncodingBuf::default();
+            let mut lens = Vec::with_capacity(e - s);
+            for i in s..e {
+                let before = buf.len();
+                self.encode_into(texts[i], pairs.map(|p| p[i]), opts, &mut sc, &mut buf)?;
+                lens.push((buf.len() - before) as u32);
+            }
+            Ok((buf, lens))
+        };
+        let parts: Vec<Result<(EncodingBuf, Vec<u32>)>> = if threads == 1 || chunks.len() <= 1 {
+            chunks.iter().map(work).collect()
+        } else {
+            pool::run(Some(threads), || chunks.par_iter().map(work).collect())?
+        };
+        let mut batch = RaggedBatch::default();
+        let total_tokens: usize = parts
+            .iter()
+            .map(|p| p.as_ref().map_or(0, |(b, _)| b.len()))
+            .sum();
+        let t = &mut batch.tokens;
+        t.ids.reserve_exact(total_tokens);
+        t.type_ids.reserve_exact(total_tokens);
+        t.offsets.reserve_exact(total_tokens);
+        t.word_ids.reserve_exact(total_tokens);
+        batch.row_splits.reserve_exact(n + 1);
+        batch.row_splits.push(0);
+        let mut acc = 0i64;
+        for part in parts {
+            let (buf, lens) = part?;
+            batch.tokens.append(&buf);
+            for l in lens {
+                acc += l as i64;
+                batch.row_splits.push(acc);
+            }
+        }
+        Ok(batch)
+    }
+
+    /// Encode one text (+ pair) with template and truncation, appending to `out`.
+    pub fn encode_into(
+        &self,
+        text: &str,
+        pair: Option<&str>,
+        opts: &EncodeOptions,
+        sc: &mut Scratch,
+        out: &mut EncodingBuf,
+    ) -> Result<()> {
+        let add = opts.add_special_tokens;
+        let start = out.len();
+        if add {
+            out.push(self.cls_id.unwrap_or(0), 0, 0, 0, -1);
+        }
+        let body = out.len();
+        self.encode_sequence(text, 0, sc, out);
+        let mut n1 = out.len() - body;
+        let mut pair_buf = std::mem::take(&mut sc.pair);
+        pair_buf.clear();
+        let mut n2 = 0;
+        if let Some(p) = pair {
+            self.encode_sequence(p, 1, sc, &mut pair_buf);
+            n2 = pair_buf.len();
+        }
+        if let Some(ml) = opts.max_length {
+            let n_special = if add {
+                self.num_special_tokens(pair.is_some())
+            } else {
+                0
+            };
+            let (a, b) =
+                truncated_lengths(n1, n2, pair.is_some(), ml - n_special, opts.truncation)?;
+            n1 = a;
+            n2 = b;
+        }
+        out.truncate(body + n1);
+        if add {
+            out.push(self.sep_id.unwrap_or(0), 0, 0, 0, -1);
+        }
+        if pair.is_some() {
+            out.extend_prefix(&pair_buf, n2);
+            if add {
+                out.push(self.sep_id.unwrap_or(0), 1, 0, 0, -1);
+            }
+        }
+        sc.pair = pair_buf;
+        debug_assert!(out.len() >= start);
+        Ok(())
+    }
+
+    /// Encode one sequence (no template): added tokens, then normalized words.
+    pub fn encode_sequence(
+        &self,
+        text: &str,
+        type_id: u8,
+        sc: &mut Scratch,
+        out: &mut EncodingBuf,
+    ) {
+        let bytes = text.as_bytes();
+        let mut word: i32 = 0;
+        let mut seg_start = 0usize;
+        let mut seg_char = 0u32;
+        if !self.specials.is_empty() {
+            let mut i = 0usize;
+            while let Some(p) = self.find_special_start(bytes, i) {
+                if let Some(&(ref sb, id, clen)) = self
+                    .specials
+                    .iter()
+                    .find(|(sb, _, _)| bytes[p..].starts_with(sb))
+                {
+                    let seg = &text[seg_start..p];
+                    seg_char += self.encode_segment(seg, seg_char, type_id, &mut word, sc, out);
+                    out.push(id, type_id, seg_char, seg_char + clen, word);
+                    word += 1;
+                    seg_char += clen;
+                    seg_start = p + sb.len();
+                    i = seg_start;
+                } else {
+                    i = p + 1;
+                }
+            }
+        }
+        self.encode_segment(&text[seg_start..], seg_char, type_id, &mut word, sc, out);
+    }
+
+    #[inline]
+    fn find_special_start(&self, bytes: &[u8], from: usize) -> Option<usize> {
+        let hay = bytes.get(from..)?;
+        let found = match self.special_first_bytes.as_slice() {
+            [a] => memchr::memchr(*a, hay),
+            [a, b] => memchr::memchr2(*a, *b, hay),
+            [a, b, c] => memchr::memchr3(*a, *b, *c, hay),
+            _ => hay.iter().position(|&b| self.special_first[b as usize]),
+        };
+        found.map(|p| p + from)
+    }
+
+    /// Encode text between added tokens; returns its length in characters.
+    fn encode_segment(
+        &self,
+        seg: &str,
+        base: u32,
+        type_id: u8,
+        word: &mut i32,
+        sc: &mut Scratch,
+        out: &mut EncodingBuf,
+    ) -> u32 {
+        if seg.is_empty() {
+            return 0;
+        }
+        if seg.is_ascii() {
+            let mark = out.len();
+            let w0 = *word;
+            if self.encode_ascii(seg.as_bytes(), base, type_id, word, sc, out) {
+                return seg.len() as u32;
+            }
+            out.truncate(mark);
+            *word = w0;
+        }
+        self.encode_general(seg, base, type_id, word, sc, out)
+    }
+
+    /// ASCII fast path; returns false (having written garbage to roll back) when the segment
+    /// contains a character that `clean_text` drops, which the general path handles.
+    #[inline]
+    fn encode_ascii(
+        &self,
+        b: &[u8],
+        base: u32,
+        type_id: u8,
+        word: &mut i32,
+        sc: &mut Scratch,
+        out: &mut EncodingBuf,
+    ) -> bool {
+        let class = &self.ascii_class;
+        let map = &self.ascii_map;
+        let n = b.len();
+        let mut i = 0usize;
+        while i < n {
+            let c = class[b[i] as usize];
+            let s = i;
+            match c {
+                A_SPACE => {
+                    i += 1;
+                    continue;
+                }
+                A_DROP => return false,
+                A_PUNCT => i += 1,
+                _ => {
+                    sc.word.clear();
+                    while i < n && class[b[i] as usize] == A_WORD {
+                        sc.word.push(map[b[i] as usize]);
+                        i += 1;
+                    }
+                }
+            }
+            let w: &[u8] = if c == A_PUNCT {
+                std::slice::from_ref(&map[b[s] as usize])
+            } else {
+                &sc.word
+            };
+            sc.pieces.clear();
+            self.wordpiece.tokenize(w, i - s, &mut sc.pieces);
+            let off = base + s as u32;
+            for &(id, ps, pe) in &sc.pieces {
+                out.push(id, type_id, off + ps, off + pe, *word);
+            }
+            *word += 1;
+        }
+        true
+    }
+
+    fn encode_general(
+        &self,
+        seg: &str,
+        base: u32,
+        type_id: u8,
+        word: &mut i32,
+        sc: &mut Scratch,
+        out: &mut EncodingBuf,
+    ) -> u32 {
+        let mut nchars = std::mem::take(&mut sc.nchars);
+        self.normalizer
+            .normalize(seg, base, &mut sc.norm, &mut nchars);
+        split_words(&nchars, |a, b| {
+            sc.word.clear();
+            sc.byte_char.clear();
+            for (k, nc) in nchars[a..b].iter().enumerate() {
+                let mut tmp = [0u8; 4];
+                let enc = nc.c.encode_utf8(&mut tmp);
+                sc.word.extend_from_slice(enc.as_bytes());
+                sc.byte_char
+                    .extend(std::iter::repeat_n(k as u32, enc.len()));
+            }
+            sc.pieces.clear();
+            self.wordpiece.tokenize(&sc.word, b - a, &mut sc.pieces);
+            for &(id, ps, pe) in &sc.pieces {
+                let first = &nchars[a + sc.byte_char[ps as usize] as usize];
+                let last = &nchars[a + sc.byte_char[pe as usize - 1] as usize];
+                out.push(id, type_id, first.start, last.end, *word);
+            }
+            *word += 1;
+        });
+        sc.nchars = nchars;
+        seg.chars().count() as u32
+    }
+
+    /// Decode ids to text like HF's WordPiece decoder (`cleanup=True`): pieces starting with
+    /// the continuation prefix are glued to the previous token, others get a space, then the
+    /// reference's per-token cleanup rules. Unknown ids are an error (HF drops them silently).
+    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
+        let prefix = self.config.continuing_subword_prefix.as_str();
+        let mut s = String::with_capacity(ids.len() * 6);
+        let mut first = true;
+        let mut tok = String::new();
+        for &id in ids {
+            let t = self.vocab.id_to_token(id).ok_or_else(|| {
+                Error::InvalidInput(format!(
+                    "token id {id} is out of range (vocab_size {})",
+                    self.vocab.len()
+                ))
+            })?;
+            if skip_special_tokens && self.is_special(id) {
+                continue;
+            }
+            tok.clear();
+            if first {
+                tok.push_str(t);
+            } else if let Some(rest) = t.strip_prefix(prefix) {
+                tok.push_str(rest);
+            } else {
+                tok.push(' ');
+                tok.push_str(t);
+            }
+            first = false;
+            s.push_str(&cleanup(&tok));
+        }
+        Ok(s)
+    }
+}
+
+/// HF `decoders::wordpiece::cleanup`, applied to each decoded token.
+fn cleanup(t: &str) -> String {
+    t.replace(" .", ".")
+        .replace(" ?", "?")
+        .replace(" !", "!")
+        .replace(" ,", ",")
+        .replace(" ' ", "'")
+        .replace(" n't", "n't")
+        .replace(" 'm", "'m")
+        .replace(" do not", " don't")
+        .replace(" 's", "'s")
+        .replace(" 've", "'ve")
+        .replace(" 're", "'re")
+}
+
+/// Lengths `(n1, n2)` kept by HF's `truncate_encodings` with an effective `max_length`.
+pub fn truncated_lengths(
+    n1: usize,
+    n2: usize,
+    has_pair: bool,
+    max_length: usize,
+    strategy: Truncation,
+) -> Result<(usize, usize)> {
+    if max_length == 0 {
+        return Ok((0, 0));
+    }
+    let total = n1 + n2;
+    if total <= max_length {
+        return Ok((n1, n2));
+    }
+    let to_remove = total - max_length;
+    match strategy {
+        Truncation::LongestFirst => {
+            if !has_pair {
+                return Ok((max_length, 0));
+            }
+            let (mut a, mut b) = (n1, n2);
+            let swap = a > b;
+            if swap {
+                std::mem::swap(&mut a, &mut b);
+            }
+            // `b` becomes a target length (HF: truncating to more than the length is a no-op).
+            b = if a > max_length {
+                a
+            } else {
+                a.max(max_length - a)
+            };
+            if a + b > max_length {
+                a = max_length / 2;
+                b = a + max_length % 2;
+            }
+            if swap {
+                std::mem::swap(&mut a, &mut b);
+            }
+            Ok((a.min(n1), b.min(n2)))
+        }
+        Truncation::OnlyFirst | Truncation::OnlySecond => {
+            if strategy == Truncation::OnlySecond && !has_pair {
+                return Err(Error::InvalidInput(
+                    "truncation='only_second' needs a pair (Truncation error: Second sequence not provided)".into(),
+                ));
+            }
+            let target = if strategy == Truncation::OnlyFirst {
+                n1
+            } else {
+                n2
+            };
+            if target <= to_remove {
+                return Err(Error::InvalidInput(format!(
+                    "truncation={:?} cannot reach max_length: the {} sequence has {target} tokens but {to_remove} \
+                     must go (Truncation error: Sequence to truncate too short to respect the provided max_length)",
+                    if strategy == Truncation::OnlyFirst { "only_first" } else { "only_second" },
+                    if strategy == Truncation::OnlyFirst { "first" } else { "second" },
+                )));
+            }
+            if strategy == Truncation::OnlyFirst {
+                Ok((n1 - to_remove, n2))
+            } else {
+                Ok((n1, n2 - to_remove))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tok() -> Tokenizer {
+        let words = [
+            "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hello", "world", "!", "un", "##aff",
+            "##able", "cafe", ",", "中", "文", "the",
+        ];
+        Tokenizer::new(
+            Vocab::new(words.iter().map(|s| s.to_string()).collect()).unwrap(),
+            TokenizerConfig::default(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn encodes_with_template_offsets_and_words() {
+        let t = tok();
+        let e = t
+            .encode("Hello, unaffable World!", None, &EncodeOptions::default())
+            .unwrap();
+        assert_eq!(e.ids, vec![2, 5, 12, 8, 9, 10, 6, 7, 3]);
+        assert_eq!(e.offsets[3..6], [[7, 9], [9, 12], [12, 16]]);
+        assert_eq!(e.word_ids, vec![-1, 0, 1, 2, 2, 2, 3, 4, -1]);
+        let e = t
+            .encode("Café 中文x [MASK]", Some("the"), &EncodeOptions::default())
+            .unwrap();
+        assert_eq!(e.ids, vec![2, 11, 13, 14, 1, 4, 3, 15, 3]);
+        assert_eq!(e.offsets[1..6], [[0, 4], [5, 6], [6, 7], [7, 8], [9, 15]]);
+        assert_eq!(e.type_ids, vec![0, 0, 0, 0, 0, 0, 0, 1, 1]);
+    }
+
+    #[test]
+    fn ascii_with_control_chars_takes_the_general_path() {
+        let t = tok();
+        let e = t.encode(
+            "hel\u{1}lo",
+            None,
+            &EncodeOptions {
+                add_special_tokens: false,
+                ..Default::default()
+            },
+        );
+        let e = e.unwrap();
+        assert_eq!(e.ids, vec![5]);
+        assert_eq!(e.offsets, vec![[0, 6]]);
+    }
+
+    #[test]
+    fn truncation_matches_hf_table() {
+        // HF truncation.rs unit-test table (max_length 7): (n1, n2) -> kept.
+        let cases = [
+            ((0, 8), (0, 7)),
+            ((2, 8), (2, 5)),
+            ((4, 4), (3, 4)),
+            ((4, 8), (3, 4)),
+            ((8, 2), (5, 2)),
+            ((8, 4), (4, 3)),
+            ((8, 8), (3, 4)),
+            ((8, 0), (7, 0)),
+        ];
+        for ((a, b), want) in cases {
+            assert_eq!(
+                truncated_lengths(a, b, true, 7, Truncation::LongestFirst).unwrap(),
+                want,
+                "{a},{b}"
+            );
+        }
+        assert!(truncated_lengths(2, 8, true, 7, Truncation::OnlyFirst).is_err());
+        assert_eq!(
+            truncated_lengths(2, 8, true, 7, Truncation::OnlySecond).unwrap(),
+            (2, 5)
+        );
+    }
+
+    #[test]
+    fn batch_is_thread_count_independent() {
+        let t = tok();
+        let texts: Vec<String> = (0..500)
+            .map(|i| format!("hello world {i} unaffable café 中文 [SEP]"))
+            .collect();
+        let refs: Vec<&str> = texts.iter().map(|s| s.as_str()).collect();
+        let o = EncodeOptions {
+            max_length: Some(9),
+            ..Default::default()
+        };
+        let a = t.encode_batch(&refs, Some(&refs), &o, Some(1)).unwrap();
+        let b = t.encode_batch(&refs, Some(&refs), &o, Some(3)).unwrap();
+        assert_eq!(a, b);
+        let one = t.encode(refs[7], Some(refs[7]), &o).unwrap();
+        let (s, e) = (a.row_splits[7] as usize, a.row_splits[8] as usize);
+        assert_eq!(a.tokens.ids[s..e], one.ids[..]);
+    }
+
+    #[test]
+    fn decode_follows_the_wordpiece_decoder() {
+        let t = tok();
+        assert_eq!(
+            t.decode(&[2, 5, 12, 8, 9, 10, 7, 3], true).unwrap(),
+            "hello, unaffable!"
+        );
+        assert_eq!(t.decode(&[2, 5, 3], false).unwrap(), "[CLS] hello [SEP]");
+        assert!(t.decode(&[99], true).is_err());
+    }
+}

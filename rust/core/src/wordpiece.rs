@@ -1,1 +1,349 @@
 //! WordPiece: greedy longest-match-first subword segmentation.
+//!
+//! Semantics of HF `tokenizers`' `WordPiece::tokenize` (and Google BERT's `WordpieceTokenizer`):
+//! a word longer than `max_input_chars_per_word` characters is one `[UNK]`; otherwise take the
+//! longest vocabulary entry that prefixes the word, then repeatedly the longest
+//! `##`-continuation that prefixes the rest; if some position has no match the whole word is
+//! one `[UNK]`.
+//!
+//! Implementation: all vocabulary entries live in one byte-level *double-array trie*
+//! (`base`/`check` arrays: a transition is one array read and one compare). The longest match
+//! from a position is a single forward walk, remembering the last accepting node;
+//! continuation pieces start the walk at the node reached by the prefix (`"##"`). Each piece
+//! costs O(its length + the look-ahead past it), so a word costs O(length x longest token)
+//! in the worst case and O(length) in practice, with no allocation.
+
+use crate::vocab::Vocab;
+use crate::{Error, Result};
+
+const NONE: u32 = u32::MAX;
+
+#[derive(Clone, Copy, Debug)]
+struct Node {
+    base: u32,
+    check: u32,
+    value: u32,
+}
+
+/// A byte-level double-array trie mapping strings to ids.
+#[derive(Clone, Debug)]
+pub struct DoubleArrayTrie {
+    nodes: Vec<Node>,
+}
+
+impl DoubleArrayTrie {
+    /// Root node index.
+    pub const ROOT: u32 = 0;
+
+    /// Build from `(key, value)` pairs (keys distinct and non-empty).
+    pub fn build<'a>(entries: impl Iterator<Item = (&'a [u8], u32)>) -> Self {
+        // 1. A plain pointer trie with sorted child lists.
+        let mut kids: Vec<Vec<(u8, u32)>> = vec![Vec::new()];
+        let mut vals: Vec<u32> = vec![NONE];
+        for (key, v) in entries {
+            let mut s = 0usize;
+            for &b in key {
+                s = match kids[s].binary_search_by_key(&b, |k| k.0) {
+                    Ok(i) => kids[s][i].1 as usize,
+                    Err(i) => {
+                        let n = kids.len() as u32;
+                        kids[s].insert(i, (b, n));
+                        kids.push(Vec::new());
+                        vals.push(NONE);
+                        n as usize
+                    }
+                };
+            }
+            vals[s] = v;
+        }
+        // 2. Place nodes breadth-first into the double array.
+        let free = Node {
+            base: 0,
+            check: NONE,
+            value: NONE,
+        };
+        let mut nodes = vec![free; 256 + kids.len() * 2];
+        nodes[0] = Node {
+            base: 1,
+            check: 0,
+            value: vals[0],
+        };
+        let mut first_free = 1usize;
+        let mut queue = std::collections::VecDeque::from([(0usize, 0usize)]);
+        while let Some((tmp, da)) = queue.pop_front() {
+            let children = &kids[tmp];
+            if children.is_empty() {
+                continue;
+            }
+            while first_free < nodes.len() && nodes[first_free].check != NONE {
+                first_free += 1;
+            }
+            let lo = children[0].0 as usize;
+            let mut pos = first_free.max(lo + 1);
+            let base = loop {
+                let b = pos - lo;
+                let need = b + 255 + 1;
+                if nodes.len() < need {
+                    nodes.resize(need.max(nodes.len() * 3 / 2), free);
+                }
+                if children
+                    .iter()
+                    .all(|&(l, _)| nodes[b + l as usize].check == NONE)
+                {
+                    break b;
+                }
+                pos += 1;
+                while pos < nodes.len() && nodes[pos].check != NONE {
+                    pos += 1;
+                }
+            };
+            nodes[da].base = base as u32;
+            for &(l, child) in children {
+                let t = base + l as usize;
+                nodes[t] = Node {
+                    base: 1,
+                    check: da as u32,
+                    value: vals[child as usize],
+                };
+                queue.push_back((child as usize, t));
+            }
+        }
+        let used = nodes.iter().rposition(|n| n.check != NONE).unwrap_or(0) + 1;
+        nodes.truncate(used.max(1) + 256);
+        Self { nodes }
+    }
+
+    /// Follow the edge labelled `b` from node `s`.
+    #[inline(always)]
+    pub fn step(&self, s: u32, b: u8) -> Option<u32> {
+        let t = self.nodes[s as usize].base as usize + b as usize;
+        match self.nodes.get(t) {
+            Some(n) if n.check == s => Some(t as u32),
+            _ => None,
+        }
+    }
+
+    /// The value stored at node `s`, if a key ends there.
+    #[inline(always)]
+    pub fn value(&self, s: u32) -> Option<u32> {
+        let v = self.nodes[s as usize].value;
+        (v != NONE).then_some(v)
+    }
+
+    /// Exact lookup of `key`.
+    pub fn get(&self, key: &[u8]) -> Option<u32> {
+        let mut s = Self::ROOT;
+        for &b in key {
+            s = self.step(s, b)?;
+        }
+        self.value(s)
+    }
+}
+
+/// The WordPiece model: vocabulary trie plus the `[UNK]` rules.
+#[derive(Clone, Debug)]
+pub struct WordPiece {
+    trie: DoubleArrayTrie,
+    cont_root: Option<u32>,
+    pub unk_id: u32,
+    pub max_input_chars_per_word: usize,
+}
+
+impl WordPiece {
+    /// Build from a vocabulary; `unk_token` must be in it.
+    pub fn new(
+        vocab: &Vocab,
+        unk_token: &str,
+        continuing_subword_prefix: &str,
+        max_input_chars_per_word: usize,
+    ) -> Result<Self> {
+        let unk_id = vocab.token_to_id(unk_token).ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "the unknown token {unk_token:?} is not in the vocabulary"
+            ))
+        })?;
+        if continuing_subword_prefix.is_empty() {
+            return Err(Error::InvalidInput(
+                "continuing_subword_prefix must not be empty".into(),
+            ));
+        }
+        let trie = DoubleArrayTrie::build(
+            vocab
+                .tokens()
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (t.as_bytes(), i as u32)),
+        );
+        let mut cont_root = Some(DoubleArrayTrie::ROOT);
+        for &b in continuing_subword_prefix.as_bytes() {
+            cont_root = cont_root.and_then(|s| trie.step(s, b));
+        }
+        Ok(Self {
+            trie,
+            cont_root,
+            unk_id,
+            max_input_chars_per_word,
+        })
+    }
+
+    /// The vocabulary trie (exact lookups).
+    pub fn trie(&self) -> &DoubleArrayTrie {
+        &self.trie
+    }
+
+    /// Segment one normalized word (`n_chars` characters) into `(id, byte_start, byte_end)`
+    /// pieces appended to `out`. On failure (a word too long, or no piece matches somewhere)
+    /// the word becomes one `[UNK]` spanning it, as in the reference.
+    #[inline]
+    pub fn tokenize(&self, word: &[u8], n_chars: usize, out: &mut Vec<(u32, u32, u32)>) {
+        let mark = out.len();
+        if n_chars <= self.max_input_chars_per_word && self.tokenize_pieces(word, out) {
+            return;
+        }
+        out.truncate(mark);
+        out.push((self.unk_id, 0, word.len() as u32));
+    }
+
+    #[inline]
+    fn tokenize_pieces(&self, word: &[u8], out: &mut Vec<(u32, u32, u32)>) -> bool {
+        let n = word.len();
+        let mut start = 0usize;
+        let mut root = DoubleArrayTrie::ROOT;
+        while start < n {
+            let mut s = root;
+            let mut best_end = 0usize;
+            let mut best_id = NONE;
+            let mut i = start;
+            while i < n {
+                match self.trie.step(s, word[i]) {
+                    Some(t) => {
+                        s = t;
+                        i += 1;
+                        let v = self.trie.nodes[t as usize].value;
+                        if v != NONE {
+                            best_end = i;
+                            best_id = v;
+                        }
+                    }
+                    None => break,
+                }
+            }
+            if best_id == NONE {
+                return false;
+            }
+            out.push((best_id, start as u32, best_end as u32));
+            start = best_end;
+            match self.cont_root {
+                Some(c) => root = c,
+                None => return start == n,
+            }
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wp(tokens: &[&str]) -> (Vocab, WordPiece) {
+        let v = Vocab::new(tokens.iter().map(|s| s.to_string()).collect()).unwrap();
+        let w = WordPiece::new(&v, "[UNK]", "##", 100).unwrap();
+        (v, w)
+    }
+
+    /// The reference algorithm, written naively (shrink the candidate from the right).
+    fn naive(v: &Vocab, word: &str) -> Vec<(u32, u32, u32)> {
+        let unk = vec![(v.token_to_id("[UNK]").unwrap(), 0, word.len() as u32)];
+        if word.chars().count() > 100 {
+            return unk;
+        }
+        let mut out = vec![];
+        let mut start = 0;
+        while start < word.len() {
+            let mut end = word.len();
+            let mut found = None;
+            while start < end {
+                let sub = if start > 0 {
+                    format!("##{}", &word[start..end])
+                } else {
+                    word[start..end].to_string()
+                };
+                if let Some(id) = v.token_to_id(&sub) {
+                    found = Some(id);
+                    break;
+                }
+                end -= word[..end].chars().last().unwrap().len_utf8();
+            }
+            match found {
+                Some(id) => out.push((id, start as u32, end as u32)),
+                None => return unk,
+            }
+            start = end;
+        }
+        out
+    }
+
+    #[test]
+    fn greedy_longest_match_with_continuations() {
+        let (v, w) = wp(&[
+            "[UNK]", "ba", "##na", "b", "##a", "##n", "un", "##aff", "##able", "é", "##é",
+        ]);
+        for word in [
+            "banana",
+            "ban",
+            "unaffable",
+            "nanana",
+            "b",
+            "a",
+            "éé",
+            "baé",
+            "bax",
+            "",
+        ] {
+            let mut out = vec![];
+            if !word.is_empty() {
+                w.tokenize(word.as_bytes(), word.chars().count(), &mut out);
+                assert_eq!(out, naive(&v, word), "word {word:?}");
+            }
+        }
+        let mut out = vec![];
+        w.tokenize(b"banana", 6, &mut out);
+        assert_eq!(out, vec![(1, 0, 2), (2, 2, 4), (2, 4, 6)]);
+    }
+
+    #[test]
+    fn long_words_are_unknown() {
+        let (_, w) = wp(&["[UNK]", "a", "##a"]);
+        let mut out = vec![];
+        w.tokenize(&[b'a'; 100], 100, &mut out);
+        assert_eq!(out.len(), 100);
+        out.clear();
+        w.tokenize(&[b'a'; 101], 101, &mut out);
+        assert_eq!(out, vec![(0, 0, 101)]);
+    }
+
+    #[test]
+    fn missing_unk_is_an_error() {
+        let v = Vocab::new(vec!["a".into()]).unwrap();
+        assert!(matches!(
+            WordPiece::new(&v, "[UNK]", "##", 100),
+            Err(Error::InvalidInput(_))
+        ));
+    }
+
+    #[test]
+    fn trie_finds_every_key() {
+        let keys: Vec<String> = (0..3000).map(|i| format!("k{}x{}", i % 97, i)).collect();
+        let t = DoubleArrayTrie::build(
+            keys.iter()
+                .enumerate()
+                .map(|(i, k)| (k.as_bytes(), i as u32)),
+        );
+        for (i, k) in keys.iter().enumerate() {
+            assert_eq!(t.get(k.as_bytes()), Some(i as u32));
+        }
+        assert_eq!(t.get(b"k1"), None);
+        assert_eq!(t.get(b"zzz"), None);
+    }
+}

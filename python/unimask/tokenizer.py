@@ -1,0 +1,517 @@
+"""BERT WordPiece tokenization in Rust, with numpy output.
+
+:class:`WordPieceTokenizer` reproduces HF ``tokenizers`` 0.23.3 with a BERT ``tokenizer.json``
+(``BertNormalizer`` + ``BertPreTokenizer`` + ``WordPiece`` + the ``[CLS] A [SEP] B [SEP]``
+template) id for id, type id for type id and offset for offset; ``tests/test_tokenizer*.py``
+check it against the reference on real English and Chinese text and adversarial Unicode.
+Algorithm notes and the shard format are in ``docs/tokenizer.md``.
+
+Sources: Devlin et al. 2019 (BERT) and google-research/bert ``tokenization.py`` for the
+pipeline; HF ``tokenizers`` (``normalizers/bert.rs``, ``pre_tokenizers/bert.rs``,
+``models/wordpiece``, ``utils/truncation.rs``, ``decoders/wordpiece.rs``) for the exact rules;
+Song et al. 2021 (Fast WordPiece) for trie-based matching.
+
+Differences from the reference, on purpose: ids outside the vocabulary raise in :meth:`decode`
+(HF drops them), duplicate ``vocab.txt`` lines raise (HF keeps the last), ``max_length`` smaller
+than the special tokens raises (HF silently skips truncation), and overflowing windows
+(``stride``) are not returned.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from . import _native
+
+__all__ = ["WordPieceTokenizer", "Encoding", "RaggedBatch"]
+
+_TRUNCATIONS = ("longest_first", "only_first", "only_second")
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """One encoded text (or pair).
+
+    ``ids`` (uint32), ``type_ids`` (uint8), ``offsets`` (uint32 ``[n, 2]``: character offsets
+    ``[start, end)`` into the original text of the sequence the token came from; ``(0, 0)`` for
+    template special tokens) and ``word_ids`` (int32: word index within its sequence, ``-1``
+    where HF reports ``None``).
+    """
+
+    ids: np.ndarray
+    type_ids: np.ndarray
+    offsets: np.ndarray
+    word_ids: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+    @property
+    def word_starts(self) -> np.ndarray:
+        """Boolean mask: the token starts a word (for whole-word masking); False for specials."""
+        w = self.word_ids
+        prev = np.concatenate([[-2], w[:-1]]) if len(w) else w
+        return (w >= 0) & (w != prev)
+
+
+@dataclass(frozen=True)
+class RaggedBatch:
+    """A batch of encodings as flat columns plus ``row_splits`` (int64, length ``B + 1``).
+
+    Row ``i`` is ``ids_flat[row_splits[i]:row_splits[i + 1]]`` (likewise for the other columns).
+    """
+
+    ids_flat: np.ndarray
+    type_ids_flat: np.ndarray
+    offsets_flat: np.ndarray
+    word_ids_flat: np.ndarray
+    row_splits: np.ndarray
+    pad_id: int = 0
+
+    def __len__(self) -> int:
+        return int(self.row_splits.shape[0]) - 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Number of tokens of each row (int64)."""
+        return np.diff(self.row_splits)
+
+    def __getitem__(self, i: int) -> Encoding:
+        n = len(self)
+        if not isinstance(i, (int, np.integer)):
+            raise TypeError(f"batch index must be an int, got {type(i).__name__}")
+        if not -n <= i < n:
+            raise IndexError(f"batch index {i} out of range for a batch of {n}")
+        i = int(i) % n
+        s, e = int(self.row_splits[i]), int(self.row_splits[i + 1])
+        return Encoding(self.ids_flat[s:e], self.type_ids_flat[s:e], self.offsets_flat[s:e], self.word_ids_flat[s:e])
+
+    def to_padded(self, pad_to_multiple_of: int | None = None, pad_id: int | None = None) -> dict[str, np.ndarray]:
+        """Right-padded ``[B, L]`` int64 arrays ``input_ids``, ``attention_mask``,
+        ``token_type_ids`` (L = longest row, rounded up to ``pad_to_multiple_of``)."""
+        if pad_to_multiple_of is not None and (not isinstance(pad_to_multiple_of, int) or pad_to_multiple_of < 1):
+            raise ValueError(f"pad_to_multiple_of must be a positive int or None, got {pad_to_multiple_of!r}")
+        pad = self.pad_id if pad_id is None else int(pad_id)
+        lengths = self.lengths
+        b = len(self)
+        width = int(lengths.max()) if b else 0
+        if pad_to_multiple_of:
+            width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
+        rows = np.repeat(np.arange(b), lengths)
+        cols = np.arange(self.ids_flat.shape[0]) - np.repeat(self.row_splits[:-1], lengths)
+        input_ids = np.full((b, width), pad, dtype=np.int64)
+        attention = np.zeros((b, width), dtype=np.int64)
+        types = np.zeros((b, width), dtype=np.int64)
+        input_ids[rows, cols] = self.ids_flat
+        attention[rows, cols] = 1
+        types[rows, cols] = self.type_ids_flat
+        return {"input_ids": input_ids, "attention_mask": attention, "token_type_ids": types}
+
+
+def _token_str(value: Any) -> str | None:
+    """tokenizer_config.json stores tokens as str or as {"content": str, ...}."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, dict) and isinstance(value.get("content"), str):
+        return value["content"]
+    raise ValueError(f"cannot read a token from {value!r}")
+
+
+class WordPieceTokenizer:
+    """BERT WordPiece tokenizer (Rust core, numpy output, fork-safe thread pool).
+
+    Build it with :meth:`from_vocab` (a ``vocab.txt``), :meth:`from_pretrained` (a BERT model
+    directory) or :meth:`train`. ``num_threads`` (None = all cores) sets the pool used by
+    :meth:`encode_batch`; results never depend on it. Instances are picklable (DataLoader
+    workers rebuild the Rust object from the vocabulary).
+    """
+
+    def __init__(
+        self,
+        vocab: Sequence[str],
+        *,
+        lowercase: bool = True,
+        strip_accents: bool | None = None,
+        clean_text: bool = True,
+        handle_chinese_chars: bool = True,
+        unk_token: str = "[UNK]",
+        cls_token: str = "[CLS]",
+        sep_token: str = "[SEP]",
+        pad_token: str = "[PAD]",
+        mask_token: str = "[MASK]",
+        continuing_subword_prefix: str = "##",
+        max_input_chars_per_word: int = 100,
+        special_tokens: Sequence[str] | None = None,
+        num_threads: int | None = None,
+    ) -> None:
+        if isinstance(vocab, (str, bytes, os.PathLike)):
+            raise TypeError("vocab must be a list of tokens; use WordPieceTokenizer.from_vocab(path) for a file")
+        for name, flag in (("lowercase", lowercase), ("clean_text", clean_text), ("handle_chinese_chars", handle_chinese_chars)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be a bool, got {flag!r}")
+        if strip_accents is not None and not isinstance(strip_accents, bool):
+            raise TypeError(f"strip_accents must be a bool or None, got {strip_accents!r}")
+        if not isinstance(max_input_chars_per_word, int) or max_input_chars_per_word < 1:
+            raise ValueError(f"max_input_chars_per_word must be a positive int, got {max_input_chars_per_word!r}")
+        self.num_threads = num_threads
+        self._config: dict[str, Any] = dict(
+            lowercase=lowercase,
+            strip_accents=strip_accents,
+            clean_text=clean_text,
+            handle_chinese_chars=handle_chinese_chars,
+            unk_token=unk_token,
+            cls_token=cls_token,
+            sep_token=sep_token,
+            pad_token=pad_token,
+            mask_token=mask_token,
+            continuing_subword_prefix=continuing_subword_prefix,
+            max_input_chars_per_word=max_input_chars_per_word,
+            special_tokens=None if special_tokens is None else list(special_tokens),
+        )
+        tokens = list(vocab)
+        for i, t in enumerate(tokens):
+            if not isinstance(t, str):
+                raise TypeError(f"vocab[{i}] must be str, got {type(t).__name__}")
+        self._tokens = tokens
+        specials = self._config["special_tokens"]
+        if specials is None:
+            specials = [pad_token, unk_token, cls_token, sep_token, mask_token]
+        self._native = _native.Tokenizer(
+            tokens,
+            clean_text=clean_text,
+            handle_chinese_chars=handle_chinese_chars,
+            strip_accents=lowercase if strip_accents is None else strip_accents,
+            lowercase=lowercase,
+            unk_token=unk_token,
+            continuing_subword_prefix=continuing_subword_prefix,
+            max_input_chars_per_word=max_input_chars_per_word,
+            cls_token=cls_token,
+            sep_token=sep_token,
+            pad_token=pad_token,
+            mask_token=mask_token,
+            special_tokens=specials,
+        )
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_vocab(cls, path: str | os.PathLike, lowercase: bool = True, strip_accents: bool | None = None, **kwargs: Any) -> "WordPieceTokenizer":
+        """Load a ``vocab.txt`` (one token per line; id = line number).
+
+        ``strip_accents=None`` follows ``lowercase`` (HF's ``BertNormalizer`` default). Other
+        keyword arguments are those of the constructor (special token names, ``num_threads``...).
+        Raises ``OSError`` for a missing file and ``ValueError`` for an empty vocabulary,
+        duplicate entries or a vocabulary without the unknown token.
+        """
+        tokens = _native.Tokenizer.read_vocab(os.fspath(path))
+        return cls(tokens, lowercase=lowercase, strip_accents=strip_accents, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, **kwargs: Any) -> "WordPieceTokenizer":
+        """Load a BERT-family model directory: ``tokenizer.json`` if present (HF ``tokenizers``
+        format), else ``vocab.txt`` with the settings of ``tokenizer_config.json``.
+
+        Raises ``ValueError`` when the tokenizer is not a BERT WordPiece pipeline this class
+        reproduces exactly (another normalizer, added tokens with lstrip/rstrip, ...).
+        """
+        d = Path(directory)
+        if not d.is_dir():
+            raise FileNotFoundError(f"not a directory: {d}")
+        tj = d / "tokenizer.json"
+        if tj.is_file():
+            return cls._from_tokenizer_json(json.loads(tj.read_text(encoding="utf-8")), str(tj), **kwargs)
+        vocab = d / "vocab.txt"
+        if not vocab.is_file():
+            raise FileNotFoundError(f"{d} has neither tokenizer.json nor vocab.txt")
+        cfg: dict[str, Any] = {}
+        tc = d / "tokenizer_config.json"
+        if tc.is_file():
+            cfg = json.loads(tc.read_text(encoding="utf-8"))
+        opts: dict[str, Any] = {}
+        if "do_lower_case" in cfg:
+            opts["lowercase"] = bool(cfg["do_lower_case"])
+        if cfg.get("strip_accents") is not None:
+            opts["strip_accents"] = bool(cfg["strip_accents"])
+        if "tokenize_chinese_chars" in cfg:
+            opts["handle_chinese_chars"] = bool(cfg["tokenize_chinese_chars"])
+        for key in ("unk_token", "cls_token", "sep_token", "pad_token", "mask_token"):
+            tok = _token_str(cfg.get(key))
+            if tok is not None:
+                opts[key] = tok
+        opts.update(kwargs)
+        return cls.from_vocab(vocab, **opts)
+
+    @classmethod
+    def _from_tokenizer_json(cls, tj: dict, where: str, **kwargs: Any) -> "WordPieceTokenizer":
+        model = tj.get("model") or {}
+        if model.get("type") != "WordPiece":
+            raise ValueError(f"{where}: model type must be WordPiece, got {model.get('type')!r}")
+        vocab_map: dict[str, int] = model["vocab"]
+        n = len(vocab_map)
+        tokens: list[str | None] = [None] * n
+        for tok, i in vocab_map.items():
+            if not isinstance(i, int) or not 0 <= i < n or tokens[i] is not None:
+                raise ValueError(f"{where}: vocabulary ids must be 0..{n - 1} without gaps, got {tok!r} -> {i!r}")
+            tokens[i] = tok
+        norm = tj.get("normalizer") or {}
+        if norm.get("type") != "BertNormalizer":
+            raise ValueError(f"{where}: normalizer must be BertNormalizer, got {norm.get('type')!r}")
+        pre = tj.get("pre_tokenizer") or {}
+        if pre.get("type") != "BertPreTokenizer":
+            raise ValueError(f"{where}: pre_tokenizer must be BertPreTokenizer, got {pre.get('type')!r}")
+        specials: list[str] = []
+        for at in tj.get("added_tokens") or []:
+            content = at["content"]
+            if vocab_map.get(content) != at["id"]:
+                raise ValueError(f"{where}: added token {content!r} (id {at['id']}) is not that entry of the vocabulary")
+            for flag in ("single_word", "lstrip", "rstrip", "normalized"):
+                if at.get(flag):
+                    raise ValueError(f"{where}: added token {content!r} has {flag}=true, which is not supported")
+            specials.append(content)
+        post = tj.get("post_processor") or {}
+        cls_token, sep_token = "[CLS]", "[SEP]"
+        if post.get("type") == "BertProcessing":
+            sep_token, cls_token = post["sep"][0], post["cls"][0]
+        elif post.get("type") == "TemplateProcessing":
+            single = [next(iter(p.items())) for p in post["single"]]
+            pair = [next(iter(p.items())) for p in post["pair"]]
+            shape = [(k, v["id"], v["type_id"]) for k, v in single]
+            if len(shape) != 3 or shape[1] != ("Sequence", "A", 0) or shape[0][0] != "SpecialToken" or shape[2][0] != "SpecialToken":
+                raise ValueError(f"{where}: post_processor template {post['single']} is not [CLS] $A [SEP]")
+            cls_token, sep_token = shape[0][1], shape[2][1]
+            want = [("SpecialToken", cls_token, 0), ("Sequence", "A", 0), ("SpecialToken", sep_token, 0), ("Sequence", "B", 1), ("SpecialToken", sep_token, 1)]
+            if [(k, v["id"], v["type_id"]) for k, v in pair] != want:
+                raise ValueError(f"{where}: post_processor pair template {post['pair']} is not [CLS] $A [SEP] $B:1 [SEP]:1")
+        elif post:
+            raise ValueError(f"{where}: unsupported post_processor {post.get('type')!r}")
+        lowercase = bool(norm.get("lowercase", True))
+        opts: dict[str, Any] = dict(
+            lowercase=lowercase,
+            strip_accents=norm.get("strip_accents"),
+            clean_text=bool(norm.get("clean_text", True)),
+            handle_chinese_chars=bool(norm.get("handle_chinese_chars", True)),
+            unk_token=model.get("unk_token", "[UNK]"),
+            continuing_subword_prefix=model.get("continuing_subword_prefix", "##"),
+            max_input_chars_per_word=int(model.get("max_input_chars_per_word", 100)),
+            cls_token=cls_token,
+            sep_token=sep_token,
+            special_tokens=specials,
+        )
+        for tok in specials:
+            if tok in ("[PAD]", "<pad>"):
+                opts["pad_token"] = tok
+            if tok in ("[MASK]", "<mask>"):
+                opts["mask_token"] = tok
+        opts.update(kwargs)
+        return cls(tokens, **opts)  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------------ saving
+
+    def to_tokenizer_json(self) -> dict:
+        """This tokenizer in HF ``tokenizers``' ``tokenizer.json`` format (loadable by
+        ``tokenizers.Tokenizer.from_str``)."""
+        c = self._config
+        special_ids = self._native.special_ids()
+        cls_t, sep_t = c["cls_token"], c["sep_token"]
+
+        def spec(tok: str) -> dict:
+            return {"id": tok, "ids": [self.token_to_id(tok)], "tokens": [tok]}
+
+        post = None
+        if self.cls_id is not None and self.sep_id is not None:
+            post = {
+                "type": "TemplateProcessing",
+                "single": [{"SpecialToken": {"id": cls_t, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": {"id": sep_t, "type_id": 0}}],
+                "pair": [
+                    {"SpecialToken": {"id": cls_t, "type_id": 0}},
+                    {"Sequence": {"id": "A", "type_id": 0}},
+                    {"SpecialToken": {"id": sep_t, "type_id": 0}},
+                    {"Sequence": {"id": "B", "type_id": 1}},
+                    {"SpecialToken": {"id": sep_t, "type_id": 1}},
+                ],
+                "special_tokens": {cls_t: spec(cls_t), sep_t: spec(sep_t)},
+            }
+        return {
+            "version": "1.0",
+            "truncation": None,
+            "padding": None,
+            "added_tokens": [
+                {"id": i, "content": self._tokens[i], "single_word": False, "lstrip": False, "rstrip": False, "normalized": False, "special": True}
+                for i in special_ids
+            ],
+            "normalizer": {
+                "type": "BertNormalizer",
+                "clean_text": c["clean_text"],
+                "handle_chinese_chars": c["handle_chinese_chars"],
+                "strip_accents": c["strip_accents"],
+                "lowercase": c["lowercase"],
+            },
+            "pre_tokenizer": {"type": "BertPreTokenizer"},
+            "post_processor": post,
+            "decoder": {"type": "WordPiece", "prefix": c["continuing_subword_prefix"], "cleanup": True},
+            "model": {
+                "type": "WordPiece",
+                "unk_token": c["unk_token"],
+                "continuing_subword_prefix": c["continuing_subword_prefix"],
+                "max_input_chars_per_word": c["max_input_chars_per_word"],
+                "vocab": {t: i for i, t in enumerate(self._tokens)},
+            },
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write ``tokenizer.json`` (HF format) to ``path``; returns the path."""
+        p = Path(path)
+        p.write_text(json.dumps(self.to_tokenizer_json(), ensure_ascii=False, indent=1), encoding="utf-8")
+        return p
+
+    def save_pretrained(self, directory: str | os.PathLike) -> list[Path]:
+        """Write ``vocab.txt``, ``tokenizer.json``, ``tokenizer_config.json`` and
+        ``special_tokens_map.json`` into ``directory`` (created if needed)."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        c = self._config
+        vocab = d / "vocab.txt"
+        vocab.write_text("".join(t + "\n" for t in self._tokens), encoding="utf-8")
+        tj = self.save(d / "tokenizer.json")
+        names = {k: c[k] for k in ("unk_token", "sep_token", "pad_token", "cls_token", "mask_token")}
+        cfg = {
+            "tokenizer_class": "BertTokenizer",
+            "do_lower_case": c["lowercase"],
+            "strip_accents": c["strip_accents"],
+            "tokenize_chinese_chars": c["handle_chinese_chars"],
+            **names,
+        }
+        tc = d / "tokenizer_config.json"
+        tc.write_text(json.dumps(cfg, ensure_ascii=False, indent=1), encoding="utf-8")
+        sm = d / "special_tokens_map.json"
+        sm.write_text(json.dumps(names, ensure_ascii=False, indent=1), encoding="utf-8")
+        return [vocab, tj, tc, sm]
+
+    # ------------------------------------------------------------------ encoding
+
+    def encode(
+        self,
+        text: str,
+        pair: str | None = None,
+        add_special_tokens: bool = True,
+        max_length: int | None = None,
+        truncation: str = "longest_first",
+        stride: int = 0,
+    ) -> Encoding:
+        """Encode one text (and optional pair) like HF ``Tokenizer.encode``; see :class:`Encoding`."""
+        _check_max_length(max_length, truncation, stride)
+        ids, types, offsets, words = self._native.encode(text, pair, bool(add_special_tokens), max_length, truncation, stride)
+        return Encoding(ids, types, offsets, words)
+
+    def encode_batch(
+        self,
+        texts: Sequence[str],
+        pairs: Sequence[str] | None = None,
+        add_special_tokens: bool = True,
+        max_length: int | None = None,
+        truncation: str = "longest_first",
+        stride: int = 0,
+    ) -> RaggedBatch:
+        """Encode many texts (in parallel, outside the GIL) into a :class:`RaggedBatch`.
+
+        ``max_length`` counts the special tokens, as in HF (``[CLS] A [SEP]`` leaves
+        ``max_length - 2`` for A); ``truncation`` is ``"longest_first"``, ``"only_first"`` or
+        ``"only_second"``. ``stride`` is validated like HF's but overflowing windows are not
+        returned.
+        """
+        _check_max_length(max_length, truncation, stride)
+        ids, types, offsets, words, splits = self._native.encode_batch(
+            texts, pairs, bool(add_special_tokens), max_length, truncation, stride, self.num_threads
+        )
+        pad = self.pad_id
+        return RaggedBatch(ids, types, offsets, words, splits, 0 if pad is None else pad)
+
+    def __call__(self, texts: Sequence[str], **kwargs: Any) -> RaggedBatch:
+        """Shorthand for :meth:`encode_batch`."""
+        return self.encode_batch(texts, **kwargs)
+
+    def decode(self, ids: Iterable[int] | np.ndarray, skip_special_tokens: bool = True) -> str:
+        """Ids back to text with HF's WordPiece decoder rules (``##`` pieces glued, cleanup of
+        spaces before punctuation). Raises ``ValueError`` for ids outside the vocabulary."""
+        if isinstance(ids, np.ndarray):
+            if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
+                raise TypeError(f"ids must be a 1-d integer array, got {ids.dtype} with shape {ids.shape}")
+            ids = ids.astype(np.int64).tolist()
+        elif isinstance(ids, (str, bytes)):
+            raise TypeError("ids must be a sequence of ints, got a string")
+        return self._native.decode(list(ids), bool(skip_special_tokens))
+
+    # ------------------------------------------------------------------ vocabulary
+
+    def token_to_id(self, token: str) -> int | None:
+        """Id of ``token``, or None."""
+        return self._native.token_to_id(token)
+
+    def id_to_token(self, id: int) -> str | None:
+        """Token of ``id``, or None."""
+        return self._native.id_to_token(int(id))
+
+    def get_vocab(self) -> list[str]:
+        """Tokens in id order (a copy)."""
+        return list(self._tokens)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._native.vocab_size
+
+    @property
+    def unk_id(self) -> int:
+        return self._native.unk_id
+
+    @property
+    def cls_id(self) -> int | None:
+        return self._native.cls_id
+
+    @property
+    def sep_id(self) -> int | None:
+        return self._native.sep_id
+
+    @property
+    def pad_id(self) -> int | None:
+        return self._native.pad_id
+
+    @property
+    def mask_id(self) -> int | None:
+        return self._native.mask_id
+
+    @property
+    def num_threads(self) -> int | None:
+        """Threads used by :meth:`encode_batch` (None = all cores)."""
+        return self._num_threads
+
+    @num_threads.setter
+    def num_threads(self, value: int | None) -> None:
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 1024):
+            raise ValueError(f"num_threads must be None or an int in [1, 1024], got {value!r}")
+        self._num_threads = value
+
+    # ------------------------------------------------------------------ pickling
+
+    def __getstate__(self) -> dict:
+        return {"tokens": self._tokens, "config": self._config, "num_threads": self._num_threads}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["tokens"], num_threads=state["num_threads"], **state["config"])  # type: ignore[misc]
+
+    def __repr__(self) -> str:
+        return f"WordPieceTokenizer(vocab_size={self.vocab_size}, lowercase={self._config['lowercase']})"
+
+
+def _check_max_length(max_length: int | None, truncation: str, stride: int) -> None:
+    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer))):
+        raise TypeError(f"max_length must be an int or None, got {max_length!r}")
+    if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)):
+        raise TypeError(f"stride must be an int, got {stride!r}")
+    if not isinstance(truncation, str) or truncation not in _TRUNCATIONS:
+        raise ValueError(f"truncation must be one of {_TRUNCATIONS}, got {truncation!r}")

@@ -1,0 +1,441 @@
+"""WordPieceTokenizer vs HF `tokenizers` 0.23.3 (the oracle): ids, type ids, offsets, word ids.
+
+Every parity test encodes the same text with both libraries and compares everything; any
+difference is a bug. Texts: the bundled demo corpus (English + Chinese), Debian `fortunes` /
+`fortunes-zh` and `python3-doc` when installed (bundled excerpts in tests/fixtures/tokenizer
+otherwise run always), and adversarial Unicode.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+tokenizers = pytest.importorskip("tokenizers")
+
+from unimask.tokenizer import Encoding, RaggedBatch, WordPieceTokenizer  # noqa: E402
+
+FIXTURES = Path(__file__).parent / "fixtures" / "tokenizer"
+FORTUNES = Path("/usr/share/games/fortunes")
+PYDOC = Path("/usr/share/doc/python3.11-doc/html/_sources")
+
+ADVERSARIAL = [
+    "",
+    " ",
+    "\t\n\r ",
+    "Hello, World!",
+    "naïve café CAFÉ résumé Ångström Øresund",
+    "e\u0301te\u0301 a\u0300\u0316\u0301 o\u0308\u0304",  # combining marks, reordered by NFD
+    "İstanbul ΣΊΣΥΦΟΣ ǅemal ß ﬁne ﬀ",  # multi-char lowercase, title case, ligatures
+    "👍🏽 👨‍👩‍👧‍👦 🏳️‍🌈 🇫🇷 ❤️ 🥰",  # emoji, modifiers, ZWJ sequences, flags, VS16
+    "zero\u200bwidth\u200c\u200d\ufeff joiner\u2060x soft\u00adhyphen",
+    "ctrl\x00nul\x01\x02\x1b[31mred\x1b[0m\x7f\x85\x0b\x0c end",
+    "\ufffd replacement \ufffd\ufffd",
+    "a" * 100,
+    "a" * 101,
+    "b" * 300 + " tail",
+    "supercalifragilisticexpialidocious antidisestablishmentarianism",
+    "日本語のテキストと한국어 텍스트 and English mixed 中文句子。",
+    "\u4e00\u9fff\u3400\u4dbf\uf900\ufaff\U00020000\U0002a6df\U0002a700\U0002b73f\U0002b740\U0002b81f",
+    "google-only \U0002b820\U0002b8ff\U0002b91f hf-range \U0002b920\U0002ceaf \U0002f800\U0002fa1f",
+    "compat \uf900\uf901\ufa0e\U0002f800 ideographs",
+    "ภาษาไทย العربية עברית हिन्दी देवनागरी ᬅᬓ᭄ᬱ",
+    "\u1b44\u1b44 \ua953\u0301 \U0001d165\U0001d16d\U0001d165",  # spacing marks with ccc != 0
+    "[CLS] [SEP] [MASK] [PAD] [UNK] x[MASK]y [[SEP]] [SEP [mask] [MASK][MASK]",
+    "it's don't I'm we've they're 3.14 1,000,000 $5 #hash @at ~tilde `tick` ^caret",
+    "“Quotes” ‘single’ «guillemets» — dash – en … ellipsis · middot ¿¡",
+    "\u3000ideographic\u3000space\u2028line\u2029para\u00a0nbsp\u2003em",
+    "Ｆｕｌｌｗｉｄｔｈ ＡＢＣ １２３ ｶﾀｶﾅ",
+    "\U000e0001\U000e0041 tags \ue000 pua \uf8ff \U000f0000",
+    "x\u0345y \u0344 \u1e9b\u0323",
+]
+
+
+def _norm_words(words) -> list[int]:
+    return [-1 if w is None else w for w in words]
+
+
+def assert_same(h, u: Encoding, text: object = None) -> None:
+    """One HF Encoding vs one unimask Encoding: every column identical."""
+    assert u.ids.tolist() == h.ids, f"ids differ for {text!r}"
+    assert u.type_ids.tolist() == h.type_ids, f"type ids differ for {text!r}"
+    assert [tuple(o) for o in u.offsets.tolist()] == h.offsets, f"offsets differ for {text!r}"
+    assert u.word_ids.tolist() == _norm_words(h.word_ids), f"word ids differ for {text!r}"
+
+
+def assert_batch_same(hf, ut: WordPieceTokenizer, texts, pairs=None, **kw) -> None:
+    h = hf.encode_batch(texts if pairs is None else list(zip(texts, pairs)), add_special_tokens=kw.get("add_special_tokens", True))
+    b = ut.encode_batch(texts, pairs, **kw)
+    assert len(b) == len(texts) and b.row_splits[0] == 0
+    assert b.ids_flat.dtype == np.uint32 and b.row_splits.dtype == np.int64
+    for i, he in enumerate(h):
+        assert_same(he, b[i], texts[i] if pairs is None else (texts[i], pairs[i]))
+
+
+@pytest.fixture(scope="module")
+def hf(minilm_dir):
+    t = tokenizers.Tokenizer.from_file(str(minilm_dir / "tokenizer.json"))
+    t.no_padding()
+    t.no_truncation()
+    return t
+
+
+@pytest.fixture(scope="module")
+def ut(minilm_dir) -> WordPieceTokenizer:
+    return WordPieceTokenizer.from_pretrained(minilm_dir)
+
+
+def _lines(path: Path, limit: int | None = None) -> list[str]:
+    text = path.read_bytes().decode("utf-8", errors="replace")
+    if limit:
+        text = text[:limit]
+    return [ln for ln in text.split("\n") if ln.strip()]
+
+
+# ------------------------------------------------------------------------------------ parity
+
+
+def test_parity_demo_corpus_lines(hf, ut, corpus_paths):
+    for p in corpus_paths:
+        assert_batch_same(hf, ut, _lines(p))
+
+
+def test_parity_demo_corpus_whole_documents(hf, ut, corpus_paths):
+    for p in corpus_paths:
+        docs = p.read_text(encoding="utf-8").split("\n\n")[:400]
+        assert_batch_same(hf, ut, docs)
+
+
+def test_parity_bundled_fixtures(hf, ut):
+    for name in ("fortunes_excerpt.txt", "python_docs_excerpt.txt"):
+        text = (FIXTURES / name).read_text(encoding="utf-8")
+        assert_batch_same(hf, ut, _lines(FIXTURES / name) + text.split("\n%\n") + [text])
+
+
+@pytest.mark.skipif(not FORTUNES.is_dir(), reason="Debian fortunes/fortunes-zh not installed (bundled excerpt still tested)")
+def test_parity_debian_fortunes(hf, ut):
+    files = sorted(p for p in FORTUNES.iterdir() if p.is_file() and p.suffix not in (".dat", ".u8"))
+    assert files
+    for p in files:
+        raw = p.read_bytes().decode("utf-8", errors="replace")[:60_000]
+        assert_batch_same(hf, ut, raw.split("\n%\n"))
+
+
+@pytest.mark.skipif(not PYDOC.is_dir(), reason="Debian python3.11-doc not installed (bundled excerpt still tested)")
+def test_parity_python_docs(hf, ut):
+    files = sorted(PYDOC.glob("*/*.rst.txt"))[:60]
+    assert files
+    texts = [p.read_text(encoding="utf-8") for p in files]
+    assert_batch_same(hf, ut, [t for t in texts])
+    assert_batch_same(hf, ut, [ln for t in texts for ln in t.splitlines() if ln.strip()][:20_000])
+
+
+def test_parity_adversarial_unicode(hf, ut):
+    for t in ADVERSARIAL:
+        assert_same(hf.encode(t), ut.encode(t), t)
+    assert_batch_same(hf, ut, ADVERSARIAL)
+    assert_batch_same(hf, ut, [" ".join(ADVERSARIAL)])
+
+
+def test_long_words_become_unknown_exactly_past_100_chars(hf, ut):
+    for n in (99, 100, 101, 102):
+        e = ut.encode("a" * n, add_special_tokens=False)
+        assert_same(hf.encode("a" * n, add_special_tokens=False), e)
+        assert (e.ids.tolist() == [ut.unk_id]) == (n > 100)
+
+
+def test_parity_pairs(hf, ut, corpus_paths):
+    en, zh = (_lines(p)[:1500] for p in corpus_paths)
+    assert_batch_same(hf, ut, en, zh)
+    assert_batch_same(hf, ut, ADVERSARIAL, ADVERSARIAL[::-1])
+    for a, b in zip(ADVERSARIAL, ADVERSARIAL[3:]):
+        assert_same(hf.encode(a, b), ut.encode(a, b), (a, b))
+
+
+@pytest.mark.parametrize("add", [True, False])
+def test_parity_without_or_with_special_tokens(hf, ut, corpus_paths, add):
+    lines = _lines(corpus_paths[0])[:500]
+    h = hf.encode_batch(lines, add_special_tokens=add)
+    b = ut.encode_batch(lines, add_special_tokens=add)
+    for i, he in enumerate(h):
+        assert_same(he, b[i], lines[i])
+    h = hf.encode_batch(list(zip(lines, lines[::-1])), add_special_tokens=add)
+    b = ut.encode_batch(lines, lines[::-1], add_special_tokens=add)
+    for i, he in enumerate(h):
+        assert_same(he, b[i], lines[i])
+
+
+@pytest.mark.parametrize("strategy", ["longest_first", "only_first", "only_second"])
+@pytest.mark.parametrize("max_length", [3, 4, 5, 8, 16, 33, 128])
+def test_parity_truncation(minilm_dir, ut, corpus_paths, strategy, max_length):
+    hf = tokenizers.Tokenizer.from_file(str(minilm_dir / "tokenizer.json"))
+    hf.no_padding()
+    hf.enable_truncation(max_length=max_length, strategy=strategy)
+    lines = _lines(corpus_paths[0])[:200] + _lines(corpus_paths[1])[:100] + ADVERSARIAL
+    pairs = lines[7:] + lines[:7]
+    # single sequences (only_second without a pair is an error in both)
+    for t in lines[:60]:
+        try:
+            h = hf.encode(t)
+        except Exception:
+            with pytest.raises(ValueError):
+                ut.encode(t, max_length=max_length, truncation=strategy)
+            continue
+        assert_same(h, ut.encode(t, max_length=max_length, truncation=strategy), t)
+    for a, b in zip(lines, pairs):
+        try:
+            h = hf.encode(a, b)
+        except Exception:
+            with pytest.raises(ValueError, match="Truncation error"):
+                ut.encode(a, b, max_length=max_length, truncation=strategy)
+            continue
+        assert_same(h, ut.encode(a, b, max_length=max_length, truncation=strategy), (a, b))
+    if strategy == "longest_first":
+        h = hf.encode_batch(list(zip(lines, pairs)))
+        b = ut.encode_batch(lines, pairs, max_length=max_length, truncation=strategy)
+        for i, he in enumerate(h):
+            assert_same(he, b[i])
+            assert len(b[i]) <= max_length
+
+
+def _hf_bert(vocab_path: Path, **norm):
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordPiece
+
+    t = Tokenizer(WordPiece.from_file(str(vocab_path), unk_token="[UNK]"))
+    t.normalizer = normalizers.BertNormalizer(**norm)
+    t.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    t.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 101), ("[SEP]", 102)]
+    )
+    t.add_special_tokens(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+    return t
+
+
+@pytest.mark.parametrize(
+    "norm",
+    [
+        dict(lowercase=False),
+        dict(lowercase=False, strip_accents=True),
+        dict(lowercase=True, strip_accents=False),
+        dict(lowercase=True, handle_chinese_chars=False),
+        dict(lowercase=True, clean_text=False),
+        dict(lowercase=False, strip_accents=False, clean_text=False, handle_chinese_chars=False),
+    ],
+    ids=lambda d: ",".join(f"{k}={v}" for k, v in d.items()),
+)
+def test_parity_normalizer_settings(minilm_dir, corpus_paths, norm):
+    hf = _hf_bert(minilm_dir / "vocab.txt", **norm)
+    ut = WordPieceTokenizer.from_vocab(minilm_dir / "vocab.txt", **norm)
+    texts = ADVERSARIAL + _lines(corpus_paths[0])[:300] + _lines(corpus_paths[1])[:300] + _lines(FIXTURES / "fortunes_excerpt.txt")
+    assert_batch_same(hf, ut, texts)
+
+
+def test_from_vocab_matches_bert_wordpiece_tokenizer(minilm_dir, corpus_paths):
+    from tokenizers import BertWordPieceTokenizer
+
+    hf = BertWordPieceTokenizer(str(minilm_dir / "vocab.txt"), lowercase=True)
+    ut = WordPieceTokenizer.from_vocab(minilm_dir / "vocab.txt", lowercase=True)
+    texts = ADVERSARIAL + _lines(corpus_paths[0])[:500] + _lines(corpus_paths[1])[:300]
+    assert_batch_same(hf, ut, texts)
+    assert ut.vocab_size == hf.get_vocab_size() == 30522
+    assert (ut.cls_id, ut.sep_id, ut.pad_id, ut.mask_id, ut.unk_id) == (101, 102, 0, 103, 100)
+
+
+def test_vocab_accessors(ut, hf):
+    for tok in ("hello", "##ing", "[MASK]", "中", "not-a-token"):
+        assert ut.token_to_id(tok) == hf.token_to_id(tok)
+    for i in (0, 100, 101, 1000, 30521):
+        assert ut.id_to_token(i) == hf.id_to_token(i)
+    assert ut.id_to_token(30522) is None and ut.id_to_token(-1) is None
+
+
+# ------------------------------------------------------------------------------------ save/load
+
+
+def test_save_pretrained_round_trips_and_hf_loads_it(tmp_path, hf, ut, corpus_paths):
+    files = ut.save_pretrained(tmp_path / "tok")
+    assert {p.name for p in files} == {"vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"}
+    texts = ADVERSARIAL + _lines(corpus_paths[0])[:200] + _lines(corpus_paths[1])[:200]
+    hf2 = tokenizers.Tokenizer.from_file(str(tmp_path / "tok" / "tokenizer.json"))
+    assert_batch_same(hf2, ut, texts)
+    assert_batch_same(hf, WordPieceTokenizer.from_pretrained(tmp_path / "tok"), texts)
+    (tmp_path / "tok" / "tokenizer.json").unlink()  # vocab.txt + tokenizer_config.json path
+    assert_batch_same(hf, WordPieceTokenizer.from_pretrained(tmp_path / "tok"), texts)
+
+
+def test_saved_vocab_is_identical(tmp_path, ut, minilm_dir):
+    ut.save_pretrained(tmp_path)
+    assert (tmp_path / "vocab.txt").read_bytes() == (minilm_dir / "vocab.txt").read_bytes()
+
+
+def test_cased_tokenizer_json_round_trip(tmp_path, minilm_dir, corpus_paths):
+    ut = WordPieceTokenizer.from_vocab(minilm_dir / "vocab.txt", lowercase=False)
+    ut.save(tmp_path / "tokenizer.json")
+    hf = tokenizers.Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    assert_batch_same(hf, ut, ADVERSARIAL + _lines(corpus_paths[0])[:100])
+
+
+def test_pickle_round_trip(ut, corpus_paths):
+    lines = _lines(corpus_paths[0])[:300]
+    ut2 = pickle.loads(pickle.dumps(ut))
+    a, b = ut.encode_batch(lines), ut2.encode_batch(lines)
+    assert np.array_equal(a.ids_flat, b.ids_flat) and np.array_equal(a.offsets_flat, b.offsets_flat)
+
+
+# ------------------------------------------------------------------------------------ batch API
+
+
+def test_output_is_identical_for_any_thread_count(minilm_dir, corpus_paths):
+    lines = _lines(corpus_paths[0])[:3000] + _lines(corpus_paths[1])[:2000]
+    outs = []
+    for n in (1, 2, 3):
+        t = WordPieceTokenizer.from_pretrained(minilm_dir, num_threads=n)
+        b = t.encode_batch(lines, lines[::-1], max_length=64)
+        outs.append(b)
+    for b in outs[1:]:
+        for col in ("ids_flat", "type_ids_flat", "offsets_flat", "word_ids_flat", "row_splits"):
+            assert np.array_equal(getattr(outs[0], col), getattr(b, col)), col
+
+
+def test_to_padded_matches_hf_padding(minilm_dir, ut, corpus_paths):
+    lines = _lines(corpus_paths[0])[:64] + [""]
+    hf = tokenizers.Tokenizer.from_file(str(minilm_dir / "tokenizer.json"))
+    hf.no_truncation()
+    for mult in (None, 8):
+        hf.enable_padding(pad_id=0, pad_token="[PAD]", pad_to_multiple_of=mult)
+        h = hf.encode_batch(lines)
+        p = ut.encode_batch(lines).to_padded(pad_to_multiple_of=mult)
+        assert p["input_ids"].tolist() == [e.ids for e in h]
+        assert p["attention_mask"].tolist() == [e.attention_mask for e in h]
+        assert p["token_type_ids"].tolist() == [e.type_ids for e in h]
+        assert p["input_ids"].dtype == np.int64
+
+
+def test_ragged_batch_indexing_and_empty_batch(ut):
+    b = ut.encode_batch(["a b", "c"])
+    assert isinstance(b, RaggedBatch) and len(b) == 2 and b.lengths.tolist() == [4, 3]
+    assert b[-1].ids.tolist() == b[1].ids.tolist()
+    with pytest.raises(IndexError):
+        b[2]
+    e = ut.encode_batch([])
+    assert len(e) == 0 and e.row_splits.tolist() == [0]
+    assert e.to_padded()["input_ids"].shape == (0, 0)
+
+
+def test_word_starts_for_whole_word_masking(ut, hf):
+    e = ut.encode("unaffable tokenization, yes")
+    h = hf.encode("unaffable tokenization, yes")
+    want = [w is not None and (i == 0 or h.word_ids[i - 1] != w) for i, w in enumerate(h.word_ids)]
+    assert e.word_starts.tolist() == want
+
+
+# ------------------------------------------------------------------------------------ decode
+
+
+def test_decode_matches_hf(hf, ut, corpus_paths):
+    lines = _lines(corpus_paths[0])[:400] + _lines(corpus_paths[1])[:200] + ADVERSARIAL
+    for t in lines:
+        ids = hf.encode(t).ids
+        assert ut.decode(ids) == hf.decode(ids), t
+        assert ut.decode(np.asarray(ids, dtype=np.uint32), skip_special_tokens=False) == hf.decode(ids, skip_special_tokens=False)
+
+
+def test_decode_round_trips(ut, corpus_paths):
+    """Decoding then re-encoding gives the same ids (decode loses only case/accents/spacing,
+    which the normalizer removes anyway)."""
+    for t in _lines(corpus_paths[0])[:400] + _lines(corpus_paths[1])[:200]:
+        ids = ut.encode(t).ids
+        if ut.unk_id in ids:
+            continue
+        assert ut.encode(ut.decode(ids)).ids.tolist() == ids.tolist(), t
+
+
+# ------------------------------------------------------------------------------------ errors
+
+
+def test_vocab_errors(tmp_path, minilm_dir):
+    with pytest.raises(OSError, match="nope.txt"):
+        WordPieceTokenizer.from_vocab(tmp_path / "nope.txt")
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(ValueError, match="empty"):
+        WordPieceTokenizer.from_vocab(tmp_path / "empty.txt")
+    (tmp_path / "dup.txt").write_text("[UNK]\nhello\nworld\nhello\n")
+    with pytest.raises(ValueError, match=r"duplicate entry \"hello\": lines 2 and 4"):
+        WordPieceTokenizer.from_vocab(tmp_path / "dup.txt")
+    (tmp_path / "nounk.txt").write_text("hello\nworld\n")
+    with pytest.raises(ValueError, match=r"\[UNK\]"):
+        WordPieceTokenizer.from_vocab(tmp_path / "nounk.txt")
+    (tmp_path / "bad.txt").write_bytes(b"[UNK]\n\xff\xfe\n")
+    with pytest.raises(ValueError, match="UTF-8"):
+        WordPieceTokenizer.from_vocab(tmp_path / "bad.txt")
+    with pytest.raises(FileNotFoundError):
+        WordPieceTokenizer.from_pretrained(tmp_path / "missing_dir")
+
+
+def test_input_errors(ut):
+    with pytest.raises(TypeError, match="text must be str, got bytes"):
+        ut.encode(b"hello")
+    with pytest.raises(TypeError, match="got int"):
+        ut.encode(123)
+    with pytest.raises(TypeError, match="pair must be str"):
+        ut.encode("a", pair=5)
+    with pytest.raises(TypeError, match="single str"):
+        ut.encode_batch("hello")
+    with pytest.raises(TypeError, match=r"texts\[1\] must be str, got NoneType"):
+        ut.encode_batch(["ok", None])
+    with pytest.raises(ValueError, match="surrogate"):
+        ut.encode("bad \ud800 text")
+    with pytest.raises(ValueError, match="surrogate"):
+        ut.encode_batch(["fine", "\udfff"])
+    with pytest.raises(ValueError, match="pairs has 1 entries but texts has 2"):
+        ut.encode_batch(["a", "b"], ["c"])
+    with pytest.raises(ValueError, match="truncation must be one of"):
+        ut.encode("a", truncation="bogus")
+
+
+@pytest.mark.parametrize("bad", [-1, 0, 1, 2**40])
+def test_absurd_max_length(ut, bad):
+    with pytest.raises(ValueError, match="max_length"):
+        ut.encode_batch(["hello world"], max_length=bad)
+
+
+def test_other_argument_errors(ut):
+    with pytest.raises(TypeError, match="max_length"):
+        ut.encode("a", max_length="10")
+    with pytest.raises(ValueError, match="stride"):
+        ut.encode("a", max_length=10, stride=8)
+    with pytest.raises(ValueError, match="out of range"):
+        ut.decode([10**9])
+    with pytest.raises(ValueError, match="out of range"):
+        ut.decode([-5])
+    with pytest.raises(ValueError, match="num_threads"):
+        WordPieceTokenizer(["[UNK]"], num_threads=0)
+    with pytest.raises(ValueError, match="pad_to_multiple_of"):
+        ut.encode_batch(["a"]).to_padded(pad_to_multiple_of=0)
+
+
+# ------------------------------------------------------------------------------------ fork safety
+
+
+def _child_encode(tok, lines, q):
+    b = tok.encode_batch(lines)
+    q.put(b.ids_flat.tolist())
+
+
+@pytest.mark.skipif("fork" not in mp.get_all_start_methods(), reason="needs the fork start method")
+def test_pool_survives_fork(minilm_dir, corpus_paths):
+    tok = WordPieceTokenizer.from_pretrained(minilm_dir, num_threads=2)
+    lines = _lines(corpus_paths[0])[:2000]
+    parent = tok.encode_batch(lines).ids_flat.tolist()  # the pool now exists in the parent
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_child_encode, args=(tok, lines, q))
+    p.start()
+    got = q.get(timeout=60)
+    p.join(timeout=30)
+    assert got == parent
