@@ -371,6 +371,36 @@ pub fn collate_t5(
         }
         masking::check_ids("input_ids", i, row, cfg.vocab_size)?;
     }
+    if !(0.0..1.0).contains(&cfg.noise_density) || cfg.noise_density <= 0.0 {
+        return invalid!("noise_density must be in (0, 1), got {}", cfg.noise_density);
+    }
+    if !(cfg.mean_span >= 1.0 && cfg.mean_span.is_finite()) {
+        return invalid!("mean_noise_span_length must be >= 1, got {}", cfg.mean_span);
+    }
+    for (name, id) in [
+        ("eos_id", cfg.eos_id),
+        ("pad_id", cfg.pad_id),
+        ("first sentinel", cfg.first_sentinel),
+    ] {
+        if id < 0 || id >= cfg.vocab_size as i64 {
+            return invalid!(
+                "{name} {id} is outside the vocabulary [0, {})",
+                cfg.vocab_size
+            );
+        }
+    }
+    let longest = (0..b).map(|i| seqs.row(i).len()).max().unwrap_or(0);
+    let longest = max_length.map_or(longest, |m| longest.min(m.saturating_sub(1).max(1)));
+    if longest >= 2 {
+        let noise = py_round(longest as f64 * cfg.noise_density).clamp(1, longest - 1);
+        let spans = py_round(noise as f64 / cfg.mean_span).max(1) as i64;
+        if cfg.first_sentinel + 1 < spans {
+            return invalid!(
+                "a sequence of {longest} tokens needs {spans} sentinel ids below {}, the vocabulary has too few",
+                cfg.first_sentinel
+            );
+        }
+    }
     let mut pairs: Vec<(Vec<i64>, Vec<i64>)> = vec![(Vec::new(), Vec::new()); b];
     masking::for_each_row(threads, pairs.iter_mut().collect(), |i, slot| {
         let mut row = seqs.row(i);
