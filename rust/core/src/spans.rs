@@ -1,1 +1,622 @@
-//! Span sampling: UNILM n-grams, SpanBERT, MASS, T5 span corruption.
+//! Span sampling: UNILM n-grams, SpanBERT geometric spans, MASS, T5 span corruption.
+//!
+//! Sources:
+//! - UNILM (Dong et al. 2019, arXiv 1905.03197, section 2.4; released `seq2seq_loader.py`):
+//!   from a random candidate position, 80% of the time a unigram, 20% an n-gram of length
+//!   uniform in `2..=3`, added until the 15% budget is reached.
+//! - SpanBERT (Joshi et al. 2020, section 3.1): span length `~ Geometric(p = 0.2)` clipped at
+//!   10 (the released code samples from the geometric pmf truncated to `1..=10` and
+//!   renormalised, mean 3.8), measured in whole words, anchored at a random token, budget
+//!   `ceil(0.15 * n)`, one 80/10/10 decision per span.
+//! - MASS (Song et al. 2019, section 2.2 and its fairseq code): one contiguous span of
+//!   `k = round(0.5 * n)` tokens starting at the beginning 20%, at the end 20%, elsewhere 60%.
+//! - T5 (Raffel et al. 2020, `random_spans_noise_mask`): `round(n * 0.15)` noise tokens in
+//!   `round(noise / 3)` spans, lengths from a random segmentation, spans interleaved with
+//!   non-noise runs (starting with non-noise); sentinels count down from the top of the vocab.
+
+use crate::masking::{padded_len, py_round, Ragged, Scratch, Specials, IGNORE};
+use crate::rng::{stream, Rng};
+use crate::{invalid, masking, Result};
+
+/// Sample a span length from `Geometric(p)` truncated to `1..=max_len` (renormalised).
+#[inline]
+pub fn truncated_geometric(p: f64, max_len: usize, rng: &mut Rng) -> usize {
+    if p >= 1.0 || max_len <= 1 {
+        return 1;
+    }
+    let q = 1.0 - p;
+    let tail = 1.0 - q.powi(max_len as i32); // P(G <= max_len)
+    let u = rng.uniform() * tail; // CDF(l) = 1 - q^l
+    let l = ((1.0 - u).ln() / q.ln()).floor() as usize + 1;
+    l.clamp(1, max_len)
+}
+
+/// UNILM: shuffle candidate units; from each not yet taken, an n-gram of 1 unit, or with
+/// probability `prob` of `2..=max_n` units; stop at the budget (in tokens) and at special
+/// tokens. The n-gram never cuts a unit: a unit that does not fit ends the n-gram.
+pub fn select_ngrams(s: &mut Scratch, budget: usize, prob: f64, max_n: usize, rng: &mut Rng) {
+    let n_units = s.units.len();
+    s.order.clear();
+    s.order.extend(0..n_units as u32);
+    rng.shuffle(&mut s.order);
+    let mut count = 0;
+    for oi in 0..n_units {
+        if count >= budget {
+            break;
+        }
+        let u = s.order[oi] as usize;
+        if s.taken[u] {
+            continue;
+        }
+        let n = if max_n >= 2 && rng.bernoulli(prob) {
+            rng.randint(2, max_n)
+        } else {
+            1
+        };
+        s.sampled_lengths.push(n as u32);
+        count += extend_span(s, u, n, budget - count);
+    }
+}
+
+/// SpanBERT: until the budget is spent, draw a length, a random anchor token (its unit) and
+/// take up to `length` adjacent free units from there.
+pub fn select_geometric(s: &mut Scratch, budget: usize, p: f64, max_len: usize, rng: &mut Rng) {
+    let n_units = s.units.len();
+    // token -> unit map for the uniform anchor token
+    let total: usize = s.units.iter().map(|u| u.end - u.start).sum();
+    s.order.clear();
+    for (k, u) in s.units.iter().enumerate() {
+        s.order
+            .extend(std::iter::repeat_n(k as u32, u.end - u.start));
+    }
+    let mut count = 0;
+    let mut free = n_units;
+    let mut attempts = 0usize;
+    let max_attempts = 64 * total + 64;
+    while count < budget && free > 0 && attempts < max_attempts {
+        attempts += 1;
+        let len = truncated_geometric(p, max_len, rng);
+        let u = s.order[rng.below(total as u64) as usize] as usize;
+        if s.taken[u] {
+            continue;
+        }
+        s.sampled_lengths.push(len as u32);
+        let got_units_before = s.spans.len();
+        let added = extend_span(s, u, len, budget - count);
+        if s.spans.len() == got_units_before {
+            break; // the anchor's word does not fit in what is left of the budget
+        }
+        count += added;
+        let (a, b) = s.spans[s.spans.len() - 1];
+        free -= (b - a) as usize;
+    }
+}
+
+/// Take units `u, u+1, ...` (at most `n`) while they are adjacent, free and fit in `room`
+/// tokens; record the span; return the number of tokens taken.
+fn extend_span(s: &mut Scratch, u: usize, n: usize, room: usize) -> usize {
+    let mut taken_tokens = 0;
+    let mut end = u;
+    for v in u..(u + n).min(s.units.len()) {
+        if s.taken[v] || (v > u && s.units[v].start != s.units[v - 1].end) {
+            break;
+        }
+        let len = s.units[v].end - s.units[v].start;
+        if taken_tokens + len > room {
+            break;
+        }
+        s.taken[v] = true;
+        taken_tokens += len;
+        end = v + 1;
+    }
+    if end > u {
+        s.spans.push((u as u32, end as u32));
+    }
+    taken_tokens
+}
+
+// ------------------------------------------------------------------------------------------
+// MASS
+
+/// MASS span corruption settings.
+#[derive(Clone, Debug)]
+pub struct MassConfig {
+    /// Span length as a share of the sentence (0.5).
+    pub span_ratio: f64,
+    /// Probability that the span starts at the first token (0.2).
+    pub start_prob: f64,
+    /// Probability that the span ends at the last token (0.2); the rest starts inside.
+    pub end_prob: f64,
+    pub mask_id: i64,
+    pub mask_ratio: f64,
+    pub random_ratio: f64,
+    /// First decoder input (MASS uses `[MASK]`; a BOS id works too).
+    pub decoder_start_id: i64,
+    pub pad_id: i64,
+    pub specials: Specials,
+}
+
+/// `(start, k)` of the MASS span of a sentence of `n >= 1` tokens.
+pub fn mass_span(cfg: &MassConfig, n: usize, rng: &mut Rng) -> (usize, usize) {
+    let k = py_round(n as f64 * cfg.span_ratio).clamp(1, n);
+    let last = n - k; // last possible start
+    let u = rng.uniform();
+    let start = if u < cfg.start_prob {
+        0
+    } else if u < cfg.start_prob + cfg.end_prob {
+        last
+    } else if last >= 2 {
+        rng.randint(1, last - 1)
+    } else {
+        rng.randint(0, last)
+    };
+    (start, k)
+}
+
+/// Output of [`collate_mass`].
+#[derive(Debug, Default)]
+pub struct MassBatch {
+    pub batch: usize,
+    pub len: usize,
+    pub dec_len: usize,
+    pub input_ids: Vec<i64>,
+    pub attention_mask: Vec<i64>,
+    pub seq_len: Vec<i32>,
+    pub decoder_input_ids: Vec<i64>,
+    pub decoder_positions: Vec<i64>,
+    pub decoder_labels: Vec<i64>,
+    pub decoder_len: Vec<i32>,
+}
+
+/// Collate sentences (no special tokens added) into MASS encoder/decoder batches.
+#[allow(clippy::too_many_arguments)]
+pub fn collate_mass(
+    cfg: &MassConfig,
+    seqs: Ragged<'_>,
+    indices: &[u64],
+    seed: u64,
+    epoch: u64,
+    max_length: Option<usize>,
+    pad_to_multiple_of: Option<usize>,
+    threads: Option<usize>,
+) -> Result<MassBatch> {
+    let b = seqs.len();
+    masking::check_len("indices", indices.len(), b)?;
+    let v = cfg.specials.vocab_size();
+    let mut lens = Vec::with_capacity(b);
+    for i in 0..b {
+        let row = seqs.row(i);
+        if row.is_empty() {
+            return invalid!("sample {i} is an empty sequence");
+        }
+        masking::check_ids("input_ids", i, row, v)?;
+        let n = match max_length {
+            Some(m) => row.len().min(m),
+            None => row.len(),
+        };
+        lens.push(n);
+    }
+    let l = padded_len(lens.iter().copied().max().unwrap_or(0), pad_to_multiple_of);
+    let ks: Vec<usize> = lens
+        .iter()
+        .map(|&n| py_round(n as f64 * cfg.span_ratio).clamp(1, n))
+        .collect();
+    let ld = padded_len(ks.iter().copied().max().unwrap_or(0), pad_to_multiple_of);
+    let mut out = MassBatch {
+        batch: b,
+        len: l,
+        dec_len: ld,
+        input_ids: vec![cfg.pad_id; b * l],
+        attention_mask: vec![0; b * l],
+        seq_len: lens.iter().map(|&n| n as i32).collect(),
+        decoder_input_ids: vec![cfg.pad_id; b * ld],
+        decoder_positions: vec![0; b * ld],
+        decoder_labels: vec![IGNORE; b * ld],
+        decoder_len: ks.iter().map(|&k| k as i32).collect(),
+    };
+    let (l1, ld1) = (l.max(1), ld.max(1));
+    let rows: Vec<_> = out
+        .input_ids
+        .chunks_mut(l1)
+        .zip(out.attention_mask.chunks_mut(l1))
+        .zip(out.decoder_input_ids.chunks_mut(ld1))
+        .zip(out.decoder_positions.chunks_mut(ld1))
+        .zip(out.decoder_labels.chunks_mut(ld1))
+        .collect();
+    masking::for_each_row(threads, rows, |i, ((((ids, am), din), dpos), dlab)| {
+        let n = lens[i];
+        let row = &seqs.row(i)[..n];
+        ids[..n].copy_from_slice(row);
+        am[..n].fill(1);
+        let mut rng = Rng::new(seed, epoch, indices[i], stream::SPAN);
+        let (start, k) = mass_span(cfg, n, &mut rng);
+        for t in 0..k {
+            let pos = start + t;
+            dlab[t] = row[pos];
+            dpos[t] = pos as i64;
+            din[t] = if t == 0 {
+                cfg.decoder_start_id
+            } else {
+                row[pos - 1]
+            };
+            let u = rng.uniform();
+            if u < cfg.mask_ratio {
+                ids[pos] = cfg.mask_id;
+            } else if u < cfg.mask_ratio + cfg.random_ratio {
+                ids[pos] = cfg.specials.random_non_special(&mut rng);
+            }
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+// ------------------------------------------------------------------------------------------
+// T5
+
+/// T5's `random_spans_noise_mask`: which of `n` tokens are noise (`n >= 2`).
+pub fn t5_noise_mask(n: usize, density: f64, mean_span: f64, rng: &mut Rng) -> Vec<bool> {
+    let num_noise = py_round(n as f64 * density).clamp(1, n - 1);
+    let num_spans = py_round(num_noise as f64 / mean_span)
+        .max(1)
+        .min(num_noise)
+        .min(n - num_noise);
+    let noise_lens = random_segmentation(num_noise, num_spans, rng);
+    let nonnoise_lens = random_segmentation(n - num_noise, num_spans, rng);
+    let mut mask = Vec::with_capacity(n);
+    for s in 0..num_spans {
+        mask.extend(std::iter::repeat_n(false, nonnoise_lens[s]));
+        mask.extend(std::iter::repeat_n(true, noise_lens[s]));
+    }
+    mask
+}
+
+/// Split `items` into `segments` non-empty parts uniformly at random (T5's `_random_segmentation`).
+pub fn random_segmentation(items: usize, segments: usize, rng: &mut Rng) -> Vec<usize> {
+    // choose segments-1 distinct cut points among 1..items
+    let mut cuts: Vec<usize> = (1..items).collect();
+    for i in 0..(segments - 1) {
+        let j = i + rng.below((cuts.len() - i) as u64) as usize;
+        cuts.swap(i, j);
+    }
+    cuts.truncate(segments - 1);
+    cuts.sort_unstable();
+    let mut lens = Vec::with_capacity(segments);
+    let mut prev = 0;
+    for c in cuts {
+        lens.push(c - prev);
+        prev = c;
+    }
+    lens.push(items - prev);
+    lens
+}
+
+/// T5 span-corruption settings.
+#[derive(Clone, Debug)]
+pub struct T5Config {
+    pub noise_density: f64,
+    pub mean_span: f64,
+    pub vocab_size: u32,
+    /// First sentinel id (T5: `vocab_size - 1`), the next ones count down.
+    pub first_sentinel: i64,
+    pub eos_id: i64,
+    pub pad_id: i64,
+    /// Decoder start for `decoder_input_ids` (T5: the pad id).
+    pub decoder_start_id: i64,
+}
+
+/// Output of [`collate_t5`].
+#[derive(Debug, Default)]
+pub struct T5Batch {
+    pub batch: usize,
+    pub len: usize,
+    pub label_len: usize,
+    pub input_ids: Vec<i64>,
+    pub attention_mask: Vec<i64>,
+    pub seq_len: Vec<i32>,
+    pub labels: Vec<i64>,
+    pub decoder_input_ids: Vec<i64>,
+    pub labels_len: Vec<i32>,
+}
+
+/// Inputs and targets of one sequence: inputs = non-noise runs with one sentinel per noise
+/// span, then EOS; targets = sentinel, noise span, ..., EOS.
+pub fn t5_corrupt(cfg: &T5Config, row: &[i64], rng: &mut Rng) -> (Vec<i64>, Vec<i64>) {
+    let n = row.len();
+    let mut inputs = Vec::with_capacity(n + 1);
+    let mut targets = Vec::new();
+    if n < 2 {
+        inputs.extend_from_slice(row);
+        inputs.push(cfg.eos_id);
+        targets.push(cfg.eos_id);
+        return (inputs, targets);
+    }
+    let mask = t5_noise_mask(n, cfg.noise_density, cfg.mean_span, rng);
+    let mut sentinel = cfg.first_sentinel;
+    for p in 0..n {
+        if mask[p] {
+            if p == 0 || !mask[p - 1] {
+                inputs.push(sentinel);
+                targets.push(sentinel);
+                sentinel -= 1;
+            }
+            targets.push(row[p]);
+        } else {
+            inputs.push(row[p]);
+        }
+    }
+    inputs.push(cfg.eos_id);
+    targets.push(cfg.eos_id);
+    (inputs, targets)
+}
+
+/// Collate sequences (no EOS; added here) into T5 span-corruption batches.
+#[allow(clippy::too_many_arguments)]
+pub fn collate_t5(
+    cfg: &T5Config,
+    seqs: Ragged<'_>,
+    indices: &[u64],
+    seed: u64,
+    epoch: u64,
+    max_length: Option<usize>,
+    pad_to_multiple_of: Option<usize>,
+    threads: Option<usize>,
+) -> Result<T5Batch> {
+    let b = seqs.len();
+    masking::check_len("indices", indices.len(), b)?;
+    for i in 0..b {
+        let row = seqs.row(i);
+        if row.is_empty() {
+            return invalid!("sample {i} is an empty sequence");
+        }
+        masking::check_ids("input_ids", i, row, cfg.vocab_size)?;
+    }
+    if !(0.0..1.0).contains(&cfg.noise_density) || cfg.noise_density <= 0.0 {
+        return invalid!("noise_density must be in (0, 1), got {}", cfg.noise_density);
+    }
+    if !(cfg.mean_span >= 1.0 && cfg.mean_span.is_finite()) {
+        return invalid!("mean_noise_span_length must be >= 1, got {}", cfg.mean_span);
+    }
+    for (name, id) in [
+        ("eos_id", cfg.eos_id),
+        ("pad_id", cfg.pad_id),
+        ("first sentinel", cfg.first_sentinel),
+    ] {
+        if id < 0 || id >= cfg.vocab_size as i64 {
+            return invalid!(
+                "{name} {id} is outside the vocabulary [0, {})",
+                cfg.vocab_size
+            );
+        }
+    }
+    let longest = (0..b).map(|i| seqs.row(i).len()).max().unwrap_or(0);
+    let longest = max_length.map_or(longest, |m| longest.min(m.saturating_sub(1).max(1)));
+    if longest >= 2 {
+        let noise = py_round(longest as f64 * cfg.noise_density).clamp(1, longest - 1);
+        let spans = py_round(noise as f64 / cfg.mean_span).max(1) as i64;
+        if cfg.first_sentinel + 1 < spans {
+            return invalid!(
+                "a sequence of {longest} tokens needs {spans} sentinel ids below {}, the vocabulary has too few",
+                cfg.first_sentinel
+            );
+        }
+    }
+    let mut pairs: Vec<(Vec<i64>, Vec<i64>)> = vec![(Vec::new(), Vec::new()); b];
+    masking::for_each_row(threads, pairs.iter_mut().collect(), |i, slot| {
+        let mut row = seqs.row(i);
+        if let Some(m) = max_length {
+            // room for the EOS
+            row = &row[..row.len().min(m.saturating_sub(1).max(1))];
+        }
+        let mut rng = Rng::new(seed, epoch, indices[i], stream::SPAN);
+        *slot = t5_corrupt(cfg, row, &mut rng);
+        Ok(())
+    })?;
+    let l = padded_len(
+        pairs.iter().map(|p| p.0.len()).max().unwrap_or(0),
+        pad_to_multiple_of,
+    );
+    let lt = padded_len(
+        pairs.iter().map(|p| p.1.len()).max().unwrap_or(0),
+        pad_to_multiple_of,
+    );
+    let mut out = T5Batch {
+        batch: b,
+        len: l,
+        label_len: lt,
+        input_ids: vec![cfg.pad_id; b * l],
+        attention_mask: vec![0; b * l],
+        seq_len: pairs.iter().map(|p| p.0.len() as i32).collect(),
+        labels: vec![IGNORE; b * lt],
+        decoder_input_ids: vec![cfg.pad_id; b * lt],
+        labels_len: pairs.iter().map(|p| p.1.len() as i32).collect(),
+    };
+    for (i, (inp, tgt)) in pairs.iter().enumerate() {
+        out.input_ids[i * l..i * l + inp.len()].copy_from_slice(inp);
+        out.attention_mask[i * l..i * l + inp.len()].fill(1);
+        out.labels[i * lt..i * lt + tgt.len()].copy_from_slice(tgt);
+        let d = &mut out.decoder_input_ids[i * lt..i * lt + tgt.len()];
+        d[0] = cfg.decoder_start_id;
+        d[1..].copy_from_slice(&tgt[..tgt.len() - 1]);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::masking::{mask_sequence, MaskConfig, Scheme};
+
+    fn mcfg(scheme: Scheme) -> MaskConfig {
+        MaskConfig {
+            mask_id: 103,
+            probability: 0.15,
+            max_predictions: None,
+            exact_count: true,
+            mask_ratio: 0.8,
+            random_ratio: 0.1,
+            whole_word: false,
+            scheme,
+            per_span_replacement: matches!(scheme, Scheme::Geometric { .. }),
+            specials: Specials::new(1000, &[0, 100, 101, 102, 103]).unwrap(),
+        }
+    }
+
+    #[test]
+    fn truncated_geometric_matches_pmf() {
+        let (p, m) = (0.2, 10);
+        let mut rng = Rng::new(1, 0, 0, 0);
+        let n = 100_000;
+        let mut counts = vec![0usize; m + 1];
+        for _ in 0..n {
+            counts[truncated_geometric(p, m, &mut rng)] += 1;
+        }
+        let z: f64 = (1..=m).map(|l| p * (1.0 - p).powi(l as i32 - 1)).sum();
+        for (l, &got) in counts.iter().enumerate().skip(1) {
+            let e = n as f64 * p * (1.0 - p).powi(l as i32 - 1) / z;
+            let sd = (e * (1.0 - e / n as f64)).sqrt();
+            assert!(
+                (got as f64 - e).abs() < 5.0 * sd + 1.0,
+                "len {l}: {got} vs {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn ngram_budget_and_contiguity() {
+        let c = mcfg(Scheme::Ngram {
+            prob: 0.2,
+            max_n: 3,
+        });
+        let mut s = Scratch::default();
+        for idx in 0..100 {
+            let mut toks: Vec<i64> = (0..100).map(|i| 200 + i).collect();
+            let mut labels = vec![IGNORE; 100];
+            let mut rng = Rng::new(9, 0, idx, 1);
+            let n = mask_sequence(
+                &c,
+                &mut toks,
+                &mut labels,
+                0..100,
+                100,
+                None,
+                &[],
+                &mut rng,
+                &mut s,
+            );
+            assert_eq!(n, 15);
+            for &(a, b) in &s.spans {
+                assert!((1..=3).contains(&(b - a)));
+            }
+        }
+    }
+
+    #[test]
+    fn geometric_spans_one_decision_each() {
+        let mut c = mcfg(Scheme::Geometric {
+            p: 0.2,
+            max_len: 10,
+        });
+        c.mask_ratio = 0.5;
+        c.random_ratio = 0.0;
+        let mut s = Scratch::default();
+        for idx in 0..50 {
+            let mut toks: Vec<i64> = (0..200).map(|i| 200 + i).collect();
+            let mut labels = vec![IGNORE; 200];
+            let mut rng = Rng::new(4, 0, idx, 1);
+            let n = mask_sequence(
+                &c,
+                &mut toks,
+                &mut labels,
+                0..200,
+                200,
+                None,
+                &[],
+                &mut rng,
+                &mut s,
+            );
+            assert_eq!(n, 30);
+            for &(a, b) in &s.spans {
+                let (st, en) = (s.units[a as usize].start, s.units[b as usize - 1].end);
+                let masked: Vec<bool> = (st..en).map(|p| toks[p] == 103).collect();
+                assert!(masked.iter().all(|&m| m == masked[0]));
+            }
+        }
+    }
+
+    #[test]
+    fn mass_span_is_half_and_starts_follow_recipe() {
+        let cfg = MassConfig {
+            span_ratio: 0.5,
+            start_prob: 0.2,
+            end_prob: 0.2,
+            mask_id: 103,
+            mask_ratio: 0.8,
+            random_ratio: 0.1,
+            decoder_start_id: 103,
+            pad_id: 0,
+            specials: Specials::new(1000, &[0, 101, 102, 103]).unwrap(),
+        };
+        let mut rng = Rng::new(0, 0, 0, 0);
+        let (mut begin, mut end) = (0, 0);
+        for _ in 0..10_000 {
+            let (s, k) = mass_span(&cfg, 20, &mut rng);
+            assert_eq!(k, 10);
+            if s == 0 {
+                begin += 1;
+            } else if s == 10 {
+                end += 1;
+            }
+        }
+        assert!((begin as f64 - 2000.0).abs() < 200.0);
+        assert!((end as f64 - 2000.0).abs() < 200.0);
+    }
+
+    #[test]
+    fn t5_counts_and_layout() {
+        let cfg = T5Config {
+            noise_density: 0.15,
+            mean_span: 3.0,
+            vocab_size: 1000,
+            first_sentinel: 999,
+            eos_id: 1,
+            pad_id: 0,
+            decoder_start_id: 0,
+        };
+        let row: Vec<i64> = (10..110).collect();
+        let mut rng = Rng::new(0, 0, 0, 0);
+        let (inp, tgt) = t5_corrupt(&cfg, &row, &mut rng);
+        let noise = 15;
+        let spans = 5;
+        assert_eq!(inp.len(), 100 - noise + spans + 1);
+        assert_eq!(tgt.len(), noise + spans + 1);
+        assert_eq!(tgt[0], 999);
+        assert_eq!(*inp.last().unwrap(), 1);
+        // reconstruct the original sequence
+        let mut rec = Vec::new();
+        let mut ti = 0;
+        for &t in &inp[..inp.len() - 1] {
+            if t >= 995 {
+                assert_eq!(tgt[ti], t);
+                ti += 1;
+                while ti < tgt.len() - 1 && tgt[ti] < 995 {
+                    rec.push(tgt[ti]);
+                    ti += 1;
+                }
+            } else {
+                rec.push(t);
+            }
+        }
+        assert_eq!(rec, row);
+    }
+
+    #[test]
+    fn segmentation_sums_and_is_nonempty() {
+        let mut rng = Rng::new(2, 2, 2, 2);
+        for _ in 0..100 {
+            let s = random_segmentation(17, 5, &mut rng);
+            assert_eq!(s.iter().sum::<usize>(), 17);
+            assert!(s.iter().all(|&x| x > 0));
+        }
+    }
+}

@@ -1,0 +1,397 @@
+"""Collators: output contract, structure against naive Python versions, determinism,
+pickling and error messages."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+import unimask.masks as M
+from unimask.collators import (
+    CausalLMCollator,
+    MASSCollator,
+    MLMCollator,
+    NSPPairBuilder,
+    T5SpanCollator,
+    UnifiedLMCollator,
+    continuation_ids_from_vocab,
+)
+
+V, PAD, UNK, CLS, SEP, MASK = 30522, 0, 100, 101, 102, 103
+IDS = dict(vocab_size=V, pad_id=PAD, unk_id=UNK, cls_id=CLS, sep_id=SEP, mask_id=MASK)
+
+
+@pytest.fixture(scope="module")
+def tok(minilm_dir):
+    from tokenizers import Tokenizer
+
+    t = Tokenizer.from_file(str(minilm_dir / "tokenizer.json"))
+    t.no_padding()
+    t.no_truncation()
+    return t
+
+
+@pytest.fixture(scope="module")
+def sentences():
+    from unimask.corpus import demo_corpus_path, read_documents
+
+    return [s for d in read_documents(demo_corpus_path("en")) for s in d][:300]
+
+
+def rand_seqs(n, lo=3, hi=40, seed=0, specials=True):
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        body = rng.integers(1000, 30000, int(rng.integers(lo, hi)))
+        out.append(np.concatenate([[CLS], body, [SEP]]) if specials else body)
+    return out
+
+
+class FakeTokenizer:
+    vocab_size = V
+    pad_id, unk_id, cls_id, sep_id, mask_id = PAD, UNK, CLS, SEP, MASK
+
+
+# ------------------------------------------------------------------------------------------
+# contract
+
+
+def test_mlm_contract_dtypes_shapes_and_padding():
+    seqs = rand_seqs(5)
+    out = MLMCollator(tokenizer=FakeTokenizer(), pad_to_multiple_of=8)(seqs)
+    B, L = 5, max(len(s) for s in seqs)
+    L = -(-L // 8) * 8
+    assert set(out) == {"input_ids", "attention_mask", "token_type_ids", "labels", "seq_len"}
+    for k in ("input_ids", "attention_mask", "token_type_ids", "labels"):
+        assert out[k].dtype == torch.int64 and out[k].shape == (B, L), k
+    assert out["seq_len"].dtype == torch.int32 and out["seq_len"].tolist() == [len(s) for s in seqs]
+    for r, s in enumerate(seqs):
+        n = len(s)
+        assert out["attention_mask"][r].tolist() == [1] * n + [0] * (L - n)
+        assert (out["token_type_ids"][r] == 0).all()
+        lab = out["labels"][r].numpy()
+        inp = out["input_ids"][r].numpy()
+        # unmasked positions are untouched, labels hold the originals
+        keep = lab == -100
+        assert (inp[:n][keep[:n]] == s[keep[:n]]).all()
+        assert (lab[~keep] == s[~keep[:n]]).all()
+
+
+def test_mlm_matches_hf_collator_structure(minilm_dir, tok, sentences):
+    """Same padding / attention / label convention as transformers' collator (Bernoulli mode)."""
+    from transformers import BertTokenizerFast, DataCollatorForLanguageModeling
+
+    hf_tok = BertTokenizerFast(tokenizer_file=str(minilm_dir / "tokenizer.json"))
+    enc = [e.ids for e in tok.encode_batch(sentences[:64])]
+    hf = DataCollatorForLanguageModeling(hf_tok, mlm_probability=0.15, seed=0)([{"input_ids": e} for e in enc])
+    ours = MLMCollator(tokenizer=hf_tok, exact_count=False)(enc)
+    assert ours["input_ids"].shape == hf["input_ids"].shape
+    assert torch.equal(ours["attention_mask"], hf["attention_mask"])
+    for out in (ours, hf):
+        pad = out["attention_mask"] == 0
+        assert (out["labels"][pad] == -100).all() and (out["input_ids"][pad] == PAD).all()
+        assert ((out["labels"] != -100) == (out["labels"] >= 0)).all()
+
+
+def test_unilm_contract_and_dense_mask_agrees_with_sep_positions():
+    rng = np.random.default_rng(3)
+    pairs = [(rng.integers(1000, 2000, int(rng.integers(1, 12))), rng.integers(1000, 2000, int(rng.integers(1, 12)))) for _ in range(64)]
+    pairs += [(rng.integers(1000, 2000, 5),) for _ in range(8)]  # single segments
+    c = UnifiedLMCollator(**IDS, seed=1)
+    out = c([p if len(p) == 2 else p[0] for p in pairs])
+    B, L = out["input_ids"].shape
+    assert out["attn_mode"].dtype == torch.int8 and out["src_len"].dtype == torch.int32
+    assert out["seq_len"].dtype == torch.int32 and out["next_sentence_label"].dtype == torch.int64
+    assert (out["next_sentence_label"] == -100).all()  # no labels given
+    dense = M.dense_mask(out["attn_mode"], out["src_len"], out["seq_len"], L)
+    type_of = {0: (0, 1), 1: (2, 2), 2: (3, 3), 3: (4, 5)}
+    for r in range(B):
+        ids = out["input_ids"][r].tolist()
+        mode, n = int(out["attn_mode"][r]), int(out["seq_len"][r])
+        seps = [i for i, t in enumerate(ids[:n]) if t == SEP]
+        assert ids[0] == CLS and seps[-1] == n - 1
+        src = seps[0] + 1  # oracle: where the first [SEP] is
+        assert int(out["src_len"][r]) == src
+        if len(pairs[r]) == 1:
+            assert mode != 3 and len(seps) == 1
+        ta, tb = type_of[mode]
+        assert out["token_type_ids"][r, :src].eq(ta).all() and out["token_type_ids"][r, src:n].eq(tb).all()
+        expect = torch.tensor([[M.allowed(mode, src, n, i, j) for j in range(L)] for i in range(L)])
+        assert torch.equal(dense[r], expect)
+
+
+def test_unilm_nsp_label_only_for_bidirectional():
+    rng = np.random.default_rng(0)
+    items = [{"segment_a": rng.integers(1000, 2000, 6), "segment_b": rng.integers(1000, 2000, 6), "next_sentence_label": i % 2} for i in range(200)]
+    out = UnifiedLMCollator(**IDS)(items)
+    bid = out["attn_mode"] == 0
+    assert torch.equal(out["next_sentence_label"][bid], torch.tensor([i % 2 for i in range(200)])[bid])
+    assert (out["next_sentence_label"][~bid] == -100).all()
+
+
+def test_type_ids_are_configurable():
+    c = UnifiedLMCollator(**IDS, mode_weights=[0, 1, 0, 0], type_ids=[(0, 1), (7, 7), (3, 3), (4, 5)])
+    out = c([([1000, 1001], [1002])])
+    assert (out["token_type_ids"][0, :5] == 7).all()
+
+
+# ------------------------------------------------------------------------------------------
+# whole words, entities
+
+
+def test_whole_words_from_vocab_match_tokenizer_word_ids(minilm_dir, tok, sentences):
+    encs = tok.encode_batch(sentences[:200])
+    with_ids = [{"input_ids": e.ids, "word_ids": e.word_ids} for e in encs]
+    plain = [e.ids for e in encs]
+    a = MLMCollator(**IDS, whole_word=True, seed=3)(with_ids)
+    b = MLMCollator(**IDS, whole_word=True, vocab=minilm_dir / "vocab.txt", seed=3)(plain)
+    # English WordPiece: words = a piece plus its ## continuations, except where the
+    # pre-tokenizer splits a word into several "words" without ## (punctuation): compare masks
+    # only on sentences whose two segmentations agree.
+    cont = set(continuation_ids_from_vocab(minilm_dir / "vocab.txt").tolist())
+    agree = 0
+    for r, e in enumerate(encs):
+        w = np.array([-1 if x is None else x for x in e.word_ids])
+        starts = np.array([t not in cont for t in e.ids])
+        if all(starts[i] == (w[i] != w[i - 1]) for i in range(2, len(w) - 1)):
+            agree += 1
+            assert torch.equal(a["labels"][r], b["labels"][r])
+    assert agree > 150
+
+
+def test_entity_spans_are_masked_as_units():
+    rng = np.random.default_rng(5)
+    items = []
+    for _ in range(300):
+        s = np.concatenate([[CLS], rng.integers(1000, 2000, 30), [SEP]])
+        items.append({"input_ids": s, "entity_spans": [(3, 9), (12, 15)]})
+    out = MLMCollator(**IDS, mlm_probability=0.3)(items)
+    m = (out["labels"] != -100).numpy()
+    hit = 0
+    for r in range(300):
+        for s, e in [(3, 9), (12, 15)]:
+            assert m[r, s:e].all() or not m[r, s:e].any()
+            hit += m[r, s:e].all()
+    assert hit > 0
+
+
+def test_pairs_and_nsp_labels(tok, sentences):
+    docs = [[tok.encode(s).ids[1:-1] for s in sentences[i : i + 6]] for i in range(0, 300, 6)]
+    pairs = NSPPairBuilder(max_seq_length=48, seed=2).build(docs)
+    out = MLMCollator(**IDS, max_length=48, truncation=True)(pairs)
+    assert torch.equal(out["next_sentence_label"], torch.tensor([p["next_sentence_label"] for p in pairs]))
+    for r, p in enumerate(pairs):
+        la, lb = len(p["segment_a"]), len(p["segment_b"])
+        n = la + lb + 3
+        assert int(out["seq_len"][r]) == n <= 48
+        ids = out["input_ids"][r]
+        assert ids[0] == CLS and ids[la + 1] == SEP and ids[n - 1] == SEP
+        assert out["token_type_ids"][r, : la + 2].eq(0).all() and out["token_type_ids"][r, la + 2 : n].eq(1).all()
+        orig = np.concatenate([[CLS], p["segment_a"], [SEP], p["segment_b"], [SEP]])
+        lab = out["labels"][r, :n].numpy()
+        restored = np.where(lab != -100, lab, ids[:n].numpy())
+        assert (restored == orig).all()
+
+
+def test_sentence_order_prediction_swaps():
+    # chunks of exactly 4 sentences (target 32 tokens): never a single-sentence chunk
+    docs = [[[d * 1000 + s * 10 + k for k in range(8)] for s in range(8)] for d in range(1, 60)]
+    pairs = NSPPairBuilder(max_seq_length=35, short_seq_prob=0.0, sentence_order=True, seed=1).build(docs)
+    assert len(pairs) == 2 * 59
+    labels = [p["next_sentence_label"] for p in pairs]
+    assert 0.3 < np.mean(labels) < 0.7
+    for p in pairs:
+        a0, b0 = int(p["segment_a"][0]), int(p["segment_b"][0])
+        assert a0 // 1000 == b0 // 1000
+        assert (a0 > b0) == (p["next_sentence_label"] == 1)
+
+
+# ------------------------------------------------------------------------------------------
+# causal, MASS, T5 against naive versions
+
+
+def naive_causal(docs, eos, max_length, pack):
+    rows = []
+    if pack:
+        stream = [t for d in docs for t in list(d) + [eos]]
+        rows = [stream[i : i + max_length] for i in range(0, len(stream), max_length)]
+    else:
+        rows = [(list(d) + [eos])[:max_length] for d in docs]
+    L = max(len(r) for r in rows)
+    ids = [r + [0] * (L - len(r)) for r in rows]
+    labels = [r[1:] + [-100] * (L - len(r) + 1) for r in rows]
+    return torch.tensor(ids), torch.tensor(labels)
+
+
+@pytest.mark.parametrize("pack", [False, True])
+def test_causal_matches_naive(pack):
+    docs = [list(s) for s in rand_seqs(9, specials=False, seed=4)]
+    c = CausalLMCollator(vocab_size=V, pad_id=PAD, eos_id=SEP, max_length=16, truncation=True, pack=pack)
+    out = c(docs)
+    ids, labels = naive_causal(docs, SEP, 16, pack)
+    assert torch.equal(out["input_ids"], ids) and torch.equal(out["labels"], labels)
+    assert (out["attn_mode"] == 1).all() and (out["src_len"] == 0).all()
+    assert torch.equal(out["seq_len"].long(), out["attention_mask"].sum(1))
+    # shifted: loss = CE(logits[:, t], labels[:, t]) predicts the next input
+    v = out["labels"] != -100
+    assert torch.equal(out["labels"][:, :-1][v[:, :-1]], out["input_ids"][:, 1:][v[:, :-1]])
+
+
+def test_mass_structure():
+    seqs = rand_seqs(50, specials=False, seed=6)
+    out = MASSCollator(**IDS, seed=1)(seqs)
+    for r, s in enumerate(seqs):
+        k = int(out["decoder_len"][r])
+        pos = out["decoder_positions"][r, :k].numpy()
+        start = pos[0]
+        assert (pos == np.arange(start, start + k)).all()
+        assert (out["decoder_labels"][r, :k].numpy() == s[start : start + k]).all()
+        assert out["decoder_input_ids"][r, 0] == MASK
+        assert (out["decoder_input_ids"][r, 1:k].numpy() == s[start : start + k - 1]).all()
+        assert (out["decoder_labels"][r, k:] == -100).all()
+
+
+def test_t5_inputs_and_targets_reconstruct_the_text():
+    seqs = rand_seqs(40, specials=False, seed=7, lo=2, hi=80)
+    out = T5SpanCollator(vocab_size=V, eos_id=SEP, pad_id=PAD, seed=1)(seqs)
+    for r, s in enumerate(seqs):
+        inp = out["input_ids"][r, : out["seq_len"][r]].tolist()[:-1]
+        lab = out["labels"][r, : out["labels_len"][r]].tolist()[:-1]
+        spans, cur = {}, None
+        for t in lab:
+            if t >= V - 100:
+                cur = t
+                spans[cur] = []
+            else:
+                spans[cur].append(t)
+        rebuilt = [x for t in inp for x in (spans[t] if t >= V - 100 else [t])]
+        assert rebuilt == s.tolist()
+        assert out["decoder_input_ids"][r, 0] == PAD
+        assert out["decoder_input_ids"][r, 1 : out["labels_len"][r]].tolist() == out["labels"][r, : out["labels_len"][r] - 1].tolist()
+
+
+# ------------------------------------------------------------------------------------------
+# determinism, epochs, threads, pickling
+
+
+def test_same_seed_epoch_index_same_masks_for_any_threads_and_batching():
+    seqs = rand_seqs(200, seed=8)
+    idx = np.arange(1000, 1200)
+    a = MLMCollator(**IDS, seed=4, num_threads=1)(seqs, indices=idx)
+    b = MLMCollator(**IDS, seed=4, num_threads=2)(seqs, indices=idx)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # the mask of a sample depends on its index only, not on its batch-mates
+    c = MLMCollator(**IDS, seed=4)(seqs[10:12], indices=idx[10:12])
+    n = int(c["seq_len"][0])
+    assert torch.equal(c["labels"][0, :n], a["labels"][10, :n])
+    d = MLMCollator(**IDS, seed=5)(seqs, indices=idx)
+    assert not torch.equal(a["labels"], d["labels"])
+
+
+def test_set_epoch_gives_fresh_masks_and_is_reproducible():
+    seqs = rand_seqs(64, seed=9)
+    c = MLMCollator(**IDS, seed=1)
+    e0 = c(seqs, indices=range(64))
+    c.set_epoch(1)
+    e1 = c(seqs, indices=range(64))
+    c.set_epoch(0)
+    again = c(seqs, indices=range(64))
+    assert not torch.equal(e0["labels"], e1["labels"])
+    assert torch.equal(e0["labels"], again["labels"])
+
+
+def test_running_counter_without_indices():
+    seqs = rand_seqs(8, seed=10)
+    c = MLMCollator(**IDS, seed=1)
+    first, second = c(seqs[:4]), c(seqs[4:])
+    ref = MLMCollator(**IDS, seed=1)(seqs, indices=range(8))
+    n = ref["labels"].shape[1]
+    assert torch.equal(second["labels"][:, : min(n, second["labels"].shape[1])], ref["labels"][4:, : second["labels"].shape[1]])
+    c.set_epoch(0)  # restarts the counter
+    assert torch.equal(c(seqs[:4])["labels"], first["labels"])
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: MLMCollator(**IDS, whole_word=True, seed=3),
+        lambda: MLMCollator(**IDS, span="geometric", seed=3),
+        lambda: UnifiedLMCollator(**IDS, seed=3),
+        lambda: MASSCollator(**IDS, seed=3),
+        lambda: T5SpanCollator(vocab_size=V, eos_id=SEP, pad_id=PAD, seed=3),
+        lambda: CausalLMCollator(vocab_size=V, pad_id=PAD, eos_id=SEP),
+    ],
+)
+def test_pickling_preserves_behaviour(make):
+    c = make()
+    if hasattr(c, "set_epoch"):
+        c.set_epoch(2)
+    seqs = rand_seqs(6, seed=11, specials=False)
+    c2 = pickle.loads(pickle.dumps(c))
+    a, b = c(seqs, indices=range(6)), c2(seqs, indices=range(6))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ------------------------------------------------------------------------------------------
+# errors
+
+
+def test_errors_name_the_offending_value():
+    c = MLMCollator(**IDS)
+    with pytest.raises(ValueError, match="sample 1 is an empty sequence"):
+        c([[CLS, 2000, SEP], []])
+    with pytest.raises(ValueError, match="30522"):
+        c([[CLS, 30522, SEP]])
+    with pytest.raises(ValueError, match="-5"):
+        c([[CLS, -5, SEP]])
+    with pytest.raises(TypeError, match="float"):
+        c([np.array([1.0, 2.0])])
+    with pytest.raises(ValueError, match="max_length = 4"):
+        MLMCollator(**IDS, max_length=4)([[CLS, 2000, 2001, 2002, SEP]])
+    out = MLMCollator(**IDS, max_length=4, truncation=True)([[CLS, 2000, 2001, 2002, SEP]])
+    assert out["seq_len"].tolist() == [4]
+    with pytest.raises(ValueError, match="1.5"):
+        MLMCollator(**IDS, mlm_probability=1.5)
+    with pytest.raises(ValueError, match="-0.1"):
+        MLMCollator(**IDS, mlm_probability=-0.1)
+    with pytest.raises(ValueError, match="mask_ratio \\+ random_ratio"):
+        MLMCollator(**IDS, mask_ratio=0.8, random_ratio=0.3)
+    with pytest.raises(ValueError, match="mask_id"):
+        MLMCollator(vocab_size=V, pad_id=PAD, cls_id=CLS, sep_id=SEP)
+    with pytest.raises(ValueError, match="vocab_size"):
+        MLMCollator(mask_id=MASK, pad_id=PAD, cls_id=CLS, sep_id=SEP)
+    with pytest.raises(ValueError, match="40000"):
+        MLMCollator(**{**IDS, "mask_id": 40000})
+    with pytest.raises(ValueError, match="span"):
+        MLMCollator(**IDS, span="poisson")
+    with pytest.raises(ValueError, match="exact_count"):
+        MLMCollator(**IDS, span="geometric", exact_count=False)
+    with pytest.raises(ValueError, match="word_ids of sample 0 has 2 entries for 3 tokens"):
+        MLMCollator(**IDS, whole_word=True)([{"input_ids": [CLS, 2000, SEP], "word_ids": [None, 0]}])
+    with pytest.raises(ValueError, match="entity span"):
+        c([{"input_ids": [CLS, 2000, SEP], "entity_spans": [(2, 9)]}])
+    with pytest.raises(ValueError, match="mixes pairs"):
+        c([([2000], [2001]), [CLS, 2000, SEP]])
+    with pytest.raises(TypeError, match="seed"):
+        MLMCollator(**IDS, seed=1.5)
+    with pytest.raises(ValueError, match="empty batch"):
+        c([])
+    with pytest.raises(ValueError, match="weight"):
+        UnifiedLMCollator(**IDS, mode_weights=[0, 0, 0, 0])
+    with pytest.raises(ValueError, match="no segment B"):
+        UnifiedLMCollator(**IDS, mode_weights=[0, 0, 0, 1])([[2000, 2001]])
+    with pytest.raises(ValueError, match="pack=True needs max_length"):
+        CausalLMCollator(vocab_size=V, pad_id=PAD, pack=True)
+    with pytest.raises(ValueError, match="eos_id"):
+        T5SpanCollator(vocab_size=V, pad_id=PAD)
+    with pytest.raises(ValueError, match="sentinel"):
+        T5SpanCollator(vocab_size=50, eos_id=1, pad_id=0, first_sentinel_id=2)([list(range(10, 40)) * 3])
+    with pytest.raises(ValueError, match="start_prob"):
+        MASSCollator(**IDS, start_prob=0.7, end_prob=0.5)
+    with pytest.raises(ValueError, match="max_seq_length"):
+        NSPPairBuilder(max_seq_length=3)
+    with pytest.raises(TypeError, match="list of sentences"):
+        NSPPairBuilder().build([[1, 2, 3]])
