@@ -59,13 +59,57 @@ def log(*a) -> None:
     print(f"[{time.time() - T0:6.1f}s]", *a, flush=True)
 
 
+class Dev:
+    """The device and its timing/memory calls; ``dry`` = CPU rehearsal under Triton's interpreter
+    (tiny shapes, fp32, wall-clock timing, no memory stats) that exercises every code path."""
+
+    def __init__(self, torch, dry: bool):
+        self.torch, self.dry = torch, dry
+        self.name = "cpu" if dry else "cuda"
+        self.lowp = torch.float32 if dry else torch.bfloat16
+
+    def sync(self) -> None:
+        if not self.dry:
+            self.torch.cuda.synchronize()
+
+    def empty_cache(self) -> None:
+        if not self.dry:
+            self.torch.cuda.empty_cache()
+
+    def bench_ms(self, fn, grad_to_none=None) -> float:
+        if not self.dry:
+            from triton.testing import do_bench
+
+            return do_bench(fn, warmup=25, rep=100, grad_to_none=grad_to_none)
+        fn()
+        t = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t) * 1e3
+
+    def peak_mem_mib(self, fn) -> float | None:
+        if self.dry:
+            fn()
+            return None
+        torch = self.torch
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
 # --------------------------------------------------------------------------------------------
 # imports: torch/triton (report when missing), unimask from the working tree
 # --------------------------------------------------------------------------------------------
-def import_unimask():
+def import_unimask(interpret: bool = False):
     """Import masks, attention and the kernel module from ``python/`` (stub package if needed)."""
     sys.path.insert(0, str(PY_SRC))
-    os.environ.pop("TRITON_INTERPRET", None)  # compile for the GPU, never interpret
+    if interpret:
+        os.environ["TRITON_INTERPRET"] = "1"  # CPU rehearsal (--dry-run-cpu)
+    else:
+        os.environ.pop("TRITON_INTERPRET", None)  # compile for the GPU, never interpret
     try:
         import unimask  # noqa: F401 - runs __init__, which needs unimask._native
 
@@ -173,41 +217,113 @@ def flex_setup(torch, mode, src, seq, L, B, device, compiled_flex):
     return fn, build
 
 
-def time_host(torch, fn, reps: int = 5) -> float:
+def time_host(dev: Dev, fn, reps: int = 5) -> float:
     """Median milliseconds of a call that mixes host and device work (block-mask build)."""
     fn()
     ts = []
     for _ in range(reps):
-        torch.cuda.synchronize()
+        dev.sync()
         t = time.perf_counter()
         fn()
-        torch.cuda.synchronize()
+        dev.sync()
         ts.append((time.perf_counter() - t) * 1e3)
     return sorted(ts)[len(ts) // 2]
-
-
-def peak_mem_mib(torch, fn_fwd_bwd) -> float:
-    torch.cuda.synchronize()
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    fn_fwd_bwd()
-    torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
 # --------------------------------------------------------------------------------------------
 # 2. correctness
 # --------------------------------------------------------------------------------------------
-def correctness(torch, masks, attention, K, res: Results, quick: bool) -> None:
-    dev = "cuda"
+_KMOD = None  # the kernel module, set by main(); read by the dropout keep-mask kernel below
+
+
+def make_keep_kernel():
+    """A kernel that writes the attention kernel's dropout keep-mask (same Philox function)."""
+    import triton
+    import triton.language as tl
+
+    globals()["tl"] = tl  # the JIT resolves names from this module's globals
+
+    @triton.jit(do_not_specialize=["seed"])
+    def dropout_keep(OUT, seed, p, L, BL: tl.constexpr):
+        bh = tl.program_id(0)
+        i0 = tl.program_id(1) * BL
+        i = i0 + tl.arange(0, BL)
+        for j0 in range(0, L, BL):
+            j = j0 + tl.arange(0, BL)
+            keep = _KMOD._dropout_keep(seed, p, bh.to(tl.int64) * L, L, i[:, None], j[None, :])
+            ok = (i[:, None] < L) & (j[None, :] < L)
+            tl.store(OUT + bh.to(tl.int64) * L * L + i[:, None] * L + j[None, :], keep.to(tl.int8), mask=ok)
+
+    return dropout_keep
+
+
+def reference_with_keep(torch, masks, q, k, v, mode, src, seq, keep, p):
+    B, H, L, D = q.shape
+    mask = masks.dense_mask(mode, src, seq, L).to(q.device)[:, None]
+    k, v = (t.repeat_interleave(H // k.shape[1], dim=1) for t in (k, v))
+    s = q @ k.transpose(-1, -2) / math.sqrt(D)
+    row = mask.any(-1, keepdim=True)
+    probs = torch.softmax(s.masked_fill(~mask, float("-inf")).masked_fill(~row, 0.0), dim=-1) * row
+    return (probs * keep / (1.0 - p)) @ v
+
+
+def dropout_check(torch, masks, K, res: "Results", D_: Dev) -> None:
+    dev = D_.name
+    for dt in (D_.lowp,):
+        B, H, HK, L, D, p, seed = (6, 4, 2, 300, 64, 0.1, 1234) if not D_.dry else (4, 2, 1, 33, 16, 0.1, 1234)
+        name = f"dropout p={p} {str(dt).split('.')[-1]} D{D} L{L} B{B} H{H} Hkv{HK}"
+        row: dict = {"case": name}
+        try:
+            import triton
+
+            mode, src, seq = make_batch(torch, B, L, seed=11)
+            mode[1], seq[1], src[1] = 0, 0, 0
+            g = torch.Generator(device=dev).manual_seed(1)
+            q = torch.randn(B, H, L, D, device=dev, generator=g).to(dt)
+            k, v = (torch.randn(B, HK, L, D, device=dev, generator=g).to(dt) for _ in range(2))
+            do = torch.randn(B, H, L, D, device=dev, generator=g).to(dt)
+            md, sd, qd = (t.to(dev) for t in (mode, src, seq))
+            keep = torch.zeros(B * H, L, L, dtype=torch.int8, device=dev)
+            bl = 16 if D_.dry else 64
+            make_keep_kernel()[(B * H, triton.cdiv(L, bl))](keep, seed, p, L, BL=bl)
+            keep = keep.view(B, H, L, L).to(torch.float64)
+
+            def run(fn, dtype):
+                qq, kk, vv = (t.detach().to(dtype).requires_grad_() for t in (q, k, v))
+                o = fn(qq, kk, vv)
+                o.backward(do.to(dtype))
+                return [o.detach(), qq.grad, kk.grad, vv.grad]
+
+            got = run(lambda a, b, c: K.attention(a, b, c, md, sd, qd, None, p, seed), dt)
+            ref = run(lambda a, b, c: reference_with_keep(torch, masks, a, b, c, mode, src, seq, keep, p), torch.float64)
+            lowp = run(lambda a, b, c: reference_with_keep(torch, masks, a, b, c, mode, src, seq, keep.to(dt), p), dt)
+            ok = True
+            for n, a, r, lo in zip(("out", "dq", "dk", "dv"), got, ref, lowp):
+                err = (a.double() - r).abs().max().item()
+                err_t = (lo.double() - r).abs().max().item()
+                row[n] = {"max_err": err, "torch_lowp_err": err_t, "pass": err <= 2 * err_t + 1e-3}
+                ok &= row[n]["pass"]
+            row["drop_rate"] = 1.0 - keep.mean().item()
+            row["pass"] = ok and abs(row["drop_rate"] - p) < (0.01 if not D_.dry else 0.05)
+            log(f"correctness {name}: {'PASS' if row['pass'] else 'FAIL'} drop rate {row['drop_rate']:.4f} " + " ".join(
+                f"{n}={row[n]['max_err']:.2e}(torch {row[n]['torch_lowp_err']:.2e})" for n in ("out", "dq", "dk", "dv")))
+        except Exception as e:  # noqa: BLE001
+            row["error"] = res.error(f"correctness {name}", e)
+            row["pass"] = False
+        res.data["correctness"].append(row)
+        res.save()
+def correctness(torch, masks, attention, K, res: Results, quick: bool, D_: Dev) -> None:
+    dev = D_.name
     cases = []
-    for dt in (torch.bfloat16, torch.float16):
-        for D in (64, 128):
-            cases.append(dict(dtype=dt, D=D, L=257, B=8, H=4, HK=2, hi=torch.float64))
-            if not quick:
-                cases.append(dict(dtype=dt, D=D, L=1000, B=4, H=4, HK=4, hi=torch.float32))
-    cases.append(dict(dtype=torch.float32, D=64, L=200, B=6, H=2, HK=1, hi=torch.float64))
+    if D_.dry:  # the interpreter: fp32 and fp16 (its bf16 dot is broken), tiny shapes
+        cases.append(dict(dtype=torch.float16, D=16, L=33, B=6, H=2, HK=1, hi=torch.float64))
+    else:
+        for dt in (torch.bfloat16, torch.float16):
+            for D in (64, 128):
+                cases.append(dict(dtype=dt, D=D, L=257, B=8, H=4, HK=2, hi=torch.float64))
+                if not quick:
+                    cases.append(dict(dtype=dt, D=D, L=1000, B=4, H=4, HK=4, hi=torch.float32))
+    cases.append(dict(dtype=torch.float32, D=64 if not D_.dry else 32, L=200 if not D_.dry else 40, B=6, H=2, HK=1, hi=torch.float64))
     for c in cases:
         name = f"{str(c['dtype']).split('.')[-1]} D{c['D']} L{c['L']} B{c['B']} H{c['H']} Hkv{c['HK']}"
         row: dict = {"case": name}
@@ -265,19 +381,20 @@ def correctness(torch, masks, attention, K, res: Results, quick: bool) -> None:
             row["pass"] = False
         res.data["correctness"].append(row)
         res.save()
+    dropout_check(torch, masks, K, res, D_)
     # FlexAttention semantics check (so that the comparison is apples to apples)
     try:
         from torch.nn.attention.flex_attention import flex_attention
 
-        B, H, L, D = 6, 4, 300, 64
+        B, H, L, D = (6, 4, 300, 64) if not D_.dry else (6, 2, 40, 16)
         mode, src, seq = make_batch(torch, B, L, seed=3)
         mode[1], seq[1], src[1] = 0, 0, 0
-        q, k, v = (torch.randn(B, H, L, D, device=dev, dtype=torch.bfloat16) for _ in range(3))
-        fn, _ = flex_setup(torch, mode, src, seq, L, B, dev, torch.compile(flex_attention))
+        q, k, v = (torch.randn(B, H, L, D, device=dev, dtype=D_.lowp) for _ in range(3))
+        fn, _ = flex_setup(torch, mode, src, seq, L, B, dev, flex_attention if D_.dry else torch.compile(flex_attention))
         o = fn(q, k, v)
         r = attention.reference_attention(q.float(), k.float(), v.float(), mode, src, seq)
         err = (o.float() - r).abs().max().item()
-        res.data["notes"].append(f"FlexAttention vs reference (bf16, L=300, mixed modes, a padded sample): max err {err:.3g}")
+        res.data["notes"].append(f"FlexAttention vs reference ({D_.lowp}, L={L}, mixed modes, a padded sample): max err {err:.3g}")
         log(res.data["notes"][-1])
     except Exception as e:  # noqa: BLE001
         res.error("flex semantics check", e)
@@ -286,21 +403,22 @@ def correctness(torch, masks, attention, K, res: Results, quick: bool) -> None:
 # --------------------------------------------------------------------------------------------
 # 3. benchmark
 # --------------------------------------------------------------------------------------------
-def bench(torch, triton, masks, K, res: Results, budget_s: float, quick: bool) -> None:
-    from triton.testing import do_bench
-
-    dev = "cuda"
-    H, dt, tokens = 16, torch.bfloat16, 16384
+def bench(torch, triton, masks, K, res: Results, budget_s: float, quick: bool, D_: Dev) -> None:
+    dev = D_.name
+    H, dt, tokens = (16, torch.bfloat16, 16384) if not D_.dry else (2, torch.float32, 96)
     try:
         from torch.nn.attention.flex_attention import flex_attention
 
-        compiled_flex = torch.compile(flex_attention)
+        compiled_flex = flex_attention if D_.dry else torch.compile(flex_attention)
     except Exception as e:  # noqa: BLE001
         compiled_flex = None
         res.error("import/compile flex_attention", e)
-    Ls = [512, 1024, 2048, 4096] if not quick else [512, 2048]
-    Ds = [64, 128]
-    shapes = [(L, D, "mixed") for L in Ls for D in Ds] + [(L, D, "l2r") for L in (1024, 4096) for D in Ds]
+    if D_.dry:
+        Ls, Ds, l2r_Ls = [32], [16], [32]
+    else:
+        Ls = [512, 1024, 2048, 4096] if not quick else [512, 2048]
+        Ds, l2r_Ls = [64, 128], [1024, 4096]
+    shapes = [(L, D, "mixed") for L in Ls for D in Ds] + [(L, D, "l2r") for L in l2r_Ls for D in Ds]
     for L, D, kind in shapes:
         if time.time() - T0 > budget_s:
             res.data["notes"].append(f"budget of {budget_s:.0f}s reached: skipped L={L} D={D} {kind} and later shapes")
@@ -335,7 +453,7 @@ def bench(torch, triton, masks, K, res: Results, budget_s: float, quick: bool) -
         if compiled_flex is not None:
             try:
                 f, build = flex_setup(torch, mode, src, seq, L, B, dev, compiled_flex)
-                row["flex_block_mask_ms"] = time_host(torch, build)
+                row["flex_block_mask_ms"] = time_host(D_, build)
                 backends["flex"] = f
             except Exception as e:  # noqa: BLE001
                 row["flex_error"] = res.error(f"flex setup L={L} D={D}", e)
@@ -346,17 +464,17 @@ def bench(torch, triton, masks, K, res: Results, budget_s: float, quick: bool) -
             r: dict = {}
             try:
                 with torch.no_grad():
-                    ms = do_bench(lambda: fn(q, k, v), warmup=25, rep=100)
+                    ms = D_.bench_ms(lambda: fn(q, k, v))
                 r["fwd_ms"] = ms
                 r["fwd_tflops"] = fwd_flops / (ms * 1e-3) / 1e12
 
                 def fwd_bwd():
                     fn(qg, kg, vg).backward(do)
 
-                ms = do_bench(fwd_bwd, warmup=25, rep=100, grad_to_none=[qg, kg, vg])
+                ms = D_.bench_ms(fwd_bwd, grad_to_none=[qg, kg, vg])
                 r["fwd_bwd_ms"] = ms
                 r["fwd_bwd_tflops"] = 3.5 * fwd_flops / (ms * 1e-3) / 1e12
-                r["peak_mem_mib"] = peak_mem_mib(torch, fwd_bwd)
+                r["peak_mem_mib"] = D_.peak_mem_mib(fwd_bwd)
                 if name == "flex" and "flex_block_mask_ms" in row:
                     bm = row["flex_block_mask_ms"]
                     r["fwd_ms_incl_mask"] = r["fwd_ms"] + bm
@@ -364,15 +482,15 @@ def bench(torch, triton, masks, K, res: Results, budget_s: float, quick: bool) -
                     r["fwd_bwd_ms_incl_mask"] = r["fwd_bwd_ms"] + bm
                     r["fwd_bwd_tflops_incl_mask"] = 3.5 * fwd_flops / (r["fwd_bwd_ms_incl_mask"] * 1e-3) / 1e12
                 log(f"  {name:12s} fwd {r['fwd_ms']:.3f} ms {r['fwd_tflops']:.1f} TF/s | fwd+bwd {r['fwd_bwd_ms']:.3f} ms "
-                    f"{r['fwd_bwd_tflops']:.1f} TF/s | peak {r['peak_mem_mib']:.0f} MiB")
+                    f"{r['fwd_bwd_tflops']:.1f} TF/s | peak {r['peak_mem_mib']} MiB")
             except Exception as e:  # noqa: BLE001
                 r["error"] = res.error(f"bench {name} L={L} D={D} {kind}", e)
             row[name] = r
-            torch.cuda.empty_cache()
+            D_.empty_cache()
         res.data["bench"].append(row)
         res.save()
         del q, k, v, do, qg, kg, vg, backends
-        torch.cuda.empty_cache()
+        D_.empty_cache()
 
 
 def table(res: Results) -> str:
@@ -412,7 +530,10 @@ def main() -> int:
     ap.add_argument("--budget-s", type=float, default=420.0, help="stop starting new bench shapes after this many seconds")
     ap.add_argument("--quick", action="store_true", help="fewer correctness cases and shapes")
     ap.add_argument("--skip-correctness", action="store_true")
+    ap.add_argument("--dry-run-cpu", action="store_true", help="rehearse every code path on the CPU (Triton interpreter, tiny shapes)")
     args = ap.parse_args()
+    if args.dry_run_cpu:
+        os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported
     res = Results(Path(args.out))
     env = res.data["env"]
     env["python"] = sys.version.split()[0]
@@ -434,16 +555,22 @@ def main() -> int:
         log(f"triton is not installed ({e}); only the reference paths could run, nothing to benchmark")
         res.error("import triton", e)
         return 2
-    if not torch.cuda.is_available():
-        log("no CUDA device visible: this script is the GPU comparison; nothing to do")
+    D_ = Dev(torch, args.dry_run_cpu)
+    if D_.dry:
+        env["gpu"] = "none: --dry-run-cpu rehearsal under TRITON_INTERPRET=1 (timings meaningless)"
+    elif not torch.cuda.is_available():
+        log("no CUDA device visible: this script is the GPU comparison; nothing to do (--dry-run-cpu rehearses it)")
         res.save()
         return 2
-    p = torch.cuda.get_device_properties(0)
-    env.update(gpu=p.name, capability=f"{p.major}.{p.minor}", sms=p.multi_processor_count, mem_gib=round(p.total_memory / 2**30, 1), cuda=torch.version.cuda)
+    else:
+        p = torch.cuda.get_device_properties(0)
+        env.update(gpu=p.name, capability=f"{p.major}.{p.minor}", sms=p.multi_processor_count, mem_gib=round(p.total_memory / 2**30, 1), cuda=torch.version.cuda)
     env["autotune"] = os.environ.get("UNIMASK_ATTN_AUTOTUNE", "1")
     try:
-        masks, attention, K, how = import_unimask()
+        masks, attention, K, how = import_unimask(interpret=D_.dry)
         env["unimask_import"] = how
+        global _KMOD
+        _KMOD = K
     except Exception as e:  # noqa: BLE001
         res.error("import unimask", e)
         return 3
@@ -458,11 +585,11 @@ def main() -> int:
     torch.backends.cuda.matmul.allow_tf32 = False
     if not args.skip_correctness:
         log("== correctness ==")
-        correctness(torch, masks, attention, K, res, args.quick)
+        correctness(torch, masks, attention, K, res, args.quick, D_)
         n_ok = sum(1 for r in res.data["correctness"] if r.get("pass"))
         log(f"correctness: {n_ok}/{len(res.data['correctness'])} cases pass")
     log("== benchmark ==")
-    bench(torch, triton, masks, K, res, args.budget_s, args.quick)
+    bench(torch, triton, masks, K, res, args.budget_s, args.quick, D_)
     md = table(res)
     res.data["table_md"] = md
     res.save()
