@@ -1,4 +1,4 @@
-"""The ``unimask`` command: ``info``, ``bench`` (and more subcommands as features land)."""
+"""The ``unimask`` command: ``info``, ``bench``, ``pretrain`` (and more subcommands as features land)."""
 
 from __future__ import annotations
 
@@ -85,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--filter", default="", help="only cases whose name contains this text")
     p.add_argument("--min-time", type=float, default=0.5, help="seconds to time each side (default 0.5)")
     p.set_defaults(func=cmd_bench)
+
+    from . import pretrain  # noqa: PLC0415 - imports torch; only needed to build the parser
+
+    pretrain.add_parser(sub)
     return parser
 
 
