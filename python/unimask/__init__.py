@@ -25,6 +25,28 @@ _EXPORTS: dict[str, str] = {
     # corpus
     "demo_corpus_path": "corpus",
     "read_documents": "corpus",
+    # tokenizer
+    "WordPieceTokenizer": "tokenizer",
+    "Encoding": "tokenizer",
+    "RaggedBatch": "tokenizer",
+    # collators and datasets
+    "MLMCollator": "collators",
+    "UnifiedLMCollator": "collators",
+    "CausalLMCollator": "collators",
+    "MASSCollator": "collators",
+    "T5SpanCollator": "collators",
+    "NSPPairBuilder": "collators",
+    "IndexedDataset": "datasets",
+    # models
+    "EncoderConfig": "models",
+    "TransformerEncoder": "models",
+    "BertForPretraining": "models",
+    "UnifiedLM": "models",
+    "CausalLM": "models",
+    "MassSeq2Seq": "models",
+    # training
+    "Trainer": "training",
+    "TrainingConfig": "training",
 }
 
 __all__ = ["InternalError", "__version__", *_EXPORTS]
