@@ -118,8 +118,8 @@ def _worker(inp: str, out: str) -> None:
     results["probe"] = {}
     for bm, bn in pr["blocks"]:
         nt = pr["NT"]
-        kv = torch.zeros(len(mode), nt, 2, dtype=torch.int32)
-        qr = torch.zeros(len(mode), nt, 2, dtype=torch.int32)
+        kv = torch.zeros(len(mode), nt, 4, dtype=torch.int32)
+        qr = torch.zeros(len(mode), nt, 4, dtype=torch.int32)
         full = torch.zeros(len(mode), nt, nt, dtype=torch.int32)
         probe[(len(mode),)](mode, src, seq, kv, qr, full, NT=nt, BLOCK_M=bm, BLOCK_N=bn)
         results["probe"][(bm, bn)] = dict(kv=kv, qr=qr, full=full)
@@ -255,7 +255,7 @@ def test_tile_classification_is_exact(interp, blocks):
     """Against dense_mask: the loops visit exactly the tiles holding an allowed pair (fully
     masked tiles skipped, none missed), and "fully visible" is claimed exactly for tiles that
     are (claims must be true on the valid rows; tiles entirely inside the valid square must be
-    recognised)."""
+    recognised); the unmasked sub-loops [f0, f1) cover exactly the visited full tiles."""
     bm, bn = blocks
     pr = interp["probe"][blocks]
     nt = interp["probe_nt"]
@@ -265,15 +265,20 @@ def test_tile_classification_is_exact(interp, blocks):
     for c, (mode, src, seq) in enumerate(rows):
         m = masks[c]
         where = f"mode={mode} src={src} seq={seq} BM={bm} BN={bn}"
+        full_all = pr["full"][c].bool()
         for t in range(nt):
-            lo, hi = pr["kv"][c, t].tolist()
+            lo, hi, f0, f1 = pr["kv"][c, t].tolist()
             want = {u for u in range(nt) if m[t * bm : t * bm + bm, u * bn : u * bn + bn].any()}
             assert lo % bn == 0, where
             assert _visited(lo, hi, bn, nt) == want, f"kv tiles of query tile {t}: {where}"
-            qlo, qhi = pr["qr"][c, t].tolist()
+            assert lo <= f0 <= f1 <= hi and (f0 % bn == 0 or f0 == hi) and (f1 % bn == 0 or f1 == hi), where
+            assert _visited(f0, f1, bn, nt) == {u for u in want if full_all[t, u]}, f"full kv tiles of {t}: {where}"
+            qlo, qhi, qf0, qf1 = pr["qr"][c, t].tolist()
             want_q = {s for s in range(nt) if m[s * bm : s * bm + bm, t * bn : t * bn + bn].any()}
             assert qlo % bm == 0, where
             assert _visited(qlo, qhi, bm, nt) == want_q, f"query tiles of kv tile {t}: {where}"
+            assert qlo <= qf0 <= qf1 <= qhi and (qf0 % bm == 0 or qf0 == qhi) and (qf1 % bm == 0 or qf1 == qhi), where
+            assert _visited(qf0, qf1, bm, nt) == {s for s in want_q if full_all[s, t]}, f"full q tiles of {t}: {where}"
             for u in range(nt):
                 full = bool(pr["full"][c, t, u])
                 m0, n0 = t * bm, u * bn
@@ -304,17 +309,24 @@ if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "--worker":
 
     @triton.jit
     def probe(MODE, SRC, SEQ, KV, QR, FULL, NT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        """Per tile: the loop range [lo, hi) and its fully-visible part [f0, f1), both directions."""
         c = tl.program_id(0)
         mode = tl.load(MODE + c)
         src = tl.load(SRC + c)
         seq = tl.load(SEQ + c)
         for t in tl.static_range(NT):
             lo, hi = K._kv_range(mode, src, seq, t * BLOCK_M, t * BLOCK_M + BLOCK_M, BLOCK_N)
-            tl.store(KV + (c * NT + t) * 2, lo)
-            tl.store(KV + (c * NT + t) * 2 + 1, hi)
+            f0, f1 = K._full_kv_tiles(mode, src, seq, t * BLOCK_M, t * BLOCK_M + BLOCK_M, lo, hi, BLOCK_N)
+            tl.store(KV + (c * NT + t) * 4, lo)
+            tl.store(KV + (c * NT + t) * 4 + 1, hi)
+            tl.store(KV + (c * NT + t) * 4 + 2, f0)
+            tl.store(KV + (c * NT + t) * 4 + 3, f1)
             qlo, qhi = K._q_range(mode, src, seq, t * BLOCK_N, t * BLOCK_N + BLOCK_N, BLOCK_M)
-            tl.store(QR + (c * NT + t) * 2, qlo)
-            tl.store(QR + (c * NT + t) * 2 + 1, qhi)
+            qf0, qf1 = K._full_q_tiles(mode, src, seq, t * BLOCK_N, t * BLOCK_N + BLOCK_N, qlo, qhi, BLOCK_M)
+            tl.store(QR + (c * NT + t) * 4, qlo)
+            tl.store(QR + (c * NT + t) * 4 + 1, qhi)
+            tl.store(QR + (c * NT + t) * 4 + 2, qf0)
+            tl.store(QR + (c * NT + t) * 4 + 3, qf1)
             for u in tl.static_range(NT):
                 f = K._tile_is_full(mode, src, seq, t * BLOCK_M, t * BLOCK_M + BLOCK_M, u * BLOCK_N, u * BLOCK_N + BLOCK_N)
                 tl.store(FULL + (c * NT + t) * NT + u, f.to(tl.int32))

@@ -123,21 +123,21 @@ def _tile_is_full(mode, src, seq, m0, m1, n0, n1):
 
 @triton.jit
 def _kv_range(mode, src, seq, m0, m1, BLOCK_N: tl.constexpr):
-    """Key range [lo, hi) that queries [m0, m1) can see; lo is a multiple of BLOCK_N."""
+    """Key range [lo, hi) that queries [m0, m1) can see; lo is a multiple of BLOCK_N, lo <= hi."""
     causal_hi = tl.minimum(m1, seq)
     hi = tl.where(mode == 1, causal_hi, seq)
     hi = tl.where(mode == 3, tl.where(m1 <= src, src, causal_hi), hi)
     lo = tl.where(mode == 2, (m0 // BLOCK_N) * BLOCK_N, 0)
-    hi = tl.where(m0 < seq, hi, 0)  # query tile entirely padding: nothing to do
+    hi = tl.where(m0 < seq, hi, lo)  # query tile entirely padding: nothing to do
     return lo, hi
 
 
 @triton.jit
 def _q_range(mode, src, seq, n0, n1, BLOCK_M: tl.constexpr):
-    """Query range [lo, hi) whose rows can see some key of [n0, n1); lo is a multiple of BLOCK_M."""
+    """Query range [lo, hi) whose rows can see some key of [n0, n1); lo is a multiple of BLOCK_M, lo <= hi."""
     lo = tl.where((mode == 1) | ((mode == 3) & (n0 >= src)), (n0 // BLOCK_M) * BLOCK_M, 0)
     hi = tl.where(mode == 2, tl.minimum(n1, seq), seq)
-    hi = tl.where(n0 < seq, hi, 0)  # key tile entirely padding: its gradients are zero
+    hi = tl.where(n0 < seq, hi, lo)  # key tile entirely padding: its gradients are zero
     return lo, hi
 
 
@@ -151,9 +151,65 @@ def _dropout_keep(seed, dropout_p, row_base, L, i, j):
     return tl.rand(seed, offs) >= dropout_p
 
 
+@triton.jit
+def _full_kv_tiles(mode, src, seq, m0, m1, lo, hi, BLOCK_N: tl.constexpr):
+    """Sub-range [f0, f1) of the key loop [lo, hi) whose tiles are fully visible to queries
+    [m0, m1) (exactly the tiles where :func:`_tile_is_full` holds; they are contiguous)."""
+    full_hi = tl.where(mode == 1, tl.minimum(seq, m0 + 1), seq)
+    full_hi = tl.where(mode == 3, tl.minimum(seq, tl.maximum(src, m0 + 1)), full_hi)
+    full_lo = tl.where(mode == 2, m1 - 1, 0)
+    f0 = tl.minimum(tl.maximum(lo, (full_lo + BLOCK_N - 1) // BLOCK_N * BLOCK_N), hi)
+    f1 = tl.maximum(f0, tl.minimum(hi, full_hi // BLOCK_N * BLOCK_N))
+    return f0, f1
+
+
+@triton.jit
+def _full_q_tiles(mode, src, seq, n0, n1, lo, hi, BLOCK_M: tl.constexpr):
+    """Sub-range [f0, f1) of the query loop [lo, hi) whose tiles see every key of [n0, n1)."""
+    a = tl.where((mode == 1) | ((mode == 3) & (n1 > src)), n1 - 1, 0)  # need m0 >= a
+    b = tl.where(mode == 2, n0 + 1, hi + BLOCK_M)  # need m0 + BLOCK_M <= b
+    f0 = tl.minimum(tl.maximum(lo, (a + BLOCK_M - 1) // BLOCK_M * BLOCK_M), hi)
+    f1 = tl.maximum(f0, tl.minimum(hi, b // BLOCK_M * BLOCK_M))
+    f0 = tl.where(n1 <= seq, f0, hi)  # keys past seq_len: every tile is partial
+    f1 = tl.where(n1 <= seq, f1, hi)
+    return f0, f1
+
+
 # --------------------------------------------------------------------------------------------
 # forward
 # --------------------------------------------------------------------------------------------
+@triton.jit
+def _fwd_tiles(
+    acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+    mode, src, seq, offs_m, offs_d, start, end, qk_scale, dropout_p, seed, row0, L,
+    MASKED: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """Online-softmax update over key tiles [start, end); MASKED tiles apply the predicate."""
+    for n0 in range(start, end, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        k_ptrs = k_base + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd
+        v_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
+        if MASKED:
+            k = tl.load(k_ptrs, mask=offs_n[:, None] < seq, other=0.0)
+            v = tl.load(v_ptrs, mask=offs_n[:, None] < seq, other=0.0)
+        else:  # a full tile lies inside seq_len: no bounds checks either
+            k = tl.load(k_ptrs)
+            v = tl.load(v_ptrs)
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
+        if MASKED:
+            qk = tl.where(_tile_mask(mode, src, seq, offs_m[:, None], offs_n[None, :]), qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        p = tl.math.exp2(qk - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)  # the denominator counts dropped probabilities too
+        acc = acc * alpha[:, None]
+        if DROPOUT:
+            p = tl.where(_dropout_keep(seed, dropout_p, row0, L, offs_m[:, None], offs_n[None, :]), p, 0.0)
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PREC)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
 @_autotune(fwd_configs)
 @triton.jit(do_not_specialize=["seed"])
 def _attn_fwd(
@@ -167,6 +223,7 @@ def _attn_fwd(
     HEAD_DIM: tl.constexpr, IS_FP32: tl.constexpr, DOT_PREC: tl.constexpr, DROPOUT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
+    """One program per (query tile, b, head): O and the base-2 LSE of its rows."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
@@ -190,36 +247,36 @@ def _attn_fwd(
     m_i = tl.zeros([BLOCK_M], dtype=tl.float32) - 1.0e30
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-
     row0 = pid_bh.to(tl.int64) * L
+
+    # key tiles: [lo, f0) partial, [f0, f1) fully visible, [f1, hi) partial; the rest is skipped
     lo, hi = _kv_range(mode, src, seq, m0, m1, BLOCK_N)
-    for n0 in range(lo, hi, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        kv_ok = offs_n[:, None] < seq
-        k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=kv_ok, other=0.0)
-        v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=kv_ok, other=0.0)
-        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
-        if not _tile_is_full(mode, src, seq, m0, m1, n0, n0 + BLOCK_N):
-            qk = tl.where(_tile_mask(mode, src, seq, offs_m[:, None], offs_n[None, :]), qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
-        p = tl.math.exp2(qk - m_new[:, None])
-        alpha = tl.math.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)  # the denominator counts dropped probabilities too
-        acc = acc * alpha[:, None]
-        if DROPOUT:
-            p = tl.where(_dropout_keep(seed, dropout_p, row0, L, offs_m[:, None], offs_n[None, :]), p, 0.0)
-        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PREC)
-        m_i = m_new
+    f0, f1 = _full_kv_tiles(mode, src, seq, m0, m1, lo, hi, BLOCK_N)
+    acc, l_i, m_i = _fwd_tiles(
+        acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+        mode, src, seq, offs_m, offs_d, lo, f0, qk_scale, dropout_p, seed, row0, L,
+        True, DROPOUT, DOT_PREC, BLOCK_N,
+    )  # fmt: skip
+    acc, l_i, m_i = _fwd_tiles(
+        acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+        mode, src, seq, offs_m, offs_d, f0, f1, qk_scale, dropout_p, seed, row0, L,
+        False, DROPOUT, DOT_PREC, BLOCK_N,
+    )  # fmt: skip
+    acc, l_i, m_i = _fwd_tiles(
+        acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+        mode, src, seq, offs_m, offs_d, f1, hi, qk_scale, dropout_p, seed, row0, L,
+        True, DROPOUT, DOT_PREC, BLOCK_N,
+    )  # fmt: skip
 
     row_ok = offs_m < seq
     l_safe = tl.where(row_ok, l_i, 1.0)
+    lse = tl.where(row_ok, m_i + tl.math.log2(l_safe), float("inf"))
     if DROPOUT:
         l_safe = l_safe * (1.0 - dropout_p)  # inverted dropout: kept probabilities scaled up
     out = tl.where(row_ok[:, None], acc / l_safe[:, None], 0.0)
-    lse = tl.where(row_ok, m_i + tl.math.log2(tl.where(row_ok, l_i, 1.0)), float("inf"))
     o_ptrs = O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od
     tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=offs_m[:, None] < L)
-    tl.store(LSE + pid_bh.to(tl.int64) * L + offs_m, lse, mask=offs_m < L)
+    tl.store(LSE + row0 + offs_m, lse, mask=offs_m < L)
 
 
 # --------------------------------------------------------------------------------------------
@@ -245,6 +302,38 @@ def _attn_bwd_preprocess(
     do = tl.load(DO + b * stride_db + h * stride_dh + offs_m[:, None] * stride_dm + offs_d[None, :] * stride_dd, mask=ok, other=0.0)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
     tl.store(DELTA + pid_bh.to(tl.int64) * L + offs_m, delta, mask=offs_m < L)
+
+
+@triton.jit
+def _dkdv_tiles(
+    dk, dv, k, v, q_base, do_base, stride_qm, stride_qd, stride_dm, stride_dd, LSE, DELTA, row_base,
+    mode, src, seq, offs_n, offs_d, start, end, qk_scale, dropout_p, seed, L,
+    MASKED: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr, BLOCK_M: tl.constexpr,
+):  # fmt: skip
+    """Accumulate dK, dV of one key tile over query tiles [start, end) of one query head."""
+    for m0 in range(start, end, BLOCK_M):
+        offs_m = m0 + tl.arange(0, BLOCK_M)
+        # rows past seq_len (also past L): q = dO = 0 and lse = +inf, so their probability is 0
+        q_ok = offs_m[:, None] < seq
+        q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd, mask=q_ok, other=0.0)
+        do = tl.load(do_base + offs_m[:, None] * stride_dm + offs_d[None, :] * stride_dd, mask=q_ok, other=0.0)
+        lse = tl.load(LSE + row_base + offs_m, mask=offs_m < seq, other=float("inf"))
+        delta = tl.load(DELTA + row_base + offs_m, mask=offs_m < seq, other=0.0)
+        qkT = tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * qk_scale  # [BLOCK_N, BLOCK_M]
+        if MASKED:
+            qkT = tl.where(_tile_mask(mode, src, seq, offs_m[None, :], offs_n[:, None]), qkT, float("-inf"))
+        pT = tl.math.exp2(qkT - lse[None, :])
+        dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PREC).to(tl.float32)
+        if DROPOUT:  # O = (P * Z) V with Z = keep / (1 - p): dV = (P * Z)^T dO, dP = Z * dO V^T
+            keepT = _dropout_keep(seed, dropout_p, row_base, L, offs_m[None, :], offs_n[:, None])
+            zT = tl.where(keepT, 1.0 / (1.0 - dropout_p), 0.0)
+            dv = tl.dot((pT * zT).to(do.dtype), do, dv, input_precision=DOT_PREC)
+            dpT = dpT * zT
+        else:
+            dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=DOT_PREC)
+        dsT = pT * (dpT - delta[None, :])
+        dk = tl.dot(dsT.to(q.dtype), q, dk, input_precision=DOT_PREC)
+    return dk, dv
 
 
 @_autotune(bwd_dkdv_configs)
@@ -282,39 +371,64 @@ def _attn_bwd_dkdv(
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     qk_scale = sm_scale * 1.4426950408889634
 
+    # query tiles: [lo, f0) partial, [f0, f1) fully visible, [f1, hi) partial; the rest is skipped
     lo, hi = _q_range(mode, src, seq, n0, n1, BLOCK_M)
+    f0, f1 = _full_q_tiles(mode, src, seq, n0, n1, lo, hi, BLOCK_M)
     for g in range(0, GROUP):
         h = hk * GROUP + g
         q_base = Q + b * stride_qb + h * stride_qh
         do_base = DO + b * stride_db + h * stride_dh
         row_base = (b * H + h) * L
-        for m0 in range(lo, hi, BLOCK_M):
-            offs_m = m0 + tl.arange(0, BLOCK_M)
-            q_ok = offs_m[:, None] < seq
-            q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd, mask=q_ok, other=0.0)
-            do = tl.load(do_base + offs_m[:, None] * stride_dm + offs_d[None, :] * stride_dd, mask=q_ok, other=0.0)
-            # padded / out-of-range rows: lse = +inf -> probability exactly 0
-            lse = tl.load(LSE + row_base + offs_m, mask=offs_m < seq, other=float("inf"))
-            delta = tl.load(DELTA + row_base + offs_m, mask=offs_m < seq, other=0.0)
-            qkT = tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * qk_scale  # [BLOCK_N, BLOCK_M]
-            if not _tile_is_full(mode, src, seq, m0, m0 + BLOCK_M, n0, n1):
-                qkT = tl.where(_tile_mask(mode, src, seq, offs_m[None, :], offs_n[:, None]), qkT, float("-inf"))
-            pT = tl.math.exp2(qkT - lse[None, :])
-            dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PREC).to(tl.float32)
-            if DROPOUT:  # O = (P * Z) V with Z = keep / (1 - p): dV = (P * Z)^T dO, dP = Z * dO V^T
-                keepT = _dropout_keep(seed, dropout_p, row_base, L, offs_m[None, :], offs_n[:, None])
-                zT = tl.where(keepT, 1.0 / (1.0 - dropout_p), 0.0)
-                dv = tl.dot((pT * zT).to(do.dtype), do, dv, input_precision=DOT_PREC)
-                dpT = dpT * zT
-            else:
-                dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=DOT_PREC)
-            dsT = pT * (dpT - delta[None, :])
-            dk = tl.dot(dsT.to(q.dtype), q, dk, input_precision=DOT_PREC)
+        dk, dv = _dkdv_tiles(
+            dk, dv, k, v, q_base, do_base, stride_qm, stride_qd, stride_dm, stride_dd, LSE, DELTA, row_base,
+            mode, src, seq, offs_n, offs_d, lo, f0, qk_scale, dropout_p, seed, L,
+            True, DROPOUT, DOT_PREC, BLOCK_M,
+        )  # fmt: skip
+        dk, dv = _dkdv_tiles(
+            dk, dv, k, v, q_base, do_base, stride_qm, stride_qd, stride_dm, stride_dd, LSE, DELTA, row_base,
+            mode, src, seq, offs_n, offs_d, f0, f1, qk_scale, dropout_p, seed, L,
+            False, DROPOUT, DOT_PREC, BLOCK_M,
+        )  # fmt: skip
+        dk, dv = _dkdv_tiles(
+            dk, dv, k, v, q_base, do_base, stride_qm, stride_qd, stride_dm, stride_dd, LSE, DELTA, row_base,
+            mode, src, seq, offs_n, offs_d, f1, hi, qk_scale, dropout_p, seed, L,
+            True, DROPOUT, DOT_PREC, BLOCK_M,
+        )  # fmt: skip
     dk = dk * sm_scale
 
     st_ok = offs_n[:, None] < L
     tl.store(DK + b * stride_dkb + hk * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkd, dk.to(DK.dtype.element_ty), mask=st_ok)
     tl.store(DV + b * stride_dvb + hk * stride_dvh + offs_n[:, None] * stride_dvn + offs_d[None, :] * stride_dvd, dv.to(DV.dtype.element_ty), mask=st_ok)
+
+
+@triton.jit
+def _dq_tiles(
+    dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+    mode, src, seq, offs_m, offs_d, start, end, dropout_p, seed, row_base, L, qk_scale,
+    MASKED: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """Accumulate dQ of one query tile over key tiles [start, end)."""
+    for n0 in range(start, end, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        k_ptrs = k_base + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd
+        v_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
+        if MASKED:
+            k = tl.load(k_ptrs, mask=offs_n[:, None] < seq, other=0.0)
+            v = tl.load(v_ptrs, mask=offs_n[:, None] < seq, other=0.0)
+        else:
+            k = tl.load(k_ptrs)
+            v = tl.load(v_ptrs)
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
+        if MASKED:
+            qk = tl.where(_tile_mask(mode, src, seq, offs_m[:, None], offs_n[None, :]), qk, float("-inf"))
+        p = tl.math.exp2(qk - lse[:, None])
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC).to(tl.float32)
+        if DROPOUT:
+            keep = _dropout_keep(seed, dropout_p, row_base, L, offs_m[:, None], offs_n[None, :])
+            dp = tl.where(keep, dp / (1.0 - dropout_p), 0.0)
+        ds = p * (dp - delta[:, None])
+        dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PREC)
+    return dq
 
 
 @_autotune(bwd_dq_configs)
@@ -357,21 +471,22 @@ def _attn_bwd_dq(
     qk_scale = sm_scale * 1.4426950408889634
 
     lo, hi = _kv_range(mode, src, seq, m0, m1, BLOCK_N)
-    for n0 in range(lo, hi, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        kv_ok = offs_n[:, None] < seq
-        k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=kv_ok, other=0.0)
-        v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=kv_ok, other=0.0)
-        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
-        if not _tile_is_full(mode, src, seq, m0, m1, n0, n0 + BLOCK_N):
-            qk = tl.where(_tile_mask(mode, src, seq, offs_m[:, None], offs_n[None, :]), qk, float("-inf"))
-        p = tl.math.exp2(qk - lse[:, None])
-        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC).to(tl.float32)
-        if DROPOUT:
-            keep = _dropout_keep(seed, dropout_p, row_base, L, offs_m[:, None], offs_n[None, :])
-            dp = tl.where(keep, dp / (1.0 - dropout_p), 0.0)
-        ds = p * (dp - delta[:, None])
-        dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PREC)
+    f0, f1 = _full_kv_tiles(mode, src, seq, m0, m1, lo, hi, BLOCK_N)
+    dq = _dq_tiles(
+        dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+        mode, src, seq, offs_m, offs_d, lo, f0, dropout_p, seed, row_base, L, qk_scale,
+        True, DROPOUT, DOT_PREC, BLOCK_N,
+    )  # fmt: skip
+    dq = _dq_tiles(
+        dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+        mode, src, seq, offs_m, offs_d, f0, f1, dropout_p, seed, row_base, L, qk_scale,
+        False, DROPOUT, DOT_PREC, BLOCK_N,
+    )  # fmt: skip
+    dq = _dq_tiles(
+        dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+        mode, src, seq, offs_m, offs_d, f1, hi, dropout_p, seed, row_base, L, qk_scale,
+        True, DROPOUT, DOT_PREC, BLOCK_N,
+    )  # fmt: skip
     dq = dq * sm_scale
     tl.store(DQ + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd, dq.to(DQ.dtype.element_ty), mask=offs_m[:, None] < L)
 
