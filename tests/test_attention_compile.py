@@ -1,5 +1,9 @@
 """The Triton kernels compile for real for a Hopper GPU (sm_90), without a GPU.
 
+Each kernel is compiled with the specialisation a real launch on contiguous tensors gets
+(16-byte aligned pointers, unit head-dim stride), and for 16-bit inputs the test also checks
+that the loops are software-pipelined (asynchronous global->shared copies).
+
 The interpreter tests (test_attention_triton.py) check the numbers but run the kernels as numpy
 code, which accepts things the compiler rejects. Here Triton's own compiler lowers every
 kernel through TTIR -> TTGIR -> LLVM -> PTX -> cubin (bundled ptxas) for ``GPUTarget("cuda", 90,
@@ -50,6 +54,22 @@ def _signature(fn, dtype: str, constexprs: dict) -> dict:
     return sig
 
 
+def _launch_specialization(fn, sig: dict, consts: dict) -> dict:
+    """What a real launch on contiguous torch tensors specialises (Triton's JIT does this from
+    the argument values): pointers and non-unit strides divisible by 16, unit strides (the head
+    dim's) as the constant 1. Without these hints loads cannot be vectorised or pipelined."""
+    attrs = {}
+    for i, name in enumerate(fn.arg_names):
+        if name in consts:
+            continue
+        if name.startswith("stride_") and name.endswith("d"):
+            consts[name] = 1
+            sig[name] = "constexpr"
+        elif sig[name].startswith("*") or name.startswith("stride_"):
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    return attrs
+
+
 def _compile(kernel, dtype: str, head_dim: int, config, dropout: bool = False) -> object:
     fn = getattr(kernel, "fn", kernel)  # the JITFunction under the autotuner
     consts = {
@@ -59,7 +79,9 @@ def _compile(kernel, dtype: str, head_dim: int, config, dropout: bool = False) -
         "DROPOUT": dropout,
         **config.kwargs,
     }
-    src = ASTSource(fn, _signature(fn, dtype, consts), consts)
+    sig = _signature(fn, dtype, consts)
+    attrs = _launch_specialization(fn, sig, consts)
+    src = ASTSource(fn, sig, consts, attrs)
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": config.num_warps, "num_stages": config.num_stages})
 
 
@@ -80,6 +102,8 @@ def test_kernel_compiles_for_sm90(name, kernel, configs, dtype, head_dim, dropou
     assert ".target sm_90" in ptx
     if dtype != "fp32":
         assert "wgmma" in ptx, f"{name} {dtype}: PTX does not use Hopper wgmma"
+        # the key/query streams are software-pipelined (cp.async, num_stages deep)
+        assert "async_copy_global_to_local" in ck.asm["ttgir"], f"{name} {dtype}: loads not pipelined"
     assert ck.metadata.shared <= 232448, f"{name}: {ck.metadata.shared} bytes of shared memory > H100's 227 KiB"
 
 
