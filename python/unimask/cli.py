@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     from . import pretrain  # noqa: PLC0415 - imports torch; only needed to build the parser
 
     pretrain.add_parser(sub)
+    from . import finetune_cli  # noqa: PLC0415 - registers finetune, faq
+    finetune_cli.add_parser(sub)
     return parser
 
 

@@ -1,0 +1,56 @@
+"""Fine-tuning and transfer on one encoder: task heads, ULMFiT / SiATL / MT-DNN / CVT
+strategies, feature extraction, Siamese bi-encoders and FAQ retrieval.
+
+See ``docs/finetune.md`` for the tour and the recipes' sources.
+"""
+
+from __future__ import annotations
+
+from .cvt import CrossViewTagger, cvt_consistency_loss
+from .data import Example, LabelMap, load_examples
+from .features import FrozenFeatures, ScalarMix, concat_last_four
+from .heads import (
+    QuestionAnswering,
+    Seq2SeqFinetuner,
+    SequenceClassifier,
+    TaskOutput,
+    TokenClassifier,
+    align_word_labels,
+    best_span,
+    load_task_model,
+    pool_hidden,
+    word_predictions,
+)
+from .metrics import accuracy, classification_report, exact_match, f1_scores, squad_f1
+from .multitask import MultiTaskModel, TaskHead, mtdnn_schedule
+from .schedules import (
+    GradualUnfreezer,
+    discriminative_param_groups,
+    layer_groups,
+    siatl_gamma,
+    slanted_triangular_lr,
+    slanted_triangular_schedule,
+)
+from .siamese import (
+    CrossEncoderReranker,
+    FAQHit,
+    FAQIndex,
+    SiameseEncoder,
+    contrastive_loss,
+    cosine_similarity_loss,
+    in_batch_negatives_loss,
+)
+from .trainer import AuxLM, FinetuneConfig, evaluate_classifier, finetune_classifier, lm_finetune, train_multitask
+
+__all__ = [
+    "AuxLM",
+    "CrossEncoderReranker", "CrossViewTagger", "Example", "FAQHit", "FAQIndex", "FinetuneConfig",
+    "FrozenFeatures", "GradualUnfreezer", "LabelMap", "MultiTaskModel", "QuestionAnswering", "ScalarMix",
+    "Seq2SeqFinetuner", "SequenceClassifier", "SiameseEncoder", "TaskHead", "TaskOutput", "TokenClassifier",
+    "accuracy", "align_word_labels", "best_span", "classification_report", "concat_last_four",
+    "contrastive_loss", "cosine_similarity_loss", "cvt_consistency_loss", "discriminative_param_groups",
+    "evaluate_classifier", "exact_match", "f1_scores", "finetune_classifier", "in_batch_negatives_loss",
+    "layer_groups", "lm_finetune", "load_examples", "load_task_model", "mtdnn_schedule", "pool_hidden",
+    "siatl_gamma", "slanted_triangular_lr", "slanted_triangular_schedule", "squad_f1", "train_multitask",
+    "word_predictions",
+]

@@ -1,0 +1,464 @@
+"""Task heads on a :class:`~unimask.models.TransformerEncoder`, saved and loaded as HF BERT dirs.
+
+* :class:`SequenceClassifier` — text or text-pair (cross-encoder) classification and
+  regression. ``pooling="cls"`` is HF ``BertForSequenceClassification`` exactly (pooler ->
+  dropout -> ``classifier``; same tensor names, so a saved model loads in ``transformers``);
+  ``pooling="concat"`` is ULMFiT's concat pooling (Howard & Ruder 2018, sec. 3.3):
+  ``[h_last, maxpool(H), meanpool(H)]`` over the real tokens; ``"mean"`` mean-pools.
+* :class:`TokenClassifier` — tagging with word-level labels: the first sub-token of each word
+  carries the word's label, the other pieces ``-100`` (BERT NER recipe, Devlin et al. 2019
+  sec. 5.3); predictions are read back per word.
+* :class:`QuestionAnswering` — extractive QA start/end logits (HF ``qa_outputs``) and
+  :func:`best_span`, the exact search for ``argmax start_logit[i] + end_logit[j]`` over
+  ``i <= j < i + max_answer_length`` inside the context (BERT ``run_squad.py``).
+* :class:`Seq2SeqFinetuner` — UNILM seq2seq fine-tuning (arXiv 1905.03197 sec. 3.2): the
+  input is ``[CLS] src [SEP] tgt [SEP]`` under the seq2seq mask, a fraction of target tokens
+  is masked and predicted; decoding is :meth:`unimask.models.UnifiedLM.generate`.
+
+Checkpoint layout (``save_pretrained``): ``config.json`` = the encoder's BERT config plus
+``id2label``/``label2id``/``num_labels`` and a ``unimask_task`` block (task, pooling, ...);
+``model.safetensors`` = ``bert.*`` encoder tensors (HF names) + head tensors. Such a directory
+also loads with :meth:`TransformerEncoder.from_pretrained` (encoder only).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..models.checkpoint import (
+    hf_to_unimask,
+    normalize_hf_names,
+    read_state_dict,
+    save_safetensors,
+    unimask_to_hf,
+    write_config,
+)
+from ..models.config import EncoderConfig
+from ..models.encoder import TransformerEncoder
+from .data import LabelMap
+
+__all__ = [
+    "TaskOutput",
+    "SequenceClassifier",
+    "TokenClassifier",
+    "QuestionAnswering",
+    "Seq2SeqFinetuner",
+    "pool_hidden",
+    "best_span",
+    "align_word_labels",
+    "word_predictions",
+    "load_task_model",
+    "POOLINGS",
+]
+
+IGNORE_INDEX = -100
+POOLINGS = ("cls", "concat", "mean")
+
+
+@dataclass
+class TaskOutput:
+    """``loss`` (when labels were given) and the head's ``logits`` (``start_logits`` /
+    ``end_logits`` for QA); ``hidden_states`` are the encoder's per-layer outputs when asked."""
+
+    loss: torch.Tensor | None
+    logits: torch.Tensor | None = None
+    start_logits: torch.Tensor | None = None
+    end_logits: torch.Tensor | None = None
+    last_hidden_state: torch.Tensor | None = None
+
+
+def _valid_mask(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    B, L, _ = hidden.shape
+    if attention_mask is None:
+        return torch.ones(B, L, dtype=torch.bool, device=hidden.device)
+    return attention_mask.to(hidden.device) != 0
+
+
+def pool_hidden(hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooling: str) -> torch.Tensor:
+    """Pool ``[B, L, H]`` hidden states over real tokens.
+
+    ``cls``: first token; ``mean``: mean over real tokens (sentence-transformers' mean pooling);
+    ``max``: max over real tokens; ``concat``: ULMFiT ``[h_last, max, mean]`` (``[B, 3H]``),
+    ``h_last`` being the state of the last real token.
+    """
+    m = _valid_mask(hidden, attention_mask)
+    if pooling == "cls":
+        return hidden[:, 0]
+    mf = m.unsqueeze(-1).to(hidden.dtype)
+    mean = (hidden * mf).sum(1) / mf.sum(1).clamp(min=1e-9)
+    if pooling == "mean":
+        return mean
+    mx = hidden.masked_fill(~m.unsqueeze(-1), torch.finfo(hidden.dtype).min).max(1).values
+    if pooling == "max":
+        return mx
+    if pooling == "concat":
+        last_idx = (m.sum(1) - 1).clamp(min=0)
+        last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_idx]
+        return torch.cat([last, mx, mean], dim=-1)
+    raise ValueError(f"pooling must be one of {POOLINGS + ('max',)}, got {pooling!r}")
+
+
+class _TaskModel(nn.Module):
+    """Encoder + head; HF-style save/load with the label map and task settings in config.json."""
+
+    task = "base"
+    architecture = "BertModel"
+    head_prefixes: tuple[str, ...] = ()
+
+    def __init__(self, config: EncoderConfig, label_map: LabelMap | None = None, **task_args: Any) -> None:
+        super().__init__()
+        self.config = config
+        self.label_map = label_map
+        self.task_args = dict(task_args)
+        self.encoder = TransformerEncoder(config)
+
+    def _init_head(self) -> None:
+        for name, module in self.named_children():
+            if name != "encoder":
+                module.apply(self.encoder._init_weights)
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+               token_type_ids: torch.Tensor | None = None, **kw: Any):
+        return self.encoder(input_ids, token_type_ids, attention_mask, **kw)
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path) -> None:
+        """``config.json`` (+ label map, ``unimask_task``) and ``model.safetensors`` (``bert.*`` + head)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        sd = self.state_dict()
+        out = {"bert." + k: v for k, v in unimask_to_hf(sd, self.config, prefix="encoder.").items()}
+        out.update({k: v for k, v in sd.items() if not k.startswith("encoder.")})
+        write_config(self.config, directory, [self.architecture])
+        cfg_path = directory / "config.json"
+        d = json.loads(cfg_path.read_text(encoding="utf-8"))
+        if self.label_map is not None:
+            d.update(self.label_map.to_config())
+        d["unimask_task"] = {"task": self.task, **self.task_args}
+        if self.task_args.get("problem_type") == "regression":
+            d["problem_type"] = "regression"
+        elif self.task == "classify":
+            d["problem_type"] = "single_label_classification"
+        cfg_path.write_text(json.dumps(d, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        save_safetensors(out, directory / "model.safetensors")
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, label_map: LabelMap | None = None, from_scratch: bool = False,
+                        config: EncoderConfig | None = None, **task_args: Any):
+        """Build from an HF BERT directory: the encoder weights always (unless ``from_scratch``,
+        which keeps only the config), the head weights when the directory has them (a model
+        saved by :meth:`save_pretrained`), else a fresh head. ``label_map`` and ``task_args``
+        default to what the directory's ``config.json`` saved."""
+        directory = Path(directory)
+        cfg_path = directory / "config.json"
+        if not cfg_path.is_file():
+            raise FileNotFoundError(f"no config.json in {directory}")
+        raw = json.loads(cfg_path.read_text(encoding="utf-8"))
+        config = config or EncoderConfig.from_dict(raw)
+        saved = raw.get("unimask_task") or {}
+        if saved and saved.get("task") != cls.task:
+            raise ValueError(f"{directory} holds a {saved.get('task')!r} model, not {cls.task!r}")
+        args = {k: v for k, v in saved.items() if k != "task"}
+        args.update(task_args)
+        if label_map is None:
+            label_map = LabelMap.from_config(raw)
+        if from_scratch:
+            return cls(config, label_map, **args)
+        sd = normalize_hf_names(read_state_dict(directory))
+        if "pooler.dense.weight" not in sd:
+            config.add_pooler = False
+        ours, missing = hf_to_unimask(sd, config, prefix="encoder.")
+        if missing:
+            raise ValueError(f"checkpoint {directory} is missing {len(missing)} encoder weights: {missing}")
+        model = cls(config, label_map, **args)
+        own = model.state_dict()
+        for name, t in sd.items():
+            if name.startswith(cls.head_prefixes) and name in own:
+                ours[name] = t
+        for name, t in ours.items():
+            if own[name].shape != t.shape:
+                raise ValueError(f"{directory}: tensor {name} has shape {tuple(t.shape)}, the model expects "
+                                 f"{tuple(own[name].shape)} (different number of labels or pooling?)")
+        model.load_state_dict(ours, strict=False)
+        return model
+
+
+class SequenceClassifier(_TaskModel):
+    """Sequence (or pair) classification / regression on pooled encoder states.
+
+    ``SequenceClassifier(config, label_map, pooling="cls"|"concat"|"mean",
+    problem_type="classification"|"regression")``; ``num_labels`` comes from the label map
+    (1 for regression). ``forward(input_ids, attention_mask, token_type_ids, labels)``:
+    cross-entropy for class ids, MSE for float targets.
+    """
+
+    task = "classify"
+    architecture = "BertForSequenceClassification"
+    head_prefixes = ("classifier.",)
+
+    def __init__(self, config: EncoderConfig, label_map: LabelMap | None = None, pooling: str = "cls",
+                 problem_type: str = "classification", num_labels: int | None = None) -> None:
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        if problem_type not in ("classification", "regression"):
+            raise ValueError(f"problem_type must be 'classification' or 'regression', got {problem_type!r}")
+        if problem_type == "regression":
+            num_labels = 1
+        elif num_labels is None:
+            if label_map is None:
+                raise ValueError("a classifier needs a label_map (or num_labels)")
+            num_labels = len(label_map)
+        super().__init__(config, label_map, pooling=pooling, problem_type=problem_type, num_labels=num_labels)
+        self.pooling = pooling
+        self.problem_type = problem_type
+        self.num_labels = num_labels
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        width = 3 * config.hidden_size if pooling == "concat" else config.hidden_size
+        self.classifier = nn.Linear(width, num_labels)
+        self._init_head()
+
+    def pooled(self, out, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        if self.pooling == "cls" and out.pooler_output is not None:
+            return out.pooler_output  # HF BertForSequenceClassification
+        return pool_hidden(out.last_hidden_state, attention_mask, self.pooling)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                **unused: Any) -> TaskOutput:
+        out = self.encode(input_ids, attention_mask, token_type_ids)
+        logits = self.classifier(self.dropout(self.pooled(out, attention_mask)))
+        loss = None
+        if labels is not None:
+            if self.problem_type == "regression":
+                loss = F.mse_loss(logits.squeeze(-1).float(), labels.float())
+            else:
+                loss = F.cross_entropy(logits.float(), labels.long())
+        return TaskOutput(loss, logits, last_hidden_state=out.last_hidden_state)
+
+
+def align_word_labels(word_ids: Any, word_labels: Any, label_all_pieces: bool = False) -> list[int]:
+    """Token labels from word labels: the first piece of word ``w`` gets ``word_labels[w]``,
+    later pieces and special tokens (word id ``-1``/None) get ``-100`` (or the word's label
+    on every piece with ``label_all_pieces``)."""
+    out, prev = [], None
+    for w in word_ids:
+        w = None if w is None or int(w) < 0 else int(w)
+        if w is None:
+            out.append(IGNORE_INDEX)
+        elif w != prev or label_all_pieces:
+            if w >= len(word_labels):
+                raise ValueError(f"word id {w} has no label ({len(word_labels)} word labels given)")
+            out.append(int(word_labels[w]))
+        else:
+            out.append(IGNORE_INDEX)
+        prev = w
+    return out
+
+
+def word_predictions(token_logits: torch.Tensor, word_ids: Any) -> list[int]:
+    """Per-word predicted class (arg-max at each word's first piece), for one sequence."""
+    preds = token_logits.argmax(-1).tolist()
+    out, prev = [], None
+    for i, w in enumerate(word_ids):
+        w = None if w is None or int(w) < 0 else int(w)
+        if w is not None and w != prev:
+            out.append(preds[i])
+        prev = w
+    return out
+
+
+class TokenClassifier(_TaskModel):
+    """Per-token tagging (HF ``BertForTokenClassification`` layout: ``classifier`` on dropout(H)).
+    ``labels`` are token labels with ``-100`` where not scored (see :func:`align_word_labels`)."""
+
+    task = "tag"
+    architecture = "BertForTokenClassification"
+    head_prefixes = ("classifier.",)
+
+    def __init__(self, config: EncoderConfig, label_map: LabelMap | None = None, num_labels: int | None = None) -> None:
+        if num_labels is None:
+            if label_map is None:
+                raise ValueError("a token classifier needs a label_map (or num_labels)")
+            num_labels = len(label_map)
+        super().__init__(config, label_map, num_labels=num_labels)
+        self.num_labels = num_labels
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.classifier = nn.Linear(config.hidden_size, num_labels)
+        self._init_head()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                **unused: Any) -> TaskOutput:
+        out = self.encode(input_ids, attention_mask, token_type_ids)
+        logits = self.classifier(self.dropout(out.last_hidden_state))
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.float().reshape(-1, self.num_labels), labels.reshape(-1).long(),
+                                   ignore_index=IGNORE_INDEX)
+        return TaskOutput(loss, logits, last_hidden_state=out.last_hidden_state)
+
+
+def best_span(start_logits: torch.Tensor, end_logits: torch.Tensor, context_mask: torch.Tensor | None = None,
+              max_answer_length: int = 30) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Best answer span per example: ``argmax_{i <= j < i + max_answer_length} s[i] + e[j]``
+    with both ends inside the context (``context_mask`` True).
+
+    Args: ``start_logits``/``end_logits`` ``[B, L]`` (or ``[L]``), ``context_mask`` bool of
+    the same shape (default: everywhere). Returns ``(start, end, score)`` each ``[B]``
+    (``end`` inclusive). An example without any context token gets ``(-1, -1, -inf)``.
+    Ties go to the smallest start, then the smallest end.
+    """
+    if max_answer_length < 1:
+        raise ValueError(f"max_answer_length must be >= 1, got {max_answer_length}")
+    squeeze = start_logits.dim() == 1
+    if squeeze:
+        start_logits, end_logits = start_logits[None], end_logits[None]
+        context_mask = None if context_mask is None else context_mask[None]
+    if start_logits.shape != end_logits.shape:
+        raise ValueError(f"start/end logits shapes differ: {tuple(start_logits.shape)} vs {tuple(end_logits.shape)}")
+    B, L = start_logits.shape
+    s, e = start_logits.float(), end_logits.float()
+    scores = s[:, :, None] + e[:, None, :]  # [B, i, j]
+    idx = torch.arange(L, device=s.device)
+    ok = (idx[None, :] >= idx[:, None]) & (idx[None, :] - idx[:, None] < max_answer_length)
+    ok = ok[None].expand(B, L, L)
+    if context_mask is not None:
+        cm = context_mask.to(torch.bool)
+        ok = ok & cm[:, :, None] & cm[:, None, :]
+    scores = scores.masked_fill(~ok, float("-inf"))
+    flat = scores.reshape(B, L * L)
+    score, arg = flat.max(dim=1)  # first maximum: smallest i, then smallest j
+    start, end = arg // L, arg % L
+    none = ~ok.reshape(B, -1).any(dim=1)
+    start = torch.where(none, torch.full_like(start, -1), start)
+    end = torch.where(none, torch.full_like(end, -1), end)
+    if squeeze:
+        return start[0], end[0], score[0]
+    return start, end, score
+
+
+class QuestionAnswering(_TaskModel):
+    """Extractive QA (HF ``BertForQuestionAnswering`` layout: ``qa_outputs`` -> start/end).
+    ``start_positions``/``end_positions`` give the loss (mean of the two cross-entropies)."""
+
+    task = "qa"
+    architecture = "BertForQuestionAnswering"
+    head_prefixes = ("qa_outputs.",)
+
+    def __init__(self, config: EncoderConfig, label_map: LabelMap | None = None, max_answer_length: int = 30) -> None:
+        super().__init__(config, None, max_answer_length=max_answer_length)
+        self.max_answer_length = max_answer_length
+        self.qa_outputs = nn.Linear(config.hidden_size, 2)
+        self._init_head()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, start_positions: torch.Tensor | None = None,
+                end_positions: torch.Tensor | None = None, **unused: Any) -> TaskOutput:
+        out = self.encode(input_ids, attention_mask, token_type_ids)
+        start, end = self.qa_outputs(out.last_hidden_state).float().unbind(-1)
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            loss = (F.cross_entropy(start, start_positions.long()) + F.cross_entropy(end, end_positions.long())) / 2
+        return TaskOutput(loss, None, start, end, out.last_hidden_state)
+
+    def predict_spans(self, batch: dict[str, torch.Tensor], context_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Best ``(start, end)`` token positions per example, restricted to ``context_mask``."""
+        out = self.forward(**batch)
+        s, e, _ = best_span(out.start_logits, out.end_logits, context_mask, self.max_answer_length)
+        return s, e
+
+
+class Seq2SeqFinetuner(nn.Module):
+    """UNILM seq2seq fine-tuning around a :class:`unimask.models.UnifiedLM`.
+
+    :meth:`make_batch` lays out ``[CLS] src [SEP] tgt [SEP]`` (segments ``source_type`` /
+    ``target_type``, 4/5 as in UNILM's released code), ``attn_mode`` seq2seq with
+    ``src_len = len([CLS] src [SEP])``, and masks each target token (the final [SEP] included,
+    so the model learns to stop) with probability ``mask_prob`` (UNILM uses 0.7 for
+    summarization), at least one per example; labels are the original target ids.
+    """
+
+    def __init__(self, model: nn.Module, cls_id: int, sep_id: int, mask_id: int, pad_id: int = 0,
+                 mask_prob: float = 0.7, source_type: int = 4, target_type: int = 5) -> None:
+        super().__init__()
+        if not 0.0 < mask_prob <= 1.0:
+            raise ValueError(f"mask_prob must be in (0, 1], got {mask_prob}")
+        self.model = model
+        self.cls_id, self.sep_id, self.mask_id, self.pad_id = cls_id, sep_id, mask_id, pad_id
+        self.mask_prob = mask_prob
+        self.source_type, self.target_type = source_type, target_type
+
+    def make_batch(self, sources: list[list[int]], targets: list[list[int]],
+                   generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Collate ``(source ids, target ids)`` pairs (without special tokens)."""
+        from ..masks import SEQ2SEQ  # noqa: PLC0415
+
+        if len(sources) != len(targets) or not sources:
+            raise ValueError(f"need as many sources as targets (>0), got {len(sources)} and {len(targets)}")
+        rows = [[self.cls_id, *s, self.sep_id, *t, self.sep_id] for s, t in zip(sources, targets)]
+        L = max(len(r) for r in rows)
+        B = len(rows)
+        ids = torch.full((B, L), self.pad_id, dtype=torch.long)
+        types = torch.zeros(B, L, dtype=torch.long)
+        labels = torch.full((B, L), IGNORE_INDEX, dtype=torch.long)
+        src_len = torch.tensor([len(s) + 2 for s in sources])
+        seq_len = torch.tensor([len(r) for r in rows])
+        for b, r in enumerate(rows):
+            ids[b, : len(r)] = torch.tensor(r)
+            n_src = int(src_len[b])
+            types[b, :n_src] = self.source_type
+            types[b, n_src: len(r)] = self.target_type
+            tgt = torch.arange(n_src, len(r))
+            chosen = torch.rand(len(tgt), generator=generator) < self.mask_prob
+            if not chosen.any():
+                chosen[torch.randint(len(tgt), (1,), generator=generator)] = True
+            pos = tgt[chosen]
+            labels[b, pos] = ids[b, pos]
+            ids[b, pos] = self.mask_id
+        mode = torch.full((B,), SEQ2SEQ, dtype=torch.long)
+        return {"input_ids": ids, "token_type_ids": types, "labels": labels, "attn_mode": mode,
+                "src_len": src_len, "seq_len": seq_len}
+
+    def forward(self, **batch: torch.Tensor):
+        return self.model(**batch)
+
+    def generate(self, sources: list[list[int]], max_new_tokens: int = 20, num_beams: int = 1) -> list[list[int]]:
+        """Decode targets for ``sources`` (ids without specials); stops at [SEP]."""
+        rows = [[self.cls_id, *s, self.sep_id] for s in sources]
+        L = max(len(r) for r in rows)
+        ids = torch.full((len(rows), L), self.pad_id, dtype=torch.long)
+        for b, r in enumerate(rows):
+            ids[b, : len(r)] = torch.tensor(r)
+        src_len = torch.tensor([len(r) for r in rows])
+        out = self.model.generate(ids, src_len=src_len, max_new_tokens=max_new_tokens, num_beams=num_beams,
+                                  eos_id=self.sep_id, pad_id=self.pad_id, mask_id=self.mask_id,
+                                  source_type=self.source_type, target_type=self.target_type)
+        result = []
+        for row in out.tolist():
+            toks = []
+            for t in row:
+                if t == self.sep_id:
+                    break
+                if t != self.pad_id:
+                    toks.append(t)
+            result.append(toks)
+        return result
+
+
+_TASKS = {"classify": SequenceClassifier, "tag": TokenClassifier, "qa": QuestionAnswering}
+
+
+def load_task_model(directory: str | Path) -> _TaskModel:
+    """Load whatever task model :meth:`save_pretrained` wrote in ``directory`` (by ``unimask_task``)."""
+    raw = json.loads((Path(directory) / "config.json").read_text(encoding="utf-8"))
+    task = (raw.get("unimask_task") or {}).get("task")
+    if task not in _TASKS:
+        raise ValueError(f"{directory} is not a unimask fine-tuned model (unimask_task.task = {task!r})")
+    return _TASKS[task].from_pretrained(directory)

@@ -1,0 +1,313 @@
+"""The fine-tuning loop: one readable function per recipe, composed by :class:`FinetuneConfig`.
+
+:func:`finetune_classifier` trains a :class:`SequenceClassifier` on :class:`Example` rows and
+composes, each behind one config field (and one ``unimask finetune`` flag):
+
+* ``schedule="linear"``: BERT linear warmup (``warmup_frac`` of the steps) + linear decay;
+  ``schedule="stlr"``: ULMFiT slanted triangular LR (``cut_frac`` 0.1, ``ratio`` 32).
+* ``discriminative_lr``: per-layer rates divided by 2.6 going down (ULMFiT).
+* ``gradual_unfreeze``: only the head trains in epoch 1, one more layer group each epoch.
+* ``lm_finetune_steps``: ULMFiT step 2 — masked-LM fine-tuning of the encoder on the task's
+  own (unlabeled) training text before the classifier is trained.
+* ``aux_lm_weight``: auxiliary masked-LM loss on the task batch during task training,
+  ``loss = task + gamma * lm`` (GPT, Radford et al. 2018; SiATL, Chronopoulou et al. 2019);
+  ``"siatl"`` = ``gamma`` from 0.2 decaying exponentially to 0.1, a float = constant.
+
+:func:`train_multitask` is the MT-DNN loop (:mod:`unimask.finetune.multitask`). Optimizer
+groups reuse BERT's weight-decay split (:func:`unimask.training.configure_optimizers`).
+Every step appends ``{"step", "loss", "task_loss", "lm_loss", "gamma", "lr"}`` to the returned
+history, so the recipes are observable.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..models.heads import MLMHead, gather_labelled
+from ..training import configure_optimizers, linear_schedule
+from .data import Example, LabelMap
+from .heads import SequenceClassifier
+from .metrics import classification_report
+from .multitask import mtdnn_schedule
+from .schedules import (
+    ULMFIT_DECAY,
+    GradualUnfreezer,
+    discriminative_param_groups,
+    siatl_gamma,
+    slanted_triangular_schedule,
+)
+
+__all__ = ["FinetuneConfig", "finetune_classifier", "evaluate_classifier", "predict", "lm_finetune",
+           "AuxLM", "train_multitask", "encode_examples"]
+
+
+@dataclass
+class FinetuneConfig:
+    """Knobs of :func:`finetune_classifier` (defaults: BERT fine-tuning, Devlin et al. 2019 A.3)."""
+
+    epochs: int = 3
+    batch_size: int = 16
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    max_length: int = 128
+    grad_clip: float = 1.0
+    schedule: str = "linear"  # linear | stlr | constant
+    warmup_frac: float = 0.1
+    cut_frac: float = 0.1
+    stlr_ratio: float = 32.0
+    discriminative_lr: bool = False
+    lr_decay: float = ULMFIT_DECAY
+    gradual_unfreeze: bool = False
+    aux_lm_weight: str | float | None = None  # None | "siatl" | float
+    lm_finetune_steps: int = 0
+    lm_lr: float = 5e-5
+    mlm_probability: float = 0.15
+    seed: int = 0
+    log_every: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.schedule not in ("linear", "stlr", "constant"):
+            raise ValueError(f"schedule must be 'linear', 'stlr' or 'constant', got {self.schedule!r}")
+        if isinstance(self.aux_lm_weight, str):
+            if self.aux_lm_weight != "siatl":
+                try:
+                    self.aux_lm_weight = float(self.aux_lm_weight)
+                except ValueError:
+                    raise ValueError(f"aux_lm_weight must be 'siatl' or a number, got {self.aux_lm_weight!r}") from None
+        if isinstance(self.aux_lm_weight, (int, float)) and self.aux_lm_weight < 0:
+            raise ValueError(f"aux_lm_weight must be >= 0, got {self.aux_lm_weight}")
+        if self.lm_finetune_steps < 0:
+            raise ValueError(f"lm_finetune_steps must be >= 0, got {self.lm_finetune_steps}")
+
+
+def encode_examples(tokenizer, examples: Sequence[Example], max_length: int,
+                    label_map: LabelMap | None = None) -> dict[str, torch.Tensor]:
+    """Tokenize and pad ``examples`` (pairs as ``[CLS] A [SEP] B [SEP]``); ``labels`` from the
+    label map (class ids) or float targets when there is no map."""
+    texts = [e.text for e in examples]
+    pairs = [e.text_pair for e in examples] if examples and examples[0].text_pair is not None else None
+    enc = tokenizer.encode_batch(texts, pairs, max_length=max_length)
+    batch = {k: torch.from_numpy(v) for k, v in enc.to_padded().items()}
+    if examples and examples[0].label is not None:
+        if label_map is not None:
+            batch["labels"] = torch.tensor([label_map.encode(e.label, e.row) for e in examples])
+        else:
+            batch["labels"] = torch.tensor([float(e.label) for e in examples])
+    return batch
+
+
+class AuxLM(nn.Module):
+    """A masked-LM head (BERT's, decoder tied to the encoder's word embeddings) and a masking
+    collator: ``AuxLM(encoder, tokenizer)(input_ids_rows)`` is the MLM loss of the encoder on
+    freshly masked copies of the rows (ULMFiT step 2 / SiATL auxiliary loss, with BERT's
+    masked LM standing in for the LSTM LM of those papers)."""
+
+    def __init__(self, encoder: nn.Module, tokenizer, mlm_probability: float = 0.15, seed: int = 0) -> None:
+        super().__init__()
+        from ..collators import MLMCollator  # noqa: PLC0415
+
+        self.encoder = [encoder]  # not a submodule: its parameters belong to the task model
+        self.head = MLMHead(encoder.config)
+        self.head.apply(encoder._init_weights)
+        self.collator = MLMCollator(tokenizer=tokenizer, mlm_probability=mlm_probability, seed=seed)
+
+    def loss(self, rows: Sequence[Any], indices: Sequence[int]) -> torch.Tensor:
+        batch = self.collator(list(rows), indices=list(indices))
+        enc = self.encoder[0]
+        device = enc.embeddings.word.weight.device
+        out = enc(batch["input_ids"].to(device), batch["token_type_ids"].to(device),
+                  batch["attention_mask"].to(device))
+        h, y = gather_labelled(out.last_hidden_state, batch["labels"].to(device))
+        if y.numel() == 0:
+            return out.last_hidden_state.sum() * 0.0
+        return F.cross_entropy(self.head(h, enc.embeddings.word.weight).float(), y)
+
+
+def _rows_of(batch: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
+    lens = batch["attention_mask"].sum(1).tolist()
+    return [batch["input_ids"][i, :n] for i, n in enumerate(lens)]
+
+
+def _make_optimizer(model: nn.Module, params_lr: float, cfg: FinetuneConfig, extra: Sequence[nn.Module] = ()):
+    if cfg.discriminative_lr:
+        groups = discriminative_param_groups(model, params_lr, cfg.lr_decay, cfg.weight_decay)
+        for m in extra:  # auxiliary heads train at the top rate
+            groups.append({"params": list(m.parameters()), "lr": params_lr, "weight_decay": 0.0,
+                           "layer": len(groups), "name": "aux"})
+        return torch.optim.AdamW(groups, lr=params_lr, eps=1e-6)
+    holder = nn.ModuleList([model, *extra])
+    return configure_optimizers(holder, params_lr, cfg.weight_decay)
+
+
+def _make_scheduler(opt, cfg: FinetuneConfig, total: int):
+    if cfg.schedule == "stlr":
+        return slanted_triangular_schedule(opt, total, cfg.cut_frac, cfg.stlr_ratio)
+    if cfg.schedule == "linear":
+        return linear_schedule(opt, int(round(cfg.warmup_frac * total)), total)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda _t: 1.0)
+
+
+def lm_finetune(encoder: nn.Module, tokenizer, texts: Sequence[str], steps: int, cfg: FinetuneConfig,
+                log: Callable[[str], None] | None = None) -> list[float]:
+    """ULMFiT step 2: ``steps`` masked-LM updates of ``encoder`` on target-domain ``texts``
+    (STLR schedule as in ULMFiT); returns the per-step LM losses."""
+    if steps <= 0:
+        return []
+    if not texts:
+        raise ValueError("lm_finetune needs target-domain texts")
+    aux = AuxLM(encoder, tokenizer, cfg.mlm_probability, cfg.seed + 1)
+    enc = tokenizer.encode_batch(list(texts), max_length=cfg.max_length)
+    rows = [torch.from_numpy(enc[i].ids.astype("int64")) for i in range(len(enc))]
+    holder = nn.ModuleList([encoder, aux.head])
+    opt = configure_optimizers(holder, cfg.lm_lr, cfg.weight_decay)
+    sched = slanted_triangular_schedule(opt, steps, cfg.cut_frac, cfg.stlr_ratio)
+    g = torch.Generator().manual_seed(cfg.seed + 2)
+    losses: list[float] = []
+    encoder.train()
+    perm = torch.randperm(len(rows), generator=g).tolist()
+    pos = 0
+    for step in range(steps):
+        if pos + cfg.batch_size > len(perm):
+            perm, pos = torch.randperm(len(rows), generator=g).tolist(), 0
+        idx = perm[pos: pos + cfg.batch_size]
+        pos += cfg.batch_size
+        loss = aux.loss([rows[i] for i in idx], [step * cfg.batch_size + j for j in range(len(idx))])
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(holder.parameters(), cfg.grad_clip)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(float(loss))
+        if log and cfg.log_every and (step + 1) % cfg.log_every == 0:
+            log(f"lm step {step + 1}/{steps}: loss {losses[-1]:.4f}")
+    return losses
+
+
+def finetune_classifier(model: SequenceClassifier, tokenizer, train: Sequence[Example], cfg: FinetuneConfig,
+                        eval_examples: Sequence[Example] | None = None,
+                        log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Train ``model`` on ``train`` with the recipes selected in ``cfg``; returns
+    ``{"history": [...], "lm_losses": [...], "eval": report or None}``."""
+    torch.manual_seed(cfg.seed)
+    label_map = model.label_map if model.problem_type == "classification" else None
+    if cfg.lm_finetune_steps:
+        lm_losses = lm_finetune(model.encoder, tokenizer, [e.text for e in train], cfg.lm_finetune_steps, cfg, log)
+    else:
+        lm_losses = []
+    aux = AuxLM(model.encoder, tokenizer, cfg.mlm_probability, cfg.seed + 3) if cfg.aux_lm_weight else None
+    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    opt = _make_optimizer(model, cfg.lr, cfg, [aux.head] if aux is not None else [])
+    sched = _make_scheduler(opt, cfg, total)
+    unfreezer = GradualUnfreezer(model) if cfg.gradual_unfreeze else None
+    history: list[dict[str, Any]] = []
+    step = 0
+    model.train()
+    for epoch in range(cfg.epochs):
+        if unfreezer is not None and epoch > 0:
+            unfreezer.step()
+        g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+        order = torch.randperm(len(train), generator=g).tolist()
+        for b in range(steps_per_epoch):
+            idx = order[b * cfg.batch_size: (b + 1) * cfg.batch_size]
+            batch = encode_examples(tokenizer, [train[i] for i in idx], cfg.max_length, label_map)
+            out = model(**batch)
+            task_loss = out.loss
+            gamma = lm = None
+            loss = task_loss
+            if aux is not None:
+                gamma = siatl_gamma(step, total) if cfg.aux_lm_weight == "siatl" else float(cfg.aux_lm_weight)
+                lm = aux.loss(_rows_of(batch), [step * cfg.batch_size + j for j in range(len(idx))])
+                loss = task_loss + gamma * lm
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_([p for g_ in opt.param_groups for p in g_["params"]], cfg.grad_clip)
+            lrs = [grp["lr"] for grp in opt.param_groups]
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            history.append({"step": step, "epoch": epoch, "loss": loss.item(), "task_loss": task_loss.item(),
+                            "lm_loss": None if lm is None else lm.item(), "gamma": gamma, "lr": max(lrs),
+                            "lrs": lrs, "unfrozen": unfreezer.unfrozen if unfreezer is not None else None})
+            step += 1
+            if log and cfg.log_every and step % cfg.log_every == 0:
+                log(f"epoch {epoch + 1} step {step}/{total}: loss {float(loss):.4f}")
+    if unfreezer is not None:  # leave the model fully trainable
+        for p in model.parameters():
+            p.requires_grad_(True)
+    report = evaluate_classifier(model, tokenizer, eval_examples, cfg) if eval_examples else None
+    return {"history": history, "lm_losses": lm_losses, "eval": report, "config": asdict(cfg)}
+
+
+@torch.no_grad()
+def predict(model: SequenceClassifier, tokenizer, examples: Sequence[Example], max_length: int = 128,
+            batch_size: int = 64) -> torch.Tensor:
+    """Logits ``[N, num_labels]`` for ``examples`` (eval mode)."""
+    was = model.training
+    model.eval()
+    out = []
+    try:
+        for s in range(0, len(examples), batch_size):
+            chunk = [Example(e.text, e.text_pair) for e in examples[s: s + batch_size]]
+            out.append(model(**encode_examples(tokenizer, chunk, max_length)).logits.float())
+    finally:
+        model.train(was)
+    return torch.cat(out)
+
+
+def evaluate_classifier(model: SequenceClassifier, tokenizer, examples: Sequence[Example],
+                        cfg: FinetuneConfig | None = None) -> dict[str, float]:
+    """Accuracy, per-class and macro/micro F1 (classification) or MSE and Pearson r (regression)."""
+    max_length = cfg.max_length if cfg is not None else 128
+    logits = predict(model, tokenizer, examples, max_length)
+    if model.problem_type == "regression":
+        pred = logits[:, 0]
+        gold = torch.tensor([float(e.label) for e in examples])
+        mse = float(((pred - gold) ** 2).mean())
+        pc, gc = pred - pred.mean(), gold - gold.mean()
+        r = float((pc * gc).sum() / (pc.norm() * gc.norm()).clamp(min=1e-12))
+        return {"mse": mse, "pearson": r, "n": float(len(examples))}
+    lm = model.label_map
+    pred = [lm.decode(i) for i in logits.argmax(-1).tolist()]
+    gold = [e.label for e in examples]
+    return classification_report(pred, gold, lm.labels)
+
+
+def train_multitask(model: nn.Module, task_batches: Mapping[str, Sequence[Mapping[str, torch.Tensor]]],
+                    epochs: int = 1, lr: float = 5e-5, seed: int = 0, weight_decay: float = 0.01,
+                    grad_clip: float = 1.0) -> list[dict[str, Any]]:
+    """MT-DNN training of a :class:`~unimask.finetune.MultiTaskModel`: each epoch walks
+    :func:`mtdnn_schedule` over the tasks' mini-batches (one task per step); returns per-step
+    ``{"step", "task", "batch", "loss"}``."""
+    counts = {t: len(b) for t, b in task_batches.items()}
+    total = sum(counts.values()) * epochs
+    opt = configure_optimizers(model, lr, weight_decay)
+    sched = linear_schedule(opt, int(0.1 * total), total)
+    history = []
+    model.train()
+    step = 0
+    for epoch in range(epochs):
+        for task, i in mtdnn_schedule(counts, seed, epoch):
+            out = model(task=task, **task_batches[task][i])
+            out.loss.backward()
+            if grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            history.append({"step": step, "task": task, "batch": i, "loss": float(out.loss)})
+            step += 1
+    return history

@@ -1,0 +1,176 @@
+"""``unimask finetune`` and ``unimask faq``: fine-tune a classifier, build and query an FAQ index.
+
+``unimask finetune --model DIR --train FILE --eval FILE --task classify --epochs N --output OUT``
+trains a :class:`unimask.finetune.SequenceClassifier` on an HF BERT directory, writes
+``OUT/metrics.json`` (accuracy, per-class/macro/micro F1 on the eval file, the training
+history), and saves the model (+ label map in ``config.json``, + tokenizer) in ``OUT``,
+loadable with ``SequenceClassifier.from_pretrained(OUT)`` (and, with ``--pooling cls``, with
+``transformers.BertForSequenceClassification``).
+
+``unimask faq build --model DIR --data FILE --index OUT`` encodes the questions of a JSONL/CSV/
+TSV file (fields ``question``, ``answer``) once; ``unimask faq query --index OUT "text" -k 5``
+prints the top-k entries as JSON lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["add_finetune_parser", "add_faq_parser", "run_finetune", "run_faq", "add_parser", "run"]
+
+
+def _aux_weight(value: str) -> str | float:
+    if value == "siatl":
+        return value
+    try:
+        w = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--aux-lm-weight must be 'siatl' or a number, got {value!r}") from None
+    if w < 0:
+        raise argparse.ArgumentTypeError(f"--aux-lm-weight must be >= 0, got {w}")
+    return w
+
+
+def add_finetune_parser(sub) -> argparse.ArgumentParser:
+    """Register ``finetune`` on an ``add_subparsers()`` object."""
+    p = sub.add_parser("finetune", help="fine-tune a classifier on a BERT model directory",
+                       description=run_finetune.__doc__)
+    p.add_argument("--model", required=True, help="HF BERT-style model directory (config.json, weights, vocab)")
+    p.add_argument("--train", required=True, help="training file (.jsonl, .csv or .tsv)")
+    p.add_argument("--eval", required=True, help="evaluation file (same format)")
+    p.add_argument("--task", default="classify", choices=("classify", "regress"),
+                   help="classify (cross-entropy) or regress (one float output, MSE)")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--output", required=True, help="output directory (model, tokenizer, metrics.json)")
+    p.add_argument("--from-scratch", action="store_true", help="keep the model's config but initialise weights randomly")
+    p.add_argument("--text-field", default="text")
+    p.add_argument("--text-pair-field", default=None, help="second text of a pair (cross-encoder)")
+    p.add_argument("--label-field", default="label")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--pooling", default="cls", choices=("cls", "concat", "mean"),
+                   help="cls: BERT pooler; concat: ULMFiT [last, max, mean]; mean")
+    p.add_argument("--schedule", default="linear", choices=("linear", "stlr", "constant"),
+                   help="linear warmup+decay (BERT) or slanted triangular (ULMFiT)")
+    p.add_argument("--slanted-triangular", action="store_true", help="same as --schedule stlr")
+    p.add_argument("--warmup-frac", type=float, default=0.1)
+    p.add_argument("--discriminative-lr", action="store_true", help="ULMFiT per-layer rates, /2.6 per layer down")
+    p.add_argument("--gradual-unfreeze", action="store_true", help="ULMFiT gradual unfreezing, one layer group per epoch")
+    p.add_argument("--aux-lm-weight", type=_aux_weight, default=None, metavar="siatl|FLOAT",
+                   help="auxiliary masked-LM loss weight during task training (siatl: 0.2 -> 0.1)")
+    p.add_argument("--lm-finetune-steps", type=int, default=0, help="ULMFiT step 2: MLM steps on the task text first")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=run_finetune)
+    return p
+
+
+def run_finetune(args: argparse.Namespace) -> int:
+    """Fine-tune and evaluate; exit 2 with a clear message on bad input."""
+    import torch  # noqa: PLC0415
+
+    from .finetune import FinetuneConfig, LabelMap, SequenceClassifier, finetune_classifier, load_examples  # noqa: PLC0415
+    from .tokenizer import WordPieceTokenizer  # noqa: PLC0415
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    log = (lambda _s: None) if args.quiet else (lambda s: print(s, file=sys.stderr))
+    regression = args.task == "regress"
+    try:
+        train = load_examples(args.train, args.text_field, args.label_field, args.text_pair_field, regression=regression)
+        evals = load_examples(args.eval, args.text_field, args.label_field, args.text_pair_field, regression=regression)
+        label_map = None if regression else LabelMap.from_examples(train)
+        if label_map is not None:
+            unknown = sorted({e.label for e in evals} - set(label_map.labels))
+            if unknown:
+                raise ValueError(f"{args.eval}: labels {unknown} never occur in {args.train} (labels: {label_map.labels})")
+        cfg = FinetuneConfig(
+            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+            max_length=args.max_length, schedule="stlr" if args.slanted_triangular else args.schedule,
+            warmup_frac=args.warmup_frac, discriminative_lr=args.discriminative_lr,
+            gradual_unfreeze=args.gradual_unfreeze, aux_lm_weight=args.aux_lm_weight,
+            lm_finetune_steps=args.lm_finetune_steps, seed=args.seed, log_every=0 if args.quiet else 10)
+        tokenizer = WordPieceTokenizer.from_pretrained(args.model)
+        torch.manual_seed(args.seed)
+        model = SequenceClassifier.from_pretrained(
+            args.model, label_map, from_scratch=args.from_scratch, pooling=args.pooling,
+            problem_type="regression" if regression else "classification",
+            num_labels=None if regression else len(label_map))
+    except (ValueError, FileNotFoundError, TypeError) as e:
+        print(f"unimask finetune: {e}", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    result = finetune_classifier(model, tokenizer, train, cfg, evals, log)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    metrics = dict(result["eval"])
+    metrics.update(train_seconds=time.perf_counter() - t0, model=str(args.model), from_scratch=args.from_scratch,
+                   train_file=str(args.train), eval_file=str(args.eval), config=result["config"],
+                   history=result["history"], lm_losses=result["lm_losses"])
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n", encoding="utf-8")
+    summary = {k: v for k, v in result["eval"].items() if not k.startswith("f1_")}
+    print(json.dumps(summary))
+    return 0
+
+
+def add_faq_parser(sub) -> argparse.ArgumentParser:
+    """Register ``faq build`` / ``faq query`` on an ``add_subparsers()`` object."""
+    p = sub.add_parser("faq", help="build or query a Siamese FAQ retrieval index")
+    fsub = p.add_subparsers(dest="faq_command", required=True)
+    b = fsub.add_parser("build", help="encode the FAQ questions once into an index directory")
+    b.add_argument("--model", required=True, help="HF BERT-style model directory (a sentence encoder)")
+    b.add_argument("--data", required=True, help="FAQ file (.jsonl/.csv/.tsv) with question and answer fields")
+    b.add_argument("--index", required=True, help="output index directory")
+    b.add_argument("--question-field", default="question")
+    b.add_argument("--answer-field", default="answer")
+    b.add_argument("--pooling", default="mean", choices=("mean", "cls", "max"))
+    b.add_argument("--max-length", type=int, default=256)
+    q = fsub.add_parser("query", help="top-k FAQ entries for a question")
+    q.add_argument("--index", required=True)
+    q.add_argument("question")
+    q.add_argument("-k", type=int, default=5)
+    p.set_defaults(func=run_faq)
+    return p
+
+
+def run_faq(args: argparse.Namespace) -> int:
+    """``faq build`` / ``faq query``."""
+    from .finetune.data import load_examples  # noqa: PLC0415
+    from .finetune.siamese import FAQIndex, SiameseEncoder  # noqa: PLC0415
+
+    try:
+        if args.faq_command == "build":
+            rows = load_examples(args.data, args.question_field, args.answer_field)
+            enc = SiameseEncoder.from_pretrained(args.model, pooling=args.pooling, max_length=args.max_length)
+            index = FAQIndex.build(enc, [r.text for r in rows], [r.label for r in rows],
+                                   model_dir=str(Path(args.model).resolve()))
+            index.save(args.index)
+            print(f"indexed {len(index)} questions into {args.index}", file=sys.stderr)
+            return 0
+        index = FAQIndex.load(args.index)
+        for hit in index.query(args.question, args.k):
+            print(json.dumps({"rank_score": round(hit.score, 6), "index": hit.index, "question": hit.question,
+                              "answer": hit.answer}, ensure_ascii=False))
+        return 0
+    except (ValueError, FileNotFoundError) as e:
+        print(f"unimask faq: {e}", file=sys.stderr)
+        return 2
+
+
+def add_parser(subparsers) -> None:
+    """Register both subcommands (``finetune``, ``faq``) on the ``unimask`` CLI."""
+    add_finetune_parser(subparsers)
+    add_faq_parser(subparsers)
+
+
+def run(args: argparse.Namespace) -> int:
+    return int(args.func(args) or 0)
