@@ -125,6 +125,14 @@ def _as_word_ids(x: Any, what: str) -> np.ndarray:
 
 def _flatten(seqs: Sequence[Any], what: str) -> tuple[np.ndarray, np.ndarray]:
     """A ragged batch as ``(values, offsets)`` int64 arrays."""
+    n = len(seqs)
+    if n and all(type(s) is np.ndarray for s in seqs):
+        # fast path (shards, numpy datasets): one concatenate, checked afterwards
+        offsets = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(np.fromiter(map(len, seqs), dtype=np.int64, count=n), out=offsets[1:])
+        values = np.concatenate(seqs)
+        if values.ndim == 1 and values.size == offsets[-1] and values.dtype.kind in "iu":
+            return values.astype(np.int64, copy=False), offsets
     arrs = [_as_ids(s, f"{what} of sample {i}") for i, s in enumerate(seqs)]
     offsets = np.zeros(len(arrs) + 1, dtype=np.int64)
     if arrs:
@@ -135,12 +143,9 @@ def _flatten(seqs: Sequence[Any], what: str) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(values, dtype=np.int64), offsets
 
 
-def _to_torch(batch: int, length: int, flat: dict[str, np.ndarray], per_sample: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    out = {}
-    for k, v in flat.items():
-        t = torch.from_numpy(v)
-        out[k] = t if k in per_sample else t.view(batch, length)
-    return out
+def _to_torch(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """Wrap the numpy buffers Rust filled (already ``[B, L]`` / ``[B]``) as tensors, no copy."""
+    return {k: torch.from_numpy(v) for k, v in arrays.items()}
 
 
 def continuation_ids_from_vocab(vocab: str | Path | Sequence[str] | Mapping[str, int]) -> np.ndarray:
@@ -395,6 +400,14 @@ class _MaskingCollator(_Seeded, _Special):
         return words.astype(np.int64)
 
     def _collate(self, batch: Sequence[Any], indices: Any) -> dict[str, torch.Tensor]:
+        if type(batch) is list and batch and type(batch[0]) is np.ndarray and (not self.params["whole_word"] or self._is_cont is None):
+            # fast path: a list of int64 arrays (shards, numpy datasets) is gathered in Rust
+            counter = self._counter
+            idx = self._indices(len(batch), [], indices)
+            res = self._spec.collate_arrays(batch, idx, self.seed, self.epoch, self.num_threads, self._unilm)
+            if res is not None:
+                return _to_torch(res[2])
+            self._counter = counter
         cols = _split_items(batch)
         n = len(cols["a"])
         if n == 0:
@@ -425,8 +438,8 @@ class _MaskingCollator(_Seeded, _Special):
             kw["ent_values"], kw["ent_offsets"] = _flatten(flat, "entity_spans")
         if _all_or_none(cols["nsp"], "'next_sentence_label'"):
             kw["nsp_labels"] = np.asarray(cols["nsp"], dtype=np.int64)
-        b, length, flat = self._spec.collate(av, ao, idx, self.seed, self.epoch, self.num_threads, unilm=self._unilm, **kw)
-        return _to_torch(b, length, flat, ("seq_len", "src_len", "attn_mode", "next_sentence_label"))
+        _, _, flat = self._spec.collate(av, ao, idx, self.seed, self.epoch, self.num_threads, unilm=self._unilm, **kw)
+        return _to_torch(flat)
 
     def _sampled_span_lengths(self, n_tokens: int, samples: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """Test hook: span lengths drawn by the span sampler and kept, on plain rows of ``n_tokens``."""
@@ -633,7 +646,7 @@ class CausalLMCollator(_Special):
         if not seqs:
             raise ValueError("cannot collate an empty batch")
         v, o = _flatten(seqs, "input_ids")
-        b, length, flat = _native.causal_collate(
+        _, _, flat = _native.causal_collate(
             v,
             o,
             vocab_size=self.vocab_size,
@@ -645,7 +658,7 @@ class CausalLMCollator(_Special):
             pad_to_multiple_of=self.pad_to_multiple_of,
             pack=self.pack,
         )
-        return _to_torch(b, length, flat, ("seq_len", "src_len", "attn_mode"))
+        return _to_torch(flat)
 
 
 class MASSCollator(_Seeded, _Special):

@@ -4,10 +4,11 @@
 //! leave as numpy arrays that own the Rust buffers (no copy). Python reshapes them to
 //! `[batch, len]` and wraps them with `torch.from_numpy`.
 
-use numpy::{IntoPyArray, PyReadonlyArray1};
+use numpy::ndarray::Array2;
+use numpy::{IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyList};
 use unimask_core::causal::{collate_causal, CausalOptions};
 use unimask_core::masking::collate::{collate_mlm, BatchInputs, LayoutOptions};
 use unimask_core::masking::{
@@ -21,7 +22,10 @@ use unimask_core::unilm::{collate_unilm, UnilmConfig};
 use crate::errors::{run_detached, to_py};
 
 type Arr<'py> = PyReadonlyArray1<'py, i64>;
-type LengthArrays<'py> = (Bound<'py, numpy::PyArray1<u32>>, Bound<'py, numpy::PyArray1<u32>>);
+type LengthArrays<'py> = (
+    Bound<'py, numpy::PyArray1<u32>>,
+    Bound<'py, numpy::PyArray1<u32>>,
+);
 
 fn slice<'a, T: numpy::Element>(a: &'a PyReadonlyArray1<'_, T>, name: &str) -> PyResult<&'a [T]> {
     a.as_slice()
@@ -44,14 +48,45 @@ fn ragged<'a>(
     }
 }
 
-fn padded_to_py<'py>(py: Python<'py>, p: Padded) -> PyResult<(usize, usize, Bound<'py, PyDict>)> {
-    let d = PyDict::new(py);
-    d.set_item("input_ids", p.input_ids.into_pyarray(py))?;
-    d.set_item("attention_mask", p.attention_mask.into_pyarray(py))?;
-    if !p.token_type_ids.is_empty() {
-        d.set_item("token_type_ids", p.token_type_ids.into_pyarray(py))?;
+/// A row-major `[batch, len]` numpy array that owns `v` (no copy).
+fn matrix<'py, T: numpy::Element>(
+    py: Python<'py>,
+    v: Vec<T>,
+    batch: usize,
+    len: usize,
+) -> PyResult<Bound<'py, PyArray2<T>>> {
+    let a = Array2::from_shape_vec((batch, len), v).map_err(|e| {
+        crate::errors::InternalError::new_err(format!(
+            "internal error (a bug in unimask): output shape: {e}"
+        ))
+    })?;
+    Ok(a.into_pyarray(py))
+}
+
+/// Gather a list of 1-D int64 numpy arrays into `(values, offsets)`; `None` when an item is
+/// anything else (the caller then takes the general path).
+fn gather(list: &Bound<'_, PyList>) -> Option<(Vec<i64>, Vec<i64>)> {
+    let mut offsets = Vec::with_capacity(list.len() + 1);
+    offsets.push(0i64);
+    let mut values = Vec::new();
+    for item in list.iter() {
+        let arr = item.cast::<PyArray1<i64>>().ok()?;
+        let ro = arr.try_readonly().ok()?;
+        values.extend_from_slice(ro.as_slice().ok()?);
+        offsets.push(values.len() as i64);
     }
-    d.set_item("labels", p.labels.into_pyarray(py))?;
+    Some((values, offsets))
+}
+
+fn padded_to_py<'py>(py: Python<'py>, p: Padded) -> PyResult<(usize, usize, Bound<'py, PyDict>)> {
+    let (b, l) = (p.batch, p.len);
+    let d = PyDict::new(py);
+    d.set_item("input_ids", matrix(py, p.input_ids, b, l)?)?;
+    d.set_item("attention_mask", matrix(py, p.attention_mask, b, l)?)?;
+    if !p.token_type_ids.is_empty() {
+        d.set_item("token_type_ids", matrix(py, p.token_type_ids, b, l)?)?;
+    }
+    d.set_item("labels", matrix(py, p.labels, b, l)?)?;
     d.set_item("seq_len", p.seq_len.into_pyarray(py))?;
     if !p.attn_mode.is_empty() {
         d.set_item("attn_mode", p.attn_mode.into_pyarray(py))?;
@@ -224,6 +259,50 @@ impl MaskingSpec {
             }
         })?;
         padded_to_py(py, out)
+    }
+
+    /// Fast path of [`MaskingSpec::collate`] for a list of 1-D int64 arrays holding whole
+    /// rows (no pairs, word ids or entities). Returns `None` when the list holds anything else.
+    #[pyo3(signature = (seqs, indices, seed, epoch, threads, unilm=false))]
+    #[allow(clippy::too_many_arguments)]
+    fn collate_arrays<'py>(
+        &self,
+        py: Python<'py>,
+        seqs: Bound<'py, PyList>,
+        indices: PyReadonlyArray1<'py, u64>,
+        seed: u64,
+        epoch: u64,
+        threads: Option<usize>,
+        unilm: bool,
+    ) -> PyResult<Option<(usize, usize, Bound<'py, PyDict>)>> {
+        let Some((values, offsets)) = gather(&seqs) else {
+            return Ok(None);
+        };
+        let inp = BatchInputs {
+            a: Ragged::new(&values, &offsets, "input_ids").map_err(to_py)?,
+            b: None,
+            word_ids_a: None,
+            word_ids_b: None,
+            entities: None,
+            indices: slice(&indices, "indices")?,
+        };
+        let out = run_detached(py, || {
+            if unilm {
+                collate_unilm(
+                    &self.cfg,
+                    &self.unilm,
+                    &self.layout,
+                    &inp,
+                    None,
+                    seed,
+                    epoch,
+                    threads,
+                )
+            } else {
+                collate_mlm(&self.cfg, &self.layout, &inp, None, seed, epoch, threads)
+            }
+        })?;
+        padded_to_py(py, out).map(Some)
     }
 
     /// Test hook: mask `samples` rows of `n_tokens` plain tokens and return the span lengths

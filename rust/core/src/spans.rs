@@ -38,13 +38,12 @@ pub fn select_ngrams(s: &mut Scratch, budget: usize, prob: f64, max_n: usize, rn
     let n_units = s.units.len();
     s.order.clear();
     s.order.extend(0..n_units as u32);
-    rng.shuffle(&mut s.order);
     let mut count = 0;
     for oi in 0..n_units {
         if count >= budget {
             break;
         }
-        let u = s.order[oi] as usize;
+        let u = rng.shuffle_step(&mut s.order, oi) as usize;
         if s.taken[u] {
             continue;
         }
