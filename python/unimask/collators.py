@@ -125,14 +125,10 @@ def _as_word_ids(x: Any, what: str) -> np.ndarray:
 
 def _flatten(seqs: Sequence[Any], what: str) -> tuple[np.ndarray, np.ndarray]:
     """A ragged batch as ``(values, offsets)`` int64 arrays."""
-    n = len(seqs)
-    if n and all(type(s) is np.ndarray for s in seqs):
-        # fast path (shards, numpy datasets): one concatenate, checked afterwards
-        offsets = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(np.fromiter(map(len, seqs), dtype=np.int64, count=n), out=offsets[1:])
-        values = np.concatenate(seqs)
-        if values.ndim == 1 and values.size == offsets[-1] and values.dtype.kind in "iu":
-            return values.astype(np.int64, copy=False), offsets
+    # fast path: int64 arrays and lists of ints are gathered in Rust (no per-token objects)
+    res = _native.gather_ids(seqs if type(seqs) is list else list(seqs))
+    if res is not None:
+        return res
     arrs = [_as_ids(s, f"{what} of sample {i}") for i, s in enumerate(seqs)]
     offsets = np.zeros(len(arrs) + 1, dtype=np.int64)
     if arrs:
@@ -141,6 +137,14 @@ def _flatten(seqs: Sequence[Any], what: str) -> tuple[np.ndarray, np.ndarray]:
     else:
         values = np.zeros(0, dtype=np.int64)
     return np.ascontiguousarray(values, dtype=np.int64), offsets
+
+
+def _flatten_words(seqs: list[Any], what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Word ids (``None`` = -1 for special tokens) as ``(values, offsets)``."""
+    res = _native.gather_ids(seqs)
+    if res is not None:
+        return res
+    return _flatten([_as_word_ids(w, f"{what} of sample {i}") for i, w in enumerate(seqs)], what)
 
 
 def _to_torch(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
@@ -234,10 +238,27 @@ class _Special:
         self.special_ids = special
 
 
+_NONE_COLS = ("b", "word_ids", "word_ids_b", "entities", "nsp", "index")
+
+
 def _split_items(batch: Sequence[Any]) -> dict[str, list[Any]]:
     """Columns of a batch of samples (see the module docstring for the formats)."""
     if isinstance(batch, (str, bytes)) or not isinstance(batch, Sequence):
         raise TypeError(f"a batch must be a list of samples, got {type(batch).__name__}")
+    if batch and all(type(x) is dict and "input_ids" in x for x in batch):
+        # fast path: records of single sequences
+        return {
+            "a": [x["input_ids"] for x in batch],
+            "b": [None] * len(batch),
+            "word_ids": [x.get("word_ids") for x in batch],
+            "word_ids_b": [None] * len(batch),
+            "entities": [x.get("entity_spans") for x in batch],
+            "nsp": [x.get("next_sentence_label") for x in batch],
+            "index": [x.get("index") for x in batch],
+        }
+    if batch and all(type(x) is np.ndarray for x in batch):
+        none = [None] * len(batch)
+        return {"a": list(batch), **{k: none for k in _NONE_COLS}}
     cols: dict[str, list[Any]] = {"a": [], "b": [], "word_ids": [], "word_ids_b": [], "entities": [], "nsp": [], "index": []}
     for i, item in enumerate(batch):
         a = b = w = wb = ent = nsp = idx = None
@@ -421,9 +442,9 @@ class _MaskingCollator(_Seeded, _Special):
             kw["b_values"], kw["b_offsets"] = _flatten([() if b is None else b for b in cols["b"]], "segment B")
         av, ao = _flatten(cols["a"], "input_ids")
         if _all_or_none(cols["word_ids"], "'word_ids'"):
-            kw["wa_values"], kw["wa_offsets"] = _flatten([_as_word_ids(w, "word_ids") for w in cols["word_ids"]], "word_ids")
+            kw["wa_values"], kw["wa_offsets"] = _flatten_words(cols["word_ids"], "word_ids")
             if pair and _all_or_none(cols["word_ids_b"], "'word_ids_b'"):
-                kw["wb_values"], kw["wb_offsets"] = _flatten([_as_word_ids(w, "word_ids_b") for w in cols["word_ids_b"]], "word_ids_b")
+                kw["wb_values"], kw["wb_offsets"] = _flatten_words(cols["word_ids_b"], "word_ids_b")
         elif self.params["whole_word"] and self._is_cont is not None:
             kw["wa_values"], kw["wa_offsets"] = self._words_from_vocab(av, ao), ao
             if pair:

@@ -22,6 +22,7 @@ use unimask_core::unilm::{collate_unilm, UnilmConfig};
 use crate::errors::{run_detached, to_py};
 
 type Arr<'py> = PyReadonlyArray1<'py, i64>;
+type RaggedArrays<'py> = (Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<i64>>);
 type LengthArrays<'py> = (
     Bound<'py, numpy::PyArray1<u32>>,
     Bound<'py, numpy::PyArray1<u32>>,
@@ -76,6 +77,94 @@ fn gather(list: &Bound<'_, PyList>) -> Option<(Vec<i64>, Vec<i64>)> {
         offsets.push(values.len() as i64);
     }
     Some((values, offsets))
+}
+
+/// Append the ints of a Python list or tuple (`None` -> -1); `false` when an item is not an int.
+fn extend_ints(seq: &Bound<'_, PyAny>, values: &mut Vec<i64>) -> bool {
+    if let Ok(list) = seq.cast::<PyList>() {
+        let n = list.len();
+        values.reserve(n);
+        let none = seq.py().None();
+        for k in 0..n {
+            // SAFETY: we hold the GIL and `list` is alive; PyList_GetItem returns a borrowed
+            // reference (or NULL with an exception set when k is out of range, which it is not).
+            let obj =
+                unsafe { pyo3::ffi::PyList_GetItem(list.as_ptr(), k as pyo3::ffi::Py_ssize_t) };
+            if obj.is_null() {
+                // SAFETY: GIL held; clears the IndexError raised by PyList_GetItem.
+                unsafe { pyo3::ffi::PyErr_Clear() };
+                return false;
+            }
+            if obj == none.as_ptr() {
+                values.push(-1);
+                continue;
+            }
+            // SAFETY: GIL held, `obj` is a valid borrowed reference. Only exact ints are read
+            // directly; anything else (floats, bools, numpy scalars) takes the general path.
+            let v = unsafe {
+                if pyo3::ffi::PyLong_CheckExact(obj) == 0 {
+                    return false;
+                }
+                pyo3::ffi::PyLong_AsLongLong(obj)
+            };
+            // SAFETY: GIL held; -1 is ambiguous, check for (and clear) an overflow error.
+            if v == -1 && unsafe { !pyo3::ffi::PyErr_Occurred().is_null() } {
+                unsafe { pyo3::ffi::PyErr_Clear() };
+                return false;
+            }
+            values.push(v);
+        }
+        return true;
+    }
+    let Ok(iter) = seq.try_iter() else {
+        return false;
+    };
+    for x in iter {
+        let Ok(x) = x else { return false };
+        if x.is_none() {
+            values.push(-1);
+        } else if x.is_exact_instance_of::<pyo3::types::PyInt>() {
+            match x.extract::<i64>() {
+                Ok(v) => values.push(v),
+                Err(_) => return false,
+            }
+        } else {
+            return false;
+        }
+    }
+    true
+}
+
+/// Flatten a list of token-id sequences (1-D int64 numpy arrays, lists or tuples of ints,
+/// `None` read as -1 for word ids) into `(values, offsets)` without per-token Python objects.
+/// Returns `None` for anything else (the caller's general path then converts or explains).
+#[pyfunction]
+fn gather_ids<'py>(
+    py: Python<'py>,
+    seqs: Bound<'py, PyList>,
+) -> PyResult<Option<RaggedArrays<'py>>> {
+    let mut offsets = Vec::with_capacity(seqs.len() + 1);
+    offsets.push(0i64);
+    let mut values = Vec::new();
+    for item in seqs.iter() {
+        if let Ok(arr) = item.cast::<PyArray1<i64>>() {
+            let Ok(ro) = arr.try_readonly() else {
+                return Ok(None);
+            };
+            let Ok(sl) = ro.as_slice() else {
+                return Ok(None);
+            };
+            values.extend_from_slice(sl);
+        } else if item.is_instance_of::<PyList>() || item.is_instance_of::<pyo3::types::PyTuple>() {
+            if !extend_ints(&item, &mut values) {
+                return Ok(None);
+            }
+        } else {
+            return Ok(None);
+        }
+        offsets.push(values.len() as i64);
+    }
+    Ok(Some((values.into_pyarray(py), offsets.into_pyarray(py))))
 }
 
 fn padded_to_py<'py>(py: Python<'py>, p: Padded) -> PyResult<(usize, usize, Bound<'py, PyDict>)> {
@@ -558,6 +647,7 @@ fn causal_collate<'py>(
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<MaskingSpec>()?;
     m.add_function(wrap_pyfunction!(nsp_pairs, m)?)?;
+    m.add_function(wrap_pyfunction!(gather_ids, m)?)?;
     m.add_function(wrap_pyfunction!(mass_collate, m)?)?;
     m.add_function(wrap_pyfunction!(t5_collate, m)?)?;
     m.add_function(wrap_pyfunction!(causal_collate, m)?)?;
