@@ -395,3 +395,40 @@ def test_errors_name_the_offending_value():
         NSPPairBuilder(max_seq_length=3)
     with pytest.raises(TypeError, match="list of sentences"):
         NSPPairBuilder().build([[1, 2, 3]])
+
+
+def test_chinese_whole_word_masking_with_a_segmenter(tok):
+    """jieba words over BERT's single-character Chinese tokens are masked as units."""
+    jieba = pytest.importorskip("jieba", reason="jieba (the Chinese segmenter of this test) is not installed")
+    import logging
+
+    from unimask.collators import word_ids_from_char_spans
+    from unimask.corpus import demo_corpus_path, read_documents
+
+    jieba.setLogLevel(logging.WARNING)
+    texts = [s for d in read_documents(demo_corpus_path("zh")) for s in d][:200]
+    items, multi = [], 0
+    for t in texts:
+        enc = tok.encode(t)
+        spans = [(s, e) for _, s, e in jieba.tokenize(t)]
+        words = word_ids_from_char_spans(enc.offsets, spans)
+        # oracle: a token's word is the jieba span containing its first character
+        for (s, e), w in zip(enc.offsets, words):
+            if e > s:
+                assert w is not None and spans[w][0] <= s < spans[w][1]
+        multi += sum(1 for s, e in spans if e - s > 1)
+        items.append({"input_ids": enc.ids, "word_ids": words})
+    assert multi > 100
+    out = MLMCollator(**IDS, whole_word=True, mlm_probability=0.3, seed=2)(items)
+    m = (out["labels"] != -100).numpy()
+    whole = 0
+    for r, it in enumerate(items):
+        w = np.array([-1 if x is None else x for x in it["word_ids"]])
+        ids = np.asarray(it["input_ids"])
+        for word in np.unique(w[w >= 0]):
+            pos = np.nonzero(w == word)[0]
+            if (ids[pos] == UNK).any():
+                continue  # [UNK] is special: never masked, it splits its word
+            assert m[r, pos].all() or not m[r, pos].any()
+            whole += len(pos) > 1 and m[r, pos].all()
+    assert whole > 20

@@ -46,6 +46,7 @@ __all__ = [
     "T5SpanCollator",
     "NSPPairBuilder",
     "continuation_ids_from_vocab",
+    "word_ids_from_char_spans",
 ]
 
 _SPECIAL_NAMES = ("pad_id", "cls_id", "sep_id", "mask_id", "unk_id")
@@ -169,6 +170,32 @@ def continuation_ids_from_vocab(vocab: str | Path | Sequence[str] | Mapping[str,
     else:
         items = enumerate(vocab)
     return np.array(sorted(i for i, t in items if t.startswith("##")), dtype=np.int64)
+
+
+def word_ids_from_char_spans(
+    token_offsets: Sequence[tuple[int, int]], word_spans: Sequence[tuple[int, int]]
+) -> list[int | None]:
+    """Word id of every token from character offsets (for whole-word masking of Chinese).
+
+    ``token_offsets`` are the ``(start, end)`` character offsets of the tokens (e.g.
+    ``tokenizers.Encoding.offsets``; ``(0, 0)`` for special tokens), ``word_spans`` the
+    ``(start, end)`` character spans of the words of a segmenter (e.g. from
+    ``jieba.tokenize(text)``). A token belongs to the word containing its first character;
+    special tokens and tokens outside every word get ``None``. This is how Chinese BERT
+    whole-word masking (Cui et al. 2019) groups the single-character WordPiece tokens.
+    """
+    starts = np.asarray([s for s, _ in word_spans], dtype=np.int64)
+    ends = np.asarray([e for _, e in word_spans], dtype=np.int64)
+    order = np.argsort(starts, kind="stable")
+    starts, ends = starts[order], ends[order]
+    out: list[int | None] = []
+    for s, e in token_offsets:
+        if e <= s:
+            out.append(None)
+            continue
+        k = int(np.searchsorted(starts, s, side="right")) - 1
+        out.append(int(order[k]) if k >= 0 and s < ends[k] else None)
+    return out
 
 
 class _Seeded:
