@@ -644,10 +644,23 @@ fn causal_collate<'py>(
     padded_to_py(py, out)
 }
 
+/// A permutation of `0..n` that is a pure function of `(seed, epoch)` (dataset shuffling).
+#[pyfunction]
+fn permutation(
+    py: Python<'_>,
+    n: usize,
+    seed: u64,
+    epoch: u64,
+) -> PyResult<Bound<'_, PyArray1<u64>>> {
+    let p = run_detached(py, || Ok(unimask_core::rng::permutation(n, seed, epoch)))?;
+    Ok(p.into_pyarray(py))
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<MaskingSpec>()?;
     m.add_function(wrap_pyfunction!(nsp_pairs, m)?)?;
     m.add_function(wrap_pyfunction!(gather_ids, m)?)?;
+    m.add_function(wrap_pyfunction!(permutation, m)?)?;
     m.add_function(wrap_pyfunction!(mass_collate, m)?)?;
     m.add_function(wrap_pyfunction!(t5_collate, m)?)?;
     m.add_function(wrap_pyfunction!(causal_collate, m)?)?;
