@@ -317,7 +317,7 @@ def test_running_counter_without_indices():
 @pytest.mark.parametrize(
     "make",
     [
-        lambda: MLMCollator(**IDS, whole_word=True, seed=3),
+        lambda: MLMCollator(**IDS, whole_word=True, vocab=[f"##t{i}" if i % 3 else f"t{i}" for i in range(V)], seed=3),
         lambda: MLMCollator(**IDS, span="geometric", seed=3),
         lambda: UnifiedLMCollator(**IDS, seed=3),
         lambda: MASSCollator(**IDS, seed=3),
@@ -432,3 +432,13 @@ def test_chinese_whole_word_masking_with_a_segmenter(tok):
             assert m[r, pos].all() or not m[r, pos].any()
             whole += len(pos) > 1 and m[r, pos].all()
     assert whole > 20
+
+
+def test_whole_word_without_words_is_an_error_not_token_masking():
+    c = MLMCollator(**IDS, whole_word=True)
+    with pytest.raises(ValueError, match="word ids"):
+        c([np.array([CLS, 2000, 2001, SEP])])
+    with pytest.raises(ValueError, match="word ids"):
+        c([[CLS, 2000, 2001, SEP]])
+    with pytest.raises(ValueError, match="special"):
+        MASSCollator(vocab_size=2, pad_id=0, mask_id=1)([[0, 1, 0]])

@@ -422,6 +422,8 @@ class _MaskingCollator(_Seeded, _Special):
             self._is_cont[self.continuation_ids[self.continuation_ids < self.vocab_size]] = True
         else:
             self._is_cont = None
+        # explicit whole-word masking must see words (SpanBERT spans fall back to tokens)
+        self._needs_words = bool(whole_word) and self._is_cont is None
         self._spec = _native.MaskingSpec(**self.params)
 
     # pickling: the native spec is rebuilt from the parameters
@@ -448,7 +450,7 @@ class _MaskingCollator(_Seeded, _Special):
         return words.astype(np.int64)
 
     def _collate(self, batch: Sequence[Any], indices: Any) -> dict[str, torch.Tensor]:
-        if type(batch) is list and batch and type(batch[0]) is np.ndarray and (not self.params["whole_word"] or self._is_cont is None):
+        if type(batch) is list and batch and type(batch[0]) is np.ndarray and not self._needs_words:
             # fast path: a list of int64 arrays (shards, numpy datasets) is gathered in Rust
             counter = self._counter
             idx = self._indices(len(batch), [], indices)
@@ -476,6 +478,11 @@ class _MaskingCollator(_Seeded, _Special):
             kw["wa_values"], kw["wa_offsets"] = self._words_from_vocab(av, ao), ao
             if pair:
                 kw["wb_values"], kw["wb_offsets"] = self._words_from_vocab(kw["b_values"], kw["b_offsets"]), kw["b_offsets"]
+        elif self._needs_words:
+            raise ValueError(
+                "whole_word=True needs word ids: give samples a 'word_ids' entry or pass vocab= "
+                "(a WordPiece vocabulary, whose ## pieces continue words) to the collator"
+            )
         if any(e is not None for e in cols["entities"]):
             flat = []
             for i, e in enumerate(cols["entities"]):
@@ -503,7 +510,7 @@ class MLMCollator(_MaskingCollator):
     ``min(max_predictions, max(1, round(len(tokens) * mlm_probability)))`` (``len`` counts
     ``[CLS]``/``[SEP]``, Python's round); with ``exact_count=False`` every token (or word) is
     chosen independently with probability ``mlm_probability`` (HF
-    ``DataCollatorForLanguageModeling``). Of the chosen tokens ``mask_ratio`` (0.8) become
+    ``DataCollatorForLanguageModeling``; ``max_predictions`` then does not apply). Of the chosen tokens ``mask_ratio`` (0.8) become
     ``[MASK]``, ``random_ratio`` (0.1) a uniformly random token that is never a special id,
     the rest stay. ``mlm_probability=0`` masks nothing.
 
@@ -516,7 +523,8 @@ class MLMCollator(_MaskingCollator):
     * ``span="geometric"`` (SpanBERT, Joshi et al. 2020): span lengths in whole words drawn from
       ``Geometric(span_p=0.2)`` truncated to ``1..max_span_length`` (10) as in SpanBERT's
       code (mean 3.8), anchored at a random token, budget ``ceil(len * p)``, one 80/10/10
-      decision per span.
+      decision per span. Words come from ``word_ids`` / ``vocab=`` as above; without them
+      every token is a word.
     * ``span="ngram"``: UNILM n-grams (see :class:`UnifiedLMCollator`).
     * Pairs (``segment_a``/``segment_b``, e.g. from :class:`NSPPairBuilder`): laid out as
       ``[CLS] A [SEP] B [SEP]`` with token types 0/1, trimmed to ``max_length`` with BERT's

@@ -30,7 +30,7 @@ def _with_index(item: Any, index: int) -> dict[str, Any]:
         out = dict(item)
         out["index"] = index
         return out
-    if isinstance(item, tuple) and len(item) in (2, 3):
+    if isinstance(item, tuple) and len(item) in (2, 3) and not isinstance(item[0], (int, np.integer)):
         out = {"segment_a": item[0], "segment_b": item[1], "index": index}
         if len(item) == 3:
             out["next_sentence_label"] = item[2]

@@ -71,6 +71,11 @@ impl Specials {
         (self.bits[id / 64] >> (id % 64)) & 1 == 1
     }
 
+    /// Whether some id of the vocabulary is not in the set (random replacement possible).
+    pub fn has_free_id(&self) -> bool {
+        self.count < self.vocab_size as usize
+    }
+
     /// Size of the vocabulary the set lives in.
     pub fn vocab_size(&self) -> u32 {
         self.vocab_size
@@ -154,7 +159,7 @@ impl MaskConfig {
                 self.mask_id
             );
         }
-        if self.specials.count >= v as usize {
+        if !self.specials.has_free_id() {
             return invalid!(
                 "every id of the vocabulary ({v}) is special: no random replacement possible"
             );
