@@ -442,3 +442,54 @@ def test_whole_word_without_words_is_an_error_not_token_masking():
         c([[CLS, 2000, 2001, SEP]])
     with pytest.raises(ValueError, match="special"):
         MASSCollator(vocab_size=2, pad_id=0, mask_id=1)([[0, 1, 0]])
+
+
+def test_input_formats_give_identical_batches(tok, sentences):
+    """int64 / uint32 / uint16 arrays, lists, tokenizer Encodings and a ragged batch object
+    (flat columns + row_splits, as unimask.tokenizer's RaggedBatch) are the same batch."""
+    from dataclasses import dataclass
+
+    encs = tok.encode_batch(sentences[:40])
+    idx = np.arange(40)
+    c = MLMCollator(**IDS, whole_word=True, seed=6)
+    ref = c([{"input_ids": np.asarray(e.ids, dtype=np.int64), "word_ids": e.word_ids} for e in encs], indices=idx)
+
+    @dataclass
+    class Ragged:
+        ids_flat: np.ndarray
+        word_ids_flat: np.ndarray
+        row_splits: np.ndarray
+
+    splits = np.concatenate([[0], np.cumsum([len(e.ids) for e in encs])])
+    ragged = Ragged(
+        np.concatenate([np.asarray(e.ids, dtype=np.uint32) for e in encs]),
+        np.concatenate([np.asarray([-1 if w is None else w for w in e.word_ids], dtype=np.int32) for e in encs]),
+        splits,
+    )
+    variants = [
+        c(encs, indices=idx),  # HF tokenizers Encoding objects: .ids and .word_ids
+        c(ragged, indices=idx),
+        c([{"input_ids": list(e.ids), "word_ids": e.word_ids} for e in encs], indices=idx),
+        c([{"input_ids": np.asarray(e.ids, dtype=np.uint32), "word_ids": np.asarray([-1 if w is None else w for w in e.word_ids], dtype=np.int32)} for e in encs], indices=idx),
+    ]
+    for out in variants:
+        assert all(torch.equal(out[k], ref[k]) for k in ref)
+    plain = MLMCollator(**IDS, seed=6)
+    base = plain([np.asarray(e.ids, dtype=np.int64) for e in encs], indices=idx)
+    for dtype in (np.uint16, np.int32, np.uint32):
+        out = plain([np.asarray(e.ids, dtype=dtype) for e in encs], indices=idx)
+        assert all(torch.equal(out[k], base[k]) for k in base)
+    out = MASSCollator(**IDS, seed=1)(ragged, indices=idx)
+    assert out["input_ids"].shape[0] == 40
+
+
+def test_unimask_tokenizer_plugs_in(minilm_dir, sentences):
+    """The project's own WordPiece tokenizer: its ids, word ids and ragged batches."""
+    tokmod = pytest.importorskip("unimask.tokenizer", reason="unimask.tokenizer is built on another branch")
+    t = tokmod.WordPieceTokenizer.from_pretrained(minilm_dir)
+    c = MLMCollator(tokenizer=t, whole_word=True, seed=1)
+    assert (c.vocab_size, c.cls_id, c.sep_id, c.pad_id, c.mask_id) == (V, CLS, SEP, PAD, MASK)
+    batch = t.encode_batch(sentences[:16])
+    a = c(batch, indices=range(16))
+    b = c([batch[i] for i in range(16)], indices=range(16))
+    assert all(torch.equal(a[k], b[k]) for k in a)

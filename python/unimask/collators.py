@@ -268,6 +268,21 @@ class _Special:
 _NONE_COLS = ("b", "word_ids", "word_ids_b", "entities", "nsp", "index")
 
 
+def _ragged_of(batch: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
+    """``(ids, row_splits, word_ids or None)`` of a ragged batch object (``unimask.tokenizer``'s
+    ``RaggedBatch``: flat columns ``ids_flat`` / ``word_ids_flat`` and ``row_splits``)."""
+    if not (hasattr(batch, "ids_flat") and hasattr(batch, "row_splits")):
+        return None
+    ids = np.ascontiguousarray(batch.ids_flat, dtype=np.int64)
+    splits = np.ascontiguousarray(batch.row_splits, dtype=np.int64)
+    if ids.ndim != 1 or splits.ndim != 1 or splits.size < 2:
+        raise ValueError(f"a ragged batch needs 1-D ids_flat and row_splits with >= 2 entries, got shapes {ids.shape}, {splits.shape}")
+    words = getattr(batch, "word_ids_flat", None)
+    if words is not None:
+        words = np.ascontiguousarray(words, dtype=np.int64)
+    return ids, splits, words
+
+
 def _split_items(batch: Sequence[Any]) -> dict[str, list[Any]]:
     """Columns of a batch of samples (see the module docstring for the formats)."""
     if isinstance(batch, (str, bytes)) or not isinstance(batch, Sequence):
@@ -301,6 +316,10 @@ def _split_items(batch: Sequence[Any]) -> dict[str, list[Any]]:
             ent = item.get("entity_spans")
             nsp = item.get("next_sentence_label")
             idx = item.get("index")
+        elif hasattr(item, "ids") and not isinstance(item, (list, tuple, np.ndarray)):
+            # an Encoding (unimask.tokenizer or HF tokenizers): ids and word ids
+            a = item.ids
+            w = getattr(item, "word_ids", None)
         elif isinstance(item, tuple) and len(item) in (2, 3) and not isinstance(item[0], (int, np.integer)):
             a, b = item[0], item[1]
             if len(item) == 3:
@@ -450,6 +469,19 @@ class _MaskingCollator(_Seeded, _Special):
         return words.astype(np.int64)
 
     def _collate(self, batch: Sequence[Any], indices: Any) -> dict[str, torch.Tensor]:
+        ragged = _ragged_of(batch)
+        if ragged is not None:
+            av, ao, words = ragged
+            kw: dict[str, Any] = {}
+            if self.params["whole_word"] and words is not None:
+                kw["wa_values"], kw["wa_offsets"] = words, ao
+            elif self.params["whole_word"] and self._is_cont is not None:
+                kw["wa_values"], kw["wa_offsets"] = self._words_from_vocab(av, ao), ao
+            elif self._needs_words:
+                raise ValueError("whole_word=True needs word ids: this ragged batch has no word_ids_flat and no vocab= was given")
+            idx = self._indices(len(ao) - 1, [], indices)
+            _, _, flat = self._spec.collate(av, ao, idx, self.seed, self.epoch, self.num_threads, unilm=self._unilm, **kw)
+            return _to_torch(flat)
         if type(batch) is list and batch and type(batch[0]) is np.ndarray and not self._needs_words:
             # fast path: a list of int64 arrays (shards, numpy datasets) is gathered in Rust
             counter = self._counter
@@ -654,11 +686,18 @@ class NSPPairBuilder(_Seeded):
 # GPT, MASS, T5
 
 
-def _plain_sequences(batch: Sequence[Any]) -> tuple[list[Any], list[Any]]:
+def _plain_batch(batch: Any) -> tuple[np.ndarray, np.ndarray, list[Any]]:
+    """``(values, offsets, sample indices or [])`` of a batch of single sequences."""
+    ragged = _ragged_of(batch)
+    if ragged is not None:
+        return ragged[0], ragged[1], []
     cols = _split_items(batch)
     if any(b is not None for b in cols["b"]):
         raise ValueError("this collator takes single sequences, not (segment_a, segment_b) pairs")
-    return cols["a"], cols["index"]
+    if not cols["a"]:
+        raise ValueError("cannot collate an empty batch")
+    v, o = _flatten(cols["a"], "input_ids")
+    return v, o, cols["index"]
 
 
 class CausalLMCollator(_Special):
@@ -698,10 +737,7 @@ class CausalLMCollator(_Special):
         self.pad_to_multiple_of = _check_int("pad_to_multiple_of", pad_to_multiple_of, 1, allow_none=True)
 
     def __call__(self, batch: Sequence[Any], indices: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
-        seqs, _ = _plain_sequences(batch)
-        if not seqs:
-            raise ValueError("cannot collate an empty batch")
-        v, o = _flatten(seqs, "input_ids")
+        v, o, _ = _plain_batch(batch)
         _, _, flat = _native.causal_collate(
             v,
             o,
@@ -778,11 +814,8 @@ class MASSCollator(_Seeded, _Special):
         self.pad_to_multiple_of = _check_int("pad_to_multiple_of", pad_to_multiple_of, 1, allow_none=True)
 
     def __call__(self, batch: Sequence[Any], indices: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
-        seqs, given = _plain_sequences(batch)
-        if not seqs:
-            raise ValueError("cannot collate an empty batch")
-        idx = self._indices(len(seqs), given, indices)
-        v, o = _flatten(seqs, "input_ids")
+        v, o, given = _plain_batch(batch)
+        idx = self._indices(len(o) - 1, given, indices)
         b, length, dec_len, flat = _native.mass_collate(
             v,
             o,
@@ -863,11 +896,8 @@ class T5SpanCollator(_Seeded, _Special):
         self.pad_to_multiple_of = _check_int("pad_to_multiple_of", pad_to_multiple_of, 1, allow_none=True)
 
     def __call__(self, batch: Sequence[Any], indices: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
-        seqs, given = _plain_sequences(batch)
-        if not seqs:
-            raise ValueError("cannot collate an empty batch")
-        idx = self._indices(len(seqs), given, indices)
-        v, o = _flatten(seqs, "input_ids")
+        v, o, given = _plain_batch(batch)
+        idx = self._indices(len(o) - 1, given, indices)
         b, length, lab_len, flat = _native.t5_collate(
             v,
             o,

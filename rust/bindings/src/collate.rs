@@ -71,12 +71,47 @@ fn gather(list: &Bound<'_, PyList>) -> Option<(Vec<i64>, Vec<i64>)> {
     offsets.push(0i64);
     let mut values = Vec::new();
     for item in list.iter() {
-        let arr = item.cast::<PyArray1<i64>>().ok()?;
-        let ro = arr.try_readonly().ok()?;
-        values.extend_from_slice(ro.as_slice().ok()?);
+        if !extend_from_array(&item, &mut values)? {
+            return None;
+        }
         offsets.push(values.len() as i64);
     }
     Some((values, offsets))
+}
+
+fn extend_typed<T: numpy::Element + Copy>(
+    item: &Bound<'_, PyAny>,
+    values: &mut Vec<i64>,
+    conv: impl Fn(T) -> i64,
+) -> Option<bool> {
+    let arr = item.cast::<PyArray1<T>>().ok()?;
+    let Ok(ro) = arr.try_readonly() else {
+        return Some(false);
+    };
+    let Ok(sl) = ro.as_slice() else {
+        return Some(false);
+    };
+    values.extend(sl.iter().map(|&x| conv(x)));
+    Some(true)
+}
+
+/// Append a contiguous 1-D integer numpy array (int64, int32, uint32, uint16: the dtypes of
+/// tokenizer outputs and shards). `None` when `item` is no such array, `Some(false)` when it
+/// is one that cannot be read in place (not contiguous, or uint64 values above i64::MAX).
+fn extend_from_array(item: &Bound<'_, PyAny>, values: &mut Vec<i64>) -> Option<bool> {
+    if let Ok(arr) = item.cast::<PyArray1<i64>>() {
+        let Ok(ro) = arr.try_readonly() else {
+            return Some(false);
+        };
+        let Ok(sl) = ro.as_slice() else {
+            return Some(false);
+        };
+        values.extend_from_slice(sl);
+        return Some(true);
+    }
+    extend_typed::<i32>(item, values, i64::from)
+        .or_else(|| extend_typed::<u32>(item, values, i64::from))
+        .or_else(|| extend_typed::<u16>(item, values, i64::from))
 }
 
 /// Append the ints of a Python list or tuple (`None` -> -1); `false` when an item is not an int.
@@ -147,14 +182,10 @@ fn gather_ids<'py>(
     offsets.push(0i64);
     let mut values = Vec::new();
     for item in seqs.iter() {
-        if let Ok(arr) = item.cast::<PyArray1<i64>>() {
-            let Ok(ro) = arr.try_readonly() else {
+        if let Some(ok) = extend_from_array(&item, &mut values) {
+            if !ok {
                 return Ok(None);
-            };
-            let Ok(sl) = ro.as_slice() else {
-                return Ok(None);
-            };
-            values.extend_from_slice(sl);
+            }
         } else if item.is_instance_of::<PyList>() || item.is_instance_of::<pyo3::types::PyTuple>() {
             if !extend_ints(&item, &mut values) {
                 return Ok(None);
