@@ -16,6 +16,10 @@ last :meth:`set_epoch` gets index ``k``. That is deterministic in one process, b
 DataLoader worker holds its own copy of the collator, so with ``num_workers > 0`` counters
 restart per worker: pass indices there.
 
+``num_threads`` (default 1) is the number of Rust threads a collator uses per batch (``None``:
+all cores); rows are split over a fork-aware pool only for batches of 16 or more, and the
+output is the same for every value. Inside DataLoader workers keep it at 1.
+
 Sample formats accepted by the BERT-style collators:
 
 * a sequence of token ids (numpy integer array, list, tuple, 1-D torch tensor);
@@ -24,7 +28,12 @@ Sample formats accepted by the BERT-style collators:
   (``[(start, end), ...]`` token ranges masked as units, ERNIE), ``index``;
 * a pair: a dict with ``segment_a``, ``segment_b`` (no special tokens), optionally
   ``next_sentence_label``, ``word_ids_a``, ``word_ids_b``, ``index``; or a tuple ``(a, b)`` /
-  ``(a, b, next_sentence_label)``.
+  ``(a, b, next_sentence_label)``;
+* an ``Encoding`` of ``unimask.tokenizer`` or HF ``tokenizers`` (its ``ids`` and ``word_ids``).
+
+A whole batch may also be a ragged batch object with flat ``ids_flat``, ``word_ids_flat`` and
+``row_splits`` columns (``unimask.tokenizer.RaggedBatch``). Integer arrays may be int64,
+int32, uint32 or uint16; lists of Python ints are read in Rust without numpy conversion.
 """
 
 from __future__ import annotations
