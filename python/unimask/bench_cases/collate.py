@@ -66,6 +66,10 @@ def _encode(corpus: list[Path]) -> list[dict]:
                 out.append(_record(enc))
         if len(out) >= need:
             break
+    if not out:
+        raise RuntimeError(f"no sentence of at most {MAX_LEN} tokens in {corpus[0]}")
+    while len(out) < need:  # a small corpus: reuse its sequences
+        out += out[: need - len(out)]
     return out[:need]
 
 
