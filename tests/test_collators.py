@@ -317,7 +317,7 @@ def test_running_counter_without_indices():
 @pytest.mark.parametrize(
     "make",
     [
-        lambda: MLMCollator(**IDS, whole_word=True, seed=3),
+        lambda: MLMCollator(**IDS, whole_word=True, vocab=[f"##t{i}" if i % 3 else f"t{i}" for i in range(V)], seed=3),
         lambda: MLMCollator(**IDS, span="geometric", seed=3),
         lambda: UnifiedLMCollator(**IDS, seed=3),
         lambda: MASSCollator(**IDS, seed=3),
@@ -395,3 +395,101 @@ def test_errors_name_the_offending_value():
         NSPPairBuilder(max_seq_length=3)
     with pytest.raises(TypeError, match="list of sentences"):
         NSPPairBuilder().build([[1, 2, 3]])
+
+
+def test_chinese_whole_word_masking_with_a_segmenter(tok):
+    """jieba words over BERT's single-character Chinese tokens are masked as units."""
+    jieba = pytest.importorskip("jieba", reason="jieba (the Chinese segmenter of this test) is not installed")
+    import logging
+
+    from unimask.collators import word_ids_from_char_spans
+    from unimask.corpus import demo_corpus_path, read_documents
+
+    jieba.setLogLevel(logging.WARNING)
+    texts = [s for d in read_documents(demo_corpus_path("zh")) for s in d][:200]
+    items, multi = [], 0
+    for t in texts:
+        enc = tok.encode(t)
+        spans = [(s, e) for _, s, e in jieba.tokenize(t)]
+        words = word_ids_from_char_spans(enc.offsets, spans)
+        # oracle: a token's word is the jieba span containing its first character
+        for (s, e), w in zip(enc.offsets, words):
+            if e > s:
+                assert w is not None and spans[w][0] <= s < spans[w][1]
+        multi += sum(1 for s, e in spans if e - s > 1)
+        items.append({"input_ids": enc.ids, "word_ids": words})
+    assert multi > 100
+    out = MLMCollator(**IDS, whole_word=True, mlm_probability=0.3, seed=2)(items)
+    m = (out["labels"] != -100).numpy()
+    whole = 0
+    for r, it in enumerate(items):
+        w = np.array([-1 if x is None else x for x in it["word_ids"]])
+        ids = np.asarray(it["input_ids"])
+        for word in np.unique(w[w >= 0]):
+            pos = np.nonzero(w == word)[0]
+            if (ids[pos] == UNK).any():
+                continue  # [UNK] is special: never masked, it splits its word
+            assert m[r, pos].all() or not m[r, pos].any()
+            whole += len(pos) > 1 and m[r, pos].all()
+    assert whole > 20
+
+
+def test_whole_word_without_words_is_an_error_not_token_masking():
+    c = MLMCollator(**IDS, whole_word=True)
+    with pytest.raises(ValueError, match="word ids"):
+        c([np.array([CLS, 2000, 2001, SEP])])
+    with pytest.raises(ValueError, match="word ids"):
+        c([[CLS, 2000, 2001, SEP]])
+    with pytest.raises(ValueError, match="special"):
+        MASSCollator(vocab_size=2, pad_id=0, mask_id=1)([[0, 1, 0]])
+
+
+def test_input_formats_give_identical_batches(tok, sentences):
+    """int64 / uint32 / uint16 arrays, lists, tokenizer Encodings and a ragged batch object
+    (flat columns + row_splits, as unimask.tokenizer's RaggedBatch) are the same batch."""
+    from dataclasses import dataclass
+
+    encs = tok.encode_batch(sentences[:40])
+    idx = np.arange(40)
+    c = MLMCollator(**IDS, whole_word=True, seed=6)
+    ref = c([{"input_ids": np.asarray(e.ids, dtype=np.int64), "word_ids": e.word_ids} for e in encs], indices=idx)
+
+    @dataclass
+    class Ragged:
+        ids_flat: np.ndarray
+        word_ids_flat: np.ndarray
+        row_splits: np.ndarray
+
+    splits = np.concatenate([[0], np.cumsum([len(e.ids) for e in encs])])
+    ragged = Ragged(
+        np.concatenate([np.asarray(e.ids, dtype=np.uint32) for e in encs]),
+        np.concatenate([np.asarray([-1 if w is None else w for w in e.word_ids], dtype=np.int32) for e in encs]),
+        splits,
+    )
+    variants = [
+        c(encs, indices=idx),  # HF tokenizers Encoding objects: .ids and .word_ids
+        c(ragged, indices=idx),
+        c([{"input_ids": list(e.ids), "word_ids": e.word_ids} for e in encs], indices=idx),
+        c([{"input_ids": np.asarray(e.ids, dtype=np.uint32), "word_ids": np.asarray([-1 if w is None else w for w in e.word_ids], dtype=np.int32)} for e in encs], indices=idx),
+    ]
+    for out in variants:
+        assert all(torch.equal(out[k], ref[k]) for k in ref)
+    plain = MLMCollator(**IDS, seed=6)
+    base = plain([np.asarray(e.ids, dtype=np.int64) for e in encs], indices=idx)
+    for dtype in (np.uint16, np.int32, np.uint32):
+        out = plain([np.asarray(e.ids, dtype=dtype) for e in encs], indices=idx)
+        assert all(torch.equal(out[k], base[k]) for k in base)
+    out = MASSCollator(**IDS, seed=1)(ragged, indices=idx)
+    assert out["input_ids"].shape[0] == 40
+
+
+def test_unimask_tokenizer_plugs_in(minilm_dir, sentences):
+    """The project's own WordPiece tokenizer: its ids, word ids and ragged batches."""
+    tokmod = pytest.importorskip("unimask.tokenizer", reason="unimask.tokenizer is built on another branch")
+    t = tokmod.WordPieceTokenizer.from_pretrained(minilm_dir)
+    c = MLMCollator(tokenizer=t, whole_word=True, seed=1)
+    assert (c.vocab_size, c.cls_id, c.sep_id, c.pad_id, c.mask_id) == (V, CLS, SEP, PAD, MASK)
+    batch = t.encode_batch(sentences[:16])
+    a = c(batch, indices=range(16))
+    b = c([batch[i] for i in range(16)], indices=range(16))
+    assert all(torch.equal(a[k], b[k]) for k in a)

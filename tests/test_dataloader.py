@@ -80,3 +80,88 @@ def test_spawn_workers_match():
     ds = IndexedDataset(_data(48))
     c = MLMCollator(**IDS, seed=5)
     _same(_run(ds, c, 2, "spawn"), _run(ds, c, 0))
+
+
+# ------------------------------------------------------------------------------------------
+# PretrainingDataset / IterablePretrainingDataset
+
+from unimask.datasets import IterablePretrainingDataset, PretrainingDataset  # noqa: E402
+
+
+def test_ranks_partition_the_epoch_like_distributed_sampler():
+    n = 103
+    samples = [np.array([CLS, 1000 + i, SEP]) for i in range(n)]
+    for drop_last in (False, True):
+        shares = [PretrainingDataset(samples, seed=3, rank=r, world_size=4, drop_last=drop_last) for r in range(4)]
+        lens = {len(s) for s in shares}
+        assert lens == ({26} if not drop_last else {25})
+        idx = np.concatenate([s.order() for s in shares])
+        if drop_last:
+            assert len(set(idx.tolist())) == 100  # disjoint, tail dropped
+        else:
+            assert set(idx.tolist()) == set(range(n))  # every sample, 1 padded repeat
+        for s in shares:
+            for i in range(len(s)):
+                item = s[i]
+                assert item["input_ids"][1] == 1000 + item["index"]
+
+
+def test_order_is_a_pure_function_of_seed_and_epoch():
+    samples = list(range(50))
+    a, b = PretrainingDataset(samples, seed=1), PretrainingDataset(samples, seed=1)
+    assert (a.order() == b.order()).all()
+    assert sorted(a.order().tolist()) == samples
+    first = a.order().copy()
+    a.set_epoch(1)
+    assert not (a.order() == first).all()
+    assert (PretrainingDataset(samples, seed=2).order() != first).any()
+    assert (PretrainingDataset(samples, shuffle=False).order() == np.arange(50)).all()
+
+
+@pytest.mark.filterwarnings("error")
+def test_map_style_dataset_with_workers_and_resume():
+    ds = PretrainingDataset(_data(80), seed=4)
+    ds.set_epoch(1)
+    c = MLMCollator(**IDS, seed=1)
+    ref = _run(ds, c, 0, epoch=1)
+    _same(_run(ds, c, 2, "fork", epoch=1), ref)
+    # exact resume after 3 batches of 16
+    ds.set_epoch(1)
+    state = ds.state_dict(consumed=48)
+    fresh = PretrainingDataset(_data(80), seed=4)
+    fresh.load_state_dict(state)
+    c.set_epoch(1)
+    tail = list(DataLoader(fresh, batch_size=16, collate_fn=c))
+    _same(tail, ref[3:])
+
+
+@pytest.mark.filterwarnings("error")
+def test_iterable_dataset_same_batches_for_any_worker_count_and_resume():
+    c = MLMCollator(**IDS, seed=2)
+
+    def run(workers, position=0):
+        ds = IterablePretrainingDataset(_data(90), batch_size=16, seed=5)
+        ds.set_epoch(2)
+        ds.set_position(position)
+        c.set_epoch(2)
+        dl = DataLoader(ds, batch_size=16, collate_fn=c, num_workers=workers, multiprocessing_context="fork" if workers else None)
+        return list(dl)
+
+    ref = run(0)
+    assert len(ref) == 6
+    _same(run(2), ref)
+    _same(run(2, position=32), ref[2:])
+    with pytest.raises(ValueError, match="multiple of batch_size"):
+        IterablePretrainingDataset(_data(10), batch_size=4).set_position(3)
+
+
+def test_dataset_errors():
+    with pytest.raises(ValueError, match="rank"):
+        PretrainingDataset([1, 2], rank=2, world_size=2)
+    ds = PretrainingDataset([[1], [2]])
+    with pytest.raises(ValueError, match="past the end"):
+        ds.set_position(5)
+    with pytest.raises(ValueError, match="seed"):
+        ds.load_state_dict({"epoch": 0, "position": 0, "seed": 9})
+    with pytest.raises(IndexError):
+        ds[2]

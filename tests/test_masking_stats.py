@@ -324,3 +324,87 @@ def test_nsp_pairs_match_a_naive_port_of_bert_in_distribution(minilm_dir):
         mo, mn = ours_a[:, col].mean(), naive_a[:, col].mean()
         se = math.sqrt(ours_a[:, col].var() / len(ours) + naive_a[:, col].var() / len(naive))
         assert abs(mo - mn) < Z * se, (col, mo, mn)
+
+
+def _runs(mask_row: np.ndarray) -> list[int]:
+    """Lengths of the maximal runs of True."""
+    runs, cur = [], 0
+    for x in mask_row:
+        if x:
+            cur += 1
+        elif cur:
+            runs.append(cur)
+            cur = 0
+    if cur:
+        runs.append(cur)
+    return runs
+
+
+def _naive_ngram(n, budget, rng):
+    """UNILM's selection in plain Python (seq2seq_loader.py, stopping at the budget)."""
+    cand = list(range(n))
+    rng.shuffle(cand)
+    masked = set()
+    for pos in cand:
+        if len(masked) >= budget:
+            break
+        if pos in masked:
+            continue
+        size = rng.randint(2, 3) if rng.random() < 0.2 else 1
+        for p in range(pos, pos + size):
+            if p >= n or p in masked or len(masked) >= budget:
+                break
+            masked.add(p)
+    return masked
+
+
+def _naive_spanbert(n, budget, rng):
+    """SpanBERT's selection in plain Python (one token per word)."""
+    pmf = [0.2 * 0.8 ** (k - 1) for k in range(1, 11)]
+    masked = set()
+    while len(masked) < budget:
+        length = rng.choices(range(1, 11), weights=pmf)[0]
+        anchor = rng.randrange(n)
+        if anchor in masked:
+            continue
+        for p in range(anchor, anchor + length):
+            if p >= n or p in masked or len(masked) >= budget:
+                break
+            masked.add(p)
+    return masked
+
+
+@pytest.mark.parametrize("recipe", ["ngram", "geometric"])
+def test_masked_run_lengths_match_a_naive_implementation(recipe):
+    n, trials = 60, 3000
+    seqs = [np.concatenate([[CLS], np.arange(1000, 1000 + n), [SEP]])] * trials
+    if recipe == "ngram":
+        c = UnifiedLMCollator(**IDS, mode_weights=[1, 0, 0, 0], seed=8)
+        body = [s[1:-1] for s in seqs]  # UNILM adds [CLS]/[SEP] itself
+        m = masked_rows(c(body, indices=np.arange(trials)))[:, 1 : n + 1]
+        budget = max(1, round((n + 2) * 0.15))
+        naive = _naive_ngram
+    else:
+        c = MLMCollator(**IDS, span="geometric", seed=8)
+        m = masked_rows(c(seqs, indices=np.arange(trials)))[:, 1 : n + 1]
+        budget = math.ceil((n + 2) * 0.15)
+        naive = _naive_spanbert
+    rng = random.Random(99)
+    ours_runs = [r for row in m for r in _runs(row)]
+    ours_count = np.array([len(_runs(row)) for row in m])
+    naive_runs, naive_count = [], []
+    for _ in range(trials):
+        row = np.zeros(n, dtype=bool)
+        row[list(naive(n, budget, rng))] = True
+        naive_runs += _runs(row)
+        naive_count.append(len(_runs(row)))
+    naive_count = np.array(naive_count)
+    assert m.sum(1).tolist() == [budget] * trials
+    a, b = np.array(ours_runs), np.array(naive_runs)
+    for lo, hi in [(1, 1), (2, 2), (3, 3), (4, 6), (7, 10**9)]:
+        pa, pb = ((a >= lo) & (a <= hi)).mean(), ((b >= lo) & (b <= hi)).mean()
+        p = (pa * len(a) + pb * len(b)) / (len(a) + len(b))
+        sd = math.sqrt(max(p * (1 - p), 1e-12) * (1 / len(a) + 1 / len(b)))
+        assert abs(pa - pb) <= Z * sd + 1e-9, (recipe, lo, hi, pa, pb)
+    se = math.sqrt(ours_count.var() / trials + naive_count.var() / trials)
+    assert abs(ours_count.mean() - naive_count.mean()) <= Z * se, (ours_count.mean(), naive_count.mean())

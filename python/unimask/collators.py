@@ -16,6 +16,10 @@ last :meth:`set_epoch` gets index ``k``. That is deterministic in one process, b
 DataLoader worker holds its own copy of the collator, so with ``num_workers > 0`` counters
 restart per worker: pass indices there.
 
+``num_threads`` (default 1) is the number of Rust threads a collator uses per batch (``None``:
+all cores); rows are split over a fork-aware pool only for batches of 16 or more, and the
+output is the same for every value. Inside DataLoader workers keep it at 1.
+
 Sample formats accepted by the BERT-style collators:
 
 * a sequence of token ids (numpy integer array, list, tuple, 1-D torch tensor);
@@ -24,7 +28,12 @@ Sample formats accepted by the BERT-style collators:
   (``[(start, end), ...]`` token ranges masked as units, ERNIE), ``index``;
 * a pair: a dict with ``segment_a``, ``segment_b`` (no special tokens), optionally
   ``next_sentence_label``, ``word_ids_a``, ``word_ids_b``, ``index``; or a tuple ``(a, b)`` /
-  ``(a, b, next_sentence_label)``.
+  ``(a, b, next_sentence_label)``;
+* an ``Encoding`` of ``unimask.tokenizer`` or HF ``tokenizers`` (its ``ids`` and ``word_ids``).
+
+A whole batch may also be a ragged batch object with flat ``ids_flat``, ``word_ids_flat`` and
+``row_splits`` columns (``unimask.tokenizer.RaggedBatch``). Integer arrays may be int64,
+int32, uint32 or uint16; lists of Python ints are read in Rust without numpy conversion.
 """
 
 from __future__ import annotations
@@ -46,6 +55,7 @@ __all__ = [
     "T5SpanCollator",
     "NSPPairBuilder",
     "continuation_ids_from_vocab",
+    "word_ids_from_char_spans",
 ]
 
 _SPECIAL_NAMES = ("pad_id", "cls_id", "sep_id", "mask_id", "unk_id")
@@ -125,6 +135,10 @@ def _as_word_ids(x: Any, what: str) -> np.ndarray:
 
 def _flatten(seqs: Sequence[Any], what: str) -> tuple[np.ndarray, np.ndarray]:
     """A ragged batch as ``(values, offsets)`` int64 arrays."""
+    # fast path: int64 arrays and lists of ints are gathered in Rust (no per-token objects)
+    res = _native.gather_ids(seqs if type(seqs) is list else list(seqs))
+    if res is not None:
+        return res
     arrs = [_as_ids(s, f"{what} of sample {i}") for i, s in enumerate(seqs)]
     offsets = np.zeros(len(arrs) + 1, dtype=np.int64)
     if arrs:
@@ -135,12 +149,17 @@ def _flatten(seqs: Sequence[Any], what: str) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(values, dtype=np.int64), offsets
 
 
-def _to_torch(batch: int, length: int, flat: dict[str, np.ndarray], per_sample: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    out = {}
-    for k, v in flat.items():
-        t = torch.from_numpy(v)
-        out[k] = t if k in per_sample else t.view(batch, length)
-    return out
+def _flatten_words(seqs: list[Any], what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Word ids (``None`` = -1 for special tokens) as ``(values, offsets)``."""
+    res = _native.gather_ids(seqs)
+    if res is not None:
+        return res
+    return _flatten([_as_word_ids(w, f"{what} of sample {i}") for i, w in enumerate(seqs)], what)
+
+
+def _to_torch(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """Wrap the numpy buffers Rust filled (already ``[B, L]`` / ``[B]``) as tensors, no copy."""
+    return {k: torch.from_numpy(v) for k, v in arrays.items()}
 
 
 def continuation_ids_from_vocab(vocab: str | Path | Sequence[str] | Mapping[str, int]) -> np.ndarray:
@@ -160,6 +179,32 @@ def continuation_ids_from_vocab(vocab: str | Path | Sequence[str] | Mapping[str,
     else:
         items = enumerate(vocab)
     return np.array(sorted(i for i, t in items if t.startswith("##")), dtype=np.int64)
+
+
+def word_ids_from_char_spans(
+    token_offsets: Sequence[tuple[int, int]], word_spans: Sequence[tuple[int, int]]
+) -> list[int | None]:
+    """Word id of every token from character offsets (for whole-word masking of Chinese).
+
+    ``token_offsets`` are the ``(start, end)`` character offsets of the tokens (e.g.
+    ``tokenizers.Encoding.offsets``; ``(0, 0)`` for special tokens), ``word_spans`` the
+    ``(start, end)`` character spans of the words of a segmenter (e.g. from
+    ``jieba.tokenize(text)``). A token belongs to the word containing its first character;
+    special tokens and tokens outside every word get ``None``. This is how Chinese BERT
+    whole-word masking (Cui et al. 2019) groups the single-character WordPiece tokens.
+    """
+    starts = np.asarray([s for s, _ in word_spans], dtype=np.int64)
+    ends = np.asarray([e for _, e in word_spans], dtype=np.int64)
+    order = np.argsort(starts, kind="stable")
+    starts, ends = starts[order], ends[order]
+    out: list[int | None] = []
+    for s, e in token_offsets:
+        if e <= s:
+            out.append(None)
+            continue
+        k = int(np.searchsorted(starts, s, side="right")) - 1
+        out.append(int(order[k]) if k >= 0 and s < ends[k] else None)
+    return out
 
 
 class _Seeded:
@@ -229,10 +274,42 @@ class _Special:
         self.special_ids = special
 
 
+_NONE_COLS = ("b", "word_ids", "word_ids_b", "entities", "nsp", "index")
+
+
+def _ragged_of(batch: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
+    """``(ids, row_splits, word_ids or None)`` of a ragged batch object (``unimask.tokenizer``'s
+    ``RaggedBatch``: flat columns ``ids_flat`` / ``word_ids_flat`` and ``row_splits``)."""
+    if not (hasattr(batch, "ids_flat") and hasattr(batch, "row_splits")):
+        return None
+    ids = np.ascontiguousarray(batch.ids_flat, dtype=np.int64)
+    splits = np.ascontiguousarray(batch.row_splits, dtype=np.int64)
+    if ids.ndim != 1 or splits.ndim != 1 or splits.size < 2:
+        raise ValueError(f"a ragged batch needs 1-D ids_flat and row_splits with >= 2 entries, got shapes {ids.shape}, {splits.shape}")
+    words = getattr(batch, "word_ids_flat", None)
+    if words is not None:
+        words = np.ascontiguousarray(words, dtype=np.int64)
+    return ids, splits, words
+
+
 def _split_items(batch: Sequence[Any]) -> dict[str, list[Any]]:
     """Columns of a batch of samples (see the module docstring for the formats)."""
     if isinstance(batch, (str, bytes)) or not isinstance(batch, Sequence):
         raise TypeError(f"a batch must be a list of samples, got {type(batch).__name__}")
+    if batch and all(type(x) is dict and "input_ids" in x for x in batch):
+        # fast path: records of single sequences
+        return {
+            "a": [x["input_ids"] for x in batch],
+            "b": [None] * len(batch),
+            "word_ids": [x.get("word_ids") for x in batch],
+            "word_ids_b": [None] * len(batch),
+            "entities": [x.get("entity_spans") for x in batch],
+            "nsp": [x.get("next_sentence_label") for x in batch],
+            "index": [x.get("index") for x in batch],
+        }
+    if batch and all(type(x) is np.ndarray for x in batch):
+        none = [None] * len(batch)
+        return {"a": list(batch), **{k: none for k in _NONE_COLS}}
     cols: dict[str, list[Any]] = {"a": [], "b": [], "word_ids": [], "word_ids_b": [], "entities": [], "nsp": [], "index": []}
     for i, item in enumerate(batch):
         a = b = w = wb = ent = nsp = idx = None
@@ -248,6 +325,10 @@ def _split_items(batch: Sequence[Any]) -> dict[str, list[Any]]:
             ent = item.get("entity_spans")
             nsp = item.get("next_sentence_label")
             idx = item.get("index")
+        elif hasattr(item, "ids") and not isinstance(item, (list, tuple, np.ndarray)):
+            # an Encoding (unimask.tokenizer or HF tokenizers): ids and word ids
+            a = item.ids
+            w = getattr(item, "word_ids", None)
         elif isinstance(item, tuple) and len(item) in (2, 3) and not isinstance(item[0], (int, np.integer)):
             a, b = item[0], item[1]
             if len(item) == 3:
@@ -369,6 +450,8 @@ class _MaskingCollator(_Seeded, _Special):
             self._is_cont[self.continuation_ids[self.continuation_ids < self.vocab_size]] = True
         else:
             self._is_cont = None
+        # explicit whole-word masking must see words (SpanBERT spans fall back to tokens)
+        self._needs_words = bool(whole_word) and self._is_cont is None
         self._spec = _native.MaskingSpec(**self.params)
 
     # pickling: the native spec is rebuilt from the parameters
@@ -395,6 +478,27 @@ class _MaskingCollator(_Seeded, _Special):
         return words.astype(np.int64)
 
     def _collate(self, batch: Sequence[Any], indices: Any) -> dict[str, torch.Tensor]:
+        ragged = _ragged_of(batch)
+        if ragged is not None:
+            av, ao, words = ragged
+            kw: dict[str, Any] = {}
+            if self.params["whole_word"] and words is not None:
+                kw["wa_values"], kw["wa_offsets"] = words, ao
+            elif self.params["whole_word"] and self._is_cont is not None:
+                kw["wa_values"], kw["wa_offsets"] = self._words_from_vocab(av, ao), ao
+            elif self._needs_words:
+                raise ValueError("whole_word=True needs word ids: this ragged batch has no word_ids_flat and no vocab= was given")
+            idx = self._indices(len(ao) - 1, [], indices)
+            _, _, flat = self._spec.collate(av, ao, idx, self.seed, self.epoch, self.num_threads, unilm=self._unilm, **kw)
+            return _to_torch(flat)
+        if type(batch) is list and batch and type(batch[0]) is np.ndarray and not self._needs_words:
+            # fast path: a list of int64 arrays (shards, numpy datasets) is gathered in Rust
+            counter = self._counter
+            idx = self._indices(len(batch), [], indices)
+            res = self._spec.collate_arrays(batch, idx, self.seed, self.epoch, self.num_threads, self._unilm)
+            if res is not None:
+                return _to_torch(res[2])
+            self._counter = counter
         cols = _split_items(batch)
         n = len(cols["a"])
         if n == 0:
@@ -408,13 +512,18 @@ class _MaskingCollator(_Seeded, _Special):
             kw["b_values"], kw["b_offsets"] = _flatten([() if b is None else b for b in cols["b"]], "segment B")
         av, ao = _flatten(cols["a"], "input_ids")
         if _all_or_none(cols["word_ids"], "'word_ids'"):
-            kw["wa_values"], kw["wa_offsets"] = _flatten([_as_word_ids(w, "word_ids") for w in cols["word_ids"]], "word_ids")
+            kw["wa_values"], kw["wa_offsets"] = _flatten_words(cols["word_ids"], "word_ids")
             if pair and _all_or_none(cols["word_ids_b"], "'word_ids_b'"):
-                kw["wb_values"], kw["wb_offsets"] = _flatten([_as_word_ids(w, "word_ids_b") for w in cols["word_ids_b"]], "word_ids_b")
+                kw["wb_values"], kw["wb_offsets"] = _flatten_words(cols["word_ids_b"], "word_ids_b")
         elif self.params["whole_word"] and self._is_cont is not None:
             kw["wa_values"], kw["wa_offsets"] = self._words_from_vocab(av, ao), ao
             if pair:
                 kw["wb_values"], kw["wb_offsets"] = self._words_from_vocab(kw["b_values"], kw["b_offsets"]), kw["b_offsets"]
+        elif self._needs_words:
+            raise ValueError(
+                "whole_word=True needs word ids: give samples a 'word_ids' entry or pass vocab= "
+                "(a WordPiece vocabulary, whose ## pieces continue words) to the collator"
+            )
         if any(e is not None for e in cols["entities"]):
             flat = []
             for i, e in enumerate(cols["entities"]):
@@ -425,8 +534,8 @@ class _MaskingCollator(_Seeded, _Special):
             kw["ent_values"], kw["ent_offsets"] = _flatten(flat, "entity_spans")
         if _all_or_none(cols["nsp"], "'next_sentence_label'"):
             kw["nsp_labels"] = np.asarray(cols["nsp"], dtype=np.int64)
-        b, length, flat = self._spec.collate(av, ao, idx, self.seed, self.epoch, self.num_threads, unilm=self._unilm, **kw)
-        return _to_torch(b, length, flat, ("seq_len", "src_len", "attn_mode", "next_sentence_label"))
+        _, _, flat = self._spec.collate(av, ao, idx, self.seed, self.epoch, self.num_threads, unilm=self._unilm, **kw)
+        return _to_torch(flat)
 
     def _sampled_span_lengths(self, n_tokens: int, samples: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """Test hook: span lengths drawn by the span sampler and kept, on plain rows of ``n_tokens``."""
@@ -442,7 +551,7 @@ class MLMCollator(_MaskingCollator):
     ``min(max_predictions, max(1, round(len(tokens) * mlm_probability)))`` (``len`` counts
     ``[CLS]``/``[SEP]``, Python's round); with ``exact_count=False`` every token (or word) is
     chosen independently with probability ``mlm_probability`` (HF
-    ``DataCollatorForLanguageModeling``). Of the chosen tokens ``mask_ratio`` (0.8) become
+    ``DataCollatorForLanguageModeling``; ``max_predictions`` then does not apply). Of the chosen tokens ``mask_ratio`` (0.8) become
     ``[MASK]``, ``random_ratio`` (0.1) a uniformly random token that is never a special id,
     the rest stay. ``mlm_probability=0`` masks nothing.
 
@@ -455,7 +564,8 @@ class MLMCollator(_MaskingCollator):
     * ``span="geometric"`` (SpanBERT, Joshi et al. 2020): span lengths in whole words drawn from
       ``Geometric(span_p=0.2)`` truncated to ``1..max_span_length`` (10) as in SpanBERT's
       code (mean 3.8), anchored at a random token, budget ``ceil(len * p)``, one 80/10/10
-      decision per span.
+      decision per span. Words come from ``word_ids`` / ``vocab=`` as above; without them
+      every token is a word.
     * ``span="ngram"``: UNILM n-grams (see :class:`UnifiedLMCollator`).
     * Pairs (``segment_a``/``segment_b``, e.g. from :class:`NSPPairBuilder`): laid out as
       ``[CLS] A [SEP] B [SEP]`` with token types 0/1, trimmed to ``max_length`` with BERT's
@@ -585,11 +695,18 @@ class NSPPairBuilder(_Seeded):
 # GPT, MASS, T5
 
 
-def _plain_sequences(batch: Sequence[Any]) -> tuple[list[Any], list[Any]]:
+def _plain_batch(batch: Any) -> tuple[np.ndarray, np.ndarray, list[Any]]:
+    """``(values, offsets, sample indices or [])`` of a batch of single sequences."""
+    ragged = _ragged_of(batch)
+    if ragged is not None:
+        return ragged[0], ragged[1], []
     cols = _split_items(batch)
     if any(b is not None for b in cols["b"]):
         raise ValueError("this collator takes single sequences, not (segment_a, segment_b) pairs")
-    return cols["a"], cols["index"]
+    if not cols["a"]:
+        raise ValueError("cannot collate an empty batch")
+    v, o = _flatten(cols["a"], "input_ids")
+    return v, o, cols["index"]
 
 
 class CausalLMCollator(_Special):
@@ -629,11 +746,8 @@ class CausalLMCollator(_Special):
         self.pad_to_multiple_of = _check_int("pad_to_multiple_of", pad_to_multiple_of, 1, allow_none=True)
 
     def __call__(self, batch: Sequence[Any], indices: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
-        seqs, _ = _plain_sequences(batch)
-        if not seqs:
-            raise ValueError("cannot collate an empty batch")
-        v, o = _flatten(seqs, "input_ids")
-        b, length, flat = _native.causal_collate(
+        v, o, _ = _plain_batch(batch)
+        _, _, flat = _native.causal_collate(
             v,
             o,
             vocab_size=self.vocab_size,
@@ -645,7 +759,7 @@ class CausalLMCollator(_Special):
             pad_to_multiple_of=self.pad_to_multiple_of,
             pack=self.pack,
         )
-        return _to_torch(b, length, flat, ("seq_len", "src_len", "attn_mode"))
+        return _to_torch(flat)
 
 
 class MASSCollator(_Seeded, _Special):
@@ -709,11 +823,8 @@ class MASSCollator(_Seeded, _Special):
         self.pad_to_multiple_of = _check_int("pad_to_multiple_of", pad_to_multiple_of, 1, allow_none=True)
 
     def __call__(self, batch: Sequence[Any], indices: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
-        seqs, given = _plain_sequences(batch)
-        if not seqs:
-            raise ValueError("cannot collate an empty batch")
-        idx = self._indices(len(seqs), given, indices)
-        v, o = _flatten(seqs, "input_ids")
+        v, o, given = _plain_batch(batch)
+        idx = self._indices(len(o) - 1, given, indices)
         b, length, dec_len, flat = _native.mass_collate(
             v,
             o,
@@ -794,11 +905,8 @@ class T5SpanCollator(_Seeded, _Special):
         self.pad_to_multiple_of = _check_int("pad_to_multiple_of", pad_to_multiple_of, 1, allow_none=True)
 
     def __call__(self, batch: Sequence[Any], indices: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
-        seqs, given = _plain_sequences(batch)
-        if not seqs:
-            raise ValueError("cannot collate an empty batch")
-        idx = self._indices(len(seqs), given, indices)
-        v, o = _flatten(seqs, "input_ids")
+        v, o, given = _plain_batch(batch)
+        idx = self._indices(len(o) - 1, given, indices)
         b, length, lab_len, flat = _native.t5_collate(
             v,
             o,

@@ -1,19 +1,47 @@
-"""Datasets that feed the collators: sample indices for deterministic masking, and a
-map-style pretraining dataset over in-memory documents.
+"""Datasets that feed the collators: sample indices for deterministic masking, and
+pretraining datasets over in-memory samples with deterministic shuffling, per-rank and
+per-worker partitioning and exact resume.
 
 The collators draw every random choice of a sample from ``(seed, epoch, sample index)``
-(:mod:`unimask.collators`). With DataLoader workers the collator only knows an index if the
-sample carries it, which is what :class:`IndexedDataset` adds.
+(:mod:`unimask.collators`). With DataLoader workers a collator only knows an index if the
+sample carries it: every dataset here adds ``index`` (the sample's global index) to what it
+returns. Reading the tokenizer's on-disk shards is not part of this module yet; pass the
+samples (e.g. arrays read from a shard) as a sequence.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from torch.utils.data import Dataset
+import numpy as np
+import torch
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-__all__ = ["IndexedDataset"]
+from . import _native
+
+__all__ = ["IndexedDataset", "PretrainingDataset", "IterablePretrainingDataset"]
+
+
+def _with_index(item: Any, index: int) -> dict[str, Any]:
+    """A sample as a dict carrying its ``index`` (see :class:`IndexedDataset`)."""
+    if isinstance(item, Mapping):
+        out = dict(item)
+        out["index"] = index
+        return out
+    if isinstance(item, tuple) and len(item) in (2, 3) and not isinstance(item[0], (int, np.integer)):
+        out = {"segment_a": item[0], "segment_b": item[1], "index": index}
+        if len(item) == 3:
+            out["next_sentence_label"] = item[2]
+        return out
+    return {"input_ids": item, "index": index}
+
+
+def _nonneg_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+    return int(value)
 
 
 class IndexedDataset(Dataset):
@@ -26,24 +54,170 @@ class IndexedDataset(Dataset):
     """
 
     def __init__(self, dataset: Sequence[Any], offset: int = 0) -> None:
-        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-            raise ValueError(f"offset must be an int >= 0, got {offset!r}")
         self.dataset = dataset
-        self.offset = offset
+        self.offset = _nonneg_int("offset", offset)
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        item = self.dataset[i]
-        index = self.offset + int(i)
-        if isinstance(item, Mapping):
-            out = dict(item)
-            out["index"] = index
-            return out
-        if isinstance(item, tuple) and len(item) in (2, 3):
-            out = {"segment_a": item[0], "segment_b": item[1], "index": index}
-            if len(item) == 3:
-                out["next_sentence_label"] = item[2]
-            return out
-        return {"input_ids": item, "index": index}
+        return _with_index(self.dataset[i], self.offset + int(i))
+
+
+def _rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    if rank is None or world_size is None:
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized():
+            rank = dist.get_rank() if rank is None else rank
+            world_size = dist.get_world_size() if world_size is None else world_size
+        else:
+            rank = 0 if rank is None else rank
+            world_size = 1 if world_size is None else world_size
+    rank, world_size = _nonneg_int("rank", rank), _nonneg_int("world_size", world_size)
+    if world_size < 1 or rank >= world_size:
+        raise ValueError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
+    return rank, world_size
+
+
+class PretrainingDataset(Dataset):
+    """Map-style pretraining dataset over in-memory samples, one rank's share, in a
+    deterministic order.
+
+    The order of an epoch is a permutation of all samples that is a pure function of
+    ``(seed, epoch)`` (``shuffle=False``: the natural order). Rank ``r`` of ``world_size``
+    takes positions ``r, r + world_size, ...`` of it, like ``DistributedSampler``: without
+    ``drop_last`` the order is padded by repeating its beginning so every rank has the same
+    length, with ``drop_last`` the tail is dropped. ``rank`` / ``world_size`` default to
+    ``torch.distributed``'s when it is initialised, else 0 / 1.
+
+    Item ``i`` is the sample at position ``position + i`` of this rank's order, as a dict with
+    its global ``index`` (see :class:`IndexedDataset`), so collators mask it the same way
+    whatever the rank count, worker count or batch. Exact resume: after ``n`` samples of an
+    epoch, ``set_epoch(epoch)`` then ``set_position(n)``. DataLoader workers split a map-style
+    dataset through the sampler, so use the default sequential sampler (no ``shuffle=True``).
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Any],
+        *,
+        seed: int = 0,
+        shuffle: bool = True,
+        rank: int | None = None,
+        world_size: int | None = None,
+        drop_last: bool = False,
+    ) -> None:
+        self.samples = samples
+        self.seed = _nonneg_int("seed", seed)
+        self.shuffle = bool(shuffle)
+        self.rank, self.world_size = _rank_and_world(rank, world_size)
+        self.drop_last = bool(drop_last)
+        self.epoch = 0
+        self.position = 0
+        n = len(samples)
+        if self.drop_last:
+            self._per_rank = n // self.world_size
+        else:
+            self._per_rank = math.ceil(n / self.world_size) if n else 0
+        self._order: np.ndarray | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the order of ``epoch`` and start from its beginning."""
+        self.epoch = _nonneg_int("epoch", epoch)
+        self.position = 0
+        self._order = None
+
+    def set_position(self, position: int) -> None:
+        """Start this rank's epoch at ``position`` (samples already consumed), for exact resume."""
+        position = _nonneg_int("position", position)
+        if position > self._per_rank:
+            raise ValueError(f"position {position} is past the end of this rank's epoch ({self._per_rank} samples)")
+        self.position = position
+
+    def state_dict(self, consumed: int | None = None) -> dict[str, int]:
+        """``{"epoch", "position", "seed"}``: where to resume after ``consumed`` more samples."""
+        pos = self.position + (0 if consumed is None else _nonneg_int("consumed", consumed))
+        return {"epoch": self.epoch, "position": pos, "seed": self.seed}
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        """Resume from :meth:`state_dict` (the seed must match)."""
+        if int(state["seed"]) != self.seed:
+            raise ValueError(f"state was saved with seed {state['seed']}, this dataset has seed {self.seed}")
+        self.set_epoch(int(state["epoch"]))
+        self.set_position(int(state["position"]))
+
+    def order(self) -> np.ndarray:
+        """Global indices of this rank's samples for the current epoch (from position 0)."""
+        if self._order is None:
+            n = len(self.samples)
+            perm = _native.permutation(n, self.seed, self.epoch).astype(np.int64) if self.shuffle else np.arange(n, dtype=np.int64)
+            total = self._per_rank * self.world_size
+            if total > n:
+                perm = np.concatenate([perm, perm[: total - n]]) if n else perm
+            self._order = perm[:total][self.rank :: self.world_size]
+        return self._order
+
+    def __len__(self) -> int:
+        return self._per_rank - self.position
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        i = int(i)
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"index {i} is out of range for {len(self)} samples")
+        g = int(self.order()[self.position + i])
+        return _with_index(self.samples[g], g)
+
+
+class IterablePretrainingDataset(IterableDataset):
+    """Iterable twin of :class:`PretrainingDataset` that also splits the rank's order among
+    DataLoader workers, so that the loader yields exactly the batches of a single process.
+
+    The rank's order is cut into blocks of ``batch_size`` (use the DataLoader's batch size);
+    worker ``w`` of ``W`` yields blocks ``w, w + W, ...``. The DataLoader takes batches from
+    the workers in turn, so the batch sequence is the same for any ``num_workers``. Exact
+    resume: ``set_position(n * batch_size)`` after ``n`` batches (see :meth:`state_dict`).
+    """
+
+    def __init__(self, samples: Sequence[Any], *, batch_size: int, **kwargs: Any) -> None:
+        self.base = PretrainingDataset(samples, **kwargs)
+        self.batch_size = _nonneg_int("batch_size", batch_size)
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be >= 1, got 0")
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the order of ``epoch`` and start from its beginning."""
+        self.base.set_epoch(epoch)
+
+    def set_position(self, position: int) -> None:
+        """Start at ``position`` samples into this rank's epoch (a multiple of ``batch_size``)."""
+        if _nonneg_int("position", position) % self.batch_size:
+            raise ValueError(f"position {position} must be a multiple of batch_size {self.batch_size} to resume exactly")
+        self.base.set_position(position)
+
+    def state_dict(self, batches_consumed: int = 0) -> dict[str, int]:
+        """Where to resume after ``batches_consumed`` more batches."""
+        return self.base.state_dict(_nonneg_int("batches_consumed", batches_consumed) * self.batch_size)
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        """Resume from :meth:`state_dict`."""
+        if int(state["seed"]) != self.base.seed:
+            raise ValueError(f"state was saved with seed {state['seed']}, this dataset has seed {self.base.seed}")
+        self.set_epoch(int(state["epoch"]))
+        self.set_position(int(state["position"]))
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        workers, wid = (info.num_workers, info.id) if info is not None else (1, 0)
+        order = self.base.order()
+        start, end, bs = self.base.position, len(order), self.batch_size
+        for k, block in enumerate(range(start, end, bs)):
+            if k % workers != wid:
+                continue
+            for p in range(block, min(block + bs, end)):
+                g = int(order[p])
+                yield _with_index(self.base.samples[g], g)

@@ -4,10 +4,11 @@
 //! leave as numpy arrays that own the Rust buffers (no copy). Python reshapes them to
 //! `[batch, len]` and wraps them with `torch.from_numpy`.
 
-use numpy::{IntoPyArray, PyReadonlyArray1};
+use numpy::ndarray::Array2;
+use numpy::{IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyList};
 use unimask_core::causal::{collate_causal, CausalOptions};
 use unimask_core::masking::collate::{collate_mlm, BatchInputs, LayoutOptions};
 use unimask_core::masking::{
@@ -21,7 +22,11 @@ use unimask_core::unilm::{collate_unilm, UnilmConfig};
 use crate::errors::{run_detached, to_py};
 
 type Arr<'py> = PyReadonlyArray1<'py, i64>;
-type LengthArrays<'py> = (Bound<'py, numpy::PyArray1<u32>>, Bound<'py, numpy::PyArray1<u32>>);
+type RaggedArrays<'py> = (Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<i64>>);
+type LengthArrays<'py> = (
+    Bound<'py, numpy::PyArray1<u32>>,
+    Bound<'py, numpy::PyArray1<u32>>,
+);
 
 fn slice<'a, T: numpy::Element>(a: &'a PyReadonlyArray1<'_, T>, name: &str) -> PyResult<&'a [T]> {
     a.as_slice()
@@ -44,14 +49,164 @@ fn ragged<'a>(
     }
 }
 
-fn padded_to_py<'py>(py: Python<'py>, p: Padded) -> PyResult<(usize, usize, Bound<'py, PyDict>)> {
-    let d = PyDict::new(py);
-    d.set_item("input_ids", p.input_ids.into_pyarray(py))?;
-    d.set_item("attention_mask", p.attention_mask.into_pyarray(py))?;
-    if !p.token_type_ids.is_empty() {
-        d.set_item("token_type_ids", p.token_type_ids.into_pyarray(py))?;
+/// A row-major `[batch, len]` numpy array that owns `v` (no copy).
+fn matrix<'py, T: numpy::Element>(
+    py: Python<'py>,
+    v: Vec<T>,
+    batch: usize,
+    len: usize,
+) -> PyResult<Bound<'py, PyArray2<T>>> {
+    let a = Array2::from_shape_vec((batch, len), v).map_err(|e| {
+        crate::errors::InternalError::new_err(format!(
+            "internal error (a bug in unimask): output shape: {e}"
+        ))
+    })?;
+    Ok(a.into_pyarray(py))
+}
+
+/// Gather a list of 1-D int64 numpy arrays into `(values, offsets)`; `None` when an item is
+/// anything else (the caller then takes the general path).
+fn gather(list: &Bound<'_, PyList>) -> Option<(Vec<i64>, Vec<i64>)> {
+    let mut offsets = Vec::with_capacity(list.len() + 1);
+    offsets.push(0i64);
+    let mut values = Vec::new();
+    for item in list.iter() {
+        if !extend_from_array(&item, &mut values)? {
+            return None;
+        }
+        offsets.push(values.len() as i64);
     }
-    d.set_item("labels", p.labels.into_pyarray(py))?;
+    Some((values, offsets))
+}
+
+fn extend_typed<T: numpy::Element + Copy>(
+    item: &Bound<'_, PyAny>,
+    values: &mut Vec<i64>,
+    conv: impl Fn(T) -> i64,
+) -> Option<bool> {
+    let arr = item.cast::<PyArray1<T>>().ok()?;
+    let Ok(ro) = arr.try_readonly() else {
+        return Some(false);
+    };
+    let Ok(sl) = ro.as_slice() else {
+        return Some(false);
+    };
+    values.extend(sl.iter().map(|&x| conv(x)));
+    Some(true)
+}
+
+/// Append a contiguous 1-D integer numpy array (int64, int32, uint32, uint16: the dtypes of
+/// tokenizer outputs and shards). `None` when `item` is no such array, `Some(false)` when it
+/// is one that cannot be read in place (not contiguous, or uint64 values above i64::MAX).
+fn extend_from_array(item: &Bound<'_, PyAny>, values: &mut Vec<i64>) -> Option<bool> {
+    if let Ok(arr) = item.cast::<PyArray1<i64>>() {
+        let Ok(ro) = arr.try_readonly() else {
+            return Some(false);
+        };
+        let Ok(sl) = ro.as_slice() else {
+            return Some(false);
+        };
+        values.extend_from_slice(sl);
+        return Some(true);
+    }
+    extend_typed::<i32>(item, values, i64::from)
+        .or_else(|| extend_typed::<u32>(item, values, i64::from))
+        .or_else(|| extend_typed::<u16>(item, values, i64::from))
+}
+
+/// Append the ints of a Python list or tuple (`None` -> -1); `false` when an item is not an int.
+fn extend_ints(seq: &Bound<'_, PyAny>, values: &mut Vec<i64>) -> bool {
+    if let Ok(list) = seq.cast::<PyList>() {
+        let n = list.len();
+        values.reserve(n);
+        let none = seq.py().None();
+        for k in 0..n {
+            // SAFETY: we hold the GIL and `list` is alive; PyList_GetItem returns a borrowed
+            // reference (or NULL with an exception set when k is out of range, which it is not).
+            let obj =
+                unsafe { pyo3::ffi::PyList_GetItem(list.as_ptr(), k as pyo3::ffi::Py_ssize_t) };
+            if obj.is_null() {
+                // SAFETY: GIL held; clears the IndexError raised by PyList_GetItem.
+                unsafe { pyo3::ffi::PyErr_Clear() };
+                return false;
+            }
+            if obj == none.as_ptr() {
+                values.push(-1);
+                continue;
+            }
+            // SAFETY: GIL held, `obj` is a valid borrowed reference. Only exact ints are read
+            // directly; anything else (floats, bools, numpy scalars) takes the general path.
+            let v = unsafe {
+                if pyo3::ffi::PyLong_CheckExact(obj) == 0 {
+                    return false;
+                }
+                pyo3::ffi::PyLong_AsLongLong(obj)
+            };
+            // SAFETY: GIL held; -1 is ambiguous, check for (and clear) an overflow error.
+            if v == -1 && unsafe { !pyo3::ffi::PyErr_Occurred().is_null() } {
+                unsafe { pyo3::ffi::PyErr_Clear() };
+                return false;
+            }
+            values.push(v);
+        }
+        return true;
+    }
+    let Ok(iter) = seq.try_iter() else {
+        return false;
+    };
+    for x in iter {
+        let Ok(x) = x else { return false };
+        if x.is_none() {
+            values.push(-1);
+        } else if x.is_exact_instance_of::<pyo3::types::PyInt>() {
+            match x.extract::<i64>() {
+                Ok(v) => values.push(v),
+                Err(_) => return false,
+            }
+        } else {
+            return false;
+        }
+    }
+    true
+}
+
+/// Flatten a list of token-id sequences (1-D int64 numpy arrays, lists or tuples of ints,
+/// `None` read as -1 for word ids) into `(values, offsets)` without per-token Python objects.
+/// Returns `None` for anything else (the caller's general path then converts or explains).
+#[pyfunction]
+fn gather_ids<'py>(
+    py: Python<'py>,
+    seqs: Bound<'py, PyList>,
+) -> PyResult<Option<RaggedArrays<'py>>> {
+    let mut offsets = Vec::with_capacity(seqs.len() + 1);
+    offsets.push(0i64);
+    let mut values = Vec::new();
+    for item in seqs.iter() {
+        if let Some(ok) = extend_from_array(&item, &mut values) {
+            if !ok {
+                return Ok(None);
+            }
+        } else if item.is_instance_of::<PyList>() || item.is_instance_of::<pyo3::types::PyTuple>() {
+            if !extend_ints(&item, &mut values) {
+                return Ok(None);
+            }
+        } else {
+            return Ok(None);
+        }
+        offsets.push(values.len() as i64);
+    }
+    Ok(Some((values.into_pyarray(py), offsets.into_pyarray(py))))
+}
+
+fn padded_to_py<'py>(py: Python<'py>, p: Padded) -> PyResult<(usize, usize, Bound<'py, PyDict>)> {
+    let (b, l) = (p.batch, p.len);
+    let d = PyDict::new(py);
+    d.set_item("input_ids", matrix(py, p.input_ids, b, l)?)?;
+    d.set_item("attention_mask", matrix(py, p.attention_mask, b, l)?)?;
+    if !p.token_type_ids.is_empty() {
+        d.set_item("token_type_ids", matrix(py, p.token_type_ids, b, l)?)?;
+    }
+    d.set_item("labels", matrix(py, p.labels, b, l)?)?;
     d.set_item("seq_len", p.seq_len.into_pyarray(py))?;
     if !p.attn_mode.is_empty() {
         d.set_item("attn_mode", p.attn_mode.into_pyarray(py))?;
@@ -224,6 +379,50 @@ impl MaskingSpec {
             }
         })?;
         padded_to_py(py, out)
+    }
+
+    /// Fast path of [`MaskingSpec::collate`] for a list of 1-D int64 arrays holding whole
+    /// rows (no pairs, word ids or entities). Returns `None` when the list holds anything else.
+    #[pyo3(signature = (seqs, indices, seed, epoch, threads, unilm=false))]
+    #[allow(clippy::too_many_arguments)]
+    fn collate_arrays<'py>(
+        &self,
+        py: Python<'py>,
+        seqs: Bound<'py, PyList>,
+        indices: PyReadonlyArray1<'py, u64>,
+        seed: u64,
+        epoch: u64,
+        threads: Option<usize>,
+        unilm: bool,
+    ) -> PyResult<Option<(usize, usize, Bound<'py, PyDict>)>> {
+        let Some((values, offsets)) = gather(&seqs) else {
+            return Ok(None);
+        };
+        let inp = BatchInputs {
+            a: Ragged::new(&values, &offsets, "input_ids").map_err(to_py)?,
+            b: None,
+            word_ids_a: None,
+            word_ids_b: None,
+            entities: None,
+            indices: slice(&indices, "indices")?,
+        };
+        let out = run_detached(py, || {
+            if unilm {
+                collate_unilm(
+                    &self.cfg,
+                    &self.unilm,
+                    &self.layout,
+                    &inp,
+                    None,
+                    seed,
+                    epoch,
+                    threads,
+                )
+            } else {
+                collate_mlm(&self.cfg, &self.layout, &inp, None, seed, epoch, threads)
+            }
+        })?;
+        padded_to_py(py, out).map(Some)
     }
 
     /// Test hook: mask `samples` rows of `n_tokens` plain tokens and return the span lengths
@@ -476,9 +675,23 @@ fn causal_collate<'py>(
     padded_to_py(py, out)
 }
 
+/// A permutation of `0..n` that is a pure function of `(seed, epoch)` (dataset shuffling).
+#[pyfunction]
+fn permutation(
+    py: Python<'_>,
+    n: usize,
+    seed: u64,
+    epoch: u64,
+) -> PyResult<Bound<'_, PyArray1<u64>>> {
+    let p = run_detached(py, || Ok(unimask_core::rng::permutation(n, seed, epoch)))?;
+    Ok(p.into_pyarray(py))
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<MaskingSpec>()?;
     m.add_function(wrap_pyfunction!(nsp_pairs, m)?)?;
+    m.add_function(wrap_pyfunction!(gather_ids, m)?)?;
+    m.add_function(wrap_pyfunction!(permutation, m)?)?;
     m.add_function(wrap_pyfunction!(mass_collate, m)?)?;
     m.add_function(wrap_pyfunction!(t5_collate, m)?)?;
     m.add_function(wrap_pyfunction!(causal_collate, m)?)?;

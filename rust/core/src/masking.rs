@@ -71,6 +71,11 @@ impl Specials {
         (self.bits[id / 64] >> (id % 64)) & 1 == 1
     }
 
+    /// Whether some id of the vocabulary is not in the set (random replacement possible).
+    pub fn has_free_id(&self) -> bool {
+        self.count < self.vocab_size as usize
+    }
+
     /// Size of the vocabulary the set lives in.
     pub fn vocab_size(&self) -> u32 {
         self.vocab_size
@@ -154,7 +159,7 @@ impl MaskConfig {
                 self.mask_id
             );
         }
-        if self.specials.count >= v as usize {
+        if !self.specials.has_free_id() {
             return invalid!(
                 "every id of the vocabulary ({v}) is special: no random replacement possible"
             );
@@ -294,9 +299,15 @@ pub fn mask_sequence(
     rng: &mut Rng,
     s: &mut Scratch,
 ) -> usize {
-    build_units(cfg, tokens, region, word_ids, entities, &mut s.units);
     s.spans.clear();
     s.sampled_lengths.clear();
+    let token_units = cfg.scheme == Scheme::Units
+        && entities.is_empty()
+        && (!cfg.whole_word || word_ids.is_none());
+    if token_units && cfg.exact_count {
+        return mask_tokens_fast(cfg, tokens, labels, region, count_len, rng, s);
+    }
+    build_units(cfg, tokens, region, word_ids, entities, &mut s.units);
     let n_units = s.units.len();
     if n_units == 0 {
         return 0;
@@ -321,16 +332,50 @@ pub fn mask_sequence(
     replace(cfg, tokens, labels, s, rng)
 }
 
+/// BERT with single-token units: the same draws as [`select_units`] + [`replace`] (a lazy
+/// shuffle of the candidate positions, the first `budget` of them, 80/10/10 per token)
+/// without building units.
+fn mask_tokens_fast(
+    cfg: &MaskConfig,
+    tokens: &mut [i64],
+    labels: &mut [i64],
+    region: Range<usize>,
+    count_len: usize,
+    rng: &mut Rng,
+    s: &mut Scratch,
+) -> usize {
+    s.order.clear();
+    for pos in region {
+        if !cfg.specials.contains(tokens[pos]) {
+            s.order.push(pos as u32);
+        }
+    }
+    let k = cfg.budget(count_len).min(s.order.len());
+    let keep_from = cfg.mask_ratio + cfg.random_ratio;
+    for i in 0..k {
+        let pos = rng.shuffle_step(&mut s.order, i) as usize;
+        labels[pos] = tokens[pos];
+        let u = rng.uniform();
+        if u < cfg.mask_ratio {
+            tokens[pos] = cfg.mask_id;
+        } else if u < keep_from {
+            tokens[pos] = cfg.specials.random_non_special(rng);
+        }
+    }
+    k
+}
+
 /// BERT: shuffle the units, take each one that still fits in the budget.
 fn select_units(s: &mut Scratch, budget: usize, rng: &mut Rng) {
     s.order.clear();
     s.order.extend(0..s.units.len() as u32);
-    rng.shuffle(&mut s.order);
     let mut count = 0;
-    for &u in &s.order {
+    // lazy forward Fisher-Yates: the visited prefix is a uniformly random order
+    for i in 0..s.order.len() {
         if count >= budget {
             break;
         }
+        let u = rng.shuffle_step(&mut s.order, i);
         let unit = s.units[u as usize];
         let len = unit.end - unit.start;
         if count + len > budget {

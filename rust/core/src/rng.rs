@@ -104,6 +104,16 @@ impl Rng {
         }
     }
 
+    /// Step `i` of a forward Fisher-Yates shuffle: swap a uniformly chosen element of
+    /// `v[i..]` into place `i` and return it. Calling it for `i = 0, 1, ...` visits `v` in a
+    /// uniformly random order and can stop early (only the visited prefix costs draws).
+    #[inline]
+    pub fn shuffle_step<T: Copy>(&mut self, v: &mut [T], i: usize) -> T {
+        let j = i + self.below((v.len() - i) as u64) as usize;
+        v.swap(i, j);
+        v[i]
+    }
+
     /// Index drawn from a cumulative distribution `cum` (non-decreasing, last = total > 0).
     pub fn pick_cumulative(&mut self, cum: &[f64]) -> usize {
         let total = *cum.last().unwrap_or(&0.0);

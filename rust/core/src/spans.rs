@@ -38,13 +38,12 @@ pub fn select_ngrams(s: &mut Scratch, budget: usize, prob: f64, max_n: usize, rn
     let n_units = s.units.len();
     s.order.clear();
     s.order.extend(0..n_units as u32);
-    rng.shuffle(&mut s.order);
     let mut count = 0;
     for oi in 0..n_units {
         if count >= budget {
             break;
         }
-        let u = s.order[oi] as usize;
+        let u = rng.shuffle_step(&mut s.order, oi) as usize;
         if s.taken[u] {
             continue;
         }
@@ -136,6 +135,56 @@ pub struct MassConfig {
     pub specials: Specials,
 }
 
+impl MassConfig {
+    /// Reject values the recipe cannot use, naming them.
+    pub fn validate(&self) -> Result<()> {
+        for (name, p) in [
+            ("span_ratio", self.span_ratio),
+            ("start_prob", self.start_prob),
+            ("end_prob", self.end_prob),
+            ("mask_ratio", self.mask_ratio),
+            ("random_ratio", self.random_ratio),
+        ] {
+            if !(0.0..=1.0).contains(&p) {
+                return invalid!("{name} must be in [0, 1], got {p}");
+            }
+        }
+        if self.span_ratio == 0.0 {
+            return invalid!("span_ratio must be > 0, got 0");
+        }
+        if self.start_prob + self.end_prob > 1.0 + 1e-12 {
+            return invalid!(
+                "start_prob + end_prob must be <= 1, got {} + {}",
+                self.start_prob,
+                self.end_prob
+            );
+        }
+        if self.mask_ratio + self.random_ratio > 1.0 + 1e-12 {
+            return invalid!(
+                "mask_ratio + random_ratio must be <= 1, got {} + {}",
+                self.mask_ratio,
+                self.random_ratio
+            );
+        }
+        let v = self.specials.vocab_size() as i64;
+        for (name, id) in [
+            ("mask_id", self.mask_id),
+            ("pad_id", self.pad_id),
+            ("decoder_start_id", self.decoder_start_id),
+        ] {
+            if id < 0 || id >= v {
+                return invalid!("{name} {id} is outside the vocabulary [0, {v})");
+            }
+        }
+        if !self.specials.has_free_id() {
+            return invalid!(
+                "every id of the vocabulary ({v}) is special: no random replacement possible"
+            );
+        }
+        Ok(())
+    }
+}
+
 /// `(start, k)` of the MASS span of a sentence of `n >= 1` tokens.
 pub fn mass_span(cfg: &MassConfig, n: usize, rng: &mut Rng) -> (usize, usize) {
     let k = py_round(n as f64 * cfg.span_ratio).clamp(1, n);
@@ -180,6 +229,7 @@ pub fn collate_mass(
     pad_to_multiple_of: Option<usize>,
     threads: Option<usize>,
 ) -> Result<MassBatch> {
+    cfg.validate()?;
     let b = seqs.len();
     masking::check_len("indices", indices.len(), b)?;
     let v = cfg.specials.vocab_size();

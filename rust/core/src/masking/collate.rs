@@ -223,6 +223,21 @@ pub fn write_row(
         *p += 1;
     };
     let a = &inp.a.row(i)[lay.a.clone()];
+    if !have_words && lay.b.is_none() {
+        // fast path: one segment, no word ids
+        let off = usize::from(lay.specials);
+        if lay.specials {
+            ids[0] = opts.cls_id;
+            ids[a.len() + 1] = opts.sep_id;
+        }
+        ids[off..off + a.len()].copy_from_slice(a);
+        let n = a.len() + 2 * off;
+        if lay.types.0 != 0 {
+            types[..n].fill(lay.types.0);
+        }
+        attn[..n].fill(1);
+        return n;
+    }
     let wa = inp.word_ids_a.map(|w| &w.row(i)[lay.a.clone()]);
     if lay.specials {
         put(opts.cls_id, lay.types.0, -1, &mut p, words);
