@@ -36,7 +36,11 @@ _EXPORTS: dict[str, str] = {
     "MASSCollator": "collators",
     "T5SpanCollator": "collators",
     "NSPPairBuilder": "collators",
+    "continuation_ids_from_vocab": "collators",
+    "word_ids_from_char_spans": "collators",
     "IndexedDataset": "datasets",
+    "PretrainingDataset": "datasets",
+    "IterablePretrainingDataset": "datasets",
     # models
     "EncoderConfig": "models",
     "TransformerEncoder": "models",
