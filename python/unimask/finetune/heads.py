@@ -166,6 +166,8 @@ class _TaskModel(nn.Module):
         if saved and saved.get("task") != cls.task:
             raise ValueError(f"{directory} holds a {saved.get('task')!r} model, not {cls.task!r}")
         args = {k: v for k, v in saved.items() if k != "task"}
+        if label_map is not None:  # the caller's label map decides the number of outputs
+            args.pop("num_labels", None)
         args.update(task_args)
         if label_map is None:
             label_map = LabelMap.from_config(raw)
@@ -215,6 +217,8 @@ class SequenceClassifier(_TaskModel):
             if label_map is None:
                 raise ValueError("a classifier needs a label_map (or num_labels)")
             num_labels = len(label_map)
+        elif label_map is not None and num_labels != len(label_map):
+            raise ValueError(f"num_labels={num_labels} but the label map has {len(label_map)} labels")
         super().__init__(config, label_map, pooling=pooling, problem_type=problem_type, num_labels=num_labels)
         self.pooling = pooling
         self.problem_type = problem_type
@@ -287,6 +291,8 @@ class TokenClassifier(_TaskModel):
             if label_map is None:
                 raise ValueError("a token classifier needs a label_map (or num_labels)")
             num_labels = len(label_map)
+        elif label_map is not None and num_labels != len(label_map):
+            raise ValueError(f"num_labels={num_labels} but the label map has {len(label_map)} labels")
         super().__init__(config, label_map, num_labels=num_labels)
         self.num_labels = num_labels
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
