@@ -17,7 +17,14 @@ import torch
 
 from .masks import check_mask_args, dense_mask
 
-__all__ = ["unified_attention", "reference_attention", "select_backend", "BACKENDS"]
+__all__ = [
+    "unified_attention",
+    "unified_attention_varlen",
+    "reference_attention",
+    "reference_attention_varlen",
+    "select_backend",
+    "BACKENDS",
+]
 
 BACKENDS = ("auto", "triton", "reference")
 
@@ -158,3 +165,97 @@ def unified_attention(
     if select_backend(q, backend) == "triton":
         return _kernel_module().attention(q, k, v, attn_mode, src_len, seq_len, scale, dropout_p)
     return reference_attention(q, k, v, attn_mode, src_len, seq_len, scale, dropout_p)
+
+
+# --------------------------------------------------------------------------------------------
+# packed rows (varlen): documents concatenated along tokens, one mode per document
+# --------------------------------------------------------------------------------------------
+def _check_varlen(q, k, v, cu_seqlens, attn_mode, src_len, max_seqlen):
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 3:
+            raise ValueError(f"{name} must have shape [T, H, D] (packed tokens), got {tuple(t.shape)}")
+    if k.shape != v.shape:
+        raise ValueError(f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+    T, H, D = q.shape
+    if k.shape[0] != T or k.shape[2] != D:
+        raise ValueError(f"k/v shape {tuple(k.shape)} does not match q shape {tuple(q.shape)}")
+    if k.shape[1] == 0 or H % k.shape[1] != 0:
+        raise ValueError(f"q heads ({H}) must be a multiple of k/v heads ({k.shape[1]})")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    cu = torch.as_tensor(cu_seqlens)
+    if cu.dtype.is_floating_point or cu.dtype == torch.bool or cu.dim() != 1 or cu.numel() == 0:
+        raise TypeError(f"cu_seqlens must be a 1-D integer tensor [N + 1], got {cu.dtype} {tuple(cu.shape)}")
+    cu = cu.to(torch.int64).cpu()
+    if int(cu[0]) != 0 or int(cu[-1]) != T:
+        raise ValueError(f"cu_seqlens must start at 0 and end at T = {T}, got {int(cu[0])} .. {int(cu[-1])}")
+    lens = cu[1:] - cu[:-1]
+    if (lens < 0).any():
+        d = int((lens < 0).nonzero()[0, 0])
+        raise ValueError(f"cu_seqlens must be non-decreasing: cu_seqlens[{d + 1}] < cu_seqlens[{d}]")
+    longest = int(lens.max()) if lens.numel() else 0
+    if max_seqlen is None:
+        max_seqlen = longest
+    elif int(max_seqlen) < longest:
+        raise ValueError(f"max_seqlen = {max_seqlen} is shorter than the longest document ({longest})")
+    mode, src, _ = check_mask_args(attn_mode, src_len, lens, max(int(max_seqlen), 0))
+    return cu, lens, mode.cpu(), src.cpu(), int(max_seqlen)
+
+
+def reference_attention_varlen(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    attn_mode: torch.Tensor,
+    src_len: torch.Tensor,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+) -> torch.Tensor:
+    """:func:`reference_attention` applied document by document to packed ``[T, H, D]`` tokens."""
+    cu, lens, mode, src, _ = _check_varlen(q, k, v, cu_seqlens, attn_mode, src_len, None)
+    outs = []
+    for d in range(lens.numel()):
+        s, e = int(cu[d]), int(cu[d + 1])
+        if e == s:
+            continue
+        qd, kd, vd = (t[s:e].transpose(0, 1).unsqueeze(0) for t in (q, k, v))
+        o = reference_attention(qd, kd, vd, mode[d : d + 1], src[d : d + 1], lens[d : d + 1], scale, dropout_p)
+        outs.append(o[0].transpose(0, 1))
+    return torch.cat(outs) if outs else q.new_zeros(q.shape)
+
+
+def unified_attention_varlen(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    attn_mode: torch.Tensor,
+    src_len: torch.Tensor,
+    max_seqlen: int | None = None,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Packed rows: several documents per row, each with its own mode, no padding.
+
+    Args:
+        q: ``[T, H, D]``, the documents' tokens concatenated; k, v: ``[T, H_kv, D]``.
+        cu_seqlens: int ``[N + 1]``, document ``d`` is tokens ``[cu_seqlens[d], cu_seqlens[d+1])``
+            (FlashAttention's varlen convention; starts at 0, ends at ``T``).
+        attn_mode, src_len: int ``[N]``, per document, as in :mod:`unimask.masks`.
+        max_seqlen: longest document (computed when ``None``).
+        scale, dropout_p, backend: as in :func:`unified_attention`.
+
+    Returns:
+        ``[T, H, D]``; token ``t`` of document ``d`` attends, under ``attn_mode[d]``, only to
+        tokens of document ``d`` (positions relative to the document's start).
+    """
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+    cu, lens, mode, src, max_seqlen = _check_varlen(q, k, v, cu_seqlens, attn_mode, src_len, max_seqlen)
+    if select_backend(q, backend) == "triton":
+        return _kernel_module().attention_varlen(q, k, v, cu, mode, src, max_seqlen, scale, dropout_p)
+    return reference_attention_varlen(q, k, v, cu, mode, src, scale, dropout_p)

@@ -49,7 +49,7 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["attention", "INTERPRET", "fwd_configs", "bwd_dkdv_configs", "bwd_dq_configs"]
+__all__ = ["attention", "attention_varlen", "INTERPRET", "fwd_configs", "bwd_dkdv_configs", "bwd_dq_configs"]
 
 #: Whether Triton decorated these kernels for its CPU interpreter (``TRITON_INTERPRET=1`` at import).
 INTERPRET: bool = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -98,7 +98,7 @@ _FIXED = {"BLOCK_M": 16, "BLOCK_N": 16} if INTERPRET else {}
 def _autotune(configs):
     if INTERPRET:
         return lambda fn: fn
-    return triton.autotune(configs=configs, key=["HEAD_DIM", "L_BUCKET", "IS_FP32", "DROPOUT"], prune_configs_by={"early_config_prune": _prune})
+    return triton.autotune(configs=configs, key=["HEAD_DIM", "L_BUCKET", "IS_FP32", "DROPOUT", "VARLEN"], prune_configs_by={"early_config_prune": _prune})
 
 
 # --------------------------------------------------------------------------------------------
@@ -140,6 +140,15 @@ def _q_range(mode, src, seq, n0, n1, BLOCK_M: tl.constexpr):
     hi = tl.where(mode == 2, tl.minimum(n1, seq), seq)
     hi = tl.where(n0 < seq, hi, lo)  # key tile entirely padding: its gradients are zero
     return lo, hi
+
+
+@triton.jit
+def _doc_start(STARTS, b, VARLEN: tl.constexpr):
+    """First token of sample ``b`` in the packed (varlen) layout; 0 in the padded layout."""
+    if VARLEN:
+        return tl.load(STARTS + b).to(tl.int64)
+    else:
+        return b * 0
 
 
 @triton.jit
@@ -214,7 +223,7 @@ def _fwd_tiles(
 @_autotune(fwd_configs)
 @triton.jit(do_not_specialize=["seed"])
 def _attn_fwd(
-    Q, K, V, O, LSE, MODE, SRC, SEQ,
+    Q, K, V, O, LSE, MODE, SRC, SEQ, STARTS,
     sm_scale, dropout_p, seed,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
@@ -222,7 +231,7 @@ def _attn_fwd(
     stride_ob, stride_oh, stride_om, stride_od,
     H, GROUP, L, L_BUCKET,
     HEAD_DIM: tl.constexpr, IS_FP32: tl.constexpr, DOT_PREC: tl.constexpr, DROPOUT: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    VARLEN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     """One program per (query tile, b, head): O and the base-2 LSE of its rows."""
     pid_m = tl.program_id(0)
@@ -238,10 +247,11 @@ def _attn_fwd(
     m1 = m0 + BLOCK_M
     offs_m = m0 + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
-    q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd
+    t0 = _doc_start(STARTS, b, VARLEN)
+    q_ptrs = Q + b * stride_qb + t0 * stride_qm + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd
     q = tl.load(q_ptrs, mask=offs_m[:, None] < seq, other=0.0)
-    k_base = K + b * stride_kb + hk * stride_kh
-    v_base = V + b * stride_vb + hk * stride_vh
+    k_base = K + b * stride_kb + t0 * stride_kn + hk * stride_kh
+    v_base = V + b * stride_vb + t0 * stride_vn + hk * stride_vh
 
     qk_scale = sm_scale * 1.4426950408889634  # exp(x) = exp2(x * log2(e))
     # finite init: a row whose first visited tile is fully masked gets p = exp2(-inf) = 0, not NaN
@@ -275,8 +285,11 @@ def _attn_fwd(
     if DROPOUT:
         l_safe = l_safe * (1.0 - dropout_p)  # inverted dropout: kept probabilities scaled up
     out = tl.where(row_ok[:, None], acc / l_safe[:, None], 0.0)
-    o_ptrs = O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od
-    tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=offs_m[:, None] < L)
+    o_ptrs = O + b * stride_ob + t0 * stride_om + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od
+    # padded layout: write the zero rows of padded queries too; packed: rows past the
+    # document belong to the next one
+    row_end = seq if VARLEN else L
+    tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=offs_m[:, None] < row_end)
     tl.store(LSE + row0 + offs_m, lse, mask=offs_m < L)
 
 
@@ -285,11 +298,11 @@ def _attn_fwd(
 # --------------------------------------------------------------------------------------------
 @triton.jit
 def _attn_bwd_preprocess(
-    O, DO, DELTA,
+    O, DO, DELTA, SEQ, STARTS,
     stride_ob, stride_oh, stride_om, stride_od,
     stride_db, stride_dh, stride_dm, stride_dd,
     H, L,
-    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+    HEAD_DIM: tl.constexpr, VARLEN: tl.constexpr, BLOCK_M: tl.constexpr,
 ):  # fmt: skip
     """delta[b, h, i] = sum_d dO[b, h, i, d] * O[b, h, i, d] (fp32)."""
     pid_m = tl.program_id(0)
@@ -298,9 +311,11 @@ def _attn_bwd_preprocess(
     h = (pid_bh % H).to(tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
-    ok = offs_m[:, None] < L
-    o = tl.load(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od, mask=ok, other=0.0)
-    do = tl.load(DO + b * stride_db + h * stride_dh + offs_m[:, None] * stride_dm + offs_d[None, :] * stride_dd, mask=ok, other=0.0)
+    t0 = _doc_start(STARTS, b, VARLEN)
+    row_end = tl.load(SEQ + b) if VARLEN else L
+    ok = offs_m[:, None] < row_end
+    o = tl.load(O + b * stride_ob + t0 * stride_om + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od, mask=ok, other=0.0)
+    do = tl.load(DO + b * stride_db + t0 * stride_dm + h * stride_dh + offs_m[:, None] * stride_dm + offs_d[None, :] * stride_dd, mask=ok, other=0.0)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
     tl.store(DELTA + pid_bh.to(tl.int64) * L + offs_m, delta, mask=offs_m < L)
 
@@ -340,7 +355,7 @@ def _dkdv_tiles(
 @_autotune(bwd_dkdv_configs)
 @triton.jit(do_not_specialize=["seed"])
 def _attn_bwd_dkdv(
-    Q, K, V, DO, DK, DV, LSE, DELTA, MODE, SRC, SEQ,
+    Q, K, V, DO, DK, DV, LSE, DELTA, MODE, SRC, SEQ, STARTS,
     sm_scale, dropout_p, seed,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
@@ -350,7 +365,7 @@ def _attn_bwd_dkdv(
     stride_dvb, stride_dvh, stride_dvn, stride_dvd,
     H, HK, GROUP, L, L_BUCKET,
     HEAD_DIM: tl.constexpr, IS_FP32: tl.constexpr, DOT_PREC: tl.constexpr, DROPOUT: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    VARLEN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     """One program per (kv tile, b, kv head): dK, dV summed over the group's query heads."""
     pid_n = tl.program_id(0)
@@ -366,8 +381,9 @@ def _attn_bwd_dkdv(
     offs_n = n0 + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
     kv_ok = offs_n[:, None] < seq
-    k = tl.load(K + b * stride_kb + hk * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=kv_ok, other=0.0)
-    v = tl.load(V + b * stride_vb + hk * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=kv_ok, other=0.0)
+    t0 = _doc_start(STARTS, b, VARLEN)
+    k = tl.load(K + b * stride_kb + t0 * stride_kn + hk * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=kv_ok, other=0.0)
+    v = tl.load(V + b * stride_vb + t0 * stride_vn + hk * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=kv_ok, other=0.0)
     dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     qk_scale = sm_scale * 1.4426950408889634
@@ -377,8 +393,8 @@ def _attn_bwd_dkdv(
     f0, f1 = _full_q_tiles(mode, src, seq, n0, n1, lo, hi, BLOCK_M)
     for g in range(0, GROUP):
         h = hk * GROUP + g
-        q_base = Q + b * stride_qb + h * stride_qh
-        do_base = DO + b * stride_db + h * stride_dh
+        q_base = Q + b * stride_qb + t0 * stride_qm + h * stride_qh
+        do_base = DO + b * stride_db + t0 * stride_dm + h * stride_dh
         row_base = (b * H + h) * L
         dk, dv = _dkdv_tiles(
             dk, dv, k, v, q_base, do_base, stride_qm, stride_qd, stride_dm, stride_dd, LSE, DELTA, row_base,
@@ -397,9 +413,11 @@ def _attn_bwd_dkdv(
         )  # fmt: skip
     dk = dk * sm_scale
 
-    st_ok = offs_n[:, None] < L
-    tl.store(DK + b * stride_dkb + hk * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkd, dk.to(DK.dtype.element_ty), mask=st_ok)
-    tl.store(DV + b * stride_dvb + hk * stride_dvh + offs_n[:, None] * stride_dvn + offs_d[None, :] * stride_dvd, dv.to(DV.dtype.element_ty), mask=st_ok)
+    st_ok = offs_n[:, None] < (seq if VARLEN else L)
+    dk_ptrs = DK + b * stride_dkb + t0 * stride_dkn + hk * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkd
+    dv_ptrs = DV + b * stride_dvb + t0 * stride_dvn + hk * stride_dvh + offs_n[:, None] * stride_dvn + offs_d[None, :] * stride_dvd
+    tl.store(dk_ptrs, dk.to(DK.dtype.element_ty), mask=st_ok)
+    tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=st_ok)
 
 
 @triton.jit
@@ -435,7 +453,7 @@ def _dq_tiles(
 @_autotune(bwd_dq_configs)
 @triton.jit(do_not_specialize=["seed"])
 def _attn_bwd_dq(
-    Q, K, V, DO, DQ, LSE, DELTA, MODE, SRC, SEQ,
+    Q, K, V, DO, DQ, LSE, DELTA, MODE, SRC, SEQ, STARTS,
     sm_scale, dropout_p, seed,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
@@ -444,7 +462,7 @@ def _attn_bwd_dq(
     stride_dqb, stride_dqh, stride_dqm, stride_dqd,
     H, GROUP, L, L_BUCKET,
     HEAD_DIM: tl.constexpr, IS_FP32: tl.constexpr, DOT_PREC: tl.constexpr, DROPOUT: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    VARLEN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     """One program per (query tile, b, head): dQ."""
     pid_m = tl.program_id(0)
@@ -461,13 +479,14 @@ def _attn_bwd_dq(
     offs_m = m0 + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     q_ok = offs_m[:, None] < seq
-    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd, mask=q_ok, other=0.0)
-    do = tl.load(DO + b * stride_db + h * stride_dh + offs_m[:, None] * stride_dm + offs_d[None, :] * stride_dd, mask=q_ok, other=0.0)
+    t0 = _doc_start(STARTS, b, VARLEN)
+    q = tl.load(Q + b * stride_qb + t0 * stride_qm + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd, mask=q_ok, other=0.0)
+    do = tl.load(DO + b * stride_db + t0 * stride_dm + h * stride_dh + offs_m[:, None] * stride_dm + offs_d[None, :] * stride_dd, mask=q_ok, other=0.0)
     row_base = pid_bh.to(tl.int64) * L
     lse = tl.load(LSE + row_base + offs_m, mask=offs_m < seq, other=float("inf"))
     delta = tl.load(DELTA + row_base + offs_m, mask=offs_m < seq, other=0.0)
-    k_base = K + b * stride_kb + hk * stride_kh
-    v_base = V + b * stride_vb + hk * stride_vh
+    k_base = K + b * stride_kb + t0 * stride_kn + hk * stride_kh
+    v_base = V + b * stride_vb + t0 * stride_vn + hk * stride_vh
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     qk_scale = sm_scale * 1.4426950408889634
 
@@ -489,7 +508,8 @@ def _attn_bwd_dq(
         True, DROPOUT, DOT_PREC, BLOCK_N,
     )  # fmt: skip
     dq = dq * sm_scale
-    tl.store(DQ + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd, dq.to(DQ.dtype.element_ty), mask=offs_m[:, None] < L)
+    dq_ptrs = DQ + b * stride_dqb + t0 * stride_dqm + h * stride_dqh + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd
+    tl.store(dq_ptrs, dq.to(DQ.dtype.element_ty), mask=offs_m[:, None] < (seq if VARLEN else L))
 
 
 # --------------------------------------------------------------------------------------------
@@ -523,60 +543,86 @@ def _ints(t, device: torch.device) -> torch.Tensor:
     return torch.as_tensor(t).to(device=device, dtype=torch.int32).contiguous()
 
 
+def _strides(t: torch.Tensor, varlen: bool) -> tuple[int, int, int, int]:
+    """(batch, head, row, dim) strides; packed ``[T, H, D]`` tensors have no batch stride (the
+    kernels add ``cu_seqlens[b] * row_stride`` instead)."""
+    if varlen:
+        return (0, t.stride(1), t.stride(0), t.stride(2))
+    return tuple(t.stride())
+
+
 class _UnifiedAttention(torch.autograd.Function):
-    """Forward: :func:`_attn_fwd`. Backward: preprocess delta, dK/dV kernel, dQ kernel."""
+    """Forward: :func:`_attn_fwd`. Backward: preprocess delta, dK/dV kernel, dQ kernel.
+
+    Two layouts: padded ``[B, H, L, D]`` (``starts is None``) and packed ``[T, H, D]`` with
+    documents starting at ``starts[b]`` and ``L`` = the longest document."""
 
     @staticmethod
-    def forward(ctx, q, k, v, mode, src, seq, sm_scale, dropout_p, seed):  # noqa: D102
-        B, H, L, D = q.shape
-        HK = k.shape[1]
+    def forward(ctx, q, k, v, mode, src, seq, starts, L, sm_scale, dropout_p, seed):  # noqa: D102
+        varlen = starts is not None
+        B, H, HK, D = seq.shape[0], q.shape[1], k.shape[1], q.shape[-1]
         o = torch.empty_like(q, memory_format=torch.contiguous_format)
         lse = torch.empty((B, H, L), device=q.device, dtype=torch.float32)
         if B * H * L > 0:
             grid = lambda meta: (triton.cdiv(L, meta["BLOCK_M"]), B * H)  # noqa: E731
             _attn_fwd[grid](
-                q, k, v, o, lse, mode, src, seq, sm_scale, dropout_p, seed,
-                *q.stride(), *k.stride(), *v.stride(), *o.stride(),
+                q, k, v, o, lse, mode, src, seq, starts if varlen else seq, sm_scale, dropout_p, seed,
+                *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(o, varlen),
                 H, H // HK, L, _l_bucket(L),
                 HEAD_DIM=D, IS_FP32=q.dtype == torch.float32, DOT_PREC=_dot_precision(q.dtype),
-                DROPOUT=dropout_p > 0.0, **_FIXED,
+                DROPOUT=dropout_p > 0.0, VARLEN=varlen, **_FIXED,
             )  # fmt: skip
-        ctx.save_for_backward(q, k, v, o, lse, mode, src, seq)
-        ctx.sm_scale, ctx.dropout_p, ctx.seed = sm_scale, dropout_p, seed
+        ctx.save_for_backward(q, k, v, o, lse, mode, src, seq, starts)
+        ctx.L, ctx.sm_scale, ctx.dropout_p, ctx.seed = L, sm_scale, dropout_p, seed
         return o
 
     @staticmethod
     def backward(ctx, do):  # noqa: D102
-        q, k, v, o, lse, mode, src, seq = ctx.saved_tensors
-        B, H, L, D = q.shape
-        HK = k.shape[1]
+        q, k, v, o, lse, mode, src, seq, starts = ctx.saved_tensors
+        varlen = starts is not None
+        L = ctx.L
+        B, H, HK, D = seq.shape[0], q.shape[1], k.shape[1], q.shape[-1]
         dq = torch.empty_like(q, memory_format=torch.contiguous_format)
         dk = torch.empty_like(k, memory_format=torch.contiguous_format)
         dv = torch.empty_like(v, memory_format=torch.contiguous_format)
+        nones = (None,) * 8
         if B * H * L == 0:
-            return dq.zero_(), dk.zero_(), dv.zero_(), None, None, None, None, None, None
+            return (dq.zero_(), dk.zero_(), dv.zero_(), *nones)
+        starts_arg = starts if varlen else seq
         delta = torch.empty_like(lse)
         pre_m = 16 if INTERPRET else 128
         _attn_bwd_preprocess[(triton.cdiv(L, pre_m), B * H)](
-            o, do, delta, *o.stride(), *do.stride(), H, L, HEAD_DIM=D, BLOCK_M=pre_m
-        )
+            o, do, delta, seq, starts_arg, *_strides(o, varlen), *_strides(do, varlen), H, L,
+            HEAD_DIM=D, VARLEN=varlen, BLOCK_M=pre_m,
+        )  # fmt: skip
         common = dict(
             HEAD_DIM=D, IS_FP32=q.dtype == torch.float32, DOT_PREC=_dot_precision(q.dtype),
-            DROPOUT=ctx.dropout_p > 0.0, **_FIXED,
+            DROPOUT=ctx.dropout_p > 0.0, VARLEN=varlen, **_FIXED,
         )  # fmt: skip
         grid_kv = lambda meta: (triton.cdiv(L, meta["BLOCK_N"]), B * HK)  # noqa: E731
         _attn_bwd_dkdv[grid_kv](
-            q, k, v, do, dk, dv, lse, delta, mode, src, seq, ctx.sm_scale, ctx.dropout_p, ctx.seed,
-            *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *dv.stride(),
+            q, k, v, do, dk, dv, lse, delta, mode, src, seq, starts_arg, ctx.sm_scale, ctx.dropout_p, ctx.seed,
+            *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(do, varlen),
+            *_strides(dk, varlen), *_strides(dv, varlen),
             H, HK, H // HK, L, _l_bucket(L), **common,
         )  # fmt: skip
         grid_q = lambda meta: (triton.cdiv(L, meta["BLOCK_M"]), B * H)  # noqa: E731
         _attn_bwd_dq[grid_q](
-            q, k, v, do, dq, lse, delta, mode, src, seq, ctx.sm_scale, ctx.dropout_p, ctx.seed,
-            *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride(),
+            q, k, v, do, dq, lse, delta, mode, src, seq, starts_arg, ctx.sm_scale, ctx.dropout_p, ctx.seed,
+            *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(do, varlen),
+            *_strides(dq, varlen),
             H, H // HK, L, _l_bucket(L), **common,
         )  # fmt: skip
-        return dq, dk, dv, None, None, None, None, None, None
+        return (dq, dk, dv, *nones)
+
+
+def _prepare(q, dropout_p: float, scale: float | None, seed: int | None) -> tuple[float, float, int]:
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+    sm_scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    if seed is None:
+        seed = int(torch.randint(0, 2**31 - 1, (1,)).item()) if dropout_p > 0.0 else 0
+    return sm_scale, float(dropout_p), int(seed)
 
 
 def attention(
@@ -604,12 +650,38 @@ def attention(
     torch's CPU generator, so ``torch.manual_seed`` makes runs reproducible.
     """
     _check(q, k, v)
-    if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
-    D = q.shape[-1]
-    sm_scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
-    if seed is None:
-        seed = int(torch.randint(0, 2**31 - 1, (1,)).item()) if dropout_p > 0.0 else 0
+    sm_scale, dropout_p, seed = _prepare(q, dropout_p, scale, seed)
     dev = q.device
     mode, src, seq = _ints(attn_mode, dev), _ints(src_len, dev), _ints(seq_len, dev)
-    return _UnifiedAttention.apply(q, k, v, mode, src, seq, sm_scale, float(dropout_p), int(seed))
+    return _UnifiedAttention.apply(q, k, v, mode, src, seq, None, q.shape[2], sm_scale, dropout_p, seed)
+
+
+def attention_varlen(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    attn_mode: torch.Tensor,
+    src_len: torch.Tensor,
+    max_seqlen: int,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+    seed: int | None = None,
+) -> torch.Tensor:
+    """Packed rows: documents concatenated along tokens, each with its own mode (no padding).
+
+    ``q``: ``[T, H, D]``; ``k``, ``v``: ``[T, H_kv, D]``; ``cu_seqlens``: int ``[N + 1]``
+    (document ``d`` is tokens ``[cu_seqlens[d], cu_seqlens[d+1])``, FlashAttention's varlen
+    convention); ``attn_mode``, ``src_len``: int ``[N]``; ``max_seqlen`` >= every document's
+    length. Each document gets the mask of :func:`unimask.masks.allowed` on document-relative
+    positions; nothing crosses documents. Validated by
+    :func:`unimask.attention.unified_attention_varlen`. Returns ``[T, H, D]``.
+    """
+    _check(q, k, v)
+    sm_scale, dropout_p, seed = _prepare(q, dropout_p, scale, seed)
+    dev = q.device
+    cu = torch.as_tensor(cu_seqlens).to(device=dev, dtype=torch.int64)
+    starts = cu[:-1].to(torch.int32).contiguous()
+    seq = (cu[1:] - cu[:-1]).to(torch.int32).contiguous()
+    mode, src = _ints(attn_mode, dev), _ints(src_len, dev)
+    return _UnifiedAttention.apply(q, k, v, mode, src, seq, starts, int(max_seqlen), sm_scale, dropout_p, seed)
