@@ -31,7 +31,7 @@ except ImportError as e:  # pragma: no cover - platforms without Triton's NVIDIA
 
 _INT_ARGS = {"H", "HK", "GROUP", "L", "L_BUCKET"}
 _FP32_PTRS = {"LSE", "DELTA"}
-_INT_PTRS = {"MODE", "SRC", "SEQ"}
+_INT_PTRS = {"MODE", "SRC", "SEQ", "STARTS"}
 
 
 def _signature(fn, dtype: str, constexprs: dict) -> dict:
@@ -70,13 +70,14 @@ def _launch_specialization(fn, sig: dict, consts: dict) -> dict:
     return attrs
 
 
-def _compile(kernel, dtype: str, head_dim: int, config, dropout: bool = False) -> object:
+def _compile(kernel, dtype: str, head_dim: int, config, dropout: bool = False, varlen: bool = False) -> object:
     fn = getattr(kernel, "fn", kernel)  # the JITFunction under the autotuner
     consts = {
         "HEAD_DIM": head_dim,
         "IS_FP32": dtype == "fp32",
         "DOT_PREC": "ieee" if dtype == "fp32" else "tf32",
         "DROPOUT": dropout,
+        "VARLEN": varlen,
         **config.kwargs,
     }
     sig = _signature(fn, dtype, consts)
@@ -90,13 +91,17 @@ KERNELS = [
     ("dkdv", K._attn_bwd_dkdv, K.bwd_dkdv_configs),
     ("dq", K._attn_bwd_dq, K.bwd_dq_configs),
 ]
-VARIANTS = [("bf16", 128, False), ("fp16", 16, False), ("fp32", 32, False), ("bf16", 64, True)]
+# (dtype, head dim, dropout, packed rows)
+VARIANTS = [("bf16", 128, False, False), ("fp16", 16, False, False), ("fp32", 32, False, False), ("bf16", 64, True, True)]
 
 
-@pytest.mark.parametrize("dtype,head_dim,dropout", VARIANTS, ids=[f"{d}-D{h}{'-dropout' if p else ''}" for d, h, p in VARIANTS])
+@pytest.mark.parametrize(
+    "dtype,head_dim,dropout,varlen", VARIANTS,
+    ids=[f"{d}-D{h}{'-dropout' if p else ''}{'-varlen' if v else ''}" for d, h, p, v in VARIANTS],
+)  # fmt: skip
 @pytest.mark.parametrize("name,kernel,configs", KERNELS, ids=[k[0] for k in KERNELS])
-def test_kernel_compiles_for_sm90(name, kernel, configs, dtype, head_dim, dropout):
-    ck = _compile(kernel, dtype, head_dim, configs[0], dropout)
+def test_kernel_compiles_for_sm90(name, kernel, configs, dtype, head_dim, dropout, varlen):
+    ck = _compile(kernel, dtype, head_dim, configs[0], dropout, varlen)
     assert ck.asm.get("cubin"), f"{name}: no cubin produced"
     ptx = ck.asm["ptx"]
     assert ".target sm_90" in ptx
@@ -109,7 +114,7 @@ def test_kernel_compiles_for_sm90(name, kernel, configs, dtype, head_dim, dropou
 
 def test_preprocess_compiles_for_sm90():
     fn = K._attn_bwd_preprocess
-    consts = {"HEAD_DIM": 128, "BLOCK_M": 128}
+    consts = {"HEAD_DIM": 128, "BLOCK_M": 128, "VARLEN": False}
     ck = triton.compile(ASTSource(fn, _signature(fn, "bf16", consts), consts), target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
     assert ck.asm.get("cubin")
 
