@@ -267,6 +267,53 @@ def reference_with_keep(torch, masks, q, k, v, mode, src, seq, keep, p):
     return (probs * keep / (1.0 - p)) @ v
 
 
+def pack(torch, t, seq):
+    """[B, H, L, D] -> [sum(seq), H, D]: the valid rows of each sample, concatenated."""
+    return torch.cat([t[b, :, : int(seq[b])].transpose(0, 1) for b in range(t.shape[0])])
+
+
+def varlen_check(torch, attention, K, res: "Results", D_: Dev) -> None:
+    """Packed rows (cu_seqlens) vs the reference run document by document."""
+    dev = D_.name
+    dt = D_.lowp
+    B, H, HK, L, D = (8, 4, 2, 300, 64) if not D_.dry else (4, 2, 1, 33, 16)
+    name = f"varlen {str(dt).split('.')[-1]} D{D} docs{B} max{L} H{H} Hkv{HK}"
+    row: dict = {"case": name}
+    try:
+        mode, src, seq = make_batch(torch, B, L, seed=5)
+        mode[1], seq[1], src[1] = 0, 0, 0
+        cu = torch.tensor([0, *seq.cumsum(0).tolist()])
+        T = int(cu[-1])
+        g = torch.Generator(device=dev).manual_seed(2)
+        q = torch.randn(T, H, D, device=dev, generator=g).to(dt)
+        k, v = (torch.randn(T, HK, D, device=dev, generator=g).to(dt) for _ in range(2))
+        do = torch.randn(T, H, D, device=dev, generator=g).to(dt)
+
+        def run(fn, dtype):
+            qq, kk, vv = (t.detach().to(dtype).requires_grad_() for t in (q, k, v))
+            o = fn(qq, kk, vv)
+            o.backward(do.to(dtype))
+            return [o.detach(), qq.grad, kk.grad, vv.grad]
+
+        got = run(lambda a, b, c: K.attention_varlen(a, b, c, cu.to(dev), mode.to(dev), src.to(dev), L), dt)
+        ref = run(lambda a, b, c: attention.reference_attention_varlen(a, b, c, cu, mode, src), torch.float64)
+        lowp = run(lambda a, b, c: attention.reference_attention_varlen(a, b, c, cu, mode, src), dt)
+        ok = True
+        for n, a, r, lo in zip(("out", "dq", "dk", "dv"), got, ref, lowp):
+            err = (a.double() - r).abs().max().item()
+            err_t = (lo.double() - r).abs().max().item()
+            row[n] = {"max_err": err, "torch_lowp_err": err_t, "pass": err <= 2 * err_t + 1e-3}
+            ok &= row[n]["pass"] and bool(torch.isfinite(a).all())
+        row["pass"] = ok
+        log(f"correctness {name}: {'PASS' if ok else 'FAIL'} " + " ".join(
+            f"{n}={row[n]['max_err']:.2e}(torch {row[n]['torch_lowp_err']:.2e})" for n in ("out", "dq", "dk", "dv")))
+    except Exception as e:  # noqa: BLE001
+        row["error"] = res.error(f"correctness {name}", e)
+        row["pass"] = False
+    res.data["correctness"].append(row)
+    res.save()
+
+
 def dropout_check(torch, masks, K, res: "Results", D_: Dev) -> None:
     dev = D_.name
     for dt in (D_.lowp,):
@@ -382,6 +429,7 @@ def correctness(torch, masks, attention, K, res: Results, quick: bool, D_: Dev) 
         res.data["correctness"].append(row)
         res.save()
     dropout_check(torch, masks, K, res, D_)
+    varlen_check(torch, attention, K, res, D_)
     # FlexAttention semantics check (so that the comparison is apples to apples)
     try:
         from torch.nn.attention.flex_attention import flex_attention
@@ -444,6 +492,12 @@ def bench(torch, triton, masks, K, res: Results, budget_s: float, quick: bool, D
 
         backends: dict = {}
         backends["unimask"] = lambda q_, k_, v_: K.attention(q_, k_, v_, mode_d, src_d, seq_d)
+        inputs = {}  # backend -> (q, k, v, q_grad, k_grad, v_grad, dO) when not the padded ones
+        if kind == "mixed":  # the same documents packed (cu_seqlens): no padding at all
+            cu_d = torch.tensor([0, *seq.cumsum(0).tolist()], device=dev)
+            pq, pk, pv, pdo = (pack(torch, t, seq) for t in (q, k, v, do))
+            inputs["unimask_packed"] = (pq, pk, pv, *(t.detach().clone().requires_grad_() for t in (pq, pk, pv)), pdo)
+            backends["unimask_packed"] = lambda q_, k_, v_: K.attention_varlen(q_, k_, v_, cu_d, mode_d, src_d, L)
         try:
             f, mask_bytes = sdpa_mask_fn(torch, masks, mode, src, seq, L, dev)
             backends["sdpa_mask"] = f
@@ -462,16 +516,17 @@ def bench(torch, triton, masks, K, res: Results, budget_s: float, quick: bool, D
 
         for name, fn in backends.items():
             r: dict = {}
+            xq, xk, xv, xqg, xkg, xvg, xdo = inputs.get(name, (q, k, v, qg, kg, vg, do))
             try:
                 with torch.no_grad():
-                    ms = D_.bench_ms(lambda: fn(q, k, v))
+                    ms = D_.bench_ms(lambda: fn(xq, xk, xv))
                 r["fwd_ms"] = ms
                 r["fwd_tflops"] = fwd_flops / (ms * 1e-3) / 1e12
 
                 def fwd_bwd():
-                    fn(qg, kg, vg).backward(do)
+                    fn(xqg, xkg, xvg).backward(xdo)
 
-                ms = D_.bench_ms(fwd_bwd, grad_to_none=[qg, kg, vg])
+                ms = D_.bench_ms(fwd_bwd, grad_to_none=[xqg, xkg, xvg])
                 r["fwd_bwd_ms"] = ms
                 r["fwd_bwd_tflops"] = 3.5 * fwd_flops / (ms * 1e-3) / 1e12
                 r["peak_mem_mib"] = D_.peak_mem_mib(fwd_bwd)
@@ -489,7 +544,7 @@ def bench(torch, triton, masks, K, res: Results, budget_s: float, quick: bool, D
             D_.empty_cache()
         res.data["bench"].append(row)
         res.save()
-        del q, k, v, do, qg, kg, vg, backends
+        del q, k, v, do, qg, kg, vg, backends, inputs
         D_.empty_cache()
 
 
@@ -501,16 +556,18 @@ def table(res: Results) -> str:
         "FLOPs: fwd = 4*D*H*sum_b(allowed pairs of sample b); fwd+bwd = 3.5 x fwd (bwd = 2.5 x fwd). "
         "Only unmasked work is counted, the same for every backend. TF/s = TFLOP/s; peak = extra CUDA "
         "memory of one fwd+bwd (MiB). flex build = create_block_mask(BLOCK 128) ms per batch; "
-        "'incl' columns add it to flex's time.",
+        "'incl' columns add it to flex's time. packed = unimask on the same documents packed with "
+        "cu_seqlens (no padding). density = allowed pairs / (B*L*L).",
         "",
-        "| L | D | B | batch | density | unimask fwd | unimask f+b | SDPA-mask fwd | SDPA-mask f+b | flex fwd | flex f+b | flex build ms | flex f+b incl | SDPA causal f+b | x flex (f+b) | x flex incl | x SDPA-mask (f+b) | peak MiB uni / sdpa / flex |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| L | D | B | batch | density | unimask fwd | unimask f+b | packed f+b | SDPA-mask fwd | SDPA-mask f+b | flex fwd | flex f+b | flex build ms | flex f+b incl | SDPA causal f+b | x flex (f+b) | x flex incl | x SDPA-mask (f+b) | peak MiB uni / sdpa / flex |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in res.data["bench"]:
-        u, s, fl, c = (r.get(n, {}) for n in ("unimask", "sdpa_mask", "flex", "sdpa_causal"))
+        u, s, fl, c, pk = (r.get(n, {}) for n in ("unimask", "sdpa_mask", "flex", "sdpa_causal", "unimask_packed"))
         ratio = lambda a, b: (a / b) if a and b else None  # noqa: E731
         lines.append(
             f"| {r['L']} | {r['D']} | {r['B']} | {r['batch']} | {r['density']:.2f} | {f(u.get('fwd_tflops'))} | {f(u.get('fwd_bwd_tflops'))} "
+            f"| {f(pk.get('fwd_bwd_tflops'))} "
             f"| {f(s.get('fwd_tflops'))} | {f(s.get('fwd_bwd_tflops'))} | {f(fl.get('fwd_tflops'))} | {f(fl.get('fwd_bwd_tflops'))} "
             f"| {f(r.get('flex_block_mask_ms'), '{:.2f}')} | {f(fl.get('fwd_bwd_tflops_incl_mask'))} | {f(c.get('fwd_bwd_tflops'))} "
             f"| {f(ratio(u.get('fwd_bwd_tflops'), fl.get('fwd_bwd_tflops')), '{:.2f}x')} "
