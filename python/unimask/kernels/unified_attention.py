@@ -7,7 +7,8 @@ arXiv 2307.08691), as named stages:
 * :func:`_attn_bwd_preprocess` -- ``delta = rowsum(dO * O)``.
 * :func:`_attn_bwd_dkdv` -- one program per key/value tile (and kv head): dK, dV.
 * :func:`_attn_bwd_dq` -- one program per query tile: dQ.
-* :class:`_UnifiedAttention` -- the ``torch.autograd.Function`` that wires them; :func:`attention`.
+* :class:`_UnifiedAttention` -- the ``torch.autograd.Function`` that wires them;
+  :func:`attention` (padded ``[B, H, L, D]``) and :func:`attention_varlen` (packed ``[T, H, D]``).
 
 The mask is never materialised. Each sample's mask is the predicate of :mod:`unimask.masks`
 (UNILM, Dong et al. 2019, arXiv 1905.03197, section 2.3) on ``(attn_mode, src_len, seq_len)``:
@@ -18,7 +19,10 @@ Per (query tile, key tile) pair the kernels classify from those integers alone:
 * fully masked -> never visited: the loop bounds come from :func:`_kv_range` / :func:`_q_range`
   (left_to_right stops at the diagonal, right_to_left starts at it, seq2seq source rows stop at
   ``src_len``, everything stops at ``seq_len``);
-* fully visible (:func:`_tile_is_full`) -> no mask arithmetic at all;
+* fully visible -> no mask arithmetic and no bounds checks: these tiles are contiguous inside
+  the loop range, so each loop runs as three sub-loops, partial / full / partial, split by
+  :func:`_full_kv_tiles` / :func:`_full_q_tiles` (exactly the tiles where :func:`_tile_is_full`
+  holds, which the tests check against ``dense_mask``);
 * partial -> the element-wise predicate :func:`_tile_mask`.
 
 Padded queries (``i >= seq_len``) get an output row of exact zeros and LSE ``+inf``, so in the
@@ -36,8 +40,12 @@ module is imported) the kernels are plain functions with one fixed small tile co
 they are autotuned over Hopper-friendly configs keyed on the head dim and a power-of-two bucket
 of ``L`` (set ``UNIMASK_ATTN_AUTOTUNE=0`` to use the first config only).
 
-Packed rows (several documents per row, each with its own mode, given as ``cu_seqlens``) are
-designed in but not implemented: see ``docs/attention.md``.
+Packed rows (:func:`attention_varlen`: documents concatenated along tokens, each with its own
+mode, given as ``cu_seqlens``) run through the same kernels with ``VARLEN=True``: the program of
+document ``d`` offsets its pointers by ``cu_seqlens[d]`` rows and masks its stores at the
+document's end. See ``docs/attention.md``.
+
+Attention dropout: a Philox keep-mask on the global element index, regenerated in the backward.
 """
 
 from __future__ import annotations
