@@ -131,6 +131,10 @@ def _worker(inp: str, out: str) -> None:
     c = payload["cases"][0]
     args = (c["q"].float(), c["k"].float(), c["v"].float(), c["mode"], c["src"], c["seq"])
     results["dispatch_equal"] = bool(torch.equal(unified_attention(*args, backend="triton"), K.attention(*args)))
+    # unchecked out-of-range seq_len is clamped to L inside the kernels (no read past L)
+    L0 = c["q"].shape[2]
+    over = K.attention(*args[:5], c["seq"] * 0 + L0 + 100)
+    results["clamped_equal"] = bool(torch.equal(over, K.attention(*args[:5], c["seq"] * 0 + L0)))
     # an empty batch and L = 0 go through without launching anything
     z = torch.zeros(0, 2, 5, 16)
     e = torch.zeros(0, dtype=torch.long)
@@ -282,6 +286,7 @@ def test_output_dtype_and_layout(interp):
 
 def test_dispatch_and_empty(interp):
     assert interp["dispatch_equal"], "unified_attention(backend='triton') differs from the kernel"
+    assert interp["clamped_equal"], "seq_len > L (unchecked) must behave as seq_len = L"
     assert interp["empty_shape"] == (0, 2, 5, 16)
 
 

@@ -131,6 +131,7 @@ def unified_attention(
     scale: float | None = None,
     dropout_p: float = 0.0,
     backend: str | None = None,
+    check: bool = True,
 ) -> torch.Tensor:
     """Masked attention whose mask is derived from ``(attn_mode, src_len, seq_len)`` per sample.
 
@@ -147,6 +148,10 @@ def unified_attention(
             masks for the same seed.
         backend: ``"auto"`` (default; or ``UNIMASK_ATTENTION_BACKEND``), ``"triton"``,
             ``"reference"``; see :func:`select_backend`.
+        check: validate the three integers (:func:`unimask.masks.check_mask_args`). On CUDA
+            that costs a host-device synchronisation per call; a model can validate once per
+            batch and pass ``check=False`` in every layer (invalid integers then give wrong
+            results, never out-of-bounds accesses: loads and stores stay inside ``[0, L)``).
 
     Raises:
         ValueError/TypeError: bad shapes, dtypes, devices, mask integers (naming the value).
@@ -161,7 +166,8 @@ def unified_attention(
         raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
     if not (q.dtype == k.dtype == v.dtype):
         raise TypeError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    check_mask_args(attn_mode, src_len, seq_len, q.shape[2])
+    if check:
+        check_mask_args(attn_mode, src_len, seq_len, q.shape[2])
     if select_backend(q, backend) == "triton":
         return _kernel_module().attention(q, k, v, attn_mode, src_len, seq_len, scale, dropout_p)
     return reference_attention(q, k, v, attn_mode, src_len, seq_len, scale, dropout_p)

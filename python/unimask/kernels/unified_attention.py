@@ -249,7 +249,7 @@ def _attn_fwd(
     hk = h // GROUP
     mode = tl.load(MODE + b)
     src = tl.load(SRC + b)
-    seq = tl.load(SEQ + b)
+    seq = tl.minimum(tl.load(SEQ + b), L)  # never read past L, even for unchecked input
 
     m0 = pid_m * BLOCK_M
     m1 = m0 + BLOCK_M
@@ -382,7 +382,7 @@ def _attn_bwd_dkdv(
     hk = (pid_bhk % HK).to(tl.int64)
     mode = tl.load(MODE + b)
     src = tl.load(SRC + b)
-    seq = tl.load(SEQ + b)
+    seq = tl.minimum(tl.load(SEQ + b), L)  # never read past L, even for unchecked input
 
     n0 = pid_n * BLOCK_N
     n1 = n0 + BLOCK_N
@@ -480,7 +480,7 @@ def _attn_bwd_dq(
     hk = h // GROUP
     mode = tl.load(MODE + b)
     src = tl.load(SRC + b)
-    seq = tl.load(SEQ + b)
+    seq = tl.minimum(tl.load(SEQ + b), L)  # never read past L, even for unchecked input
 
     m0 = pid_m * BLOCK_M
     m1 = m0 + BLOCK_M
