@@ -320,12 +320,18 @@ class CorpusBatches:
         self.per_epoch = len(examples) // self.global_batch
         if self.per_epoch == 0:
             raise ValueError(f"{len(examples)} examples cannot fill one global batch of {self.global_batch}")
+        self._perm_epoch, self._perm = -1, torch.empty(0, dtype=torch.int64)
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        if self._perm_epoch != epoch:  # one permutation per epoch, kept while the epoch lasts
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perm, self._perm_epoch = torch.randperm(len(self.examples), generator=g), epoch
+        return self._perm
 
     def indices(self, i: int) -> tuple[int, list[int]]:
         """``(epoch, example indices)`` of this rank's part of global micro-batch ``i``."""
         epoch, k = divmod(i, self.per_epoch)
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        perm = torch.randperm(len(self.examples), generator=g)
+        perm = self._permutation(epoch)
         start = k * self.global_batch + self.rank * self.batch_size
         return epoch, perm[start:start + self.batch_size].tolist()
 
@@ -478,6 +484,11 @@ def run(args: argparse.Namespace) -> int:
         trainer.state.evals.append({"step": 0, **m})
         say(f"step 0: eval loss {m['eval_loss']:.4f}  acc {m['eval_accuracy']:.3f}  ppl {m['eval_perplexity']:.1f}")
     final = trainer.train()
+    if args.distributed == "fsdp" and world > 1:  # gather the sharded parameters (collective)
+        full = trainer._model_state()
+        if rank == 0:
+            model = build_model(args.objective, special.vocab_size, args.max_length, args.hidden, args.layers, args.heads)
+            model.load_state_dict(full)
     if rank == 0:
         model.save_pretrained(args.output / "model")
         first = trainer.state.evals[0]["eval_loss"] if trainer.state.evals else float("nan")

@@ -306,9 +306,11 @@ class Trainer:
         was_training = self.model.training
         self.model.eval()
         total, correct, count = 0.0, 0, 0
+        # FSDP shards the parameters: evaluate through the wrapper (every rank calls evaluate)
+        model = self.wrapped if self.config.distributed == "fsdp" and self.dist is not None else self.model
         for batch in data:
             with self._autocast():
-                out = self.model(**self._to_device(batch))
+                out = model(**self._to_device(batch))
             logits, labels = out.mlm_logits, out.mlm_labels
             if logits is None or labels.numel() == 0:
                 continue
