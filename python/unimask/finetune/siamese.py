@@ -176,12 +176,13 @@ class FAQIndex:
     """
 
     def __init__(self, encoder: SiameseEncoder, vectors: torch.Tensor, questions: Sequence[str],
-                 answers: Sequence[str], model_dir: str | None = None) -> None:
+                 answers: Sequence[str], model_dir: str | None = None, normalized: bool = False) -> None:
         if vectors.dim() != 2 or vectors.shape[0] != len(questions) or len(questions) != len(answers):
             raise ValueError(f"vectors {tuple(vectors.shape)}, {len(questions)} questions and {len(answers)} answers "
                              "must agree")
         self.encoder = encoder
-        self.vectors = F.normalize(vectors.float(), dim=-1).contiguous()
+        vectors = vectors.float()
+        self.vectors = (vectors if normalized else F.normalize(vectors, dim=-1)).contiguous()
         self.questions = list(questions)
         self.answers = list(answers)
         self.model_dir = model_dir
@@ -260,4 +261,4 @@ class FAQIndex:
                     e = json.loads(line)
                     questions.append(e["question"])
                     answers.append(e["answer"])
-        return cls(encoder, vectors, questions, answers, meta.get("model_dir"))
+        return cls(encoder, vectors, questions, answers, meta.get("model_dir"), normalized=True)
