@@ -69,6 +69,7 @@ def _env():
     return env
 
 
+@pytest.mark.slow
 def test_torchrun_two_process_gloo_matches_single_process(tmp_path):
     script = tmp_path / "train_ddp.py"
     script.write_text(SCRIPT)

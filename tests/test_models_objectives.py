@@ -262,6 +262,7 @@ MODELS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("objective", list(MODELS))
 def test_objective_trains_on_bundled_corpus(objective, sentences):
     torch.manual_seed(0)

@@ -93,6 +93,7 @@ def test_parser_registers_flags():
         p.parse_args(["pretrain", "--objective", "t5"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("objective", ["unilm", "mass"])
 def test_cli_trains_resumes_and_saves(tmp_path, capsys, objective):
     pytest.importorskip("tokenizers")
