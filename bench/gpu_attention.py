@@ -455,6 +455,14 @@ def bench(torch, triton, masks, K, res: Results, budget_s: float, quick: bool, D
     dev = D_.name
     H, dt, tokens = (16, torch.bfloat16, 16384) if not D_.dry else (2, torch.float32, 96)
     try:
+        import torch._dynamo
+
+        for knob in ("cache_size_limit", "recompile_limit"):  # 12 shapes x grad modes: never fall back to eager
+            if hasattr(torch._dynamo.config, knob):
+                setattr(torch._dynamo.config, knob, max(64, getattr(torch._dynamo.config, knob)))
+    except Exception as e:  # noqa: BLE001
+        res.error("dynamo config", e)
+    try:
         from torch.nn.attention.flex_attention import flex_attention
 
         compiled_flex = flex_attention if D_.dry else torch.compile(flex_attention)
