@@ -95,8 +95,8 @@ def _kernel_unsupported(q: torch.Tensor) -> str | None:
     if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         return f"dtype {q.dtype} is not float16/bfloat16/float32"
     D = q.shape[-1]
-    if D < 16 or D > 256 or D & (D - 1):
-        return f"head dim {D} is not a power of two in [16, 256]"
+    if D < 16 or D > 128 or D & (D - 1):
+        return f"head dim {D} is not 16, 32, 64 or 128"
     return None
 
 

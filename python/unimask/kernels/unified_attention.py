@@ -62,9 +62,6 @@ __all__ = ["attention", "attention_varlen", "INTERPRET", "fwd_configs", "bwd_dkd
 #: Whether Triton decorated these kernels for its CPU interpreter (``TRITON_INTERPRET=1`` at import).
 INTERPRET: bool = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
-_LOG2E = 1.4426950408889634
-
-
 # --------------------------------------------------------------------------------------------
 # autotune configs
 # --------------------------------------------------------------------------------------------
@@ -541,8 +538,8 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
     if q.dtype not in _DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
         raise TypeError(f"q, k, v must share one dtype of {_DTYPES}, got {q.dtype}, {k.dtype}, {v.dtype}")
     D = q.shape[-1]
-    if D < 16 or D & (D - 1):
-        raise ValueError(f"head dim must be a power of two >= 16 for the Triton kernel, got {D}")
+    if D < 16 or D > 128 or D & (D - 1):
+        raise ValueError(f"head dim must be 16, 32, 64 or 128 for the Triton kernel, got {D}")
     if not (q.device == k.device == v.device):
         raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
 
@@ -649,7 +646,7 @@ def attention(
     ``q``: ``[B, H, L, D]``; ``k``, ``v``: ``[B, H_kv, L, D]`` with ``H % H_kv == 0``; any strides.
     ``attn_mode``/``src_len``/``seq_len``: int ``[B]`` as in :mod:`unimask.masks` (validated by
     :func:`unimask.attention.unified_attention`, which is the public entry point). fp16/bf16
-    (fp32 accumulation) or fp32; head dim a power of two >= 16. Returns ``[B, H, L, D]``
+    (fp32 accumulation) or fp32; head dim 16, 32, 64 or 128. Returns ``[B, H, L, D]``
     (contiguous), rows of padded queries exactly zero.
 
     ``dropout_p``: inverted dropout on the attention probabilities (as
