@@ -164,3 +164,18 @@ def test_pre_ln_round_trip_and_config_validation(tmp_path):
         EncoderConfig(hidden_size=10, num_attention_heads=3)
     with pytest.raises(ValueError, match="hidden_act"):
         EncoderConfig(hidden_act="swish")
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(attn_mode=torch.tensor([5])), r"attn_mode\[0\] = 5"),
+        (dict(seq_len=torch.tensor([9])), r"seq_len\[0\] = 9"),
+        (dict(attn_mode=torch.tensor([3]), src_len=torch.tensor([7]), seq_len=torch.tensor([4])), r"src_len\[0\] = 7"),
+        (dict(attention_mask=torch.ones(2, 6)), r"attention_mask must have shape"),
+    ],
+)
+def test_bad_mask_integers_raise_naming_the_value(kw, match):
+    cfg = EncoderConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    with pytest.raises(ValueError, match=match):
+        TransformerEncoder(cfg)(torch.ones(1, 6, dtype=torch.long), **kw)

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..attention import unified_attention
+from ..masks import check_mask_args
 from .config import EncoderConfig
 
 __all__ = [
@@ -177,9 +178,11 @@ class SelfAttention(nn.Module):
             if cache is not None:  # prefill: remember this prefix's keys/values
                 cache[0][:, :, :L] = k
                 cache[1][:, :, :L] = v
+            # the mask integers were validated once per forward (TransformerEncoder.forward /
+            # MassSeq2Seq.decode): no per-layer validation, hence no per-layer CUDA sync
             y = unified_attention(
                 q, k, v, attn_mode, src_len, seq_len,
-                dropout_p=self.dropout_p if self.training else 0.0, backend=self.backend,
+                dropout_p=self.dropout_p if self.training else 0.0, backend=self.backend, check=False,
             )
         else:  # incremental decoding: write new k/v at their positions, attend to j <= position
             assert cache is not None
@@ -284,6 +287,7 @@ class TransformerEncoder(nn.Module):
             attn_mode, src_len, seq_len = resolve_mask_args(
                 tuple(input_ids.shape), attention_mask, attn_mode, src_len, seq_len, input_ids.device
             )
+            attn_mode, src_len, seq_len = check_mask_args(attn_mode, src_len, seq_len, input_ids.shape[1])
         x = self.embeddings(input_ids, token_type_ids, position_ids)
         hidden = [x] if output_hidden_states else None
         for i, layer in enumerate(self.layers):

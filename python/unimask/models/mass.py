@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..masks import LEFT_TO_RIGHT
+from ..masks import LEFT_TO_RIGHT, check_mask_args
 from .checkpoint import (
     hf_to_unimask,
     normalize_hf_names,
@@ -140,6 +140,9 @@ class MassSeq2Seq(nn.Module):
         if decoder_len is None:
             decoder_len = torch.full((B,), Ld, dtype=torch.int64, device=decoder_input_ids.device)
         decoder_len = decoder_len.to(decoder_input_ids.device).long()
+        if slots is None:  # validated once here; the decoder layers skip per-layer checks
+            zero = torch.zeros_like(decoder_len)
+            check_mask_args(torch.full_like(decoder_len, LEFT_TO_RIGHT), zero, decoder_len, Ld)
         x = self.encoder.embeddings(decoder_input_ids, None, decoder_positions)
         for i, layer in enumerate(self.decoder):
             c = (cache.k[i], cache.v[i]) if cache is not None else None
