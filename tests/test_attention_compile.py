@@ -16,6 +16,8 @@ import pytest
 
 triton = pytest.importorskip("triton")
 
+pytestmark = pytest.mark.slow  # a few seconds of compilation per kernel on 2 CPU cores
+
 from unimask.kernels import unified_attention as K  # noqa: E402
 
 if K.INTERPRET:
