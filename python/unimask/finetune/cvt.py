@@ -24,7 +24,7 @@ from .heads import IGNORE_INDEX
 __all__ = ["CrossViewTagger", "cvt_consistency_loss", "VIEWS"]
 
 #: auxiliary view name -> attention mode
-VIEWS = {"forward": LEFT_TO_RIGHT, "backward": RIGHT_TO_LEFT}
+VIEWS = {"left_to_right": LEFT_TO_RIGHT, "right_to_left": RIGHT_TO_LEFT}
 
 
 def cvt_consistency_loss(teacher_logits: torch.Tensor, student_logits: torch.Tensor,
@@ -43,7 +43,7 @@ def cvt_consistency_loss(teacher_logits: torch.Tensor, student_logits: torch.Ten
 
 class CrossViewTagger(nn.Module):
     """Sequence tagger with CVT: primary head on the bidirectional encoder, one auxiliary head
-    per restricted view (``forward`` = left_to_right, ``backward`` = right_to_left).
+    per restricted view (``left_to_right``, ``right_to_left``).
 
     :meth:`supervised_loss` trains the primary head on labelled tokens; :meth:`cvt_loss` is
     the consistency loss on an unlabeled batch (primary = teacher, views = students).
