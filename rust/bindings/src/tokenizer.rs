@@ -18,7 +18,13 @@ use crate::errors::{run_detached, to_py};
 
 /// Borrow the UTF-8 of a Python `str`, with errors naming the argument.
 fn as_text<'a>(obj: &'a Bound<'_, PyAny>, what: &str) -> PyResult<&'a str> {
+    as_text_with(obj, || what.to_string())
+}
+
+/// [`as_text`] with the argument's name built only when there is an error.
+fn as_text_with<'a>(obj: &'a Bound<'_, PyAny>, what: impl Fn() -> String) -> PyResult<&'a str> {
     let s = obj.cast::<PyString>().map_err(|_| {
+        let what = what();
         let tn = obj
             .get_type()
             .name()
@@ -32,6 +38,7 @@ fn as_text<'a>(obj: &'a Bound<'_, PyAny>, what: &str) -> PyResult<&'a str> {
         PyTypeError::new_err(format!("{what} must be str, got {tn}{hint}"))
     })?;
     s.to_str().map_err(|_| {
+        let what = what();
         PyValueError::new_err(format!(
             "{what} is not valid Unicode text: it contains a lone surrogate code point (cannot be encoded as UTF-8)"
         ))
@@ -67,7 +74,7 @@ fn collect_texts(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<(String, Vec<us
     let mut buf = String::new();
     let mut ends = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
-        buf.push_str(as_text(item, &format!("{what}[{i}]"))?);
+        buf.push_str(as_text_with(item, || format!("{what}[{i}]"))?);
         ends.push(buf.len());
     }
     Ok((buf, ends))

@@ -393,6 +393,11 @@ impl Tokenizer {
         let work = |&(s, e): &(usize, usize)| -> Result<(EncodingBuf, Vec<u32>)> {
             let mut sc = Scratch::default();
             let mut buf = EncodingBuf::default();
+            let est = texts[s..e].iter().map(|t| t.len()).sum::<usize>() / 3 + 3 * (e - s) + 16;
+            buf.ids.reserve(est);
+            buf.type_ids.reserve(est);
+            buf.offsets.reserve(est);
+            buf.word_ids.reserve(est);
             let mut lens = Vec::with_capacity(e - s);
             for i in s..e {
                 let before = buf.len();
@@ -401,12 +406,32 @@ impl Tokenizer {
             }
             Ok((buf, lens))
         };
-        let parts: Vec<Result<(EncodingBuf, Vec<u32>)>> = if threads == 1 || chunks.len() <= 1 {
-            chunks.iter().map(work).collect()
-        } else {
-            pool::run(Some(threads), || chunks.par_iter().map(work).collect())?
-        };
         let mut batch = RaggedBatch::default();
+        batch.row_splits.reserve_exact(n + 1);
+        batch.row_splits.push(0);
+        if threads == 1 || chunks.len() <= 1 {
+            // One thread: encode straight into the output (no per-chunk buffers to concatenate).
+            let est = total_bytes / 3 + 3 * n + 16;
+            let t = &mut batch.tokens;
+            t.ids.reserve(est);
+            t.type_ids.reserve(est);
+            t.offsets.reserve(est);
+            t.word_ids.reserve(est);
+            let mut sc = Scratch::default();
+            for i in 0..n {
+                self.encode_into(
+                    texts[i],
+                    pairs.map(|p| p[i]),
+                    opts,
+                    &mut sc,
+                    &mut batch.tokens,
+                )?;
+                batch.row_splits.push(batch.tokens.len() as i64);
+            }
+            return Ok(batch);
+        }
+        let parts: Vec<Result<(EncodingBuf, Vec<u32>)>> =
+            pool::run(Some(threads), || chunks.par_iter().map(work).collect())?;
         let total_tokens: usize = parts
             .iter()
             .map(|p| p.as_ref().map_or(0, |(b, _)| b.len()))
@@ -416,8 +441,6 @@ impl Tokenizer {
         t.type_ids.reserve_exact(total_tokens);
         t.offsets.reserve_exact(total_tokens);
         t.word_ids.reserve_exact(total_tokens);
-        batch.row_splits.reserve_exact(n + 1);
-        batch.row_splits.push(0);
         let mut acc = 0i64;
         for part in parts {
             let (buf, lens) = part?;
