@@ -29,7 +29,7 @@ import numpy as np
 
 from . import _native
 
-__all__ = ["WordPieceTokenizer", "Encoding", "RaggedBatch"]
+__all__ = ["WordPieceTokenizer", "Encoding", "RaggedBatch", "ChineseSegmenter"]
 
 _TRUNCATIONS = ("longest_first", "only_first", "only_second")
 
@@ -127,7 +127,10 @@ class WordPieceTokenizer:
     """BERT WordPiece tokenizer (Rust core, numpy output, fork-safe thread pool).
 
     Build it with :meth:`from_vocab` (a ``vocab.txt``), :meth:`from_pretrained` (a BERT model
-    directory) or :meth:`train`. ``num_threads`` (None = all cores) sets the pool used by
+    directory) or :meth:`train`. ``chinese_dict`` (a jieba ``dict.txt``-format file) turns on
+    Chinese word segmentation for ``word_ids``: the characters of one dictionary word then
+    share a word id (whole-word masking, as in Chinese BERT-wwm); ids, type ids and offsets
+    are unchanged. ``num_threads`` (None = all cores) sets the pool used by
     :meth:`encode_batch`; results never depend on it. Instances are picklable (DataLoader
     workers rebuild the Rust object from the vocabulary).
     """
@@ -148,6 +151,7 @@ class WordPieceTokenizer:
         continuing_subword_prefix: str = "##",
         max_input_chars_per_word: int = 100,
         special_tokens: Sequence[str] | None = None,
+        chinese_dict: str | os.PathLike | None = None,
         num_threads: int | None = None,
     ) -> None:
         if isinstance(vocab, (str, bytes, os.PathLike)):
@@ -173,6 +177,7 @@ class WordPieceTokenizer:
             continuing_subword_prefix=continuing_subword_prefix,
             max_input_chars_per_word=max_input_chars_per_word,
             special_tokens=None if special_tokens is None else list(special_tokens),
+            chinese_dict=None if chinese_dict is None else os.fspath(chinese_dict),
         )
         tokens = list(vocab)
         for i, t in enumerate(tokens):
@@ -196,6 +201,7 @@ class WordPieceTokenizer:
             pad_token=pad_token,
             mask_token=mask_token,
             special_tokens=specials,
+            chinese_dict=self._config["chinese_dict"],
         )
 
     # ------------------------------------------------------------------ construction
@@ -515,3 +521,30 @@ def _check_max_length(max_length: int | None, truncation: str, stride: int) -> N
         raise TypeError(f"stride must be an int, got {stride!r}")
     if not isinstance(truncation, str) or truncation not in _TRUNCATIONS:
         raise ValueError(f"truncation must be one of {_TRUNCATIONS}, got {truncation!r}")
+
+
+class ChineseSegmenter:
+    """Dictionary-based Chinese word segmentation in Rust, equal to ``jieba.cut(text, HMM=False)``
+    with the same dictionary (jieba's ``dict.txt`` format: ``word freq [tag]`` per line).
+
+    Algorithm (jieba 0.42): DAG of dictionary words over each run of han characters/ASCII
+    alphanumerics, maximum log-probability path by dynamic programming, ASCII runs glued.
+    """
+
+    def __init__(self, dictionary: str | os.PathLike) -> None:
+        self.path = os.fspath(dictionary)
+        self._native = _native.Segmenter(self.path)
+
+    def spans(self, text: str) -> list[tuple[int, int]]:
+        """Word spans ``(start, end)`` in characters, covering ``text`` in order."""
+        return self._native.cut(text)
+
+    def cut(self, text: str) -> list[str]:
+        """The words of ``text`` (like ``list(jieba.cut(text, HMM=False))``)."""
+        return [text[s:e] for s, e in self._native.cut(text)]
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["path"])  # type: ignore[misc]

@@ -11,6 +11,7 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyString, PyTuple};
 use unimask_core::normalize::NormalizerConfig;
+use unimask_core::segment::Segmenter;
 use unimask_core::tokenizer::{EncodeOptions, EncodingBuf, Tokenizer, TokenizerConfig, Truncation};
 use unimask_core::vocab::Vocab;
 
@@ -156,7 +157,8 @@ impl PyTokenizer {
     #[pyo3(signature = (tokens, *, clean_text=true, handle_chinese_chars=true, strip_accents=true,
         lowercase=true, unk_token="[UNK]".to_string(), continuing_subword_prefix="##".to_string(),
         max_input_chars_per_word=100, cls_token="[CLS]".to_string(), sep_token="[SEP]".to_string(),
-        pad_token="[PAD]".to_string(), mask_token="[MASK]".to_string(), special_tokens=None))]
+        pad_token="[PAD]".to_string(), mask_token="[MASK]".to_string(), special_tokens=None,
+        chinese_dict=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -173,6 +175,7 @@ impl PyTokenizer {
         pad_token: String,
         mask_token: String,
         special_tokens: Option<Vec<String>>,
+        chinese_dict: Option<std::path::PathBuf>,
     ) -> PyResult<Self> {
         let special_tokens = special_tokens.unwrap_or_else(|| {
             vec![
@@ -199,7 +202,13 @@ impl PyTokenizer {
             mask_token,
             special_tokens,
         };
-        let inner = run_detached(py, move || Tokenizer::new(Vocab::new(tokens)?, config))?;
+        let inner = run_detached(py, move || {
+            let seg = chinese_dict
+                .map(|p| Segmenter::from_file(&p))
+                .transpose()?
+                .map(Arc::new);
+            Ok(Tokenizer::new(Vocab::new(tokens)?, config)?.with_segmenter(seg))
+        })?;
         Ok(Self {
             inner: Arc::new(inner),
         })
@@ -333,7 +342,32 @@ impl PyTokenizer {
     }
 }
 
+/// A jieba-compatible Chinese dictionary segmenter (see `unimask.tokenizer.ChineseSegmenter`).
+#[pyclass(frozen, module = "unimask._native", name = "Segmenter")]
+struct PySegmenter {
+    inner: Arc<Segmenter>,
+}
+
+#[pymethods]
+impl PySegmenter {
+    #[new]
+    fn new(py: Python<'_>, path: std::path::PathBuf) -> PyResult<Self> {
+        let seg = run_detached(py, move || Segmenter::from_file(&path))?;
+        Ok(Self {
+            inner: Arc::new(seg),
+        })
+    }
+
+    /// Word spans `[start, end)` in characters, covering the text in order.
+    fn cut(&self, py: Python<'_>, text: &Bound<'_, PyAny>) -> PyResult<Vec<(u32, u32)>> {
+        let text = as_text(text, "text")?.to_owned();
+        let inner = Arc::clone(&self.inner);
+        run_detached(py, move || Ok(inner.cut(&text)))
+    }
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyTokenizer>()?;
+    m.add_class::<PySegmenter>()?;
     Ok(())
 }

@@ -23,6 +23,7 @@ use crate::normalize::{
     char_flags, NChar, NormScratch, Normalizer, NormalizerConfig, F_PUNCT, F_WS,
 };
 use crate::pretokenize::split_words;
+use crate::segment::Segmenter;
 use crate::vocab::Vocab;
 use crate::wordpiece::WordPiece;
 use crate::{pool, Error, Result};
@@ -191,6 +192,8 @@ pub struct Tokenizer {
     pub sep_id: Option<u32>,
     pub pad_id: Option<u32>,
     pub mask_id: Option<u32>,
+    /// Optional Chinese word segmenter: characters of one dictionary word share a word id.
+    segmenter: Option<std::sync::Arc<Segmenter>>,
 }
 
 impl Tokenizer {
@@ -274,7 +277,19 @@ impl Tokenizer {
             ascii_class,
             ascii_map,
             vocab,
+            segmenter: None,
         })
+    }
+
+    /// Use `seg` to give the characters of one Chinese word a single word id (for whole-word
+    /// masking); `None` restores HF's word ids (one word per CJK character).
+    pub fn with_segmenter(mut self, seg: Option<std::sync::Arc<Segmenter>>) -> Self {
+        self.segmenter = seg;
+        self
+    }
+
+    pub fn segmenter(&self) -> Option<&Segmenter> {
+        self.segmenter.as_deref()
     }
 
     pub fn vocab(&self) -> &Vocab {
@@ -511,6 +526,7 @@ impl Tokenizer {
         sc: &mut Scratch,
         out: &mut EncodingBuf,
     ) {
+        let first = out.len();
         let bytes = text.as_bytes();
         let mut word: i32 = 0;
         let mut seg_start = 0usize;
@@ -536,6 +552,14 @@ impl Tokenizer {
             }
         }
         self.encode_segment(&text[seg_start..], seg_char, type_id, &mut word, sc, out);
+        if let Some(seg) = &self.segmenter {
+            merge_chinese_words(
+                seg,
+                text,
+                &mut out.offsets[first..],
+                &mut out.word_ids[first..],
+            );
+        }
     }
 
     #[inline]
@@ -691,6 +715,49 @@ impl Tokenizer {
             s.push_str(&cleanup(&tok));
         }
         Ok(s)
+    }
+}
+
+/// Renumber the word ids of one sequence so that consecutive single-CJK-character words inside
+/// one dictionary word (per `seg`) share an id. Other words keep HF's boundaries.
+fn merge_chinese_words(
+    seg: &Segmenter,
+    text: &str,
+    offsets: &mut [[u32; 2]],
+    word_ids: &mut [i32],
+) {
+    if word_ids.is_empty() || !text.chars().any(crate::normalize::is_chinese_char) {
+        return;
+    }
+    let chars: Vec<char> = text.chars().collect();
+    let mut starts = vec![false; chars.len() + 1];
+    for (s, _) in seg.cut(text) {
+        starts[s as usize] = true;
+    }
+    let is_cjk_token = |o: &[u32; 2]| {
+        o[1] == o[0] + 1
+            && chars
+                .get(o[0] as usize)
+                .is_some_and(|&c| crate::normalize::is_chinese_char(c))
+    };
+    let mut new_id = -1i32;
+    let mut prev_old = i32::MIN;
+    let mut prev_cjk_pos: Option<u32> = None;
+    for (o, w) in offsets.iter().zip(word_ids.iter_mut()) {
+        let old = *w;
+        if old < 0 {
+            continue;
+        }
+        let cjk = is_cjk_token(o);
+        if old != prev_old {
+            let glue = cjk && prev_cjk_pos == Some(o[0].wrapping_sub(1)) && !starts[o[0] as usize];
+            if !glue {
+                new_id += 1;
+            }
+        }
+        prev_old = old;
+        prev_cjk_pos = if cjk { Some(o[0]) } else { None };
+        *w = new_id;
     }
 }
 
