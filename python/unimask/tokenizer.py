@@ -29,7 +29,7 @@ import numpy as np
 
 from . import _native
 
-__all__ = ["WordPieceTokenizer", "Encoding", "RaggedBatch", "ChineseSegmenter"]
+__all__ = ["WordPieceTokenizer", "Encoding", "RaggedBatch", "ChineseSegmenter", "TokenShard"]
 
 _TRUNCATIONS = ("longest_first", "only_first", "only_second")
 
@@ -453,6 +453,22 @@ class WordPieceTokenizer:
             raise TypeError("ids must be a sequence of ints, got a string")
         return self._native.decode(list(ids), bool(skip_special_tokens))
 
+    def encode_file(
+        self, path: str | os.PathLike, out_prefix: str | os.PathLike, batch_bytes: int = 8 << 20
+    ) -> "TokenShard":
+        """Tokenize a corpus file (UTF-8, one sentence per line, blank lines between documents,
+        lines stripped as :func:`unimask.corpus.read_documents` does) into the shard
+        ``<out_prefix>.umshard`` without special tokens, streaming ``batch_bytes`` of text at a
+        time (bounded memory). Returns the opened :class:`TokenShard`. The format (header,
+        version, CRC-32) is documented in ``docs/tokenizer.md``. Invalid UTF-8 raises
+        ``ValueError`` naming the line.
+        """
+        if not isinstance(batch_bytes, int) or batch_bytes < 1:
+            raise ValueError(f"batch_bytes must be a positive int, got {batch_bytes!r}")
+        out = Path(os.fspath(out_prefix) + ".umshard")
+        self._native.encode_file(os.fspath(path), os.fspath(out), batch_bytes, self.num_threads)
+        return TokenShard(out)
+
     # ------------------------------------------------------------------ vocabulary
 
     def token_to_id(self, token: str) -> int | None:
@@ -548,3 +564,66 @@ class ChineseSegmenter:
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["path"])  # type: ignore[misc]
+
+
+class TokenShard:
+    """A token shard written by :meth:`WordPieceTokenizer.encode_file`, memory-mapped.
+
+    ``len(shard)`` is the number of documents; ``shard[i]`` is document ``i`` as a list of
+    sentence token-id arrays (zero-copy views into the file); ``tokens``,
+    ``sentence_offsets`` and ``document_offsets`` are the raw ``np.memmap`` columns. The header
+    and CRC-32 are checked on open (``verify=False`` skips the CRC pass over the file).
+    Picklable: workers reopen the file.
+    """
+
+    def __init__(self, path: str | os.PathLike, verify: bool = True) -> None:
+        self.path = Path(path)
+        self.verify = verify
+        h = _native.shard_header(os.fspath(self.path), verify)
+        self.header = h
+        self.vocab_size = int(h["vocab_size"])
+        self.num_tokens = int(h["n_tokens"])
+        self.num_sentences = int(h["n_sentences"])
+        self.num_documents = int(h["n_documents"])
+        dtype = np.dtype("<u2") if h["token_bytes"] == 2 else np.dtype("<u4")
+        base = int(h["header_len"])
+        tok_end = base + int(h["tokens_len"])
+
+        def view(dt: np.dtype, offset: int, n: int) -> np.ndarray:
+            if n == 0:
+                return np.zeros(0, dtype=dt)
+            return np.memmap(self.path, dtype=dt, mode="r", offset=offset, shape=(n,))
+
+        self.tokens = view(dtype, base, self.num_tokens)
+        self.sentence_offsets = view(np.dtype("<u8"), tok_end, self.num_sentences + 1)
+        self.document_offsets = view(np.dtype("<u8"), tok_end + 8 * (self.num_sentences + 1), self.num_documents + 1)
+
+    def __len__(self) -> int:
+        return self.num_documents
+
+    def sentence(self, j: int) -> np.ndarray:
+        """Token ids of sentence ``j`` (a view)."""
+        if not 0 <= j < self.num_sentences:
+            raise IndexError(f"sentence {j} out of range ({self.num_sentences} sentences)")
+        so = self.sentence_offsets
+        return self.tokens[int(so[j]) : int(so[j + 1])]
+
+    def __getitem__(self, i: int) -> list[np.ndarray]:
+        """Document ``i``: its sentences' token ids."""
+        n = self.num_documents
+        if not isinstance(i, (int, np.integer)):
+            raise TypeError(f"document index must be an int, got {type(i).__name__}")
+        if not -n <= i < n:
+            raise IndexError(f"document {i} out of range ({n} documents)")
+        i = int(i) % n
+        d = self.document_offsets
+        return [self.sentence(j) for j in range(int(d[i]), int(d[i + 1]))]
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "verify": False}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["path"], verify=state["verify"])  # type: ignore[misc]
+
+    def __repr__(self) -> str:
+        return f"TokenShard({str(self.path)!r}, documents={self.num_documents}, sentences={self.num_sentences}, tokens={self.num_tokens})"

@@ -12,6 +12,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyList, PyString, PyTuple};
 use unimask_core::normalize::NormalizerConfig;
 use unimask_core::segment::Segmenter;
+use unimask_core::shards;
 use unimask_core::tokenizer::{EncodeOptions, EncodingBuf, Tokenizer, TokenizerConfig, Truncation};
 use unimask_core::vocab::Vocab;
 
@@ -334,6 +335,27 @@ impl PyTokenizer {
     fn mask_id(&self) -> Option<u32> {
         self.inner.mask_id
     }
+    /// Tokenize a corpus file into a shard (see `unimask_core::shards`); returns header fields.
+    #[pyo3(signature = (path, out, batch_bytes=8 << 20, num_threads=None))]
+    fn encode_file(
+        &self,
+        py: Python<'_>,
+        path: std::path::PathBuf,
+        out: std::path::PathBuf,
+        batch_bytes: usize,
+        num_threads: Option<usize>,
+    ) -> PyResult<(u64, u64, u64, u64)> {
+        if batch_bytes == 0 {
+            return Err(PyValueError::new_err("batch_bytes must be positive"));
+        }
+        let inner = Arc::clone(&self.inner);
+        let s = run_detached(py, move || {
+            shards::write_shard(&inner, &path, &out, batch_bytes, num_threads)
+        })?;
+        let h = s.header;
+        Ok((h.n_tokens, h.n_sentences, h.n_documents, s.text_bytes))
+    }
+
     /// Ids of the special (added) tokens, sorted.
     fn special_ids(&self) -> Vec<u32> {
         (0..self.inner.vocab().len() as u32)
@@ -366,8 +388,33 @@ impl PySegmenter {
     }
 }
 
+/// Validate a shard (sizes; CRC-32 when `verify`) and return its header as a dict.
+#[pyfunction]
+#[pyo3(signature = (path, verify=true))]
+fn shard_header(
+    py: Python<'_>,
+    path: std::path::PathBuf,
+    verify: bool,
+) -> PyResult<std::collections::HashMap<&'static str, u64>> {
+    let h = run_detached(py, move || Ok(shards::Shard::open(&path, verify)?.header))?;
+    Ok([
+        ("version", h.version as u64),
+        ("token_bytes", h.token_bytes as u64),
+        ("n_tokens", h.n_tokens),
+        ("n_sentences", h.n_sentences),
+        ("n_documents", h.n_documents),
+        ("vocab_size", h.vocab_size as u64),
+        ("crc32", h.crc32 as u64),
+        ("tokens_len", h.tokens_len()),
+        ("header_len", shards::HEADER_LEN as u64),
+    ]
+    .into_iter()
+    .collect())
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyTokenizer>()?;
+    m.add_function(wrap_pyfunction!(shard_header, m)?)?;
     m.add_class::<PySegmenter>()?;
     Ok(())
 }
