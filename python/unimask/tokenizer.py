@@ -317,6 +317,70 @@ class WordPieceTokenizer:
         opts.update(kwargs)
         return cls(tokens, **opts)  # type: ignore[arg-type]
 
+    @classmethod
+    def train(
+        cls,
+        files: str | os.PathLike | Sequence[str | os.PathLike],
+        vocab_size: int = 30522,
+        min_frequency: int = 2,
+        special_tokens: Sequence[str] = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"),
+        lowercase: bool = True,
+        strip_accents: bool | None = None,
+        clean_text: bool = True,
+        handle_chinese_chars: bool = True,
+        num_threads: int | None = None,
+        **kwargs: Any,
+    ) -> "WordPieceTokenizer":
+        """Train a WordPiece vocabulary on text files and return the tokenizer using it.
+
+        Algorithm (that of HF ``tokenizers``' ``WordPieceTrainer``: BPE merges with a ``##``
+        continuation prefix; details in ``docs/tokenizer.md``): words are counted after the
+        same BERT normalization and pre-tokenization the tokenizer applies; the vocabulary
+        starts with ``special_tokens`` (in order) and every character seen (``c`` at a word
+        start, ``##c`` inside), then repeatedly adds the merge of the most frequent adjacent
+        pair until ``vocab_size`` entries or no pair occurs ``min_frequency`` times.
+        Deterministic for any ``num_threads``.
+        """
+        if isinstance(files, (str, os.PathLike)):
+            files = [files]
+        paths = [os.fspath(f) for f in files]
+        if not paths:
+            raise ValueError("train needs at least one file")
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
+            raise ValueError(f"vocab_size must be a positive int, got {vocab_size!r}")
+        if isinstance(min_frequency, bool) or not isinstance(min_frequency, int) or min_frequency < 0:
+            raise ValueError(f"min_frequency must be a non-negative int, got {min_frequency!r}")
+        specials = list(special_tokens)
+        unk = kwargs.get("unk_token", "[UNK]")
+        if unk not in specials:
+            raise ValueError(f"special_tokens must contain the unknown token {unk!r}, got {specials!r}")
+        if len(set(specials)) != len(specials):
+            raise ValueError(f"special_tokens has duplicates: {specials!r}")
+        strip = lowercase if strip_accents is None else strip_accents
+        tokens = _native.train_wordpiece(
+            paths,
+            vocab_size,
+            min_frequency,
+            specials,
+            clean_text=clean_text,
+            handle_chinese_chars=handle_chinese_chars,
+            strip_accents=strip,
+            lowercase=lowercase,
+            continuing_subword_prefix=kwargs.get("continuing_subword_prefix", "##"),
+            max_input_chars_per_word=kwargs.get("max_input_chars_per_word", 100),
+            num_threads=num_threads,
+        )
+        return cls(
+            tokens,
+            lowercase=lowercase,
+            strip_accents=strip_accents,
+            clean_text=clean_text,
+            handle_chinese_chars=handle_chinese_chars,
+            special_tokens=specials,
+            num_threads=num_threads,
+            **kwargs,
+        )
+
     # ------------------------------------------------------------------ saving
 
     def to_tokenizer_json(self) -> dict:

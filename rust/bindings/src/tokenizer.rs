@@ -14,6 +14,7 @@ use unimask_core::normalize::NormalizerConfig;
 use unimask_core::segment::Segmenter;
 use unimask_core::shards;
 use unimask_core::tokenizer::{EncodeOptions, EncodingBuf, Tokenizer, TokenizerConfig, Truncation};
+use unimask_core::train;
 use unimask_core::vocab::Vocab;
 
 use crate::errors::{run_detached, to_py};
@@ -412,8 +413,45 @@ fn shard_header(
     .collect())
 }
 
+/// Train a WordPiece vocabulary (see `unimask_core::train`); returns the tokens in id order.
+#[pyfunction]
+#[pyo3(signature = (files, vocab_size, min_frequency, special_tokens, *, clean_text=true,
+    handle_chinese_chars=true, strip_accents=true, lowercase=true,
+    continuing_subword_prefix="##".to_string(), max_input_chars_per_word=100, num_threads=None))]
+#[allow(clippy::too_many_arguments)]
+fn train_wordpiece(
+    py: Python<'_>,
+    files: Vec<std::path::PathBuf>,
+    vocab_size: usize,
+    min_frequency: u64,
+    special_tokens: Vec<String>,
+    clean_text: bool,
+    handle_chinese_chars: bool,
+    strip_accents: bool,
+    lowercase: bool,
+    continuing_subword_prefix: String,
+    max_input_chars_per_word: usize,
+    num_threads: Option<usize>,
+) -> PyResult<Vec<String>> {
+    let cfg = train::TrainConfig {
+        vocab_size,
+        min_frequency,
+        special_tokens,
+        normalizer: NormalizerConfig {
+            clean_text,
+            handle_chinese_chars,
+            strip_accents,
+            lowercase,
+        },
+        continuing_subword_prefix,
+        max_input_chars_per_word,
+    };
+    run_detached(py, move || train::train(&files, &cfg, num_threads))
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyTokenizer>()?;
+    m.add_function(wrap_pyfunction!(train_wordpiece, m)?)?;
     m.add_function(wrap_pyfunction!(shard_header, m)?)?;
     m.add_class::<PySegmenter>()?;
     Ok(())
