@@ -25,10 +25,16 @@ struct Node {
     value: u32,
 }
 
-/// A byte-level double-array trie mapping strings to ids.
+/// Bit of `base` marking a node where a key ends.
+const ACCEPT: u32 = 1 << 31;
+
+/// A byte-level double-array trie mapping strings to ids. Each slot is 8 bytes
+/// (`base | ACCEPT`, `check`) so the walk touches as few cache lines as possible; the ids of
+/// accepting nodes live in a separate array read once per match.
 #[derive(Clone, Debug)]
 pub struct DoubleArrayTrie {
-    nodes: Vec<Node>,
+    nodes: Vec<[u32; 2]>,
+    values: Vec<u32>,
 }
 
 impl DoubleArrayTrie {
@@ -85,26 +91,40 @@ impl DoubleArrayTrie {
                 queue.push_back((child as usize, t));
             }
         }
-        let mut nodes = da.nodes;
-        let used = nodes.iter().rposition(|n| n.check != NONE).unwrap_or(0) + 1;
-        nodes.truncate(used.max(1) + 256);
-        Self { nodes }
+        let mut full = da.nodes;
+        let used = full.iter().rposition(|n| n.check != NONE).unwrap_or(0) + 1;
+        full.truncate(used.max(1) + 256);
+        let nodes = full
+            .iter()
+            .map(|n| {
+                debug_assert!(n.base < ACCEPT);
+                [n.base | if n.value != NONE { ACCEPT } else { 0 }, n.check]
+            })
+            .collect();
+        let values = full.iter().map(|n| n.value).collect();
+        Self { nodes, values }
     }
 
     /// Follow the edge labelled `b` from node `s`.
     #[inline(always)]
     pub fn step(&self, s: u32, b: u8) -> Option<u32> {
-        let t = self.nodes[s as usize].base as usize + b as usize;
+        let t = (self.nodes[s as usize][0] & !ACCEPT) as usize + b as usize;
         match self.nodes.get(t) {
-            Some(n) if n.check == s => Some(t as u32),
+            Some(n) if n[1] == s => Some(t as u32),
             _ => None,
         }
+    }
+
+    /// Whether a key ends at node `s`.
+    #[inline(always)]
+    pub fn accepts(&self, s: u32) -> bool {
+        self.nodes[s as usize][0] & ACCEPT != 0
     }
 
     /// The value stored at node `s`, if a key ends there.
     #[inline(always)]
     pub fn value(&self, s: u32) -> Option<u32> {
-        let v = self.nodes[s as usize].value;
+        let v = self.values[s as usize];
         (v != NONE).then_some(v)
     }
 
@@ -301,25 +321,25 @@ impl WordPiece {
         while start < n {
             let mut s = root;
             let mut best_end = 0usize;
-            let mut best_id = NONE;
+            let mut best_node = NONE;
             let mut i = start;
             while i < n {
                 match self.trie.step(s, word[i]) {
                     Some(t) => {
                         s = t;
                         i += 1;
-                        let v = self.trie.nodes[t as usize].value;
-                        if v != NONE {
+                        if self.trie.accepts(t) {
                             best_end = i;
-                            best_id = v;
+                            best_node = t;
                         }
                     }
                     None => break,
                 }
             }
-            if best_id == NONE {
+            if best_node == NONE {
                 return false;
             }
+            let best_id = self.trie.values[best_node as usize];
             out.push((best_id, start as u32, best_end as u32));
             start = best_end;
             match self.cont_root {
