@@ -20,7 +20,8 @@
 use rayon::prelude::*;
 
 use crate::normalize::{
-    char_flags, NChar, NormScratch, Normalizer, NormalizerConfig, F_PUNCT, F_WS,
+    char_flags, NChar, NormScratch, Normalizer, NormalizerConfig, F_CHINESE, F_CLEAN_WS, F_DROP,
+    F_LOWER_SELF, F_MN, F_NFD_SELF, F_PUNCT, F_WS,
 };
 use crate::pretokenize::split_words;
 use crate::segment::Segmenter;
@@ -595,8 +596,128 @@ impl Tokenizer {
             }
             out.truncate(mark);
             *word = w0;
+        } else {
+            let mark = out.len();
+            let w0 = *word;
+            if let Some(n) = self.encode_simple(seg, base, type_id, word, sc, out) {
+                return n;
+            }
+            out.truncate(mark);
+            *word = w0;
         }
         self.encode_general(seg, base, type_id, word, sc, out)
+    }
+
+    /// Fast path for text whose normalization is the identity character by character (CJK,
+    /// most scripts, ASCII mixed in): one pass, no alignment buffers. Returns `None` (output to
+    /// roll back) at the first character that normalization would drop, expand or reorder,
+    /// which the exact general path then handles. Returns the segment's length in characters.
+    fn encode_simple(
+        &self,
+        seg: &str,
+        base: u32,
+        type_id: u8,
+        word: &mut i32,
+        sc: &mut Scratch,
+        out: &mut EncodingBuf,
+    ) -> Option<u32> {
+        let cfg = self.normalizer.config;
+        sc.word.clear();
+        let mut word_start = 0u32; // char index (in seg) of the current word's first char
+        let mut pos = 0u32;
+        for c in seg.chars() {
+            let kind; // 0 = whitespace, 1 = isolated (punct / CJK), 2 = word char
+            let mut cc = c;
+            if (c as u32) < 128 {
+                match self.ascii_class[c as usize] {
+                    A_DROP => return None,
+                    A_SPACE => kind = 0,
+                    A_PUNCT => kind = 1,
+                    _ => {
+                        kind = 2;
+                        cc = self.ascii_map[c as usize] as char;
+                    }
+                }
+            } else {
+                let f = char_flags(c);
+                if cfg.clean_text && f & F_DROP != 0 {
+                    return None;
+                }
+                if (cfg.clean_text && f & F_CLEAN_WS != 0) || f & F_WS != 0 {
+                    kind = 0;
+                } else {
+                    if cfg.strip_accents && (f & F_NFD_SELF == 0 || f & F_MN != 0) {
+                        return None;
+                    }
+                    if cfg.lowercase && f & F_LOWER_SELF == 0 {
+                        return None;
+                    }
+                    kind = if f & F_PUNCT != 0 || (cfg.handle_chinese_chars && f & F_CHINESE != 0) {
+                        1
+                    } else {
+                        2
+                    };
+                }
+            }
+            if kind != 2 && !sc.word.is_empty() {
+                self.flush_word(base + word_start, type_id, word, sc, out);
+            }
+            match kind {
+                1 => {
+                    let mut buf = [0u8; 4];
+                    sc.pieces.clear();
+                    self.wordpiece
+                        .tokenize(cc.encode_utf8(&mut buf).as_bytes(), 1, &mut sc.pieces);
+                    for &(id, _, _) in &sc.pieces {
+                        out.push(id, type_id, base + pos, base + pos + 1, *word);
+                    }
+                    *word += 1;
+                }
+                2 => {
+                    if sc.word.is_empty() {
+                        word_start = pos;
+                    }
+                    let mut buf = [0u8; 4];
+                    sc.word
+                        .extend_from_slice(cc.encode_utf8(&mut buf).as_bytes());
+                }
+                _ => {}
+            }
+            pos += 1;
+        }
+        if !sc.word.is_empty() {
+            self.flush_word(base + word_start, type_id, word, sc, out);
+        }
+        Some(pos)
+    }
+
+    /// Tokenize the word in `sc.word` (characters map one to one onto original characters
+    /// starting at `start`).
+    fn flush_word(
+        &self,
+        start: u32,
+        type_id: u8,
+        word: &mut i32,
+        sc: &mut Scratch,
+        out: &mut EncodingBuf,
+    ) {
+        let w = &sc.word;
+        let n_chars = w.iter().filter(|&&b| (b as i8) >= -0x40).count();
+        sc.pieces.clear();
+        self.wordpiece.tokenize(w, n_chars, &mut sc.pieces);
+        let mut char_at = 0u32; // chars before byte `byte_at`
+        let mut byte_at = 0usize;
+        for &(id, ps, pe) in &sc.pieces {
+            let count =
+                |a: usize, b: usize| w[a..b].iter().filter(|&&x| (x as i8) >= -0x40).count() as u32;
+            let s = char_at + count(byte_at, ps as usize);
+            let e = s + count(ps as usize, pe as usize);
+            out.push(id, type_id, start + s, start + e, *word);
+            char_at = e;
+            byte_at = pe as usize;
+        }
+        *word += 1;
+        sc.word.clear();
     }
 
     /// ASCII fast path; returns false (having written garbage to roll back) when the segment
@@ -892,6 +1013,60 @@ mod tests {
         let e = e.unwrap();
         assert_eq!(e.ids, vec![5]);
         assert_eq!(e.offsets, vec![[0, 6]]);
+    }
+
+    #[test]
+    fn fast_paths_agree_with_the_general_path() {
+        let words = [
+            "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hello", "中", "文", "é", "e", "##llo",
+            "he", "!",
+        ];
+        let vocab = || Vocab::new(words.iter().map(|s| s.to_string()).collect()).unwrap();
+        let texts = [
+            "Hello 中文!",
+            "héllo",
+            "ÉCOLE",
+            "a\u{301}b",
+            "x\u{1}y 中",
+            "İ",
+            "\u{f900}",
+            "日本語 hello",
+            "tab\there",
+            "\u{3000}中\u{3000}",
+            "ǅ",
+            "\u{1b44}\u{1b44}",
+            "abc\u{200b}def",
+            "Ω!ω",
+        ];
+        for (lower, strip, clean, cjk) in [
+            (true, true, true, true),
+            (false, false, true, true),
+            (true, false, false, false),
+            (false, true, true, false),
+        ] {
+            let cfg = TokenizerConfig {
+                normalizer: NormalizerConfig {
+                    lowercase: lower,
+                    strip_accents: strip,
+                    clean_text: clean,
+                    handle_chinese_chars: cjk,
+                },
+                ..Default::default()
+            };
+            let t = Tokenizer::new(vocab(), cfg).unwrap();
+            for text in texts {
+                let (mut a, mut b) = (EncodingBuf::default(), EncodingBuf::default());
+                let (mut wa, mut wb) = (0, 0);
+                let mut sc = Scratch::default();
+                let na = t.encode_segment(text, 0, 0, &mut wa, &mut sc, &mut a);
+                let nb = t.encode_general(text, 0, 0, &mut wb, &mut sc, &mut b);
+                assert_eq!(
+                    (na, wa, &a),
+                    (nb, wb, &b),
+                    "{text:?} lower={lower} strip={strip}"
+                );
+            }
+        }
     }
 
     #[test]
