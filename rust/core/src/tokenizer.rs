@@ -367,6 +367,10 @@ impl Tokenizer {
         opts: &EncodeOptions,
     ) -> Result<EncodingBuf> {
         self.check_options(opts, pair.is_some())?;
+        check_len(text, || "text".into())?;
+        if let Some(p) = pair {
+            check_len(p, || "pair".into())?;
+        }
         let mut out = EncodingBuf::default();
         let mut sc = Scratch::default();
         self.encode_into(text, pair, opts, &mut sc, &mut out)?;
@@ -392,6 +396,14 @@ impl Tokenizer {
             }
         }
         self.check_options(opts, pairs.is_some())?;
+        for (i, t) in texts.iter().enumerate() {
+            check_len(t, || format!("texts[{i}]"))?;
+        }
+        if let Some(p) = pairs {
+            for (i, t) in p.iter().enumerate() {
+                check_len(t, || format!("pairs[{i}]"))?;
+            }
+        }
         let threads = pool::resolve_threads(num_threads)?;
         let total_bytes: usize = texts.iter().map(|t| t.len()).sum::<usize>()
             + pairs.map_or(0, |p| p.iter().map(|t| t.len()).sum());
@@ -880,6 +892,18 @@ fn merge_chinese_words(
         prev_cjk_pos = if cjk { Some(o[0]) } else { None };
         *w = new_id;
     }
+}
+
+/// Offsets are `u32`: refuse texts of 4 GiB or more.
+fn check_len(t: &str, what: impl Fn() -> String) -> Result<()> {
+    if t.len() >= u32::MAX as usize {
+        return Err(Error::InvalidInput(format!(
+            "{} is too long ({} bytes); split it (the limit is 4 GiB per text)",
+            what(),
+            t.len()
+        )));
+    }
+    Ok(())
 }
 
 /// HF `decoders::wordpiece::cleanup`, applied to each decoded token.
