@@ -11,6 +11,8 @@ ratio is read from the group's table.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from unimask.bench_cases.tokenizer import hf_parallelism, load_lines, reference_and_ours
@@ -42,3 +44,31 @@ def test_encode_batch(benchmark, lang, threads, impl):
     benchmark.extra_info.update(
         bytes=nbytes, tokens=n_tokens, MB_per_s=nbytes / mean / 1e6, Mtokens_per_s=n_tokens / mean / 1e6
     )
+
+
+@pytest.mark.parametrize("impl", ["unimask", "hf"])
+def test_train_vocab(benchmark, impl):
+    """WordPiece vocabulary training (8000 entries) on the whole bundled corpus."""
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, trainers
+    from tokenizers.models import WordPiece
+
+    from unimask.corpus import demo_corpus_paths
+    from unimask.tokenizer import WordPieceTokenizer
+
+    files = [str(p) for p in demo_corpus_paths()]
+    nbytes = sum(Path(f).stat().st_size for f in files)
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    benchmark.group = "train vocab_size=8000"
+
+    def ours():
+        return WordPieceTokenizer.train(files, vocab_size=8000, min_frequency=2, special_tokens=specials)
+
+    def ref():
+        hf = Tokenizer(WordPiece(unk_token="[UNK]"))
+        hf.normalizer = normalizers.BertNormalizer()
+        hf.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        hf.train(files, trainers.WordPieceTrainer(vocab_size=8000, min_frequency=2, special_tokens=specials, show_progress=False))
+        return hf
+
+    benchmark.pedantic(ours if impl == "unimask" else ref, rounds=3, warmup_rounds=1)
+    benchmark.extra_info.update(bytes=nbytes, MB_per_s=nbytes / benchmark.stats.stats.mean / 1e6)

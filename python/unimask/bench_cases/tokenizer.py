@@ -73,8 +73,33 @@ def _setup(index: int, threads: int | None):
     return setup
 
 
+def _setup_train(corpus: list[Path]):
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, trainers  # noqa: PLC0415
+    from tokenizers.models import WordPiece  # noqa: PLC0415
+
+    from ..tokenizer import WordPieceTokenizer  # noqa: PLC0415
+
+    files = [str(p) for p in corpus]
+    nbytes = float(sum(Path(f).stat().st_size for f in files))
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+    def ours():
+        return WordPieceTokenizer.train(files, vocab_size=8000, min_frequency=2, special_tokens=specials)
+
+    def ref():
+        hf = Tokenizer(WordPiece(unk_token="[UNK]"))
+        hf.normalizer = normalizers.BertNormalizer()
+        hf.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        trainer = trainers.WordPieceTrainer(vocab_size=8000, min_frequency=2, special_tokens=specials, show_progress=False)
+        hf.train(files, trainer)
+        return hf
+
+    return ours, ref, nbytes, "B"
+
+
 def cases() -> list[BenchCase]:
-    """encode_batch on the first (English) and second (Chinese) corpus file, 1 thread and all."""
+    """encode_batch on the first (English) and second (Chinese) corpus file, 1 thread and all;
+    vocabulary training on all corpus files."""
     out = []
     for index, lang in ((0, "EN"), (1, "ZH")):
         for threads, label in ((1, "1 thread"), (None, "all threads")):
@@ -86,4 +111,12 @@ def cases() -> list[BenchCase]:
                     note="bytes of UTF-8 text per second; same vocabulary and lines on both sides",
                 )
             )
+    out.append(
+        BenchCase(
+            "tokenizer train vocab 8000 (vs HF WordPieceTrainer)",
+            _setup_train,
+            group="tokenizer",
+            note="corpus bytes per second, all threads on both sides",
+        )
+    )
     return out
