@@ -202,6 +202,23 @@ def test_parity_truncation(minilm_dir, ut, corpus_paths, strategy, max_length):
             assert len(b[i]) <= max_length
 
 
+@pytest.mark.parametrize("max_length", [0, 1, 5, 17])
+def test_parity_truncation_without_special_tokens(minilm_dir, ut, corpus_paths, max_length):
+    hf = tokenizers.Tokenizer.from_file(str(minilm_dir / "tokenizer.json"))
+    hf.no_padding()
+    hf.enable_truncation(max_length=max_length)
+    lines = _lines(corpus_paths[0])[:100] + _lines(corpus_paths[1])[:50]
+    pairs = lines[::-1]
+    h = hf.encode_batch(list(zip(lines, pairs)), add_special_tokens=False)
+    b = ut.encode_batch(lines, pairs, add_special_tokens=False, max_length=max_length)
+    for i, he in enumerate(h):
+        assert_same(he, b[i], (lines[i], pairs[i]))
+    h = hf.encode_batch(lines, add_special_tokens=False)
+    b = ut.encode_batch(lines, add_special_tokens=False, max_length=max_length)
+    for i, he in enumerate(h):
+        assert_same(he, b[i], lines[i])
+
+
 def _hf_bert(vocab_path: Path, **norm):
     from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
     from tokenizers.models import WordPiece

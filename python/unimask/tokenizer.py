@@ -224,7 +224,10 @@ class WordPieceTokenizer:
         format), else ``vocab.txt`` with the settings of ``tokenizer_config.json``.
 
         Raises ``ValueError`` when the tokenizer is not a BERT WordPiece pipeline this class
-        reproduces exactly (another normalizer, added tokens with lstrip/rstrip, ...).
+        reproduces exactly (another normalizer, added tokens with lstrip/rstrip, ...). The
+        truncation/padding settings stored in ``tokenizer.json`` are not applied: pass
+        ``max_length`` to the encode calls and pad with :meth:`RaggedBatch.to_padded`.
+        Keyword arguments override the loaded settings (e.g. ``num_threads``, ``chinese_dict``).
         """
         d = Path(directory)
         if not d.is_dir():
