@@ -26,7 +26,7 @@ use crate::normalize::{
 use crate::pretokenize::split_words;
 use crate::segment::Segmenter;
 use crate::vocab::Vocab;
-use crate::wordpiece::WordPiece;
+use crate::wordpiece::{DoubleArrayTrie, WordPiece};
 use crate::{pool, Error, Result};
 
 /// Truncation strategy (HF names).
@@ -189,6 +189,8 @@ pub struct Tokenizer {
     is_special_id: Vec<bool>,
     ascii_class: [u8; 128],
     ascii_map: [u8; 128],
+    /// Token of each ASCII punctuation character as a word of its own.
+    ascii_punct_id: [u32; 128],
     pub cls_id: Option<u32>,
     pub sep_id: Option<u32>,
     pub pad_id: Option<u32>,
@@ -262,8 +264,17 @@ impl Tokenizer {
             ascii_class[b as usize] = class;
             ascii_map[b as usize] = m;
         }
+        let mut ascii_punct_id = [wordpiece.unk_id; 128];
+        for b in 0..128usize {
+            if ascii_class[b] == A_PUNCT {
+                let mut pieces = Vec::new();
+                wordpiece.tokenize(&[ascii_map[b]], 1, &mut pieces);
+                ascii_punct_id[b] = pieces[0].0;
+            }
+        }
         let id = |t: &str| vocab.token_to_id(t);
         Ok(Self {
+            ascii_punct_id,
             cls_id: id(&config.cls_token),
             sep_id: id(&config.sep_token),
             pad_id: id(&config.pad_token),
@@ -746,6 +757,8 @@ impl Tokenizer {
     ) -> bool {
         let class = &self.ascii_class;
         let map = &self.ascii_map;
+        let trie = self.wordpiece.trie();
+        let max_chars = self.wordpiece.max_input_chars_per_word;
         let n = b.len();
         let mut i = 0usize;
         while i < n {
@@ -757,20 +770,48 @@ impl Tokenizer {
                     continue;
                 }
                 A_DROP => return false,
-                A_PUNCT => i += 1,
+                A_PUNCT => {
+                    // A one-character word: its token is fixed (the character or [UNK]).
+                    let off = base + s as u32;
+                    out.push(
+                        self.ascii_punct_id[b[s] as usize],
+                        type_id,
+                        off,
+                        off + 1,
+                        *word,
+                    );
+                    *word += 1;
+                    i += 1;
+                    continue;
+                }
                 _ => {
-                    sc.word.clear();
+                    // Walk the trie while scanning: most words are one vocabulary entry.
+                    let mut node = Some(DoubleArrayTrie::ROOT);
                     while i < n && class[b[i] as usize] == A_WORD {
-                        sc.word.push(map[b[i] as usize]);
+                        if let Some(t) = node {
+                            node = trie.step(t, map[b[i] as usize]);
+                        }
                         i += 1;
                     }
+                    if let Some(t) = node {
+                        if i - s <= max_chars && trie.accepts(t) {
+                            let off = base + s as u32;
+                            out.push(
+                                trie.value(t).unwrap_or(0),
+                                type_id,
+                                off,
+                                off + (i - s) as u32,
+                                *word,
+                            );
+                            *word += 1;
+                            continue;
+                        }
+                    }
+                    sc.word.clear();
+                    sc.word.extend(b[s..i].iter().map(|&x| map[x as usize]));
                 }
             }
-            let w: &[u8] = if c == A_PUNCT {
-                std::slice::from_ref(&map[b[s] as usize])
-            } else {
-                &sc.word
-            };
+            let w: &[u8] = &sc.word;
             sc.pieces.clear();
             self.wordpiece.tokenize(w, i - s, &mut sc.pieces);
             let off = base + s as u32;
