@@ -687,13 +687,19 @@ impl Tokenizer {
             }
             match kind {
                 1 => {
-                    let mut buf = [0u8; 4];
-                    sc.pieces.clear();
-                    self.wordpiece
-                        .tokenize(cc.encode_utf8(&mut buf).as_bytes(), 1, &mut sc.pieces);
-                    for &(id, _, _) in &sc.pieces {
-                        out.push(id, type_id, base + pos, base + pos + 1, *word);
-                    }
+                    // A one-character word is its own token or [UNK] (no proper prefix of
+                    // one character's bytes can be a vocabulary entry).
+                    let id = if (cc as u32) < 128 {
+                        self.ascii_punct_id[cc as usize]
+                    } else {
+                        let mut buf = [0u8; 4];
+                        let bytes = cc.encode_utf8(&mut buf).as_bytes();
+                        self.wordpiece
+                            .trie()
+                            .get(bytes)
+                            .unwrap_or(self.wordpiece.unk_id)
+                    };
+                    out.push(id, type_id, base + pos, base + pos + 1, *word);
                     *word += 1;
                 }
                 2 => {
