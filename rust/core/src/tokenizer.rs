@@ -147,9 +147,6 @@ impl EncodingBuf {
         self.offsets.extend_from_slice(&other.offsets[..n]);
         self.word_ids.extend_from_slice(&other.word_ids[..n]);
     }
-    fn append(&mut self, other: &EncodingBuf) {
-        self.extend_prefix(other, other.len());
-    }
 }
 
 /// A batch of encodings: flat columns plus `row_splits` (length B + 1).
@@ -471,24 +468,48 @@ impl Tokenizer {
         }
         let parts: Vec<Result<(EncodingBuf, Vec<u32>)>> =
             pool::run(Some(threads), || chunks.par_iter().map(work).collect())?;
-        let total_tokens: usize = parts
-            .iter()
-            .map(|p| p.as_ref().map_or(0, |(b, _)| b.len()))
-            .sum();
-        let t = &mut batch.tokens;
-        t.ids.reserve_exact(total_tokens);
-        t.type_ids.reserve_exact(total_tokens);
-        t.offsets.reserve_exact(total_tokens);
-        t.word_ids.reserve_exact(total_tokens);
+        let parts: Vec<(EncodingBuf, Vec<u32>)> = parts.into_iter().collect::<Result<_>>()?;
+        let total: usize = parts.iter().map(|(b, _)| b.len()).sum();
         let mut acc = 0i64;
-        for part in parts {
-            let (buf, lens) = part?;
-            batch.tokens.append(&buf);
-            for l in lens {
+        for (_, lens) in &parts {
+            for &l in lens {
                 acc += l as i64;
                 batch.row_splits.push(acc);
             }
         }
+        // Assemble in parallel: zeroed allocations are lazily mapped, so each thread faults in
+        // and fills its own region.
+        let t = &mut batch.tokens;
+        t.ids = vec![0; total];
+        t.type_ids = vec![0; total];
+        t.offsets = vec![[0; 2]; total];
+        t.word_ids = vec![0; total];
+        let mut regions = Vec::with_capacity(parts.len());
+        {
+            let (mut ids, mut types, mut offs, mut words) = (
+                &mut t.ids[..],
+                &mut t.type_ids[..],
+                &mut t.offsets[..],
+                &mut t.word_ids[..],
+            );
+            for (b, _) in &parts {
+                let n = b.len();
+                let (a1, r1) = std::mem::take(&mut ids).split_at_mut(n);
+                let (a2, r2) = std::mem::take(&mut types).split_at_mut(n);
+                let (a3, r3) = std::mem::take(&mut offs).split_at_mut(n);
+                let (a4, r4) = std::mem::take(&mut words).split_at_mut(n);
+                regions.push((b, a1, a2, a3, a4));
+                (ids, types, offs, words) = (r1, r2, r3, r4);
+            }
+        }
+        pool::run(Some(threads), || {
+            regions.into_par_iter().for_each(|(b, a1, a2, a3, a4)| {
+                a1.copy_from_slice(&b.ids);
+                a2.copy_from_slice(&b.type_ids);
+                a3.copy_from_slice(&b.offsets);
+                a4.copy_from_slice(&b.word_ids);
+            })
+        })?;
         Ok(batch)
     }
 
