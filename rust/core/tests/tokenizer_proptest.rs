@@ -96,3 +96,48 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// Segmenter spans tile the text exactly, for any input.
+    #[test]
+    fn segmenter_spans_tile_the_text(t in text(), extra in "[北京大学abc12 \r\n]{0,12}") {
+        let dict = "北京 50\n大学 40\n北京大学 30\n学 5\nab 3\n";
+        let seg = unimask_core::segment::Segmenter::from_text(dict, "test").unwrap();
+        let s = format!("{t}{extra}");
+        let spans = seg.cut(&s);
+        let mut at = 0u32;
+        for (a, b) in spans {
+            prop_assert_eq!(a, at);
+            prop_assert!(b > a);
+            at = b;
+        }
+        prop_assert_eq!(at as usize, s.chars().count());
+    }
+
+    /// Training never panics and always yields distinct tokens, specials first.
+    #[test]
+    fn training_yields_distinct_tokens(words in prop::collection::vec(("[a-c\u{e9}\u{4e2d}]{1,6}", 1u64..50), 0..30),
+                                       size in 1usize..60) {
+        use std::collections::HashMap;
+        use unimask_core::train::{train_from_counts, TrainConfig};
+        let mut counts: HashMap<String, u64> = HashMap::new();
+        for (w, c) in words {
+            *counts.entry(w).or_insert(0) += c;
+        }
+        let cfg = TrainConfig {
+            vocab_size: size,
+            min_frequency: 2,
+            special_tokens: vec!["[UNK]".into(), "[PAD]".into()],
+            normalizer: NormalizerConfig::default(),
+            continuing_subword_prefix: "##".into(),
+            max_input_chars_per_word: 100,
+        };
+        let v = train_from_counts(counts, &cfg);
+        prop_assert_eq!(&v[..2], &["[UNK]".to_string(), "[PAD]".to_string()]);
+        let set: std::collections::HashSet<&String> = v.iter().collect();
+        prop_assert_eq!(set.len(), v.len());
+        prop_assert!(Vocab::new(v.clone()).is_ok());
+    }
+}
