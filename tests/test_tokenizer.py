@@ -297,6 +297,16 @@ def test_cased_tokenizer_json_round_trip(tmp_path, minilm_dir, corpus_paths):
     assert_batch_same(hf, ut, ADVERSARIAL + _lines(corpus_paths[0])[:100])
 
 
+def test_cased_vocab_txt_and_tokenizer_config_round_trip(tmp_path, minilm_dir, corpus_paths):
+    ut = WordPieceTokenizer.from_vocab(minilm_dir / "vocab.txt", lowercase=False, handle_chinese_chars=False)
+    ut.save_pretrained(tmp_path)
+    (tmp_path / "tokenizer.json").unlink()
+    back = WordPieceTokenizer.from_pretrained(tmp_path)
+    assert back._config["lowercase"] is False and back._config["handle_chinese_chars"] is False
+    hf = _hf_bert(minilm_dir / "vocab.txt", lowercase=False, handle_chinese_chars=False)
+    assert_batch_same(hf, back, ADVERSARIAL + _lines(corpus_paths[1])[:100])
+
+
 def test_pickle_round_trip(ut, corpus_paths):
     lines = _lines(corpus_paths[0])[:300]
     ut2 = pickle.loads(pickle.dumps(ut))
