@@ -285,6 +285,29 @@ def test_save_pretrained_round_trips_and_hf_loads_it(tmp_path, hf, ut, corpus_pa
     assert_batch_same(hf, WordPieceTokenizer.from_pretrained(tmp_path / "tok"), texts)
 
 
+def test_from_pretrained_rejects_what_it_cannot_reproduce(tmp_path, minilm_dir):
+    import json
+
+    base = json.loads((minilm_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    cases = [
+        (lambda tj: tj["added_tokens"][4].update(lstrip=True), "lstrip=true"),
+        (lambda tj: tj["added_tokens"][4].update(special=False), "not special"),
+        (lambda tj: tj.update(normalizer={"type": "Lowercase"}), "BertNormalizer"),
+        (lambda tj: tj.update(pre_tokenizer={"type": "Whitespace"}), "BertPreTokenizer"),
+        (lambda tj: tj["model"].update(type="BPE"), "WordPiece"),
+        (lambda tj: tj["model"]["vocab"].update({"extra": 99999}), "without gaps"),
+        (lambda tj: tj["post_processor"]["single"].pop(), "not \\[CLS\\] \\$A \\[SEP\\]"),
+    ]
+    for k, (edit, msg) in enumerate(cases):
+        tj = json.loads(json.dumps(base))
+        edit(tj)
+        d = tmp_path / str(k)
+        d.mkdir()
+        (d / "tokenizer.json").write_text(json.dumps(tj), encoding="utf-8")
+        with pytest.raises(ValueError, match=msg):
+            WordPieceTokenizer.from_pretrained(d)
+
+
 def test_saved_vocab_is_identical(tmp_path, ut, minilm_dir):
     ut.save_pretrained(tmp_path)
     assert (tmp_path / "vocab.txt").read_bytes() == (minilm_dir / "vocab.txt").read_bytes()

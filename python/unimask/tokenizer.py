@@ -282,6 +282,8 @@ class WordPieceTokenizer:
             for flag in ("single_word", "lstrip", "rstrip", "normalized"):
                 if at.get(flag):
                     raise ValueError(f"{where}: added token {content!r} has {flag}=true, which is not supported")
+            if not at.get("special", True):
+                raise ValueError(f"{where}: added token {content!r} is not special, which is not supported")
             specials.append(content)
         post = tj.get("post_processor") or {}
         cls_token, sep_token = "[CLS]", "[SEP]"
