@@ -489,3 +489,26 @@ def test_pool_survives_fork(minilm_dir, corpus_paths):
     got = q.get(timeout=60)
     p.join(timeout=30)
     assert got == parent
+
+
+# ------------------------------------------------------------------------------------ benchmark cases
+
+
+def test_bench_cases_compare_the_same_work(tmp_path, corpus_paths):
+    """Each `unimask bench` tokenizer case times unimask and HF on identical input and output."""
+    from unimask.bench_cases.tokenizer import cases
+
+    small = []
+    for p in corpus_paths:
+        q = tmp_path / p.name
+        q.write_text("\n".join(_lines(p)[:300]) + "\n", encoding="utf-8")
+        small.append(q)
+    for case in cases():
+        ours, ref, work, unit = case.setup(small)
+        assert work > 0 and unit == "B"
+        a, b = ours(), ref()
+        if isinstance(a, RaggedBatch):
+            assert [a[i].ids.tolist() for i in range(len(a))] == [e.ids for e in b], case.name
+        else:  # training: the same algorithm on the same files gives (nearly) the same vocabulary
+            ours_v, ref_v = set(a.get_vocab()), set(b.get_vocab())
+            assert len(ours_v & ref_v) / len(ref_v) > 0.95, case.name
