@@ -554,26 +554,32 @@ class WordPieceTokenizer:
 
     @property
     def vocab_size(self) -> int:
+        """Number of vocabulary entries."""
         return self._native.vocab_size
 
     @property
     def unk_id(self) -> int:
+        """Id of the unknown token."""
         return self._native.unk_id
 
     @property
     def cls_id(self) -> int | None:
+        """Id of the classification token (None if absent)."""
         return self._native.cls_id
 
     @property
     def sep_id(self) -> int | None:
+        """Id of the separator token (None if absent)."""
         return self._native.sep_id
 
     @property
     def pad_id(self) -> int | None:
+        """Id of the padding token (None if absent)."""
         return self._native.pad_id
 
     @property
     def mask_id(self) -> int | None:
+        """Id of the mask token (None if absent)."""
         return self._native.mask_id
 
     @property
