@@ -202,6 +202,23 @@ def test_parity_truncation(minilm_dir, ut, corpus_paths, strategy, max_length):
             assert len(b[i]) <= max_length
 
 
+@pytest.mark.parametrize("max_length", [0, 1, 5, 17])
+def test_parity_truncation_without_special_tokens(minilm_dir, ut, corpus_paths, max_length):
+    hf = tokenizers.Tokenizer.from_file(str(minilm_dir / "tokenizer.json"))
+    hf.no_padding()
+    hf.enable_truncation(max_length=max_length)
+    lines = _lines(corpus_paths[0])[:100] + _lines(corpus_paths[1])[:50]
+    pairs = lines[::-1]
+    h = hf.encode_batch(list(zip(lines, pairs)), add_special_tokens=False)
+    b = ut.encode_batch(lines, pairs, add_special_tokens=False, max_length=max_length)
+    for i, he in enumerate(h):
+        assert_same(he, b[i], (lines[i], pairs[i]))
+    h = hf.encode_batch(lines, add_special_tokens=False)
+    b = ut.encode_batch(lines, add_special_tokens=False, max_length=max_length)
+    for i, he in enumerate(h):
+        assert_same(he, b[i], lines[i])
+
+
 def _hf_bert(vocab_path: Path, **norm):
     from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
     from tokenizers.models import WordPiece
@@ -268,6 +285,29 @@ def test_save_pretrained_round_trips_and_hf_loads_it(tmp_path, hf, ut, corpus_pa
     assert_batch_same(hf, WordPieceTokenizer.from_pretrained(tmp_path / "tok"), texts)
 
 
+def test_from_pretrained_rejects_what_it_cannot_reproduce(tmp_path, minilm_dir):
+    import json
+
+    base = json.loads((minilm_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    cases = [
+        (lambda tj: tj["added_tokens"][4].update(lstrip=True), "lstrip=true"),
+        (lambda tj: tj["added_tokens"][4].update(special=False), "not special"),
+        (lambda tj: tj.update(normalizer={"type": "Lowercase"}), "BertNormalizer"),
+        (lambda tj: tj.update(pre_tokenizer={"type": "Whitespace"}), "BertPreTokenizer"),
+        (lambda tj: tj["model"].update(type="BPE"), "WordPiece"),
+        (lambda tj: tj["model"]["vocab"].update({"extra": 99999}), "without gaps"),
+        (lambda tj: tj["post_processor"]["single"].pop(), "not \\[CLS\\] \\$A \\[SEP\\]"),
+    ]
+    for k, (edit, msg) in enumerate(cases):
+        tj = json.loads(json.dumps(base))
+        edit(tj)
+        d = tmp_path / str(k)
+        d.mkdir()
+        (d / "tokenizer.json").write_text(json.dumps(tj), encoding="utf-8")
+        with pytest.raises(ValueError, match=msg):
+            WordPieceTokenizer.from_pretrained(d)
+
+
 def test_saved_vocab_is_identical(tmp_path, ut, minilm_dir):
     ut.save_pretrained(tmp_path)
     assert (tmp_path / "vocab.txt").read_bytes() == (minilm_dir / "vocab.txt").read_bytes()
@@ -278,6 +318,16 @@ def test_cased_tokenizer_json_round_trip(tmp_path, minilm_dir, corpus_paths):
     ut.save(tmp_path / "tokenizer.json")
     hf = tokenizers.Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
     assert_batch_same(hf, ut, ADVERSARIAL + _lines(corpus_paths[0])[:100])
+
+
+def test_cased_vocab_txt_and_tokenizer_config_round_trip(tmp_path, minilm_dir, corpus_paths):
+    ut = WordPieceTokenizer.from_vocab(minilm_dir / "vocab.txt", lowercase=False, handle_chinese_chars=False)
+    ut.save_pretrained(tmp_path)
+    (tmp_path / "tokenizer.json").unlink()
+    back = WordPieceTokenizer.from_pretrained(tmp_path)
+    assert back._config["lowercase"] is False and back._config["handle_chinese_chars"] is False
+    hf = _hf_bert(minilm_dir / "vocab.txt", lowercase=False, handle_chinese_chars=False)
+    assert_batch_same(hf, back, ADVERSARIAL + _lines(corpus_paths[1])[:100])
 
 
 def test_pickle_round_trip(ut, corpus_paths):
@@ -439,3 +489,26 @@ def test_pool_survives_fork(minilm_dir, corpus_paths):
     got = q.get(timeout=60)
     p.join(timeout=30)
     assert got == parent
+
+
+# ------------------------------------------------------------------------------------ benchmark cases
+
+
+def test_bench_cases_compare_the_same_work(tmp_path, corpus_paths):
+    """Each `unimask bench` tokenizer case times unimask and HF on identical input and output."""
+    from unimask.bench_cases.tokenizer import cases
+
+    small = []
+    for p in corpus_paths:
+        q = tmp_path / p.name
+        q.write_text("\n".join(_lines(p)[:300]) + "\n", encoding="utf-8")
+        small.append(q)
+    for case in cases():
+        ours, ref, work, unit = case.setup(small)
+        assert work > 0 and unit == "B"
+        a, b = ours(), ref()
+        if isinstance(a, RaggedBatch):
+            assert [a[i].ids.tolist() for i in range(len(a))] == [e.ids for e in b], case.name
+        else:  # training: the same algorithm on the same files gives (nearly) the same vocabulary
+            ours_v, ref_v = set(a.get_vocab()), set(b.get_vocab())
+            assert len(ours_v & ref_v) / len(ref_v) > 0.95, case.name

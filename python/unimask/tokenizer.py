@@ -29,7 +29,7 @@ import numpy as np
 
 from . import _native
 
-__all__ = ["WordPieceTokenizer", "Encoding", "RaggedBatch"]
+__all__ = ["WordPieceTokenizer", "Encoding", "RaggedBatch", "ChineseSegmenter", "TokenShard"]
 
 _TRUNCATIONS = ("longest_first", "only_first", "only_second")
 
@@ -127,7 +127,10 @@ class WordPieceTokenizer:
     """BERT WordPiece tokenizer (Rust core, numpy output, fork-safe thread pool).
 
     Build it with :meth:`from_vocab` (a ``vocab.txt``), :meth:`from_pretrained` (a BERT model
-    directory) or :meth:`train`. ``num_threads`` (None = all cores) sets the pool used by
+    directory) or :meth:`train`. ``chinese_dict`` (a jieba ``dict.txt``-format file) turns on
+    Chinese word segmentation for ``word_ids``: the characters of one dictionary word then
+    share a word id (whole-word masking, as in Chinese BERT-wwm); ids, type ids and offsets
+    are unchanged. ``num_threads`` (None = all cores) sets the pool used by
     :meth:`encode_batch`; results never depend on it. Instances are picklable (DataLoader
     workers rebuild the Rust object from the vocabulary).
     """
@@ -148,6 +151,7 @@ class WordPieceTokenizer:
         continuing_subword_prefix: str = "##",
         max_input_chars_per_word: int = 100,
         special_tokens: Sequence[str] | None = None,
+        chinese_dict: str | os.PathLike | None = None,
         num_threads: int | None = None,
     ) -> None:
         if isinstance(vocab, (str, bytes, os.PathLike)):
@@ -173,6 +177,7 @@ class WordPieceTokenizer:
             continuing_subword_prefix=continuing_subword_prefix,
             max_input_chars_per_word=max_input_chars_per_word,
             special_tokens=None if special_tokens is None else list(special_tokens),
+            chinese_dict=None if chinese_dict is None else os.fspath(chinese_dict),
         )
         tokens = list(vocab)
         for i, t in enumerate(tokens):
@@ -196,6 +201,7 @@ class WordPieceTokenizer:
             pad_token=pad_token,
             mask_token=mask_token,
             special_tokens=specials,
+            chinese_dict=self._config["chinese_dict"],
         )
 
     # ------------------------------------------------------------------ construction
@@ -218,7 +224,10 @@ class WordPieceTokenizer:
         format), else ``vocab.txt`` with the settings of ``tokenizer_config.json``.
 
         Raises ``ValueError`` when the tokenizer is not a BERT WordPiece pipeline this class
-        reproduces exactly (another normalizer, added tokens with lstrip/rstrip, ...).
+        reproduces exactly (another normalizer, added tokens with lstrip/rstrip, ...). The
+        truncation/padding settings stored in ``tokenizer.json`` are not applied: pass
+        ``max_length`` to the encode calls and pad with :meth:`RaggedBatch.to_padded`.
+        Keyword arguments override the loaded settings (e.g. ``num_threads``, ``chinese_dict``).
         """
         d = Path(directory)
         if not d.is_dir():
@@ -273,6 +282,8 @@ class WordPieceTokenizer:
             for flag in ("single_word", "lstrip", "rstrip", "normalized"):
                 if at.get(flag):
                     raise ValueError(f"{where}: added token {content!r} has {flag}=true, which is not supported")
+            if not at.get("special", True):
+                raise ValueError(f"{where}: added token {content!r} is not special, which is not supported")
             specials.append(content)
         post = tj.get("post_processor") or {}
         cls_token, sep_token = "[CLS]", "[SEP]"
@@ -310,6 +321,70 @@ class WordPieceTokenizer:
                 opts["mask_token"] = tok
         opts.update(kwargs)
         return cls(tokens, **opts)  # type: ignore[arg-type]
+
+    @classmethod
+    def train(
+        cls,
+        files: str | os.PathLike | Sequence[str | os.PathLike],
+        vocab_size: int = 30522,
+        min_frequency: int = 2,
+        special_tokens: Sequence[str] = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"),
+        lowercase: bool = True,
+        strip_accents: bool | None = None,
+        clean_text: bool = True,
+        handle_chinese_chars: bool = True,
+        num_threads: int | None = None,
+        **kwargs: Any,
+    ) -> "WordPieceTokenizer":
+        """Train a WordPiece vocabulary on text files and return the tokenizer using it.
+
+        Algorithm (that of HF ``tokenizers``' ``WordPieceTrainer``: BPE merges with a ``##``
+        continuation prefix; details in ``docs/tokenizer.md``): words are counted after the
+        same BERT normalization and pre-tokenization the tokenizer applies; the vocabulary
+        starts with ``special_tokens`` (in order) and every character seen (``c`` at a word
+        start, ``##c`` inside), then repeatedly adds the merge of the most frequent adjacent
+        pair until ``vocab_size`` entries or no pair occurs ``min_frequency`` times.
+        Deterministic for any ``num_threads``.
+        """
+        if isinstance(files, (str, os.PathLike)):
+            files = [files]
+        paths = [os.fspath(f) for f in files]
+        if not paths:
+            raise ValueError("train needs at least one file")
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
+            raise ValueError(f"vocab_size must be a positive int, got {vocab_size!r}")
+        if isinstance(min_frequency, bool) or not isinstance(min_frequency, int) or min_frequency < 0:
+            raise ValueError(f"min_frequency must be a non-negative int, got {min_frequency!r}")
+        specials = list(special_tokens)
+        unk = kwargs.get("unk_token", "[UNK]")
+        if unk not in specials:
+            raise ValueError(f"special_tokens must contain the unknown token {unk!r}, got {specials!r}")
+        if len(set(specials)) != len(specials):
+            raise ValueError(f"special_tokens has duplicates: {specials!r}")
+        strip = lowercase if strip_accents is None else strip_accents
+        tokens = _native.train_wordpiece(
+            paths,
+            vocab_size,
+            min_frequency,
+            specials,
+            clean_text=clean_text,
+            handle_chinese_chars=handle_chinese_chars,
+            strip_accents=strip,
+            lowercase=lowercase,
+            continuing_subword_prefix=kwargs.get("continuing_subword_prefix", "##"),
+            max_input_chars_per_word=kwargs.get("max_input_chars_per_word", 100),
+            num_threads=num_threads,
+        )
+        return cls(
+            tokens,
+            lowercase=lowercase,
+            strip_accents=strip_accents,
+            clean_text=clean_text,
+            handle_chinese_chars=handle_chinese_chars,
+            special_tokens=specials,
+            num_threads=num_threads,
+            **kwargs,
+        )
 
     # ------------------------------------------------------------------ saving
 
@@ -447,6 +522,22 @@ class WordPieceTokenizer:
             raise TypeError("ids must be a sequence of ints, got a string")
         return self._native.decode(list(ids), bool(skip_special_tokens))
 
+    def encode_file(
+        self, path: str | os.PathLike, out_prefix: str | os.PathLike, batch_bytes: int = 8 << 20
+    ) -> "TokenShard":
+        """Tokenize a corpus file (UTF-8, one sentence per line, blank lines between documents,
+        lines stripped as :func:`unimask.corpus.read_documents` does) into the shard
+        ``<out_prefix>.umshard`` without special tokens, streaming ``batch_bytes`` of text at a
+        time (bounded memory). Returns the opened :class:`TokenShard`. The format (header,
+        version, CRC-32) is documented in ``docs/tokenizer.md``. Invalid UTF-8 raises
+        ``ValueError`` naming the line.
+        """
+        if not isinstance(batch_bytes, int) or batch_bytes < 1:
+            raise ValueError(f"batch_bytes must be a positive int, got {batch_bytes!r}")
+        out = Path(os.fspath(out_prefix) + ".umshard")
+        self._native.encode_file(os.fspath(path), os.fspath(out), batch_bytes, self.num_threads)
+        return TokenShard(out)
+
     # ------------------------------------------------------------------ vocabulary
 
     def token_to_id(self, token: str) -> int | None:
@@ -463,26 +554,32 @@ class WordPieceTokenizer:
 
     @property
     def vocab_size(self) -> int:
+        """Number of vocabulary entries."""
         return self._native.vocab_size
 
     @property
     def unk_id(self) -> int:
+        """Id of the unknown token."""
         return self._native.unk_id
 
     @property
     def cls_id(self) -> int | None:
+        """Id of the classification token (None if absent)."""
         return self._native.cls_id
 
     @property
     def sep_id(self) -> int | None:
+        """Id of the separator token (None if absent)."""
         return self._native.sep_id
 
     @property
     def pad_id(self) -> int | None:
+        """Id of the padding token (None if absent)."""
         return self._native.pad_id
 
     @property
     def mask_id(self) -> int | None:
+        """Id of the mask token (None if absent)."""
         return self._native.mask_id
 
     @property
@@ -515,3 +612,93 @@ def _check_max_length(max_length: int | None, truncation: str, stride: int) -> N
         raise TypeError(f"stride must be an int, got {stride!r}")
     if not isinstance(truncation, str) or truncation not in _TRUNCATIONS:
         raise ValueError(f"truncation must be one of {_TRUNCATIONS}, got {truncation!r}")
+
+
+class ChineseSegmenter:
+    """Dictionary-based Chinese word segmentation in Rust, equal to ``jieba.cut(text, HMM=False)``
+    with the same dictionary (jieba's ``dict.txt`` format: ``word freq [tag]`` per line).
+
+    Algorithm (jieba 0.42): DAG of dictionary words over each run of han characters/ASCII
+    alphanumerics, maximum log-probability path by dynamic programming, ASCII runs glued.
+    """
+
+    def __init__(self, dictionary: str | os.PathLike) -> None:
+        self.path = os.fspath(dictionary)
+        self._native = _native.Segmenter(self.path)
+
+    def spans(self, text: str) -> list[tuple[int, int]]:
+        """Word spans ``(start, end)`` in characters, covering ``text`` in order."""
+        return self._native.cut(text)
+
+    def cut(self, text: str) -> list[str]:
+        """The words of ``text`` (like ``list(jieba.cut(text, HMM=False))``)."""
+        return [text[s:e] for s, e in self._native.cut(text)]
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["path"])  # type: ignore[misc]
+
+
+class TokenShard:
+    """A token shard written by :meth:`WordPieceTokenizer.encode_file`, memory-mapped.
+
+    ``len(shard)`` is the number of documents; ``shard[i]`` is document ``i`` as a list of
+    sentence token-id arrays (zero-copy views into the file); ``tokens``,
+    ``sentence_offsets`` and ``document_offsets`` are the raw ``np.memmap`` columns. The header
+    and CRC-32 are checked on open (``verify=False`` skips the CRC pass over the file).
+    Picklable: workers reopen the file.
+    """
+
+    def __init__(self, path: str | os.PathLike, verify: bool = True) -> None:
+        self.path = Path(path)
+        self.verify = verify
+        h = _native.shard_header(os.fspath(self.path), verify)
+        self.header = h
+        self.vocab_size = int(h["vocab_size"])
+        self.num_tokens = int(h["n_tokens"])
+        self.num_sentences = int(h["n_sentences"])
+        self.num_documents = int(h["n_documents"])
+        dtype = np.dtype("<u2") if h["token_bytes"] == 2 else np.dtype("<u4")
+        base = int(h["header_len"])
+        tok_end = base + int(h["tokens_len"])
+
+        def view(dt: np.dtype, offset: int, n: int) -> np.ndarray:
+            if n == 0:
+                return np.zeros(0, dtype=dt)
+            return np.memmap(self.path, dtype=dt, mode="r", offset=offset, shape=(n,))
+
+        self.tokens = view(dtype, base, self.num_tokens)
+        self.sentence_offsets = view(np.dtype("<u8"), tok_end, self.num_sentences + 1)
+        self.document_offsets = view(np.dtype("<u8"), tok_end + 8 * (self.num_sentences + 1), self.num_documents + 1)
+
+    def __len__(self) -> int:
+        return self.num_documents
+
+    def sentence(self, j: int) -> np.ndarray:
+        """Token ids of sentence ``j`` (a view)."""
+        if not 0 <= j < self.num_sentences:
+            raise IndexError(f"sentence {j} out of range ({self.num_sentences} sentences)")
+        so = self.sentence_offsets
+        return self.tokens[int(so[j]) : int(so[j + 1])]
+
+    def __getitem__(self, i: int) -> list[np.ndarray]:
+        """Document ``i``: its sentences' token ids."""
+        n = self.num_documents
+        if not isinstance(i, (int, np.integer)):
+            raise TypeError(f"document index must be an int, got {type(i).__name__}")
+        if not -n <= i < n:
+            raise IndexError(f"document {i} out of range ({n} documents)")
+        i = int(i) % n
+        d = self.document_offsets
+        return [self.sentence(j) for j in range(int(d[i]), int(d[i + 1]))]
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "verify": False}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["path"], verify=state["verify"])  # type: ignore[misc]
+
+    def __repr__(self) -> str:
+        return f"TokenShard({str(self.path)!r}, documents={self.num_documents}, sentences={self.num_sentences}, tokens={self.num_tokens})"

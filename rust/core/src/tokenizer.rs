@@ -20,11 +20,13 @@
 use rayon::prelude::*;
 
 use crate::normalize::{
-    char_flags, NChar, NormScratch, Normalizer, NormalizerConfig, F_PUNCT, F_WS,
+    char_flags, NChar, NormScratch, Normalizer, NormalizerConfig, F_CHINESE, F_CLEAN_WS, F_DROP,
+    F_LOWER_SELF, F_MN, F_NFD_SELF, F_PUNCT, F_WS,
 };
 use crate::pretokenize::split_words;
+use crate::segment::Segmenter;
 use crate::vocab::Vocab;
-use crate::wordpiece::WordPiece;
+use crate::wordpiece::{DoubleArrayTrie, WordPiece};
 use crate::{pool, Error, Result};
 
 /// Truncation strategy (HF names).
@@ -145,9 +147,6 @@ impl EncodingBuf {
         self.offsets.extend_from_slice(&other.offsets[..n]);
         self.word_ids.extend_from_slice(&other.word_ids[..n]);
     }
-    fn append(&mut self, other: &EncodingBuf) {
-        self.extend_prefix(other, other.len());
-    }
 }
 
 /// A batch of encodings: flat columns plus `row_splits` (length B + 1).
@@ -187,10 +186,14 @@ pub struct Tokenizer {
     is_special_id: Vec<bool>,
     ascii_class: [u8; 128],
     ascii_map: [u8; 128],
+    /// Token of each ASCII punctuation character as a word of its own.
+    ascii_punct_id: [u32; 128],
     pub cls_id: Option<u32>,
     pub sep_id: Option<u32>,
     pub pad_id: Option<u32>,
     pub mask_id: Option<u32>,
+    /// Optional Chinese word segmenter: characters of one dictionary word share a word id.
+    segmenter: Option<std::sync::Arc<Segmenter>>,
 }
 
 impl Tokenizer {
@@ -258,8 +261,17 @@ impl Tokenizer {
             ascii_class[b as usize] = class;
             ascii_map[b as usize] = m;
         }
+        let mut ascii_punct_id = [wordpiece.unk_id; 128];
+        for b in 0..128usize {
+            if ascii_class[b] == A_PUNCT {
+                let mut pieces = Vec::new();
+                wordpiece.tokenize(&[ascii_map[b]], 1, &mut pieces);
+                ascii_punct_id[b] = pieces[0].0;
+            }
+        }
         let id = |t: &str| vocab.token_to_id(t);
         Ok(Self {
+            ascii_punct_id,
             cls_id: id(&config.cls_token),
             sep_id: id(&config.sep_token),
             pad_id: id(&config.pad_token),
@@ -274,7 +286,19 @@ impl Tokenizer {
             ascii_class,
             ascii_map,
             vocab,
+            segmenter: None,
         })
+    }
+
+    /// Use `seg` to give the characters of one Chinese word a single word id (for whole-word
+    /// masking); `None` restores HF's word ids (one word per CJK character).
+    pub fn with_segmenter(mut self, seg: Option<std::sync::Arc<Segmenter>>) -> Self {
+        self.segmenter = seg;
+        self
+    }
+
+    pub fn segmenter(&self) -> Option<&Segmenter> {
+        self.segmenter.as_deref()
     }
 
     pub fn vocab(&self) -> &Vocab {
@@ -351,6 +375,10 @@ impl Tokenizer {
         opts: &EncodeOptions,
     ) -> Result<EncodingBuf> {
         self.check_options(opts, pair.is_some())?;
+        check_len(text, || "text".into())?;
+        if let Some(p) = pair {
+            check_len(p, || "pair".into())?;
+        }
         let mut out = EncodingBuf::default();
         let mut sc = Scratch::default();
         self.encode_into(text, pair, opts, &mut sc, &mut out)?;
@@ -376,6 +404,14 @@ impl Tokenizer {
             }
         }
         self.check_options(opts, pairs.is_some())?;
+        for (i, t) in texts.iter().enumerate() {
+            check_len(t, || format!("texts[{i}]"))?;
+        }
+        if let Some(p) = pairs {
+            for (i, t) in p.iter().enumerate() {
+                check_len(t, || format!("pairs[{i}]"))?;
+            }
+        }
         let threads = pool::resolve_threads(num_threads)?;
         let total_bytes: usize = texts.iter().map(|t| t.len()).sum::<usize>()
             + pairs.map_or(0, |p| p.iter().map(|t| t.len()).sum());
@@ -393,6 +429,11 @@ impl Tokenizer {
         let work = |&(s, e): &(usize, usize)| -> Result<(EncodingBuf, Vec<u32>)> {
             let mut sc = Scratch::default();
             let mut buf = EncodingBuf::default();
+            let est = texts[s..e].iter().map(|t| t.len()).sum::<usize>() / 3 + 3 * (e - s) + 16;
+            buf.ids.reserve(est);
+            buf.type_ids.reserve(est);
+            buf.offsets.reserve(est);
+            buf.word_ids.reserve(est);
             let mut lens = Vec::with_capacity(e - s);
             for i in s..e {
                 let before = buf.len();
@@ -401,32 +442,74 @@ impl Tokenizer {
             }
             Ok((buf, lens))
         };
-        let parts: Vec<Result<(EncodingBuf, Vec<u32>)>> = if threads == 1 || chunks.len() <= 1 {
-            chunks.iter().map(work).collect()
-        } else {
-            pool::run(Some(threads), || chunks.par_iter().map(work).collect())?
-        };
         let mut batch = RaggedBatch::default();
-        let total_tokens: usize = parts
-            .iter()
-            .map(|p| p.as_ref().map_or(0, |(b, _)| b.len()))
-            .sum();
-        let t = &mut batch.tokens;
-        t.ids.reserve_exact(total_tokens);
-        t.type_ids.reserve_exact(total_tokens);
-        t.offsets.reserve_exact(total_tokens);
-        t.word_ids.reserve_exact(total_tokens);
         batch.row_splits.reserve_exact(n + 1);
         batch.row_splits.push(0);
+        if threads == 1 || chunks.len() <= 1 {
+            // One thread: encode straight into the output (no per-chunk buffers to concatenate).
+            let est = total_bytes / 3 + 3 * n + 16;
+            let t = &mut batch.tokens;
+            t.ids.reserve(est);
+            t.type_ids.reserve(est);
+            t.offsets.reserve(est);
+            t.word_ids.reserve(est);
+            let mut sc = Scratch::default();
+            for i in 0..n {
+                self.encode_into(
+                    texts[i],
+                    pairs.map(|p| p[i]),
+                    opts,
+                    &mut sc,
+                    &mut batch.tokens,
+                )?;
+                batch.row_splits.push(batch.tokens.len() as i64);
+            }
+            return Ok(batch);
+        }
+        let parts: Vec<Result<(EncodingBuf, Vec<u32>)>> =
+            pool::run(Some(threads), || chunks.par_iter().map(work).collect())?;
+        let parts: Vec<(EncodingBuf, Vec<u32>)> = parts.into_iter().collect::<Result<_>>()?;
+        let total: usize = parts.iter().map(|(b, _)| b.len()).sum();
         let mut acc = 0i64;
-        for part in parts {
-            let (buf, lens) = part?;
-            batch.tokens.append(&buf);
-            for l in lens {
+        for (_, lens) in &parts {
+            for &l in lens {
                 acc += l as i64;
                 batch.row_splits.push(acc);
             }
         }
+        // Assemble in parallel: zeroed allocations are lazily mapped, so each thread faults in
+        // and fills its own region.
+        let t = &mut batch.tokens;
+        t.ids = vec![0; total];
+        t.type_ids = vec![0; total];
+        t.offsets = vec![[0; 2]; total];
+        t.word_ids = vec![0; total];
+        let mut regions = Vec::with_capacity(parts.len());
+        {
+            let (mut ids, mut types, mut offs, mut words) = (
+                &mut t.ids[..],
+                &mut t.type_ids[..],
+                &mut t.offsets[..],
+                &mut t.word_ids[..],
+            );
+            for (b, _) in &parts {
+                let n = b.len();
+                let (a1, r1) = std::mem::take(&mut ids).split_at_mut(n);
+                let (a2, r2) = std::mem::take(&mut types).split_at_mut(n);
+                let (a3, r3) = std::mem::take(&mut offs).split_at_mut(n);
+                let (a4, r4) = std::mem::take(&mut words).split_at_mut(n);
+                regions.push((b, a1, a2, a3, a4));
+                (ids, types, offs, words) = (r1, r2, r3, r4);
+            }
+        }
+        pool::run(Some(threads), || {
+            regions.into_par_iter().for_each(|(b, a1, a2, a3, a4)| {
+                a1.copy_from_slice(&b.ids);
+                a2.copy_from_slice(&b.type_ids);
+                a3.copy_from_slice(&b.offsets);
+                a4.copy_from_slice(&b.word_ids);
+            })
+        })?;
         Ok(batch)
     }
 
@@ -488,6 +571,7 @@ impl Tokenizer {
         sc: &mut Scratch,
         out: &mut EncodingBuf,
     ) {
+        let first = out.len();
         let bytes = text.as_bytes();
         let mut word: i32 = 0;
         let mut seg_start = 0usize;
@@ -513,6 +597,14 @@ impl Tokenizer {
             }
         }
         self.encode_segment(&text[seg_start..], seg_char, type_id, &mut word, sc, out);
+        if let Some(seg) = &self.segmenter {
+            merge_chinese_words(
+                seg,
+                text,
+                &mut out.offsets[first..],
+                &mut out.word_ids[first..],
+            );
+        }
     }
 
     #[inline]
@@ -548,8 +640,134 @@ impl Tokenizer {
             }
             out.truncate(mark);
             *word = w0;
+        } else {
+            let mark = out.len();
+            let w0 = *word;
+            if let Some(n) = self.encode_simple(seg, base, type_id, word, sc, out) {
+                return n;
+            }
+            out.truncate(mark);
+            *word = w0;
         }
         self.encode_general(seg, base, type_id, word, sc, out)
+    }
+
+    /// Fast path for text whose normalization is the identity character by character (CJK,
+    /// most scripts, ASCII mixed in): one pass, no alignment buffers. Returns `None` (output to
+    /// roll back) at the first character that normalization would drop, expand or reorder,
+    /// which the exact general path then handles. Returns the segment's length in characters.
+    fn encode_simple(
+        &self,
+        seg: &str,
+        base: u32,
+        type_id: u8,
+        word: &mut i32,
+        sc: &mut Scratch,
+        out: &mut EncodingBuf,
+    ) -> Option<u32> {
+        let cfg = self.normalizer.config;
+        sc.word.clear();
+        let mut word_start = 0u32; // char index (in seg) of the current word's first char
+        let mut pos = 0u32;
+        for c in seg.chars() {
+            let kind; // 0 = whitespace, 1 = isolated (punct / CJK), 2 = word char
+            let mut cc = c;
+            if (c as u32) < 128 {
+                match self.ascii_class[c as usize] {
+                    A_DROP => return None,
+                    A_SPACE => kind = 0,
+                    A_PUNCT => kind = 1,
+                    _ => {
+                        kind = 2;
+                        cc = self.ascii_map[c as usize] as char;
+                    }
+                }
+            } else {
+                let f = char_flags(c);
+                if cfg.clean_text && f & F_DROP != 0 {
+                    return None;
+                }
+                if (cfg.clean_text && f & F_CLEAN_WS != 0) || f & F_WS != 0 {
+                    kind = 0;
+                } else {
+                    if cfg.strip_accents && (f & F_NFD_SELF == 0 || f & F_MN != 0) {
+                        return None;
+                    }
+                    if cfg.lowercase && f & F_LOWER_SELF == 0 {
+                        return None;
+                    }
+                    kind = if f & F_PUNCT != 0 || (cfg.handle_chinese_chars && f & F_CHINESE != 0) {
+                        1
+                    } else {
+                        2
+                    };
+                }
+            }
+            if kind != 2 && !sc.word.is_empty() {
+                self.flush_word(base + word_start, type_id, word, sc, out);
+            }
+            match kind {
+                1 => {
+                    // A one-character word is its own token or [UNK] (no proper prefix of
+                    // one character's bytes can be a vocabulary entry).
+                    let id = if (cc as u32) < 128 {
+                        self.ascii_punct_id[cc as usize]
+                    } else {
+                        let mut buf = [0u8; 4];
+                        let bytes = cc.encode_utf8(&mut buf).as_bytes();
+                        self.wordpiece
+                            .trie()
+                            .get(bytes)
+                            .unwrap_or(self.wordpiece.unk_id)
+                    };
+                    out.push(id, type_id, base + pos, base + pos + 1, *word);
+                    *word += 1;
+                }
+                2 => {
+                    if sc.word.is_empty() {
+                        word_start = pos;
+                    }
+                    let mut buf = [0u8; 4];
+                    sc.word
+                        .extend_from_slice(cc.encode_utf8(&mut buf).as_bytes());
+                }
+                _ => {}
+            }
+            pos += 1;
+        }
+        if !sc.word.is_empty() {
+            self.flush_word(base + word_start, type_id, word, sc, out);
+        }
+        Some(pos)
+    }
+
+    /// Tokenize the word in `sc.word` (characters map one to one onto original characters
+    /// starting at `start`).
+    fn flush_word(
+        &self,
+        start: u32,
+        type_id: u8,
+        word: &mut i32,
+        sc: &mut Scratch,
+        out: &mut EncodingBuf,
+    ) {
+        let w = &sc.word;
+        let n_chars = w.iter().filter(|&&b| (b as i8) >= -0x40).count();
+        sc.pieces.clear();
+        self.wordpiece.tokenize(w, n_chars, &mut sc.pieces);
+        let mut char_at = 0u32; // chars before byte `byte_at`
+        let mut byte_at = 0usize;
+        for &(id, ps, pe) in &sc.pieces {
+            let count =
+                |a: usize, b: usize| w[a..b].iter().filter(|&&x| (x as i8) >= -0x40).count() as u32;
+            let s = char_at + count(byte_at, ps as usize);
+            let e = s + count(ps as usize, pe as usize);
+            out.push(id, type_id, start + s, start + e, *word);
+            char_at = e;
+            byte_at = pe as usize;
+        }
+        *word += 1;
+        sc.word.clear();
     }
 
     /// ASCII fast path; returns false (having written garbage to roll back) when the segment
@@ -566,6 +784,8 @@ impl Tokenizer {
     ) -> bool {
         let class = &self.ascii_class;
         let map = &self.ascii_map;
+        let trie = self.wordpiece.trie();
+        let max_chars = self.wordpiece.max_input_chars_per_word;
         let n = b.len();
         let mut i = 0usize;
         while i < n {
@@ -577,20 +797,48 @@ impl Tokenizer {
                     continue;
                 }
                 A_DROP => return false,
-                A_PUNCT => i += 1,
+                A_PUNCT => {
+                    // A one-character word: its token is fixed (the character or [UNK]).
+                    let off = base + s as u32;
+                    out.push(
+                        self.ascii_punct_id[b[s] as usize],
+                        type_id,
+                        off,
+                        off + 1,
+                        *word,
+                    );
+                    *word += 1;
+                    i += 1;
+                    continue;
+                }
                 _ => {
-                    sc.word.clear();
+                    // Walk the trie while scanning: most words are one vocabulary entry.
+                    let mut node = Some(DoubleArrayTrie::ROOT);
                     while i < n && class[b[i] as usize] == A_WORD {
-                        sc.word.push(map[b[i] as usize]);
+                        if let Some(t) = node {
+                            node = trie.step(t, map[b[i] as usize]);
+                        }
                         i += 1;
                     }
+                    if let Some(t) = node {
+                        if i - s <= max_chars && trie.accepts(t) {
+                            let off = base + s as u32;
+                            out.push(
+                                trie.value(t).unwrap_or(0),
+                                type_id,
+                                off,
+                                off + (i - s) as u32,
+                                *word,
+                            );
+                            *word += 1;
+                            continue;
+                        }
+                    }
+                    sc.word.clear();
+                    sc.word.extend(b[s..i].iter().map(|&x| map[x as usize]));
                 }
             }
-            let w: &[u8] = if c == A_PUNCT {
-                std::slice::from_ref(&map[b[s] as usize])
-            } else {
-                &sc.word
-            };
+            let w: &[u8] = &sc.word;
             sc.pieces.clear();
             self.wordpiece.tokenize(w, i - s, &mut sc.pieces);
             let off = base + s as u32;
@@ -669,6 +917,61 @@ impl Tokenizer {
         }
         Ok(s)
     }
+}
+
+/// Renumber the word ids of one sequence so that consecutive single-CJK-character words inside
+/// one dictionary word (per `seg`) share an id. Other words keep HF's boundaries.
+fn merge_chinese_words(
+    seg: &Segmenter,
+    text: &str,
+    offsets: &mut [[u32; 2]],
+    word_ids: &mut [i32],
+) {
+    if word_ids.is_empty() || !text.chars().any(crate::normalize::is_chinese_char) {
+        return;
+    }
+    let chars: Vec<char> = text.chars().collect();
+    let mut starts = vec![false; chars.len() + 1];
+    for (s, _) in seg.cut(text) {
+        starts[s as usize] = true;
+    }
+    let is_cjk_token = |o: &[u32; 2]| {
+        o[1] == o[0] + 1
+            && chars
+                .get(o[0] as usize)
+                .is_some_and(|&c| crate::normalize::is_chinese_char(c))
+    };
+    let mut new_id = -1i32;
+    let mut prev_old = i32::MIN;
+    let mut prev_cjk_pos: Option<u32> = None;
+    for (o, w) in offsets.iter().zip(word_ids.iter_mut()) {
+        let old = *w;
+        if old < 0 {
+            continue;
+        }
+        let cjk = is_cjk_token(o);
+        if old != prev_old {
+            let glue = cjk && prev_cjk_pos == Some(o[0].wrapping_sub(1)) && !starts[o[0] as usize];
+            if !glue {
+                new_id += 1;
+            }
+        }
+        prev_old = old;
+        prev_cjk_pos = if cjk { Some(o[0]) } else { None };
+        *w = new_id;
+    }
+}
+
+/// Offsets are `u32`: refuse texts of 4 GiB or more.
+fn check_len(t: &str, what: impl Fn() -> String) -> Result<()> {
+    if t.len() >= u32::MAX as usize {
+        return Err(Error::InvalidInput(format!(
+            "{} is too long ({} bytes); split it (the limit is 4 GiB per text)",
+            what(),
+            t.len()
+        )));
+    }
+    Ok(())
 }
 
 /// HF `decoders::wordpiece::cleanup`, applied to each decoded token.
@@ -802,6 +1105,60 @@ mod tests {
         let e = e.unwrap();
         assert_eq!(e.ids, vec![5]);
         assert_eq!(e.offsets, vec![[0, 6]]);
+    }
+
+    #[test]
+    fn fast_paths_agree_with_the_general_path() {
+        let words = [
+            "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hello", "中", "文", "é", "e", "##llo",
+            "he", "!",
+        ];
+        let vocab = || Vocab::new(words.iter().map(|s| s.to_string()).collect()).unwrap();
+        let texts = [
+            "Hello 中文!",
+            "héllo",
+            "ÉCOLE",
+            "a\u{301}b",
+            "x\u{1}y 中",
+            "İ",
+            "\u{f900}",
+            "日本語 hello",
+            "tab\there",
+            "\u{3000}中\u{3000}",
+            "ǅ",
+            "\u{1b44}\u{1b44}",
+            "abc\u{200b}def",
+            "Ω!ω",
+        ];
+        for (lower, strip, clean, cjk) in [
+            (true, true, true, true),
+            (false, false, true, true),
+            (true, false, false, false),
+            (false, true, true, false),
+        ] {
+            let cfg = TokenizerConfig {
+                normalizer: NormalizerConfig {
+                    lowercase: lower,
+                    strip_accents: strip,
+                    clean_text: clean,
+                    handle_chinese_chars: cjk,
+                },
+                ..Default::default()
+            };
+            let t = Tokenizer::new(vocab(), cfg).unwrap();
+            for text in texts {
+                let (mut a, mut b) = (EncodingBuf::default(), EncodingBuf::default());
+                let (mut wa, mut wb) = (0, 0);
+                let mut sc = Scratch::default();
+                let na = t.encode_segment(text, 0, 0, &mut wa, &mut sc, &mut a);
+                let nb = t.encode_general(text, 0, 0, &mut wb, &mut sc, &mut b);
+                assert_eq!(
+                    (na, wa, &a),
+                    (nb, wb, &b),
+                    "{text:?} lower={lower} strip={strip}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -25,10 +25,16 @@ struct Node {
     value: u32,
 }
 
-/// A byte-level double-array trie mapping strings to ids.
+/// Bit of `base` marking a node where a key ends.
+const ACCEPT: u32 = 1 << 31;
+
+/// A byte-level double-array trie mapping strings to ids. Each slot is 8 bytes
+/// (`base | ACCEPT`, `check`) so the walk touches as few cache lines as possible; the ids of
+/// accepting nodes live in a separate array read once per match.
 #[derive(Clone, Debug)]
 pub struct DoubleArrayTrie {
-    nodes: Vec<Node>,
+    nodes: Vec<[u32; 2]>,
+    values: Vec<u32>,
 }
 
 impl DoubleArrayTrie {
@@ -56,77 +62,69 @@ impl DoubleArrayTrie {
             }
             vals[s] = v;
         }
-        // 2. Place nodes breadth-first into the double array.
-        let free = Node {
-            base: 0,
-            check: NONE,
-            value: NONE,
-        };
-        let mut nodes = vec![free; 256 + kids.len() * 2];
-        nodes[0] = Node {
+        // 2. Place nodes breadth-first into the double array. Free slots form a doubly linked
+        //    list so a search visits free slots only; a slot that failed many searches is
+        //    taken off the list (and stays unused) so searches do not rescan a crowded prefix.
+        let mut da = Placer::new(kids.len() * 2 + 512);
+        da.take(0);
+        da.nodes[0] = Node {
             base: 1,
             check: 0,
             value: vals[0],
         };
-        let mut first_free = 1usize;
         let mut queue = std::collections::VecDeque::from([(0usize, 0usize)]);
-        while let Some((tmp, da)) = queue.pop_front() {
+        while let Some((tmp, at)) = queue.pop_front() {
             let children = &kids[tmp];
             if children.is_empty() {
                 continue;
             }
-            while first_free < nodes.len() && nodes[first_free].check != NONE {
-                first_free += 1;
-            }
-            let lo = children[0].0 as usize;
-            let mut pos = first_free.max(lo + 1);
-            let base = loop {
-                let b = pos - lo;
-                let need = b + 255 + 1;
-                if nodes.len() < need {
-                    nodes.resize(need.max(nodes.len() * 3 / 2), free);
-                }
-                if children
-                    .iter()
-                    .all(|&(l, _)| nodes[b + l as usize].check == NONE)
-                {
-                    break b;
-                }
-                pos += 1;
-                while pos < nodes.len() && nodes[pos].check != NONE {
-                    pos += 1;
-                }
-            };
-            nodes[da].base = base as u32;
+            let base = da.find_base(children);
+            da.nodes[at].base = base as u32;
             for &(l, child) in children {
                 let t = base + l as usize;
-                nodes[t] = Node {
+                da.take(t);
+                da.nodes[t] = Node {
                     base: 1,
-                    check: da as u32,
+                    check: at as u32,
                     value: vals[child as usize],
                 };
                 queue.push_back((child as usize, t));
             }
         }
-        let used = nodes.iter().rposition(|n| n.check != NONE).unwrap_or(0) + 1;
-        nodes.truncate(used.max(1) + 256);
-        Self { nodes }
+        let mut full = da.nodes;
+        let used = full.iter().rposition(|n| n.check != NONE).unwrap_or(0) + 1;
+        full.truncate(used.max(1) + 256);
+        let nodes = full
+            .iter()
+            .map(|n| {
+                debug_assert!(n.base < ACCEPT);
+                [n.base | if n.value != NONE { ACCEPT } else { 0 }, n.check]
+            })
+            .collect();
+        let values = full.iter().map(|n| n.value).collect();
+        Self { nodes, values }
     }
 
     /// Follow the edge labelled `b` from node `s`.
     #[inline(always)]
     pub fn step(&self, s: u32, b: u8) -> Option<u32> {
-        let t = self.nodes[s as usize].base as usize + b as usize;
+        let t = (self.nodes[s as usize][0] & !ACCEPT) as usize + b as usize;
         match self.nodes.get(t) {
-            Some(n) if n.check == s => Some(t as u32),
+            Some(n) if n[1] == s => Some(t as u32),
             _ => None,
         }
+    }
+
+    /// Whether a key ends at node `s`.
+    #[inline(always)]
+    pub fn accepts(&self, s: u32) -> bool {
+        self.nodes[s as usize][0] & ACCEPT != 0
     }
 
     /// The value stored at node `s`, if a key ends there.
     #[inline(always)]
     pub fn value(&self, s: u32) -> Option<u32> {
-        let v = self.nodes[s as usize].value;
+        let v = self.values[s as usize];
         (v != NONE).then_some(v)
     }
 
@@ -137,6 +135,117 @@ impl DoubleArrayTrie {
             s = self.step(s, b)?;
         }
         self.value(s)
+    }
+}
+
+/// Slot allocator of the double array (build time only).
+struct Placer {
+    nodes: Vec<Node>,
+    next: Vec<u32>,
+    prev: Vec<u32>,
+    fails: Vec<u8>,
+    head: u32,
+    tail: u32,
+}
+
+impl Placer {
+    fn new(cap: usize) -> Self {
+        let mut p = Self {
+            nodes: Vec::new(),
+            next: Vec::new(),
+            prev: Vec::new(),
+            fails: Vec::new(),
+            head: NONE,
+            tail: NONE,
+        };
+        p.grow(cap.max(512));
+        p
+    }
+
+    /// Extend the array to `to` slots, appending the new slots to the free list.
+    fn grow(&mut self, to: usize) {
+        let old = self.nodes.len();
+        if to <= old {
+            return;
+        }
+        self.nodes.resize(
+            to,
+            Node {
+                base: 0,
+                check: NONE,
+                value: NONE,
+            },
+        );
+        self.next.resize(to, NONE);
+        self.prev.resize(to, NONE);
+        self.fails.resize(to, 0);
+        for i in old..to {
+            self.prev[i] = self.tail;
+            if self.tail == NONE {
+                self.head = i as u32;
+            } else {
+                self.next[self.tail as usize] = i as u32;
+            }
+            self.tail = i as u32;
+        }
+    }
+
+    /// Remove slot `i` from the free list (if it is on it).
+    fn unlink(&mut self, i: usize) {
+        let (p, n) = (self.prev[i], self.next[i]);
+        let on_list = p != NONE || self.head == i as u32;
+        if !on_list {
+            return;
+        }
+        if p == NONE {
+            self.head = n;
+        } else {
+            self.next[p as usize] = n;
+        }
+        if n == NONE {
+            self.tail = p;
+        } else {
+            self.prev[n as usize] = p;
+        }
+        self.prev[i] = NONE;
+        self.next[i] = NONE;
+    }
+
+    fn take(&mut self, i: usize) {
+        self.grow(i + 1);
+        self.unlink(i);
+        self.nodes[i].check = 0; // marked used; the caller sets the real check
+    }
+
+    /// Smallest base (in free-list order) whose slots for all `children` labels are free.
+    fn find_base(&mut self, children: &[(u8, u32)]) -> usize {
+        let lo = children[0].0 as usize;
+        let mut p = self.head;
+        loop {
+            if p == NONE {
+                let len = self.nodes.len();
+                self.grow(len + len / 2 + 256);
+                p = self.head;
+                continue;
+            }
+            let pos = p as usize;
+            let nxt = self.next[pos];
+            if pos > lo {
+                let b = pos - lo;
+                self.grow(b + 256);
+                if children
+                    .iter()
+                    .all(|&(l, _)| self.nodes[b + l as usize].check == NONE)
+                {
+                    return b;
+                }
+                self.fails[pos] = self.fails[pos].saturating_add(1);
+                if self.fails[pos] > 16 {
+                    self.unlink(pos);
+                }
+            }
+            p = nxt;
+        }
     }
 }
 
@@ -212,25 +321,25 @@ impl WordPiece {
         while start < n {
             let mut s = root;
             let mut best_end = 0usize;
-            let mut best_id = NONE;
+            let mut best_node = NONE;
             let mut i = start;
             while i < n {
                 match self.trie.step(s, word[i]) {
                     Some(t) => {
                         s = t;
                         i += 1;
-                        let v = self.trie.nodes[t as usize].value;
-                        if v != NONE {
+                        if self.trie.accepts(t) {
                             best_end = i;
-                            best_id = v;
+                            best_node = t;
                         }
                     }
                     None => break,
                 }
             }
-            if best_id == NONE {
+            if best_node == NONE {
                 return false;
             }
+            let best_id = self.trie.values[best_node as usize];
             out.push((best_id, start as u32, best_end as u32));
             start = best_end;
             match self.cont_root {

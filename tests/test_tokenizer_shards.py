@@ -1,0 +1,109 @@
+"""encode_file -> TokenShard: round trip against encode_batch on the same sentences (the
+oracle), the documented binary layout (checked with struct/zlib, independently of the Rust
+reader) and corruption errors."""
+
+from __future__ import annotations
+
+import pickle
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from unimask.corpus import read_documents
+from unimask.tokenizer import TokenShard, WordPieceTokenizer
+
+
+@pytest.fixture(scope="module")
+def tok(minilm_dir) -> WordPieceTokenizer:
+    return WordPieceTokenizer.from_pretrained(minilm_dir)
+
+
+def _check_round_trip(tok, corpus: Path, shard: TokenShard) -> None:
+    docs = read_documents(corpus)
+    assert len(shard) == len(docs)
+    flat = [s for d in docs for s in d]
+    b = tok.encode_batch(flat, add_special_tokens=False)
+    assert shard.num_sentences == len(flat) and shard.num_tokens == len(b.ids_flat)
+    assert np.array_equal(shard.tokens.astype(np.uint32), b.ids_flat)
+    assert np.array_equal(shard.sentence_offsets.astype(np.int64), b.row_splits)
+    k = 0
+    for i, d in enumerate(docs):
+        got = shard[i]
+        assert len(got) == len(d)
+        for s in got:
+            assert np.array_equal(s, b[k].ids)
+            k += 1
+
+
+@pytest.mark.parametrize("batch_bytes", [1, 4096, 8 << 20])
+def test_round_trip_bundled_corpus(tmp_path, tok, corpus_paths, batch_bytes):
+    for p in corpus_paths:
+        shard = tok.encode_file(p, tmp_path / p.stem, batch_bytes=batch_bytes)
+        assert shard.path == tmp_path / f"{p.stem}.umshard"
+        assert shard.tokens.dtype == np.dtype("<u2")  # 30522-entry vocabulary fits in uint16
+        assert isinstance(shard.tokens, np.memmap)
+        _check_round_trip(tok, p, shard)
+        assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_messy_corpus_and_layout(tmp_path, tok):
+    corpus = tmp_path / "messy.txt"
+    corpus.write_text("\n\n  First doc, line one.\r\nline two\n \t \n\n\nSecond doc\x1c\n\x1c\n中文第三篇\n\n", encoding="utf-8")
+    shard = tok.encode_file(corpus, tmp_path / "messy")
+    _check_round_trip(tok, corpus, shard)
+    raw = (tmp_path / "messy.umshard").read_bytes()
+    magic, version, width, T, S, D, vocab, flags, crc = struct.unpack_from("<8sIIQQQIII", raw, 0)
+    assert (magic, version, width, vocab, flags) == (b"UMSHARD\0", 1, 2, 30522, 0)
+    assert (T, S, D) == (shard.num_tokens, shard.num_sentences, len(shard)) == (T, 4, 3)
+    assert crc == zlib.crc32(raw[64:], zlib.crc32(raw[:48]))
+    tok_len = -(-T * 2 // 8) * 8
+    assert len(raw) == 64 + tok_len + 8 * (S + 1) + 8 * (D + 1)
+    assert list(struct.unpack_from(f"<{D + 1}Q", raw, 64 + tok_len + 8 * (S + 1))) == [0, 2, 3, 4]
+
+
+def test_empty_corpus(tmp_path, tok):
+    (tmp_path / "e.txt").write_text("\n \n", encoding="utf-8")
+    shard = tok.encode_file(tmp_path / "e.txt", tmp_path / "e")
+    assert len(shard) == 0 and shard.num_tokens == 0 and shard.tokens.shape == (0,)
+
+
+def test_corruption_is_detected(tmp_path, tok, corpus_paths):
+    shard = tok.encode_file(corpus_paths[0], tmp_path / "c")
+    path = shard.path
+    del shard
+    raw = bytearray(path.read_bytes())
+    raw[100] ^= 0x40
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        TokenShard(path)
+    TokenShard(path, verify=False)  # sizes still consistent: opening without the CRC works
+    path.write_bytes(bytes(raw[:-5]))
+    with pytest.raises(ValueError, match="truncated"):
+        TokenShard(path, verify=False)
+    path.write_bytes(b"NOTSHARD" + bytes(raw[8:]))
+    with pytest.raises(ValueError, match="bad magic"):
+        TokenShard(path)
+
+
+def test_encode_file_errors(tmp_path, tok):
+    with pytest.raises(OSError, match="missing.txt"):
+        tok.encode_file(tmp_path / "missing.txt", tmp_path / "x")
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"fine line\nbad \xff\xfe line\n")
+    with pytest.raises(ValueError, match="line 2 is not valid UTF-8"):
+        tok.encode_file(bad, tmp_path / "bad")
+    with pytest.raises(ValueError, match="batch_bytes"):
+        tok.encode_file(bad, tmp_path / "bad", batch_bytes=0)
+
+
+def test_shard_pickles_and_indexes(tmp_path, tok, corpus_paths):
+    shard = tok.encode_file(corpus_paths[1], tmp_path / "zh")
+    s2 = pickle.loads(pickle.dumps(shard))
+    assert len(s2) == len(shard) and np.array_equal(s2[-1][0], shard[len(shard) - 1][0])
+    with pytest.raises(IndexError):
+        shard[len(shard)]
+    with pytest.raises(IndexError):
+        shard.sentence(shard.num_sentences)
