@@ -12,7 +12,14 @@ import math
 import pytest
 import torch
 
-from unimask.attention import BACKENDS, reference_attention, select_backend, unified_attention, unified_attention_varlen
+from unimask.attention import (
+    BACKENDS,
+    reference_attention,
+    sdpa_attention,
+    select_backend,
+    unified_attention,
+    unified_attention_varlen,
+)
 from unimask.masks import allowed
 
 
@@ -113,16 +120,48 @@ def test_reference_dropout_seeded_and_scaled():
 
 
 # --- dispatch -------------------------------------------------------------------------------
-def test_auto_on_cpu_is_reference(monkeypatch):
+def test_auto_on_cpu_is_sdpa(monkeypatch):
     monkeypatch.delenv("UNIMASK_ATTENTION_BACKEND", raising=False)
     q, k, v = _inputs(6, 2, 2, 7, 16, dtype=torch.float32)
-    assert select_backend(q) == "reference"
-    assert torch.equal(unified_attention(q, k, v, MODE, SRC, SEQ), reference_attention(q, k, v, MODE, SRC, SEQ))
+    assert select_backend(q) == "sdpa"
+    assert torch.equal(unified_attention(q, k, v, MODE, SRC, SEQ), sdpa_attention(q, k, v, MODE, SRC, SEQ))
+    assert torch.equal(unified_attention(q, k, v, MODE, SRC, SEQ, backend="reference"), reference_attention(q, k, v, MODE, SRC, SEQ))
+
+
+@pytest.mark.parametrize("hk", [2, 1], ids=["mha", "gqa"])
+def test_sdpa_path_matches_reference_fp64(hk):
+    """Forward and all three gradients, padded rows and a fully padded sample included."""
+    q, k, v = (t.requires_grad_() for t in _inputs(6, 2, hk, 7, 4, seed=5))
+    do = torch.randn(6, 2, 7, 4, dtype=torch.float64)
+    out = sdpa_attention(q, k, v, MODE, SRC, SEQ, scale=0.6)
+    grads = torch.autograd.grad(out, (q, k, v), do)
+    q2, k2, v2 = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    want = reference_attention(q2, k2, v2, MODE, SRC, SEQ, scale=0.6)
+    want_grads = torch.autograd.grad(want, (q2, k2, v2), do)
+    torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-12)
+    for g, w in zip(grads, want_grads):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+    for b, n in enumerate(SEQ.tolist()):
+        assert not out[b, :, n:].any() and not grads[0][b, :, n:].any()
+        assert not grads[1][b, :, n:].any() and not grads[2][b, :, n:].any()
+
+
+def test_sdpa_path_dropout_seeded():
+    q, k, v = _inputs(6, 2, 2, 7, 4)
+    torch.manual_seed(3)
+    a = sdpa_attention(q, k, v, MODE, SRC, SEQ, dropout_p=0.5)
+    torch.manual_seed(3)
+    assert torch.equal(a, sdpa_attention(q, k, v, MODE, SRC, SEQ, dropout_p=0.5))
+    assert not torch.allclose(a, sdpa_attention(q, k, v, MODE, SRC, SEQ))
+    for b, n in enumerate(SEQ.tolist()):
+        assert not a[b, :, n:].any()
 
 
 def test_env_var_forces_reference(monkeypatch):
     monkeypatch.setenv("UNIMASK_ATTENTION_BACKEND", "reference")
     assert select_backend(torch.zeros(1, 1, 1, 16)) == "reference"
+    monkeypatch.setenv("UNIMASK_ATTENTION_BACKEND", "sdpa")
+    assert select_backend(torch.zeros(1, 1, 1, 16)) == "sdpa"
     monkeypatch.setenv("UNIMASK_ATTENTION_BACKEND", "bogus")
     with pytest.raises(ValueError, match="bogus"):
         select_backend(torch.zeros(1, 1, 1, 16))
@@ -132,7 +171,7 @@ def test_bad_backend_name():
     q, k, v = _inputs(6, 2, 2, 7, 16, dtype=torch.float32)
     with pytest.raises(ValueError, match="'cuda'"):
         unified_attention(q, k, v, MODE, SRC, SEQ, backend="cuda")
-    assert BACKENDS == ("auto", "triton", "reference")
+    assert BACKENDS == ("auto", "triton", "sdpa", "reference")
 
 
 def test_forced_triton_on_cpu_explains_why():

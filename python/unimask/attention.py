@@ -3,8 +3,9 @@
 :func:`unified_attention` takes ``q, k, v`` of shape ``[B, H, L, D]`` (``k``/``v`` may have fewer
 heads, GQA) and the three per-sample integers of :mod:`unimask.masks`. On CUDA with Triton it
 runs the fused kernel from ``unimask.kernels`` (FlashAttention-2 style, Dao 2023, with the UNILM
-masks of Dong et al. 2019 derived per tile); elsewhere it runs :func:`reference_attention`.
-Force a path with ``backend="triton"``/``"reference"`` or the environment variable
+masks of Dong et al. 2019 derived per tile); elsewhere it runs :func:`sdpa_attention` (PyTorch
+SDPA under the dense mask). :func:`reference_attention` is the plain oracle of the tests.
+Force a path with ``backend="triton"``/``"sdpa"``/``"reference"`` or the environment variable
 ``UNIMASK_ATTENTION_BACKEND``; :func:`select_backend` tells which path a call takes.
 """
 
@@ -22,11 +23,12 @@ __all__ = [
     "unified_attention_varlen",
     "reference_attention",
     "reference_attention_varlen",
+    "sdpa_attention",
     "select_backend",
     "BACKENDS",
 ]
 
-BACKENDS = ("auto", "triton", "reference")
+BACKENDS = ("auto", "triton", "sdpa", "reference")
 
 
 def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -77,6 +79,37 @@ def reference_attention(
     return torch.matmul(probs, v)
 
 
+def sdpa_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attn_mode: torch.Tensor,
+    src_len: torch.Tensor,
+    seq_len: torch.Tensor,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+) -> torch.Tensor:
+    """PyTorch's fused ``scaled_dot_product_attention`` under :func:`unimask.masks.dense_mask`.
+
+    The fast path where the Triton kernel cannot run (CPU, other devices): one fused op instead
+    of the reference's chain of element-wise passes, still O(B*L^2) for the mask. Rows of padded
+    queries see every key inside SDPA (so its softmax has no empty row) and are then multiplied
+    by 0: output and gradients of padded rows are exactly 0, as on the other paths.
+    """
+    _check_qkv(q, k, v)
+    B, H, L, D = q.shape
+    mask = dense_mask(attn_mode, src_len, seq_len, L).to(q.device)[:, None]  # [B, 1, L, L]
+    row_ok = mask.any(dim=-1, keepdim=True)
+    if k.shape[1] != H:
+        rep = H // k.shape[1]
+        k = k.repeat_interleave(rep, dim=1)
+        v = v.repeat_interleave(rep, dim=1)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask | ~row_ok, dropout_p=dropout_p, scale=scale
+    )
+    return out * row_ok.to(out.dtype)
+
+
 def _kernel_module():
     try:
         from .kernels import unified_attention as kmod  # noqa: PLC0415 - optional dependency
@@ -104,17 +137,17 @@ def select_backend(q: torch.Tensor, backend: str | None = None) -> str:
     """The path :func:`unified_attention` takes: ``"triton"`` or ``"reference"``.
 
     ``backend`` (or ``UNIMASK_ATTENTION_BACKEND`` when ``None``): ``"auto"`` picks the kernel
-    for CUDA tensors it supports and the reference otherwise; ``"triton"`` forces the kernel
-    (raising ``RuntimeError``/``NotImplementedError`` with the reason when it cannot run);
-    ``"reference"`` forces PyTorch.
+    for CUDA tensors it supports and :func:`sdpa_attention` otherwise; ``"triton"`` forces the
+    kernel (raising ``RuntimeError`` with the reason when it cannot run); ``"sdpa"`` forces
+    :func:`sdpa_attention`; ``"reference"`` forces the plain :func:`reference_attention`.
     """
     backend = backend or os.environ.get("UNIMASK_ATTENTION_BACKEND") or "auto"
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "reference":
-        return "reference"
+    if backend in ("reference", "sdpa"):
+        return backend
     if backend == "auto":
-        return "triton" if q.is_cuda and _kernel_unsupported(q) is None else "reference"
+        return "triton" if q.is_cuda and _kernel_unsupported(q) is None else "sdpa"
     why = _kernel_unsupported(q)
     if why is not None:
         raise RuntimeError(f"backend='triton' cannot run: {why}")
@@ -142,12 +175,12 @@ def unified_attention(
         src_len: int ``[B]``: source length (incl. its [CLS]/[SEP]) for seq2seq; ignored otherwise.
         seq_len: int ``[B]``: number of valid tokens; queries and keys beyond it are padding.
         scale: softmax scale, default ``1/sqrt(D)``.
-        dropout_p: inverted dropout on the attention probabilities (pass 0 in eval). Both
-            paths draw from torch's RNG, so ``torch.manual_seed`` reproduces a run; the kernel
-            regenerates its mask in the backward (Philox) and the two paths draw different
+        dropout_p: inverted dropout on the attention probabilities (pass 0 in eval). Every
+            path draws from torch's RNG, so ``torch.manual_seed`` reproduces a run; the kernel
+            regenerates its mask in the backward (Philox); different paths draw different
             masks for the same seed.
         backend: ``"auto"`` (default; or ``UNIMASK_ATTENTION_BACKEND``), ``"triton"``,
-            ``"reference"``; see :func:`select_backend`.
+            ``"sdpa"``, ``"reference"``; see :func:`select_backend`.
         check: validate the three integers (:func:`unimask.masks.check_mask_args`). On CUDA
             that costs a host-device synchronisation per call; a model can validate once per
             batch and pass ``check=False`` in every layer (invalid integers then give wrong
@@ -168,8 +201,11 @@ def unified_attention(
         raise TypeError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     if check:
         check_mask_args(attn_mode, src_len, seq_len, q.shape[2])
-    if select_backend(q, backend) == "triton":
+    path = select_backend(q, backend)
+    if path == "triton":
         return _kernel_module().attention(q, k, v, attn_mode, src_len, seq_len, scale, dropout_p)
+    if path == "sdpa":
+        return sdpa_attention(q, k, v, attn_mode, src_len, seq_len, scale, dropout_p)
     return reference_attention(q, k, v, attn_mode, src_len, seq_len, scale, dropout_p)
 
 
