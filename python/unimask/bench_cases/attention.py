@@ -1,6 +1,7 @@
 """Attention benchmark cases: unimask's dispatch vs SDPA with a dense mask.
 
-The CPU case runs anywhere (on the CPU the dispatch takes the PyTorch reference path). When
+The CPU case runs anywhere (on the CPU the dispatch takes the SDPA path, building the dense
+mask from the three integers inside the call). When
 CUDA is available a second case times the Triton kernel's forward+backward against SDPA with
 the dense boolean mask on the GPU. The full GPU comparison (TFLOP/s, peak memory,
 FlexAttention, SDPA causal) is ``bench/gpu_attention.py``.
