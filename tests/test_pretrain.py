@@ -1,4 +1,4 @@
-"""``unimask pretrain``: stand-in collator follows the batch contract; the CLI trains and resumes."""
+"""``unimask pretrain``: its corpus collator follows the batch contract; the CLI trains and resumes."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from unimask.masks import dense_mask
 from unimask.pretrain import (
     CorpusBatches,
     SpecialIds,
-    StandInCollator,
+    CorpusCollator,
     add_parser,
     examples_of,
     main,
@@ -26,9 +26,9 @@ def docs(n=30):
     return [[[rng.randrange(1000, 2000) for _ in range(rng.randrange(4, 15))] for _ in range(3)] for _ in range(n)]
 
 
-def test_unilm_stand_in_batch_contract():
+def test_unilm_corpus_batch_contract():
     d = docs()
-    collate = StandInCollator(d, "unilm", 32, SP)
+    collate = CorpusCollator(d, "unilm", 32, SP)
     ex = examples_of(d)
     b = collate(ex[:60], list(range(60)))
     B, L = b["input_ids"].shape
@@ -47,14 +47,34 @@ def test_unilm_stand_in_batch_contract():
         assert set(tt[:n].tolist()) <= expected_types
         if mode == 3:
             assert 0 < src < n and (lab[:src] == -100).all() and tt[src - 1] == 4 and tt[src] == 5
-        else:
-            assert src == 0
-        assert (b["next_sentence_label"][i] == -100) == (mode != 0)
+        # UNILM pairs are true continuations: no NSP targets (NSP belongs to the mlm objective)
+        assert b["next_sentence_label"][i] == -100
 
 
-def test_mass_stand_in_batch_contract():
+def test_mlm_corpus_pairs_carry_nsp_labels_from_true_and_random_continuations():
     d = docs()
-    b = StandInCollator(d, "mass", 32, SP)(examples_of(d)[:10], list(range(10)))
+    ex = examples_of(d)
+    b = CorpusCollator(d, "mlm", 48, SP)(ex, list(range(len(ex))))
+    nsp = b["next_sentence_label"]
+    assert set(nsp.tolist()) == {0, 1}
+    for i, (di, si) in enumerate(ex):
+        n = int(b["seq_len"][i])
+        row = b["input_ids"][i, :n].tolist()
+        labels = b["labels"][i, :n].tolist()
+        orig = [lab if lab != -100 else tok for tok, lab in zip(row, labels)]  # undo the masking
+        sep = orig.index(SP.sep)
+        a, second = orig[1:sep], orig[sep + 1:n - 1]
+        assert a == d[di][si][: len(a)]
+        is_next = si + 1 < len(d[di]) and second == d[di][si + 1][: len(second)]
+        if nsp[i] == 0:
+            assert is_next  # label 0 = B follows A (BERT/HF convention)
+        else:
+            assert any(second == s[: len(second)] for j, doc in enumerate(d) if j != di for s in doc)
+
+
+def test_mass_corpus_batch_contract():
+    d = docs()
+    b = CorpusCollator(d, "mass", 32, SP)(examples_of(d)[:10], list(range(10)))
     for i in range(10):
         k = int(b["decoder_len"][i])
         pos = b["decoder_positions"][i, :k]
@@ -67,7 +87,7 @@ def test_mass_stand_in_batch_contract():
 def test_corpus_batches_shard_disjointly_and_union_equals_single_process():
     d = docs(40)
     ex = examples_of(d)
-    collate = StandInCollator(d, "unilm", 32, SP)
+    collate = CorpusCollator(d, "unilm", 32, SP)
     single = CorpusBatches(ex, collate, 8, seed=3)
     r0 = CorpusBatches(ex, collate, 4, seed=3, rank=0, world_size=2)
     r1 = CorpusBatches(ex, collate, 4, seed=3, rank=1, world_size=2)

