@@ -97,6 +97,11 @@ def test_encode_file_errors(tmp_path, tok):
         tok.encode_file(bad, tmp_path / "bad")
     with pytest.raises(ValueError, match="batch_bytes"):
         tok.encode_file(bad, tmp_path / "bad", batch_bytes=0)
+    same = tmp_path / "same.umshard"
+    same.write_text("a corpus whose name looks like a shard\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="overwrite its own input"):
+        tok.encode_file(same, tmp_path / "same")
+    assert same.read_text(encoding="utf-8").startswith("a corpus")
 
 
 def test_shard_pickles_and_indexes(tmp_path, tok, corpus_paths):

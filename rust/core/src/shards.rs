@@ -207,6 +207,14 @@ pub fn write_shard(
     batch_bytes: usize,
     num_threads: Option<usize>,
 ) -> Result<ShardSummary> {
+    if let (Ok(a), Ok(b)) = (std::fs::canonicalize(input), std::fs::canonicalize(out)) {
+        if a == b {
+            return Err(Error::InvalidInput(format!(
+                "the shard {} would overwrite its own input corpus",
+                out.display()
+            )));
+        }
+    }
     let vocab_size = tok.vocab().len();
     let width: u32 = if vocab_size <= 1 << 16 { 2 } else { 4 };
     let fin = File::open(input).map_err(|e| {
