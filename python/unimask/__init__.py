@@ -29,6 +29,8 @@ _EXPORTS: dict[str, str] = {
     "WordPieceTokenizer": "tokenizer",
     "Encoding": "tokenizer",
     "RaggedBatch": "tokenizer",
+    "ChineseSegmenter": "tokenizer",
+    "TokenShard": "tokenizer",
     # collators and datasets
     "MLMCollator": "collators",
     "UnifiedLMCollator": "collators",
