@@ -59,6 +59,24 @@ def test_topk_equals_numpy_brute_force(index):
     assert index.search_vectors(torch.from_numpy(qv), k=1000)[0].shape == (3, len(index))
 
 
+def test_bfloat16_scan_with_exact_rescoring_equals_exact_search(index):
+    g = torch.Generator().manual_seed(0)
+    fill = torch.nn.functional.normalize(torch.randn(20_000, index.vectors.shape[1], generator=g), dim=-1)
+    vectors = torch.cat([index.vectors, fill])
+    names = index.questions + [f"r{i}" for i in range(len(fill))]
+    exact = FAQIndex(index.encoder, vectors, names, names, normalized=True)
+    fast = FAQIndex(index.encoder, vectors, names, names, normalized=True, search_dtype="bfloat16")
+    queries = [r["query"] for r in _rows("faq_queries.jsonl")]
+    qv = index.encoder.encode(queries)
+    qv = torch.cat([qv, fill[:20] + 0.05 * torch.randn(20, fill.shape[1], generator=g)])  # near random rows too
+    s1, i1 = exact.search_vectors(qv, 5)
+    s2, i2 = fast.search_vectors(qv, 5)
+    assert torch.equal(i1, i2)
+    assert torch.allclose(s1, s2, atol=1e-6)
+    with pytest.raises(ValueError, match="search_dtype"):
+        FAQIndex(index.encoder, vectors[:3], names[:3], names[:3], search_dtype="int8")
+
+
 def test_save_load_roundtrip(index, tmp_path):
     index.save(tmp_path / "idx")
     again = FAQIndex.load(tmp_path / "idx")
@@ -102,7 +120,8 @@ def test_faq_cli_build_and_query(minilm_dir, tmp_path, capsys):
     idx = tmp_path / "faq_index"
     assert main(["faq", "build", "--model", str(minilm_dir), "--data", str(FIX / "faq.jsonl"), "--index", str(idx)]) == 0
     capsys.readouterr()
-    assert main(["faq", "query", "--index", str(idx), "Do you have wireless internet?", "-k", "2"]) == 0
+    assert main(["faq", "query", "--index", str(idx), "Do you have wireless internet?", "-k", "2",
+                 "--search-dtype", "bfloat16"]) == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert len(lines) == 2
     assert lines[0]["question"] == "Is there free Wi-Fi in the library?"

@@ -138,6 +138,8 @@ def add_faq_parser(sub) -> argparse.ArgumentParser:
     q.add_argument("--index", required=True)
     q.add_argument("question")
     q.add_argument("-k", type=int, default=5)
+    q.add_argument("--search-dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="bfloat16: scan a bfloat16 copy, re-score a shortlist in float32 (faster)")
     p.set_defaults(func=run_faq)
     return p
 
@@ -156,7 +158,7 @@ def run_faq(args: argparse.Namespace) -> int:
             index.save(args.index)
             print(f"indexed {len(index)} questions into {args.index}", file=sys.stderr)
             return 0
-        index = FAQIndex.load(args.index)
+        index = FAQIndex.load(args.index, search_dtype=args.search_dtype)
         for hit in index.query(args.question, args.k):
             print(json.dumps({"rank_score": round(hit.score, 6), "index": hit.index, "question": hit.question,
                               "answer": hit.answer}, ensure_ascii=False))
