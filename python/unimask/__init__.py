@@ -17,7 +17,13 @@ _EXPORTS: dict[str, str] = {
     # attention
     "unified_attention": "attention",
     "reference_attention": "attention",
+    "unified_attention_varlen": "attention",
+    "reference_attention_varlen": "attention",
+    "sdpa_attention": "attention",
+    "select_backend": "attention",
     "dense_mask": "masks",
+    "check_mask_args": "masks",
+    "MODE_NAMES": "masks",
     "BIDIRECTIONAL": "masks",
     "LEFT_TO_RIGHT": "masks",
     "RIGHT_TO_LEFT": "masks",

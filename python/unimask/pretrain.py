@@ -199,6 +199,8 @@ class CorpusCollator:
         return doc[s][: self.max_length]
 
     def __call__(self, examples: Sequence[Example], seeds: Sequence[int]) -> Batch:
+        if len(examples) != len(seeds):
+            raise ValueError(f"one seed per example: got {len(examples)} examples and {len(seeds)} seeds")
         samples = [self._sample(ex, random.Random(seed)) for ex, seed in zip(examples, seeds)]
         if self.objective == "causal":
             return self.collator(samples)
@@ -380,8 +382,9 @@ def run(args: argparse.Namespace) -> int:
     collate_held = make_collate(held_docs, args.objective, args.max_length, special)
     source = CorpusBatches(examples_of(train_docs), collate_train, args.batch_size, args.seed, rank, world)
     held_ex = examples_of(held_docs)
-    eval_batches = [collate_held(held_ex[i:i + args.batch_size], [10_000 + i + j for j in range(args.batch_size)])
-                    for i in range(0, min(len(held_ex), args.eval_batches * args.batch_size), args.batch_size)]
+    n_eval = min(len(held_ex), args.eval_batches * args.batch_size)
+    eval_batches = [collate_held(held_ex[i:min(i + args.batch_size, n_eval)], list(range(10_000 + i, 10_000 + min(i + args.batch_size, n_eval))))
+                    for i in range(0, n_eval, args.batch_size)]
     n_train = sum(len(d) for d in train_docs)
     say(f"unimask pretrain: objective {args.objective}, corpus {corpus} ({len(train_docs)} train / "
         f"{len(held_docs)} held-out documents, {n_train} sentences), {world} process(es), device {device or 'auto'}")
