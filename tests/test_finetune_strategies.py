@@ -30,6 +30,17 @@ from unimask.finetune.trainer import AuxLM
 from unimask.models import EncoderConfig, TransformerEncoder
 from unimask.tokenizer import WordPieceTokenizer
 
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One intra-op thread: on the shared 2-core test machine two threads make small ops
+    many times slower (each waits for the other core); results do not depend on it."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 FIX = Path(__file__).parent / "fixtures" / "finetune"
 
 
@@ -224,9 +235,9 @@ def test_cvt_loss_is_kl_from_a_fixed_teacher_and_training_reduces_it():
     loss.backward()
     assert model.primary.weight.grad is None  # the teacher's head gets no gradient
     assert all(model.aux[v].weight.grad is not None for v in ("left_to_right", "right_to_left"))
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
     first = loss.item()
-    for _ in range(40):
+    for _ in range(15):
         opt.zero_grad()
         model.cvt_loss(ids, am).backward()
         opt.step()

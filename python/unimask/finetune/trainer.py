@@ -190,7 +190,7 @@ def lm_finetune(encoder: nn.Module, tokenizer, texts: Sequence[str], steps: int,
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(float(loss))
+        losses.append(loss.item())
         if log and cfg.log_every and (step + 1) % cfg.log_every == 0:
             log(f"lm step {step + 1}/{steps}: loss {losses[-1]:.4f}")
     return losses
@@ -308,6 +308,6 @@ def train_multitask(model: nn.Module, task_batches: Mapping[str, Sequence[Mappin
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
-            history.append({"step": step, "task": task, "batch": i, "loss": float(out.loss)})
+            history.append({"step": step, "task": task, "batch": i, "loss": out.loss.item()})
             step += 1
     return history
