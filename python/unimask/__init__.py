@@ -49,6 +49,7 @@ _EXPORTS: dict[str, str] = {
     "IndexedDataset": "datasets",
     "PretrainingDataset": "datasets",
     "IterablePretrainingDataset": "datasets",
+    "ShardSamples": "datasets",
     # models
     "EncoderConfig": "models",
     "TransformerEncoder": "models",

@@ -5,8 +5,9 @@ per-worker partitioning and exact resume.
 The collators draw every random choice of a sample from ``(seed, epoch, sample index)``
 (:mod:`unimask.collators`). With DataLoader workers a collator only knows an index if the
 sample carries it: every dataset here adds ``index`` (the sample's global index) to what it
-returns. Reading the tokenizer's on-disk shards is not part of this module yet; pass the
-samples (e.g. arrays read from a shard) as a sequence.
+returns. :class:`ShardSamples` reads the samples lazily from the tokenizer's memory-mapped
+shards (:meth:`unimask.tokenizer.WordPieceTokenizer.encode_file`), so a corpus far larger than
+memory can be the ``samples`` of :class:`PretrainingDataset`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from . import _native
 
-__all__ = ["IndexedDataset", "PretrainingDataset", "IterablePretrainingDataset"]
+__all__ = ["IndexedDataset", "PretrainingDataset", "IterablePretrainingDataset", "ShardSamples"]
 
 
 def _with_index(item: Any, index: int) -> dict[str, Any]:
@@ -221,3 +222,74 @@ class IterablePretrainingDataset(IterableDataset):
             for p in range(block, min(block + bs, end)):
                 g = int(order[p])
                 yield _with_index(self.base.samples[g], g)
+
+
+class ShardSamples(Sequence):
+    """Pretraining samples read lazily from token shards, without copying the tokens.
+
+    ``shards`` is a :class:`unimask.tokenizer.TokenShard`, a shard path, or a list of them (their
+    samples are concatenated in order). ``unit`` says what a sample is:
+
+    * ``"sentence"``: the token ids of one sentence (MLM, causal LM, MASS, T5 collators);
+    * ``"pair"``: ``(sentence, next sentence)`` of the same document, the ``(segment_a,
+      segment_b)`` input of :class:`~unimask.collators.UnifiedLMCollator` (a document's last
+      sentence starts no pair);
+    * ``"document"``: the list of a document's sentences (for
+      :class:`~unimask.collators.NSPPairBuilder`).
+
+    Token ids come back as read-only views into the memory-mapped file (uint16 or uint32),
+    which the collators read directly. Picklable (each worker reopens the files).
+    """
+
+    UNITS = ("sentence", "pair", "document")
+
+    def __init__(self, shards: Any, unit: str = "sentence") -> None:
+        from .tokenizer import TokenShard  # noqa: PLC0415 - the tokenizer module owns the format
+
+        if unit not in self.UNITS:
+            raise ValueError(f"unit must be one of {self.UNITS}, got {unit!r}")
+        if isinstance(shards, (str, bytes)) or not isinstance(shards, Sequence):
+            shards = [shards]
+        opened = []
+        for s in shards:
+            if isinstance(s, TokenShard):
+                opened.append(s)
+            elif isinstance(s, (str, bytes)) or hasattr(s, "__fspath__"):
+                opened.append(TokenShard(s))
+            else:
+                raise TypeError(f"shards must be TokenShard objects or paths, got {type(s).__name__}")
+        self.shards = opened
+        self.unit = unit
+        starts = []  # per shard: the first sentence (or document) index of each sample
+        for sh in opened:
+            if unit == "document":
+                starts.append(np.arange(sh.num_documents, dtype=np.int64))
+                continue
+            sent = np.arange(sh.num_sentences, dtype=np.int64)
+            if unit == "pair":
+                doc_of = np.repeat(np.arange(sh.num_documents), np.diff(np.asarray(sh.document_offsets, dtype=np.int64)))
+                sent = sent[:-1][doc_of[:-1] == doc_of[1:]] if sh.num_sentences else sent
+            starts.append(sent)
+        self._starts = starts
+        self._cum = np.cumsum([0] + [len(x) for x in starts])
+
+    def __len__(self) -> int:
+        return int(self._cum[-1])
+
+    def __getitem__(self, i: int) -> Any:
+        if not isinstance(i, (int, np.integer)):
+            raise TypeError(f"sample index must be an int, got {type(i).__name__}")
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"sample {i} out of range ({n} samples)")
+        i = int(i) % n
+        k = int(np.searchsorted(self._cum, i, side="right")) - 1
+        shard, j = self.shards[k], int(self._starts[k][i - self._cum[k]])
+        if self.unit == "sentence":
+            return shard.sentence(j)
+        if self.unit == "pair":
+            return (shard.sentence(j), shard.sentence(j + 1))
+        return shard[j]
+
+    def __repr__(self) -> str:
+        return f"ShardSamples({len(self.shards)} shard(s), unit={self.unit!r}, samples={len(self)})"
