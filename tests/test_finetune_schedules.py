@@ -206,3 +206,17 @@ def test_mtdnn_schedule_rejects_bad_counts():
         mtdnn_schedule({"a": -1})
     with pytest.raises(ValueError):
         mtdnn_schedule({})
+
+
+def test_linear_warmup_then_decay_matches_bert_formula():
+    from unimask.finetune.schedules import warmup_linear_schedule
+
+    model = _tiny_model()
+    opt = torch.optim.SGD(model.parameters(), lr=2e-5)
+    T, W = 50, 5
+    sched = warmup_linear_schedule(opt, W, T)
+    for t in range(T + 1):
+        expected = 2e-5 * (t / W if t < W else (T - t) / (T - W))
+        assert opt.param_groups[0]["lr"] == pytest.approx(expected, abs=1e-15), t
+        opt.step()
+        sched.step()
