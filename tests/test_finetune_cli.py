@@ -125,3 +125,22 @@ def test_finetune_cli_strategy_flags_run_and_are_recorded(minilm_dir, tmp_path):
         assert max(x["lrs"]) / min(x["lrs"]) == pytest.approx(2.6 ** 7, rel=1e-6)  # head vs embeddings
     assert m["config"]["schedule"] == "stlr"
     assert (tmp_path / "o" / "vocab.txt").is_file()
+
+
+def test_finetune_cli_mtdnn_extra_task(minilm_dir, tmp_path):
+    """--extra-task: one shared encoder, each step one task, tasks in proportion to batches."""
+    rows = [json.loads(x) for x in (FIXTURES / "fortunes_train.jsonl").read_text().splitlines()[:40]]
+    main_file = tmp_path / "topic.jsonl"
+    main_file.write_text("".join(json.dumps(r) + "\n" for r in rows[:16]), encoding="utf-8")
+    # second task from the same real texts: does the fortune contain an attribution ("--")?
+    extra_file = tmp_path / "attrib.jsonl"
+    extra_file.write_text("".join(json.dumps({"text": r["text"], "label": str("--" in r["text"])}) + "\n"
+                                  for r in rows[16:40]), encoding="utf-8")
+    argv = ["finetune", "--model", str(minilm_dir), "--train", str(main_file), "--eval", str(main_file),
+            "--epochs", "1", "--output", str(tmp_path / "o"), "--max-length", "32", "--batch-size", "8",
+            "--quiet", "--extra-task", f"attrib={extra_file}"]
+    assert main(argv) == 0
+    h = json.loads((tmp_path / "o" / "metrics.json").read_text())["history"]
+    assert sorted((x["task"], x["batch"]) for x in h) == [("attrib", 0), ("attrib", 1), ("attrib", 2),
+                                                         ("main", 0), ("main", 1)]
+    assert main(argv[:-2] + ["--extra-task", "nofile"]) == 2

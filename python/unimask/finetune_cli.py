@@ -65,6 +65,8 @@ def add_finetune_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--aux-lm-weight", type=_aux_weight, default=None, metavar="siatl|FLOAT",
                    help="auxiliary masked-LM loss weight during task training (siatl: 0.2 -> 0.1)")
     p.add_argument("--lm-finetune-steps", type=int, default=0, help="ULMFiT step 2: MLM steps on the task text first")
+    p.add_argument("--extra-task", action="append", default=[], metavar="NAME=FILE",
+                   help="MT-DNN: another labelled file sharing the encoder (own head; repeatable)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument("--quiet", action="store_true")
@@ -97,6 +99,12 @@ def run_finetune(args: argparse.Namespace) -> int:
             warmup_frac=args.warmup_frac, discriminative_lr=args.discriminative_lr,
             gradual_unfreeze=args.gradual_unfreeze, aux_lm_weight=args.aux_lm_weight,
             lm_finetune_steps=args.lm_finetune_steps, seed=args.seed, log_every=0 if args.quiet else 10)
+        extra = {}
+        for spec in args.extra_task:
+            name, sep, path = spec.partition("=")
+            if not sep or not name or not path:
+                raise ValueError(f"--extra-task must be NAME=FILE, got {spec!r}")
+            extra[name] = load_examples(path, args.text_field, args.label_field, args.text_pair_field)
         tokenizer = WordPieceTokenizer.from_pretrained(args.model)
         torch.manual_seed(args.seed)
         model = SequenceClassifier.from_pretrained(
@@ -107,7 +115,7 @@ def run_finetune(args: argparse.Namespace) -> int:
         print(f"unimask finetune: {e}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
-    result = finetune_classifier(model, tokenizer, train, cfg, evals, log)
+    result = finetune_classifier(model, tokenizer, train, cfg, evals, log, extra_tasks=extra)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)

@@ -198,33 +198,64 @@ def lm_finetune(encoder: nn.Module, tokenizer, texts: Sequence[str], steps: int,
 
 def finetune_classifier(model: SequenceClassifier, tokenizer, train: Sequence[Example], cfg: FinetuneConfig,
                         eval_examples: Sequence[Example] | None = None,
-                        log: Callable[[str], None] | None = None) -> dict[str, Any]:
+                        log: Callable[[str], None] | None = None,
+                        extra_tasks: Mapping[str, Sequence[Example]] | None = None) -> dict[str, Any]:
     """Train ``model`` on ``train`` with the recipes selected in ``cfg``; returns
-    ``{"history": [...], "lm_losses": [...], "eval": report or None}``."""
+    ``{"history": [...], "lm_losses": [...], "eval": report or None, "extra_heads": {...}}``.
+
+    ``extra_tasks`` (name -> labelled examples) turns the run into MT-DNN multi-task training:
+    each extra task gets a :class:`~unimask.finetune.multitask.TaskHead` on the shared encoder,
+    every step takes one mini-batch of one task (the main task is called ``"main"``), in the
+    order of :func:`~unimask.finetune.multitask.mtdnn_schedule`. The auxiliary LM loss, when
+    enabled, is added on every step.
+    """
+    from .multitask import TaskHead  # noqa: PLC0415
+
     torch.manual_seed(cfg.seed)
     label_map = model.label_map if model.problem_type == "classification" else None
+    extra_tasks = dict(extra_tasks or {})
+    if "main" in extra_tasks:
+        raise ValueError("'main' is the name of the main task; rename the extra task")
     if cfg.lm_finetune_steps:
         lm_losses = lm_finetune(model.encoder, tokenizer, [e.text for e in train], cfg.lm_finetune_steps, cfg, log)
     else:
         lm_losses = []
     aux = AuxLM(model.encoder, tokenizer, cfg.mlm_probability, cfg.seed + 3) if cfg.aux_lm_weight else None
-    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs
-    opt = _make_optimizer(model, cfg.lr, cfg, [aux.head] if aux is not None else [])
+    data: dict[str, Sequence[Example]] = {"main": train, **extra_tasks}
+    maps: dict[str, LabelMap | None] = {"main": label_map}
+    heads = nn.ModuleDict()
+    for name, exs in extra_tasks.items():
+        if not exs:
+            raise ValueError(f"extra task {name!r} has no examples")
+        maps[name] = LabelMap.from_examples(exs)
+        heads[name] = TaskHead(model.config.hidden_size, len(maps[name]), model.pooling,
+                               model.config.hidden_dropout_prob)
+        heads[name].apply(model.encoder._init_weights)
+    counts = {t: math.ceil(len(d) / cfg.batch_size) for t, d in data.items()}
+    per_epoch = sum(counts.values())
+    total = per_epoch * cfg.epochs
+    extra_modules = [m for m in (aux.head if aux is not None else None, heads if extra_tasks else None) if m is not None]
+    opt = _make_optimizer(model, cfg.lr, cfg, extra_modules)
     sched = _make_scheduler(opt, cfg, total)
     unfreezer = GradualUnfreezer(model) if cfg.gradual_unfreeze else None
     history: list[dict[str, Any]] = []
     step = 0
     model.train()
+    heads.train()
     for epoch in range(cfg.epochs):
         if unfreezer is not None and epoch > 0:
             unfreezer.step()
         g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-        order = torch.randperm(len(train), generator=g).tolist()
-        for b in range(steps_per_epoch):
-            idx = order[b * cfg.batch_size: (b + 1) * cfg.batch_size]
-            batch = encode_examples(tokenizer, [train[i] for i in idx], cfg.max_length, label_map)
-            out = model(**batch)
+        orders = {t: torch.randperm(len(d), generator=g).tolist() for t, d in data.items()}
+        plan = mtdnn_schedule(counts, cfg.seed, epoch) if extra_tasks else [("main", b) for b in range(per_epoch)]
+        for task, b in plan:
+            idx = orders[task][b * cfg.batch_size: (b + 1) * cfg.batch_size]
+            batch = encode_examples(tokenizer, [data[task][i] for i in idx], cfg.max_length, maps[task])
+            if task == "main":
+                out = model(**batch)
+            else:
+                hidden = model.encode(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+                out = heads[task](hidden.last_hidden_state, batch["attention_mask"], batch["labels"])
             task_loss = out.loss
             gamma = lm = None
             loss = task_loss
@@ -239,17 +270,19 @@ def finetune_classifier(model: SequenceClassifier, tokenizer, train: Sequence[Ex
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
-            history.append({"step": step, "epoch": epoch, "loss": loss.item(), "task_loss": task_loss.item(),
-                            "lm_loss": None if lm is None else lm.item(), "gamma": gamma, "lr": max(lrs),
-                            "lrs": lrs, "unfrozen": unfreezer.unfrozen if unfreezer is not None else None})
+            history.append({"step": step, "epoch": epoch, "task": task, "batch": b, "loss": loss.item(),
+                            "task_loss": task_loss.item(), "lm_loss": None if lm is None else lm.item(),
+                            "gamma": gamma, "lr": max(lrs), "lrs": lrs,
+                            "unfrozen": unfreezer.unfrozen if unfreezer is not None else None})
             step += 1
             if log and cfg.log_every and step % cfg.log_every == 0:
-                log(f"epoch {epoch + 1} step {step}/{total}: loss {float(loss):.4f}")
+                log(f"epoch {epoch + 1} step {step}/{total} ({task}): loss {loss.item():.4f}")
     if unfreezer is not None:  # leave the model fully trainable
         for p in model.parameters():
             p.requires_grad_(True)
     report = evaluate_classifier(model, tokenizer, eval_examples, cfg) if eval_examples else None
-    return {"history": history, "lm_losses": lm_losses, "eval": report, "config": asdict(cfg)}
+    return {"history": history, "lm_losses": lm_losses, "eval": report, "config": asdict(cfg),
+            "extra_heads": dict(heads.items())}
 
 
 @torch.no_grad()
