@@ -69,6 +69,7 @@ def add_finetune_parser(sub) -> argparse.ArgumentParser:
                    help="MT-DNN: another labelled file sharing the encoder (own head; repeatable)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run_finetune)
     return p
@@ -113,6 +114,12 @@ def run_finetune(args: argparse.Namespace) -> int:
             num_labels=None if regression else len(label_map))
     except (ValueError, FileNotFoundError, TypeError) as e:
         print(f"unimask finetune: {e}", file=sys.stderr)
+        return 2
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        model.to(device)
+    except (RuntimeError, AssertionError) as e:
+        print(f"unimask finetune: cannot use device {device!r}: {e}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
     result = finetune_classifier(model, tokenizer, train, cfg, evals, log, extra_tasks=extra)

@@ -99,10 +99,11 @@ class FrozenFeatures:
             for i in range(0, len(texts), self.batch_size):
                 chunk = texts[i: i + self.batch_size]
                 enc = self.tokenizer.encode_batch(chunk, max_length=self.max_length)
-                padded = {k: torch.from_numpy(v) for k, v in enc.to_padded().items()}
+                dev = next(self.encoder.parameters()).device
+                padded = {k: torch.from_numpy(v).to(dev) for k, v in enc.to_padded().items()}
                 res = self.encoder(padded["input_ids"], padded["token_type_ids"], padded["attention_mask"],
                                    output_hidden_states=True)
-                stacked = torch.stack(res.hidden_states).float()  # [K, B, L, H]
+                stacked = torch.stack(res.hidden_states).float().cpu()  # [K, B, L, H]
                 for b, n in enumerate(enc.lengths.tolist()):
                     out.append(stacked[:, b, :n].clone())
         finally:

@@ -95,7 +95,8 @@ class SiameseEncoder(nn.Module):
             for s in range(0, len(texts), batch_size):
                 idx = order[s: s + batch_size]
                 batch = self.tokenize([texts[i] for i in idx])
-                out[idx] = self.forward(**batch).float()
+                dev = self.encoder.embeddings.word.weight.device
+                out[idx] = self.forward(**{k: v.to(dev) for k, v in batch.items()}).float().cpu()
         finally:
             self.train(was)
         return out
@@ -144,11 +145,12 @@ class CrossEncoderReranker:
     @torch.inference_mode()
     def scores(self, query: str, candidates: Sequence[str]) -> torch.Tensor:
         enc = self.tokenizer.encode_batch([query] * len(candidates), list(candidates), max_length=self.max_length)
-        batch = {k: torch.from_numpy(v) for k, v in enc.to_padded().items()}
+        dev = next(self.model.parameters()).device
+        batch = {k: torch.from_numpy(v).to(dev) for k, v in enc.to_padded().items()}
         was = self.model.training
         self.model.eval()
         try:
-            logits = self.model(**batch).logits.float()
+            logits = self.model(**batch).logits.float().cpu()
         finally:
             self.model.train(was)
         if logits.shape[-1] == 1:

@@ -137,7 +137,12 @@ class AuxLM(nn.Module):
 
 def _rows_of(batch: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
     lens = batch["attention_mask"].sum(1).tolist()
-    return [batch["input_ids"][i, :n] for i, n in enumerate(lens)]
+    ids = batch["input_ids"].cpu()
+    return [ids[i, :n] for i, n in enumerate(lens)]
+
+
+def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}
 
 
 def _make_optimizer(model: nn.Module, params_lr: float, cfg: FinetuneConfig, extra: Sequence[nn.Module] = ()):
@@ -168,6 +173,7 @@ def lm_finetune(encoder: nn.Module, tokenizer, texts: Sequence[str], steps: int,
     if not texts:
         raise ValueError("lm_finetune needs target-domain texts")
     aux = AuxLM(encoder, tokenizer, cfg.mlm_probability, cfg.seed + 1)
+    aux.head.to(encoder.embeddings.word.weight.device)
     enc = tokenizer.encode_batch(list(texts), max_length=cfg.max_length)
     rows = [torch.from_numpy(enc[i].ids.astype("int64")) for i in range(len(enc))]
     holder = nn.ModuleList([encoder, aux.head])
@@ -212,6 +218,7 @@ def finetune_classifier(model: SequenceClassifier, tokenizer, train: Sequence[Ex
     from .multitask import TaskHead  # noqa: PLC0415
 
     torch.manual_seed(cfg.seed)
+    device = next(model.parameters()).device
     label_map = model.label_map if model.problem_type == "classification" else None
     extra_tasks = dict(extra_tasks or {})
     if "main" in extra_tasks:
@@ -231,6 +238,9 @@ def finetune_classifier(model: SequenceClassifier, tokenizer, train: Sequence[Ex
         heads[name] = TaskHead(model.config.hidden_size, len(maps[name]), model.pooling,
                                model.config.hidden_dropout_prob)
         heads[name].apply(model.encoder._init_weights)
+    heads.to(device)
+    if aux is not None:
+        aux.head.to(device)
     counts = {t: math.ceil(len(d) / cfg.batch_size) for t, d in data.items()}
     per_epoch = sum(counts.values())
     total = per_epoch * cfg.epochs
@@ -250,7 +260,7 @@ def finetune_classifier(model: SequenceClassifier, tokenizer, train: Sequence[Ex
         plan = mtdnn_schedule(counts, cfg.seed, epoch) if extra_tasks else [("main", b) for b in range(per_epoch)]
         for task, b in plan:
             idx = orders[task][b * cfg.batch_size: (b + 1) * cfg.batch_size]
-            batch = encode_examples(tokenizer, [data[task][i] for i in idx], cfg.max_length, maps[task])
+            batch = _to(encode_examples(tokenizer, [data[task][i] for i in idx], cfg.max_length, maps[task]), device)
             if task == "main":
                 out = model(**batch)
             else:
@@ -295,7 +305,8 @@ def predict(model: SequenceClassifier, tokenizer, examples: Sequence[Example], m
     try:
         for s in range(0, len(examples), batch_size):
             chunk = [Example(e.text, e.text_pair) for e in examples[s: s + batch_size]]
-            out.append(model(**encode_examples(tokenizer, chunk, max_length)).logits.float())
+            device = next(model.parameters()).device
+            out.append(model(**_to(encode_examples(tokenizer, chunk, max_length), device)).logits.float().cpu())
     finally:
         model.train(was)
     return torch.cat(out)
