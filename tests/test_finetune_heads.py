@@ -19,9 +19,11 @@ from unimask.finetune import (
     SequenceClassifier,
     TokenClassifier,
     align_word_labels,
+    answer_token_span,
     best_span,
     load_task_model,
     pool_hidden,
+    span_text,
     word_predictions,
 )
 from unimask.models import EncoderConfig, TransformerEncoder, UnifiedLM
@@ -259,3 +261,27 @@ def test_seq2seq_batch_layout_and_overfit_generation():
         opt.step()
         opt.zero_grad()
     assert ft.generate(src, max_new_tokens=5) == tgt
+
+
+
+def test_answer_char_span_to_tokens_matches_hf_char_to_token(minilm_dir):
+    tokenizers = pytest.importorskip("tokenizers")
+    tok = WordPieceTokenizer.from_pretrained(minilm_dir)
+    ref = tokenizers.Tokenizer.from_file(str(minilm_dir / "tokenizer.json"))
+    ref.no_padding()
+    ref.no_truncation()
+    question = "Who ported fortune to Linux?"
+    context = ("The Linux port of the fortune package (from NetBSD-current in April 1995) was done by "
+               "Florian LaRoche; Amy A. Lewis modified the sources heavily in Oct 1995.")
+    for answer in ("Florian LaRoche", "NetBSD-current", "1995", "Amy A. Lewis", "fortune package"):
+        a = context.index(answer)
+        enc = tok.encode(question, context)
+        s, e = answer_token_span(enc.offsets, enc.type_ids, a, a + len(answer))
+        r = ref.encode(question, context)
+        assert (s, e) == (r.char_to_token(a, 1), r.char_to_token(a + len(answer) - 1, 1))
+        assert span_text(context, enc.offsets, s, e) == answer
+    # an answer cut off by truncation is reported, not silently mapped elsewhere
+    enc = tok.encode(question, context, max_length=20)
+    a = context.index("Amy")
+    with pytest.raises(ValueError, match="not inside the encoded context"):
+        answer_token_span(enc.offsets, enc.type_ids, a, a + 3)

@@ -16,9 +16,11 @@ from .heads import (
     TaskOutput,
     TokenClassifier,
     align_word_labels,
+    answer_token_span,
     best_span,
     load_task_model,
     pool_hidden,
+    span_text,
     word_predictions,
 )
 from .metrics import accuracy, classification_report, exact_match, f1_scores, squad_f1
@@ -47,10 +49,10 @@ __all__ = [
     "CrossEncoderReranker", "CrossViewTagger", "Example", "FAQHit", "FAQIndex", "FinetuneConfig",
     "FrozenFeatures", "GradualUnfreezer", "LabelMap", "MultiTaskModel", "QuestionAnswering", "ScalarMix",
     "Seq2SeqFinetuner", "SequenceClassifier", "SiameseEncoder", "TaskHead", "TaskOutput", "TokenClassifier",
-    "accuracy", "align_word_labels", "best_span", "classification_report", "concat_last_four",
+    "accuracy", "align_word_labels", "answer_token_span", "best_span", "classification_report", "concat_last_four",
     "contrastive_loss", "cosine_similarity_loss", "cvt_consistency_loss", "discriminative_param_groups",
     "evaluate_classifier", "exact_match", "f1_scores", "finetune_classifier", "in_batch_negatives_loss",
     "layer_groups", "lm_finetune", "load_examples", "load_task_model", "mtdnn_schedule", "pool_hidden",
-    "siatl_gamma", "slanted_triangular_lr", "slanted_triangular_schedule", "squad_f1", "train_multitask",
+    "siatl_gamma", "slanted_triangular_lr", "span_text", "slanted_triangular_schedule", "squad_f1", "train_multitask",
     "word_predictions",
 ]

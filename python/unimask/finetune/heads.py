@@ -52,6 +52,8 @@ __all__ = [
     "Seq2SeqFinetuner",
     "pool_hidden",
     "best_span",
+    "answer_token_span",
+    "span_text",
     "align_word_labels",
     "word_predictions",
     "load_task_model",
@@ -348,6 +350,34 @@ def best_span(start_logits: torch.Tensor, end_logits: torch.Tensor, context_mask
     if squeeze:
         return start[0], end[0], score[0]
     return start, end, score
+
+
+def answer_token_span(offsets: Any, type_ids: Any, answer_start: int, answer_end: int,
+                      context_type: int = 1) -> tuple[int, int]:
+    """Token positions ``(start, end)`` (inclusive) covering the character span
+    ``[answer_start, answer_end)`` of the context (the ``context_type`` segment of a
+    question/context pair), from an :class:`~unimask.tokenizer.Encoding`'s ``offsets`` and
+    ``type_ids``. Raises ``ValueError`` when the answer is not inside the (possibly truncated)
+    context, so the caller can drop or mark the example (SQuAD training recipe)."""
+    if answer_end <= answer_start:
+        raise ValueError(f"empty answer span [{answer_start}, {answer_end})")
+    start = end = None
+    for i, ((a, b), t) in enumerate(zip(offsets, type_ids)):
+        a, b = int(a), int(b)
+        if int(t) != context_type or a == b:
+            continue
+        if start is None and b > answer_start:
+            start = i
+        if a < answer_end:
+            end = i
+    if start is None or end is None or end < start or int(offsets[end][1]) < answer_end:
+        raise ValueError(f"answer characters [{answer_start}, {answer_end}) are not inside the encoded context")
+    return start, end
+
+
+def span_text(context: str, offsets: Any, start: int, end: int) -> str:
+    """The context substring of tokens ``start..end`` (inclusive), via their character offsets."""
+    return context[int(offsets[start][0]): int(offsets[end][1])]
 
 
 class QuestionAnswering(_TaskModel):
