@@ -13,15 +13,20 @@ Song et al. 2021 (Fast WordPiece) for trie-based matching.
 
 Differences from the reference, on purpose: ids outside the vocabulary raise in :meth:`decode`
 (HF drops them), duplicate ``vocab.txt`` lines raise (HF keeps the last), ``max_length`` smaller
-than the special tokens raises (HF silently skips truncation), and overflowing windows
-(``stride``) are not returned.
+than the special tokens raises (HF silently skips truncation), and a ``stride`` that HF would
+panic on raises ``ValueError`` (see :meth:`WordPieceTokenizer.encode_batch`).
+
+Overflow: with ``max_length`` a truncated text's remaining tokens are not lost —
+:meth:`WordPieceTokenizer.encode` returns them in ``Encoding.overflowing`` and
+:meth:`WordPieceTokenizer.encode_batch` with ``return_overflowing=True`` as extra rows, with
+``stride`` tokens of overlap, exactly as HF (``Encoding::truncate``, ``Encoding::merge_with``).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -42,12 +47,18 @@ class Encoding:
     ``[start, end)`` into the original text of the sequence the token came from; ``(0, 0)`` for
     template special tokens) and ``word_ids`` (int32: word index within its sequence, ``-1``
     where HF reports ``None``).
+
+    ``overflowing``: the windows a truncation cut off (HF ``Encoding.overflowing``), each an
+    :class:`Encoding` with the template applied, in HF's order; empty when nothing was cut.
+    For pairs it is HF's combination list (see :meth:`WordPieceTokenizer.encode`), and like HF
+    some of its entries carry nested ``overflowing`` lists of their own.
     """
 
     ids: np.ndarray
     type_ids: np.ndarray
     offsets: np.ndarray
     word_ids: np.ndarray
+    overflowing: list["Encoding"] = field(default_factory=list, repr=False, compare=False)
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
@@ -65,6 +76,9 @@ class RaggedBatch:
     """A batch of encodings as flat columns plus ``row_splits`` (int64, length ``B + 1``).
 
     Row ``i`` is ``ids_flat[row_splits[i]:row_splits[i + 1]]`` (likewise for the other columns).
+    ``overflow_to_sample`` (int64, one per row) is set by ``encode_batch(...,
+    return_overflowing=True)``: the index of the input text each row came from (transformers'
+    ``overflow_to_sample_mapping``); ``None`` otherwise (then row ``i`` is text ``i``).
     """
 
     ids_flat: np.ndarray
@@ -73,6 +87,7 @@ class RaggedBatch:
     word_ids_flat: np.ndarray
     row_splits: np.ndarray
     pad_id: int = 0
+    overflow_to_sample: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.row_splits.shape[0]) - 1
@@ -479,10 +494,52 @@ class WordPieceTokenizer:
         truncation: str = "longest_first",
         stride: int = 0,
     ) -> Encoding:
-        """Encode one text (and optional pair) like HF ``Tokenizer.encode``; see :class:`Encoding`."""
+        """Encode one text (and optional pair) like HF ``Tokenizer.encode`` with
+        ``enable_truncation(max_length, stride=stride, strategy=truncation)``; see
+        :class:`Encoding`.
+
+        When truncation cuts tokens off, ``.overflowing`` holds the rest as HF does
+        (``tokenizers`` ``Encoding::truncate`` + ``TemplateProcessing``): a cut sequence of ``n``
+        tokens kept to ``t`` is split into windows ``[w * (t - stride), w * (t - stride) + t)``
+        (the last clipped at ``n``), window 0 being the main encoding; each overflowing window
+        gets the ``[CLS] .. [SEP]`` template. For a pair with windows ``A0..Ak`` and ``B0..Bm``,
+        ``overflowing`` is ``(A1, B0), (A1, B1) .. (A1, Bm), (A2, B0) .. (Ak, Bm), (A0, B1) ..
+        (A0, Bm)`` — HF's ``Encoding::merge_with`` order — and ``(Ai, B0)`` / ``(A0, Bj)`` carry
+        nested ``overflowing`` lists ``(Ai, B1..Bm)`` / ``(A1..Ak, Bj)`` exactly as in HF.
+        Raises ``ValueError`` where HF panics: a pair sequence truncated to ``t`` tokens with
+        ``0 < t <= stride``.
+        """
         _check_max_length(max_length, truncation, stride)
-        ids, types, offsets, words = self._native.encode(text, pair, bool(add_special_tokens), max_length, truncation, stride)
-        return Encoding(ids, types, offsets, words)
+        ids, types, offsets, words, splits, k, m = self._native.encode_overflowing(
+            text, pair, bool(add_special_tokens), max_length, truncation, stride
+        )
+        bounds = splits.tolist()
+
+        def row(r: int, nested: list[Encoding] | None = None) -> Encoding:
+            s, e = bounds[r], bounds[r + 1]
+            return Encoding(ids[s:e], types[s:e], offsets[s:e], words[s:e], nested if nested is not None else [])
+
+        if pair is None:
+            return row(0, [row(r) for r in range(1, 1 + k)])
+        # Rows (see unimask_core::Tokenizer::encode_overflowing_into): (A0, B0); for i in 1..k:
+        # (Ai, B0), (Ai, B1..Bm); then (A0, B1..Bm).
+        index: dict[tuple[int, int], int] = {(0, 0): 0}
+        r = 1
+        for i in range(1, k + 1):
+            for j in range(m + 1):
+                index[i, j] = r
+                r += 1
+        for j in range(1, m + 1):
+            index[0, j] = r
+            r += 1
+        plain = {ij: row(index[ij]) for ij in index if ij[0] >= 1 and ij[1] >= 1}
+        made: dict[tuple[int, int], Encoding] = dict(plain)
+        for i in range(1, k + 1):
+            made[i, 0] = row(index[i, 0], [plain[i, j] for j in range(1, m + 1)])
+        for j in range(1, m + 1):
+            made[0, j] = row(index[0, j], [plain[i, j] for i in range(1, k + 1)])
+        order = sorted(made, key=lambda ij: index[ij])
+        return row(0, [made[ij] for ij in order])
 
     def encode_batch(
         self,
@@ -492,20 +549,35 @@ class WordPieceTokenizer:
         max_length: int | None = None,
         truncation: str = "longest_first",
         stride: int = 0,
+        return_overflowing: bool = False,
     ) -> RaggedBatch:
         """Encode many texts (in parallel, outside the GIL) into a :class:`RaggedBatch`.
 
         ``max_length`` counts the special tokens, as in HF (``[CLS] A [SEP]`` leaves
         ``max_length - 2`` for A); ``truncation`` is ``"longest_first"``, ``"only_first"`` or
-        ``"only_second"``. ``stride`` is validated like HF's but overflowing windows are not
-        returned.
+        ``"only_second"``.
+
+        Overflow: by default a truncated text keeps only its first window (HF's main
+        ``Encoding``; the rest of the text is dropped). With ``return_overflowing=True`` each
+        text's row is followed by its overflowing windows (HF ``Encoding.overflowing``, same
+        order, ``stride`` tokens of overlap; see :meth:`encode`) and ``overflow_to_sample`` maps
+        every row to the index of its text, like transformers' ``return_overflowing_tokens`` /
+        ``overflow_to_sample_mapping`` (sliding windows for extractive QA, long documents).
+
+        ``stride`` needs ``max_length`` and must be smaller than ``max_length`` minus the special
+        tokens (HF: ``stride < max_len`` in ``Encoding::truncate``, a panic there); a pair
+        sequence truncated to ``t`` tokens with ``0 < t <= stride`` also raises ``ValueError``
+        naming the text (HF panics). Rows do not depend on ``num_threads``.
         """
         _check_max_length(max_length, truncation, stride)
-        ids, types, offsets, words, splits = self._native.encode_batch(
-            texts, pairs, bool(add_special_tokens), max_length, truncation, stride, self.num_threads
+        if not isinstance(return_overflowing, (bool, np.bool_)):
+            raise TypeError(f"return_overflowing must be a bool, got {return_overflowing!r}")
+        ids, types, offsets, words, splits, samples = self._native.encode_batch(
+            texts, pairs, bool(add_special_tokens), max_length, truncation, stride, self.num_threads,
+            bool(return_overflowing),
         )
         pad = self.pad_id
-        return RaggedBatch(ids, types, offsets, words, splits, 0 if pad is None else pad)
+        return RaggedBatch(ids, types, offsets, words, splits, 0 if pad is None else pad, samples)
 
     def __call__(self, texts: Sequence[str], **kwargs: Any) -> RaggedBatch:
         """Shorthand for :meth:`encode_batch`."""

@@ -246,9 +246,48 @@ impl PyTokenizer {
         columns(py, e)
     }
 
-    /// Encode a batch: (ids, type_ids, offsets, word_ids, row_splits i64 [B + 1]).
+    /// Encode one text (and optional pair) with its overflowing windows: (ids, type_ids,
+    /// offsets, word_ids, row_splits, k, m). Row 0 is the main encoding, rows 1.. HF's
+    /// `overflowing` list; k / m are the overflowing windows of the first / second sequence.
+    #[pyo3(signature = (text, pair=None, add_special_tokens=true, max_length=None, truncation="longest_first", stride=0))]
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    fn encode_overflowing<'py>(
+        &self,
+        py: Python<'py>,
+        text: &Bound<'py, PyAny>,
+        pair: Option<&Bound<'py, PyAny>>,
+        add_special_tokens: bool,
+        max_length: Option<i64>,
+        truncation: &str,
+        stride: i64,
+    ) -> PyResult<(
+        Bound<'py, PyArray1<u32>>,
+        Bound<'py, PyArray1<u8>>,
+        Bound<'py, PyArray2<u32>>,
+        Bound<'py, PyArray1<i32>>,
+        Bound<'py, PyArray1<i64>>,
+        usize,
+        usize,
+    )> {
+        let opts = options(add_special_tokens, max_length, truncation, stride)?;
+        let text = as_text(text, "text")?.to_owned();
+        let pair = pair
+            .map(|p| as_text(p, "pair"))
+            .transpose()?
+            .map(str::to_owned);
+        let inner = Arc::clone(&self.inner);
+        let (batch, k, m) = run_detached(py, move || {
+            inner.encode_overflowing(&text, pair.as_deref(), &opts)
+        })?;
+        let (a, b, c, d) = columns(py, batch.tokens)?;
+        Ok((a, b, c, d, batch.row_splits.into_pyarray(py), k, m))
+    }
+
+    /// Encode a batch: (ids, type_ids, offsets, word_ids, row_splits i64 [rows + 1],
+    /// overflow_to_sample i64 [rows] or None). With `return_overflowing`, each text's row is
+    /// followed by its overflowing windows and `overflow_to_sample` maps rows to texts.
     #[pyo3(signature = (texts, pairs=None, add_special_tokens=true, max_length=None,
-        truncation="longest_first", stride=0, num_threads=None))]
+        truncation="longest_first", stride=0, num_threads=None, return_overflowing=false))]
     #[allow(clippy::too_many_arguments, clippy::type_complexity)]
     fn encode_batch<'py>(
         &self,
@@ -260,24 +299,42 @@ impl PyTokenizer {
         truncation: &str,
         stride: i64,
         num_threads: Option<usize>,
+        return_overflowing: bool,
     ) -> PyResult<(
         Bound<'py, PyArray1<u32>>,
         Bound<'py, PyArray1<u8>>,
         Bound<'py, PyArray2<u32>>,
         Bound<'py, PyArray1<i32>>,
         Bound<'py, PyArray1<i64>>,
+        Option<Bound<'py, PyArray1<i64>>>,
     )> {
         let opts = options(add_special_tokens, max_length, truncation, stride)?;
         let (buf, ends) = collect_texts(texts, "texts")?;
         let pairs = pairs.map(|p| collect_texts(p, "pairs")).transpose()?;
         let inner = Arc::clone(&self.inner);
-        let batch = run_detached(py, move || {
+        let (batch, samples) = run_detached(py, move || {
             let t = slices(&buf, &ends);
             let p = pairs.as_ref().map(|(b, e)| slices(b, e));
-            inner.encode_batch(&t, p.as_deref(), &opts, num_threads)
+            if return_overflowing {
+                let (b, s) =
+                    inner.encode_batch_overflowing(&t, p.as_deref(), &opts, num_threads)?;
+                Ok((b, Some(s)))
+            } else {
+                Ok((
+                    inner.encode_batch(&t, p.as_deref(), &opts, num_threads)?,
+                    None,
+                ))
+            }
         })?;
         let (a, b, c, d) = columns(py, batch.tokens)?;
-        Ok((a, b, c, d, batch.row_splits.into_pyarray(py)))
+        Ok((
+            a,
+            b,
+            c,
+            d,
+            batch.row_splits.into_pyarray(py),
+            samples.map(|s| s.into_pyarray(py)),
+        ))
     }
 
     /// Decode ids to text (HF WordPiece decoder rules).

@@ -141,6 +141,12 @@ impl EncodingBuf {
         self.offsets.push([start, end]);
         self.word_ids.push(word);
     }
+    fn extend_range(&mut self, other: &EncodingBuf, s: usize, e: usize) {
+        self.ids.extend_from_slice(&other.ids[s..e]);
+        self.type_ids.extend_from_slice(&other.type_ids[s..e]);
+        self.offsets.extend_from_slice(&other.offsets[s..e]);
+        self.word_ids.extend_from_slice(&other.word_ids[s..e]);
+    }
     fn extend_prefix(&mut self, other: &EncodingBuf, n: usize) {
         self.ids.extend_from_slice(&other.ids[..n]);
         self.type_ids.extend_from_slice(&other.type_ids[..n]);
@@ -165,7 +171,12 @@ pub struct Scratch {
     byte_char: Vec<u32>,
     pieces: Vec<(u32, u32, u32)>,
     pair: EncodingBuf,
+    first: EncodingBuf,
 }
+
+/// One chunk of a batch: its tokens, the length of each row, the text index of each row
+/// (only when overflowing rows are requested).
+type ChunkOut = (EncodingBuf, Vec<u32>, Vec<i64>);
 
 const A_DROP: u8 = 0;
 const A_SPACE: u8 = 1;
@@ -358,9 +369,9 @@ impl Tokenizer {
                     ml - n_special
                 )));
             }
-        } else if opts.stride > i32::MAX as usize {
+        } else if opts.stride > 0 {
             return Err(Error::InvalidInput(format!(
-                "stride is absurdly large: {}",
+                "stride={} needs max_length: overflowing windows only exist under truncation",
                 opts.stride
             )));
         }
@@ -387,6 +398,7 @@ impl Tokenizer {
 
     /// Encode a batch on `num_threads` threads (None = all cores). The output does not depend
     /// on the thread count: texts are encoded independently and concatenated in order.
+    /// Truncated texts keep their first window only (HF's main `Encoding`).
     pub fn encode_batch(
         &self,
         texts: &[&str],
@@ -394,6 +406,61 @@ impl Tokenizer {
         opts: &EncodeOptions,
         num_threads: Option<usize>,
     ) -> Result<RaggedBatch> {
+        Ok(self
+            .encode_batch_impl(texts, pairs, opts, num_threads, false)?
+            .0)
+    }
+
+    /// Like [`Tokenizer::encode_batch`], but every text is followed by its overflowing windows
+    /// (HF `Encoding.overflowing`, in HF's order; see [`Tokenizer::encode_overflowing_into`]).
+    /// Returns the batch and, for every row, the index of the text it came from
+    /// (transformers' `overflow_to_sample_mapping`).
+    pub fn encode_batch_overflowing(
+        &self,
+        texts: &[&str],
+        pairs: Option<&[&str]>,
+        opts: &EncodeOptions,
+        num_threads: Option<usize>,
+    ) -> Result<(RaggedBatch, Vec<i64>)> {
+        self.encode_batch_impl(texts, pairs, opts, num_threads, true)
+    }
+
+    /// Encode one text (and optional pair) with its overflowing windows: row 0 is HF's main
+    /// encoding, the other rows its `overflowing` list. Also returns the number of overflowing
+    /// windows of the first and of the second sequence (see [`Tokenizer::encode_overflowing_into`]).
+    pub fn encode_overflowing(
+        &self,
+        text: &str,
+        pair: Option<&str>,
+        opts: &EncodeOptions,
+    ) -> Result<(RaggedBatch, usize, usize)> {
+        self.check_options(opts, pair.is_some())?;
+        check_len(text, || "text".into())?;
+        if let Some(p) = pair {
+            check_len(p, || "pair".into())?;
+        }
+        let mut batch = RaggedBatch::default();
+        let mut sc = Scratch::default();
+        let mut lens = Vec::new();
+        let (k, m) =
+            self.encode_overflowing_into(text, pair, opts, &mut sc, &mut batch.tokens, &mut lens)?;
+        batch.row_splits.push(0);
+        let mut acc = 0i64;
+        for l in lens {
+            acc += l as i64;
+            batch.row_splits.push(acc);
+        }
+        Ok((batch, k, m))
+    }
+
+    fn encode_batch_impl(
+        &self,
+        texts: &[&str],
+        pairs: Option<&[&str]>,
+        opts: &EncodeOptions,
+        num_threads: Option<usize>,
+        overflow: bool,
+    ) -> Result<(RaggedBatch, Vec<i64>)> {
         if let Some(p) = pairs {
             if p.len() != texts.len() {
                 return Err(Error::InvalidInput(format!(
@@ -426,7 +493,29 @@ impl Tokenizer {
             .step_by(per_chunk)
             .map(|s| (s, (s + per_chunk).min(n)))
             .collect();
-        let work = |&(s, e): &(usize, usize)| -> Result<(EncodingBuf, Vec<u32>)> {
+        // Encode text `i` (its rows) into `buf`, pushing one length per row and, with
+        // `overflow`, the text index of each row.
+        let one = |i: usize,
+                   sc: &mut Scratch,
+                   buf: &mut EncodingBuf,
+                   lens: &mut Vec<u32>,
+                   samples: &mut Vec<i64>|
+         -> Result<()> {
+            let pair = pairs.map(|p| p[i]);
+            let r = if overflow {
+                let before = lens.len();
+                let r = self.encode_overflowing_into(texts[i], pair, opts, sc, buf, lens);
+                samples.extend(std::iter::repeat_n(i as i64, lens.len() - before));
+                r.map(|_| ())
+            } else {
+                let before = buf.len();
+                let r = self.encode_into(texts[i], pair, opts, sc, buf);
+                lens.push((buf.len() - before) as u32);
+                r
+            };
+            r.map_err(|e| name_text(i, e))
+        };
+        let work = |&(s, e): &(usize, usize)| -> Result<ChunkOut> {
             let mut sc = Scratch::default();
             let mut buf = EncodingBuf::default();
             let est = texts[s..e].iter().map(|t| t.len()).sum::<usize>() / 3 + 3 * (e - s) + 16;
@@ -435,15 +524,14 @@ impl Tokenizer {
             buf.offsets.reserve(est);
             buf.word_ids.reserve(est);
             let mut lens = Vec::with_capacity(e - s);
+            let mut samples = Vec::new();
             for i in s..e {
-                let before = buf.len();
-                self.encode_into(texts[i], pairs.map(|p| p[i]), opts, &mut sc, &mut buf)?;
-                lens.push((buf.len() - before) as u32);
+                one(i, &mut sc, &mut buf, &mut lens, &mut samples)?;
             }
-            Ok((buf, lens))
+            Ok((buf, lens, samples))
         };
         let mut batch = RaggedBatch::default();
-        batch.row_splits.reserve_exact(n + 1);
+        batch.row_splits.reserve(n + 1);
         batch.row_splits.push(0);
         if threads == 1 || chunks.len() <= 1 {
             // One thread: encode straight into the output (no per-chunk buffers to concatenate).
@@ -454,28 +542,43 @@ impl Tokenizer {
             t.offsets.reserve(est);
             t.word_ids.reserve(est);
             let mut sc = Scratch::default();
+            let mut lens = Vec::with_capacity(if overflow { 0 } else { n });
+            let mut samples = Vec::new();
             for i in 0..n {
-                self.encode_into(
-                    texts[i],
-                    pairs.map(|p| p[i]),
-                    opts,
-                    &mut sc,
-                    &mut batch.tokens,
-                )?;
-                batch.row_splits.push(batch.tokens.len() as i64);
+                if overflow {
+                    lens.clear();
+                    one(i, &mut sc, &mut batch.tokens, &mut lens, &mut samples)?;
+                    let mut acc = *batch.row_splits.last().unwrap_or(&0);
+                    for &l in &lens {
+                        acc += l as i64;
+                        batch.row_splits.push(acc);
+                    }
+                } else {
+                    self.encode_into(
+                        texts[i],
+                        pairs.map(|p| p[i]),
+                        opts,
+                        &mut sc,
+                        &mut batch.tokens,
+                    )
+                    .map_err(|e| name_text(i, e))?;
+                    batch.row_splits.push(batch.tokens.len() as i64);
+                }
             }
-            return Ok(batch);
+            return Ok((batch, samples));
         }
-        let parts: Vec<Result<(EncodingBuf, Vec<u32>)>> =
+        let parts: Vec<Result<ChunkOut>> =
             pool::run(Some(threads), || chunks.par_iter().map(work).collect())?;
-        let parts: Vec<(EncodingBuf, Vec<u32>)> = parts.into_iter().collect::<Result<_>>()?;
-        let total: usize = parts.iter().map(|(b, _)| b.len()).sum();
+        let parts: Vec<ChunkOut> = parts.into_iter().collect::<Result<_>>()?;
+        let total: usize = parts.iter().map(|(b, _, _)| b.len()).sum();
         let mut acc = 0i64;
-        for (_, lens) in &parts {
+        let mut samples = Vec::new();
+        for (_, lens, s) in &parts {
             for &l in lens {
                 acc += l as i64;
                 batch.row_splits.push(acc);
             }
+            samples.extend_from_slice(s);
         }
         // Assemble in parallel: zeroed allocations are lazily mapped, so each thread faults in
         // and fills its own region.
@@ -492,7 +595,7 @@ impl Tokenizer {
                 &mut t.offsets[..],
                 &mut t.word_ids[..],
             );
-            for (b, _) in &parts {
+            for (b, _, _) in &parts {
                 let n = b.len();
                 let (a1, r1) = std::mem::take(&mut ids).split_at_mut(n);
                 let (a2, r2) = std::mem::take(&mut types).split_at_mut(n);
@@ -510,7 +613,7 @@ impl Tokenizer {
                 a4.copy_from_slice(&b.word_ids);
             })
         })?;
-        Ok(batch)
+        Ok((batch, samples))
     }
 
     /// Encode one text (+ pair) with template and truncation, appending to `out`.
@@ -545,6 +648,9 @@ impl Tokenizer {
             };
             let (a, b) =
                 truncated_lengths(n1, n2, pair.is_some(), ml - n_special, opts.truncation)?;
+            // Validate the stride against each truncated sequence like HF (which panics).
+            Windows::new(n1, a, opts.stride, "first")?;
+            Windows::new(n2, b, opts.stride, "second")?;
             n1 = a;
             n2 = b;
         }
@@ -561,6 +667,96 @@ impl Tokenizer {
         sc.pair = pair_buf;
         debug_assert!(out.len() >= start);
         Ok(())
+    }
+
+    /// Encode one text (+ pair) into all its rows: HF's main encoding, then each entry of its
+    /// `overflowing` list, in HF's order, appending the rows to `out` and their lengths to
+    /// `lens`. Returns `(k, m)`, the number of overflowing windows of the first and the second
+    /// sequence.
+    ///
+    /// HF (`Encoding::truncate`) cuts a truncated sequence of `n` tokens to `t` into windows
+    /// `[w * (t - stride), w * (t - stride) + t)` (the last one clipped at `n`) until one reaches
+    /// the end; `t = 0` gives one empty window and the whole sequence as overflow. The template
+    /// then merges the pieces (`Encoding::merge_with`): with windows `A0..Ak` and `B0..Bm` the
+    /// rows are `(A0, B0)`, then `(Ai, B0), (Ai, B1) .. (Ai, Bm)` for each `i = 1..k`, then
+    /// `(A0, Bj)` for `j = 1..m`; each row is `[CLS] A [SEP] B [SEP]` with the usual type ids.
+    pub fn encode_overflowing_into(
+        &self,
+        text: &str,
+        pair: Option<&str>,
+        opts: &EncodeOptions,
+        sc: &mut Scratch,
+        out: &mut EncodingBuf,
+        lens: &mut Vec<u32>,
+    ) -> Result<(usize, usize)> {
+        let add = opts.add_special_tokens;
+        let mut a_buf = std::mem::take(&mut sc.first);
+        let mut b_buf = std::mem::take(&mut sc.pair);
+        a_buf.clear();
+        b_buf.clear();
+        self.encode_sequence(text, 0, sc, &mut a_buf);
+        if let Some(p) = pair {
+            self.encode_sequence(p, 1, sc, &mut b_buf);
+        }
+        let (n1, n2) = (a_buf.len(), b_buf.len());
+        let (wa, wb) = match opts.max_length {
+            Some(ml) => {
+                let n_special = if add {
+                    self.num_special_tokens(pair.is_some())
+                } else {
+                    0
+                };
+                let truncated =
+                    truncated_lengths(n1, n2, pair.is_some(), ml - n_special, opts.truncation);
+                let r = truncated.and_then(|(a, b)| {
+                    Ok((
+                        Windows::new(n1, a, opts.stride, "first")?,
+                        Windows::new(n2, b, opts.stride, "second")?,
+                    ))
+                });
+                match r {
+                    Ok(w) => w,
+                    Err(e) => {
+                        sc.first = a_buf;
+                        sc.pair = b_buf;
+                        return Err(e);
+                    }
+                }
+            }
+            None => (Windows::whole(n1), Windows::whole(n2)),
+        };
+        let (ka, kb) = (wa.count(), wb.count());
+        let mut row = |i: usize, j: usize| {
+            let before = out.len();
+            if add {
+                out.push(self.cls_id.unwrap_or(0), 0, 0, 0, -1);
+            }
+            let (s, e) = wa.get(i);
+            out.extend_range(&a_buf, s, e);
+            if add {
+                out.push(self.sep_id.unwrap_or(0), 0, 0, 0, -1);
+            }
+            if pair.is_some() {
+                let (s, e) = wb.get(j);
+                out.extend_range(&b_buf, s, e);
+                if add {
+                    out.push(self.sep_id.unwrap_or(0), 1, 0, 0, -1);
+                }
+            }
+            lens.push((out.len() - before) as u32);
+        };
+        row(0, 0);
+        for i in 1..ka {
+            for j in 0..kb {
+                row(i, j);
+            }
+        }
+        for j in 1..kb {
+            row(0, j);
+        }
+        sc.first = a_buf;
+        sc.pair = b_buf;
+        Ok((ka - 1, kb - 1))
     }
 
     /// Encode one sequence (no template): added tokens, then normalized words.
@@ -962,6 +1158,88 @@ fn merge_chinese_words(
     }
 }
 
+/// Prefix the message of an input error with the batch index of the text that caused it.
+fn name_text(i: usize, e: Error) -> Error {
+    match e {
+        Error::InvalidInput(m) => Error::InvalidInput(format!("texts[{i}]: {m}")),
+        other => other,
+    }
+}
+
+/// The windows HF's `Encoding::truncate(target, stride)` cuts a sequence of `len` tokens into
+/// (right truncation): window 0 is what the encoding keeps, the others are its `overflowing`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Windows {
+    len: usize,
+    target: usize,
+    step: usize,
+}
+
+impl Windows {
+    /// The whole sequence as one window (no truncation).
+    pub fn whole(len: usize) -> Self {
+        Self {
+            len,
+            target: len,
+            step: 1,
+        }
+    }
+
+    /// Windows of a sequence of `len` tokens truncated to `target`. Errors where HF panics:
+    /// the sequence is actually cut (`0 < target < len`) and `stride >= target`.
+    pub fn new(len: usize, target: usize, stride: usize, which: &str) -> Result<Self> {
+        if target >= len {
+            return Ok(Self::whole(len));
+        }
+        if target == 0 {
+            return Ok(Self {
+                len,
+                target: 0,
+                step: 0,
+            });
+        }
+        if stride >= target {
+            return Err(Error::InvalidInput(format!(
+                "stride={stride} must be smaller than the {target} tokens the {which} sequence \
+                 ({len} tokens) is truncated to; lower stride or raise max_length \
+                 (HF tokenizers panics here: `stride` must be strictly less than `max_len={target}`)"
+            )));
+        }
+        Ok(Self {
+            len,
+            target,
+            step: target - stride,
+        })
+    }
+
+    /// Number of windows (1 + the number of overflowing ones).
+    pub fn count(&self) -> usize {
+        if self.target >= self.len {
+            1
+        } else if self.target == 0 {
+            2
+        } else {
+            1 + (self.len - self.target).div_ceil(self.step)
+        }
+    }
+
+    /// Token range `[start, stop)` of window `w < count()`.
+    pub fn get(&self, w: usize) -> (usize, usize) {
+        if self.target >= self.len {
+            (0, self.len)
+        } else if self.target == 0 {
+            if w == 0 {
+                (0, 0)
+            } else {
+                (0, self.len)
+            }
+        } else {
+            let s = w * self.step;
+            (s, (s + self.target).min(self.len))
+        }
+    }
+}
+
 /// Offsets are `u32`: refuse texts of 4 GiB or more.
 fn check_len(t: &str, what: impl Fn() -> String) -> Result<()> {
     if t.len() >= u32::MAX as usize {
@@ -1205,6 +1483,126 @@ mod tests {
         let one = t.encode(refs[7], Some(refs[7]), &o).unwrap();
         let (s, e) = (a.row_splits[7] as usize, a.row_splits[8] as usize);
         assert_eq!(a.tokens.ids[s..e], one.ids[..]);
+    }
+
+    /// HF `Encoding::truncate` (right direction), transcribed as the oracle for [`Windows`].
+    fn hf_parts(len: usize, max_len: usize, stride: usize) -> Vec<(usize, usize)> {
+        if max_len >= len {
+            return vec![(0, len)];
+        }
+        if max_len == 0 {
+            return vec![(0, 0), (0, len)];
+        }
+        let offset = max_len - stride;
+        let mut end = false;
+        (0..len)
+            .step_by(offset)
+            .filter_map(|start| {
+                if !end {
+                    let stop = std::cmp::min(start + max_len, len);
+                    end = stop == len;
+                    Some((start, stop))
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn windows_match_hf_truncate() {
+        for len in 0..40 {
+            for target in 0..len + 3 {
+                for stride in 0..target.max(1) {
+                    let w = Windows::new(len, target, stride, "first").unwrap();
+                    let got: Vec<_> = (0..w.count()).map(|i| w.get(i)).collect();
+                    assert_eq!(
+                        got,
+                        hf_parts(len, target, stride),
+                        "{len} {target} {stride}"
+                    );
+                }
+            }
+        }
+        assert!(Windows::new(10, 4, 4, "first").is_err());
+        assert!(Windows::new(3, 4, 9, "first").is_ok()); // not cut: no stride check (as HF)
+    }
+
+    #[test]
+    fn overflow_rows_follow_hf_merge_order() {
+        let t = tok();
+        // "hello world hello world" = [5, 6, 5, 6]; "the the cafe" = [15, 15, 11].
+        let o = EncodeOptions {
+            max_length: Some(7),
+            stride: 1,
+            ..Default::default()
+        };
+        // Budget 4: longest_first keeps (2, 2); A windows [5,6] [6,5] [5,6], B [15,15] [15,11].
+        let (b, k, m) = t
+            .encode_overflowing("hello world hello world", Some("the the cafe"), &o)
+            .unwrap();
+        assert_eq!((k, m), (2, 1));
+        let rows: Vec<&[u32]> = (0..b.row_splits.len() - 1)
+            .map(|r| &b.tokens.ids[b.row_splits[r] as usize..b.row_splits[r + 1] as usize])
+            .collect();
+        let (a0, a1, a2, b0, b1) = ([5, 6], [6, 5], [5, 6], [15, 15], [15, 11]);
+        let row = |a: [u32; 2], bb: [u32; 2]| vec![2, a[0], a[1], 3, bb[0], bb[1], 3];
+        let want = [
+            row(a0, b0),
+            row(a1, b0),
+            row(a1, b1),
+            row(a2, b0),
+            row(a2, b1),
+            row(a0, b1),
+        ];
+        assert_eq!(rows, want.iter().map(|r| &r[..]).collect::<Vec<_>>());
+        // Window starts of the first sequence (char offsets of "hello world hello world").
+        assert_eq!(b.tokens.offsets[b.row_splits[1] as usize + 1], [6, 11]);
+        assert_eq!(b.tokens.type_ids[..7], [0, 0, 0, 0, 1, 1, 1]);
+        // Row 0 is what encode returns.
+        let main = t
+            .encode("hello world hello world", Some("the the cafe"), &o)
+            .unwrap();
+        assert_eq!(main.ids, rows[0]);
+    }
+
+    #[test]
+    fn overflow_batch_is_thread_count_independent() {
+        let t = tok();
+        let texts: Vec<String> = (0..300)
+            .map(|i| "hello world unaffable ".repeat(1 + i % 7) + "中文")
+            .collect();
+        let refs: Vec<&str> = texts.iter().map(|s| s.as_str()).collect();
+        let o = EncodeOptions {
+            max_length: Some(9),
+            stride: 2,
+            ..Default::default()
+        };
+        let a = t
+            .encode_batch_overflowing(&refs, None, &o, Some(1))
+            .unwrap();
+        let b = t
+            .encode_batch_overflowing(&refs, None, &o, Some(3))
+            .unwrap();
+        assert_eq!(a, b);
+        let plain = t.encode_batch(&refs, None, &o, Some(2)).unwrap();
+        // The first row of each text is the plain (first-window) row.
+        for i in 0..refs.len() {
+            let r = a.1.iter().position(|&s| s == i as i64).unwrap();
+            let (s, e) = (a.0.row_splits[r] as usize, a.0.row_splits[r + 1] as usize);
+            let (ps, pe) = (
+                plain.row_splits[i] as usize,
+                plain.row_splits[i + 1] as usize,
+            );
+            assert_eq!(a.0.tokens.ids[s..e], plain.tokens.ids[ps..pe]);
+        }
+        assert!(a.1.len() > refs.len());
+        let no_max = EncodeOptions {
+            max_length: None,
+            ..o
+        };
+        let err = t.encode_batch(&["x"], None, &no_max, Some(1)).unwrap_err();
+        assert!(err.to_string().contains("stride"), "{err}");
     }
 
     #[test]
