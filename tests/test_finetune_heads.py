@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from unimask.finetune import (
     LabelMap,
+    MassFinetuner,
     QuestionAnswering,
     Seq2SeqFinetuner,
     SequenceClassifier,
@@ -26,7 +27,7 @@ from unimask.finetune import (
     span_text,
     word_predictions,
 )
-from unimask.models import EncoderConfig, TransformerEncoder, UnifiedLM
+from unimask.models import EncoderConfig, MassSeq2Seq, TransformerEncoder, UnifiedLM
 from unimask.tokenizer import WordPieceTokenizer
 
 
@@ -285,3 +286,23 @@ def test_answer_char_span_to_tokens_matches_hf_char_to_token(minilm_dir):
     a = context.index("Amy")
     with pytest.raises(ValueError, match="not inside the encoded context"):
         answer_token_span(enc.offsets, enc.type_ids, a, a + 3)
+
+
+
+def test_mass_finetuning_batch_layout_and_overfit_generation():
+    torch.manual_seed(0)
+    model = MassSeq2Seq(_small_cfg(), num_decoder_layers=2)
+    ft = MassFinetuner(model, cls_id=1, sep_id=2, start_id=3, pad_id=0)
+    src, tgt = [[10, 11, 12], [20, 21]], [[30, 31], [40, 41, 42]]
+    b = ft.make_batch(src, tgt)
+    assert b["input_ids"].tolist() == [[1, 10, 11, 12, 2], [1, 20, 21, 2, 0]]
+    assert b["seq_len"].tolist() == [5, 4]
+    assert b["decoder_input_ids"].tolist() == [[3, 30, 31, 0], [3, 40, 41, 42]]
+    assert b["decoder_labels"].tolist() == [[30, 31, 2, -100], [40, 41, 42, 2]]
+    assert b["decoder_positions"].tolist() == [[0, 1, 2, 3], [0, 1, 2, 3]]
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(120):
+        ft(**b).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    assert ft.generate(src, max_new_tokens=5) == tgt

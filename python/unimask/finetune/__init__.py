@@ -10,6 +10,7 @@ from .cvt import CrossViewTagger, cvt_consistency_loss
 from .data import Example, LabelMap, load_examples
 from .features import FrozenFeatures, ScalarMix, concat_last_four
 from .heads import (
+    MassFinetuner,
     QuestionAnswering,
     Seq2SeqFinetuner,
     SequenceClassifier,
@@ -47,7 +48,7 @@ from .trainer import AuxLM, FinetuneConfig, evaluate_classifier, finetune_classi
 __all__ = [
     "AuxLM",
     "CrossEncoderReranker", "CrossViewTagger", "Example", "FAQHit", "FAQIndex", "FinetuneConfig",
-    "FrozenFeatures", "GradualUnfreezer", "LabelMap", "MultiTaskModel", "QuestionAnswering", "ScalarMix",
+    "FrozenFeatures", "GradualUnfreezer", "LabelMap", "MassFinetuner", "MultiTaskModel", "QuestionAnswering", "ScalarMix",
     "Seq2SeqFinetuner", "SequenceClassifier", "SiameseEncoder", "TaskHead", "TaskOutput", "TokenClassifier",
     "accuracy", "align_word_labels", "answer_token_span", "best_span", "classification_report", "concat_last_four",
     "contrastive_loss", "cosine_similarity_loss", "cvt_consistency_loss", "discriminative_param_groups",

@@ -50,6 +50,7 @@ __all__ = [
     "TokenClassifier",
     "QuestionAnswering",
     "Seq2SeqFinetuner",
+    "MassFinetuner",
     "pool_hidden",
     "best_span",
     "answer_token_span",
@@ -476,6 +477,64 @@ class Seq2SeqFinetuner(nn.Module):
         out = self.model.generate(ids, src_len=src_len, max_new_tokens=max_new_tokens, num_beams=num_beams,
                                   eos_id=self.sep_id, pad_id=self.pad_id, mask_id=self.mask_id,
                                   source_type=self.source_type, target_type=self.target_type)
+        result = []
+        for row in out.tolist():
+            toks = []
+            for t in row:
+                if t == self.sep_id:
+                    break
+                if t != self.pad_id:
+                    toks.append(t)
+            result.append(toks)
+        return result
+
+
+class MassFinetuner(nn.Module):
+    """Seq2seq fine-tuning of a :class:`unimask.models.MassSeq2Seq` (Song et al. 2019, sec. 4:
+    the pretrained encoder-decoder is fine-tuned on (source, target) pairs with teacher forcing).
+
+    :meth:`make_batch`: encoder input ``[CLS] src [SEP]``; decoder input ``[start] tgt``
+    (``start_id`` = [MASK], as the decoder starts in unimask's MASS pretraining) at positions
+    ``0..``; decoder labels ``tgt [SEP]`` (the model learns to stop). :meth:`generate` decodes
+    with the same start token and position.
+    """
+
+    def __init__(self, model: nn.Module, cls_id: int, sep_id: int, start_id: int, pad_id: int = 0) -> None:
+        super().__init__()
+        self.model = model
+        self.cls_id, self.sep_id, self.start_id, self.pad_id = cls_id, sep_id, start_id, pad_id
+
+    def _sources(self, sources: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = [[self.cls_id, *s, self.sep_id] for s in sources]
+        ids = torch.full((len(rows), max(len(r) for r in rows)), self.pad_id, dtype=torch.long)
+        for b, r in enumerate(rows):
+            ids[b, : len(r)] = torch.tensor(r)
+        return ids, torch.tensor([len(r) for r in rows])
+
+    def make_batch(self, sources: list[list[int]], targets: list[list[int]]) -> dict[str, torch.Tensor]:
+        if len(sources) != len(targets) or not sources:
+            raise ValueError(f"need as many sources as targets (>0), got {len(sources)} and {len(targets)}")
+        ids, seq_len = self._sources(sources)
+        T = max(len(t) for t in targets) + 1
+        B = len(targets)
+        dec = torch.full((B, T), self.pad_id, dtype=torch.long)
+        labels = torch.full((B, T), IGNORE_INDEX, dtype=torch.long)
+        for b, t in enumerate(targets):
+            dec[b, : len(t) + 1] = torch.tensor([self.start_id, *t])
+            labels[b, : len(t) + 1] = torch.tensor([*t, self.sep_id])
+        positions = torch.arange(T)[None].expand(B, T).contiguous()
+        return {"input_ids": ids, "seq_len": seq_len, "decoder_input_ids": dec, "decoder_positions": positions,
+                "decoder_labels": labels, "decoder_len": torch.tensor([len(t) + 1 for t in targets])}
+
+    def forward(self, **batch: torch.Tensor):
+        return self.model(**batch)
+
+    def generate(self, sources: list[list[int]], max_new_tokens: int = 20, num_beams: int = 1) -> list[list[int]]:
+        """Decode targets for ``sources`` (ids without specials); stops at [SEP]."""
+        ids, seq_len = self._sources(sources)
+        out = self.model.generate(ids, seq_len=seq_len, max_new_tokens=max_new_tokens, num_beams=num_beams,
+                                  eos_id=self.sep_id, pad_id=self.pad_id, decoder_start_id=self.start_id,
+                                  decoder_start_position=0)
         result = []
         for row in out.tolist():
             toks = []
