@@ -6,7 +6,7 @@ See ``docs/finetune.md`` for the tour and the recipes' sources.
 
 from __future__ import annotations
 
-from .cvt import CrossViewTagger, cvt_consistency_loss
+from .cvt import CrossViewTagger, cvt_consistency_loss, train_cvt
 from .data import Example, LabelMap, load_examples
 from .features import FrozenFeatures, ScalarMix, concat_last_four
 from .heads import (
@@ -54,6 +54,6 @@ __all__ = [
     "contrastive_loss", "cosine_similarity_loss", "cvt_consistency_loss", "discriminative_param_groups",
     "evaluate_classifier", "exact_match", "f1_scores", "finetune_classifier", "in_batch_negatives_loss",
     "layer_groups", "lm_finetune", "load_examples", "load_task_model", "mtdnn_schedule", "pool_hidden",
-    "siatl_gamma", "slanted_triangular_lr", "span_text", "slanted_triangular_schedule", "squad_f1", "train_multitask",
+    "siatl_gamma", "slanted_triangular_lr", "span_text", "slanted_triangular_schedule", "squad_f1", "train_cvt", "train_multitask",
     "word_predictions",
 ]

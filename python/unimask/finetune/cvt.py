@@ -21,7 +21,7 @@ from ..masks import BIDIRECTIONAL, LEFT_TO_RIGHT, RIGHT_TO_LEFT
 from ..models.encoder import TransformerEncoder
 from .heads import IGNORE_INDEX
 
-__all__ = ["CrossViewTagger", "cvt_consistency_loss", "VIEWS"]
+__all__ = ["CrossViewTagger", "cvt_consistency_loss", "train_cvt", "VIEWS"]
 
 #: auxiliary view name -> attention mode
 VIEWS = {"left_to_right": LEFT_TO_RIGHT, "right_to_left": RIGHT_TO_LEFT}
@@ -87,3 +87,26 @@ class CrossViewTagger(nn.Module):
         mask = attention_mask.bool() if attention_mask is not None else None
         return sum(cvt_consistency_loss(teacher, self.logits(input_ids, attention_mask, token_type_ids, v), mask)
                    for v in VIEWS)
+
+
+def train_cvt(model: CrossViewTagger, labelled: list[dict[str, torch.Tensor]], unlabeled: list[dict[str, torch.Tensor]],
+              steps: int, lr: float = 5e-5, weight_decay: float = 0.0) -> list[dict[str, float | str]]:
+    """CVT's training loop (Clark et al. 2018, sec. 2): alternate a supervised mini-batch
+    (``input_ids``, ``labels``[, ``attention_mask``]) and an unlabeled one (consistency loss of
+    the restricted views), cycling through both lists; ``steps`` counts both kinds. Returns
+    per-step ``{"step", "kind", "loss"}`` with kind ``"supervised"`` or ``"cvt"``."""
+    if not labelled or not unlabeled:
+        raise ValueError("train_cvt needs labelled and unlabeled batches")
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    history: list[dict[str, float | str]] = []
+    model.train()
+    for step in range(steps):
+        if step % 2 == 0:
+            kind, loss = "supervised", model.supervised_loss(**labelled[(step // 2) % len(labelled)])
+        else:
+            kind, loss = "cvt", model.cvt_loss(**unlabeled[(step // 2) % len(unlabeled)])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        history.append({"step": step, "kind": kind, "loss": loss.item()})
+    return history
