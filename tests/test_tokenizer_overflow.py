@@ -226,3 +226,52 @@ def test_stride_errors_name_the_values(hf, ut):
         ut.encode_batch(["x"], return_overflowing="yes")
     with pytest.raises(ValueError, match="stride must be >= 0"):
         ut.encode("x", max_length=8, stride=-1)
+
+
+# ------------------------------------------------------------------------- random (hypothesis)
+
+from hypothesis import HealthCheck, assume, event, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_words = st.sampled_from(["hello", "World", "naïve", "中文", "unaffable", "[SEP]", "a\u0301", ",", "'s", "x" * 30, "日本語"])
+_texts = st.lists(st.one_of(_words, _words, st.text(max_size=6)), max_size=30).map(" ".join)
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(
+    a=_texts,
+    b=st.one_of(st.none(), _texts),
+    max_length=st.integers(2, 20),
+    stride=st.integers(0, 5),
+    strategy=st.sampled_from(STRATEGIES),
+    add=st.booleans(),
+)
+def test_random_overflow_matches_hf(hf, ut, a, b, max_length, stride, strategy, add):
+    n_special = (3 if b is not None else 2) if add else 0
+    assume(max_length >= n_special)
+    # HF refuses stride > max_length - 2 at enable_truncation even without special tokens; we
+    # only need stride < max_length - (special tokens actually added) (see docs/tokenizer.md).
+    assume(stride <= max_length - 2)
+    hf.enable_truncation(max_length, stride=stride, strategy=strategy)
+    try:
+        h = hf.encode(a, b, add_special_tokens=add)
+    except Exception:
+        h = "error"
+    except BaseException:  # PanicException: stride >= max_len in Encoding::truncate
+        h = "panic"
+    finally:
+        hf.no_truncation()
+    call = dict(max_length=max_length, stride=stride, truncation=strategy, add_special_tokens=add)
+    if stride > 0 and stride >= max_length - n_special:
+        with pytest.raises(ValueError, match="stride"):  # stricter than HF: refused up front
+            ut.encode(a, b, **call)
+        return
+    if isinstance(h, str):
+        event(f"HF {h}")
+        with pytest.raises(ValueError):
+            ut.encode(a, b, **call)
+        return
+    event("overflow" if h.overflowing else "no overflow")
+    assert _tree(ut.encode(a, b, **call)) == _tree(h)
+    batch = ut.encode_batch([a], None if b is None else [b], return_overflowing=True, **call)
+    assert [_cols(batch[r]) for r in range(len(batch))] == _rows(h)
