@@ -60,3 +60,10 @@ def test_unknown_subcommand_exits_with_usage_error():
     out = _run("frobnicate")
     assert out.returncode == 2
     assert "invalid choice" in out.stderr
+
+
+def test_building_the_parser_does_not_import_torch():
+    code = "import sys\nfrom unimask.cli import build_parser\nbuild_parser()\nprint('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

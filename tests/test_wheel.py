@@ -68,9 +68,12 @@ def test_wheel_installs_into_a_fresh_venv_and_imports(wheel, tmp_path):
         [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
         capture_output=True, text=True, check=True,
     ).stdout.strip()
-    # dependencies (numpy, torch, ...) come from the current environment; unimask only from the wheel
-    deps = sysconfig.get_paths()["purelib"]
-    Path(site, "00-deps.pth").write_text(deps + "\n")
+    # dependencies (numpy, torch, ...) come from the current environment's site directories
+    # (CI layers them through .pth files too); unimask only from the wheel: the new venv's own
+    # site-packages comes first on sys.path.
+    deps = [p for p in sys.path if p.endswith(("site-packages", "dist-packages")) and Path(p).is_dir()]
+    deps.append(sysconfig.get_paths()["purelib"])
+    Path(site, "00-deps.pth").write_text("\n".join(dict.fromkeys(deps)) + "\n")
     subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--ignore-installed", str(wheel)], check=True, timeout=600)
     code = (
         "import unimask, unimask._native, unimask.kernels, unimask.corpus\n"

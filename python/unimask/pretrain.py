@@ -27,8 +27,10 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported where it is used, so building the CLI parser stays light
+    import torch
 
 __all__ = [
     "add_parser",
@@ -44,7 +46,7 @@ __all__ = [
 ]
 
 OBJECTIVES = ("unilm", "mlm", "causal", "mass")
-Batch = dict[str, torch.Tensor]
+Batch = dict[str, "torch.Tensor"]
 Example = tuple[int, int]  # (document index, sentence index)
 
 
@@ -240,9 +242,11 @@ class CorpusBatches:
         self.per_epoch = len(examples) // self.global_batch
         if self.per_epoch == 0:
             raise ValueError(f"{len(examples)} examples cannot fill one global batch of {self.global_batch}")
-        self._perm_epoch, self._perm = -1, torch.empty(0, dtype=torch.int64)
+        self._perm_epoch, self._perm = -1, None
 
     def _permutation(self, epoch: int) -> torch.Tensor:
+        import torch  # noqa: PLC0415
+
         if self._perm_epoch != epoch:  # one permutation per epoch, kept while the epoch lasts
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             self._perm, self._perm_epoch = torch.randperm(len(self.examples), generator=g), epoch
@@ -338,6 +342,7 @@ def _init_distributed(device: str | None) -> tuple[int, int, str | None]:
     """Initialise torch.distributed when launched by torchrun (gloo on CPU, NCCL on CUDA)."""
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return 0, 1, device
+    import torch  # noqa: PLC0415
     import torch.distributed as dist  # noqa: PLC0415
 
     local = int(os.environ.get("LOCAL_RANK", 0))
@@ -354,6 +359,8 @@ def _init_distributed(device: str | None) -> tuple[int, int, str | None]:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``unimask pretrain`` with parsed arguments; returns the exit code."""
+    import torch  # noqa: PLC0415
+
     from .corpus import demo_corpus_path  # noqa: PLC0415
     from .training import Trainer, TrainingConfig  # noqa: PLC0415
 
