@@ -79,7 +79,13 @@ def run_finetune(args: argparse.Namespace) -> int:
     """Fine-tune and evaluate; exit 2 with a clear message on bad input."""
     import torch  # noqa: PLC0415
 
-    from .finetune import FinetuneConfig, LabelMap, SequenceClassifier, finetune_classifier, load_examples  # noqa: PLC0415
+    from .finetune import (  # noqa: PLC0415
+        FinetuneConfig,
+        LabelMap,
+        SequenceClassifier,
+        finetune_classifier,
+        load_examples,
+    )
     from .tokenizer import WordPieceTokenizer  # noqa: PLC0415
 
     if args.threads:

@@ -16,6 +16,7 @@ Sources:
 from __future__ import annotations
 
 import math
+
 import torch
 from torch import nn
 
