@@ -57,6 +57,17 @@ _EXPORTS: dict[str, str] = {
     "UnifiedLM": "models",
     "CausalLM": "models",
     "MassSeq2Seq": "models",
+    # fine-tuning
+    "SequenceClassifier": "finetune",
+    "TokenClassifier": "finetune",
+    "QuestionAnswering": "finetune",
+    "SiameseEncoder": "finetune",
+    "FAQIndex": "finetune",
+    "FinetuneConfig": "finetune",
+    "finetune_classifier": "finetune",
+    "load_task_model": "finetune",
+    "LabelMap": "finetune",
+    "load_examples": "finetune",
     # training
     "Trainer": "training",
     "TrainingConfig": "training",
