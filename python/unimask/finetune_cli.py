@@ -5,7 +5,8 @@ trains a :class:`unimask.finetune.SequenceClassifier` on an HF BERT directory, w
 ``OUT/metrics.json`` (accuracy, per-class/macro/micro F1 on the eval file, the training
 history), and saves the model (+ label map in ``config.json``, + tokenizer) in ``OUT``,
 loadable with ``SequenceClassifier.from_pretrained(OUT)`` (and, with ``--pooling cls``, with
-``transformers.BertForSequenceClassification``).
+``transformers.BertForSequenceClassification``). With ``--cvt-unlabeled FILE`` (CVT) the
+auxiliary view heads go to ``OUT/cvt_heads.safetensors``, a side file the model loaders ignore.
 
 ``unimask faq build --model DIR --data FILE --index OUT`` encodes the questions of a JSONL/CSV/
 TSV file (fields ``question``, ``answer``) once; ``unimask faq query --index OUT "text" -k 5``
@@ -16,11 +17,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
 
 __all__ = ["add_finetune_parser", "add_faq_parser", "run_finetune", "run_faq", "add_parser", "run"]
+
+#: CVT view heads written next to the model (``{view}.weight`` / ``{view}.bias``), not loaded by it
+CVT_HEADS_FILE = "cvt_heads.safetensors"
 
 
 def _aux_weight(value: str) -> str | float:
@@ -32,6 +37,16 @@ def _aux_weight(value: str) -> str | float:
         raise argparse.ArgumentTypeError(f"--aux-lm-weight must be 'siatl' or a number, got {value!r}") from None
     if w < 0:
         raise argparse.ArgumentTypeError(f"--aux-lm-weight must be >= 0, got {w}")
+    return w
+
+
+def _cvt_weight(value: str) -> float:
+    try:
+        w = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--cvt-weight must be a number, got {value!r}") from None
+    if not math.isfinite(w) or w <= 0:
+        raise argparse.ArgumentTypeError(f"--cvt-weight must be a finite number > 0, got {value!r}")
     return w
 
 
@@ -67,6 +82,12 @@ def add_finetune_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--lm-finetune-steps", type=int, default=0, help="ULMFiT step 2: MLM steps on the task text first")
     p.add_argument("--extra-task", action="append", default=[], metavar="NAME=FILE",
                    help="MT-DNN: another labelled file sharing the encoder (own head; repeatable)")
+    p.add_argument("--cvt-unlabeled", default=None, metavar="FILE",
+                   help="CVT: unlabeled texts (.txt one per line, or .jsonl/.csv/.tsv with --text-field); "
+                        "after each task step the left_to_right / right_to_left views' heads are trained "
+                        "to match the full model's prediction on an unlabeled mini-batch")
+    p.add_argument("--cvt-weight", type=_cvt_weight, default=None, metavar="FLOAT",
+                   help="weight of the CVT consistency loss (default 1.0; needs --cvt-unlabeled)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
@@ -85,6 +106,7 @@ def run_finetune(args: argparse.Namespace) -> int:
         SequenceClassifier,
         finetune_classifier,
         load_examples,
+        load_unlabeled,
     )
     from .tokenizer import WordPieceTokenizer  # noqa: PLC0415
 
@@ -105,7 +127,16 @@ def run_finetune(args: argparse.Namespace) -> int:
             max_length=args.max_length, schedule="stlr" if args.slanted_triangular else args.schedule,
             warmup_frac=args.warmup_frac, discriminative_lr=args.discriminative_lr,
             gradual_unfreeze=args.gradual_unfreeze, aux_lm_weight=args.aux_lm_weight,
-            lm_finetune_steps=args.lm_finetune_steps, seed=args.seed, log_every=0 if args.quiet else 10)
+            lm_finetune_steps=args.lm_finetune_steps, seed=args.seed, log_every=0 if args.quiet else 10,
+            cvt_unlabeled=args.cvt_unlabeled, cvt_text_field=args.text_field,
+            cvt_weight=1.0 if args.cvt_weight is None else args.cvt_weight)
+        unlabeled = None
+        if args.cvt_weight is not None and args.cvt_unlabeled is None:
+            raise ValueError("--cvt-weight needs --cvt-unlabeled FILE (the unlabeled texts of CVT)")
+        if args.cvt_unlabeled is not None:
+            if regression:
+                raise ValueError("--cvt-unlabeled needs --task classify (CVT matches class distributions)")
+            unlabeled = load_unlabeled(args.cvt_unlabeled, args.text_field, args.text_pair_field)
         extra = {}
         for spec in args.extra_task:
             name, sep, path = spec.partition("=")
@@ -128,15 +159,22 @@ def run_finetune(args: argparse.Namespace) -> int:
         print(f"unimask finetune: cannot use device {device!r}: {e}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
-    result = finetune_classifier(model, tokenizer, train, cfg, evals, log, extra_tasks=extra)
+    result = finetune_classifier(model, tokenizer, train, cfg, evals, log, extra_tasks=extra, unlabeled=unlabeled)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    if result["cvt_heads"] is not None:  # CVT's view heads: a side file, never part of the model's weights
+        from .models.checkpoint import save_safetensors  # noqa: PLC0415
+
+        heads = result["cvt_heads"]
+        save_safetensors(heads.heads.state_dict(), out / CVT_HEADS_FILE,
+                         {"format": "pt", "views": ",".join(heads.views), "pooling": "mean"})
+        result["cvt"]["heads_file"] = CVT_HEADS_FILE
     metrics = dict(result["eval"])
     metrics.update(train_seconds=time.perf_counter() - t0, model=str(args.model), from_scratch=args.from_scratch,
                    train_file=str(args.train), eval_file=str(args.eval), config=result["config"],
-                   history=result["history"], lm_losses=result["lm_losses"])
+                   history=result["history"], lm_losses=result["lm_losses"], cvt=result["cvt"])
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n", encoding="utf-8")
     summary = {k: v for k, v in result["eval"].items() if not k.startswith("f1_")}
     print(json.dumps(summary))

@@ -6,8 +6,15 @@ See ``docs/finetune.md`` for the tour and the recipes' sources.
 
 from __future__ import annotations
 
-from .cvt import CrossViewTagger, cvt_consistency_loss, train_cvt
-from .data import Example, LabelMap, load_examples
+from .cvt import (
+    CrossViewHeads,
+    CrossViewTagger,
+    classifier_cvt_loss,
+    cross_view_kl,
+    cvt_consistency_loss,
+    train_cvt,
+)
+from .data import Example, LabelMap, load_examples, load_unlabeled
 from .features import FrozenFeatures, ScalarMix, concat_last_four
 from .heads import (
     MassFinetuner,
@@ -46,15 +53,15 @@ from .siamese import (
 from .trainer import AuxLM, FinetuneConfig, evaluate_classifier, finetune_classifier, lm_finetune, train_multitask
 
 __all__ = [
-    "AuxLM", "CrossEncoderReranker", "CrossViewTagger", "Example", "FAQHit", "FAQIndex",
+    "AuxLM", "CrossEncoderReranker", "CrossViewHeads", "CrossViewTagger", "Example", "FAQHit", "FAQIndex",
     "FinetuneConfig", "FrozenFeatures", "GradualUnfreezer", "LabelMap", "MassFinetuner",
     "MultiTaskModel", "QuestionAnswering", "ScalarMix", "Seq2SeqFinetuner", "SequenceClassifier",
     "SiameseEncoder", "TaskHead", "TaskOutput", "TokenClassifier", "accuracy", "align_word_labels",
-    "answer_token_span", "best_span", "classification_report", "concat_last_four",
-    "contrastive_loss", "cosine_similarity_loss", "cvt_consistency_loss",
+    "answer_token_span", "best_span", "classification_report", "classifier_cvt_loss", "concat_last_four",
+    "contrastive_loss", "cosine_similarity_loss", "cross_view_kl", "cvt_consistency_loss",
     "discriminative_param_groups", "evaluate_classifier", "exact_match", "f1_scores",
     "finetune_classifier", "in_batch_negatives_loss", "layer_groups", "lm_finetune",
-    "load_examples", "load_task_model", "mtdnn_schedule", "pool_hidden", "siatl_gamma",
+    "load_examples", "load_task_model", "load_unlabeled", "mtdnn_schedule", "pool_hidden", "siatl_gamma",
     "slanted_triangular_lr", "slanted_triangular_schedule", "span_text", "squad_f1", "train_cvt",
     "train_multitask", "word_predictions",
 ]

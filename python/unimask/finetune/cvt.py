@@ -7,6 +7,14 @@ restricted views are the ``left_to_right`` and ``right_to_left`` attention modes
 encoder (UNILM's masks, :mod:`unimask.masks`): at token ``t`` the forward view sees tokens
 ``<= t`` and the backward view tokens ``>= t``, like CVT's forward/backward LSTM modules.
 Supervised batches train the primary (bidirectional) head as usual.
+
+Two users: :class:`CrossViewTagger` (token tagging, CVT's own setting) and
+:class:`CrossViewHeads` + :func:`classifier_cvt_loss`, the auxiliary modules of a
+:class:`~unimask.finetune.SequenceClassifier` used by ``finetune_classifier`` /
+``unimask finetune --cvt-unlabeled FILE``: one linear head per view over the mean-pooled
+states of the encoder run in that view's attention mode. Each pooled state is an average of
+prefix (``left_to_right``) or suffix (``right_to_left``) representations, the analogue of
+CVT's forward / backward LSTM modules for a sentence-level prediction.
 """
 
 from __future__ import annotations
@@ -19,9 +27,10 @@ from torch import nn
 
 from ..masks import BIDIRECTIONAL, LEFT_TO_RIGHT, RIGHT_TO_LEFT
 from ..models.encoder import TransformerEncoder
-from .heads import IGNORE_INDEX
+from .heads import IGNORE_INDEX, pool_hidden
 
-__all__ = ["CrossViewTagger", "cvt_consistency_loss", "train_cvt", "VIEWS"]
+__all__ = ["CrossViewTagger", "CrossViewHeads", "classifier_cvt_loss", "cross_view_kl", "cvt_consistency_loss",
+           "train_cvt", "VIEWS"]
 
 #: auxiliary view name -> attention mode
 VIEWS = {"left_to_right": LEFT_TO_RIGHT, "right_to_left": RIGHT_TO_LEFT}
@@ -110,3 +119,109 @@ def train_cvt(model: CrossViewTagger, labelled: list[dict[str, torch.Tensor]], u
         opt.step()
         history.append({"step": step, "kind": kind, "loss": loss.item()})
     return history
+
+
+def _view_mode(view: str) -> int:
+    if view not in VIEWS:
+        raise ValueError(f"view must be one of {sorted(VIEWS)}, got {view!r}")
+    return VIEWS[view]
+
+
+class CrossViewHeads(nn.Module):
+    """CVT auxiliary prediction modules for a sequence classifier (Clark et al. 2018, sec. 2,
+    applied to sentence classification): for each restricted view (``left_to_right``,
+    ``right_to_left``) the *shared* encoder runs under that attention mode and a linear head
+    reads ``dropout(mean-pool(states))`` over the real tokens.
+
+    ``heads(encoder, view, input_ids, attention_mask, token_type_ids)`` -> logits ``[B, C]``;
+    :meth:`position_logits` gives the per-position predictions ``[B, L, C]`` (position ``t``
+    of the forward view only depends on tokens ``<= t``), whose mean over the real tokens is
+    the pooled prediction (the head is linear). The heads are a training device: the saved
+    model is the primary classifier alone (as in CVT, only the primary module is used at test
+    time).
+    """
+
+    def __init__(self, hidden_size: int, num_labels: int, dropout: float = 0.1,
+                 views: tuple[str, ...] = tuple(VIEWS)) -> None:
+        super().__init__()
+        for v in views:
+            _view_mode(v)
+        if num_labels < 2:
+            raise ValueError(f"cross-view heads need a classifier with >= 2 labels, got num_labels={num_labels}")
+        self.views = tuple(views)
+        self.num_labels = num_labels
+        self.dropout = nn.Dropout(dropout)
+        self.heads = nn.ModuleDict({v: nn.Linear(hidden_size, num_labels) for v in self.views})
+
+    @staticmethod
+    def hidden(encoder: TransformerEncoder, view: str, input_ids: torch.Tensor,
+               attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Last hidden states ``[B, L, H]`` of ``encoder`` in ``view``'s attention mode
+        (``seq_len`` from ``attention_mask``, ``src_len`` 0)."""
+        B = input_ids.shape[0]
+        mode = torch.full((B,), _view_mode(view), dtype=torch.long, device=input_ids.device)
+        src = torch.zeros(B, dtype=torch.long, device=input_ids.device)
+        return encoder(input_ids, token_type_ids, attention_mask, attn_mode=mode, src_len=src).last_hidden_state
+
+    def position_logits(self, encoder: TransformerEncoder, view: str, input_ids: torch.Tensor,
+                        attention_mask: torch.Tensor | None = None,
+                        token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-position predictions ``[B, L, C]`` of ``view``'s head (no pooling, no dropout)."""
+        head = self._head(view)
+        return head(self.hidden(encoder, view, input_ids, attention_mask, token_type_ids))
+
+    def _head(self, view: str) -> nn.Module:
+        if view not in self.views:
+            raise ValueError(f"view must be one of {list(self.views)}, got {view!r}")
+        return self.heads[view]
+
+    def forward(self, encoder: TransformerEncoder, view: str, input_ids: torch.Tensor,
+                attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        head = self._head(view)
+        h = self.hidden(encoder, view, input_ids, attention_mask, token_type_ids)
+        return head(self.dropout(pool_hidden(h, attention_mask, "mean")))
+
+
+def classifier_cvt_loss(model: nn.Module, heads: CrossViewHeads, input_ids: torch.Tensor,
+                        attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None,
+                        **unused: Any) -> tuple[torch.Tensor, dict[str, float]]:
+    """CVT consistency loss of a classifier on an unlabeled batch: the primary prediction on the
+    full (bidirectional) input is the fixed teacher (computed without dropout and without
+    gradient), each view's head is a student; ``loss = mean over views of
+    KL(p_primary || p_view)`` (:func:`cvt_consistency_loss`). Returns ``(loss, {view: kl})``."""
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            teacher = model(input_ids, attention_mask, token_type_ids).logits
+    finally:
+        model.train(was)
+    per_view = {v: cvt_consistency_loss(teacher, heads(model.encoder, v, input_ids, attention_mask, token_type_ids))
+                for v in heads.views}
+    loss = sum(per_view.values()) / len(per_view)
+    return loss, {v: k.item() for v, k in per_view.items()}
+
+
+@torch.no_grad()
+def cross_view_kl(model: nn.Module, heads: CrossViewHeads, batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+    """Mean ``KL(p_primary || p_view)`` per view over the examples of ``batches`` (eval mode:
+    no dropout anywhere), plus ``"mean"`` over the views."""
+    was_m, was_h = model.training, heads.training
+    model.eval()
+    heads.eval()
+    try:
+        sums = dict.fromkeys(heads.views, 0.0)
+        n = 0
+        for b in batches:
+            teacher = model(b["input_ids"], b.get("attention_mask"), b.get("token_type_ids")).logits
+            B = b["input_ids"].shape[0]
+            for v in heads.views:
+                sums[v] += cvt_consistency_loss(teacher, heads(model.encoder, v, b["input_ids"], b.get("attention_mask"),
+                                                                b.get("token_type_ids"))).item() * B
+            n += B
+    finally:
+        model.train(was_m)
+        heads.train(was_h)
+    out = {v: s / max(n, 1) for v, s in sums.items()}
+    out["mean"] = sum(out[v] for v in heads.views) / len(heads.views)
+    return out

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Example", "LabelMap", "load_examples", "detect_format"]
+__all__ = ["Example", "LabelMap", "load_examples", "load_unlabeled", "detect_format"]
 
 
 @dataclass(frozen=True)
@@ -128,6 +128,25 @@ def load_examples(path: str | Path, text_field: str = "text", label_field: str |
         out.append(Example(text, pair, label, n))
     if not out:
         raise ValueError(f"{path} has no rows")
+    return out
+
+
+def load_unlabeled(path: str | Path, text_field: str = "text", text_pair_field: str | None = None) -> list[Example]:
+    """Unlabeled texts (CVT's unlabeled data): a ``.txt`` file (one text per non-empty line)
+    or a JSONL/CSV/TSV file read by :func:`load_examples` with no label field (other fields,
+    labels included, are ignored). Returns label-less :class:`Example` rows."""
+    path = Path(path)
+    if path.suffix.lower() != ".txt":
+        return load_examples(path, text_field, None, text_pair_field)
+    if text_pair_field:
+        raise ValueError(f"{path}: a .txt file holds single texts, not pairs (text_pair_field={text_pair_field!r}); "
+                         "use a .jsonl/.csv/.tsv file with both fields")
+    if not path.is_file():
+        raise FileNotFoundError(f"data file not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        out = [Example(line.strip(), None, None, n) for n, line in enumerate(f, 1) if line.strip()]
+    if not out:
+        raise ValueError(f"{path} has no texts (only empty lines)")
     return out
 
 

@@ -12,6 +12,13 @@ composes, each behind one config field (and one ``unimask finetune`` flag):
 * ``aux_lm_weight``: auxiliary masked-LM loss on the task batch during task training,
   ``loss = task + gamma * lm`` (GPT, Radford et al. 2018; SiATL, Chronopoulou et al. 2019);
   ``"siatl"`` = ``gamma`` from 0.2 decaying exponentially to 0.1, a float = constant.
+* ``cvt_unlabeled`` (or ``finetune_classifier(..., unlabeled=...)``): CVT cross-view
+  consistency (Clark et al. 2018) on unlabeled text. Every task step is followed by one
+  consistency step on the next unlabeled mini-batch: the auxiliary heads of
+  :class:`~unimask.finetune.cvt.CrossViewHeads` read the encoder run in the
+  ``left_to_right`` / ``right_to_left`` attention modes and are trained, together with the
+  shared encoder, to match the primary classifier's (fixed) prediction on the full
+  bidirectional input, ``loss = cvt_weight * mean_views KL(p_primary || p_view)``.
 
 :func:`train_multitask` is the MT-DNN loop (:mod:`unimask.finetune.multitask`). Optimizer
 groups reuse BERT's weight-decay split (:func:`unimask.training.configure_optimizers`).
@@ -24,6 +31,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,7 +40,8 @@ from torch import nn
 
 from ..models.heads import MLMHead, gather_labelled
 from ..training import configure_optimizers, linear_schedule
-from .data import Example, LabelMap
+from .cvt import CrossViewHeads, classifier_cvt_loss, cross_view_kl
+from .data import Example, LabelMap, load_unlabeled
 from .heads import SequenceClassifier
 from .metrics import classification_report
 from .multitask import mtdnn_schedule
@@ -69,6 +78,10 @@ class FinetuneConfig:
     lm_finetune_steps: int = 0
     lm_lr: float = 5e-5
     mlm_probability: float = 0.15
+    cvt_unlabeled: str | None = None  # file of unlabeled texts (.txt / .jsonl / .csv / .tsv): turns CVT on
+    cvt_weight: float = 1.0
+    cvt_text_field: str = "text"
+    cvt_eval_max: int = 512  # unlabeled texts scored for the final cross-view KL report
     seed: int = 0
     log_every: int = 0
 
@@ -89,6 +102,16 @@ class FinetuneConfig:
             raise ValueError(f"aux_lm_weight must be >= 0, got {self.aux_lm_weight}")
         if self.lm_finetune_steps < 0:
             raise ValueError(f"lm_finetune_steps must be >= 0, got {self.lm_finetune_steps}")
+        if isinstance(self.cvt_weight, bool) or not isinstance(self.cvt_weight, (int, float)) \
+                or not math.isfinite(self.cvt_weight) or self.cvt_weight <= 0:
+            raise ValueError(f"cvt_weight must be a finite number > 0, got {self.cvt_weight!r}")
+        if isinstance(self.cvt_unlabeled, Path):
+            self.cvt_unlabeled = str(self.cvt_unlabeled)
+        if self.cvt_unlabeled is not None and not isinstance(self.cvt_unlabeled, str):
+            raise TypeError(f"cvt_unlabeled must be a file path (str), got {type(self.cvt_unlabeled).__name__}; "
+                            "pass texts with finetune_classifier(..., unlabeled=[...])")
+        if self.cvt_eval_max < 0:
+            raise ValueError(f"cvt_eval_max must be >= 0, got {self.cvt_eval_max}")
 
 
 def encode_examples(tokenizer, examples: Sequence[Example], max_length: int,
@@ -204,15 +227,25 @@ def lm_finetune(encoder: nn.Module, tokenizer, texts: Sequence[str], steps: int,
 def finetune_classifier(model: SequenceClassifier, tokenizer, train: Sequence[Example], cfg: FinetuneConfig,
                         eval_examples: Sequence[Example] | None = None,
                         log: Callable[[str], None] | None = None,
-                        extra_tasks: Mapping[str, Sequence[Example]] | None = None) -> dict[str, Any]:
+                        extra_tasks: Mapping[str, Sequence[Example]] | None = None,
+                        unlabeled: Sequence[Example | str] | None = None) -> dict[str, Any]:
     """Train ``model`` on ``train`` with the recipes selected in ``cfg``; returns
-    ``{"history": [...], "lm_losses": [...], "eval": report or None, "extra_heads": {...}}``.
+    ``{"history": [...], "lm_losses": [...], "eval": report or None, "extra_heads": {...},
+    "cvt": None or {...}, "cvt_heads": CrossViewHeads or None}``.
 
     ``extra_tasks`` (name -> labelled examples) turns the run into MT-DNN multi-task training:
     each extra task gets a :class:`~unimask.finetune.multitask.TaskHead` on the shared encoder,
     every step takes one mini-batch of one task (the main task is called ``"main"``), in the
     order of :func:`~unimask.finetune.multitask.mtdnn_schedule`. The auxiliary LM loss, when
     enabled, is added on every step.
+
+    ``unlabeled`` (texts or label-less examples; default: read from ``cfg.cvt_unlabeled``)
+    turns on CVT: after every step, one consistency step on the next unlabeled mini-batch
+    (shuffled, cycled) updates the encoder and the view heads (:func:`classifier_cvt_loss`,
+    times ``cfg.cvt_weight``) with the same optimizer at the current learning rate. History
+    rows then carry ``cvt_loss`` and ``cvt_kl`` (per view); ``result["cvt"]`` holds the settings
+    and the final eval-mode cross-view KL on (up to ``cfg.cvt_eval_max``) unlabeled texts.
+    The view heads are returned as ``result["cvt_heads"]`` and are not part of ``model``.
     """
     from .multitask import TaskHead  # noqa: PLC0415
 
@@ -227,6 +260,25 @@ def finetune_classifier(model: SequenceClassifier, tokenizer, train: Sequence[Ex
     else:
         lm_losses = []
     aux = AuxLM(model.encoder, tokenizer, cfg.mlm_probability, cfg.seed + 3) if cfg.aux_lm_weight else None
+    if unlabeled is None and cfg.cvt_unlabeled is not None:
+        unlabeled = load_unlabeled(cfg.cvt_unlabeled, cfg.cvt_text_field)
+    cvt_heads = cvt_rows = None
+    if unlabeled is not None:
+        if model.problem_type != "classification":
+            raise ValueError("CVT (cross-view consistency) needs a classifier: the views match the primary "
+                             "model's class distribution; it is not defined for regression")
+        cvt_rows = [Example(u) if isinstance(u, str) else Example(u.text, u.text_pair) for u in unlabeled]
+        if not cvt_rows:
+            raise ValueError("CVT needs at least one unlabeled text (got an empty list)")
+        if any(not r.text.strip() for r in cvt_rows):
+            raise ValueError("CVT unlabeled texts must be non-empty strings")
+        if (cvt_rows[0].text_pair is None) != (train[0].text_pair is None):
+            raise ValueError("CVT unlabeled rows must have a text pair exactly when the training rows do")
+        cvt_heads = CrossViewHeads(model.config.hidden_size, model.num_labels, model.config.hidden_dropout_prob)
+        cvt_heads.apply(model.encoder._init_weights)
+        cvt_heads.to(device)
+        cvt_gen = torch.Generator().manual_seed(cfg.seed * 1000 + 7)
+        cvt_order: list[int] = []
     data: dict[str, Sequence[Example]] = {"main": train, **extra_tasks}
     maps: dict[str, LabelMap | None] = {"main": label_map}
     heads = nn.ModuleDict()
@@ -243,7 +295,8 @@ def finetune_classifier(model: SequenceClassifier, tokenizer, train: Sequence[Ex
     counts = {t: math.ceil(len(d) / cfg.batch_size) for t, d in data.items()}
     per_epoch = sum(counts.values())
     total = per_epoch * cfg.epochs
-    extra_modules = [m for m in (aux.head if aux is not None else None, heads if extra_tasks else None) if m is not None]
+    extra_modules = [m for m in (aux.head if aux is not None else None, heads if extra_tasks else None, cvt_heads)
+                     if m is not None]
     opt = _make_optimizer(model, cfg.lr, cfg, extra_modules)
     sched = _make_scheduler(opt, cfg, total)
     unfreezer = GradualUnfreezer(model) if cfg.gradual_unfreeze else None
@@ -277,12 +330,26 @@ def finetune_classifier(model: SequenceClassifier, tokenizer, train: Sequence[Ex
                 torch.nn.utils.clip_grad_norm_([p for g_ in opt.param_groups for p in g_["params"]], cfg.grad_clip)
             lrs = [grp["lr"] for grp in opt.param_groups]
             opt.step()
-            sched.step()
             opt.zero_grad(set_to_none=True)
+            cvt_loss = cvt_kl = None
+            if cvt_heads is not None:  # CVT: an unlabeled mini-batch after each labelled one
+                if len(cvt_order) < cfg.batch_size:
+                    cvt_order += torch.randperm(len(cvt_rows), generator=cvt_gen).tolist()
+                uidx, cvt_order = cvt_order[: cfg.batch_size], cvt_order[cfg.batch_size:]
+                ubatch = _to(encode_examples(tokenizer, [cvt_rows[i] for i in uidx], cfg.max_length), device)
+                cvt_loss, cvt_kl = classifier_cvt_loss(model, cvt_heads, **ubatch)
+                (cfg.cvt_weight * cvt_loss).backward()
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_([p for g_ in opt.param_groups for p in g_["params"]], cfg.grad_clip)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                cvt_loss = cvt_loss.item()
+            sched.step()
             history.append({"step": step, "epoch": epoch, "task": task, "batch": b, "loss": loss.item(),
                             "task_loss": task_loss.item(), "lm_loss": None if lm is None else lm.item(),
                             "gamma": gamma, "lr": max(lrs), "lrs": lrs,
-                            "unfrozen": unfreezer.unfrozen if unfreezer is not None else None})
+                            "unfrozen": unfreezer.unfrozen if unfreezer is not None else None,
+                            "cvt_loss": cvt_loss, "cvt_kl": cvt_kl})
             step += 1
             if log and cfg.log_every and step % cfg.log_every == 0:
                 log(f"epoch {epoch + 1} step {step}/{total} ({task}): loss {loss.item():.4f}")
@@ -290,8 +357,18 @@ def finetune_classifier(model: SequenceClassifier, tokenizer, train: Sequence[Ex
         for p in model.parameters():
             p.requires_grad_(True)
     report = evaluate_classifier(model, tokenizer, eval_examples, cfg) if eval_examples else None
+    cvt = None
+    if cvt_heads is not None:
+        probe = cvt_rows[: cfg.cvt_eval_max]
+        batches = [_to(encode_examples(tokenizer, probe[s: s + 64], cfg.max_length), device)
+                   for s in range(0, len(probe), 64)]
+        cvt = {"unlabeled": str(cfg.cvt_unlabeled) if cfg.cvt_unlabeled is not None else None,
+               "n_unlabeled": len(cvt_rows), "weight": float(cfg.cvt_weight), "views": list(cvt_heads.views),
+               "pooling": "mean", "steps": step, "schedule": "one consistency step after each task step",
+               "final_kl": cross_view_kl(model, cvt_heads, batches) if batches else None,
+               "final_kl_texts": len(probe)}
     return {"history": history, "lm_losses": lm_losses, "eval": report, "config": asdict(cfg),
-            "extra_heads": dict(heads.items())}
+            "extra_heads": dict(heads.items()), "cvt": cvt, "cvt_heads": cvt_heads}
 
 
 @torch.no_grad()
