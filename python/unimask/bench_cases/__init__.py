@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from ..benchmarking import BenchCase
-from . import attention, collate, tokenizer
+from . import attention, collate, finetune, tokenizer
 
 __all__ = ["all_cases"]
 
 
 def all_cases() -> list[BenchCase]:
     """Cases of every area: tokenizer, collators, attention."""
-    return [*tokenizer.cases(), *collate.cases(), *attention.cases()]
+    return [*tokenizer.cases(), *collate.cases(), *attention.cases(), *finetune.cases()]
