@@ -9,5 +9,5 @@ __all__ = ["all_cases"]
 
 
 def all_cases() -> list[BenchCase]:
-    """Cases of every area: tokenizer, collators, attention."""
+    """Cases of every area: tokenizer, collators, attention, fine-tuning (FAQ retrieval)."""
     return [*tokenizer.cases(), *collate.cases(), *attention.cases(), *finetune.cases()]
