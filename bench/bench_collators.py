@@ -1,11 +1,11 @@
-"""Collator benchmarks (pytest-benchmark): unimask's collators vs transformers', same run.
+"""Collator benchmarks (pytest-benchmark) beyond the registry.
 
-The cases are those of :mod:`unimask.bench_cases.collate` (``unimask bench`` prints the same
-table): MLM on batches of 32 packed sequences of <= 128 tokens of the bundled corpus, one
+The same-run comparisons with transformers are the cases of :mod:`unimask.bench_cases.collate`,
+benchmarked by ``bench/bench_registry.py`` (``unimask bench`` prints the same table): MLM on batches of 32 packed sequences of <= 128 tokens of the bundled corpus, one
 thread, against ``DataCollatorForLanguageModeling`` (lists and dict records), whole-word
 masking against ``DataCollatorForLanguageModeling(whole_word_mask=True)`` (transformers 5.x
 has no ``DataCollatorForWholeWordMask``), causal LM against ``mlm=False``, UNILM without a
-reference. Extra here: thread scaling of a large MLM batch (1 vs 2 threads, same output).
+reference. Here: thread scaling of a large MLM batch (1 vs 2 threads, same output).
 
 Run: ``python -m pytest bench/bench_collators.py --benchmark-only`` (a release build:
 ``maturin develop -r``); ``bench/conftest.py`` prints reference/unimask per group.
@@ -15,31 +15,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from unimask.bench_cases import collate
-from unimask.corpus import demo_corpus_paths
-
-CASES = collate.cases()
-_SETUPS: dict[str, tuple] = {}
-
-
-def _setup(case):
-    if case.name not in _SETUPS:
-        _SETUPS[case.name] = case.setup(demo_corpus_paths())
-    return _SETUPS[case.name]
-
-
-@pytest.mark.parametrize("side", ["unimask", "reference"])
-@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def bench_collate(case, side, benchmark):
-    ours, ref, work, unit = _setup(case)
-    fn = ours if side == "unimask" else ref
-    if fn is None:
-        pytest.skip(f"no reference for {case.name!r}: {case.note}")
-    benchmark.group = case.name
-    benchmark.extra_info.update(side=side, work=work, unit=unit)
-    benchmark(fn)
-    benchmark.extra_info["rate_per_s"] = work / benchmark.stats.stats.median
 
 
 @pytest.mark.parametrize("threads", [1, 2])
