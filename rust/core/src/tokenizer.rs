@@ -199,6 +199,12 @@ pub struct Tokenizer {
     ascii_map: [u8; 128],
     /// Token of each ASCII punctuation character as a word of its own.
     ascii_punct_id: [u32; 128],
+    /// Trie node reached from the root by two ASCII bytes (`b0 << 7 | b1`; `u32::MAX` for
+    /// none): the first two (dependent) steps of a word's walk become one load.
+    trie2: Vec<u32>,
+    /// Token of each non-ASCII character of the BMP as a word of its own (the character's
+    /// entry or `[UNK]`), indexed by code point: one load per CJK character.
+    bmp_char_id: Vec<u32>,
     pub cls_id: Option<u32>,
     pub sep_id: Option<u32>,
     pub pad_id: Option<u32>,
@@ -280,9 +286,28 @@ impl Tokenizer {
                 ascii_punct_id[b] = pieces[0].0;
             }
         }
+        let trie = wordpiece.trie();
+        let trie2: Vec<u32> = (0..128u32 * 128)
+            .map(|k| {
+                trie.step(DoubleArrayTrie::ROOT, (k >> 7) as u8)
+                    .and_then(|t| trie.step(t, (k & 127) as u8))
+                    .unwrap_or(u32::MAX)
+            })
+            .collect();
+        let mut bmp_char_id = vec![wordpiece.unk_id; 0x10000];
+        for (i, t) in vocab.tokens().iter().enumerate() {
+            let mut cs = t.chars();
+            if let (Some(c), None) = (cs.next(), cs.next()) {
+                if (c as u32) < 0x10000 {
+                    bmp_char_id[c as usize] = i as u32;
+                }
+            }
+        }
         let id = |t: &str| vocab.token_to_id(t);
         Ok(Self {
             ascii_punct_id,
+            trie2,
+            bmp_char_id,
             cls_id: id(&config.cls_token),
             sep_id: id(&config.sep_token),
             pad_id: id(&config.pad_token),
@@ -482,17 +507,24 @@ impl Tokenizer {
         let threads = pool::resolve_threads(num_threads)?;
         let total_bytes: usize = texts.iter().map(|t| t.len()).sum::<usize>()
             + pairs.map_or(0, |p| p.iter().map(|t| t.len()).sum());
-        // Chunks of roughly 64 KiB of text (or fewer texts): enough to amortize, enough to balance.
+        // Chunks cut by bytes of text (not by text count, so long and short texts balance):
+        // about 16 per thread, between 4 and 64 KiB each (enough to amortize a chunk's setup,
+        // small enough that the last chunk does not leave a thread idle for long).
         let n = texts.len();
-        let per_chunk = if n == 0 {
-            1
-        } else {
-            (64 * 1024 * n / total_bytes.max(1)).clamp(1, 4096)
-        };
-        let chunks: Vec<(usize, usize)> = (0..n)
-            .step_by(per_chunk)
-            .map(|s| (s, (s + per_chunk).min(n)))
-            .collect();
+        let target = (total_bytes / (threads * 16)).clamp(4 << 10, 64 << 10);
+        let mut chunks: Vec<(usize, usize)> = Vec::new();
+        let (mut start, mut acc) = (0usize, 0usize);
+        for (i, t) in texts.iter().enumerate() {
+            acc += t.len() + pairs.map_or(0, |p| p[i].len()) + 16;
+            if acc >= target || i + 1 - start >= 4096 {
+                chunks.push((start, i + 1));
+                start = i + 1;
+                acc = 0;
+            }
+        }
+        if start < n {
+            chunks.push((start, n));
+        }
         // Encode text `i` (its rows) into `buf`, pushing one length per row and, with
         // `overflow`, the text index of each row.
         let one = |i: usize,
@@ -580,20 +612,20 @@ impl Tokenizer {
             }
             samples.extend_from_slice(s);
         }
-        // Assemble in parallel: zeroed allocations are lazily mapped, so each thread faults in
-        // and fills its own region.
+        // Assemble in parallel into uninitialized capacity (no serial zeroing pass): each
+        // thread writes, and faults in, its own region.
         let t = &mut batch.tokens;
-        t.ids = vec![0; total];
-        t.type_ids = vec![0; total];
-        t.offsets = vec![[0; 2]; total];
-        t.word_ids = vec![0; total];
+        t.ids = Vec::with_capacity(total);
+        t.type_ids = Vec::with_capacity(total);
+        t.offsets = Vec::with_capacity(total);
+        t.word_ids = Vec::with_capacity(total);
         let mut regions = Vec::with_capacity(parts.len());
         {
             let (mut ids, mut types, mut offs, mut words) = (
-                &mut t.ids[..],
-                &mut t.type_ids[..],
-                &mut t.offsets[..],
-                &mut t.word_ids[..],
+                &mut t.ids.spare_capacity_mut()[..total],
+                &mut t.type_ids.spare_capacity_mut()[..total],
+                &mut t.offsets.spare_capacity_mut()[..total],
+                &mut t.word_ids.spare_capacity_mut()[..total],
             );
             for (b, _, _) in &parts {
                 let n = b.len();
@@ -607,12 +639,21 @@ impl Tokenizer {
         }
         pool::run(Some(threads), || {
             regions.into_par_iter().for_each(|(b, a1, a2, a3, a4)| {
-                a1.copy_from_slice(&b.ids);
-                a2.copy_from_slice(&b.type_ids);
-                a3.copy_from_slice(&b.offsets);
-                a4.copy_from_slice(&b.word_ids);
+                a1.write_copy_of_slice(&b.ids);
+                a2.write_copy_of_slice(&b.type_ids);
+                a3.write_copy_of_slice(&b.offsets);
+                a4.write_copy_of_slice(&b.word_ids);
             })
         })?;
+        // SAFETY: the regions are consecutive and their lengths sum to `total` (the sum of the
+        // parts' lengths), so every element of `0..total` of each vector was written above
+        // (a panic there unwinds before this point, leaving the vectors empty).
+        unsafe {
+            t.ids.set_len(total);
+            t.type_ids.set_len(total);
+            t.offsets.set_len(total);
+            t.word_ids.set_len(total);
+        }
         Ok((batch, samples))
     }
 
@@ -909,12 +950,17 @@ impl Tokenizer {
                     let id = if (cc as u32) < 128 {
                         self.ascii_punct_id[cc as usize]
                     } else {
-                        let mut buf = [0u8; 4];
-                        let bytes = cc.encode_utf8(&mut buf).as_bytes();
-                        self.wordpiece
-                            .trie()
-                            .get(bytes)
-                            .unwrap_or(self.wordpiece.unk_id)
+                        match self.bmp_char_id.get(cc as usize) {
+                            Some(&id) => id,
+                            None => {
+                                let mut buf = [0u8; 4];
+                                let bytes = cc.encode_utf8(&mut buf).as_bytes();
+                                self.wordpiece
+                                    .trie()
+                                    .get(bytes)
+                                    .unwrap_or(self.wordpiece.unk_id)
+                            }
+                        }
                     };
                     out.push(id, type_id, base + pos, base + pos + 1, *word);
                     *word += 1;
@@ -1008,8 +1054,16 @@ impl Tokenizer {
                     continue;
                 }
                 _ => {
-                    // Walk the trie while scanning: most words are one vocabulary entry.
+                    // Walk the trie while scanning: most words are one vocabulary entry. The
+                    // first two bytes are one table load.
                     let mut node = Some(DoubleArrayTrie::ROOT);
+                    if i + 1 < n && class[b[i + 1] as usize] == A_WORD {
+                        let k =
+                            (map[b[i] as usize] as usize) << 7 | map[b[i + 1] as usize] as usize;
+                        let t = self.trie2[k & 0x3fff];
+                        node = (t != u32::MAX).then_some(t);
+                        i += 2;
+                    }
                     while i < n && class[b[i] as usize] == A_WORD {
                         if let Some(t) = node {
                             node = trie.step(t, map[b[i] as usize]);
