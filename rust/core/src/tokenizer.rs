@@ -1024,6 +1024,41 @@ impl Tokenizer {
         sc: &mut Scratch,
         out: &mut EncodingBuf,
     ) -> bool {
+        // Columns as separate (non-aliasing) vectors, the type id filled in afterwards: the
+        // per-token stores then need no reloads of the other columns' lengths.
+        let mut w = *word;
+        let ok = self.encode_ascii_cols(
+            b,
+            base,
+            &mut w,
+            sc,
+            &mut out.ids,
+            &mut out.offsets,
+            &mut out.word_ids,
+        );
+        *word = w;
+        out.type_ids.resize(out.ids.len(), type_id);
+        ok
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn encode_ascii_cols(
+        &self,
+        b: &[u8],
+        base: u32,
+        word: &mut i32,
+        sc: &mut Scratch,
+        ids: &mut Vec<u32>,
+        offs: &mut Vec<[u32; 2]>,
+        words: &mut Vec<i32>,
+    ) -> bool {
+        let mut wd = *word;
+        let mut push = |id: u32, s: u32, e: u32, wd: i32| {
+            ids.push(id);
+            offs.push([s, e]);
+            words.push(wd);
+        };
         let class = &self.ascii_class;
         let map = &self.ascii_map;
         let trie = self.wordpiece.trie();
@@ -1038,18 +1073,15 @@ impl Tokenizer {
                     i += 1;
                     continue;
                 }
-                A_DROP => return false,
+                A_DROP => {
+                    *word = wd;
+                    return false;
+                }
                 A_PUNCT => {
                     // A one-character word: its token is fixed (the character or [UNK]).
                     let off = base + s as u32;
-                    out.push(
-                        self.ascii_punct_id[b[s] as usize],
-                        type_id,
-                        off,
-                        off + 1,
-                        *word,
-                    );
-                    *word += 1;
+                    push(self.ascii_punct_id[b[s] as usize], off, off + 1, wd);
+                    wd += 1;
                     i += 1;
                     continue;
                 }
@@ -1073,14 +1105,8 @@ impl Tokenizer {
                     if let Some(t) = node {
                         if i - s <= max_chars && trie.accepts(t) {
                             let off = base + s as u32;
-                            out.push(
-                                trie.value(t).unwrap_or(0),
-                                type_id,
-                                off,
-                                off + (i - s) as u32,
-                                *word,
-                            );
-                            *word += 1;
+                            push(trie.value(t).unwrap_or(0), off, off + (i - s) as u32, wd);
+                            wd += 1;
                             continue;
                         }
                     }
@@ -1093,10 +1119,11 @@ impl Tokenizer {
             self.wordpiece.tokenize(w, i - s, &mut sc.pieces);
             let off = base + s as u32;
             for &(id, ps, pe) in &sc.pieces {
-                out.push(id, type_id, off + ps, off + pe, *word);
+                push(id, off + ps, off + pe, wd);
             }
-            *word += 1;
+            wd += 1;
         }
+        *word = wd;
         true
     }
 
