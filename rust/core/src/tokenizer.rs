@@ -202,6 +202,9 @@ pub struct Tokenizer {
     /// Trie node reached from the root by two ASCII bytes (`b0 << 7 | b1`; `u32::MAX` for
     /// none): the first two (dependent) steps of a word's walk become one load.
     trie2: Vec<u32>,
+    /// Normalized byte of each ASCII word character, 0 for any other byte (256 entries: one
+    /// load and no bounds check per byte of the ASCII path's word scan).
+    word_map: [u8; 256],
     /// Token of each non-ASCII character of the BMP as a word of its own (the character's
     /// entry or `[UNK]`), indexed by code point: one load per CJK character.
     bmp_char_id: Vec<u32>,
@@ -286,6 +289,15 @@ impl Tokenizer {
                 ascii_punct_id[b] = pieces[0].0;
             }
         }
+        let mut word_map = [0u8; 256];
+        for b in 0..128usize {
+            if ascii_class[b] == A_WORD {
+                if ascii_map[b] == 0 {
+                    return Err(Error::Internal(format!("ASCII {b} normalizes to NUL")));
+                }
+                word_map[b] = ascii_map[b];
+            }
+        }
         let trie = wordpiece.trie();
         let trie2: Vec<u32> = (0..128u32 * 128)
             .map(|k| {
@@ -307,6 +319,7 @@ impl Tokenizer {
         Ok(Self {
             ascii_punct_id,
             trie2,
+            word_map,
             bmp_char_id,
             cls_id: id(&config.cls_token),
             sep_id: id(&config.sep_token),
@@ -1093,16 +1106,21 @@ impl Tokenizer {
                     // Walk the trie while scanning: most words are one vocabulary entry. The
                     // first two bytes are one table load.
                     let mut node = Some(DoubleArrayTrie::ROOT);
-                    if i + 1 < n && class[b[i + 1] as usize] == A_WORD {
+                    let wmap = &self.word_map;
+                    if i + 1 < n && wmap[b[i + 1] as usize] != 0 {
                         let k =
-                            (map[b[i] as usize] as usize) << 7 | map[b[i + 1] as usize] as usize;
+                            (wmap[b[i] as usize] as usize) << 7 | wmap[b[i + 1] as usize] as usize;
                         let t = self.trie2[k & 0x3fff];
                         node = (t != u32::MAX).then_some(t);
                         i += 2;
                     }
-                    while i < n && class[b[i] as usize] == A_WORD {
+                    while i < n {
+                        let m = wmap[b[i] as usize];
+                        if m == 0 {
+                            break;
+                        }
                         if let Some(t) = node {
-                            node = trie.step(t, map[b[i] as usize]);
+                            node = trie.step(t, m);
                         }
                         i += 1;
                     }
