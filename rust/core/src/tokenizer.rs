@@ -182,6 +182,8 @@ const A_DROP: u8 = 0;
 const A_SPACE: u8 = 1;
 const A_PUNCT: u8 = 2;
 const A_WORD: u8 = 3;
+/// [`Tokenizer::word_map`] entry of a byte that is not an ASCII word character.
+const NOT_WORD: u8 = 0x80;
 
 /// A BERT WordPiece tokenizer.
 #[derive(Clone, Debug)]
@@ -202,8 +204,8 @@ pub struct Tokenizer {
     /// Trie node reached from the root by two ASCII bytes (`b0 << 7 | b1`; `u32::MAX` for
     /// none): the first two (dependent) steps of a word's walk become one load.
     trie2: Vec<u32>,
-    /// Normalized byte of each ASCII word character, 0 for any other byte (256 entries: one
-    /// load and no bounds check per byte of the ASCII path's word scan).
+    /// Normalized byte of each ASCII word character (always ASCII), `NOT_WORD` for any other
+    /// byte (256 entries: one load and no bounds check per byte of the ASCII path's word scan).
     word_map: [u8; 256],
     /// Token of each non-ASCII character of the BMP as a word of its own (the character's
     /// entry or `[UNK]`), indexed by code point: one load per CJK character.
@@ -289,12 +291,9 @@ impl Tokenizer {
                 ascii_punct_id[b] = pieces[0].0;
             }
         }
-        let mut word_map = [0u8; 256];
+        let mut word_map = [NOT_WORD; 256];
         for b in 0..128usize {
             if ascii_class[b] == A_WORD {
-                if ascii_map[b] == 0 {
-                    return Err(Error::Internal(format!("ASCII {b} normalizes to NUL")));
-                }
                 word_map[b] = ascii_map[b];
             }
         }
@@ -1107,7 +1106,7 @@ impl Tokenizer {
                     // first two bytes are one table load.
                     let mut node = Some(DoubleArrayTrie::ROOT);
                     let wmap = &self.word_map;
-                    if i + 1 < n && wmap[b[i + 1] as usize] != 0 {
+                    if i + 1 < n && wmap[b[i + 1] as usize] != NOT_WORD {
                         let k =
                             (wmap[b[i] as usize] as usize) << 7 | wmap[b[i + 1] as usize] as usize;
                         let t = self.trie2[k & 0x3fff];
@@ -1116,7 +1115,7 @@ impl Tokenizer {
                     }
                     while i < n {
                         let m = wmap[b[i] as usize];
-                        if m == 0 {
+                        if m == NOT_WORD {
                             break;
                         }
                         if let Some(t) = node {
