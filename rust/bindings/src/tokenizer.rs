@@ -1,7 +1,7 @@
 //! Bindings of the core's tokenizer stage: `unimask._native.Tokenizer`.
 //!
-//! Thin by design: convert arguments (texts are copied into one contiguous UTF-8 buffer while
-//! the GIL is held), run the core outside the GIL through `run_detached`, and hand the flat
+//! Thin by design: convert arguments (texts are borrowed as UTF-8 from the Python strings,
+//! which stay referenced), run the core outside the GIL through `run_detached`, and hand the flat
 //! output vectors to numpy without copying. The Python face is `unimask.tokenizer`.
 
 use std::sync::Arc;
@@ -48,49 +48,42 @@ fn as_text_with<'a>(obj: &'a Bound<'_, PyAny>, what: impl Fn() -> String) -> PyR
     })
 }
 
-/// Texts of a Python list/tuple copied into one buffer: (buffer, end offsets).
-fn collect_texts(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<(String, Vec<usize>)> {
+/// Items of a Python list/tuple/iterable of texts (references held: the strings stay alive,
+/// and their UTF-8 with them, while the GIL is released).
+fn text_items<'py>(obj: &Bound<'py, PyAny>, what: &str) -> PyResult<Vec<Bound<'py, PyAny>>> {
     if obj.is_instance_of::<PyString>() {
         return Err(PyTypeError::new_err(format!(
             "{what} must be a list of str, got a single str (wrap it in a list)"
         )));
     }
-    let items: Vec<Bound<'_, PyAny>> = if let Ok(l) = obj.cast::<PyList>() {
-        l.iter().collect()
-    } else if let Ok(t) = obj.cast::<PyTuple>() {
-        t.iter().collect()
-    } else {
-        let mut v = Vec::new();
-        let it = obj.try_iter().map_err(|_| {
-            let tn = obj
-                .get_type()
-                .name()
-                .map(|n| n.to_string())
-                .unwrap_or_else(|_| "?".into());
-            PyTypeError::new_err(format!("{what} must be a list of str, got {tn}"))
-        })?;
-        for x in it {
-            v.push(x?);
-        }
-        v
-    };
-    let mut buf = String::new();
-    let mut ends = Vec::with_capacity(items.len());
-    for (i, item) in items.iter().enumerate() {
-        buf.push_str(as_text_with(item, || format!("{what}[{i}]"))?);
-        ends.push(buf.len());
+    if let Ok(l) = obj.cast::<PyList>() {
+        return Ok(l.iter().collect());
     }
-    Ok((buf, ends))
+    if let Ok(t) = obj.cast::<PyTuple>() {
+        return Ok(t.iter().collect());
+    }
+    let mut v = Vec::new();
+    let it = obj.try_iter().map_err(|_| {
+        let tn = obj
+            .get_type()
+            .name()
+            .map(|n| n.to_string())
+            .unwrap_or_else(|_| "?".into());
+        PyTypeError::new_err(format!("{what} must be a list of str, got {tn}"))
+    })?;
+    for x in it {
+        v.push(x?);
+    }
+    Ok(v)
 }
 
-fn slices<'a>(buf: &'a str, ends: &[usize]) -> Vec<&'a str> {
-    let mut start = 0;
-    ends.iter()
-        .map(|&e| {
-            let s = &buf[start..e];
-            start = e;
-            s
-        })
+/// The UTF-8 of each text, borrowed from the Python strings (no copy: a `str` is immutable and
+/// its UTF-8 lives as long as the object, which `items` keeps alive).
+fn borrow_texts<'a>(items: &'a [Bound<'_, PyAny>], what: &str) -> PyResult<Vec<&'a str>> {
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| as_text_with(item, || format!("{what}[{i}]")))
         .collect()
 }
 
@@ -309,12 +302,15 @@ impl PyTokenizer {
         Option<Bound<'py, PyArray1<i64>>>,
     )> {
         let opts = options(add_special_tokens, max_length, truncation, stride)?;
-        let (buf, ends) = collect_texts(texts, "texts")?;
-        let pairs = pairs.map(|p| collect_texts(p, "pairs")).transpose()?;
+        let items = text_items(texts, "texts")?;
+        let t = borrow_texts(&items, "texts")?;
+        let pair_items = pairs.map(|p| text_items(p, "pairs")).transpose()?;
+        let p = pair_items
+            .as_deref()
+            .map(|v| borrow_texts(v, "pairs"))
+            .transpose()?;
         let inner = Arc::clone(&self.inner);
         let (batch, samples) = run_detached(py, move || {
-            let t = slices(&buf, &ends);
-            let p = pairs.as_ref().map(|(b, e)| slices(b, e));
             if return_overflowing {
                 let (b, s) =
                     inner.encode_batch_overflowing(&t, p.as_deref(), &opts, num_threads)?;

@@ -182,6 +182,8 @@ const A_DROP: u8 = 0;
 const A_SPACE: u8 = 1;
 const A_PUNCT: u8 = 2;
 const A_WORD: u8 = 3;
+/// [`Tokenizer::word_map`] entry of a byte that is not an ASCII word character.
+const NOT_WORD: u8 = 0x80;
 
 /// A BERT WordPiece tokenizer.
 #[derive(Clone, Debug)]
@@ -199,6 +201,15 @@ pub struct Tokenizer {
     ascii_map: [u8; 128],
     /// Token of each ASCII punctuation character as a word of its own.
     ascii_punct_id: [u32; 128],
+    /// Trie node reached from the root by two ASCII bytes (`b0 << 7 | b1`; `u32::MAX` for
+    /// none): the first two (dependent) steps of a word's walk become one load.
+    trie2: Vec<u32>,
+    /// Normalized byte of each ASCII word character (always ASCII), `NOT_WORD` for any other
+    /// byte (256 entries: one load and no bounds check per byte of the ASCII path's word scan).
+    word_map: [u8; 256],
+    /// Token of each non-ASCII character of the BMP as a word of its own (the character's
+    /// entry or `[UNK]`), indexed by code point: one load per CJK character.
+    bmp_char_id: Vec<u32>,
     pub cls_id: Option<u32>,
     pub sep_id: Option<u32>,
     pub pad_id: Option<u32>,
@@ -280,9 +291,35 @@ impl Tokenizer {
                 ascii_punct_id[b] = pieces[0].0;
             }
         }
+        let mut word_map = [NOT_WORD; 256];
+        for b in 0..128usize {
+            if ascii_class[b] == A_WORD {
+                word_map[b] = ascii_map[b];
+            }
+        }
+        let trie = wordpiece.trie();
+        let trie2: Vec<u32> = (0..128u32 * 128)
+            .map(|k| {
+                trie.step(DoubleArrayTrie::ROOT, (k >> 7) as u8)
+                    .and_then(|t| trie.step(t, (k & 127) as u8))
+                    .unwrap_or(u32::MAX)
+            })
+            .collect();
+        let mut bmp_char_id = vec![wordpiece.unk_id; 0x10000];
+        for (i, t) in vocab.tokens().iter().enumerate() {
+            let mut cs = t.chars();
+            if let (Some(c), None) = (cs.next(), cs.next()) {
+                if (c as u32) < 0x10000 {
+                    bmp_char_id[c as usize] = i as u32;
+                }
+            }
+        }
         let id = |t: &str| vocab.token_to_id(t);
         Ok(Self {
             ascii_punct_id,
+            trie2,
+            word_map,
+            bmp_char_id,
             cls_id: id(&config.cls_token),
             sep_id: id(&config.sep_token),
             pad_id: id(&config.pad_token),
@@ -482,17 +519,24 @@ impl Tokenizer {
         let threads = pool::resolve_threads(num_threads)?;
         let total_bytes: usize = texts.iter().map(|t| t.len()).sum::<usize>()
             + pairs.map_or(0, |p| p.iter().map(|t| t.len()).sum());
-        // Chunks of roughly 64 KiB of text (or fewer texts): enough to amortize, enough to balance.
+        // Chunks cut by bytes of text (not by text count, so long and short texts balance):
+        // about 16 per thread, between 4 and 64 KiB each (enough to amortize a chunk's setup,
+        // small enough that the last chunk does not leave a thread idle for long).
         let n = texts.len();
-        let per_chunk = if n == 0 {
-            1
-        } else {
-            (64 * 1024 * n / total_bytes.max(1)).clamp(1, 4096)
-        };
-        let chunks: Vec<(usize, usize)> = (0..n)
-            .step_by(per_chunk)
-            .map(|s| (s, (s + per_chunk).min(n)))
-            .collect();
+        let target = (total_bytes / (threads * 16)).clamp(4 << 10, 64 << 10);
+        let mut chunks: Vec<(usize, usize)> = Vec::new();
+        let (mut start, mut acc) = (0usize, 0usize);
+        for (i, t) in texts.iter().enumerate() {
+            acc += t.len() + pairs.map_or(0, |p| p[i].len()) + 16;
+            if acc >= target || i + 1 - start >= 4096 {
+                chunks.push((start, i + 1));
+                start = i + 1;
+                acc = 0;
+            }
+        }
+        if start < n {
+            chunks.push((start, n));
+        }
         // Encode text `i` (its rows) into `buf`, pushing one length per row and, with
         // `overflow`, the text index of each row.
         let one = |i: usize,
@@ -580,20 +624,20 @@ impl Tokenizer {
             }
             samples.extend_from_slice(s);
         }
-        // Assemble in parallel: zeroed allocations are lazily mapped, so each thread faults in
-        // and fills its own region.
+        // Assemble in parallel into uninitialized capacity (no serial zeroing pass): each
+        // thread writes, and faults in, its own region.
         let t = &mut batch.tokens;
-        t.ids = vec![0; total];
-        t.type_ids = vec![0; total];
-        t.offsets = vec![[0; 2]; total];
-        t.word_ids = vec![0; total];
+        t.ids = Vec::with_capacity(total);
+        t.type_ids = Vec::with_capacity(total);
+        t.offsets = Vec::with_capacity(total);
+        t.word_ids = Vec::with_capacity(total);
         let mut regions = Vec::with_capacity(parts.len());
         {
             let (mut ids, mut types, mut offs, mut words) = (
-                &mut t.ids[..],
-                &mut t.type_ids[..],
-                &mut t.offsets[..],
-                &mut t.word_ids[..],
+                &mut t.ids.spare_capacity_mut()[..total],
+                &mut t.type_ids.spare_capacity_mut()[..total],
+                &mut t.offsets.spare_capacity_mut()[..total],
+                &mut t.word_ids.spare_capacity_mut()[..total],
             );
             for (b, _, _) in &parts {
                 let n = b.len();
@@ -607,12 +651,21 @@ impl Tokenizer {
         }
         pool::run(Some(threads), || {
             regions.into_par_iter().for_each(|(b, a1, a2, a3, a4)| {
-                a1.copy_from_slice(&b.ids);
-                a2.copy_from_slice(&b.type_ids);
-                a3.copy_from_slice(&b.offsets);
-                a4.copy_from_slice(&b.word_ids);
+                a1.write_copy_of_slice(&b.ids);
+                a2.write_copy_of_slice(&b.type_ids);
+                a3.write_copy_of_slice(&b.offsets);
+                a4.write_copy_of_slice(&b.word_ids);
             })
         })?;
+        // SAFETY: the regions are consecutive and their lengths sum to `total` (the sum of the
+        // parts' lengths), so every element of `0..total` of each vector was written above
+        // (a panic there unwinds before this point, leaving the vectors empty).
+        unsafe {
+            t.ids.set_len(total);
+            t.type_ids.set_len(total);
+            t.offsets.set_len(total);
+            t.word_ids.set_len(total);
+        }
         Ok((batch, samples))
     }
 
@@ -633,12 +686,16 @@ impl Tokenizer {
         let body = out.len();
         self.encode_sequence(text, 0, sc, out);
         let mut n1 = out.len() - body;
-        let mut pair_buf = std::mem::take(&mut sc.pair);
-        pair_buf.clear();
+        // The pair's scratch buffer is borrowed only for a pair (moving it costs a few ns
+        // per text, which shows on batches of short texts).
         let mut n2 = 0;
+        let mut pair_buf = None;
         if let Some(p) = pair {
-            self.encode_sequence(p, 1, sc, &mut pair_buf);
-            n2 = pair_buf.len();
+            let mut pb = std::mem::take(&mut sc.pair);
+            pb.clear();
+            self.encode_sequence(p, 1, sc, &mut pb);
+            n2 = pb.len();
+            pair_buf = Some(pb);
         }
         if let Some(ml) = opts.max_length {
             let n_special = if add {
@@ -658,13 +715,13 @@ impl Tokenizer {
         if add {
             out.push(self.sep_id.unwrap_or(0), 0, 0, 0, -1);
         }
-        if pair.is_some() {
-            out.extend_prefix(&pair_buf, n2);
+        if let Some(pb) = pair_buf {
+            out.extend_prefix(&pb, n2);
             if add {
                 out.push(self.sep_id.unwrap_or(0), 1, 0, 0, -1);
             }
+            sc.pair = pb;
         }
-        sc.pair = pair_buf;
         debug_assert!(out.len() >= start);
         Ok(())
     }
@@ -909,12 +966,17 @@ impl Tokenizer {
                     let id = if (cc as u32) < 128 {
                         self.ascii_punct_id[cc as usize]
                     } else {
-                        let mut buf = [0u8; 4];
-                        let bytes = cc.encode_utf8(&mut buf).as_bytes();
-                        self.wordpiece
-                            .trie()
-                            .get(bytes)
-                            .unwrap_or(self.wordpiece.unk_id)
+                        match self.bmp_char_id.get(cc as usize) {
+                            Some(&id) => id,
+                            None => {
+                                let mut buf = [0u8; 4];
+                                let bytes = cc.encode_utf8(&mut buf).as_bytes();
+                                self.wordpiece
+                                    .trie()
+                                    .get(bytes)
+                                    .unwrap_or(self.wordpiece.unk_id)
+                            }
+                        }
                     };
                     out.push(id, type_id, base + pos, base + pos + 1, *word);
                     *word += 1;
@@ -978,6 +1040,41 @@ impl Tokenizer {
         sc: &mut Scratch,
         out: &mut EncodingBuf,
     ) -> bool {
+        // Columns as separate (non-aliasing) vectors, the type id filled in afterwards: the
+        // per-token stores then need no reloads of the other columns' lengths.
+        let mut w = *word;
+        let ok = self.encode_ascii_cols(
+            b,
+            base,
+            &mut w,
+            sc,
+            &mut out.ids,
+            &mut out.offsets,
+            &mut out.word_ids,
+        );
+        *word = w;
+        out.type_ids.resize(out.ids.len(), type_id);
+        ok
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn encode_ascii_cols(
+        &self,
+        b: &[u8],
+        base: u32,
+        word: &mut i32,
+        sc: &mut Scratch,
+        ids: &mut Vec<u32>,
+        offs: &mut Vec<[u32; 2]>,
+        words: &mut Vec<i32>,
+    ) -> bool {
+        let mut wd = *word;
+        let mut push = |id: u32, s: u32, e: u32, wd: i32| {
+            ids.push(id);
+            offs.push([s, e]);
+            words.push(wd);
+        };
         let class = &self.ascii_class;
         let map = &self.ascii_map;
         let trie = self.wordpiece.trie();
@@ -992,41 +1089,45 @@ impl Tokenizer {
                     i += 1;
                     continue;
                 }
-                A_DROP => return false,
+                A_DROP => {
+                    *word = wd;
+                    return false;
+                }
                 A_PUNCT => {
                     // A one-character word: its token is fixed (the character or [UNK]).
                     let off = base + s as u32;
-                    out.push(
-                        self.ascii_punct_id[b[s] as usize],
-                        type_id,
-                        off,
-                        off + 1,
-                        *word,
-                    );
-                    *word += 1;
+                    push(self.ascii_punct_id[b[s] as usize], off, off + 1, wd);
+                    wd += 1;
                     i += 1;
                     continue;
                 }
                 _ => {
-                    // Walk the trie while scanning: most words are one vocabulary entry.
+                    // Walk the trie while scanning: most words are one vocabulary entry. The
+                    // first two bytes are one table load.
                     let mut node = Some(DoubleArrayTrie::ROOT);
-                    while i < n && class[b[i] as usize] == A_WORD {
+                    let wmap = &self.word_map;
+                    if i + 1 < n && wmap[b[i + 1] as usize] != NOT_WORD {
+                        let k =
+                            (wmap[b[i] as usize] as usize) << 7 | wmap[b[i + 1] as usize] as usize;
+                        let t = self.trie2[k & 0x3fff];
+                        node = (t != u32::MAX).then_some(t);
+                        i += 2;
+                    }
+                    while i < n {
+                        let m = wmap[b[i] as usize];
+                        if m == NOT_WORD {
+                            break;
+                        }
                         if let Some(t) = node {
-                            node = trie.step(t, map[b[i] as usize]);
+                            node = trie.step(t, m);
                         }
                         i += 1;
                     }
                     if let Some(t) = node {
                         if i - s <= max_chars && trie.accepts(t) {
                             let off = base + s as u32;
-                            out.push(
-                                trie.value(t).unwrap_or(0),
-                                type_id,
-                                off,
-                                off + (i - s) as u32,
-                                *word,
-                            );
-                            *word += 1;
+                            push(trie.value(t).unwrap_or(0), off, off + (i - s) as u32, wd);
+                            wd += 1;
                             continue;
                         }
                     }
@@ -1039,10 +1140,11 @@ impl Tokenizer {
             self.wordpiece.tokenize(w, i - s, &mut sc.pieces);
             let off = base + s as u32;
             for &(id, ps, pe) in &sc.pieces {
-                out.push(id, type_id, off + ps, off + pe, *word);
+                push(id, off + ps, off + pe, wd);
             }
-            *word += 1;
+            wd += 1;
         }
+        *word = wd;
         true
     }
 
