@@ -9,6 +9,7 @@ pub mod error;
 pub mod pool;
 
 // tokenizer stages
+pub mod byteclass;
 pub mod normalize;
 pub mod pretokenize;
 pub mod segment;

@@ -19,6 +19,7 @@
 
 use rayon::prelude::*;
 
+use crate::byteclass::{self, ByteClasses};
 use crate::normalize::{
     char_flags, NChar, NormScratch, Normalizer, NormalizerConfig, F_CHINESE, F_CLEAN_WS, F_DROP,
     F_LOWER_SELF, F_MN, F_NFD_SELF, F_PUNCT, F_WS,
@@ -26,7 +27,7 @@ use crate::normalize::{
 use crate::pretokenize::split_words;
 use crate::segment::Segmenter;
 use crate::vocab::Vocab;
-use crate::wordpiece::{DoubleArrayTrie, WordPiece};
+use crate::wordpiece::{WordPiece, WordTable};
 use crate::{pool, Error, Result};
 
 /// Truncation strategy (HF names).
@@ -170,6 +171,8 @@ pub struct Scratch {
     word: Vec<u8>,
     byte_char: Vec<u32>,
     pieces: Vec<(u32, u32, u32)>,
+    /// Block masks of the ASCII path.
+    masks: Vec<u64>,
     pair: EncodingBuf,
     first: EncodingBuf,
 }
@@ -182,8 +185,6 @@ const A_DROP: u8 = 0;
 const A_SPACE: u8 = 1;
 const A_PUNCT: u8 = 2;
 const A_WORD: u8 = 3;
-/// [`Tokenizer::word_map`] entry of a byte that is not an ASCII word character.
-const NOT_WORD: u8 = 0x80;
 
 /// A BERT WordPiece tokenizer.
 #[derive(Clone, Debug)]
@@ -201,12 +202,15 @@ pub struct Tokenizer {
     ascii_map: [u8; 128],
     /// Token of each ASCII punctuation character as a word of its own.
     ascii_punct_id: [u32; 128],
-    /// Trie node reached from the root by two ASCII bytes (`b0 << 7 | b1`; `u32::MAX` for
-    /// none): the first two (dependent) steps of a word's walk become one load.
-    trie2: Vec<u32>,
-    /// Normalized byte of each ASCII word character (always ASCII), `NOT_WORD` for any other
-    /// byte (256 entries: one load and no bounds check per byte of the ASCII path's word scan).
-    word_map: [u8; 256],
+    /// Classes of ASCII bytes for the ASCII path's block masks: word character, punctuation
+    /// (a token of its own), dropped by `clean_text` (the general path), or whitespace.
+    ascii_classes: ByteClasses,
+    /// Whether normalization lowercases ASCII letters (the only change it makes to an ASCII
+    /// word character; checked at construction).
+    ascii_lowercase: bool,
+    /// Whole vocabulary entries of up to 16 bytes, by hash (the ASCII path's one-probe lookup
+    /// of a word that is a single token).
+    words: WordTable,
     /// Token of each non-ASCII character of the BMP as a word of its own (the character's
     /// entry or `[UNK]`), indexed by code point: one load per CJK character.
     bmp_char_id: Vec<u32>,
@@ -291,20 +295,29 @@ impl Tokenizer {
                 ascii_punct_id[b] = pieces[0].0;
             }
         }
-        let mut word_map = [NOT_WORD; 256];
-        for b in 0..128usize {
-            if ascii_class[b] == A_WORD {
-                word_map[b] = ascii_map[b];
-            }
+        let ascii_lowercase = normalizer.config.lowercase;
+        let mut ascii_bits = [0u8; 128];
+        for b in 0..128u8 {
+            ascii_bits[b as usize] = match ascii_class[b as usize] {
+                A_WORD => {
+                    let want = if ascii_lowercase {
+                        b.to_ascii_lowercase()
+                    } else {
+                        b
+                    };
+                    if ascii_map[b as usize] != want {
+                        return Err(Error::Internal(format!(
+                            "ASCII {b} normalizes to {}, not {want}",
+                            ascii_map[b as usize]
+                        )));
+                    }
+                    byteclass::WORD
+                }
+                A_PUNCT => byteclass::PUNCT,
+                A_DROP => byteclass::DROP,
+                _ => 0,
+            };
         }
-        let trie = wordpiece.trie();
-        let trie2: Vec<u32> = (0..128u32 * 128)
-            .map(|k| {
-                trie.step(DoubleArrayTrie::ROOT, (k >> 7) as u8)
-                    .and_then(|t| trie.step(t, (k & 127) as u8))
-                    .unwrap_or(u32::MAX)
-            })
-            .collect();
         let mut bmp_char_id = vec![wordpiece.unk_id; 0x10000];
         for (i, t) in vocab.tokens().iter().enumerate() {
             let mut cs = t.chars();
@@ -315,10 +328,18 @@ impl Tokenizer {
             }
         }
         let id = |t: &str| vocab.token_to_id(t);
+        let words = WordTable::build(
+            vocab
+                .tokens()
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (t.as_bytes(), i as u32)),
+        );
         Ok(Self {
             ascii_punct_id,
-            trie2,
-            word_map,
+            words,
+            ascii_classes: ByteClasses::new(ascii_bits),
+            ascii_lowercase,
             bmp_char_id,
             cls_id: id(&config.cls_token),
             sep_id: id(&config.sep_token),
@@ -1069,83 +1090,103 @@ impl Tokenizer {
         offs: &mut Vec<[u32; 2]>,
         words: &mut Vec<i32>,
     ) -> bool {
-        let mut wd = *word;
-        let mut push = |id: u32, s: u32, e: u32, wd: i32| {
-            ids.push(id);
-            offs.push([s, e]);
-            words.push(wd);
-        };
-        let class = &self.ascii_class;
-        let map = &self.ascii_map;
-        let trie = self.wordpiece.trie();
-        let max_chars = self.wordpiece.max_input_chars_per_word;
+        // 1. Classify every byte into bit masks, 64 bytes per word: `starts` marks the first
+        //    byte of each pre-token (a punctuation character, or a word character not preceded
+        //    by one), `cont` a word character preceded by one. Token boundaries then come from
+        //    bit scans, so a word's length costs no mispredicted loop exit.
         let n = b.len();
-        let mut i = 0usize;
-        while i < n {
-            let c = class[b[i] as usize];
-            let s = i;
-            match c {
-                A_SPACE => {
-                    i += 1;
-                    continue;
-                }
-                A_DROP => {
+        let blocks = n / 64 + 1; // one past the end: bit `n` is a clear `cont` bit
+        let masks = &mut sc.masks;
+        masks.clear();
+        masks.resize(2 * blocks, 0);
+        let (starts, cont) = masks.split_at_mut(blocks);
+        let mut carry = 0u64; // whether the previous block ends in a word character
+        for (k, chunk) in b.chunks(64).enumerate() {
+            let m = self.ascii_classes.masks(chunk);
+            if m.drop != 0 {
+                return false; // a character clean_text drops: the general path
+            }
+            let (wm, pm) = (m.word, m.punct);
+            let c = wm & ((wm << 1) | carry);
+            cont[k] = c;
+            starts[k] = pm | (wm & !c);
+            carry = wm >> 63;
+        }
+        // 2. One token per pre-token that is a vocabulary entry (one hash probe of its packed,
+        //    lowercased bytes), WordPiece through the trie for the others.
+        let max_chars = self.wordpiece.max_input_chars_per_word;
+        let lower = self.ascii_lowercase;
+        let mut wd = *word;
+        let mut blk = 0usize;
+        let mut pending = starts[0];
+        loop {
+            while pending == 0 {
+                blk += 1;
+                if blk >= blocks {
                     *word = wd;
-                    return false;
+                    return true;
                 }
-                A_PUNCT => {
-                    // A one-character word: its token is fixed (the character or [UNK]).
-                    let off = base + s as u32;
-                    push(self.ascii_punct_id[b[s] as usize], off, off + 1, wd);
+                pending = starts[blk];
+            }
+            let p = blk * 64 + pending.trailing_zeros() as usize;
+            pending &= pending - 1;
+            // End: the first position after `p` that does not continue a word.
+            let mut q = p + 1;
+            loop {
+                let m = !cont[q / 64] >> (q % 64);
+                if m != 0 {
+                    q += m.trailing_zeros() as usize;
+                    break;
+                }
+                q = (q / 64 + 1) * 64;
+            }
+            let len = q - p;
+            let off = base + p as u32;
+            if len <= WordTable::MAX_LEN && len <= max_chars {
+                // The word's bytes as little-endian u64s: 8 bytes loaded at `p` (or ending at
+                // `q` near the end of the text), the bytes past the word masked off.
+                let load =
+                    |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap_or([0; 8]));
+                let low8 = |x: u64| if lower { ascii_lower_swar(x) } else { x };
+                let hit = if len <= 8 {
+                    let key = if p + 8 <= n {
+                        load(p) & (u64::MAX >> (64 - 8 * len))
+                    } else if q >= 8 {
+                        load(q - 8) >> (64 - 8 * len)
+                    } else {
+                        WordTable::pack(&b[p..q])[0]
+                    };
+                    self.words.get_short(low8(key), len)
+                } else {
+                    let hi_mask = u64::MAX >> (64 - 8 * (len - 8));
+                    let (lo, hi) = if p + 16 <= n {
+                        (load(p), load(p + 8) & hi_mask)
+                    } else {
+                        (load(p), load(q - 8) >> (64 - 8 * (len - 8)))
+                    };
+                    self.words.get_long([low8(lo), low8(hi)], len)
+                };
+                if let Some(id) = hit {
+                    ids.push(id);
+                    offs.push([off, off + len as u32]);
+                    words.push(wd);
                     wd += 1;
-                    i += 1;
                     continue;
-                }
-                _ => {
-                    // Walk the trie while scanning: most words are one vocabulary entry. The
-                    // first two bytes are one table load.
-                    let mut node = Some(DoubleArrayTrie::ROOT);
-                    let wmap = &self.word_map;
-                    if i + 1 < n && wmap[b[i + 1] as usize] != NOT_WORD {
-                        let k =
-                            (wmap[b[i] as usize] as usize) << 7 | wmap[b[i + 1] as usize] as usize;
-                        let t = self.trie2[k & 0x3fff];
-                        node = (t != u32::MAX).then_some(t);
-                        i += 2;
-                    }
-                    while i < n {
-                        let m = wmap[b[i] as usize];
-                        if m == NOT_WORD {
-                            break;
-                        }
-                        if let Some(t) = node {
-                            node = trie.step(t, m);
-                        }
-                        i += 1;
-                    }
-                    if let Some(t) = node {
-                        if i - s <= max_chars && trie.accepts(t) {
-                            let off = base + s as u32;
-                            push(trie.value(t).unwrap_or(0), off, off + (i - s) as u32, wd);
-                            wd += 1;
-                            continue;
-                        }
-                    }
-                    sc.word.clear();
-                    sc.word.extend(b[s..i].iter().map(|&x| map[x as usize]));
                 }
             }
-            let w: &[u8] = &sc.word;
+            let map = &self.ascii_map;
+            sc.word.clear();
+            sc.word
+                .extend(b[p..q].iter().map(|&x| map[x as usize & 127]));
             sc.pieces.clear();
-            self.wordpiece.tokenize(w, i - s, &mut sc.pieces);
-            let off = base + s as u32;
+            self.wordpiece.tokenize(&sc.word, len, &mut sc.pieces);
             for &(id, ps, pe) in &sc.pieces {
-                push(id, off + ps, off + pe, wd);
+                ids.push(id);
+                offs.push([off + ps, off + pe]);
+                words.push(wd);
             }
             wd += 1;
         }
-        *word = wd;
-        true
     }
 
     fn encode_general(
@@ -1261,6 +1302,16 @@ fn merge_chinese_words(
 }
 
 /// Prefix the message of an input error with the batch index of the text that caused it.
+/// Lowercase the ASCII letters among eight bytes that are all below 0x80 (no byte's sum below
+/// carries into the next).
+#[inline(always)]
+fn ascii_lower_swar(x: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    let ge_a = x.wrapping_add(ONES * (0x80 - b'A' as u64));
+    let gt_z = x.wrapping_add(ONES * (0x80 - b'Z' as u64 - 1));
+    x | ((ge_a & !gt_z & (ONES * 0x80)) >> 2)
+}
+
 fn name_text(i: usize, e: Error) -> Error {
     match e {
         Error::InvalidInput(m) => Error::InvalidInput(format!("texts[{i}]: {m}")),

@@ -249,6 +249,158 @@ impl Placer {
     }
 }
 
+/// Exact lookup of whole words of 1 to 16 bytes: open-addressing hash tables keyed by the
+/// word's bytes packed into one or two little-endian `u64`s (plus the length).
+///
+/// Most words of running text are one vocabulary entry. Hashing the word while it is scanned
+/// costs a few arithmetic instructions per byte and one table probe per word, where a trie walk
+/// costs a chain of dependent loads per byte; a word that is not an entry (several pieces, or
+/// `[UNK]`) still goes through the trie.
+#[derive(Clone, Debug)]
+pub struct WordTable {
+    short: Vec<ShortSlot>,
+    short_bits: u32,
+    long: Vec<LongSlot>,
+    long_bits: u32,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C)]
+struct ShortSlot {
+    key: u64,
+    id: u32,
+    /// 0 for an empty slot.
+    len: u32,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C)]
+struct LongSlot {
+    key: [u64; 2],
+    id: u32,
+    len: u32,
+}
+
+const HASH_MUL: u64 = 0x9E37_79B9_7F4A_7C15;
+
+impl WordTable {
+    /// Longest word (in bytes) the table holds.
+    pub const MAX_LEN: usize = 16;
+
+    /// Pack `word` (at most 16 bytes) into two little-endian words, zero-padded.
+    #[inline]
+    pub fn pack(word: &[u8]) -> [u64; 2] {
+        let mut buf = [0u8; 16];
+        buf[..word.len()].copy_from_slice(word);
+        [
+            u64::from_le_bytes(buf[..8].try_into().unwrap_or([0; 8])),
+            u64::from_le_bytes(buf[8..].try_into().unwrap_or([0; 8])),
+        ]
+    }
+
+    #[inline(always)]
+    fn hash_short(key: u64, len: usize, bits: u32) -> usize {
+        ((key ^ len as u64).wrapping_mul(HASH_MUL) >> (64 - bits)) as usize
+    }
+
+    #[inline(always)]
+    fn hash_long(key: [u64; 2], bits: u32) -> usize {
+        ((key[0] ^ key[1].rotate_left(31)).wrapping_mul(HASH_MUL) >> (64 - bits)) as usize
+    }
+
+    /// Build from `(key, value)` pairs; keys longer than [`WordTable::MAX_LEN`] are skipped.
+    pub fn build<'a>(entries: impl Iterator<Item = (&'a [u8], u32)>) -> Self {
+        let (mut short_keys, mut long_keys) = (Vec::new(), Vec::new());
+        for (k, v) in entries {
+            match k.len() {
+                0 => {}
+                1..=8 => short_keys.push((Self::pack(k)[0], v, k.len())),
+                9..=16 => long_keys.push((Self::pack(k), v, k.len())),
+                _ => {}
+            }
+        }
+        // Load factor at most 1/2 (probes stay within a cache line or two).
+        let bits_for = |n: usize| (n.max(1)).next_power_of_two().trailing_zeros().max(4);
+        let short_bits = bits_for(short_keys.len());
+        let long_bits = bits_for(long_keys.len());
+        let mut short = vec![ShortSlot::default(); 1 << short_bits];
+        let mask = short.len() - 1;
+        for (key, id, len) in short_keys {
+            let mut h = Self::hash_short(key, len, short_bits);
+            while short[h].len != 0 && !(short[h].key == key && short[h].len as usize == len) {
+                h = (h + 1) & mask;
+            }
+            short[h] = ShortSlot {
+                key,
+                id,
+                len: len as u32,
+            };
+        }
+        let mut long = vec![LongSlot::default(); 1 << long_bits];
+        let mask = long.len() - 1;
+        for (key, id, len) in long_keys {
+            let mut h = Self::hash_long(key, long_bits);
+            while long[h].len != 0 && !(long[h].key == key && long[h].len as usize == len) {
+                h = (h + 1) & mask;
+            }
+            long[h] = LongSlot {
+                key,
+                id,
+                len: len as u32,
+            };
+        }
+        Self {
+            short,
+            short_bits,
+            long,
+            long_bits,
+        }
+    }
+
+    /// Value of the word of `len` (1 to 8) bytes packed in `key` (see [`WordTable::pack`]).
+    #[inline(always)]
+    pub fn get_short(&self, key: u64, len: usize) -> Option<u32> {
+        let mask = self.short.len() - 1;
+        let mut h = Self::hash_short(key, len, self.short_bits);
+        loop {
+            let slot = &self.short[h];
+            if slot.key == key && slot.len as usize == len {
+                return Some(slot.id);
+            }
+            if slot.len == 0 {
+                return None;
+            }
+            h = (h + 1) & mask;
+        }
+    }
+
+    /// Value of the word of `len` (9 to 16) bytes packed in `key`.
+    #[inline(always)]
+    pub fn get_long(&self, key: [u64; 2], len: usize) -> Option<u32> {
+        let mask = self.long.len() - 1;
+        let mut h = Self::hash_long(key, self.long_bits);
+        loop {
+            let slot = &self.long[h];
+            if slot.key == key && slot.len as usize == len {
+                return Some(slot.id);
+            }
+            if slot.len == 0 {
+                return None;
+            }
+            h = (h + 1) & mask;
+        }
+    }
+
+    /// Exact lookup of `word` (any length; `None` beyond [`WordTable::MAX_LEN`]).
+    pub fn get(&self, word: &[u8]) -> Option<u32> {
+        match word.len() {
+            1..=8 => self.get_short(Self::pack(word)[0], word.len()),
+            9..=16 => self.get_long(Self::pack(word), word.len()),
+            _ => None,
+        }
+    }
+}
+
 /// The WordPiece model: vocabulary trie plus the `[UNK]` rules.
 #[derive(Clone, Debug)]
 pub struct WordPiece {
