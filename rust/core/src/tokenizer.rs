@@ -208,9 +208,6 @@ pub struct Tokenizer {
     /// Whether normalization lowercases ASCII letters (the only change it makes to an ASCII
     /// word character; checked at construction).
     ascii_lowercase: bool,
-    /// Whole vocabulary entries of up to 16 bytes, by hash (the ASCII path's one-probe lookup
-    /// of a word that is a single token).
-    words: WordTable,
     /// Token of each non-ASCII character of the BMP as a word of its own (the character's
     /// entry or `[UNK]`), indexed by code point: one load per CJK character.
     bmp_char_id: Vec<u32>,
@@ -328,16 +325,8 @@ impl Tokenizer {
             }
         }
         let id = |t: &str| vocab.token_to_id(t);
-        let words = WordTable::build(
-            vocab
-                .tokens()
-                .iter()
-                .enumerate()
-                .map(|(i, t)| (t.as_bytes(), i as u32)),
-        );
         Ok(Self {
             ascii_punct_id,
-            words,
             ascii_classes: ByteClasses::new(ascii_bits),
             ascii_lowercase,
             bmp_char_id,
@@ -1156,7 +1145,7 @@ impl Tokenizer {
                     } else {
                         WordTable::pack(&b[p..q])[0]
                     };
-                    self.words.get_short(low8(key), len)
+                    self.wordpiece.words().get_short(low8(key), len)
                 } else {
                     let hi_mask = u64::MAX >> (64 - 8 * (len - 8));
                     let (lo, hi) = if p + 16 <= n {
@@ -1164,7 +1153,7 @@ impl Tokenizer {
                     } else {
                         (load(p), load(q - 8) >> (64 - 8 * (len - 8)))
                     };
-                    self.words.get_long([low8(lo), low8(hi)], len)
+                    self.wordpiece.words().get_long([low8(lo), low8(hi)], len)
                 };
                 if let Some(id) = hit {
                     ids.push(id);

@@ -320,7 +320,7 @@ impl WordTable {
             }
         }
         // Load factor at most 1/2 (probes stay within a cache line or two).
-        let bits_for = |n: usize| (n.max(1)).next_power_of_two().trailing_zeros().max(4);
+        let bits_for = |n: usize| (2 * n.max(1)).next_power_of_two().trailing_zeros().max(4);
         let short_bits = bits_for(short_keys.len());
         let long_bits = bits_for(long_keys.len());
         let mut short = vec![ShortSlot::default(); 1 << short_bits];
@@ -405,6 +405,8 @@ impl WordTable {
 #[derive(Clone, Debug)]
 pub struct WordPiece {
     trie: DoubleArrayTrie,
+    /// Every entry of up to 16 bytes, by hash (one probe finds a word that is one entry).
+    words: WordTable,
     cont_root: Option<u32>,
     pub unk_id: u32,
     pub max_input_chars_per_word: usize,
@@ -435,12 +437,20 @@ impl WordPiece {
                 .enumerate()
                 .map(|(i, t)| (t.as_bytes(), i as u32)),
         );
+        let words = WordTable::build(
+            vocab
+                .tokens()
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (t.as_bytes(), i as u32)),
+        );
         let mut cont_root = Some(DoubleArrayTrie::ROOT);
         for &b in continuing_subword_prefix.as_bytes() {
             cont_root = cont_root.and_then(|s| trie.step(s, b));
         }
         Ok(Self {
             trie,
+            words,
             cont_root,
             unk_id,
             max_input_chars_per_word,
@@ -452,24 +462,42 @@ impl WordPiece {
         &self.trie
     }
 
+    /// The whole-entry hash table (exact lookups of entries of up to 16 bytes).
+    pub fn words(&self) -> &WordTable {
+        &self.words
+    }
+
     /// Segment one normalized word (`n_chars` characters) into `(id, byte_start, byte_end)`
     /// pieces appended to `out`. On failure (a word too long, or no piece matches somewhere)
     /// the word becomes one `[UNK]` spanning it, as in the reference.
     #[inline]
     pub fn tokenize(&self, word: &[u8], n_chars: usize, out: &mut Vec<(u32, u32, u32)>) {
         let mark = out.len();
-        if n_chars <= self.max_input_chars_per_word && self.tokenize_pieces(word, out) {
+        if n_chars <= self.max_input_chars_per_word && self.tokenize_pieces(word, 0, out) {
             return;
         }
         out.truncate(mark);
         out.push((self.unk_id, 0, word.len() as u32));
     }
 
+    /// Greedy longest-match pieces from byte `start` (a continuation when `start > 0`) by
+    /// walking the trie.
     #[inline]
-    fn tokenize_pieces(&self, word: &[u8], out: &mut Vec<(u32, u32, u32)>) -> bool {
+    fn tokenize_pieces(
+        &self,
+        word: &[u8],
+        mut start: usize,
+        out: &mut Vec<(u32, u32, u32)>,
+    ) -> bool {
         let n = word.len();
-        let mut start = 0usize;
-        let mut root = DoubleArrayTrie::ROOT;
+        let mut root = if start == 0 {
+            DoubleArrayTrie::ROOT
+        } else {
+            match self.cont_root {
+                Some(c) => c,
+                None => return false,
+            }
+        };
         while start < n {
             let mut s = root;
             let mut best_end = 0usize;
@@ -606,5 +634,33 @@ mod tests {
         }
         assert_eq!(t.get(b"k1"), None);
         assert_eq!(t.get(b"zzz"), None);
+    }
+
+    #[test]
+    fn word_table_agrees_with_the_trie() {
+        let mut keys: Vec<Vec<u8>> = (0..5000u32)
+            .map(|i| format!("w{}{}", i % 7, "x".repeat((i % 19) as usize)).into_bytes())
+            .collect();
+        keys.push(b"a\0".to_vec()); // a NUL byte must not alias the shorter "a"
+        keys.push(b"a".to_vec());
+        keys.push("\u{e9}t\u{e9}".as_bytes().to_vec());
+        keys.sort();
+        keys.dedup();
+        let entries = || {
+            keys.iter()
+                .enumerate()
+                .map(|(i, k)| (k.as_slice(), i as u32))
+        };
+        let table = WordTable::build(entries());
+        let trie = DoubleArrayTrie::build(entries());
+        for (i, k) in keys.iter().enumerate() {
+            let want = (k.len() <= WordTable::MAX_LEN).then_some(i as u32);
+            assert_eq!(table.get(k), want, "key {k:?}");
+            assert_eq!(trie.get(k), Some(i as u32));
+        }
+        for probe in [&b"a\0\0"[..], b"w", b"w0xxxxxxxxxxxxxy", b"", b"zz", b"\0"] {
+            let want = trie.get(probe).filter(|_| !probe.is_empty());
+            assert_eq!(table.get(probe), want, "{probe:?}");
+        }
     }
 }
