@@ -61,27 +61,26 @@ impl ByteClasses {
     #[inline]
     pub fn masks(&self, bytes: &[u8]) -> Masks {
         debug_assert!(bytes.len() <= 64);
+        let n = bytes.len();
         #[cfg(target_arch = "x86_64")]
-        if self.avx2 {
-            let mut block = [b' '; 64];
-            let full: &[u8; 64] = match bytes.try_into() {
-                Ok(full) => full,
-                Err(_) => {
-                    block[..bytes.len()].copy_from_slice(bytes);
-                    &block
-                }
-            };
+        if self.avx2 && n >= 32 {
+            // Two 32-byte loads straight from the text (the second one ending at its last
+            // byte, overlapping the first when n < 64): no copy into a padded buffer, whose
+            // small stores would stall the wide loads.
+            let first: &[u8; 32] = bytes[..32].try_into().unwrap_or(&[b' '; 32]);
+            let last: &[u8; 32] = bytes[n - 32..].try_into().unwrap_or(&[b' '; 32]);
             // SAFETY: `avx2` is true only when the CPU supports AVX2 (runtime detection).
-            let m = unsafe { avx2::masks64(full, &self.lo) };
-            let keep = if bytes.len() == 64 {
-                u64::MAX
-            } else {
-                (1u64 << bytes.len()) - 1
+            let (a, b) = unsafe {
+                (
+                    avx2::masks32(first, &self.lo),
+                    avx2::masks32(last, &self.lo),
+                )
             };
+            let join = |x: u32, y: u32| x as u64 | (y as u64) << (n - 32);
             return Masks {
-                word: m.word & keep,
-                punct: m.punct & keep,
-                drop: m.drop & keep,
+                word: join(a[0], b[0]),
+                punct: join(a[1], b[1]),
+                drop: join(a[2], b[2]),
             };
         }
         self.masks_scalar(bytes)
@@ -116,44 +115,33 @@ fn detect_avx2() -> bool {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::Masks;
-
+    /// Word, punctuation and drop masks of 32 ASCII bytes.
+    ///
     /// # Safety
-    /// The CPU must support AVX2; `block` must hold ASCII bytes only.
+    /// The CPU must support AVX2.
     #[target_feature(enable = "avx2")]
-    pub unsafe fn masks64(block: &[u8; 64], lo: &[[u8; 16]; 3]) -> Masks {
-        let half = |at: usize| -> [u32; 3] {
-            // SAFETY (of the loads): `at + 32 <= 64` and the tables are 16 bytes each;
-            // unaligned loads.
-            let x = _mm256_loadu_si256(block.as_ptr().add(at) as *const __m256i);
-            let nib = _mm256_set1_epi8(0x0f);
-            let lo_n = _mm256_and_si256(x, nib);
-            let hi_n = _mm256_and_si256(_mm256_srli_epi16(x, 4), nib);
-            // 1 << (x >> 4) for the eight high nibbles of ASCII.
-            let pow = _mm256_setr_epi8(
-                1, 2, 4, 8, 16, 32, 64, -128, 0, 0, 0, 0, 0, 0, 0, 0, 1, 2, 4, 8, 16, 32, 64, -128,
-                0, 0, 0, 0, 0, 0, 0, 0,
-            );
-            let hbit = _mm256_shuffle_epi8(pow, hi_n);
-            let zero = _mm256_setzero_si256();
-            let mut out = [0u32; 3];
-            for (k, t) in lo.iter().enumerate() {
-                let t128 = _mm_loadu_si128(t.as_ptr() as *const __m128i);
-                let table = _mm256_broadcastsi128_si256(t128);
-                let rows = _mm256_shuffle_epi8(table, lo_n);
-                let hit = _mm256_and_si256(rows, hbit);
-                let miss = _mm256_cmpeq_epi8(hit, zero);
-                out[k] = !(_mm256_movemask_epi8(miss) as u32);
-            }
-            out
-        };
-        let a = half(0);
-        let b = half(32);
-        Masks {
-            word: a[0] as u64 | (b[0] as u64) << 32,
-            punct: a[1] as u64 | (b[1] as u64) << 32,
-            drop: a[2] as u64 | (b[2] as u64) << 32,
+    #[inline]
+    pub unsafe fn masks32(block: &[u8; 32], lo: &[[u8; 16]; 3]) -> [u32; 3] {
+        // Unaligned loads of 32 (block) and 16 (tables) bytes, all in bounds.
+        let x = _mm256_loadu_si256(block.as_ptr() as *const __m256i);
+        let nib = _mm256_set1_epi8(0x0f);
+        let lo_n = _mm256_and_si256(x, nib);
+        let hi_n = _mm256_and_si256(_mm256_srli_epi16(x, 4), nib);
+        // 1 << (x >> 4) for the eight high nibbles of ASCII (0 for bytes >= 0x80).
+        let pow = _mm256_setr_epi8(
+            1, 2, 4, 8, 16, 32, 64, -128, 0, 0, 0, 0, 0, 0, 0, 0, 1, 2, 4, 8, 16, 32, 64, -128, 0,
+            0, 0, 0, 0, 0, 0, 0,
+        );
+        let hbit = _mm256_shuffle_epi8(pow, hi_n);
+        let zero = _mm256_setzero_si256();
+        let mut out = [0u32; 3];
+        for (k, t) in lo.iter().enumerate() {
+            let table = _mm256_broadcastsi128_si256(_mm_loadu_si128(t.as_ptr() as *const __m128i));
+            let rows = _mm256_shuffle_epi8(table, lo_n);
+            let miss = _mm256_cmpeq_epi8(_mm256_and_si256(rows, hbit), zero);
+            out[k] = !(_mm256_movemask_epi8(miss) as u32);
         }
+        out
     }
 }
 

@@ -290,12 +290,13 @@ impl WordTable {
     /// Pack `word` (at most 16 bytes) into two little-endian words, zero-padded.
     #[inline]
     pub fn pack(word: &[u8]) -> [u64; 2] {
-        let mut buf = [0u8; 16];
-        buf[..word.len()].copy_from_slice(word);
-        [
-            u64::from_le_bytes(buf[..8].try_into().unwrap_or([0; 8])),
-            u64::from_le_bytes(buf[8..].try_into().unwrap_or([0; 8])),
-        ]
+        // Byte by byte in registers (a copy into a buffer read back as words would stall on
+        // store forwarding).
+        let mut k = [0u64; 2];
+        for (i, &b) in word.iter().take(16).enumerate() {
+            k[i / 8] |= (b as u64) << (8 * (i % 8));
+        }
+        k
     }
 
     #[inline(always)]
