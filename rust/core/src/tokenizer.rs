@@ -569,8 +569,9 @@ impl Tokenizer {
             };
             r.map_err(|e| name_text(i, e))
         };
-        let work = |&(s, e): &(usize, usize)| -> Result<ChunkOut> {
-            let mut sc = Scratch::default();
+        // The scratch buffers (`map_init`) live across the chunks one rayon job runs, warm
+        // and grown, instead of starting empty for every chunk.
+        let work = |sc: &mut Scratch, &(s, e): &(usize, usize)| -> Result<ChunkOut> {
             let mut buf = EncodingBuf::default();
             let est = texts[s..e].iter().map(|t| t.len()).sum::<usize>() / 3 + 3 * (e - s) + 16;
             buf.ids.reserve(est);
@@ -580,7 +581,7 @@ impl Tokenizer {
             let mut lens = Vec::with_capacity(e - s);
             let mut samples = Vec::new();
             for i in s..e {
-                one(i, &mut sc, &mut buf, &mut lens, &mut samples)?;
+                one(i, sc, &mut buf, &mut lens, &mut samples)?;
             }
             Ok((buf, lens, samples))
         };
@@ -621,8 +622,9 @@ impl Tokenizer {
             }
             return Ok((batch, samples));
         }
-        let parts: Vec<Result<ChunkOut>> =
-            pool::run(Some(threads), || chunks.par_iter().map(work).collect())?;
+        let parts: Vec<Result<ChunkOut>> = pool::run(Some(threads), || {
+            chunks.par_iter().map_init(Scratch::default, work).collect()
+        })?;
         let parts: Vec<ChunkOut> = parts.into_iter().collect::<Result<_>>()?;
         let total: usize = parts.iter().map(|(b, _, _)| b.len()).sum();
         let mut acc = 0i64;
