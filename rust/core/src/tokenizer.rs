@@ -17,7 +17,8 @@
 //! reports for `str` input). ASCII text takes a byte-table fast path; any other text takes the
 //! general normalizer, which follows HF's alignment rules exactly.
 
-use rayon::prelude::*;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex};
 
 use crate::byteclass::{self, ByteClasses};
 use crate::normalize::{
@@ -177,9 +178,84 @@ pub struct Scratch {
     first: EncodingBuf,
 }
 
-/// One chunk of a batch: its tokens, the length of each row, the text index of each row
-/// (only when overflowing rows are requested).
-type ChunkOut = (EncodingBuf, Vec<u32>, Vec<i64>);
+/// Encoder of one chunk of a batch `(first text, end)` into a buffer; returns the length of
+/// each row and, with overflowing rows, the text index of each row.
+type ChunkWork<'a> = dyn Fn(&mut Scratch, &(usize, usize), &mut EncodingBuf) -> Result<(Vec<u32>, Vec<i64>)>
+    + Sync
+    + 'a;
+
+/// Raw pointers to the output columns' buffers, written by several threads at disjoint places
+/// (see [`Tokenizer::encode_chunks_ordered`]).
+struct Dest {
+    ids: *mut u32,
+    types: *mut u8,
+    offs: *mut [u32; 2],
+    words: *mut i32,
+}
+
+// SAFETY: the pointers are only written through at disjoint places assigned under a lock.
+unsafe impl Send for Dest {}
+unsafe impl Sync for Dest {}
+
+impl Dest {
+    /// Copy `buf` to places `at..at + buf.len()`.
+    ///
+    /// # Safety
+    /// That range must lie within the columns' capacity, and no other thread may access it.
+    unsafe fn write(&self, at: usize, buf: &EncodingBuf) {
+        let n = buf.len();
+        std::ptr::copy_nonoverlapping(buf.ids.as_ptr(), self.ids.add(at), n);
+        std::ptr::copy_nonoverlapping(buf.type_ids.as_ptr(), self.types.add(at), n);
+        std::ptr::copy_nonoverlapping(buf.offsets.as_ptr(), self.offs.add(at), n);
+        std::ptr::copy_nonoverlapping(buf.word_ids.as_ptr(), self.words.add(at), n);
+    }
+}
+
+/// Places of the chunks in the output: chunks `0..next` have one (`at`), `offset` is the end
+/// of the last; `done` holds the length of each finished chunk.
+struct Placement {
+    next: usize,
+    offset: usize,
+    done: Vec<Option<usize>>,
+    at: Vec<usize>,
+    /// A chunk did not fit the capacity: it and the later ones are appended at the end.
+    overflowed: bool,
+}
+
+impl Placement {
+    /// Give places to finished chunks that follow the placed ones.
+    fn advance(&mut self, cap: usize) {
+        while !self.overflowed && self.next < self.done.len() {
+            let Some(len) = self.done[self.next] else {
+                break;
+            };
+            if self.offset + len > cap {
+                self.overflowed = true;
+                break;
+            }
+            self.at[self.next] = self.offset;
+            self.offset += len;
+            self.next += 1;
+        }
+    }
+}
+
+fn lock_placement(m: &Mutex<Placement>) -> std::sync::MutexGuard<'_, Placement> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Sets the abort flag and wakes the waiting workers if a worker unwinds.
+struct WakeOnPanic<'a>(&'a AtomicBool, &'a Condvar, &'a Mutex<Placement>);
+
+impl Drop for WakeOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.store(true, Ordering::Relaxed);
+            let _guard = self.2.lock();
+            self.1.notify_all();
+        }
+    }
+}
 
 const A_DROP: u8 = 0;
 const A_SPACE: u8 = 1;
@@ -569,21 +645,16 @@ impl Tokenizer {
             };
             r.map_err(|e| name_text(i, e))
         };
-        // The scratch buffers (`map_init`) live across the chunks one rayon job runs, warm
-        // and grown, instead of starting empty for every chunk.
-        let work = |sc: &mut Scratch, &(s, e): &(usize, usize)| -> Result<ChunkOut> {
-            let mut buf = EncodingBuf::default();
-            let est = texts[s..e].iter().map(|t| t.len()).sum::<usize>() / 3 + 3 * (e - s) + 16;
-            buf.ids.reserve(est);
-            buf.type_ids.reserve(est);
-            buf.offsets.reserve(est);
-            buf.word_ids.reserve(est);
+        let work = |sc: &mut Scratch,
+                    &(s, e): &(usize, usize),
+                    buf: &mut EncodingBuf|
+         -> Result<(Vec<u32>, Vec<i64>)> {
             let mut lens = Vec::with_capacity(e - s);
             let mut samples = Vec::new();
             for i in s..e {
-                one(i, sc, &mut buf, &mut lens, &mut samples)?;
+                one(i, sc, buf, &mut lens, &mut samples)?;
             }
-            Ok((buf, lens, samples))
+            Ok((lens, samples))
         };
         let mut batch = RaggedBatch::default();
         batch.row_splits.reserve(n + 1);
@@ -622,62 +693,185 @@ impl Tokenizer {
             }
             return Ok((batch, samples));
         }
-        let parts: Vec<Result<ChunkOut>> = pool::run(Some(threads), || {
-            chunks.par_iter().map_init(Scratch::default, work).collect()
-        })?;
-        let parts: Vec<ChunkOut> = parts.into_iter().collect::<Result<_>>()?;
-        let total: usize = parts.iter().map(|(b, _, _)| b.len()).sum();
-        let mut acc = 0i64;
-        let mut samples = Vec::new();
-        for (_, lens, s) in &parts {
-            for &l in lens {
-                acc += l as i64;
-                batch.row_splits.push(acc);
-            }
-            samples.extend_from_slice(s);
-        }
-        // Assemble in parallel into uninitialized capacity (no serial zeroing pass): each
-        // thread writes, and faults in, its own region.
+        self.encode_chunks_ordered(&chunks, threads, total_bytes / 2 + 3 * n + 64, &work, batch)
+    }
+
+    /// Encode `chunks` on `threads` threads into `batch` (which holds the row-split origin
+    /// only), in chunk order.
+    ///
+    /// Threads claim chunks in increasing order and encode each into a reused, cache-warm
+    /// buffer of their own. A chunk's place in the output is known once every earlier chunk is
+    /// finished (its offset is the sum of their lengths); a thread copies each of its chunks
+    /// there as soon as that holds, waiting at the end for the places of its last ones. The
+    /// output columns are allocated once, with capacity `cap` (an estimate); chunks past it
+    /// are appended afterwards (a reallocation, rare). The result is the concatenation in
+    /// chunk order, whatever thread encoded what.
+    fn encode_chunks_ordered(
+        &self,
+        chunks: &[(usize, usize)],
+        threads: usize,
+        cap: usize,
+        work: &ChunkWork<'_>,
+        mut batch: RaggedBatch,
+    ) -> Result<(RaggedBatch, Vec<i64>)> {
+        let nch = chunks.len();
         let t = &mut batch.tokens;
-        t.ids = Vec::with_capacity(total);
-        t.type_ids = Vec::with_capacity(total);
-        t.offsets = Vec::with_capacity(total);
-        t.word_ids = Vec::with_capacity(total);
-        let mut regions = Vec::with_capacity(parts.len());
-        {
-            let (mut ids, mut types, mut offs, mut words) = (
-                &mut t.ids.spare_capacity_mut()[..total],
-                &mut t.type_ids.spare_capacity_mut()[..total],
-                &mut t.offsets.spare_capacity_mut()[..total],
-                &mut t.word_ids.spare_capacity_mut()[..total],
-            );
-            for (b, _, _) in &parts {
-                let n = b.len();
-                let (a1, r1) = std::mem::take(&mut ids).split_at_mut(n);
-                let (a2, r2) = std::mem::take(&mut types).split_at_mut(n);
-                let (a3, r3) = std::mem::take(&mut offs).split_at_mut(n);
-                let (a4, r4) = std::mem::take(&mut words).split_at_mut(n);
-                regions.push((b, a1, a2, a3, a4));
-                (ids, types, offs, words) = (r1, r2, r3, r4);
+        t.ids = Vec::with_capacity(cap);
+        t.type_ids = Vec::with_capacity(cap);
+        t.offsets = Vec::with_capacity(cap);
+        t.word_ids = Vec::with_capacity(cap);
+        let dest = Dest {
+            ids: t.ids.as_mut_ptr(),
+            types: t.type_ids.as_mut_ptr(),
+            offs: t.offsets.as_mut_ptr(),
+            words: t.word_ids.as_mut_ptr(),
+        };
+        let next_chunk = AtomicUsize::new(0);
+        let abort = AtomicBool::new(false);
+        let place = Mutex::new(Placement {
+            next: 0,
+            offset: 0,
+            done: vec![None; nch],
+            at: vec![0; nch],
+            overflowed: false,
+        });
+        let placed = Condvar::new();
+        type Meta = Mutex<Option<Result<(Vec<u32>, Vec<i64>)>>>;
+        let metas: Vec<Meta> = (0..nch).map(|_| Mutex::new(None)).collect();
+        let leftovers: Mutex<Vec<(usize, EncodingBuf)>> = Mutex::new(Vec::new());
+        // Copy the chunks of `mine` that have a place; with `wait`, first wait until one has.
+        // Returns false when nothing more will be placed (overflow or abort).
+        let copy_ready = |mine: &mut Vec<(usize, EncodingBuf)>,
+                          spare: &mut Vec<EncodingBuf>,
+                          wait: bool|
+         -> bool {
+            let mut ready = Vec::new();
+            {
+                let mut p = lock_placement(&place);
+                loop {
+                    let mut k = 0;
+                    while k < mine.len() {
+                        if mine[k].0 < p.next {
+                            let (c, buf) = mine.swap_remove(k);
+                            ready.push((p.at[c], buf));
+                        } else {
+                            k += 1;
+                        }
+                    }
+                    let stuck = p.overflowed || abort.load(Ordering::Relaxed);
+                    if stuck && ready.is_empty() {
+                        return false;
+                    }
+                    if !ready.is_empty() || !wait || mine.is_empty() || stuck {
+                        break;
+                    }
+                    p = placed.wait(p).unwrap_or_else(|e| e.into_inner());
+                }
             }
-        }
+            for (at, mut buf) in ready {
+                // SAFETY: `at + buf.len() <= cap` (checked when the place was assigned) and
+                // places of different chunks do not overlap, so this writes a region of the
+                // columns' capacity that no other thread touches; the columns are not moved or
+                // read until every worker has returned.
+                unsafe { dest.write(at, &buf) };
+                buf.clear();
+                spare.push(buf);
+            }
+            true
+        };
+        let worker = || {
+            // However this worker ends (a panic included), threads waiting for places wake.
+            let _wake = WakeOnPanic(&abort, &placed, &place);
+            let mut sc = Scratch::default();
+            let mut mine: Vec<(usize, EncodingBuf)> = Vec::new();
+            let mut spare: Vec<EncodingBuf> = Vec::new();
+            loop {
+                let k = next_chunk.fetch_add(1, Ordering::Relaxed);
+                if k >= nch || abort.load(Ordering::Relaxed) {
+                    break;
+                }
+                let mut buf = spare.pop().unwrap_or_default();
+                let r = work(&mut sc, &chunks[k], &mut buf);
+                // A chunk that failed counts as empty: placement goes on, and the call reports
+                // the error of the first failing chunk once every chunk has run.
+                if r.is_err() {
+                    buf.clear();
+                }
+                *metas[k].lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+                {
+                    let mut p = lock_placement(&place);
+                    p.done[k] = Some(buf.len());
+                    p.advance(cap);
+                    placed.notify_all();
+                }
+                mine.push((k, buf));
+                copy_ready(&mut mine, &mut spare, false);
+            }
+            while !mine.is_empty() {
+                if !copy_ready(&mut mine, &mut spare, true) {
+                    break;
+                }
+            }
+            if !mine.is_empty() {
+                leftovers
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .append(&mut mine);
+            }
+        };
         pool::run(Some(threads), || {
-            regions.into_par_iter().for_each(|(b, a1, a2, a3, a4)| {
-                a1.write_copy_of_slice(&b.ids);
-                a2.write_copy_of_slice(&b.type_ids);
-                a3.write_copy_of_slice(&b.offsets);
-                a4.write_copy_of_slice(&b.word_ids);
+            rayon::scope(|s| {
+                for _ in 0..threads {
+                    s.spawn(|_| worker());
+                }
             })
         })?;
-        // SAFETY: the regions are consecutive and their lengths sum to `total` (the sum of the
-        // parts' lengths), so every element of `0..total` of each vector was written above
-        // (a panic there unwinds before this point, leaving the vectors empty).
-        unsafe {
-            t.ids.set_len(total);
-            t.type_ids.set_len(total);
-            t.offsets.set_len(total);
-            t.word_ids.set_len(total);
+        let p = place.into_inner().unwrap_or_else(|e| e.into_inner());
+        let mut acc = 0i64;
+        let mut samples = Vec::new();
+        let mut first_err = None;
+        for m in metas {
+            match m.into_inner().unwrap_or_else(|e| e.into_inner()) {
+                Some(Ok((lens, s))) => {
+                    for l in lens {
+                        acc += l as i64;
+                        batch.row_splits.push(acc);
+                    }
+                    samples.extend_from_slice(&s);
+                }
+                Some(Err(e)) => {
+                    first_err = first_err.or(Some(e));
+                }
+                None => {
+                    first_err = first_err.or_else(|| {
+                        Some(Error::Internal("a chunk of the batch did not run".into()))
+                    })
+                }
+            }
         }
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        if p.next < nch && !p.overflowed {
+            return Err(Error::Internal(
+                "chunks of the batch were not placed".into(),
+            ));
+        }
+        let t = &mut batch.tokens;
+        // SAFETY: chunks `0..p.next` were written to consecutive places covering
+        // `0..p.offset`, all within the capacity (see `copy_ready`).
+        unsafe {
+            t.ids.set_len(p.offset);
+            t.type_ids.set_len(p.offset);
+            t.offsets.set_len(p.offset);
+            t.word_ids.set_len(p.offset);
+        }
+        let mut rest = leftovers.into_inner().unwrap_or_else(|e| e.into_inner());
+        rest.sort_by_key(|(k, _)| *k);
+        for (_, buf) in &rest {
+            t.extend_prefix(buf, buf.len());
+        }
+        debug_assert_eq!(t.len() as i64, acc);
         Ok((batch, samples))
     }
 
@@ -1747,6 +1941,59 @@ mod tests {
         };
         let err = t.encode_batch(&["x"], None, &no_max, Some(1)).unwrap_err();
         assert!(err.to_string().contains("stride"), "{err}");
+    }
+
+    #[test]
+    fn dense_batches_past_the_output_estimate_are_complete_and_ordered() {
+        // Every character a token: more tokens than the assembled columns' first capacity
+        // (bytes / 2 + 3 per text), so later chunks take the append path.
+        let t = tok();
+        let texts: Vec<String> = (0..3000)
+            .map(|i| ",!".repeat(20 + i % 50) + if i % 3 == 0 { " hello" } else { "" })
+            .collect();
+        let refs: Vec<&str> = texts.iter().map(|s| s.as_str()).collect();
+        let o = EncodeOptions::default();
+        let one = t.encode_batch(&refs, None, &o, Some(1)).unwrap();
+        let bytes: usize = refs.iter().map(|s| s.len()).sum();
+        assert!(one.tokens.len() > bytes / 2 + 3 * refs.len() + 64);
+        for threads in [2, 3, 5] {
+            assert_eq!(t.encode_batch(&refs, None, &o, Some(threads)).unwrap(), one);
+        }
+        for i in [0, 1234, 2999] {
+            let e = t.encode(refs[i], None, &o).unwrap();
+            let (s, end) = (one.row_splits[i] as usize, one.row_splits[i + 1] as usize);
+            assert_eq!(one.tokens.ids[s..end], e.ids[..]);
+        }
+    }
+
+    #[test]
+    fn the_first_failing_text_is_reported_whatever_the_thread_count() {
+        let t = tok();
+        let texts: Vec<String> = (0..4000).map(|i| "hello ".repeat(1 + i % 13)).collect();
+        // Texts fail from 2502 on (7 + 3 tokens: both truncated to 3, not above the
+        // stride); the batch is cut into many chunks, so several chunks fail.
+        let pairs: Vec<String> = (0..4000)
+            .map(|i| "world ".repeat(if i < 2500 { 1 } else { 1 + i % 5 }))
+            .collect();
+        let tr: Vec<&str> = texts.iter().map(|s| s.as_str()).collect();
+        let pr: Vec<&str> = pairs.iter().map(|s| s.as_str()).collect();
+        let o = EncodeOptions {
+            max_length: Some(9),
+            stride: 3,
+            ..Default::default()
+        };
+        let want = t
+            .encode_batch(&tr, Some(&pr), &o, Some(1))
+            .unwrap_err()
+            .to_string();
+        for threads in [2, 3, 4] {
+            let got = t
+                .encode_batch(&tr, Some(&pr), &o, Some(threads))
+                .unwrap_err()
+                .to_string();
+            assert_eq!(got, want, "threads {threads}");
+        }
+        assert!(want.contains("texts[2502]"), "{want}");
     }
 
     #[test]
