@@ -819,13 +819,14 @@ impl Tokenizer {
                     .append(&mut mine);
             }
         };
-        pool::run(Some(threads), || {
-            rayon::scope(|s| {
-                for _ in 0..threads {
-                    s.spawn(|_| worker());
-                }
-            })
-        })?;
+        // The calling thread works too, from the start: `threads - 1` pool workers join it as
+        // they wake up (a late one just claims fewer chunks).
+        pool::get(threads - 1)?.in_place_scope(|s| {
+            for _ in 1..threads {
+                s.spawn(|_| worker());
+            }
+            worker();
+        });
         let p = place.into_inner().unwrap_or_else(|e| e.into_inner());
         let mut acc = 0i64;
         let mut samples = Vec::new();
