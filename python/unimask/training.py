@@ -245,14 +245,20 @@ def fsdp_blocks(model: nn.Module) -> list[nn.Module]:
     return blocks
 
 
-def fsdp_shard(model: nn.Module, device: str | torch.device, world_size: int | None = None) -> nn.Module:
+def fsdp_shard(model: nn.Module, device: str | torch.device, world_size: int | None = None,
+               sync_module_states: bool = True) -> nn.Module:
     """Shard ``model`` in place with FSDP2 (``torch.distributed.fsdp.fully_shard``) over a 1-D
     device mesh of all ranks on ``device``'s type: each of :func:`fsdp_blocks` first, then the
     root — the bottom-up order of the PyTorch FSDP2 tutorial and torchtitan. Works on gloo
     (CPU) and NCCL (CUDA); parameters become ``DTensor`` shards on ``device`` (each unit moves
     there as it is sharded); forward/backward all-gather them per unit and reduce-scatter the
     gradients (averaged over ranks, as DDP). Returns ``model`` (now also an ``FSDPModule``).
-    ``torch.distributed`` must be initialised."""
+    ``torch.distributed`` must be initialised.
+
+    ``fully_shard`` keeps each rank's own slice of its own tensors, so with
+    ``sync_module_states`` (default) rank 0's parameters and buffers are first broadcast, one
+    tensor at a time, as DDP does at construction (FSDP1's ``sync_module_states``): ranks that
+    initialised differently still start from one model."""
     import torch.distributed as dist  # noqa: PLC0415
     from torch.distributed.device_mesh import init_device_mesh  # noqa: PLC0415
     from torch.distributed.fsdp import fully_shard  # noqa: PLC0415
@@ -264,10 +270,29 @@ def fsdp_shard(model: nn.Module, device: str | torch.device, world_size: int | N
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)  # a CUDA mesh communicates on the current device
     mesh = init_device_mesh(device.type, (world,))
+    if sync_module_states and world > 1:
+        with torch.no_grad():
+            for t in [*model.parameters(), *model.buffers()]:
+                on_device = t.detach().to(device)  # the tensor itself when already there
+                dist.broadcast(on_device, src=0)
+                if on_device.data_ptr() != t.data_ptr():
+                    t.copy_(on_device)
     for block in fsdp_blocks(model):
         fully_shard(block, mesh=mesh)
     fully_shard(model, mesh=mesh)
     return model
+
+
+def _reshard(model: nn.Module) -> None:
+    """Register the sharded parameters again on every FSDP unit. FSDP2 keeps the root unit
+    unsharded after a forward (it expects the backward next); after an evaluation forward the
+    modules would hold plain tensors that are not the optimizer's parameters, and
+    ``get_optimizer_state_dict`` could not map them (``KeyError``)."""
+    from torch.distributed.fsdp import FSDPModule  # noqa: PLC0415
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
 
 
 @dataclass
@@ -380,6 +405,8 @@ class Trainer:
             correct += int((logits.argmax(-1) == labels).sum())
             count += labels.numel()
         self.model.train(was_training)
+        if self.sharded:
+            _reshard(self.model)
         if count == 0:
             return {}
         loss = total / count
@@ -550,9 +577,11 @@ class Trainer:
                 set_optimizer_state_dict,
             )
 
-            opts = StateDictOptions(full_state_dict=True)
-            set_model_state_dict(self.wrapped, state["model"], options=opts)
-            set_optimizer_state_dict(self.wrapped, self.optimizer, state["optimizer"], options=opts)
+            set_model_state_dict(self.wrapped, state["model"], options=StateDictOptions(full_state_dict=True))
+            # strict=False: a parameter that never had a gradient (MASS's unused pooler) has no
+            # AdamW state in the checkpoint, as in an uninterrupted run
+            set_optimizer_state_dict(self.wrapped, self.optimizer, state["optimizer"],
+                                     options=StateDictOptions(full_state_dict=True, strict=False))
         else:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
