@@ -5,13 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from unimask.models import EncoderConfig, UnifiedLM
+from unimask.models import EncoderConfig, MassSeq2Seq, UnifiedLM
 from unimask.pretrain import CorpusBatches, SpecialIds, CorpusCollator, examples_of
 from unimask.training import (
     CheckpointError,
     Trainer,
     TrainingConfig,
     configure_optimizers,
+    fsdp_blocks,
+    fsdp_shard,
     linear_schedule,
     load_checkpoint_file,
     save_checkpoint_file,
@@ -157,3 +159,34 @@ def test_autocast_precisions_need_cuda():
         Trainer(tiny_model(), lambda s: iter(()), TrainingConfig(precision="bf16"), device="cpu")
     with pytest.raises(ValueError, match="grad_accum"):
         TrainingConfig(grad_accum=0)
+
+
+def test_history_records_the_global_grad_norm_before_clipping():
+    """Oracle: the same two micro-batches, loss / 2 each, backward by hand, then
+    sqrt(sum of squared gradients) over every parameter."""
+    docs = synthetic_documents()
+    cfg = TrainingConfig(max_steps=1, lr=1e-3, warmup_steps=0, grad_accum=2, grad_clip=1e-3, eval_every=0,
+                         progress=False, precision="fp32")
+    t = Trainer(tiny_model(dropout=0.0), source(docs), cfg, device="cpu", log=lambda s: None)
+    t.train()
+    ref = tiny_model(dropout=0.0)
+    it = source(docs).batches(0)
+    for _ in range(2):
+        (ref(**next(it)).loss / 2).backward()
+    norm = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in ref.parameters() if p.grad is not None))
+    assert t.state.history[0]["grad_norm"] == pytest.approx(float(norm), rel=1e-5)
+    assert t.state.history[0]["grad_norm"] > 1e-3  # so the clip acted
+
+
+def test_fsdp_units_are_the_encoder_blocks_and_sharding_needs_torch_distributed():
+    model = tiny_model()
+    assert fsdp_blocks(model) == list(model.encoder.layers)
+    cfg = EncoderConfig(vocab_size=100, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=16)
+    mass = MassSeq2Seq(cfg, num_decoder_layers=1)
+    assert fsdp_blocks(mass) == list(mass.encoder.layers)  # decoder layers stay in the root unit
+    with pytest.raises(ValueError, match="torch.distributed"):
+        fsdp_shard(model, "cpu")
+    # without torch.distributed, distributed="fsdp" trains the plain model
+    t = Trainer(model, lambda s: iter(()), TrainingConfig(distributed="fsdp", precision="fp32"), device="cpu")
+    assert not t.sharded and t.wrapped is model

@@ -8,7 +8,8 @@ Reads top to bottom like nanoGPT's ``train.py``, but as a small API:
 * :class:`Trainer` — gradient accumulation, gradient clipping, bf16/fp16 autocast on CUDA,
   periodic held-out evaluation (MLM loss, accuracy, perplexity), a tqdm bar with tokens/s, a
   loss-curve PNG at the end, atomic checksummed checkpoints that hold model, optimizer,
-  scheduler, RNG states and the data position, and DDP/FSDP under ``torchrun``.
+  scheduler, RNG states and the data position, and DDP or FSDP under ``torchrun`` (gloo on
+  the CPU, NCCL on CUDA).
 
 Data position is exact by construction: the training data is a :class:`BatchSource`, whose
 ``batches(start)`` yields the micro-batches from index ``start`` on, each a pure function of
@@ -41,6 +42,8 @@ __all__ = [
     "Trainer",
     "BatchSource",
     "configure_optimizers",
+    "fsdp_blocks",
+    "fsdp_shard",
     "linear_schedule",
     "save_checkpoint_file",
     "load_checkpoint_file",
@@ -83,7 +86,7 @@ class TrainingConfig:
     keep_checkpoints: int = 2
     output_dir: str | None = None
     progress: bool = True
-    distributed: str = "ddp"  # ddp | fsdp (fsdp on CUDA only)
+    distributed: str = "ddp"  # ddp | fsdp (FSDP2 ``fully_shard``; CPU/gloo and CUDA/NCCL)
     find_unused_parameters: bool = True
 
     def __post_init__(self) -> None:
@@ -217,6 +220,81 @@ def _count_tokens(batch: Batch) -> int:
     return int(batch["input_ids"].numel())
 
 
+def _full(t: torch.Tensor) -> float:
+    """A scalar as a float; a DTensor (FSDP2's total grad norm) is first made whole."""
+    if hasattr(t, "full_tensor"):
+        t = t.full_tensor()
+    return float(t)
+
+
+def fsdp_blocks(model: nn.Module) -> list[nn.Module]:
+    """The modules :func:`fsdp_shard` makes their own FSDP units: every encoder block
+    (``TransformerEncoder.layers[i]``) anywhere in ``model``.
+
+    Everything else stays in the root unit: the embeddings, because the MLM/LM decoder is tied
+    to the word-embedding table and reads it outside the embedding module (tied parameters
+    must live in one unit, the one whose forward is running), the heads, and MASS's decoder
+    layers (``MassSeq2Seq.encode`` calls ``layer.cross.memory`` outside the layer's forward,
+    where a separately sharded layer would still hold only its shard)."""
+    from .models.encoder import TransformerEncoder  # noqa: PLC0415
+
+    blocks: list[nn.Module] = []
+    for module in model.modules():
+        if isinstance(module, TransformerEncoder):
+            blocks.extend(module.layers)
+    return blocks
+
+
+def fsdp_shard(model: nn.Module, device: str | torch.device, world_size: int | None = None,
+               sync_module_states: bool = True) -> nn.Module:
+    """Shard ``model`` in place with FSDP2 (``torch.distributed.fsdp.fully_shard``) over a 1-D
+    device mesh of all ranks on ``device``'s type: each of :func:`fsdp_blocks` first, then the
+    root — the bottom-up order of the PyTorch FSDP2 tutorial and torchtitan. Works on gloo
+    (CPU) and NCCL (CUDA); parameters become ``DTensor`` shards on ``device`` (each unit moves
+    there as it is sharded); forward/backward all-gather them per unit and reduce-scatter the
+    gradients (averaged over ranks, as DDP). Returns ``model`` (now also an ``FSDPModule``).
+    ``torch.distributed`` must be initialised.
+
+    ``fully_shard`` keeps each rank's own slice of its own tensors, so with
+    ``sync_module_states`` (default) rank 0's parameters and buffers are first broadcast, one
+    tensor at a time, as DDP does at construction (FSDP1's ``sync_module_states``): ranks that
+    initialised differently still start from one model."""
+    import torch.distributed as dist  # noqa: PLC0415
+    from torch.distributed.device_mesh import init_device_mesh  # noqa: PLC0415
+    from torch.distributed.fsdp import fully_shard  # noqa: PLC0415
+
+    device = torch.device(device)
+    if not (dist.is_available() and dist.is_initialized()):
+        raise ValueError("fsdp_shard needs torch.distributed initialised (run under torchrun)")
+    world = dist.get_world_size() if world_size is None else world_size
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # a CUDA mesh communicates on the current device
+    mesh = init_device_mesh(device.type, (world,))
+    if sync_module_states and world > 1:
+        with torch.no_grad():
+            for t in [*model.parameters(), *model.buffers()]:
+                on_device = t.detach().to(device)  # the tensor itself when already there
+                dist.broadcast(on_device, src=0)
+                if on_device.data_ptr() != t.data_ptr():
+                    t.copy_(on_device)
+    for block in fsdp_blocks(model):
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def _reshard(model: nn.Module) -> None:
+    """Register the sharded parameters again on every FSDP unit. FSDP2 keeps the root unit
+    unsharded after a forward (it expects the backward next); after an evaluation forward the
+    modules would hold plain tensors that are not the optimizer's parameters, and
+    ``get_optimizer_state_dict`` could not map them (``KeyError``)."""
+    from torch.distributed.fsdp import FSDPModule  # noqa: PLC0415
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
 @dataclass
 class _State:
     step: int = 0  # optimizer steps done
@@ -238,8 +316,13 @@ class Trainer:
         device: default CUDA if available, else CPU.
 
     Under ``torchrun`` (``torch.distributed`` initialised before construction) the model is
-    wrapped in DDP (or FSDP on CUDA with ``config.distributed="fsdp"``); the batch source must
-    then give each rank its own part of the data (see :class:`unimask.pretrain.CorpusBatches`).
+    wrapped in DDP, or with ``config.distributed="fsdp"`` sharded in place by FSDP2
+    (:func:`fsdp_shard`: each encoder block, then the root), on gloo (CPU) as on NCCL (CUDA);
+    the batch source must then give each rank its own part of the data (see
+    :class:`unimask.pretrain.CorpusBatches`). Under FSDP every rank must call
+    :meth:`evaluate`, :meth:`save_checkpoint` and :meth:`load_checkpoint` (they are
+    collective), and every rank must use the same parameters in each micro-step (unimask's
+    models keep every head in the graph, so they do).
     """
 
     def __init__(self, model: nn.Module, train_data: BatchSource | Callable[[int], Iterator[Batch]],
@@ -251,7 +334,9 @@ class Trainer:
         self.dist = _dist()
         self.rank = self.dist.get_rank() if self.dist else 0
         self.world = self.dist.get_world_size() if self.dist else 1
-        self.model = model.to(self.device)
+        # FSDP moves each unit to the device as it shards it (a model too big for one GPU is
+        # never whole on it); everything else moves the whole model now
+        self.model = model if self.sharded else model.to(self.device)
         self.train_data = train_data
         self.eval_data = eval_data
         self.log = log if log is not None else (print if self.rank == 0 else (lambda _s: None))
@@ -267,15 +352,16 @@ class Trainer:
         self.scheduler = linear_schedule(self.optimizer, config.warmup_steps, config.max_steps)
         self.state = _State()
 
+    @property
+    def sharded(self) -> bool:
+        """True when the parameters are sharded across ranks (FSDP under ``torch.distributed``)."""
+        return self.config.distributed == "fsdp" and self.dist is not None
+
     def _wrap(self, model: nn.Module) -> nn.Module:
         if self.dist is None:
             return model
         if self.config.distributed == "fsdp":
-            if self.device.type != "cuda":
-                raise ValueError("FSDP is enabled only on CUDA; use distributed='ddp' on the CPU (gloo)")
-            from torch.distributed.fsdp import FullyShardedDataParallel  # noqa: PLC0415
-
-            return FullyShardedDataParallel(model, use_orig_params=True, device_id=self.device)
+            return fsdp_shard(model, self.device, self.world)
         from torch.nn.parallel import DistributedDataParallel  # noqa: PLC0415
 
         ids = [self.device.index] if self.device.type == "cuda" else None
@@ -306,8 +392,9 @@ class Trainer:
         was_training = self.model.training
         self.model.eval()
         total, correct, count = 0.0, 0, 0
-        # FSDP shards the parameters: evaluate through the wrapper (every rank calls evaluate)
-        model = self.wrapped if self.config.distributed == "fsdp" and self.dist is not None else self.model
+        # FSDP shards the parameters: evaluate through the FSDP hooks (every rank calls evaluate);
+        # DDP: the plain module (no gradient sync needed)
+        model = self.wrapped if self.sharded else self.model
         for batch in data:
             with self._autocast():
                 out = model(**self._to_device(batch))
@@ -318,6 +405,8 @@ class Trainer:
             correct += int((logits.argmax(-1) == labels).sum())
             count += labels.numel()
         self.model.train(was_training)
+        if self.sharded:
+            _reshard(self.model)
         if count == 0:
             return {}
         loss = total / count
@@ -348,8 +437,10 @@ class Trainer:
                 self.state.data_position += 1
                 tokens += _count_tokens(batch) * self.world
                 batch = self._to_device(batch)
-                sync = micro == cfg.grad_accum - 1 or not hasattr(model, "no_sync")
-                ctx = model.no_sync() if not sync else _nullcontext()
+                sync = micro == cfg.grad_accum - 1
+                if hasattr(model, "set_requires_gradient_sync"):  # FSDP2: reduce-scatter on the last micro-step only
+                    model.set_requires_gradient_sync(sync)
+                ctx = model.no_sync() if not sync and hasattr(model, "no_sync") else _nullcontext()
                 with ctx:
                     with self._autocast():
                         loss = model(**batch).loss / cfg.grad_accum
@@ -357,11 +448,10 @@ class Trainer:
                 loss_sum += float(loss.detach())
             if self.scaler:
                 self.scaler.unscale_(opt)
+            grad_norm = None
             if cfg.grad_clip and cfg.grad_clip > 0:
-                if hasattr(model, "clip_grad_norm_"):  # FSDP
-                    model.clip_grad_norm_(cfg.grad_clip)
-                else:
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                # FSDP2 gradients are DTensor shards: clip_grad_norm_ reduces the norm over ranks
+                grad_norm = _full(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
             if self.scaler:
                 self.scaler.step(opt)
                 self.scaler.update()
@@ -374,8 +464,10 @@ class Trainer:
                 t = torch.tensor([loss_sum], device=self.device)
                 self.dist.all_reduce(t)
                 loss_sum = float(t) / self.world
-            self.state.history.append({"step": self.state.step, "loss": loss_sum,
-                                       "lr": self.scheduler.get_last_lr()[0]})
+            record = {"step": self.state.step, "loss": loss_sum, "lr": self.scheduler.get_last_lr()[0]}
+            if grad_norm is not None:
+                record["grad_norm"] = grad_norm
+            self.state.history.append(record)
             if bar is not None:
                 rate = tokens / max(time.perf_counter() - t0, 1e-9)
                 bar.set_postfix(loss=f"{loss_sum:.3f}", tok_s=f"{rate:,.0f}")
@@ -403,28 +495,39 @@ class Trainer:
 
     # -- checkpoints ------------------------------------------------------------------------
     def _model_state(self) -> dict[str, torch.Tensor]:
-        if self.config.distributed == "fsdp" and self.dist is not None:
+        """The full (unsharded) model state dict on the CPU; under FSDP a collective that
+        gathers the shards, and only rank 0 receives the tensors (the others get ``{}``)."""
+        if self.sharded:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict  # noqa: PLC0415
 
             return get_model_state_dict(self.wrapped, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
 
     def checkpoint_state(self) -> dict[str, Any]:
-        """Everything needed to continue exactly: model, optimizer, scheduler, RNG, data position."""
-        if self.config.distributed == "fsdp" and self.dist is not None:
+        """Everything needed to continue exactly: model, optimizer, scheduler, RNG (every
+        rank's), data position. Under ``torch.distributed`` a collective (every rank calls it);
+        under FSDP the model and optimizer states are gathered whole (unsharded, FQN-keyed) on
+        rank 0 through ``torch.distributed.checkpoint.state_dict``."""
+        if self.sharded:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict  # noqa: PLC0415
 
             optim = get_optimizer_state_dict(self.wrapped, self.optimizer,
                                              options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         else:
             optim = self.optimizer.state_dict()
+        rng = _rng_state()
+        rng_per_rank = None
+        if self.dist is not None:  # each rank has its own RNG stream (dropout): keep them all
+            rng_per_rank = [None] * self.world
+            self.dist.all_gather_object(rng_per_rank, rng)
         return {
             "format": "unimask-checkpoint-1",
             "model": self._model_state(),
             "optimizer": optim,
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler else None,
-            "rng": _rng_state(),
+            "rng": rng,
+            "rng_per_rank": rng_per_rank,
             "step": self.state.step,
             "data_position": self.state.data_position,
             "history": self.state.history,
@@ -467,23 +570,26 @@ class Trainer:
                 f"checkpoint {path} was written by {state['world_size']} processes, this run has {self.world}; "
                 "the data position would not be exact"
             )
-        if self.config.distributed == "fsdp" and self.dist is not None:
+        if self.sharded:
             from torch.distributed.checkpoint.state_dict import (  # noqa: PLC0415
                 StateDictOptions,
                 set_model_state_dict,
                 set_optimizer_state_dict,
             )
 
-            opts = StateDictOptions(full_state_dict=True)
-            set_model_state_dict(self.wrapped, state["model"], options=opts)
-            set_optimizer_state_dict(self.wrapped, self.optimizer, state["optimizer"], options=opts)
+            set_model_state_dict(self.wrapped, state["model"], options=StateDictOptions(full_state_dict=True))
+            # strict=False: a parameter that never had a gradient (MASS's unused pooler) has no
+            # AdamW state in the checkpoint, as in an uninterrupted run
+            set_optimizer_state_dict(self.wrapped, self.optimizer, state["optimizer"],
+                                     options=StateDictOptions(full_state_dict=True, strict=False))
         else:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"])
+        per_rank = state.get("rng_per_rank")
+        _set_rng_state(per_rank[self.rank] if per_rank else state["rng"])
         self.state = _State(state["step"], state["data_position"], list(state["history"]), list(state["evals"]))
 
     # -- plot -------------------------------------------------------------------------------
