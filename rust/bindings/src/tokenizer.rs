@@ -48,19 +48,20 @@ fn as_text_with<'a>(obj: &'a Bound<'_, PyAny>, what: impl Fn() -> String) -> PyR
     })
 }
 
-/// Items of a Python list/tuple/iterable of texts (references held: the strings stay alive,
-/// and their UTF-8 with them, while the GIL is released).
-fn text_items<'py>(obj: &Bound<'py, PyAny>, what: &str) -> PyResult<Vec<Bound<'py, PyAny>>> {
+/// The texts of a Python list/tuple/iterable as a tuple (a snapshot: it holds a reference to
+/// every string, so the strings, and their UTF-8, stay alive while the GIL is released, even if
+/// the caller's list changes). A list is copied by one C call (`PyList_AsTuple`).
+fn text_items<'py>(obj: &Bound<'py, PyAny>, what: &str) -> PyResult<Bound<'py, PyTuple>> {
     if obj.is_instance_of::<PyString>() {
         return Err(PyTypeError::new_err(format!(
             "{what} must be a list of str, got a single str (wrap it in a list)"
         )));
     }
     if let Ok(l) = obj.cast::<PyList>() {
-        return Ok(l.iter().collect());
+        return Ok(l.to_tuple());
     }
     if let Ok(t) = obj.cast::<PyTuple>() {
-        return Ok(t.iter().collect());
+        return Ok(t.clone());
     }
     let mut v = Vec::new();
     let it = obj.try_iter().map_err(|_| {
@@ -74,17 +75,48 @@ fn text_items<'py>(obj: &Bound<'py, PyAny>, what: &str) -> PyResult<Vec<Bound<'p
     for x in it {
         v.push(x?);
     }
-    Ok(v)
+    PyTuple::new(obj.py(), v)
 }
 
 /// The UTF-8 of each text, borrowed from the Python strings (no copy: a `str` is immutable and
 /// its UTF-8 lives as long as the object, which `items` keeps alive).
-fn borrow_texts<'a>(items: &'a [Bound<'_, PyAny>], what: &str) -> PyResult<Vec<&'a str>> {
-    items
-        .iter()
-        .enumerate()
-        .map(|(i, item)| as_text_with(item, || format!("{what}[{i}]")))
-        .collect()
+///
+/// This runs once per text with the GIL held, before the parallel work, so it is written
+/// against the C API (a borrowed tuple item, a type check, `PyUnicode_AsUTF8AndSize`: a few
+/// nanoseconds a text); anything unusual takes [`as_text_with`] for its error.
+fn borrow_texts<'a>(items: &'a Bound<'_, PyTuple>, what: &str) -> PyResult<Vec<&'a str>> {
+    let n = items.len();
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        // SAFETY: `i < len(items)`; the item is a borrowed reference that `items` keeps alive.
+        let item =
+            unsafe { pyo3::ffi::PyTuple_GetItem(items.as_ptr(), i as pyo3::ffi::Py_ssize_t) };
+        let mut len: pyo3::ffi::Py_ssize_t = 0;
+        // SAFETY: `item` is a live object; `PyUnicode_AsUTF8AndSize` is called on a `str` only.
+        let ptr = if !item.is_null() && unsafe { pyo3::ffi::PyUnicode_Check(item) } != 0 {
+            unsafe { pyo3::ffi::PyUnicode_AsUTF8AndSize(item, &mut len) }
+        } else {
+            std::ptr::null()
+        };
+        if ptr.is_null() {
+            // Not a str, or not encodable (a lone surrogate): report it the usual way.
+            let _ = PyErr::take(items.py());
+            let obj = items.get_item(i)?;
+            as_text_with(&obj, || format!("{what}[{i}]"))?;
+            return Err(PyValueError::new_err(format!(
+                "{what}[{i}] could not be read as text"
+            )));
+        }
+        // SAFETY: CPython returns `len` bytes of valid UTF-8 owned by the `str` object, which
+        // is immutable and lives as long as `items` (lifetime `'a`).
+        out.push(unsafe {
+            std::str::from_utf8_unchecked(std::slice::from_raw_parts(
+                ptr as *const u8,
+                len as usize,
+            ))
+        });
+    }
+    Ok(out)
 }
 
 type Columns<'py> = (
@@ -306,7 +338,7 @@ impl PyTokenizer {
         let t = borrow_texts(&items, "texts")?;
         let pair_items = pairs.map(|p| text_items(p, "pairs")).transpose()?;
         let p = pair_items
-            .as_deref()
+            .as_ref()
             .map(|v| borrow_texts(v, "pairs"))
             .transpose()?;
         let inner = Arc::clone(&self.inner);
