@@ -605,17 +605,23 @@ impl Tokenizer {
         let threads = pool::resolve_threads(num_threads)?;
         let total_bytes: usize = texts.iter().map(|t| t.len()).sum::<usize>()
             + pairs.map_or(0, |p| p.iter().map(|t| t.len()).sum());
-        // Chunks cut by bytes of text (not by text count, so long and short texts balance):
-        // about 16 per thread, between 4 and 64 KiB each (enough to amortize a chunk's setup,
-        // small enough that the last chunk does not leave a thread idle for long).
+        // Chunks cut by bytes of text (not by text count, so long and short texts balance),
+        // shrinking towards the end (guided self-scheduling): each takes 1/(4 x threads) of the
+        // bytes still left, between 2 and 64 KiB, so early chunks amortize their setup and the
+        // last ones are small enough that no thread waits long for another at the end.
         let n = texts.len();
-        let target = (total_bytes / (threads * 16)).clamp(4 << 10, 64 << 10);
+        let cost = |i: usize| texts[i].len() + pairs.map_or(0, |p| p[i].len()) + 16;
+        let mut left: usize = total_bytes + 16 * n;
+        let target_for = |left: usize| (left / (threads * 4)).clamp(2 << 10, 64 << 10);
         let mut chunks: Vec<(usize, usize)> = Vec::new();
         let (mut start, mut acc) = (0usize, 0usize);
-        for (i, t) in texts.iter().enumerate() {
-            acc += t.len() + pairs.map_or(0, |p| p[i].len()) + 16;
+        let mut target = target_for(left);
+        for i in 0..n {
+            acc += cost(i);
             if acc >= target || i + 1 - start >= 4096 {
                 chunks.push((start, i + 1));
+                left = left.saturating_sub(acc);
+                target = target_for(left);
                 start = i + 1;
                 acc = 0;
             }
