@@ -220,6 +220,8 @@ struct Placement {
     at: Vec<usize>,
     /// A chunk did not fit the capacity: it and the later ones are appended at the end.
     overflowed: bool,
+    /// Threads blocked waiting for a place (notifying costs a system call; skip it when none).
+    waiting: usize,
 }
 
 impl Placement {
@@ -655,6 +657,13 @@ impl Tokenizer {
                     &(s, e): &(usize, usize),
                     buf: &mut EncodingBuf|
          -> Result<(Vec<u32>, Vec<i64>)> {
+            // Room for the chunk's tokens up front (a no-op on a reused buffer that has it),
+            // instead of growing by doubling and copying.
+            let est = texts[s..e].iter().map(|t| t.len()).sum::<usize>() / 3 + 3 * (e - s) + 16;
+            buf.ids.reserve(est);
+            buf.type_ids.reserve(est);
+            buf.offsets.reserve(est);
+            buf.word_ids.reserve(est);
             let mut lens = Vec::with_capacity(e - s);
             let mut samples = Vec::new();
             for i in s..e {
@@ -740,6 +749,7 @@ impl Tokenizer {
             done: vec![None; nch],
             at: vec![0; nch],
             overflowed: false,
+            waiting: 0,
         });
         let placed = Condvar::new();
         type Meta = Mutex<Option<Result<(Vec<u32>, Vec<i64>)>>>;
@@ -771,7 +781,9 @@ impl Tokenizer {
                     if !ready.is_empty() || !wait || mine.is_empty() || stuck {
                         break;
                     }
+                    p.waiting += 1;
                     p = placed.wait(p).unwrap_or_else(|e| e.into_inner());
+                    p.waiting -= 1;
                 }
             }
             for (at, mut buf) in ready {
@@ -808,7 +820,9 @@ impl Tokenizer {
                     let mut p = lock_placement(&place);
                     p.done[k] = Some(buf.len());
                     p.advance(cap);
-                    placed.notify_all();
+                    if p.waiting > 0 {
+                        placed.notify_all();
+                    }
                 }
                 mine.push((k, buf));
                 copy_ready(&mut mine, &mut spare, false);
