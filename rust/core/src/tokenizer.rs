@@ -17,7 +17,7 @@
 //! reports for `str` input). ASCII text takes a byte-table fast path; any other text takes the
 //! general normalizer, which follows HF's alignment rules exactly.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 
 use crate::byteclass::{self, ByteClasses};
@@ -174,9 +174,78 @@ pub struct Scratch {
     pieces: Vec<(u32, u32, u32)>,
     /// Block masks of the ASCII path.
     masks: Vec<u64>,
+    /// Pieces of recent multi-piece words of the ASCII path.
+    memo: PieceMemo,
     pair: EncodingBuf,
     first: EncodingBuf,
 }
+
+/// The WordPiece pieces of recently seen multi-piece ASCII words (direct-mapped, 1024 slots,
+/// allocated on first use): a pure function's cache, so results never depend on it. It
+/// belongs to the tokenizer that filled it (`owner`); another one clears it first.
+#[derive(Default)]
+struct PieceMemo {
+    owner: u64,
+    slots: Vec<MemoSlot>,
+}
+
+/// One remembered word: its packed key and length, and up to [`MemoSlot::MAX`] pieces as
+/// (id, end byte); `len == 0` for an empty slot.
+#[derive(Clone, Copy, Default)]
+struct MemoSlot {
+    key: [u64; 2],
+    len: u8,
+    n: u8,
+    ends: [u8; MemoSlot::MAX],
+    ids: [u32; MemoSlot::MAX],
+}
+
+impl MemoSlot {
+    const MAX: usize = 6;
+
+    #[inline]
+    fn get(&self, key: [u64; 2], len: usize) -> Option<&MemoSlot> {
+        (self.len as usize == len && self.key == key).then_some(self)
+    }
+
+    /// Remember `pieces` (byte ranges within the word) if they fit.
+    #[inline]
+    fn put(&mut self, key: [u64; 2], len: usize, pieces: &[(u32, u32, u32)]) {
+        if pieces.len() > Self::MAX {
+            return;
+        }
+        *self = MemoSlot {
+            key,
+            len: len as u8,
+            n: pieces.len() as u8,
+            ..Default::default()
+        };
+        for (j, &(id, _, end)) in pieces.iter().enumerate() {
+            self.ids[j] = id;
+            self.ends[j] = end as u8;
+        }
+    }
+}
+
+impl PieceMemo {
+    const BITS: u32 = 10;
+
+    /// The slot of `key` (a word of `len` <= 16 bytes), for the tokenizer `owner`.
+    #[inline]
+    fn slot(&mut self, owner: u64, key: [u64; 2], len: usize) -> &mut MemoSlot {
+        if self.owner != owner || self.slots.is_empty() {
+            self.owner = owner;
+            self.slots.clear();
+            self.slots.resize(1 << Self::BITS, MemoSlot::default());
+        }
+        let h = (key[0] ^ key[1].rotate_left(29) ^ len as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            >> (64 - Self::BITS);
+        &mut self.slots[h as usize]
+    }
+}
+
+/// Source of [`Tokenizer`] identities (for [`PieceMemo`] ownership); clones share one.
+static NEXT_TOKENIZER_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Encoder of one chunk of a batch `(first text, end)` into a buffer; returns the length of
 /// each row and, with overflowing rows, the text index of each row.
@@ -295,6 +364,8 @@ pub struct Tokenizer {
     pub mask_id: Option<u32>,
     /// Optional Chinese word segmenter: characters of one dictionary word share a word id.
     segmenter: Option<std::sync::Arc<Segmenter>>,
+    /// Identity of this tokenizer's rules (clones share it), for scratch caches.
+    id: u64,
 }
 
 impl Tokenizer {
@@ -423,6 +494,7 @@ impl Tokenizer {
             ascii_map,
             vocab,
             segmenter: None,
+            id: NEXT_TOKENIZER_ID.fetch_add(1, Ordering::Relaxed),
         })
     }
 
@@ -1363,15 +1435,15 @@ impl Tokenizer {
                 let load =
                     |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap_or([0; 8]));
                 let low8 = |x: u64| if lower { ascii_lower_swar(x) } else { x };
-                let hit = if len <= 8 {
-                    let key = if p + 8 <= n {
+                let key = if len <= 8 {
+                    let k = if p + 8 <= n {
                         load(p) & (u64::MAX >> (64 - 8 * len))
                     } else if q >= 8 {
                         load(q - 8) >> (64 - 8 * len)
                     } else {
                         WordTable::pack(&b[p..q])[0]
                     };
-                    self.wordpiece.words().get_short(low8(key), len)
+                    [low8(k), 0]
                 } else {
                     let hi_mask = u64::MAX >> (64 - 8 * (len - 8));
                     let (lo, hi) = if p + 16 <= n {
@@ -1379,7 +1451,12 @@ impl Tokenizer {
                     } else {
                         (load(p), load(q - 8) >> (64 - 8 * (len - 8)))
                     };
-                    self.wordpiece.words().get_long([low8(lo), low8(hi)], len)
+                    [low8(lo), low8(hi)]
+                };
+                let hit = if len <= 8 {
+                    self.wordpiece.words().get_short(key[0], len)
+                } else {
+                    self.wordpiece.words().get_long(key, len)
                 };
                 if let Some(id) = hit {
                     ids.push(id);
@@ -1388,13 +1465,35 @@ impl Tokenizer {
                     wd += 1;
                     continue;
                 }
+                // Not one entry: several pieces (or [UNK]). Running text repeats its rare
+                // words, so their pieces are remembered for the rest of the call.
+                let slot = sc.memo.slot(self.id, key, len);
+                if let Some(m) = slot.get(key, len) {
+                    let mut start = 0u32;
+                    for (&id, &end) in m.ids[..m.n as usize].iter().zip(&m.ends) {
+                        ids.push(id);
+                        offs.push([off + start, off + end as u32]);
+                        words.push(wd);
+                        start = end as u32;
+                    }
+                    wd += 1;
+                    continue;
+                }
+                let map = &self.ascii_map;
+                sc.word.clear();
+                sc.word
+                    .extend(b[p..q].iter().map(|&x| map[x as usize & 127]));
+                sc.pieces.clear();
+                self.wordpiece.tokenize(&sc.word, len, &mut sc.pieces);
+                sc.memo.slot(self.id, key, len).put(key, len, &sc.pieces);
+            } else {
+                let map = &self.ascii_map;
+                sc.word.clear();
+                sc.word
+                    .extend(b[p..q].iter().map(|&x| map[x as usize & 127]));
+                sc.pieces.clear();
+                self.wordpiece.tokenize(&sc.word, len, &mut sc.pieces);
             }
-            let map = &self.ascii_map;
-            sc.word.clear();
-            sc.word
-                .extend(b[p..q].iter().map(|&x| map[x as usize & 127]));
-            sc.pieces.clear();
-            self.wordpiece.tokenize(&sc.word, len, &mut sc.pieces);
             for &(id, ps, pe) in &sc.pieces {
                 ids.push(id);
                 offs.push([off + ps, off + pe]);
@@ -2024,6 +2123,34 @@ mod tests {
             assert_eq!(got, want, "threads {threads}");
         }
         assert!(want.contains("texts[2502]"), "{want}");
+    }
+
+    #[test]
+    fn remembered_pieces_follow_the_tokenizer_that_uses_the_scratch() {
+        // Two vocabularies that split "unaffable" differently; one scratch, alternating.
+        let a = tok();
+        let words = [
+            "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "una", "##ffable", "hello",
+        ];
+        let b = Tokenizer::new(
+            Vocab::new(words.iter().map(|s| s.to_string()).collect()).unwrap(),
+            TokenizerConfig::default(),
+        )
+        .unwrap();
+        let o = EncodeOptions::default();
+        let text = "unaffable hello unaffable UNAFFABLE";
+        let want_a = a.encode(text, None, &o).unwrap();
+        let want_b = b.encode(text, None, &o).unwrap();
+        assert_ne!(want_a.ids, want_b.ids);
+        let mut sc = Scratch::default();
+        for round in 0..3 {
+            for (t, want) in [(&a, &want_a), (&b, &want_b), (&a.clone(), &want_a)] {
+                let mut out = EncodingBuf::default();
+                t.encode_into(text, None, &o, &mut sc, &mut out).unwrap();
+                assert_eq!(out.ids, want.ids, "round {round}");
+                assert_eq!(out.offsets, want.offsets, "round {round}");
+            }
+        }
     }
 
     #[test]
