@@ -311,6 +311,15 @@ impl Placement {
     }
 }
 
+/// Adds one to a counter when dropped (a worker's end, normal or by panic).
+struct CountOnDrop<'a>(&'a AtomicUsize);
+
+impl Drop for CountOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::Release);
+    }
+}
+
 fn lock_placement(m: &Mutex<Placement>) -> std::sync::MutexGuard<'_, Placement> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -919,8 +928,9 @@ impl Tokenizer {
         pool::get(threads - 1)?.in_place_scope(|s| {
             for _ in 1..threads {
                 s.spawn(|_| {
+                    // Counted on unwinding too, or the caller would spin forever.
+                    let _count = CountOnDrop(&finished);
                     worker();
-                    finished.fetch_add(1, Ordering::Release);
                 });
             }
             worker();
@@ -2149,6 +2159,37 @@ mod tests {
                 t.encode_into(text, None, &o, &mut sc, &mut out).unwrap();
                 assert_eq!(out.ids, want.ids, "round {round}");
                 assert_eq!(out.offsets, want.offsets, "round {round}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_panic_in_one_chunk_ends_the_call_without_hanging() {
+        // A panic in the first chunk the calling thread runs, then in the first one a pool
+        // worker runs (chunks are slow enough that workers take some): the call unwinds, every
+        // thread stops, nobody waits forever.
+        let t = tok();
+        let chunks: Vec<(usize, usize)> = (0..24).map(|i| (i, i + 1)).collect();
+        for on_worker in [false, true] {
+            for threads in [2, 3] {
+                let fired = AtomicBool::new(false);
+                let work = |_: &mut Scratch,
+                            c: &(usize, usize),
+                            buf: &mut EncodingBuf|
+                 -> Result<(Vec<u32>, Vec<i64>)> {
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                    let here = rayon::current_thread_index().is_some() == on_worker;
+                    if here && !fired.swap(true, Ordering::SeqCst) {
+                        panic!("deliberate panic in chunk {}", c.0);
+                    }
+                    buf.push(1, 0, 0, 1, 0);
+                    Ok((vec![1], vec![]))
+                };
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    t.encode_chunks_ordered(&chunks, threads, 100, &work, RaggedBatch::default())
+                }));
+                assert!(fired.load(Ordering::SeqCst), "no chunk panicked");
+                assert!(r.is_err(), "on_worker {on_worker}, {threads} threads");
             }
         }
     }
