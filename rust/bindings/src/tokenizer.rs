@@ -93,7 +93,14 @@ fn borrow_texts<'a>(items: &'a Bound<'_, PyTuple>, what: &str) -> PyResult<Vec<&
             unsafe { pyo3::ffi::PyTuple_GetItem(items.as_ptr(), i as pyo3::ffi::Py_ssize_t) };
         let mut len: pyo3::ffi::Py_ssize_t = 0;
         // SAFETY: `item` is a live object; `PyUnicode_AsUTF8AndSize` is called on a `str` only.
-        let ptr = if !item.is_null() && unsafe { pyo3::ffi::PyUnicode_Check(item) } != 0 {
+        // (An exact `str` is recognised by its type pointer, without the call `PyUnicode_Check`
+        // makes under the stable ABI; subclasses take the call.)
+        let is_str = !item.is_null()
+            && unsafe {
+                std::ptr::eq(pyo3::ffi::Py_TYPE(item), &raw mut pyo3::ffi::PyUnicode_Type)
+                    || pyo3::ffi::PyUnicode_Check(item) != 0
+            };
+        let ptr = if is_str {
             unsafe { pyo3::ffi::PyUnicode_AsUTF8AndSize(item, &mut len) }
         } else {
             std::ptr::null()
