@@ -14,8 +14,12 @@
 //!    `[SEP]`), 1 for B (and the final `[SEP]`). Special tokens get offsets (0, 0) and word id -1.
 //!
 //! Offsets are *character* offsets into the original text (what Python's `Encoding.offsets`
-//! reports for `str` input). ASCII text takes a byte-table fast path; any other text takes the
-//! general normalizer, which follows HF's alignment rules exactly.
+//! reports for `str` input). ASCII text takes a fast path (64-byte class masks from
+//! [`crate::byteclass`], one [`WordTable`] probe per word, the trie only for words of several
+//! pieces); other text whose normalization is the identity per character takes a one-pass
+//! path; anything else takes the general normalizer, which follows HF's alignment rules
+//! exactly. `encode_batch` runs chunks in parallel and places them in order (see
+//! [`Tokenizer::encode_chunks_ordered`]).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
