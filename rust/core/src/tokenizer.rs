@@ -19,7 +19,7 @@
 //! pieces); other text whose normalization is the identity per character takes a one-pass
 //! path; anything else takes the general normalizer, which follows HF's alignment rules
 //! exactly. `encode_batch` runs chunks in parallel and places them in order (see
-//! [`Tokenizer::encode_chunks_ordered`]).
+//! `Tokenizer::encode_chunks_ordered`).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
