@@ -7,6 +7,11 @@
 # Results: markdown table on stdout; $OUT/gpu_attention.json and $OUT/gpu_attention.log
 # (OUT defaults to ./gpu_results). BUDGET (seconds, default 420) stops starting new bench
 # shapes; the whole script is killed at BUDGET + 150 s so it always returns.
+# Stage 2 (issue 6's GPU item): one pretraining step with the Triton kernel vs HF
+# BertForPreTraining (bench/bench_pretrain_step.py), when the compiled extension is importable
+# (carry python/unimask/_native.abi3.so, an abi3 build, to the machine) and transformers is
+# installed there; PRETRAIN=0 skips it, PRETRAIN_TIMEOUT (default 240 s) bounds it, and
+# UNIMASK_ATTN_AUTOTUNE defaults to 0 for it (one kernel config: compiles once per shape).
 set -u
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY=${PYTHON:-python3}
@@ -30,4 +35,15 @@ ARGS=(--out "$OUT" --budget-s "$BUDGET")
 timeout $((BUDGET + 150)) "$PY" bench/gpu_attention.py "${ARGS[@]}" 2>&1 | tee "$OUT/gpu_attention.log"
 rc=${PIPESTATUS[0]}
 echo "== exit code $rc (124 = killed by timeout; partial results are in $OUT/gpu_attention.json)"
+if [ "${PRETRAIN:-1}" = "1" ]; then
+    if PYTHONPATH=python "$PY" -c "import unimask._native, transformers" 2>/dev/null; then
+        echo "== pretraining step on the GPU: unimask (Triton kernel) vs HF BertForPreTraining"
+        PYTHONPATH=python UNIMASK_ATTN_AUTOTUNE=${UNIMASK_ATTN_AUTOTUNE:-0} \
+            timeout "${PRETRAIN_TIMEOUT:-240}" "$PY" bench/bench_pretrain_step.py "${PRETRAIN_STEPS:-8}" \
+            2>&1 | tee "$OUT/pretrain_step.log"
+        echo "== pretraining step exit code ${PIPESTATUS[0]} (124 = killed by timeout)"
+    else
+        echo "== pretraining step skipped: unimask._native or transformers not importable here"
+    fi
+fi
 exit "$rc"
