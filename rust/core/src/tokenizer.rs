@@ -815,6 +815,7 @@ impl Tokenizer {
         mut batch: RaggedBatch,
     ) -> Result<(RaggedBatch, Vec<i64>)> {
         let nch = chunks.len();
+        let threads = threads.clamp(1, nch.max(1)); // no worker without a chunk to claim
         let t = &mut batch.tokens;
         t.ids = Vec::with_capacity(cap);
         t.type_ids = Vec::with_capacity(cap);
@@ -929,19 +930,23 @@ impl Tokenizer {
         // spinning (their last chunks end within microseconds of its own): blocking in the
         // scope would put it to sleep, and waking it costs tens of microseconds.
         let finished = AtomicUsize::new(0);
-        pool::get(threads - 1)?.in_place_scope(|s| {
-            for _ in 1..threads {
-                s.spawn(|_| {
-                    // Counted on unwinding too, or the caller would spin forever.
-                    let _count = CountOnDrop(&finished);
-                    worker();
-                });
-            }
+        if threads == 1 {
             worker();
-            while finished.load(Ordering::Acquire) < threads - 1 {
-                std::thread::yield_now();
-            }
-        });
+        } else {
+            pool::get(threads - 1)?.in_place_scope(|s| {
+                for _ in 1..threads {
+                    s.spawn(|_| {
+                        // Counted on unwinding too, or the caller would spin forever.
+                        let _count = CountOnDrop(&finished);
+                        worker();
+                    });
+                }
+                worker();
+                while finished.load(Ordering::Acquire) < threads - 1 {
+                    std::thread::yield_now();
+                }
+            });
+        }
         let p = place.into_inner().unwrap_or_else(|e| e.into_inner());
         let mut acc = 0i64;
         let mut samples = Vec::new();
@@ -2195,6 +2200,20 @@ mod tests {
                 assert!(fired.load(Ordering::SeqCst), "no chunk panicked");
                 assert!(r.is_err(), "on_worker {on_worker}, {threads} threads");
             }
+        }
+    }
+
+    #[test]
+    fn more_threads_than_chunks() {
+        let t = tok();
+        let texts: Vec<String> = (0..3)
+            .map(|i| "hello world unaffable ".repeat(60 + i))
+            .collect();
+        let refs: Vec<&str> = texts.iter().map(|s| s.as_str()).collect();
+        let o = EncodeOptions::default();
+        let one = t.encode_batch(&refs, None, &o, Some(1)).unwrap();
+        for threads in [2, 8, 64] {
+            assert_eq!(t.encode_batch(&refs, None, &o, Some(threads)).unwrap(), one);
         }
     }
 
