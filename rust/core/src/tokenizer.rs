@@ -128,6 +128,13 @@ impl EncodingBuf {
     pub fn is_empty(&self) -> bool {
         self.ids.is_empty()
     }
+    /// Make room for `n` more tokens in every column.
+    pub fn reserve(&mut self, n: usize) {
+        self.ids.reserve(n);
+        self.type_ids.reserve(n);
+        self.offsets.reserve(n);
+        self.word_ids.reserve(n);
+    }
     pub fn clear(&mut self) {
         self.ids.clear();
         self.type_ids.clear();
@@ -681,17 +688,18 @@ impl Tokenizer {
             }
         }
         self.check_options(opts, pairs.is_some())?;
+        let mut total_bytes = 0usize;
         for (i, t) in texts.iter().enumerate() {
             check_len(t, || format!("texts[{i}]"))?;
+            total_bytes += t.len();
         }
         if let Some(p) = pairs {
             for (i, t) in p.iter().enumerate() {
                 check_len(t, || format!("pairs[{i}]"))?;
+                total_bytes += t.len();
             }
         }
         let threads = pool::resolve_threads(num_threads)?;
-        let total_bytes: usize = texts.iter().map(|t| t.len()).sum::<usize>()
-            + pairs.map_or(0, |p| p.iter().map(|t| t.len()).sum());
         // Chunks cut by bytes of text (not by text count, so long and short texts balance),
         // shrinking towards the end (guided self-scheduling): each takes 1/(4 x threads) of the
         // bytes still left, between 2 and 64 KiB, so early chunks amortize their setup and the
@@ -744,11 +752,8 @@ impl Tokenizer {
          -> Result<(Vec<u32>, Vec<i64>)> {
             // Room for the chunk's tokens up front (a no-op on a reused buffer that has it),
             // instead of growing by doubling and copying.
-            let est = texts[s..e].iter().map(|t| t.len()).sum::<usize>() / 3 + 3 * (e - s) + 16;
-            buf.ids.reserve(est);
-            buf.type_ids.reserve(est);
-            buf.offsets.reserve(est);
-            buf.word_ids.reserve(est);
+            let bytes = texts[s..e].iter().map(|t| t.len()).sum::<usize>();
+            buf.reserve(token_estimate(bytes, e - s));
             let mut lens = Vec::with_capacity(e - s);
             let mut samples = Vec::new();
             for i in s..e {
@@ -761,12 +766,7 @@ impl Tokenizer {
         batch.row_splits.push(0);
         if threads == 1 || chunks.len() <= 1 {
             // One thread: encode straight into the output (no per-chunk buffers to concatenate).
-            let est = total_bytes / 3 + 3 * n + 16;
-            let t = &mut batch.tokens;
-            t.ids.reserve(est);
-            t.type_ids.reserve(est);
-            t.offsets.reserve(est);
-            t.word_ids.reserve(est);
+            batch.tokens.reserve(token_estimate(total_bytes, n));
             let mut sc = Scratch::default();
             let mut lens = Vec::with_capacity(if overflow { 0 } else { n });
             let mut samples = Vec::new();
@@ -817,10 +817,8 @@ impl Tokenizer {
         let nch = chunks.len();
         let threads = threads.clamp(1, nch.max(1)); // no worker without a chunk to claim
         let t = &mut batch.tokens;
-        t.ids = Vec::with_capacity(cap);
-        t.type_ids = Vec::with_capacity(cap);
-        t.offsets = Vec::with_capacity(cap);
-        t.word_ids = Vec::with_capacity(cap);
+        *t = EncodingBuf::default();
+        t.reserve(cap);
         let dest = Dest {
             ids: t.ids.as_mut_ptr(),
             types: t.type_ids.as_mut_ptr(),
@@ -1448,6 +1446,8 @@ impl Tokenizer {
             }
             let len = q - p;
             let off = base + p as u32;
+            // The packed key of a word the trie segments below, for the memo.
+            let mut remember = None;
             if len <= WordTable::MAX_LEN && len <= max_chars {
                 // The word's bytes as little-endian u64s: 8 bytes loaded at `p` (or ending at
                 // `q` near the end of the text), the bytes past the word masked off.
@@ -1498,20 +1498,16 @@ impl Tokenizer {
                     wd += 1;
                     continue;
                 }
-                let map = &self.ascii_map;
-                sc.word.clear();
-                sc.word
-                    .extend(b[p..q].iter().map(|&x| map[x as usize & 127]));
-                sc.pieces.clear();
-                self.wordpiece.tokenize(&sc.word, len, &mut sc.pieces);
+                remember = Some(key);
+            }
+            let map = &self.ascii_map;
+            sc.word.clear();
+            sc.word
+                .extend(b[p..q].iter().map(|&x| map[x as usize & 127]));
+            sc.pieces.clear();
+            self.wordpiece.tokenize(&sc.word, len, &mut sc.pieces);
+            if let Some(key) = remember {
                 sc.memo.slot(self.id, key, len).put(key, len, &sc.pieces);
-            } else {
-                let map = &self.ascii_map;
-                sc.word.clear();
-                sc.word
-                    .extend(b[p..q].iter().map(|&x| map[x as usize & 127]));
-                sc.pieces.clear();
-                self.wordpiece.tokenize(&sc.word, len, &mut sc.pieces);
             }
             for &(id, ps, pe) in &sc.pieces {
                 ids.push(id);
@@ -1643,6 +1639,12 @@ fn ascii_lower_swar(x: u64) -> u64 {
     let ge_a = x.wrapping_add(ONES * (0x80 - b'A' as u64));
     let gt_z = x.wrapping_add(ONES * (0x80 - b'Z' as u64 - 1));
     x | ((ge_a & !gt_z & (ONES * 0x80)) >> 2)
+}
+
+/// Room to reserve for the tokens of `texts` texts of `bytes` bytes: about one token per
+/// three bytes (English runs ~3.8, Chinese ~2.6) plus the special tokens.
+fn token_estimate(bytes: usize, texts: usize) -> usize {
+    bytes / 3 + 3 * texts + 16
 }
 
 fn name_text(i: usize, e: Error) -> Error {
