@@ -15,7 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["BenchCase", "BenchResult", "all_cases", "time_callable", "run_case", "format_table"]
+__all__ = [
+    "BenchCase",
+    "BenchResult",
+    "all_cases",
+    "time_callable",
+    "time_interleaved",
+    "run_case",
+    "format_table",
+]
 
 
 @dataclass
@@ -72,11 +80,60 @@ def time_callable(fn: Callable[[], object], min_time: float = 0.5, min_repeats: 
     return statistics.median(times)
 
 
+def time_interleaved(
+    fns: list[Callable[[], object]],
+    min_time: float = 0.5,
+    min_repeats: int = 3,
+    block: float = 0.025,
+    max_calls: int = 1000,
+) -> list[float]:
+    """Median seconds per call of each of ``fns``, timed in alternating blocks.
+
+    After one warm-up call each, the functions take turns: each turn calls one function
+    repeatedly for about ``block`` seconds or the slowest warm-up call, whichever is longer (so
+    a fast function's turns last as long as one call of a slow one). This goes on until every
+    function has ``min_repeats`` calls and ``min_time`` seconds of calls (or ``max_calls``
+    calls). A machine that speeds up or slows down during the measurement (other processes, frequency
+    changes) then affects every function alike, so their *ratio* stays put, which two
+    measurements one after the other do not guarantee.
+    """
+    warm = []
+    for fn in fns:
+        t0 = time.perf_counter()
+        fn()
+        warm.append(time.perf_counter() - t0)
+    block = max([block, *warm])
+    times: list[list[float]] = [[] for _ in fns]
+    spent = [0.0 for _ in fns]
+
+    def wanted(k: int) -> bool:
+        n = len(times[k])
+        return n < max_calls and (n < min_repeats or spent[k] < min_time)
+
+    while any(wanted(k) for k in range(len(fns))):
+        for k, fn in enumerate(fns):
+            if not wanted(k):
+                continue
+            turn = 0.0
+            while True:
+                t0 = time.perf_counter()
+                fn()
+                dt = time.perf_counter() - t0
+                times[k].append(dt)
+                spent[k] += dt
+                turn += dt
+                if turn >= block or not wanted(k):
+                    break
+    return [statistics.median(t) for t in times]
+
+
 def run_case(case: BenchCase, corpus: list[Path], min_time: float = 0.5) -> BenchResult:
-    """Set up and time one case (unimask and its reference, interleaved in the same run)."""
+    """Set up and time one case: unimask and its reference in the same run, in alternating
+    turns (:func:`time_interleaved`), ``min_time`` seconds of calls each."""
     ours, ref, work, unit = case.setup(corpus)
-    t_ours = time_callable(ours, min_time)
-    t_ref = time_callable(ref, min_time) if ref is not None else None
+    if ref is None:
+        return BenchResult(case.name, unit, work, time_callable(ours, min_time), None)
+    t_ours, t_ref = time_interleaved([ours, ref], min_time)
     return BenchResult(case.name, unit, work, t_ours, t_ref)
 
 

@@ -5,6 +5,8 @@ vocabulary (all-MiniLM-L6-v2, uncased). "1 thread": unimask ``num_threads=1`` an
 ``TOKENIZERS_PARALLELISM=false`` (its ``encode_batch`` then runs serially); "all threads":
 unimask's pool on every core and HF's rayon pool (``TOKENIZERS_PARALLELISM=true``). HF's output
 is its list of ``Encoding`` objects, ours the flat numpy batch: each library's natural output.
+The "scaling" cases time unimask on 2 threads against unimask on 1, in alternating turns, so
+their ratio is the 1 -> 2 thread speed-up measured under the same machine conditions.
 """
 
 from __future__ import annotations
@@ -73,6 +75,27 @@ def _setup(index: int, threads: int | None):
     return setup
 
 
+def _setup_scaling(index: int, threads: int):
+    """unimask on ``threads`` threads vs unimask on one: the ratio is the thread scaling."""
+
+    def setup(corpus: list[Path]):
+        path = corpus[min(index, len(corpus) - 1)]
+        lines = load_lines(path)
+        nbytes = float(sum(len(s.encode("utf-8")) for s in lines))
+        _, one = reference_and_ours(1)
+        _, many = reference_and_ours(threads)
+
+        def run_many():
+            return many.encode_batch(lines)
+
+        def run_one():
+            return one.encode_batch(lines)
+
+        return run_many, run_one, nbytes, "B"
+
+    return setup
+
+
 def _setup_train(corpus: list[Path]):
     from tokenizers import Tokenizer, normalizers, pre_tokenizers, trainers  # noqa: PLC0415
     from tokenizers.models import WordPiece  # noqa: PLC0415
@@ -99,7 +122,7 @@ def _setup_train(corpus: list[Path]):
 
 def cases() -> list[BenchCase]:
     """encode_batch on the first (English) and second (Chinese) corpus file, 1 thread and all;
-    vocabulary training on all corpus files."""
+    unimask's own 1 -> 2 thread scaling; vocabulary training on all corpus files."""
     out = []
     for index, lang in ((0, "EN"), (1, "ZH")):
         for threads, label in ((1, "1 thread"), (None, "all threads")):
@@ -111,6 +134,15 @@ def cases() -> list[BenchCase]:
                     note="bytes of UTF-8 text per second; same vocabulary and lines on both sides",
                 )
             )
+    for index, lang in ((0, "EN"), (1, "ZH")):
+        out.append(
+            BenchCase(
+                f"tokenizer encode_batch {lang} 2 threads (vs unimask 1 thread: scaling)",
+                _setup_scaling(index, 2),
+                group="tokenizer",
+                note="the ratio is unimask's speed-up from 1 to 2 threads, both timed in turns",
+            )
+        )
     out.append(
         BenchCase(
             "tokenizer train vocab 8000 (vs HF WordPieceTrainer)",
