@@ -256,6 +256,12 @@ impl Placer {
 /// costs a few arithmetic instructions per byte and one table probe per word, where a trie walk
 /// costs a chain of dependent loads per byte; a word that is not an entry (several pieces, or
 /// `[UNK]`) still goes through the trie.
+///
+/// The table is an accelerator, not the vocabulary: it holds only the entries that a BERT
+/// pre-token of ASCII text can equal ([`WordTable::holds`]); every other entry (`##` pieces,
+/// other scripts, `[CLS]`...) is found by the trie, and looking it up here returns `None`.
+/// Fewer entries mean fewer collisions: probes of BERT's vocabulary (17k entries held of 30k)
+/// end at the first slot more often (measured +3% on English text).
 #[derive(Clone, Debug)]
 pub struct WordTable {
     short: Vec<ShortSlot>,
@@ -309,10 +315,27 @@ impl WordTable {
         ((key[0] ^ key[1].rotate_left(31)).wrapping_mul(HASH_MUL) >> (64 - bits)) as usize
     }
 
-    /// Build from `(key, value)` pairs; keys longer than [`WordTable::MAX_LEN`] are skipped.
+    /// Whether the table holds an entry `word`: 1 to 16 ASCII bytes, no NUL, and no BERT
+    /// punctuation or whitespace unless it is a single byte (a pre-token of ASCII text is one
+    /// punctuation character or a run of other characters).
+    pub fn holds(word: &[u8]) -> bool {
+        let splits = |b: u8| {
+            matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+                || (33..=47).contains(&b)
+                || (58..=64).contains(&b)
+                || (91..=96).contains(&b)
+                || (123..=126).contains(&b)
+        };
+        (1..=Self::MAX_LEN).contains(&word.len())
+            && word.iter().all(|&b| b != 0 && b < 0x80)
+            && (word.len() == 1 || !word.iter().any(|&b| splits(b)))
+    }
+
+    /// Build from `(key, value)` pairs; keys the table does not hold ([`WordTable::holds`])
+    /// are skipped.
     pub fn build<'a>(entries: impl Iterator<Item = (&'a [u8], u32)>) -> Self {
         let (mut short_keys, mut long_keys) = (Vec::new(), Vec::new());
-        for (k, v) in entries {
+        for (k, v) in entries.filter(|(k, _)| Self::holds(k)) {
             match k.len() {
                 0 => {}
                 1..=8 => short_keys.push((Self::pack(k)[0], v, k.len())),
@@ -642,8 +665,18 @@ mod tests {
         let mut keys: Vec<Vec<u8>> = (0..5000u32)
             .map(|i| format!("w{}{}", i % 7, "x".repeat((i % 19) as usize)).into_bytes())
             .collect();
-        keys.push(b"a\0".to_vec()); // a NUL byte must not alias the shorter "a"
-        keys.push(b"a".to_vec());
+        for k in [
+            &b"a\0"[..],
+            b"a",
+            b"b\0c",
+            b"##ab",
+            b"[CLS]",
+            b"#",
+            b"a b",
+            b"\x7f",
+        ] {
+            keys.push(k.to_vec());
+        }
         keys.push("\u{e9}t\u{e9}".as_bytes().to_vec());
         keys.sort();
         keys.dedup();
@@ -654,14 +687,54 @@ mod tests {
         };
         let table = WordTable::build(entries());
         let trie = DoubleArrayTrie::build(entries());
+        let mut held = 0;
         for (i, k) in keys.iter().enumerate() {
-            let want = (k.len() <= WordTable::MAX_LEN).then_some(i as u32);
-            assert_eq!(table.get(k), want, "key {k:?}");
+            // Held: ASCII, 1 to 16 bytes, no NUL, punctuation/whitespace only alone.
+            let plain = |b: &u8| b.is_ascii_alphanumeric() || *b == 0x7f;
+            let holds = (1..=16).contains(&k.len())
+                && k.iter().all(|&b| b != 0 && b < 0x80)
+                && (k.len() == 1 || k.iter().all(plain));
+            assert_eq!(WordTable::holds(k), holds, "key {k:?}");
+            held += holds as usize;
+            assert_eq!(table.get(k), holds.then_some(i as u32), "key {k:?}");
             assert_eq!(trie.get(k), Some(i as u32));
         }
-        for probe in [&b"a\0\0"[..], b"w", b"w0xxxxxxxxxxxxxy", b"", b"zz", b"\0"] {
-            let want = trie.get(probe).filter(|_| !probe.is_empty());
+        assert!(held > 100 && held < keys.len(), "{held} of {}", keys.len());
+        // Misses, and words whose packed key equals a held one ("a" + NUL bytes).
+        for probe in [
+            &b"a\0\0"[..],
+            b"a\0",
+            b"w",
+            b"w0xxxxxxxxxxxxxy",
+            b"",
+            b"zz",
+            b"\0",
+        ] {
+            let want = trie.get(probe).filter(|_| WordTable::holds(probe));
             assert_eq!(table.get(probe), want, "{probe:?}");
+        }
+        let long_nul = b"w0xxxxxxxxxxxxx\0"; // 16 bytes, packs like the held 15-byte word
+        assert_eq!(table.get(&long_nul[..15]), trie.get(&long_nul[..15]));
+        assert!(table.get(&long_nul[..15]).is_some());
+        assert_eq!(table.get(long_nul), None);
+    }
+
+    #[test]
+    fn word_table_with_colliding_keys() {
+        // Many similar keys, short and long: probe chains and misses next to them.
+        let keys: Vec<String> = (0..200).map(|i| format!("k{i}")).collect();
+        let long: Vec<String> = (0..200).map(|i| format!("longword{i:04}x")).collect();
+        let entries = keys
+            .iter()
+            .chain(&long)
+            .enumerate()
+            .map(|(i, k)| (k.as_bytes(), i as u32));
+        let table = WordTable::build(entries);
+        for (i, k) in keys.iter().chain(&long).enumerate() {
+            assert_eq!(table.get(k.as_bytes()), Some(i as u32), "{k}");
+        }
+        for k in ["k200", "k-1", "longword0200x", "longword0000y"] {
+            assert_eq!(table.get(k.as_bytes()), None, "{k}");
         }
     }
 }
