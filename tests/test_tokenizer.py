@@ -46,6 +46,10 @@ ADVERSARIAL = [
     "ภาษาไทย العربية עברית हिन्दी देवनागरी ᬅᬓ᭄ᬱ",
     "\u1b44\u1b44 \ua953\u0301 \U0001d165\U0001d16d\U0001d165",  # spacing marks with ccc != 0
     "[CLS] [SEP] [MASK] [PAD] [UNK] x[MASK]y [[SEP]] [SEP [mask] [MASK][MASK]",
+    # ASCII past the first 64-byte block: a special token, a bracket alone, a dropped char
+    "a plain sentence of ascii words that runs past sixty four bytes [MASK] then more words",
+    "another plain sentence of ascii words running past sixty-four bytes: see [1] and [2], ok",
+    "a long ascii sentence with a control character past the first sixty-four bytes \x01 here",
     "it's don't I'm we've they're 3.14 1,000,000 $5 #hash @at ~tilde `tick` ^caret",
     "“Quotes” ‘single’ «guillemets» — dash – en … ellipsis · middot ¿¡",
     "\u3000ideographic\u3000space\u2028line\u2029para\u00a0nbsp\u2003em",

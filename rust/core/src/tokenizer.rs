@@ -372,6 +372,9 @@ pub struct Tokenizer {
     /// Classes of ASCII bytes for the ASCII path's block masks: word character, punctuation
     /// (a token of its own), dropped by `clean_text` (the general path), or whitespace.
     ascii_classes: ByteClasses,
+    /// `ascii_classes` with the first bytes of special tokens marked as dropped: a whole text
+    /// classified with these has no special token in it when nothing is dropped.
+    ascii_classes_whole: ByteClasses,
     /// Whether normalization lowercases ASCII letters (the only change it makes to an ASCII
     /// word character; checked at construction).
     ascii_lowercase: bool,
@@ -493,10 +496,17 @@ impl Tokenizer {
                 }
             }
         }
+        let mut whole_bits = ascii_bits;
+        for &b in &special_first_bytes {
+            if b < 128 {
+                whole_bits[b as usize] = byteclass::DROP;
+            }
+        }
         let id = |t: &str| vocab.token_to_id(t);
         Ok(Self {
             ascii_punct_id,
             ascii_classes: ByteClasses::new(ascii_bits),
+            ascii_classes_whole: ByteClasses::new(whole_bits),
             ascii_lowercase,
             bmp_char_id,
             cls_id: id(&config.cls_token),
@@ -1155,6 +1165,18 @@ impl Tokenizer {
         let mut seg_start = 0usize;
         let mut seg_char = 0u32;
         if !self.specials.is_empty() {
+            // ASCII text without the first byte of any special token (most text): one pass,
+            // no search for special tokens. (Special first bytes and characters the
+            // normalizer drops make the classification fail; the text then takes the way
+            // below.)
+            if bytes.is_ascii() {
+                let classes = &self.ascii_classes_whole;
+                if self.encode_ascii(bytes, 0, type_id, &mut word, sc, out, classes) {
+                    return;
+                }
+                out.truncate(first);
+                word = 0;
+            }
             let mut i = 0usize;
             while let Some(p) = self.find_special_start(bytes, i) {
                 if let Some(&(ref sb, id, clen)) = self
@@ -1213,7 +1235,8 @@ impl Tokenizer {
         if seg.is_ascii() {
             let mark = out.len();
             let w0 = *word;
-            if self.encode_ascii(seg.as_bytes(), base, type_id, word, sc, out) {
+            let classes = &self.ascii_classes;
+            if self.encode_ascii(seg.as_bytes(), base, type_id, word, sc, out, classes) {
                 return seg.len() as u32;
             }
             out.truncate(mark);
@@ -1354,7 +1377,9 @@ impl Tokenizer {
     }
 
     /// ASCII fast path; returns false (having written garbage to roll back) when the segment
-    /// contains a character that `clean_text` drops, which the general path handles.
+    /// contains a byte of class [`byteclass::DROP`] in `classes` (a character that
+    /// `clean_text` drops, which the general path handles).
+    #[allow(clippy::too_many_arguments)]
     #[inline]
     fn encode_ascii(
         &self,
@@ -1364,6 +1389,7 @@ impl Tokenizer {
         word: &mut i32,
         sc: &mut Scratch,
         out: &mut EncodingBuf,
+        classes: &ByteClasses,
     ) -> bool {
         // Columns as separate (non-aliasing) vectors, the type id filled in afterwards: the
         // per-token stores then need no reloads of the other columns' lengths.
@@ -1373,6 +1399,7 @@ impl Tokenizer {
             base,
             &mut w,
             sc,
+            classes,
             &mut out.ids,
             &mut out.offsets,
             &mut out.word_ids,
@@ -1390,6 +1417,7 @@ impl Tokenizer {
         base: u32,
         word: &mut i32,
         sc: &mut Scratch,
+        classes: &ByteClasses,
         ids: &mut Vec<u32>,
         offs: &mut Vec<[u32; 2]>,
         words: &mut Vec<i32>,
@@ -1406,7 +1434,7 @@ impl Tokenizer {
         let (starts, cont) = masks.split_at_mut(blocks);
         let mut carry = 0u64; // whether the previous block ends in a word character
         for (k, chunk) in b.chunks(64).enumerate() {
-            let m = self.ascii_classes.masks(chunk);
+            let m = classes.masks(chunk);
             if m.drop != 0 {
                 return false; // a character clean_text drops: the general path
             }
