@@ -84,7 +84,7 @@ def time_interleaved(
     fns: list[Callable[[], object]],
     min_time: float = 0.5,
     min_repeats: int = 3,
-    block: float = 0.025,
+    block: float = 0.25,
     max_calls: int = 1000,
 ) -> list[float]:
     """Median seconds per call of each of ``fns``, timed in alternating blocks.
@@ -95,7 +95,11 @@ def time_interleaved(
     function has ``min_repeats`` calls and ``min_time`` seconds of calls (or ``max_calls``
     calls). A machine that speeds up or slows down during the measurement (other processes, frequency
     changes) then affects every function alike, so their *ratio* stays put, which two
-    measurements one after the other do not guarantee.
+    measurements one after the other do not guarantee. Turns are long (``block`` = 0.25 s by
+    default) because the first calls of a turn run slower than the rest (caches, memory and
+    the other function's threads settle for a few milliseconds; measured up to 35% on the first
+    tokenizer call after a 2-thread turn); over a quarter second those calls do not move the
+    median.
     """
     warm = []
     for fn in fns:
@@ -153,7 +157,7 @@ def format_table(results: list[BenchResult]) -> str:
                 r.name,
                 f"{_human(r.unimask_rate)}{r.unit}/s",
                 "n/a" if r.reference_rate is None else f"{_human(r.reference_rate)}{r.unit}/s",
-                "n/a" if r.ratio is None else f"{r.ratio:.1f}x",
+                "n/a" if r.ratio is None else f"{r.ratio:.2f}x" if r.ratio < 10 else f"{r.ratio:.1f}x",
             )
         )
     widths = [max(len(row[c]) for row in rows) for c in range(4)]
