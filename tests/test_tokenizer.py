@@ -223,11 +223,13 @@ def test_parity_truncation_without_special_tokens(minilm_dir, ut, corpus_paths, 
         assert_same(he, b[i], lines[i])
 
 
-def _hf_bert(vocab_path: Path, **norm):
+def _hf_bert(vocab_path: Path, max_input_chars_per_word: int = 100, **norm):
     from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
     from tokenizers.models import WordPiece
 
-    t = Tokenizer(WordPiece.from_file(str(vocab_path), unk_token="[UNK]"))
+    t = Tokenizer(
+        WordPiece.from_file(str(vocab_path), unk_token="[UNK]", max_input_chars_per_word=max_input_chars_per_word)
+    )
     t.normalizer = normalizers.BertNormalizer(**norm)
     t.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     t.post_processor = processors.TemplateProcessing(
@@ -253,6 +255,16 @@ def test_parity_normalizer_settings(minilm_dir, corpus_paths, norm):
     hf = _hf_bert(minilm_dir / "vocab.txt", **norm)
     ut = WordPieceTokenizer.from_vocab(minilm_dir / "vocab.txt", **norm)
     texts = ADVERSARIAL + _lines(corpus_paths[0])[:300] + _lines(corpus_paths[1])[:300] + _lines(FIXTURES / "fortunes_excerpt.txt")
+    assert_batch_same(hf, ut, texts)
+
+
+@pytest.mark.parametrize("max_chars", [1, 5, 9, 16, 17])
+def test_parity_short_max_input_chars_per_word(minilm_dir, corpus_paths, max_chars):
+    """Words longer than ``max_input_chars_per_word`` become one [UNK], also those the
+    whole-word table of the ASCII path would find (limits below and around its 16 bytes)."""
+    hf = _hf_bert(minilm_dir / "vocab.txt", max_input_chars_per_word=max_chars)
+    ut = WordPieceTokenizer.from_vocab(minilm_dir / "vocab.txt", max_input_chars_per_word=max_chars)
+    texts = ADVERSARIAL + _lines(corpus_paths[0])[:200] + _lines(corpus_paths[1])[:50]
     assert_batch_same(hf, ut, texts)
 
 

@@ -1446,17 +1446,34 @@ impl Tokenizer {
         }
         // 2. One token per pre-token that is a vocabulary entry (one hash probe of its packed,
         //    lowercased bytes), WordPiece through the trie for the others.
-        let max_chars = self.wordpiece.max_input_chars_per_word;
+        //
+        //    Every token covers at least one byte of the segment, so there are at most `n`:
+        //    room for them is reserved once and each token written into it, without a capacity
+        //    check and length update per column and token.
+        debug_assert!(ids.len() == offs.len() && ids.len() == words.len());
+        ids.reserve(n);
+        offs.reserve(n);
+        words.reserve(n);
+        let ids_out = &mut ids.spare_capacity_mut()[..n];
+        let offs_out = &mut offs.spare_capacity_mut()[..n];
+        let words_out = &mut words.spare_capacity_mut()[..n];
+        let mut k = 0usize; // tokens written
+        let mut emit = |id: u32, start: u32, end: u32, wd: i32| {
+            ids_out[k].write(id);
+            offs_out[k].write([start, end]);
+            words_out[k].write(wd);
+            k += 1;
+        };
+        let table_max = WordTable::MAX_LEN.min(self.wordpiece.max_input_chars_per_word);
         let lower = self.ascii_lowercase;
         let mut wd = *word;
         let mut blk = 0usize;
         let mut pending = starts[0];
-        loop {
+        'words: loop {
             while pending == 0 {
                 blk += 1;
                 if blk >= blocks {
-                    *word = wd;
-                    return true;
+                    break 'words;
                 }
                 pending = starts[blk];
             }
@@ -1476,7 +1493,7 @@ impl Tokenizer {
             let off = base + p as u32;
             // The packed key of a word the trie segments below, for the memo.
             let mut remember = None;
-            if len <= WordTable::MAX_LEN && len <= max_chars {
+            if len <= table_max {
                 // The word's bytes as little-endian u64s: 8 bytes loaded at `p` (or ending at
                 // `q` near the end of the text), the bytes past the word masked off.
                 let load =
@@ -1506,9 +1523,7 @@ impl Tokenizer {
                     self.wordpiece.words().get_long(key, len)
                 };
                 if let Some(id) = hit {
-                    ids.push(id);
-                    offs.push([off, off + len as u32]);
-                    words.push(wd);
+                    emit(id, off, off + len as u32, wd);
                     wd += 1;
                     continue;
                 }
@@ -1518,9 +1533,7 @@ impl Tokenizer {
                 if let Some(m) = slot.get(key, len) {
                     let mut start = 0u32;
                     for (&id, &end) in m.ids[..m.n as usize].iter().zip(&m.ends) {
-                        ids.push(id);
-                        offs.push([off + start, off + end as u32]);
-                        words.push(wd);
+                        emit(id, off + start, off + end as u32, wd);
                         start = end as u32;
                     }
                     wd += 1;
@@ -1538,12 +1551,18 @@ impl Tokenizer {
                 sc.memo.slot(self.id, key, len).put(key, len, &sc.pieces);
             }
             for &(id, ps, pe) in &sc.pieces {
-                ids.push(id);
-                offs.push([off + ps, off + pe]);
-                words.push(wd);
+                emit(id, off + ps, off + pe, wd);
             }
             wd += 1;
         }
+        *word = wd;
+        // SAFETY: the first `k` slots of each column's spare capacity were written above.
+        unsafe {
+            ids.set_len(ids.len() + k);
+            offs.set_len(offs.len() + k);
+            words.set_len(words.len() + k);
+        }
+        true
     }
 
     fn encode_general(
