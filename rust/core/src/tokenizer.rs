@@ -271,6 +271,9 @@ struct Dest {
     types: *mut u8,
     offs: *mut [u32; 2],
     words: *mut i32,
+    /// Row splits, when every text is one row (null otherwise): the chunk of texts `s..e`
+    /// writes entries `s + 1..=e`.
+    splits: *mut i64,
 }
 
 // SAFETY: the pointers are only written through at disjoint places assigned under a lock.
@@ -288,6 +291,19 @@ impl Dest {
         std::ptr::copy_nonoverlapping(buf.type_ids.as_ptr(), self.types.add(at), n);
         std::ptr::copy_nonoverlapping(buf.offsets.as_ptr(), self.offs.add(at), n);
         std::ptr::copy_nonoverlapping(buf.word_ids.as_ptr(), self.words.add(at), n);
+    }
+
+    /// Write the row splits of the texts `first + 1..` (one row each, of lengths `lens`) whose
+    /// tokens start at `at`.
+    ///
+    /// # Safety
+    /// `splits` must be non-null with room for those entries, which no other thread accesses.
+    unsafe fn write_splits(&self, first: usize, at: usize, lens: &[u32]) {
+        let mut acc = at as i64;
+        for (j, &l) in lens.iter().enumerate() {
+            acc += l as i64;
+            self.splits.add(first + 1 + j).write(acc);
+        }
     }
 }
 
@@ -715,24 +731,26 @@ impl Tokenizer {
         // bytes still left, between 2 and 64 KiB, so early chunks amortize their setup and the
         // last ones are small enough that no thread waits long for another at the end.
         let n = texts.len();
+        let mut chunks: Vec<(usize, usize)> = Vec::new();
         let cost = |i: usize| texts[i].len() + pairs.map_or(0, |p| p[i].len()) + 16;
         let mut left: usize = total_bytes + 16 * n;
         let target_for = |left: usize| (left / (threads * 4)).clamp(2 << 10, 64 << 10);
-        let mut chunks: Vec<(usize, usize)> = Vec::new();
-        let (mut start, mut acc) = (0usize, 0usize);
-        let mut target = target_for(left);
-        for i in 0..n {
-            acc += cost(i);
-            if acc >= target || i + 1 - start >= 4096 {
-                chunks.push((start, i + 1));
-                left = left.saturating_sub(acc);
-                target = target_for(left);
-                start = i + 1;
-                acc = 0;
+        if threads > 1 {
+            let (mut start, mut acc) = (0usize, 0usize);
+            let mut target = target_for(left);
+            for i in 0..n {
+                acc += cost(i);
+                if acc >= target || i + 1 - start >= 4096 {
+                    chunks.push((start, i + 1));
+                    left = left.saturating_sub(acc);
+                    target = target_for(left);
+                    start = i + 1;
+                    acc = 0;
+                }
             }
-        }
-        if start < n {
-            chunks.push((start, n));
+            if start < n {
+                chunks.push((start, n));
+            }
         }
         // Encode text `i` (its rows) into `buf`, pushing one length per row and, with
         // `overflow`, the text index of each row.
@@ -803,7 +821,8 @@ impl Tokenizer {
             }
             return Ok((batch, samples));
         }
-        self.encode_chunks_ordered(&chunks, threads, total_bytes / 2 + 3 * n + 64, &work, batch)
+        let cap = total_bytes / 2 + 3 * n + 64;
+        self.encode_chunks_ordered(&chunks, threads, cap, !overflow, &work, batch)
     }
 
     /// Encode `chunks` on `threads` threads into `batch` (which holds the row-split origin
@@ -815,17 +834,24 @@ impl Tokenizer {
     /// there as soon as that holds, waiting at the end for the places of its last ones. The
     /// output columns are allocated once, with capacity `cap` (an estimate); chunks past it
     /// are appended afterwards (a reallocation, rare). The result is the concatenation in
-    /// chunk order, whatever thread encoded what.
+    /// chunk order, whatever thread encoded what. With `one_row_per_text` (no overflowing
+    /// rows), the thread that copies a chunk also writes its row splits.
     fn encode_chunks_ordered(
         &self,
         chunks: &[(usize, usize)],
         threads: usize,
         cap: usize,
+        one_row_per_text: bool,
         work: &ChunkWork<'_>,
         mut batch: RaggedBatch,
     ) -> Result<(RaggedBatch, Vec<i64>)> {
         let nch = chunks.len();
         let threads = threads.clamp(1, nch.max(1)); // no worker without a chunk to claim
+        let n_texts = chunks.last().map_or(0, |c| c.1);
+        debug_assert_eq!(batch.row_splits, [0]);
+        if one_row_per_text {
+            batch.row_splits.reserve(n_texts);
+        }
         let t = &mut batch.tokens;
         *t = EncodingBuf::default();
         t.reserve(cap);
@@ -834,6 +860,11 @@ impl Tokenizer {
             types: t.type_ids.as_mut_ptr(),
             offs: t.offsets.as_mut_ptr(),
             words: t.word_ids.as_mut_ptr(),
+            splits: if one_row_per_text {
+                batch.row_splits.as_mut_ptr()
+            } else {
+                std::ptr::null_mut()
+            },
         };
         let next_chunk = AtomicUsize::new(0);
         let abort = AtomicBool::new(false);
@@ -863,7 +894,7 @@ impl Tokenizer {
                     while k < mine.len() {
                         if mine[k].0 < p.next {
                             let (c, buf) = mine.swap_remove(k);
-                            ready.push((p.at[c], buf));
+                            ready.push((c, p.at[c], buf));
                         } else {
                             k += 1;
                         }
@@ -880,12 +911,23 @@ impl Tokenizer {
                     p.waiting -= 1;
                 }
             }
-            for (at, mut buf) in ready {
+            for (c, at, mut buf) in ready {
                 // SAFETY: `at + buf.len() <= cap` (checked when the place was assigned) and
                 // places of different chunks do not overlap, so this writes a region of the
                 // columns' capacity that no other thread touches; the columns are not moved or
                 // read until every worker has returned.
                 unsafe { dest.write(at, &buf) };
+                if one_row_per_text {
+                    if let Some(Ok((lens, _))) =
+                        &*metas[c].lock().unwrap_or_else(|p| p.into_inner())
+                    {
+                        // SAFETY: one row per text, so chunk `c` (texts `s..e`) has `e - s`
+                        // lengths and owns entries `s + 1..=e`, within the `n_texts + 1`
+                        // reserved; not read until every worker has returned.
+                        debug_assert_eq!(lens.len(), chunks[c].1 - chunks[c].0);
+                        unsafe { dest.write_splits(chunks[c].0, at, lens) };
+                    }
+                }
                 buf.clear();
                 spare.push(buf);
             }
@@ -957,14 +999,22 @@ impl Tokenizer {
         }
         let p = place.into_inner().unwrap_or_else(|e| e.into_inner());
         let mut acc = 0i64;
+        let mut tail = p.offset; // where the next unplaced chunk goes
         let mut samples = Vec::new();
         let mut first_err = None;
-        for m in metas {
+        for (c, m) in metas.into_iter().enumerate() {
             match m.into_inner().unwrap_or_else(|e| e.into_inner()) {
                 Some(Ok((lens, s))) => {
-                    for l in lens {
-                        acc += l as i64;
-                        batch.row_splits.push(acc);
+                    if !one_row_per_text {
+                        for l in lens {
+                            acc += l as i64;
+                            batch.row_splits.push(acc);
+                        }
+                    } else if c >= p.next {
+                        // Not placed (past the capacity): appended below, in chunk order.
+                        // SAFETY: as in `copy_ready`; every worker has returned.
+                        unsafe { dest.write_splits(chunks[c].0, tail, &lens) };
+                        tail += lens.iter().map(|&l| l as usize).sum::<usize>();
                     }
                     samples.extend_from_slice(&s);
                 }
@@ -986,6 +1036,11 @@ impl Tokenizer {
                 "chunks of the batch were not placed".into(),
             ));
         }
+        if one_row_per_text {
+            // SAFETY: every chunk wrote the entries of its texts (placed ones in
+            // `copy_ready`, the others above), so `1..=n_texts` are written; 0 was pushed.
+            unsafe { batch.row_splits.set_len(n_texts + 1) };
+        }
         let t = &mut batch.tokens;
         // SAFETY: chunks `0..p.next` were written to consecutive places covering
         // `0..p.offset`, all within the capacity (see `copy_ready`).
@@ -1000,7 +1055,8 @@ impl Tokenizer {
         for (_, buf) in &rest {
             t.extend_prefix(buf, buf.len());
         }
-        debug_assert_eq!(t.len() as i64, acc);
+        debug_assert_eq!(Some(&(t.len() as i64)), batch.row_splits.last());
+        debug_assert!(one_row_per_text || acc == t.len() as i64);
         Ok((batch, samples))
     }
 
@@ -2228,7 +2284,7 @@ mod tests {
         // thread stops, nobody waits forever.
         let t = tok();
         let chunks: Vec<(usize, usize)> = (0..24).map(|i| (i, i + 1)).collect();
-        for on_worker in [false, true] {
+        for (on_worker, one_row) in [(false, false), (true, false), (false, true), (true, true)] {
             for threads in [2, 3] {
                 let fired = AtomicBool::new(false);
                 let work = |_: &mut Scratch,
@@ -2243,8 +2299,12 @@ mod tests {
                     buf.push(1, 0, 0, 1, 0);
                     Ok((vec![1], vec![]))
                 };
+                let origin = RaggedBatch {
+                    row_splits: vec![0],
+                    ..Default::default()
+                };
                 let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    t.encode_chunks_ordered(&chunks, threads, 100, &work, RaggedBatch::default())
+                    t.encode_chunks_ordered(&chunks, threads, 100, one_row, &work, origin)
                 }));
                 assert!(fired.load(Ordering::SeqCst), "no chunk panicked");
                 assert!(r.is_err(), "on_worker {on_worker}, {threads} threads");
