@@ -7,6 +7,7 @@
 //! Results never depend on the thread count: callers split work into fixed chunks and
 //! write each chunk's output to its own slot.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use rayon::{ThreadPool, ThreadPoolBuilder};
@@ -25,10 +26,25 @@ fn cache() -> &'static Mutex<Vec<Cached>> {
 }
 
 /// Number of threads used when the caller passes `None`: the machine's parallelism.
+///
+/// `std::thread::available_parallelism` reads the CPU affinity and cgroup quota files (~25 µs
+/// here, more than encoding a short batch), so the answer is kept, per process: a forked
+/// DataLoader worker asks again (its affinity may have been narrowed). A change of affinity
+/// inside a running process is not seen.
 pub fn default_threads() -> usize {
-    std::thread::available_parallelism()
+    // (process id << 32) | threads; 0 = not known yet.
+    static KNOWN: AtomicU64 = AtomicU64::new(0);
+    let pid = u64::from(std::process::id());
+    let known = KNOWN.load(Ordering::Relaxed);
+    if known != 0 && known >> 32 == pid {
+        return (known & 0xffff_ffff) as usize;
+    }
+    let n = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
+        .min(u32::MAX as usize);
+    KNOWN.store(pid << 32 | n as u64, Ordering::Relaxed);
+    n
 }
 
 /// Resolve a user-facing `num_threads` (None or 0 = all cores). Rejects absurd values.
@@ -113,5 +129,13 @@ mod tests {
             Err(Error::InvalidInput(_))
         ));
         assert_eq!(resolve_threads(Some(0)).unwrap(), default_threads());
+    }
+
+    #[test]
+    fn default_threads_is_the_machine_parallelism_and_stays() {
+        let want = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(default_threads(), want);
+        assert_eq!(default_threads(), want); // the kept answer
+        assert_eq!(resolve_threads(None).unwrap(), want);
     }
 }
