@@ -382,6 +382,55 @@ def test_to_padded_matches_hf_padding(minilm_dir, ut, corpus_paths):
         assert p["input_ids"].dtype == np.int64
 
 
+def _naive_padded(ids, types, splits, mult, pad):
+    """Independent oracle: pad row by row with Python lists."""
+    rows = [(list(ids[s:e]), list(types[s:e])) for s, e in zip(splits[:-1], splits[1:])]
+    width = max((len(r) for r, _ in rows), default=0)
+    if mult:
+        width = -(-width // mult) * mult
+    return {
+        "input_ids": [[int(x) for x in r] + [pad] * (width - len(r)) for r, _ in rows],
+        "attention_mask": [[1] * len(r) + [0] * (width - len(r)) for r, _ in rows],
+        "token_type_ids": [[int(x) for x in t] + [0] * (width - len(t)) for _, t in rows],
+    }, width
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_to_padded_matches_a_naive_oracle(seed):
+    """Native padding (uint32/uint8 columns) and the numpy path (other dtypes) both equal a
+    row-by-row Python padding, for random ragged batches: empty rows, rows that do not start at
+    0 or end at the last token, pad_to_multiple_of, a custom pad id."""
+    rng = np.random.default_rng(seed)
+    n_tok = int(rng.integers(0, 300))
+    ids = rng.integers(0, 30522, n_tok).astype(np.uint32)
+    types = rng.integers(0, 2, n_tok).astype(np.uint8)
+    cuts = np.sort(rng.integers(0, n_tok + 1, int(rng.integers(1, 20))))
+    splits = cuts.astype(np.int64)
+    mult = [None, 1, 8, 64][seed % 4]
+    pad = [0, 7, -1][seed % 3]
+    want, width = _naive_padded(ids, types, splits, mult, pad)
+    for cols in [(ids, types), (ids.astype(np.int64), types.astype(np.int32))]:
+        b = RaggedBatch(cols[0], cols[1], np.zeros((n_tok, 2), np.uint32), np.zeros(n_tok, np.int32), splits)
+        got = b.to_padded(pad_to_multiple_of=mult, pad_id=pad)
+        for k, v in want.items():
+            assert got[k].dtype == np.int64 and got[k].shape == (len(splits) - 1, width), k
+            assert got[k].tolist() == v, (k, cols[0].dtype)
+    # Non-contiguous columns (a strided view) take the same path after a copy.
+    wide = np.repeat(ids, 2)[::2]
+    b = RaggedBatch(wide, types, np.zeros((n_tok, 2), np.uint32), np.zeros(n_tok, np.int32), splits)
+    assert b.to_padded(pad_to_multiple_of=mult, pad_id=pad)["input_ids"].tolist() == want["input_ids"]
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_to_padded_rejects_inconsistent_row_splits(native):
+    ids = np.arange(5, dtype=np.uint32 if native else np.int64)
+    types = np.zeros(5, dtype=np.uint8 if native else np.int64)
+    for splits in ([0, 3, 2], [0, 6], [-1, 2], []):
+        b = RaggedBatch(ids, types, np.zeros((5, 2), np.uint32), np.zeros(5, np.int32), np.array(splits, np.int64))
+        with pytest.raises(ValueError, match="row_splits"):
+            b.to_padded()
+
+
 def test_ragged_batch_indexing_and_empty_batch(ut):
     b = ut.encode_batch(["a b", "c"])
     assert isinstance(b, RaggedBatch) and len(b) == 2 and b.lengths.tolist() == [4, 3]
@@ -530,6 +579,11 @@ def test_bench_cases_compare_the_same_work(tmp_path, corpus_paths):
             np.testing.assert_array_equal(a.row_splits, b.row_splits)
         elif isinstance(a, RaggedBatch):
             assert [a[i].ids.tolist() for i in range(len(a))] == [e.ids for e in b], case.name
+        elif isinstance(a, list):  # padded batches vs transformers' padded batches
+            assert len(a) == len(b) > 0, case.name
+            for x, y in zip(a, b):
+                for k in ("input_ids", "attention_mask", "token_type_ids"):
+                    np.testing.assert_array_equal(x[k], y[k], err_msg=f"{case.name}: {k}")
         else:  # training: the same algorithm on the same files gives (nearly) the same vocabulary
             ours_v, ref_v = set(a.get_vocab()), set(b.get_vocab())
             assert len(ours_v & ref_v) / len(ref_v) > 0.95, case.name

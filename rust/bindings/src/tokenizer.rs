@@ -6,17 +6,19 @@
 
 use std::sync::Arc;
 
-use numpy::{IntoPyArray, PyArray1, PyArray2, PyArrayMethods};
+use numpy::{IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyString, PyTuple};
 use unimask_core::normalize::NormalizerConfig;
+use unimask_core::padding;
 use unimask_core::segment::Segmenter;
 use unimask_core::shards;
 use unimask_core::tokenizer::{EncodeOptions, EncodingBuf, Tokenizer, TokenizerConfig, Truncation};
 use unimask_core::train;
 use unimask_core::vocab::Vocab;
 
+use crate::collate::{matrix, slice};
 use crate::errors::{run_detached, to_py};
 
 /// Borrow the UTF-8 of a Python `str`, with errors naming the argument.
@@ -541,8 +543,42 @@ fn train_wordpiece(
     run_detached(py, move || train::train(&files, &cfg, num_threads))
 }
 
+/// Right-pad a ragged batch (`RaggedBatch.to_padded`): `(input_ids, attention_mask,
+/// token_type_ids)`, int64 `[batch, width]` (see `unimask_core::padding`).
+#[pyfunction]
+#[pyo3(signature = (ids, type_ids, row_splits, pad_to_multiple_of, pad_id))]
+#[allow(clippy::type_complexity)]
+fn pad_encodings<'py>(
+    py: Python<'py>,
+    ids: PyReadonlyArray1<'py, u32>,
+    type_ids: PyReadonlyArray1<'py, u8>,
+    row_splits: PyReadonlyArray1<'py, i64>,
+    pad_to_multiple_of: Option<usize>,
+    pad_id: i64,
+) -> PyResult<(
+    Bound<'py, PyArray2<i64>>,
+    Bound<'py, PyArray2<i64>>,
+    Bound<'py, PyArray2<i64>>,
+)> {
+    let (i, t, r) = (
+        slice(&ids, "ids")?,
+        slice(&type_ids, "type_ids")?,
+        slice(&row_splits, "row_splits")?,
+    );
+    let p = run_detached(py, move || {
+        padding::pad_encodings(i, t, r, pad_to_multiple_of, pad_id)
+    })?;
+    let (b, w) = (p.batch, p.width);
+    Ok((
+        matrix(py, p.input_ids, b, w)?,
+        matrix(py, p.attention_mask, b, w)?,
+        matrix(py, p.token_type_ids, b, w)?,
+    ))
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyTokenizer>()?;
+    m.add_function(wrap_pyfunction!(pad_encodings, m)?)?;
     m.add_function(wrap_pyfunction!(train_wordpiece, m)?)?;
     m.add_function(wrap_pyfunction!(shard_header, m)?)?;
     m.add_class::<PySegmenter>()?;

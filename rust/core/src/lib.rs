@@ -11,6 +11,7 @@ pub mod pool;
 // tokenizer stages
 pub mod byteclass;
 pub mod normalize;
+pub mod padding;
 pub mod pretokenize;
 pub mod segment;
 pub mod shards;
