@@ -1224,7 +1224,7 @@ impl Tokenizer {
             // ASCII text without the first byte of any special token (most text): one pass,
             // no search for special tokens. (Special first bytes and characters the
             // normalizer drops make the classification fail; the text then takes the way
-            // below.)
+            // below.) ASCII text has no Chinese characters: nothing for the segmenter to merge.
             if bytes.is_ascii() {
                 let classes = &self.ascii_classes_whole;
                 if self.encode_ascii(bytes, 0, type_id, &mut word, sc, out, classes) {
