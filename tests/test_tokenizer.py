@@ -258,6 +258,38 @@ def test_parity_normalizer_settings(minilm_dir, corpus_paths, norm):
     assert_batch_same(hf, ut, texts)
 
 
+_MIXED_PIECES = [
+    "the", "quick", "Brown", "fox", "café", "naïve", "Ångström", "ÉCOLE", "straße", "İstanbul",
+    "“", "”", "‘", "’", "—", "–", "…", "«", "»", "¿", "·", "中", "文字", "한국", "ΣΊΣΥΦΟΣ",
+    "\u00a0", "\u2003", "\u200b", "\u00ad", "e\u0301", "ﬁ", "Ｆｕｌｌ", "[MASK]", "[", "don't",
+    "3.14", "co-op", "\t", "😀", "a" * 20, "b" * 120, "Ⅻ", "ǅ", "\x01", "\x7f",
+]
+
+
+@pytest.mark.parametrize(
+    "norm", [dict(lowercase=True), dict(lowercase=False), dict(lowercase=True, strip_accents=False)],
+    ids=["uncased", "cased", "uncased-keep-accents"],
+)
+def test_parity_mostly_ascii_text_with_unicode(minilm_dir, corpus_paths, norm):
+    """English with typographic quotes and dashes, accented words, CJK and Unicode spaces
+    mixed into ASCII (the path that encodes ASCII stretches between them) equals HF."""
+    import random
+
+    rng = random.Random(7)
+    texts = []
+    for _ in range(1500):
+        k = rng.randint(1, 10)
+        seps = [" ", "", " ", "\u00a0", "’", "—"]
+        texts.append("".join(rng.choice(_MIXED_PIECES) + rng.choice(seps) for _ in range(k)))
+    texts += [
+        ln.replace("'", "’").replace(' "', " “").replace('"', "”").replace(" - ", " — ").replace("e ", "é ")
+        for ln in _lines(corpus_paths[0])[:400]
+    ]
+    hf = _hf_bert(minilm_dir / "vocab.txt", **norm)
+    ut = WordPieceTokenizer.from_vocab(minilm_dir / "vocab.txt", **norm)
+    assert_batch_same(hf, ut, texts)
+
+
 @pytest.mark.parametrize("max_chars", [1, 5, 9, 16, 17])
 def test_parity_short_max_input_chars_per_word(minilm_dir, corpus_paths, max_chars):
     """Words longer than ``max_input_chars_per_word`` become one [UNK], also those the

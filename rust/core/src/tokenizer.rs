@@ -364,6 +364,17 @@ impl Drop for WakeOnPanic<'_> {
     }
 }
 
+/// How the simple path treats a character (see [`Tokenizer::simple_kind`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SimpleKind {
+    /// Whitespace: ends a word.
+    Space,
+    /// A word of its own (punctuation, a CJK ideograph); normalization leaves it unchanged.
+    Alone,
+    /// Part of a word.
+    Word,
+}
+
 const A_DROP: u8 = 0;
 const A_SPACE: u8 = 1;
 const A_PUNCT: u8 = 2;
@@ -1300,6 +1311,21 @@ impl Tokenizer {
         } else {
             let mark = out.len();
             let w0 = *word;
+            // Two non-ASCII characters in a row at the first one (Chinese, most scripts): the
+            // simple path, character by character. Otherwise (English with typographic quotes
+            // and dashes, names with accents) the mixed path, ASCII stretches at a time.
+            let b = seg.as_bytes();
+            let dense = b.iter().position(|&x| x >= 0x80).is_some_and(|p| {
+                let len = utf8_len(b[p]);
+                b.get(p + len).is_some_and(|&x| x >= 0x80)
+            });
+            if !dense {
+                if let Some(n) = self.encode_mixed(seg, base, type_id, word, sc, out) {
+                    return n;
+                }
+                out.truncate(mark);
+                *word = w0;
+            }
             if let Some(n) = self.encode_simple(seg, base, type_id, word, sc, out) {
                 return n;
             }
@@ -1307,6 +1333,141 @@ impl Tokenizer {
             *word = w0;
         }
         self.encode_general(seg, base, type_id, word, sc, out)
+    }
+
+    /// How the simple path treats character `c`: `None` when normalization would drop,
+    /// expand or reorder it (the general path's job). (`encode_simple` repeats this inline:
+    /// a call per character there costs Chinese text ~5%.)
+    #[inline(always)]
+    fn simple_kind(&self, c: char) -> Option<SimpleKind> {
+        let cfg = self.normalizer.config;
+        if (c as u32) < 128 {
+            return match self.ascii_class[c as usize] {
+                A_DROP => None,
+                A_SPACE => Some(SimpleKind::Space),
+                A_PUNCT => Some(SimpleKind::Alone),
+                _ => Some(SimpleKind::Word),
+            };
+        }
+        let f = char_flags(c);
+        if cfg.clean_text && f & F_DROP != 0 {
+            return None;
+        }
+        if (cfg.clean_text && f & F_CLEAN_WS != 0) || f & F_WS != 0 {
+            return Some(SimpleKind::Space);
+        }
+        if cfg.strip_accents && (f & F_NFD_SELF == 0 || f & F_MN != 0) {
+            return None;
+        }
+        if cfg.lowercase && f & F_LOWER_SELF == 0 {
+            return None;
+        }
+        if f & F_PUNCT != 0 || (cfg.handle_chinese_chars && f & F_CHINESE != 0) {
+            Some(SimpleKind::Alone)
+        } else {
+            Some(SimpleKind::Word)
+        }
+    }
+
+    /// The id of a character that is a word of its own: its vocabulary entry or [UNK] (no
+    /// proper prefix of one character's bytes can be an entry).
+    #[inline(always)]
+    fn alone_id(&self, c: char) -> u32 {
+        if (c as u32) < 128 {
+            return self.ascii_punct_id[c as usize];
+        }
+        match self.bmp_char_id.get(c as usize) {
+            Some(&id) => id,
+            None => {
+                let mut buf = [0u8; 4];
+                let bytes = c.encode_utf8(&mut buf).as_bytes();
+                self.wordpiece
+                    .trie()
+                    .get(bytes)
+                    .unwrap_or(self.wordpiece.unk_id)
+            }
+        }
+    }
+
+    /// Mostly-ASCII text (English with typographic quotes and dashes, European languages):
+    /// the ASCII stretches take the ASCII path; a non-ASCII character that stands alone
+    /// (punctuation, a CJK ideograph) or separates words (whitespace) is handled on its own,
+    /// and a word with non-ASCII letters goes, whole, through the simple path. Returns `None`
+    /// (output to roll back) at a character the simple path cannot take (the general path's
+    /// job), and at two non-ASCII characters in a row outside a word (dense non-ASCII text,
+    /// such as Chinese, is faster character by character).
+    fn encode_mixed(
+        &self,
+        seg: &str,
+        base: u32,
+        type_id: u8,
+        word: &mut i32,
+        sc: &mut Scratch,
+        out: &mut EncodingBuf,
+    ) -> Option<u32> {
+        let b = seg.as_bytes();
+        let classes = &self.ascii_classes;
+        let mut pos = 0u32; // characters before byte `i`
+        let mut i = 0usize;
+        let mut after_non_ascii = false;
+        while i < b.len() {
+            let Some(j) = b[i..].iter().position(|&x| x >= 0x80).map(|k| i + k) else {
+                if !self.encode_ascii(&b[i..], base + pos, type_id, word, sc, out, classes) {
+                    return None;
+                }
+                pos += (b.len() - i) as u32;
+                break;
+            };
+            let c = seg[j..].chars().next()?;
+            match self.simple_kind(c)? {
+                SimpleKind::Word => {
+                    // The word around `c`: from the last ASCII non-word byte before it to the
+                    // first character after it that is not part of a word.
+                    let start = b[i..j]
+                        .iter()
+                        .rposition(|&x| self.ascii_class[x as usize & 127] != A_WORD)
+                        .map_or(i, |k| i + k + 1);
+                    if start > i {
+                        let run = &b[i..start];
+                        if !self.encode_ascii(run, base + pos, type_id, word, sc, out, classes) {
+                            return None;
+                        }
+                        pos += (start - i) as u32;
+                    }
+                    let mut end = j;
+                    for ch in seg[j..].chars() {
+                        match self.simple_kind(ch)? {
+                            SimpleKind::Word => end += ch.len_utf8(),
+                            _ => break,
+                        }
+                    }
+                    pos +=
+                        self.encode_simple(&seg[start..end], base + pos, type_id, word, sc, out)?;
+                    i = end;
+                    after_non_ascii = false;
+                }
+                kind => {
+                    if j == i && after_non_ascii {
+                        return None;
+                    }
+                    if j > i {
+                        let run = &b[i..j];
+                        if !self.encode_ascii(run, base + pos, type_id, word, sc, out, classes) {
+                            return None;
+                        }
+                        pos += (j - i) as u32;
+                    }
+                    if kind == SimpleKind::Alone {
+                        out.push(self.alone_id(c), type_id, base + pos, base + pos + 1, *word);
+                        *word += 1;
+                    }
+                    pos += 1;
+                    i = j + c.len_utf8();
+                    after_non_ascii = true;
+                }
+            }
+        }
+        Some(pos)
     }
 
     /// Fast path for text whose normalization is the identity character by character (CJK,
@@ -1730,6 +1891,16 @@ fn merge_chinese_words(
         prev_old = old;
         prev_cjk_pos = if cjk { Some(o[0]) } else { None };
         *w = new_id;
+    }
+}
+
+/// Length of the UTF-8 sequence that starts with byte `b` (1 for a continuation byte).
+fn utf8_len(b: u8) -> usize {
+    match b {
+        0xF0.. => 4,
+        0xE0.. => 3,
+        0xC0.. => 2,
+        _ => 1,
     }
 }
 
