@@ -263,6 +263,9 @@ _MIXED_PIECES = [
     "“", "”", "‘", "’", "—", "–", "…", "«", "»", "¿", "·", "中", "文字", "한국", "ΣΊΣΥΦΟΣ",
     "\u00a0", "\u2003", "\u200b", "\u00ad", "e\u0301", "ﬁ", "Ｆｕｌｌ", "[MASK]", "[", "don't",
     "3.14", "co-op", "\t", "😀", "a" * 20, "b" * 120, "Ⅻ", "ǅ", "\x01", "\x7f",
+    # combining marks at separators, dropped characters inside accented words, expansions
+    "\u0301", "\u0323\u0301", "!\u0301", " \u0301x", "ca\x01fé", "é\x01", "İi", "ẞ", "ı", "ﬃ",
+    "\ufeff", "\u2028", "\u3000", "x\u200dy", "\U0001D400", "\ufffd", "\x00",
 ]
 
 
@@ -272,7 +275,8 @@ _MIXED_PIECES = [
 )
 def test_parity_mostly_ascii_text_with_unicode(minilm_dir, corpus_paths, norm):
     """English with typographic quotes and dashes, accented words, CJK and Unicode spaces
-    mixed into ASCII (the path that encodes ASCII stretches between them) equals HF."""
+    mixed into ASCII (the path that encodes ASCII stretches between them, and the stretches
+    around other characters through the simple or general path) equals HF."""
     import random
 
     rng = random.Random(7)

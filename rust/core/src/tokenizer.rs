@@ -1391,11 +1391,13 @@ impl Tokenizer {
 
     /// Mostly-ASCII text (English with typographic quotes and dashes, European languages):
     /// the ASCII stretches take the ASCII path; a non-ASCII character that stands alone
-    /// (punctuation, a CJK ideograph) or separates words (whitespace) is handled on its own,
-    /// and a word with non-ASCII letters goes, whole, through the simple path. Returns `None`
-    /// (output to roll back) at a character the simple path cannot take (the general path's
-    /// job), and at two non-ASCII characters in a row outside a word (dense non-ASCII text,
-    /// such as Chinese, is faster character by character).
+    /// (punctuation, a CJK ideograph) or separates words (whitespace) is handled on its own;
+    /// a word with other non-ASCII characters (accented letters...) goes, with whatever lies
+    /// between the ASCII separators around it, through the simple path or, when
+    /// normalization changes it, the general path. Returns `None` (output to roll back) at a
+    /// character the ASCII path leaves to the general one, and at two non-ASCII characters in
+    /// a row outside a word (dense non-ASCII text, such as Chinese, is faster character by
+    /// character).
     fn encode_mixed(
         &self,
         seg: &str,
@@ -1419,34 +1421,8 @@ impl Tokenizer {
                 break;
             };
             let c = seg[j..].chars().next()?;
-            match self.simple_kind(c)? {
-                SimpleKind::Word => {
-                    // The word around `c`: from the last ASCII non-word byte before it to the
-                    // first character after it that is not part of a word.
-                    let start = b[i..j]
-                        .iter()
-                        .rposition(|&x| self.ascii_class[x as usize & 127] != A_WORD)
-                        .map_or(i, |k| i + k + 1);
-                    if start > i {
-                        let run = &b[i..start];
-                        if !self.encode_ascii(run, base + pos, type_id, word, sc, out, classes) {
-                            return None;
-                        }
-                        pos += (start - i) as u32;
-                    }
-                    let mut end = j;
-                    for ch in seg[j..].chars() {
-                        match self.simple_kind(ch)? {
-                            SimpleKind::Word => end += ch.len_utf8(),
-                            _ => break,
-                        }
-                    }
-                    pos +=
-                        self.encode_simple(&seg[start..end], base + pos, type_id, word, sc, out)?;
-                    i = end;
-                    after_non_ascii = false;
-                }
-                kind => {
+            match self.simple_kind(c) {
+                Some(kind @ (SimpleKind::Alone | SimpleKind::Space)) => {
                     if j == i && after_non_ascii {
                         return None;
                     }
@@ -1464,6 +1440,37 @@ impl Tokenizer {
                     pos += 1;
                     i = j + c.len_utf8();
                     after_non_ascii = true;
+                }
+                _ => {
+                    // Part of a word, or a character normalization changes: the stretch
+                    // between the ASCII separators (whitespace, punctuation) around it, which
+                    // no word crosses and which normalizes on its own (normalization is per
+                    // character but for the order of combining marks, which a separator
+                    // ends), through the simple path or else the general one.
+                    let sep = |x: &u8| {
+                        *x < 0x80 && matches!(self.ascii_class[*x as usize], A_SPACE | A_PUNCT)
+                    };
+                    let start = b[i..j].iter().rposition(sep).map_or(i, |k| i + k + 1);
+                    let end = b[j..].iter().position(sep).map_or(b.len(), |k| j + k);
+                    if start > i {
+                        let run = &b[i..start];
+                        if !self.encode_ascii(run, base + pos, type_id, word, sc, out, classes) {
+                            return None;
+                        }
+                        pos += (start - i) as u32;
+                    }
+                    let stretch = &seg[start..end];
+                    let (mark, w0) = (out.len(), *word);
+                    pos += match self.encode_simple(stretch, base + pos, type_id, word, sc, out) {
+                        Some(n) => n,
+                        None => {
+                            out.truncate(mark);
+                            *word = w0;
+                            self.encode_general(stretch, base + pos, type_id, word, sc, out)
+                        }
+                    };
+                    i = end;
+                    after_non_ascii = false;
                 }
             }
         }
