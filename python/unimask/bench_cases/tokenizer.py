@@ -55,10 +55,24 @@ def reference_and_ours(num_threads: int | None):
     return hf, WordPieceTokenizer.from_pretrained(model, num_threads=num_threads)
 
 
-def _setup(index: int, threads: int | None):
+def typographic(lines: list[str]) -> list[str]:
+    """The lines as web text often has them: curly quotes, em dashes, and every tenth word
+    ending in "e" written with "é" (deterministic)."""
+    out = []
+    for k, ln in enumerate(lines):
+        ln = ln.replace("'", "\u2019").replace(' "', " \u201c").replace('"', "\u201d").replace(" - ", " \u2014 ")
+        words = ln.split(" ")
+        words = [w[:-1] + "\u00e9" if w.endswith("e") and (k + j) % 10 == 0 else w for j, w in enumerate(words)]
+        out.append(" ".join(words))
+    return out
+
+
+def _setup(index: int, threads: int | None, transform=None):
     def setup(corpus: list[Path]):
         path = corpus[min(index, len(corpus) - 1)]
         lines = load_lines(path)
+        if transform is not None:
+            lines = transform(lines)
         nbytes = float(sum(len(s.encode("utf-8")) for s in lines))
         hf, ours = reference_and_ours(threads)
         parallel = threads != 1
@@ -165,6 +179,14 @@ def cases() -> list[BenchCase]:
                     note="bytes of UTF-8 text per second; same vocabulary and lines on both sides",
                 )
             )
+    out.append(
+        BenchCase(
+            "tokenizer encode_batch EN typographic 1 thread (vs HF tokenizers)",
+            _setup(0, 1, typographic),
+            group="tokenizer",
+            note="the English lines with curly quotes, em dashes and some accented words",
+        )
+    )
     out.append(
         BenchCase(
             "tokenizer EN batches of 32 to padded arrays (vs transformers BertTokenizerFast)",
