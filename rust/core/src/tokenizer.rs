@@ -307,6 +307,89 @@ impl Dest {
     }
 }
 
+/// Appends tokens to three output columns of equal length, with one capacity check per token
+/// (the columns' lengths are set once, by [`TokenWriter::finish`]).
+struct TokenWriter<'a> {
+    ids: &'a mut Vec<u32>,
+    offs: &'a mut Vec<[u32; 2]>,
+    words: &'a mut Vec<i32>,
+    /// Tokens in the columns, written ones included.
+    len: usize,
+    /// Room of the smallest column.
+    cap: usize,
+}
+
+impl<'a> TokenWriter<'a> {
+    /// The most tokens reserved at once (a huge text reserves as it goes).
+    const MAX_RESERVE: usize = 1 << 16;
+
+    fn new(
+        ids: &'a mut Vec<u32>,
+        offs: &'a mut Vec<[u32; 2]>,
+        words: &'a mut Vec<i32>,
+        reserve: usize,
+    ) -> Self {
+        debug_assert!(ids.len() == offs.len() && ids.len() == words.len());
+        let len = ids.len();
+        let mut w = Self {
+            ids,
+            offs,
+            words,
+            len,
+            cap: len,
+        };
+        w.reserve(reserve);
+        w
+    }
+
+    fn reserve(&mut self, more: usize) {
+        self.ids.reserve(more);
+        self.offs.reserve(more);
+        self.words.reserve(more);
+        self.cap = self
+            .ids
+            .capacity()
+            .min(self.offs.capacity())
+            .min(self.words.capacity());
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn grow(&mut self) {
+        self.sync();
+        self.reserve(self.len.max(1024));
+    }
+
+    /// Set the columns' lengths to the tokens written.
+    fn sync(&mut self) {
+        // SAFETY: `len <= cap`, and every slot below `len` was written by `push` (or was
+        // already part of the column).
+        unsafe {
+            self.ids.set_len(self.len);
+            self.offs.set_len(self.len);
+            self.words.set_len(self.len);
+        }
+    }
+
+    #[inline(always)]
+    fn push(&mut self, id: u32, offsets: [u32; 2], word: i32) {
+        if self.len == self.cap {
+            self.grow();
+        }
+        // SAFETY: `len < cap <=` each column's capacity: the slot is allocated, unused.
+        unsafe {
+            self.ids.as_mut_ptr().add(self.len).write(id);
+            self.offs.as_mut_ptr().add(self.len).write(offsets);
+            self.words.as_mut_ptr().add(self.len).write(word);
+        }
+        self.len += 1;
+    }
+
+    fn finish(mut self) {
+        self.sync();
+    }
+}
+
 /// Places of the chunks in the output: chunks `0..next` have one (`at`), `offset` is the end
 /// of the last; `done` holds the length of each finished chunk.
 struct Placement {
@@ -1671,23 +1754,12 @@ impl Tokenizer {
         // 2. One token per pre-token that is a vocabulary entry (one hash probe of its packed,
         //    lowercased bytes), WordPiece through the trie for the others.
         //
-        //    Every token covers at least one byte of the segment, so there are at most `n`:
-        //    room for them is reserved once and each token written into it, without a capacity
-        //    check and length update per column and token.
-        debug_assert!(ids.len() == offs.len() && ids.len() == words.len());
-        ids.reserve(n);
-        offs.reserve(n);
-        words.reserve(n);
-        let ids_out = &mut ids.spare_capacity_mut()[..n];
-        let offs_out = &mut offs.spare_capacity_mut()[..n];
-        let words_out = &mut words.spare_capacity_mut()[..n];
-        let mut k = 0usize; // tokens written
-        let mut emit = |id: u32, start: u32, end: u32, wd: i32| {
-            ids_out[k].write(id);
-            offs_out[k].write([start, end]);
-            words_out[k].write(wd);
-            k += 1;
-        };
+        //    Tokens are written through a `TokenWriter`: one capacity check per token instead
+        //    of a check and a length update per column and token. Every token covers at least
+        //    one byte, so a segment of `n` bytes has at most `n` tokens: that much room is
+        //    reserved up front (up to a limit; a huge segment grows it as it goes).
+        let mut w = TokenWriter::new(ids, offs, words, n.min(TokenWriter::MAX_RESERVE));
+        let mut emit = |id: u32, start: u32, end: u32, wd: i32| w.push(id, [start, end], wd);
         let table_max = WordTable::MAX_LEN.min(self.wordpiece.max_input_chars_per_word);
         let lower = self.ascii_lowercase;
         let mut wd = *word;
@@ -1780,12 +1852,7 @@ impl Tokenizer {
             wd += 1;
         }
         *word = wd;
-        // SAFETY: the first `k` slots of each column's spare capacity were written above.
-        unsafe {
-            ids.set_len(ids.len() + k);
-            offs.set_len(offs.len() + k);
-            words.set_len(words.len() + k);
-        }
+        w.finish();
         true
     }
 
@@ -2372,6 +2439,30 @@ mod tests {
         };
         let err = t.encode_batch(&["x"], None, &no_max, Some(1)).unwrap_err();
         assert!(err.to_string().contains("stride"), "{err}");
+    }
+
+    #[test]
+    fn a_segment_with_more_tokens_than_reserved_at_once_grows() {
+        // One ASCII segment of 200k punctuation characters: 200k tokens, more than the writer
+        // reserves up front, each its own word with its own offsets.
+        let t = tok();
+        let n = 3 * TokenWriter::MAX_RESERVE + 7;
+        let text = ",".repeat(n);
+        let o = EncodeOptions {
+            add_special_tokens: false,
+            ..Default::default()
+        };
+        let e = t.encode(&text, None, &o).unwrap();
+        let comma = t.vocab().token_to_id(",").unwrap();
+        assert_eq!(e.ids.len(), n);
+        assert!(e.ids.iter().all(|&id| id == comma));
+        assert!(e
+            .offsets
+            .iter()
+            .enumerate()
+            .all(|(i, o)| *o == [i as u32, i as u32 + 1]));
+        assert!(e.word_ids.iter().enumerate().all(|(i, &w)| w == i as i32));
+        assert_eq!(e.type_ids.len(), n);
     }
 
     #[test]
