@@ -283,6 +283,14 @@ def test_same_seed_epoch_index_same_masks_for_any_threads_and_batching():
     a = MLMCollator(**IDS, seed=4, num_threads=1)(seqs, indices=idx)
     b = MLMCollator(**IDS, seed=4, num_threads=2)(seqs, indices=idx)
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # A batch large enough to be split over threads (>= MIN_PARALLEL_WORK padded tokens).
+    big = rand_seqs(640, lo=300, hi=480, seed=18)
+    big_idx = np.arange(640)
+    one = MLMCollator(**IDS, seed=4, num_threads=1)(big, indices=big_idx)
+    assert one["input_ids"].numel() >= 1 << 18  # rust/core masking::MIN_PARALLEL_WORK
+    for threads in (2, 3):
+        many = MLMCollator(**IDS, seed=4, num_threads=threads)(big, indices=big_idx)
+        assert all(torch.equal(one[k], many[k]) for k in one)
     # the mask of a sample depends on its index only, not on its batch-mates
     c = MLMCollator(**IDS, seed=4)(seqs[10:12], indices=idx[10:12])
     n = int(c["seq_len"][0])

@@ -67,9 +67,12 @@ def test_fork_workers_are_deterministic_across_worker_counts():
 def test_unilm_under_fork_after_parent_used_the_thread_pool():
     ds = IndexedDataset(_pairs())
     c = UnifiedLMCollator(**IDS, seed=2, num_threads=2)
-    # the parent starts a 2-thread pool first: forked children must not hang on it
-    big = _pairs(64, seed=9)
-    c(big, indices=range(64))
+    # the parent starts a 2-thread pool first (a batch large enough to be split over threads):
+    # forked children must not hang on it
+    rng = np.random.default_rng(9)
+    big = [(rng.integers(1000, 30000, 240), rng.integers(1000, 30000, 240)) for _ in range(600)]
+    out = c(big, indices=range(600))
+    assert out["input_ids"].numel() >= 1 << 18  # rust/core masking::MIN_PARALLEL_WORK
     ref = _run(ds, c, 0)
     _same(_run(ds, c, 2, "fork"), ref)
 

@@ -14,8 +14,6 @@ use std::ops::Range;
 
 pub mod collate;
 
-use rayon::prelude::*;
-
 use crate::rng::Rng;
 use crate::spans;
 use crate::{invalid, pool, Error, Result};
@@ -576,28 +574,78 @@ impl Padded {
     }
 }
 
+/// Least estimated work (`for_each_row`'s `work`, about one unit per token) worth splitting
+/// over threads: below it, waking the pool costs more than the rows take (a batch of 512 rows
+/// of 128 tokens ran 30% slower on 2 threads than on 1).
+pub const MIN_PARALLEL_WORK: usize = 1 << 18;
+
 /// Run `f(i, item)` for every item, in parallel when `threads` allows and the batch is large
-/// enough; every item's work depends only on `i`, so results do not depend on the thread
-/// count. The error of the lowest failing index is returned.
-pub fn for_each_row<T: Send, F>(threads: Option<usize>, items: Vec<T>, f: F) -> Result<()>
+/// enough (`work`, an estimate of its size in tokens, at least [`MIN_PARALLEL_WORK`]); every
+/// item's work depends only on `i`, so results do not depend on the thread count. The error
+/// of the lowest failing index is returned.
+///
+/// In parallel, the items are cut into one contiguous part per thread; the calling thread
+/// takes the first and `threads - 1` pool workers the others (the caller works instead of
+/// sleeping while the pool runs).
+pub fn for_each_row<T: Send, F>(
+    threads: Option<usize>,
+    items: Vec<T>,
+    work: usize,
+    f: F,
+) -> Result<()>
 where
     F: Fn(usize, T) -> Result<()> + Sync + Send,
 {
-    let threads = pool::resolve_threads(threads)?;
-    if threads == 1 || items.len() < 16 {
+    let threads = pool::resolve_threads(threads)?.min(items.len().max(1));
+    if threads == 1 || items.len() < 16 || work < MIN_PARALLEL_WORK {
         for (i, t) in items.into_iter().enumerate() {
             f(i, t)?;
         }
         return Ok(());
     }
-    let results: Vec<Result<()>> = pool::run(Some(threads), || {
-        items
-            .into_par_iter()
-            .enumerate()
-            .map(|(i, t)| f(i, t))
-            .collect()
-    })?;
-    results.into_iter().collect::<Result<Vec<()>>>().map(|_| ())
+    let n = items.len();
+    let per = n.div_ceil(threads);
+    let mut parts: Vec<(usize, Vec<T>)> = Vec::with_capacity(threads);
+    let mut rest = items;
+    let mut start = 0;
+    while !rest.is_empty() {
+        let tail = rest.split_off(per.min(rest.len()));
+        parts.push((start, rest));
+        start += per;
+        rest = tail;
+    }
+    let run = |(first, part): (usize, Vec<T>)| -> Result<()> {
+        for (k, t) in part.into_iter().enumerate() {
+            f(first + k, t)?;
+        }
+        Ok(())
+    };
+    let results: Vec<std::sync::Mutex<Option<Result<()>>>> = (0..parts.len())
+        .map(|_| std::sync::Mutex::new(None))
+        .collect();
+    let mut parts = parts.into_iter().enumerate();
+    let first = parts.next();
+    pool::get(threads - 1)?.in_place_scope(|s| {
+        for (p, part) in parts {
+            let (run, results) = (&run, &results);
+            s.spawn(move |_| {
+                let r = run(part);
+                *results[p].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+            });
+        }
+        if let Some((p, part)) = first {
+            let r = run(part);
+            *results[p].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+        }
+    });
+    for r in results {
+        match r.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            Some(Err(e)) => return Err(e),
+            Some(Ok(())) => {}
+            None => return Err(Error::Internal("a part of the batch did not run".into())),
+        }
+    }
+    Ok(())
 }
 
 /// Check that a per-sample array has one entry per sample.
@@ -626,6 +674,47 @@ mod tests {
             scheme,
             per_span_replacement: false,
             specials: Specials::new(1000, &[0, 100, 101, 102, 103]).unwrap(),
+        }
+    }
+
+    #[test]
+    fn for_each_row_runs_every_row_once_serially_or_in_parallel() {
+        for (threads, work) in [
+            (1, usize::MAX),
+            (2, 0),
+            (2, MIN_PARALLEL_WORK),
+            (3, usize::MAX),
+        ] {
+            let mut out = vec![0u64; 1000];
+            let items: Vec<(usize, &mut u64)> = out.iter_mut().enumerate().collect();
+            for_each_row(Some(threads), items, work, |i, (j, slot)| {
+                assert_eq!(i, j);
+                *slot += (i as u64) * (i as u64) + 1;
+                Ok(())
+            })
+            .unwrap();
+            assert!(out
+                .iter()
+                .enumerate()
+                .all(|(i, &v)| v == (i * i) as u64 + 1));
+        }
+    }
+
+    #[test]
+    fn for_each_row_reports_the_lowest_failing_row() {
+        for threads in [1, 2, 4] {
+            let items: Vec<usize> = (0..500).collect();
+            let e = for_each_row(Some(threads), items, usize::MAX, |i, _| {
+                if i % 97 == 96 {
+                    return invalid!("row {i} failed");
+                }
+                Ok(())
+            })
+            .unwrap_err();
+            assert!(
+                e.to_string().contains("row 96 failed"),
+                "{threads} threads: {e}"
+            );
         }
     }
 

@@ -224,7 +224,8 @@ pub fn build_pairs(
         });
     }
     let mut per_doc: Vec<Vec<Pair>> = (0..docs.len()).map(|_| Vec::new()).collect();
-    masking::for_each_row(threads, per_doc.iter_mut().collect(), |d, slot| {
+    let work = sentences.values.len();
+    masking::for_each_row(threads, per_doc.iter_mut().collect(), work, |d, slot| {
         let mut rng = Rng::new(seed, epoch, d as u64, stream::NSP);
         *slot = pairs_of_document(cfg, &sentences, &docs, d, &mut rng);
         Ok(())

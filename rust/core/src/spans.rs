@@ -273,31 +273,36 @@ pub fn collate_mass(
         .zip(out.decoder_positions.chunks_mut(ld1))
         .zip(out.decoder_labels.chunks_mut(ld1))
         .collect();
-    masking::for_each_row(threads, rows, |i, ((((ids, am), din), dpos), dlab)| {
-        let n = lens[i];
-        let row = &seqs.row(i)[..n];
-        ids[..n].copy_from_slice(row);
-        am[..n].fill(1);
-        let mut rng = Rng::new(seed, epoch, indices[i], stream::SPAN);
-        let (start, k) = mass_span(cfg, n, &mut rng);
-        for t in 0..k {
-            let pos = start + t;
-            dlab[t] = row[pos];
-            dpos[t] = pos as i64;
-            din[t] = if t == 0 {
-                cfg.decoder_start_id
-            } else {
-                row[pos - 1]
-            };
-            let u = rng.uniform();
-            if u < cfg.mask_ratio {
-                ids[pos] = cfg.mask_id;
-            } else if u < cfg.mask_ratio + cfg.random_ratio {
-                ids[pos] = cfg.specials.random_non_special(&mut rng);
+    masking::for_each_row(
+        threads,
+        rows,
+        b * (l + ld),
+        |i, ((((ids, am), din), dpos), dlab)| {
+            let n = lens[i];
+            let row = &seqs.row(i)[..n];
+            ids[..n].copy_from_slice(row);
+            am[..n].fill(1);
+            let mut rng = Rng::new(seed, epoch, indices[i], stream::SPAN);
+            let (start, k) = mass_span(cfg, n, &mut rng);
+            for t in 0..k {
+                let pos = start + t;
+                dlab[t] = row[pos];
+                dpos[t] = pos as i64;
+                din[t] = if t == 0 {
+                    cfg.decoder_start_id
+                } else {
+                    row[pos - 1]
+                };
+                let u = rng.uniform();
+                if u < cfg.mask_ratio {
+                    ids[pos] = cfg.mask_id;
+                } else if u < cfg.mask_ratio + cfg.random_ratio {
+                    ids[pos] = cfg.specials.random_non_special(&mut rng);
+                }
             }
-        }
-        Ok(())
-    })?;
+            Ok(())
+        },
+    )?;
     Ok(out)
 }
 
@@ -452,16 +457,21 @@ pub fn collate_t5(
         }
     }
     let mut pairs: Vec<(Vec<i64>, Vec<i64>)> = vec![(Vec::new(), Vec::new()); b];
-    masking::for_each_row(threads, pairs.iter_mut().collect(), |i, slot| {
-        let mut row = seqs.row(i);
-        if let Some(m) = max_length {
-            // room for the EOS
-            row = &row[..row.len().min(m.saturating_sub(1).max(1))];
-        }
-        let mut rng = Rng::new(seed, epoch, indices[i], stream::SPAN);
-        *slot = t5_corrupt(cfg, row, &mut rng);
-        Ok(())
-    })?;
+    masking::for_each_row(
+        threads,
+        pairs.iter_mut().collect(),
+        seqs.values.len(),
+        |i, slot| {
+            let mut row = seqs.row(i);
+            if let Some(m) = max_length {
+                // room for the EOS
+                row = &row[..row.len().min(m.saturating_sub(1).max(1))];
+            }
+            let mut rng = Rng::new(seed, epoch, indices[i], stream::SPAN);
+            *slot = t5_corrupt(cfg, row, &mut rng);
+            Ok(())
+        },
+    )?;
     let l = padded_len(
         pairs.iter().map(|p| p.0.len()).max().unwrap_or(0),
         pad_to_multiple_of,

@@ -322,7 +322,7 @@ where
         *s = l.seq_len() as i32;
     }
     let rows = out.rows();
-    for_each_row(threads, rows, |i, row| {
+    for_each_row(threads, rows, n * len, |i, row| {
         let lay = &layouts[i];
         SCRATCH.with(|cell| {
             let mut guard = cell.borrow_mut();
