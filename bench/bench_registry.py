@@ -24,10 +24,10 @@ def _setup(case):
 @pytest.mark.parametrize("side", ["unimask", "reference"])
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def bench_case(case, side, side_benchmark, benchmark):
-    ours, ref, work, unit = _setup(case)
+    ours, ref, work, unit, *also = _setup(case)
     fn = ours if side == "unimask" else ref
     if fn is None:
         pytest.skip(f"reference for {case.name!r} is not installed: {case.note}")
     benchmark.group = case.name
-    benchmark.extra_info.update(work=work, unit=unit)
+    benchmark.extra_info.update(work=work, unit=unit, **{f"work_{u}": w for u, w in (also[0] if also else {}).items()})
     side_benchmark(side, fn)

@@ -606,8 +606,12 @@ def test_bench_cases_compare_the_same_work(tmp_path, corpus_paths):
         q.write_text("\n".join(_lines(p)[:300]) + "\n", encoding="utf-8")
         small.append(q)
     for case in cases():
-        ours, ref, work, unit = case.setup(small)
+        ours, ref, work, unit, *also = case.setup(small)
         assert work > 0 and unit == "B"
+        if also:  # tokens per call: the count both sides produce
+            tokens = also[0]["tok"]
+            b_tokens = ref()
+            assert tokens == sum(len(e.ids) for e in b_tokens) > 0, case.name
         a, b = ours(), ref()
         if isinstance(a, RaggedBatch) and isinstance(b, RaggedBatch):  # threads vs one thread
             assert "scaling" in case.name

@@ -32,12 +32,13 @@ class BenchCase:
 
     ``setup(corpus_paths)`` returns ``(unimask_fn, reference_fn, work, unit)`` where ``work``
     is the amount processed per call in ``unit`` (e.g. bytes, tokens); the functions take no
-    arguments. ``reference_fn`` may be ``None`` when the reference library is not installed;
+    arguments. It may add a fifth element, ``{unit: amount per call}`` for more units to report
+    (e.g. tokens besides bytes). ``reference_fn`` may be ``None`` when the reference library is not installed;
     the case then reports no ratio and says why in ``note``.
     """
 
     name: str
-    setup: Callable[[list[Path]], tuple[Callable[[], object], Callable[[], object] | None, float, str]]
+    setup: Callable[[list[Path]], tuple]
     group: str = "data"
     note: str = ""
 
@@ -64,6 +65,13 @@ class BenchResult:
     @property
     def ratio(self) -> float | None:
         return None if self.reference_s is None else self.reference_s / self.unimask_s
+
+    def rates(self, seconds: float | None) -> list[tuple[float, str]]:
+        """``(rate, unit)`` of the main unit and of every extra one, for a call of ``seconds``."""
+        if seconds is None:
+            return []
+        also = self.extra.get("also", {})
+        return [(self.work / seconds, self.unit)] + [(w / seconds, u) for u, w in also.items()]
 
 
 def time_callable(fn: Callable[[], object], min_time: float = 0.5, min_repeats: int = 3) -> float:
@@ -134,11 +142,12 @@ def time_interleaved(
 def run_case(case: BenchCase, corpus: list[Path], min_time: float = 0.5) -> BenchResult:
     """Set up and time one case: unimask and its reference in the same run, in alternating
     turns (:func:`time_interleaved`), ``min_time`` seconds of calls each."""
-    ours, ref, work, unit = case.setup(corpus)
+    ours, ref, work, unit, *rest = case.setup(corpus)
+    extra = {"also": dict(rest[0])} if rest else {}
     if ref is None:
-        return BenchResult(case.name, unit, work, time_callable(ours, min_time), None)
+        return BenchResult(case.name, unit, work, time_callable(ours, min_time), None, extra)
     t_ours, t_ref = time_interleaved([ours, ref], min_time)
-    return BenchResult(case.name, unit, work, t_ours, t_ref)
+    return BenchResult(case.name, unit, work, t_ours, t_ref, extra)
 
 
 def _human(rate: float) -> str:
@@ -151,19 +160,24 @@ def _human(rate: float) -> str:
 def format_table(results: list[BenchResult]) -> str:
     """A plain-text table: case, unimask rate, reference rate, ratio."""
     rows = [("benchmark", "unimask", "reference", "ratio")]
+
+    def rate_cell(r: BenchResult, seconds: float | None) -> str:
+        rates = r.rates(seconds)
+        return ", ".join(f"{_human(v)}{u}/s" for v, u in rates) if rates else "n/a"
+
     for r in results:
         rows.append(
             (
                 r.name,
-                f"{_human(r.unimask_rate)}{r.unit}/s",
-                "n/a" if r.reference_rate is None else f"{_human(r.reference_rate)}{r.unit}/s",
+                rate_cell(r, r.unimask_s),
+                rate_cell(r, r.reference_s),
                 "n/a" if r.ratio is None else f"{r.ratio:.2f}x" if r.ratio < 10 else f"{r.ratio:.1f}x",
             )
         )
     widths = [max(len(row[c]) for row in rows) for c in range(4)]
     lines = []
     for k, row in enumerate(rows):
-        lines.append("  ".join(cell.ljust(widths[c]) if c == 0 else cell.rjust(widths[c]) for c, cell in enumerate(row)))
+        lines.append("  ".join(text.ljust(widths[c]) if c == 0 else text.rjust(widths[c]) for c, text in enumerate(row)))
         if k == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
