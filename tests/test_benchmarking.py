@@ -66,3 +66,25 @@ def test_run_case_ratio_is_reference_over_unimask():
     assert r.unimask_rate == pytest.approx(100.0 / r.unimask_s)
     none = BenchCase("no reference", lambda corpus: (_sleeper(0.001, [], "a"), None, 1.0, "B"))
     assert run_case(none, [], min_time=0.01).ratio is None
+
+
+def test_garbage_collector_paused_while_timing_and_restored():
+    import gc
+
+    seen: list[bool] = []
+    probe = lambda: seen.append(gc.isenabled())  # noqa: E731
+    assert gc.isenabled()
+    time_interleaved([probe, probe], min_time=0.01)
+    assert seen and not any(seen) and gc.isenabled()
+    seen.clear()
+    gc.disable()
+    try:
+        time_interleaved([probe], min_time=0.01)
+        assert not gc.isenabled()  # left as found
+    finally:
+        gc.enable()
+    from unimask.benchmarking import time_callable
+
+    seen.clear()
+    time_callable(probe, min_time=0.01)
+    assert seen and not any(seen) and gc.isenabled()

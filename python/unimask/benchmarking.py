@@ -9,8 +9,10 @@ same cases from :func:`all_cases`.
 
 from __future__ import annotations
 
+import gc
 import statistics
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -74,8 +76,27 @@ class BenchResult:
         return [(self.work / seconds, self.unit)] + [(w / seconds, u) for u, w in also.items()]
 
 
+@contextmanager
+def _gc_paused():
+    """Python's cyclic garbage collector off for the duration (as :mod:`timeit` does): a full
+    collection in a process that imported torch takes ~0.1 s and lands inside whatever call
+    happens to allocate at that moment."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def time_callable(fn: Callable[[], object], min_time: float = 0.5, min_repeats: int = 3) -> float:
-    """Median seconds per call of ``fn`` after one warm-up call."""
+    """Median seconds per call of ``fn`` after one warm-up call (garbage collector paused)."""
+    with _gc_paused():
+        return _time_callable(fn, min_time, min_repeats)
+
+
+def _time_callable(fn: Callable[[], object], min_time: float, min_repeats: int) -> float:
     fn()
     times: list[float] = []
     start = time.perf_counter()
@@ -107,8 +128,15 @@ def time_interleaved(
     default) because the first calls of a turn run slower than the rest (caches, memory and
     the other function's threads settle for a few milliseconds; measured up to 35% on the first
     tokenizer call after a 2-thread turn); over a quarter second those calls do not move the
-    median.
+    median. The garbage collector is paused meanwhile (as :mod:`timeit` does).
     """
+    with _gc_paused():
+        return _time_interleaved(fns, min_time, min_repeats, block, max_calls)
+
+
+def _time_interleaved(
+    fns: list[Callable[[], object]], min_time: float, min_repeats: int, block: float, max_calls: int
+) -> list[float]:
     warm = []
     for fn in fns:
         t0 = time.perf_counter()
