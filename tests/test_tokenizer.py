@@ -294,6 +294,43 @@ def test_parity_mostly_ascii_text_with_unicode(minilm_dir, corpus_paths, norm):
     assert_batch_same(hf, ut, texts)
 
 
+_LETTER_BLOCKS = [
+    (0xC0, 0x24F), (0x370, 0x3FF), (0x400, 0x52F), (0x1E00, 0x1EFF), (0x1F00, 0x1FFF), (0xFF00, 0xFFEF),
+    (0x2100, 0x218F), (0x24B6, 0x24E9), (0x13A0, 0x13F5), (0x1C90, 0x1CBF), (0x2C00, 0x2C7F), (0x531, 0x587),
+    (0x300, 0x36F), (0x1DC0, 0x1DFF),
+]
+
+
+@pytest.mark.parametrize(
+    "norm",
+    [dict(lowercase=True), dict(lowercase=True, strip_accents=False), dict(lowercase=False, strip_accents=True)],
+    ids=["uncased", "lowercase-only", "strip-only"],
+)
+def test_parity_letters_that_normalization_folds(minilm_dir, norm):
+    """Accented and capital letters of many scripts (folded to one letter on the simple path:
+    É -> e, Ж -> ж; those that expand, such as İ, and combining marks take the general path)
+    mixed with ASCII equal HF."""
+    import random
+
+    rng = random.Random(11)
+
+    def letters():
+        lo, hi = rng.choice(_LETTER_BLOCKS)
+        return "".join(chr(rng.randint(lo, hi)) for _ in range(rng.randint(1, 4)))
+
+    texts = []
+    for _ in range(1500):
+        parts = [
+            rng.choice([letters, lambda: rng.choice(["the", "Word", "x", "É", "İ", "ẞ", "\u0301", ", ", "’"])])()
+            + rng.choice([" ", "", " "])
+            for _ in range(rng.randint(1, 8))
+        ]
+        texts.append("".join(parts))
+    hf = _hf_bert(minilm_dir / "vocab.txt", **norm)
+    ut = WordPieceTokenizer.from_vocab(minilm_dir / "vocab.txt", **norm)
+    assert_batch_same(hf, ut, texts)
+
+
 @pytest.mark.parametrize("max_chars", [1, 5, 9, 16, 17])
 def test_parity_short_max_input_chars_per_word(minilm_dir, corpus_paths, max_chars):
     """Words longer than ``max_input_chars_per_word`` become one [UNK], also those the

@@ -491,6 +491,12 @@ pub struct Tokenizer {
     /// Token of each non-ASCII character of the BMP as a word of its own (the character's
     /// entry or `[UNK]`), indexed by code point: one load per CJK character.
     bmp_char_id: Vec<u32>,
+    /// For Basic Multilingual Plane characters that normalization changes into one other
+    /// character of a word (accented or uppercase letters: `É` -> `e` uncased), that character;
+    /// 0 elsewhere. Filled from the normalizer itself, one character at a time, so the simple
+    /// path folds exactly as the general one (a following combining mark, which could interact,
+    /// sends the text to the general path anyway).
+    fold: Vec<u32>,
     pub cls_id: Option<u32>,
     pub sep_id: Option<u32>,
     pub pad_id: Option<u32>,
@@ -606,6 +612,31 @@ impl Tokenizer {
                 }
             }
         }
+        let ncfg = normalizer.config;
+        let mut fold = vec![0u32; 0x10000];
+        for code in 0x80u32..0x10000 {
+            let Some(c) = char::from_u32(code) else {
+                continue;
+            };
+            let f = char_flags(c);
+            let changes = (ncfg.strip_accents && f & F_NFD_SELF == 0)
+                || (ncfg.lowercase && f & F_LOWER_SELF == 0);
+            if !changes || (ncfg.strip_accents && f & F_MN != 0) {
+                continue;
+            }
+            if let [m] = normalizer.normalize_char(c)[..] {
+                let g = char_flags(m);
+                let word = (m as u32) >= 128
+                    && g & (F_WS | F_PUNCT | F_DROP | F_CLEAN_WS) == 0
+                    && !(ncfg.handle_chinese_chars && g & F_CHINESE != 0)
+                    && (!ncfg.strip_accents || (g & F_NFD_SELF != 0 && g & F_MN == 0))
+                    && (!ncfg.lowercase || g & F_LOWER_SELF != 0);
+                let ascii_word = (m as u32) < 128 && ascii_class[m as usize] == A_WORD;
+                if word || ascii_word {
+                    fold[code as usize] = m as u32;
+                }
+            }
+        }
         let mut whole_bits = ascii_bits;
         for &b in &special_first_bytes {
             if b < 128 {
@@ -619,6 +650,7 @@ impl Tokenizer {
             ascii_classes_whole: ByteClasses::new(whole_bits),
             ascii_lowercase,
             bmp_char_id,
+            fold,
             cls_id: id(&config.cls_token),
             sep_id: id(&config.sep_token),
             pad_id: id(&config.pad_token),
@@ -1409,7 +1441,15 @@ impl Tokenizer {
                 out.truncate(mark);
                 *word = w0;
             }
-            if let Some(n) = self.encode_simple(seg, base, type_id, word, sc, out) {
+            if let Some(n) = self.encode_simple::<false>(seg, base, type_id, word, sc, out) {
+                return n;
+            }
+            out.truncate(mark);
+            *word = w0;
+            // Letters normalization folds into one other letter (accents, capitals): the
+            // simple path again, folding (a separate pass, so that text without them, such
+            // as Chinese, keeps the leaner loop).
+            if let Some(n) = self.encode_simple::<true>(seg, base, type_id, word, sc, out) {
                 return n;
             }
             out.truncate(mark);
@@ -1439,16 +1479,24 @@ impl Tokenizer {
         if (cfg.clean_text && f & F_CLEAN_WS != 0) || f & F_WS != 0 {
             return Some(SimpleKind::Space);
         }
-        if cfg.strip_accents && (f & F_NFD_SELF == 0 || f & F_MN != 0) {
-            return None;
-        }
-        if cfg.lowercase && f & F_LOWER_SELF == 0 {
-            return None;
+        if (cfg.strip_accents && (f & F_NFD_SELF == 0 || f & F_MN != 0))
+            || (cfg.lowercase && f & F_LOWER_SELF == 0)
+        {
+            return self.folded(c).map(|_| SimpleKind::Word);
         }
         if f & F_PUNCT != 0 || (cfg.handle_chinese_chars && f & F_CHINESE != 0) {
             Some(SimpleKind::Alone)
         } else {
             Some(SimpleKind::Word)
+        }
+    }
+
+    /// The one word character that normalization turns `c` into, if it is one (see `fold`).
+    #[inline]
+    fn folded(&self, c: char) -> Option<char> {
+        match self.fold.get(c as usize) {
+            Some(&m) if m != 0 => char::from_u32(m),
+            _ => None,
         }
     }
 
@@ -1544,7 +1592,14 @@ impl Tokenizer {
                     }
                     let stretch = &seg[start..end];
                     let (mark, w0) = (out.len(), *word);
-                    pos += match self.encode_simple(stretch, base + pos, type_id, word, sc, out) {
+                    pos += match self.encode_simple::<true>(
+                        stretch,
+                        base + pos,
+                        type_id,
+                        word,
+                        sc,
+                        out,
+                    ) {
                         Some(n) => n,
                         None => {
                             out.truncate(mark);
@@ -1564,7 +1619,7 @@ impl Tokenizer {
     /// most scripts, ASCII mixed in): one pass, no alignment buffers. Returns `None` (output to
     /// roll back) at the first character that normalization would drop, expand or reorder,
     /// which the exact general path then handles. Returns the segment's length in characters.
-    fn encode_simple(
+    fn encode_simple<const FOLD: bool>(
         &self,
         seg: &str,
         base: u32,
@@ -1597,13 +1652,17 @@ impl Tokenizer {
                 }
                 if (cfg.clean_text && f & F_CLEAN_WS != 0) || f & F_WS != 0 {
                     kind = 0;
+                } else if (cfg.strip_accents && (f & F_NFD_SELF == 0 || f & F_MN != 0))
+                    || (cfg.lowercase && f & F_LOWER_SELF == 0)
+                {
+                    // Normalization changes it: with `FOLD`, a letter folded to one word
+                    // character; else (or for anything else) the caller's next path.
+                    if !FOLD {
+                        return None;
+                    }
+                    cc = self.folded(c)?;
+                    kind = 2;
                 } else {
-                    if cfg.strip_accents && (f & F_NFD_SELF == 0 || f & F_MN != 0) {
-                        return None;
-                    }
-                    if cfg.lowercase && f & F_LOWER_SELF == 0 {
-                        return None;
-                    }
                     kind = if f & F_PUNCT != 0 || (cfg.handle_chinese_chars && f & F_CHINESE != 0) {
                         1
                     } else {
