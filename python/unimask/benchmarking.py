@@ -35,8 +35,8 @@ class BenchCase:
     ``setup(corpus_paths)`` returns ``(unimask_fn, reference_fn, work, unit)`` where ``work``
     is the amount processed per call in ``unit`` (e.g. bytes, tokens); the functions take no
     arguments. It may add a fifth element, ``{unit: amount per call}`` for more units to report
-    (e.g. tokens besides bytes). ``reference_fn`` may be ``None`` when the reference library is not installed;
-    the case then reports no ratio and says why in ``note``.
+    (e.g. tokens besides bytes). ``reference_fn`` may be ``None`` when the reference library is
+    not installed; the case then reports no ratio and says why in ``note``.
     """
 
     name: str
@@ -122,9 +122,9 @@ def time_interleaved(
     repeatedly for about ``block`` seconds or the slowest warm-up call, whichever is longer (so
     a fast function's turns last as long as one call of a slow one). This goes on until every
     function has ``min_repeats`` calls and ``min_time`` seconds of calls (or ``max_calls``
-    calls). A machine that speeds up or slows down during the measurement (other processes, frequency
-    changes) then affects every function alike, so their *ratio* stays put, which two
-    measurements one after the other do not guarantee. Turns are long (``block`` = 0.25 s by
+    calls). A machine that speeds up or slows down during the measurement (other processes,
+    frequency changes) then affects every function alike, so their *ratio* stays put, which
+    two measurements one after the other do not guarantee. Turns are long (``block`` = 0.25 s by
     default) because the first calls of a turn run slower than the rest (caches, memory and
     the other function's threads settle for a few milliseconds; measured up to 35% on the first
     tokenizer call after a 2-thread turn); over a quarter second those calls do not move the
