@@ -10,8 +10,17 @@ fn build_info() -> Vec<(&'static str, String)> {
     info
 }
 
+/// Freed large blocks the extension's allocator keeps for the next batch, as
+/// `(blocks, bytes)`, or `None` while another thread is using them
+/// (`unimask_core::block_cache`).
+#[pyfunction]
+fn kept_blocks() -> Option<(usize, usize)> {
+    crate::ALLOC.kept()
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(build_info, m)?)?;
+    m.add_function(wrap_pyfunction!(kept_blocks, m)?)?;
     Ok(())
 }

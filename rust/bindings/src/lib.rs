@@ -6,6 +6,12 @@
 
 use pyo3::prelude::*;
 
+/// The extension's allocator: the system one, plus a few recently freed large blocks kept for
+/// the next batch (output columns are megabytes; see `unimask_core::block_cache`).
+#[global_allocator]
+pub(crate) static ALLOC: unimask_core::block_cache::BlockCache =
+    unimask_core::block_cache::BlockCache::new();
+
 mod collate;
 mod errors;
 mod info;

@@ -5,6 +5,7 @@
 //! `vocab`), then corrupted for pretraining (`masking`, `spans`, ...) and stored in
 //! corpus shards (`shards`). No PyO3 here: the `unimask-py` crate is the only binding layer.
 
+pub mod block_cache;
 pub mod error;
 pub mod pool;
 
