@@ -68,3 +68,56 @@ def test_repeated_large_batches_do_not_fault_in_fresh_pages(minilm_dir, lines):
         tok.encode_batch(lines)
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
     assert faults / calls < 200, f"{faults / calls:.0f} minor page faults per call"
+
+
+def test_fork_while_another_thread_encodes_does_not_hang_the_child(minilm_dir, lines):
+    """Children forked while another thread is inside ``encode_batch`` (allocating and freeing
+    large blocks on the pool) encode normally, large batches included. A fork landing exactly
+    while the cache's flag is held is rare here; that case (the flag never waited for) is
+    checked deterministically by the Rust test ``a_busy_cache_falls_back_to_the_system``."""
+    import os
+    import threading
+    import time
+
+    tok = WordPieceTokenizer.from_pretrained(minilm_dir, num_threads=2)
+    want = tok.encode_batch(lines[:2000]).ids_flat.copy()
+    stop = threading.Event()
+
+    def churn() -> None:
+        while not stop.is_set():
+            tok.encode_batch(lines)
+
+    t = threading.Thread(target=churn)
+    t.start()
+    children = []
+    try:
+        for _ in range(6):
+            time.sleep(0.003)
+            pid = os.fork()
+            if pid == 0:  # child: encode (large blocks again) and report by exit status
+                ok = False
+                try:
+                    got = tok.encode_batch(lines[:2000]).ids_flat
+                    big = tok.encode_batch(lines)
+                    ok = np.array_equal(got, want) and big.ids_flat.nbytes >= 1 << 20
+                finally:
+                    os._exit(0 if ok else 1)
+            children.append(pid)
+    finally:
+        stop.set()
+        t.join()
+    deadline = time.monotonic() + 60
+    for pid in children:
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                assert os.waitstatus_to_exitcode(status) == 0, f"child {pid} encoded wrongly"
+                break
+            if time.monotonic() > deadline:
+                for p in children:
+                    try:
+                        os.kill(p, 9)
+                    except ProcessLookupError:
+                        pass
+                pytest.fail(f"child {pid} hung after fork")
+            time.sleep(0.01)
