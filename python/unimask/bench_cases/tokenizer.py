@@ -208,7 +208,11 @@ def cases() -> list[BenchCase]:
                 f"tokenizer encode_batch {lang} 2 threads (vs unimask 1 thread: scaling)",
                 _setup_scaling(index, 2),
                 group="tokenizer",
-                note="the ratio is unimask's speed-up from 1 to 2 threads, both timed in turns",
+                note=(
+                    "the ratio is unimask's speed-up from 1 to 2 threads, both timed in turns; on a"
+                    " shared VM it moves with where the host puts the two vCPUs (probe: cargo run"
+                    " --release -p unimask-core --example core_round_trip; docs/tokenizer.md)"
+                ),
             )
         )
     out.append(
