@@ -53,6 +53,9 @@ def test_freed_output_columns_are_kept_and_taken_again(minilm_dir, lines, thread
     np.testing.assert_array_equal(again.ids_flat, want_ids)
     np.testing.assert_array_equal(again.offsets_flat, want_offsets)
     del again
+    assert kept()[0] > 0
+    _native.release_kept_blocks()
+    assert kept() == (0, 0)
 
 
 def test_repeated_large_batches_do_not_fault_in_fresh_pages(minilm_dir, lines):

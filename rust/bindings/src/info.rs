@@ -18,9 +18,17 @@ fn kept_blocks() -> Option<(usize, usize)> {
     crate::ALLOC.kept()
 }
 
+/// Give the kept blocks back to the system allocator (for a long-lived process after a
+/// one-off large job).
+#[pyfunction]
+fn release_kept_blocks() {
+    crate::ALLOC.release_all();
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(build_info, m)?)?;
     m.add_function(wrap_pyfunction!(kept_blocks, m)?)?;
+    m.add_function(wrap_pyfunction!(release_kept_blocks, m)?)?;
     Ok(())
 }
