@@ -1538,14 +1538,22 @@ impl Tokenizer {
         let b = seg.as_bytes();
         let classes = &self.ascii_classes;
         let mut pos = 0u32; // characters before byte `i`
+                            // An ASCII stretch (possibly empty) on the ASCII path, advancing `pos`; false at a
+                            // character that path leaves to the general one.
+        let ascii =
+            |run: &[u8], pos: &mut u32, word: &mut i32, sc: &mut Scratch, out: &mut EncodingBuf| {
+                let ok = run.is_empty()
+                    || self.encode_ascii(run, base + *pos, type_id, word, sc, out, classes);
+                *pos += run.len() as u32;
+                ok
+            };
         let mut i = 0usize;
         let mut after_non_ascii = false;
         while i < b.len() {
             let Some(j) = b[i..].iter().position(|&x| x >= 0x80).map(|k| i + k) else {
-                if !self.encode_ascii(&b[i..], base + pos, type_id, word, sc, out, classes) {
+                if !ascii(&b[i..], &mut pos, word, sc, out) {
                     return None;
                 }
-                pos += (b.len() - i) as u32;
                 break;
             };
             let c = seg[j..].chars().next()?;
@@ -1554,12 +1562,8 @@ impl Tokenizer {
                     if j == i && after_non_ascii {
                         return None;
                     }
-                    if j > i {
-                        let run = &b[i..j];
-                        if !self.encode_ascii(run, base + pos, type_id, word, sc, out, classes) {
-                            return None;
-                        }
-                        pos += (j - i) as u32;
+                    if !ascii(&b[i..j], &mut pos, word, sc, out) {
+                        return None;
                     }
                     if kind == SimpleKind::Alone {
                         out.push(self.alone_id(c), type_id, base + pos, base + pos + 1, *word);
@@ -1580,12 +1584,8 @@ impl Tokenizer {
                     };
                     let start = b[i..j].iter().rposition(sep).map_or(i, |k| i + k + 1);
                     let end = b[j..].iter().position(sep).map_or(b.len(), |k| j + k);
-                    if start > i {
-                        let run = &b[i..start];
-                        if !self.encode_ascii(run, base + pos, type_id, word, sc, out, classes) {
-                            return None;
-                        }
-                        pos += (start - i) as u32;
+                    if !ascii(&b[i..start], &mut pos, word, sc, out) {
+                        return None;
                     }
                     let stretch = &seg[start..end];
                     let (mark, w0) = (out.len(), *word);
