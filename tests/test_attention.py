@@ -23,14 +23,7 @@ from unimask.attention import (
 from unimask.masks import allowed
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The shapes here are tiny: intra-op threads only add spin-wait contention on a busy
-    machine (gradgradcheck ran 20x slower with 2 threads under load)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _naive(q, k, v, mode, src, seq, scale=None):

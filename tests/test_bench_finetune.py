@@ -4,12 +4,10 @@ candidates over the same 20k vectors (the reference is the oracle)."""
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def test_faq_bench_case_compares_the_same_query(corpus_paths):

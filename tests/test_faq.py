@@ -4,7 +4,6 @@ brute force, save/load, the cross-encoder rerank, and the ``unimask faq`` CLI.""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -16,17 +15,9 @@ from unimask.finetune import CrossEncoderReranker, FAQIndex, LabelMap, SequenceC
 from unimask.tokenizer import WordPieceTokenizer
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on the shared 2-core test machine two threads make small ops
-    many times slower (each waits for the other core); results do not depend on it."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 FIX = Path(__file__).parent / "fixtures" / "finetune"
 
 

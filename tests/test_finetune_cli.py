@@ -11,7 +11,6 @@ checked against an independent re-evaluation of the saved model with
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -20,17 +19,9 @@ import torch
 from unimask.cli import main
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on the shared 2-core test machine two threads make small ops
-    many times slower (each waits for the other core); results do not depend on it."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 FIXTURES = Path(__file__).parent / "fixtures" / "finetune"
 N_TRAIN, N_EVAL = 160, 80  # the fixture is interleaved by label: a prefix is balanced
 

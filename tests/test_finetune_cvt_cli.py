@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -24,18 +23,11 @@ from unimask.finetune.data import Example, LabelMap
 from unimask.masks import BIDIRECTIONAL, LEFT_TO_RIGHT, RIGHT_TO_LEFT
 from unimask.models import EncoderConfig, TransformerEncoder
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 FIXTURES = Path(__file__).parent / "fixtures" / "finetune"
 N_TRAIN, N_UNLABELED, MAX_LEN = 48, 32, 32
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread (see tests/test_finetune_cli.py): much faster on the shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

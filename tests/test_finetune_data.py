@@ -6,20 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from unimask.finetune import Example, LabelMap, load_examples
 from unimask.finetune.metrics import accuracy, classification_report, exact_match, f1_scores, squad_f1
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on the shared 2-core test machine two threads make small ops
-    many times slower (each waits for the other core); results do not depend on it."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _write(path, text):

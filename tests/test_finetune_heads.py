@@ -4,7 +4,6 @@ hand computation, word-level label alignment, UNILM seq2seq fine-tuning."""
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -31,17 +30,9 @@ from unimask.models import EncoderConfig, MassSeq2Seq, TransformerEncoder, Unifi
 from unimask.tokenizer import WordPieceTokenizer
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on the shared 2-core test machine two threads make small ops
-    many times slower (each waits for the other core); results do not depend on it."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def _brute_span(s, e, ctx, max_len):

@@ -29,14 +29,7 @@ from unimask.finetune.data import LabelMap
 from unimask.models import EncoderConfig
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on the shared 2-core test machine two threads make small ops
-    many times slower (each waits for the other core); results do not depend on it."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _stlr_paper(t: int, T: int, lr_max: float, cut_frac: float = 0.1, ratio: float = 32) -> float:

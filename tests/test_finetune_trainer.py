@@ -24,14 +24,7 @@ from unimask.tokenizer import WordPieceTokenizer
 FIX = Path(__file__).parent / "fixtures" / "finetune"
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on the shared 2-core test machine two threads make small ops
-    many times slower (each waits for the other core); results do not depend on it."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _cfg(vocab_size):

@@ -13,7 +13,6 @@ import random
 
 import numpy as np
 import pytest
-import torch
 
 from unimask.collators import MASSCollator, MLMCollator, NSPPairBuilder, T5SpanCollator, UnifiedLMCollator
 from unimask.corpus import demo_corpus_path, read_documents

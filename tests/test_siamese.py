@@ -3,7 +3,6 @@ training losses vs hand-computed formulas (numpy)."""
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pytest
@@ -12,17 +11,9 @@ import torch
 from unimask.finetune import SiameseEncoder, contrastive_loss, cosine_similarity_loss, in_batch_negatives_loss
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on the shared 2-core test machine two threads make small ops
-    many times slower (each waits for the other core); results do not depend on it."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 TEXTS = [
     "How do I reset my password?",
