@@ -1,4 +1,4 @@
-//! Profiling harness: `cargo run --release -p unimask-core --example tokenize_file -- VOCAB FILE [ITERS] [THREADS]`
+//! Profiling harness: `cargo run --release -p unimask-core --example tokenize_file -- VOCAB FILE [ITERS] [THREADS|twins|spaced]`
 //! encodes the non-empty lines of FILE with the uncased BERT rules, ITERS times, and prints MB/s
 //! (best and median call). It uses the allocator the Python extension installs
 //! (`block_cache`), so no malloc tunables are needed for steady numbers.
@@ -11,7 +11,12 @@
 //!
 //! `two` against the sum of `twins` is the parallel path's own cost (chunk copies, placement,
 //! the pool); `twins` against twice `one` is the machine's (shared cache and memory).
-use std::time::Instant;
+//!
+//! With `spaced` for THREADS it times calls on 1 and 2 threads back to back and each after a
+//! 30 ms pause (the calling thread asleep, or spinning without touching memory), and 1-thread
+//! calls after the pause followed by encoding the file's distinct words once (untimed): how
+//! much of a spaced call's extra time is the vocabulary lookups' working set going cold.
+use std::time::{Duration, Instant};
 
 use unimask_core::tokenizer::{EncodeOptions, Tokenizer, TokenizerConfig};
 use unimask_core::vocab::Vocab;
@@ -22,10 +27,22 @@ static ALLOC: unimask_core::block_cache::BlockCache = unimask_core::block_cache:
 
 /// Seconds of each of `iters` calls on `threads` threads, sorted, and the token count.
 fn time_calls(tok: &Tokenizer, lines: &[&str], iters: usize, threads: usize) -> (Vec<f64>, usize) {
+    time_calls_after(tok, lines, iters, threads, || {})
+}
+
+/// [`time_calls`], running `before` (untimed) ahead of each call.
+fn time_calls_after(
+    tok: &Tokenizer,
+    lines: &[&str],
+    iters: usize,
+    threads: usize,
+    mut before: impl FnMut(),
+) -> (Vec<f64>, usize) {
     let opts = EncodeOptions::default();
     let mut times = Vec::with_capacity(iters);
     let mut n = 0;
     for _ in 0..iters {
+        before();
         let t = Instant::now();
         let b = tok.encode_batch(lines, None, &opts, Some(threads)).unwrap();
         times.push(t.elapsed().as_secs_f64());
@@ -62,6 +79,46 @@ fn main() {
                 two / one,
                 100.0 * two / (twins[0] + twins[1])
             );
+        }
+        return;
+    }
+    if threads == "spaced" {
+        let pause = Duration::from_millis(30);
+        let spin = || {
+            let end = Instant::now() + pause;
+            while Instant::now() < end {
+                std::hint::spin_loop();
+            }
+        };
+        let mut seen = std::collections::HashSet::new();
+        let words: Vec<&str> = lines
+            .iter()
+            .flat_map(|l| l.split(|c: char| !c.is_alphanumeric()))
+            .filter(|w| !w.is_empty() && seen.insert(*w))
+            .collect();
+        let opts = EncodeOptions::default();
+        let iters = iters.min(40); // each call here costs a 30 ms pause
+        for threads in [1, 2] {
+            let ms = |t: &[f64]| t[t.len() / 2] * 1e3;
+            let back = ms(&time_calls(&tok, &lines, iters, threads).0);
+            let slept =
+                ms(&time_calls_after(&tok, &lines, iters, threads, || std::thread::sleep(pause)).0);
+            let spun = ms(&time_calls_after(&tok, &lines, iters, threads, spin).0);
+            print!(
+                "{threads} thread(s), median ms a call: back to back {back:.2} | after 30 ms asleep {slept:.2} | spinning {spun:.2}"
+            );
+            if threads == 1 {
+                let warmed = ms(&time_calls_after(&tok, &lines, iters, 1, || {
+                    spin();
+                    std::hint::black_box(tok.encode_batch(&words, None, &opts, Some(1)).unwrap());
+                })
+                .0);
+                print!(
+                    " | spinning, then the {} distinct words {warmed:.2}",
+                    words.len()
+                );
+            }
+            println!();
         }
         return;
     }
