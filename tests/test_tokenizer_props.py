@@ -84,3 +84,14 @@ def test_lone_surrogates_are_value_errors(pair_of, prefix, sur, suffix):
     _, ut = pair_of
     with pytest.raises(ValueError, match="surrogate"):
         ut.encode(prefix + chr(sur) + suffix)
+
+
+@SETTINGS
+@given(words=st.lists(texts, max_size=10), pair=st.one_of(st.none(), st.lists(texts, max_size=6)))
+def test_random_word_lists_match_hf(pair_of, words, pair):
+    """Texts split into words (``is_split_into_words=True``) against HF ``is_pretokenized=True``."""
+    hf, ut = pair_of
+    h = hf.encode(words, is_pretokenized=True) if pair is None else hf.encode(words, pair, is_pretokenized=True)
+    _same(h, ut.encode(words, pair, is_split_into_words=True))
+    batch = ut.encode_batch([words, words], None if pair is None else [pair, pair], is_split_into_words=True)
+    _same(h, batch[1])

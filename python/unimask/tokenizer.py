@@ -515,12 +515,13 @@ class WordPieceTokenizer:
 
     def encode(
         self,
-        text: str,
-        pair: str | None = None,
+        text: str | Sequence[str],
+        pair: str | Sequence[str] | None = None,
         add_special_tokens: bool = True,
         max_length: int | None = None,
         truncation: str = "longest_first",
         stride: int = 0,
+        is_split_into_words: bool = False,
     ) -> Encoding:
         """Encode one text (and optional pair) like HF ``Tokenizer.encode`` with
         ``enable_truncation(max_length, stride=stride, strategy=truncation)``; see
@@ -536,10 +537,17 @@ class WordPieceTokenizer:
         nested ``overflowing`` lists ``(Ai, B1..Bm)`` / ``(A1..Ak, Bj)`` exactly as in HF.
         Raises ``ValueError`` where HF panics: a pair sequence truncated to ``t`` tokens with
         ``0 < t <= stride``.
+
+        With ``is_split_into_words=True``, ``text`` (and ``pair``) is a list of words, as HF's
+        ``is_pretokenized=True`` (transformers' ``is_split_into_words``): each word is
+        pre-tokenized and encoded on its own, ``word_ids`` are indices into the list (so
+        ``align_word_labels(enc.word_ids, word_labels)`` takes one label per given word), and
+        ``offsets`` are character offsets into each word.
         """
         _check_max_length(max_length, truncation, stride)
         ids, types, offsets, words, splits, k, m = self._native.encode_overflowing(
-            text, pair, bool(add_special_tokens), max_length, truncation, stride
+            text, pair, bool(add_special_tokens), max_length, truncation, stride,
+            _check_flag("is_split_into_words", is_split_into_words),
         )
         bounds = splits.tolist()
 
@@ -571,13 +579,14 @@ class WordPieceTokenizer:
 
     def encode_batch(
         self,
-        texts: Sequence[str],
-        pairs: Sequence[str] | None = None,
+        texts: Sequence[str] | Sequence[Sequence[str]],
+        pairs: Sequence[str] | Sequence[Sequence[str]] | None = None,
         add_special_tokens: bool = True,
         max_length: int | None = None,
         truncation: str = "longest_first",
         stride: int = 0,
         return_overflowing: bool = False,
+        is_split_into_words: bool = False,
     ) -> RaggedBatch:
         """Encode many texts (in parallel, outside the GIL) into a :class:`RaggedBatch`.
 
@@ -596,13 +605,16 @@ class WordPieceTokenizer:
         tokens (HF: ``stride < max_len`` in ``Encoding::truncate``, a panic there); a pair
         sequence truncated to ``t`` tokens with ``0 < t <= stride`` also raises ``ValueError``
         naming the text (HF panics). Rows do not depend on ``num_threads``.
+
+        With ``is_split_into_words=True`` every text (and pair) is a list of words (CoNLL-style
+        tagging data): HF ``encode_batch(..., is_pretokenized=True)``, see :meth:`encode`;
+        ``word_ids`` index each row's words.
         """
         _check_max_length(max_length, truncation, stride)
-        if not isinstance(return_overflowing, (bool, np.bool_)):
-            raise TypeError(f"return_overflowing must be a bool, got {return_overflowing!r}")
         ids, types, offsets, words, splits, samples = self._native.encode_batch(
             texts, pairs, bool(add_special_tokens), max_length, truncation, stride, self.num_threads,
-            bool(return_overflowing),
+            _check_flag("return_overflowing", return_overflowing),
+            _check_flag("is_split_into_words", is_split_into_words),
         )
         pad = self.pad_id
         return RaggedBatch(ids, types, offsets, words, splits, 0 if pad is None else pad, samples)
@@ -703,6 +715,13 @@ class WordPieceTokenizer:
 
     def __repr__(self) -> str:
         return f"WordPieceTokenizer(vocab_size={self.vocab_size}, lowercase={self._config['lowercase']})"
+
+
+def _check_flag(name: str, value: Any) -> bool:
+    """A keyword flag as a bool; anything but a bool is a ``TypeError`` naming it."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return bool(value)
 
 
 def _check_max_length(max_length: int | None, truncation: str, stride: int) -> None:

@@ -14,7 +14,9 @@ use unimask_core::normalize::NormalizerConfig;
 use unimask_core::padding;
 use unimask_core::segment::Segmenter;
 use unimask_core::shards;
-use unimask_core::tokenizer::{EncodeOptions, EncodingBuf, Tokenizer, TokenizerConfig, Truncation};
+use unimask_core::tokenizer::{
+    BatchInput, EncodeOptions, EncodingBuf, Seq, Tokenizer, TokenizerConfig, Truncation,
+};
 use unimask_core::train;
 use unimask_core::vocab::Vocab;
 
@@ -126,6 +128,37 @@ fn borrow_texts<'a>(items: &'a Bound<'_, PyTuple>, what: &str) -> PyResult<Vec<&
         });
     }
     Ok(out)
+}
+
+/// The word lists of a batch of split texts (`is_split_into_words`): each item of `items` a
+/// list/tuple of `str`, snapshotted as a tuple (kept alive by the returned vector).
+fn word_lists<'py>(items: &Bound<'py, PyTuple>, what: &str) -> PyResult<Vec<Bound<'py, PyTuple>>> {
+    let mut lists = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        if item.is_instance_of::<PyString>() {
+            return Err(PyTypeError::new_err(format!(
+                "{what}[{i}] must be a list of words (str) with is_split_into_words=True, got a str"
+            )));
+        }
+        lists.push(text_items(&item, &format!("{what}[{i}]"))?);
+    }
+    Ok(lists)
+}
+
+/// All the words of `lists` in order, borrowed, and where each list starts (`lists.len() + 1`
+/// indices).
+fn borrow_word_lists<'a>(
+    lists: &'a [Bound<'_, PyTuple>],
+    what: &str,
+) -> PyResult<(Vec<&'a str>, Vec<usize>)> {
+    let mut words = Vec::with_capacity(lists.iter().map(|l| l.len()).sum());
+    let mut splits = Vec::with_capacity(lists.len() + 1);
+    splits.push(0);
+    for (i, l) in lists.iter().enumerate() {
+        words.extend(borrow_texts(l, &format!("{what}[{i}]"))?);
+        splits.push(words.len());
+    }
+    Ok((words, splits))
 }
 
 type Columns<'py> = (
@@ -283,7 +316,8 @@ impl PyTokenizer {
     /// Encode one text (and optional pair) with its overflowing windows: (ids, type_ids,
     /// offsets, word_ids, row_splits, k, m). Row 0 is the main encoding, rows 1.. HF's
     /// `overflowing` list; k / m are the overflowing windows of the first / second sequence.
-    #[pyo3(signature = (text, pair=None, add_special_tokens=true, max_length=None, truncation="longest_first", stride=0))]
+    /// With `is_split_into_words`, `text` (and `pair`) are lists of words (see `Seq::Words`).
+    #[pyo3(signature = (text, pair=None, add_special_tokens=true, max_length=None, truncation="longest_first", stride=0, is_split_into_words=false))]
     #[allow(clippy::too_many_arguments, clippy::type_complexity)]
     fn encode_overflowing<'py>(
         &self,
@@ -294,6 +328,7 @@ impl PyTokenizer {
         max_length: Option<i64>,
         truncation: &str,
         stride: i64,
+        is_split_into_words: bool,
     ) -> PyResult<(
         Bound<'py, PyArray1<u32>>,
         Bound<'py, PyArray1<u8>>,
@@ -304,15 +339,36 @@ impl PyTokenizer {
         usize,
     )> {
         let opts = options(add_special_tokens, max_length, truncation, stride)?;
-        let text = as_text(text, "text")?.to_owned();
-        let pair = pair
-            .map(|p| as_text(p, "pair"))
-            .transpose()?
-            .map(str::to_owned);
         let inner = Arc::clone(&self.inner);
-        let (batch, k, m) = run_detached(py, move || {
-            inner.encode_overflowing(&text, pair.as_deref(), &opts)
-        })?;
+        let (batch, k, m) = if is_split_into_words {
+            let one = |obj: &Bound<'py, PyAny>, what: &str| -> PyResult<Bound<'py, PyTuple>> {
+                if obj.is_instance_of::<PyString>() {
+                    return Err(PyTypeError::new_err(format!(
+                        "{what} must be a list of words (str) with is_split_into_words=True, got a str"
+                    )));
+                }
+                text_items(obj, what)
+            };
+            let t_items = one(text, "text")?;
+            let p_items = pair.map(|p| one(p, "pair")).transpose()?;
+            let t = borrow_texts(&t_items, "text")?;
+            let p = p_items
+                .as_ref()
+                .map(|v| borrow_texts(v, "pair"))
+                .transpose()?;
+            run_detached(py, move || {
+                inner.encode_overflowing_seq(Seq::Words(&t), p.as_deref().map(Seq::Words), &opts)
+            })?
+        } else {
+            let text = as_text(text, "text")?.to_owned();
+            let pair = pair
+                .map(|p| as_text(p, "pair"))
+                .transpose()?
+                .map(str::to_owned);
+            run_detached(py, move || {
+                inner.encode_overflowing(&text, pair.as_deref(), &opts)
+            })?
+        };
         let (a, b, c, d) = columns(py, batch.tokens)?;
         Ok((a, b, c, d, batch.row_splits.into_pyarray(py), k, m))
     }
@@ -320,8 +376,11 @@ impl PyTokenizer {
     /// Encode a batch: (ids, type_ids, offsets, word_ids, row_splits i64 [rows + 1],
     /// overflow_to_sample i64 [rows] or None). With `return_overflowing`, each text's row is
     /// followed by its overflowing windows and `overflow_to_sample` maps rows to texts.
+    /// With `is_split_into_words`, each text (and pair) is a list of words (see
+    /// `BatchInput::Words`).
     #[pyo3(signature = (texts, pairs=None, add_special_tokens=true, max_length=None,
-        truncation="longest_first", stride=0, num_threads=None, return_overflowing=false))]
+        truncation="longest_first", stride=0, num_threads=None, return_overflowing=false,
+        is_split_into_words=false))]
     #[allow(clippy::too_many_arguments, clippy::type_complexity)]
     fn encode_batch<'py>(
         &self,
@@ -334,6 +393,7 @@ impl PyTokenizer {
         stride: i64,
         num_threads: Option<usize>,
         return_overflowing: bool,
+        is_split_into_words: bool,
     ) -> PyResult<(
         Bound<'py, PyArray1<u32>>,
         Bound<'py, PyArray1<u8>>,
@@ -344,25 +404,56 @@ impl PyTokenizer {
     )> {
         let opts = options(add_special_tokens, max_length, truncation, stride)?;
         let items = text_items(texts, "texts")?;
-        let t = borrow_texts(&items, "texts")?;
         let pair_items = pairs.map(|p| text_items(p, "pairs")).transpose()?;
-        let p = pair_items
-            .as_ref()
-            .map(|v| borrow_texts(v, "pairs"))
-            .transpose()?;
         let inner = Arc::clone(&self.inner);
-        let (batch, samples) = run_detached(py, move || {
-            if return_overflowing {
-                let (b, s) =
-                    inner.encode_batch_overflowing(&t, p.as_deref(), &opts, num_threads)?;
-                Ok((b, Some(s)))
-            } else {
-                Ok((
-                    inner.encode_batch(&t, p.as_deref(), &opts, num_threads)?,
-                    None,
-                ))
-            }
-        })?;
+        let (batch, samples) = if is_split_into_words {
+            let t_lists = word_lists(&items, "texts")?;
+            let p_lists = pair_items
+                .as_ref()
+                .map(|v| word_lists(v, "pairs"))
+                .transpose()?;
+            let (tw, ts) = borrow_word_lists(&t_lists, "texts")?;
+            let p = p_lists
+                .as_ref()
+                .map(|l| borrow_word_lists(l, "pairs"))
+                .transpose()?;
+            run_detached(py, move || {
+                let texts = BatchInput::Words {
+                    words: &tw,
+                    splits: &ts,
+                };
+                let pairs = p.as_ref().map(|(w, s)| BatchInput::Words {
+                    words: w,
+                    splits: s,
+                });
+                let (b, s) = inner.encode_batch_input(
+                    texts,
+                    pairs,
+                    &opts,
+                    num_threads,
+                    return_overflowing,
+                )?;
+                Ok((b, return_overflowing.then_some(s)))
+            })?
+        } else {
+            let t = borrow_texts(&items, "texts")?;
+            let p = pair_items
+                .as_ref()
+                .map(|v| borrow_texts(v, "pairs"))
+                .transpose()?;
+            run_detached(py, move || {
+                if return_overflowing {
+                    let (b, s) =
+                        inner.encode_batch_overflowing(&t, p.as_deref(), &opts, num_threads)?;
+                    Ok((b, Some(s)))
+                } else {
+                    Ok((
+                        inner.encode_batch(&t, p.as_deref(), &opts, num_threads)?,
+                        None,
+                    ))
+                }
+            })?
+        };
         let (a, b, c, d) = columns(py, batch.tokens)?;
         Ok((
             a,

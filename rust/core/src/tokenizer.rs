@@ -175,6 +175,90 @@ pub struct RaggedBatch {
     pub row_splits: Vec<i64>,
 }
 
+/// One input sequence: a text, or a text already split into words (HF `is_pretokenized`,
+/// transformers' `is_split_into_words`). Each word is pre-tokenized and encoded on its own; its
+/// tokens all take the word's index as word id, and their offsets are character offsets
+/// into that word (as HF).
+#[derive(Clone, Copy, Debug)]
+pub enum Seq<'a> {
+    Text(&'a str),
+    Words(&'a [&'a str]),
+}
+
+impl Seq<'_> {
+    /// Bytes of text (the words' bytes for split input).
+    fn bytes(&self) -> usize {
+        match self {
+            Seq::Text(t) => t.len(),
+            Seq::Words(w) => w.iter().map(|x| x.len()).sum(),
+        }
+    }
+
+    /// Reject a text (or word) whose offsets would not fit the `u32` offset columns.
+    fn check_len(&self, what: impl Fn() -> String) -> Result<()> {
+        match self {
+            Seq::Text(t) => check_len(t, what),
+            Seq::Words(ws) => {
+                for (j, w) in ws.iter().enumerate() {
+                    check_len(w, || format!("{}[{j}]", what()))?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The sequences of a batch: texts, or texts split into words, given as all the words in
+/// order and, per text, where its words start (`splits`: B + 1 increasing indices into `words`,
+/// from 0 to `words.len()`).
+#[derive(Clone, Copy, Debug)]
+pub enum BatchInput<'a> {
+    Texts(&'a [&'a str]),
+    Words {
+        words: &'a [&'a str],
+        splits: &'a [usize],
+    },
+}
+
+impl<'a> BatchInput<'a> {
+    /// Number of sequences.
+    pub fn len(&self) -> usize {
+        match self {
+            BatchInput::Texts(t) => t.len(),
+            BatchInput::Words { splits, .. } => splits.len().saturating_sub(1),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Sequence `i`.
+    #[inline]
+    pub fn get(&self, i: usize) -> Seq<'a> {
+        match *self {
+            BatchInput::Texts(t) => Seq::Text(t[i]),
+            BatchInput::Words { words, splits } => Seq::Words(&words[splits[i]..splits[i + 1]]),
+        }
+    }
+
+    /// Check the word splits (increasing, from 0 to the number of words).
+    fn validate(&self, what: &str) -> Result<()> {
+        if let BatchInput::Words { words, splits } = self {
+            let ok = splits.first() == Some(&0)
+                && splits.last() == Some(&words.len())
+                && splits.windows(2).all(|w| w[0] <= w[1]);
+            if !ok {
+                return Err(Error::InvalidInput(format!(
+                    "{what}: word splits must increase from 0 to {} (the number of words)",
+                    words.len()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Per-thread scratch buffers (no allocation per token or per word in steady state).
 #[derive(Default)]
 pub struct Scratch {
@@ -754,14 +838,24 @@ impl Tokenizer {
         pair: Option<&str>,
         opts: &EncodeOptions,
     ) -> Result<EncodingBuf> {
+        self.encode_seq(Seq::Text(text), pair.map(Seq::Text), opts)
+    }
+
+    /// [`Tokenizer::encode`] of a text or of words (see [`Seq`]).
+    pub fn encode_seq(
+        &self,
+        text: Seq<'_>,
+        pair: Option<Seq<'_>>,
+        opts: &EncodeOptions,
+    ) -> Result<EncodingBuf> {
         self.check_options(opts, pair.is_some())?;
-        check_len(text, || "text".into())?;
+        text.check_len(|| "text".into())?;
         if let Some(p) = pair {
-            check_len(p, || "pair".into())?;
+            p.check_len(|| "pair".into())?;
         }
         let mut out = EncodingBuf::default();
         let mut sc = Scratch::default();
-        self.encode_into(text, pair, opts, &mut sc, &mut out)?;
+        self.encode_seq_into(text, pair, opts, &mut sc, &mut out)?;
         Ok(out)
     }
 
@@ -775,8 +869,9 @@ impl Tokenizer {
         opts: &EncodeOptions,
         num_threads: Option<usize>,
     ) -> Result<RaggedBatch> {
+        let pairs = pairs.map(BatchInput::Texts);
         Ok(self
-            .encode_batch_impl(texts, pairs, opts, num_threads, false)?
+            .encode_batch_input(BatchInput::Texts(texts), pairs, opts, num_threads, false)?
             .0)
     }
 
@@ -791,7 +886,8 @@ impl Tokenizer {
         opts: &EncodeOptions,
         num_threads: Option<usize>,
     ) -> Result<(RaggedBatch, Vec<i64>)> {
-        self.encode_batch_impl(texts, pairs, opts, num_threads, true)
+        let pairs = pairs.map(BatchInput::Texts);
+        self.encode_batch_input(BatchInput::Texts(texts), pairs, opts, num_threads, true)
     }
 
     /// Encode one text (and optional pair) with its overflowing windows: row 0 is HF's main
@@ -803,16 +899,32 @@ impl Tokenizer {
         pair: Option<&str>,
         opts: &EncodeOptions,
     ) -> Result<(RaggedBatch, usize, usize)> {
+        self.encode_overflowing_seq(Seq::Text(text), pair.map(Seq::Text), opts)
+    }
+
+    /// [`Tokenizer::encode_overflowing`] of a text or of words (see [`Seq`]).
+    pub fn encode_overflowing_seq(
+        &self,
+        text: Seq<'_>,
+        pair: Option<Seq<'_>>,
+        opts: &EncodeOptions,
+    ) -> Result<(RaggedBatch, usize, usize)> {
         self.check_options(opts, pair.is_some())?;
-        check_len(text, || "text".into())?;
+        text.check_len(|| "text".into())?;
         if let Some(p) = pair {
-            check_len(p, || "pair".into())?;
+            p.check_len(|| "pair".into())?;
         }
         let mut batch = RaggedBatch::default();
         let mut sc = Scratch::default();
         let mut lens = Vec::new();
-        let (k, m) =
-            self.encode_overflowing_into(text, pair, opts, &mut sc, &mut batch.tokens, &mut lens)?;
+        let (k, m) = self.encode_overflowing_seq_into(
+            text,
+            pair,
+            opts,
+            &mut sc,
+            &mut batch.tokens,
+            &mut lens,
+        )?;
         batch.row_splits.push(0);
         let mut acc = 0i64;
         for l in lens {
@@ -822,15 +934,20 @@ impl Tokenizer {
         Ok((batch, k, m))
     }
 
-    fn encode_batch_impl(
+    /// Encode a batch of texts or of split texts (see [`BatchInput`]) on `num_threads`
+    /// threads; with `overflow`, every text is followed by its overflowing windows and the
+    /// second result maps rows to texts ([`Tokenizer::encode_batch_overflowing`]).
+    pub fn encode_batch_input(
         &self,
-        texts: &[&str],
-        pairs: Option<&[&str]>,
+        texts: BatchInput<'_>,
+        pairs: Option<BatchInput<'_>>,
         opts: &EncodeOptions,
         num_threads: Option<usize>,
         overflow: bool,
     ) -> Result<(RaggedBatch, Vec<i64>)> {
+        texts.validate("texts")?;
         if let Some(p) = pairs {
+            p.validate("pairs")?;
             if p.len() != texts.len() {
                 return Err(Error::InvalidInput(format!(
                     "pairs has {} entries but texts has {}",
@@ -841,14 +958,16 @@ impl Tokenizer {
         }
         self.check_options(opts, pairs.is_some())?;
         let mut total_bytes = 0usize;
-        for (i, t) in texts.iter().enumerate() {
-            check_len(t, || format!("texts[{i}]"))?;
-            total_bytes += t.len();
+        for i in 0..texts.len() {
+            let t = texts.get(i);
+            t.check_len(|| format!("texts[{i}]"))?;
+            total_bytes += t.bytes();
         }
         if let Some(p) = pairs {
-            for (i, t) in p.iter().enumerate() {
-                check_len(t, || format!("pairs[{i}]"))?;
-                total_bytes += t.len();
+            for i in 0..p.len() {
+                let t = p.get(i);
+                t.check_len(|| format!("pairs[{i}]"))?;
+                total_bytes += t.bytes();
             }
         }
         let threads = pool::resolve_threads(num_threads)?;
@@ -858,7 +977,7 @@ impl Tokenizer {
         // last ones are small enough that no thread waits long for another at the end.
         let n = texts.len();
         let mut chunks: Vec<(usize, usize)> = Vec::new();
-        let cost = |i: usize| texts[i].len() + pairs.map_or(0, |p| p[i].len()) + 16;
+        let cost = |i: usize| texts.get(i).bytes() + pairs.map_or(0, |p| p.get(i).bytes()) + 16;
         let mut left: usize = total_bytes + 16 * n;
         let target_for = |left: usize| (left / (threads * 4)).clamp(2 << 10, 64 << 10);
         if threads > 1 {
@@ -886,15 +1005,15 @@ impl Tokenizer {
                    lens: &mut Vec<u32>,
                    samples: &mut Vec<i64>|
          -> Result<()> {
-            let pair = pairs.map(|p| p[i]);
+            let pair = pairs.map(|p| p.get(i));
             let r = if overflow {
                 let before = lens.len();
-                let r = self.encode_overflowing_into(texts[i], pair, opts, sc, buf, lens);
+                let r = self.encode_overflowing_seq_into(texts.get(i), pair, opts, sc, buf, lens);
                 samples.extend(std::iter::repeat_n(i as i64, lens.len() - before));
                 r.map(|_| ())
             } else {
                 let before = buf.len();
-                let r = self.encode_into(texts[i], pair, opts, sc, buf);
+                let r = self.encode_seq_into(texts.get(i), pair, opts, sc, buf);
                 lens.push((buf.len() - before) as u32);
                 r
             };
@@ -906,7 +1025,7 @@ impl Tokenizer {
          -> Result<(Vec<u32>, Vec<i64>)> {
             // Room for the chunk's tokens up front (a no-op on a reused buffer that has it),
             // instead of growing by doubling and copying.
-            let bytes = texts[s..e].iter().map(|t| t.len()).sum::<usize>();
+            let bytes = (s..e).map(|i| texts.get(i).bytes()).sum::<usize>();
             buf.reserve(token_estimate(bytes, e - s));
             let mut lens = Vec::with_capacity(e - s);
             let mut samples = Vec::new();
@@ -934,9 +1053,9 @@ impl Tokenizer {
                         batch.row_splits.push(acc);
                     }
                 } else {
-                    self.encode_into(
-                        texts[i],
-                        pairs.map(|p| p[i]),
+                    self.encode_seq_into(
+                        texts.get(i),
+                        pairs.map(|p| p.get(i)),
                         opts,
                         &mut sc,
                         &mut batch.tokens,
@@ -1195,13 +1314,25 @@ impl Tokenizer {
         sc: &mut Scratch,
         out: &mut EncodingBuf,
     ) -> Result<()> {
+        self.encode_seq_into(Seq::Text(text), pair.map(Seq::Text), opts, sc, out)
+    }
+
+    /// [`Tokenizer::encode_into`] of a text or of words (see [`Seq`]).
+    pub fn encode_seq_into(
+        &self,
+        text: Seq<'_>,
+        pair: Option<Seq<'_>>,
+        opts: &EncodeOptions,
+        sc: &mut Scratch,
+        out: &mut EncodingBuf,
+    ) -> Result<()> {
         let add = opts.add_special_tokens;
         let start = out.len();
         if add {
             out.push(self.cls_id.unwrap_or(0), 0, 0, 0, -1);
         }
         let body = out.len();
-        self.encode_sequence(text, 0, sc, out);
+        self.encode_seq_tokens(text, 0, sc, out);
         let mut n1 = out.len() - body;
         // The pair's scratch buffer is borrowed only for a pair (moving it costs a few ns
         // per text, which shows on batches of short texts).
@@ -1210,7 +1341,7 @@ impl Tokenizer {
         if let Some(p) = pair {
             let mut pb = std::mem::take(&mut sc.pair);
             pb.clear();
-            self.encode_sequence(p, 1, sc, &mut pb);
+            self.encode_seq_tokens(p, 1, sc, &mut pb);
             n2 = pb.len();
             pair_buf = Some(pb);
         }
@@ -1263,14 +1394,27 @@ impl Tokenizer {
         out: &mut EncodingBuf,
         lens: &mut Vec<u32>,
     ) -> Result<(usize, usize)> {
+        self.encode_overflowing_seq_into(Seq::Text(text), pair.map(Seq::Text), opts, sc, out, lens)
+    }
+
+    /// [`Tokenizer::encode_overflowing_into`] of a text or of words (see [`Seq`]).
+    pub fn encode_overflowing_seq_into(
+        &self,
+        text: Seq<'_>,
+        pair: Option<Seq<'_>>,
+        opts: &EncodeOptions,
+        sc: &mut Scratch,
+        out: &mut EncodingBuf,
+        lens: &mut Vec<u32>,
+    ) -> Result<(usize, usize)> {
         let add = opts.add_special_tokens;
         let mut a_buf = std::mem::take(&mut sc.first);
         let mut b_buf = std::mem::take(&mut sc.pair);
         a_buf.clear();
         b_buf.clear();
-        self.encode_sequence(text, 0, sc, &mut a_buf);
+        self.encode_seq_tokens(text, 0, sc, &mut a_buf);
         if let Some(p) = pair {
-            self.encode_sequence(p, 1, sc, &mut b_buf);
+            self.encode_seq_tokens(p, 1, sc, &mut b_buf);
         }
         let (n1, n2) = (a_buf.len(), b_buf.len());
         let (wa, wb) = match opts.max_length {
@@ -1331,6 +1475,27 @@ impl Tokenizer {
         sc.first = a_buf;
         sc.pair = b_buf;
         Ok((ka - 1, kb - 1))
+    }
+
+    /// Encode one text or list of words (no template): see [`Seq`].
+    #[inline]
+    pub fn encode_seq_tokens(
+        &self,
+        seq: Seq<'_>,
+        type_id: u8,
+        sc: &mut Scratch,
+        out: &mut EncodingBuf,
+    ) {
+        match seq {
+            Seq::Text(t) => self.encode_sequence(t, type_id, sc, out),
+            Seq::Words(words) => {
+                for (j, w) in words.iter().enumerate() {
+                    let before = out.len();
+                    self.encode_sequence(w, type_id, sc, out);
+                    out.word_ids[before..].fill(j as i32);
+                }
+            }
+        }
     }
 
     /// Encode one sequence (no template): added tokens, then normalized words.
@@ -2238,6 +2403,61 @@ mod tests {
         assert_eq!(e.ids, vec![2, 11, 13, 14, 1, 4, 3, 15, 3]);
         assert_eq!(e.offsets[1..6], [[0, 4], [5, 6], [6, 7], [7, 8], [9, 15]]);
         assert_eq!(e.type_ids, vec![0, 0, 0, 0, 0, 0, 0, 1, 1]);
+    }
+
+    #[test]
+    fn split_words_are_encoded_one_by_one_with_their_index_as_word_id() {
+        let t = tok();
+        let words = ["Hello,", "", "unaffable", "x y", "中文"];
+        let e = t
+            .encode_seq(Seq::Words(&words), None, &EncodeOptions::default())
+            .unwrap();
+        // hello , | (nothing) | un ##aff ##able | [UNK] [UNK] | 中 文
+        assert_eq!(e.ids, vec![2, 5, 12, 8, 9, 10, 1, 1, 13, 14, 3]);
+        assert_eq!(e.word_ids, vec![-1, 0, 0, 2, 2, 2, 3, 3, 4, 4, -1]);
+        // Offsets are characters of each word.
+        assert_eq!(e.offsets[1..3], [[0, 5], [5, 6]]);
+        assert_eq!(e.offsets[6..10], [[0, 1], [2, 3], [0, 1], [1, 2]]);
+        // The batch of one agrees, and so do 1 and 3 threads on a larger batch.
+        let splits = [0, words.len()];
+        let input = BatchInput::Words {
+            words: &words,
+            splits: &splits,
+        };
+        let opts = EncodeOptions::default();
+        let (b, _) = t
+            .encode_batch_input(input, None, &opts, Some(1), false)
+            .unwrap();
+        assert_eq!(b.tokens, e);
+        let many: Vec<&str> = words.iter().copied().cycle().take(5 * 4000).collect();
+        let splits: Vec<usize> = (0..=4000).map(|i| 5 * i).collect();
+        let input = BatchInput::Words {
+            words: &many,
+            splits: &splits,
+        };
+        let one = t
+            .encode_batch_input(input, None, &opts, Some(1), false)
+            .unwrap();
+        let three = t
+            .encode_batch_input(input, None, &opts, Some(3), false)
+            .unwrap();
+        assert_eq!(one.0, three.0);
+        assert_eq!(one.0.row_splits.len(), 4001);
+    }
+
+    #[test]
+    fn bad_word_splits_are_rejected() {
+        let t = tok();
+        let words = ["a", "b"];
+        let opts = EncodeOptions::default();
+        for splits in [&[0usize, 1][..], &[1, 2], &[0, 2, 1, 2], &[]] {
+            let input = BatchInput::Words {
+                words: &words,
+                splits,
+            };
+            let r = t.encode_batch_input(input, None, &opts, Some(1), false);
+            assert!(matches!(r, Err(Error::InvalidInput(_))), "{splits:?}");
+        }
     }
 
     #[test]
