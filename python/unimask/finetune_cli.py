@@ -1,7 +1,10 @@
 """``unimask finetune`` and ``unimask faq``: fine-tune a classifier, build and query an FAQ index.
 
 ``unimask finetune --model DIR --train FILE --eval FILE --task classify --epochs N --output OUT``
-trains a :class:`unimask.finetune.SequenceClassifier` on an HF BERT directory, writes
+trains a :class:`unimask.finetune.SequenceClassifier` on an HF BERT directory (``--task tag``: a
+:class:`unimask.finetune.TokenClassifier` on tagged sentences, JSONL ``tokens``/``tags`` or CoNLL
+columns, scored by word accuracy and entity F1, loadable with
+``transformers.BertForTokenClassification``), writes
 ``OUT/metrics.json`` (accuracy, per-class/macro/micro F1 on the eval file, the training
 history), and saves the model (+ label map in ``config.json``, + tokenizer) in ``OUT``,
 loadable with ``SequenceClassifier.from_pretrained(OUT)`` (and, with ``--pooling cls``, with
@@ -57,14 +60,17 @@ def add_finetune_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="HF BERT-style model directory (config.json, weights, vocab)")
     p.add_argument("--train", required=True, help="training file (.jsonl, .csv or .tsv)")
     p.add_argument("--eval", required=True, help="evaluation file (same format)")
-    p.add_argument("--task", default="classify", choices=("classify", "regress"),
-                   help="classify (cross-entropy) or regress (one float output, MSE)")
+    p.add_argument("--task", default="classify", choices=("classify", "regress", "tag"),
+                   help="classify (cross-entropy), regress (one float output, MSE) or tag (one tag per word: "
+                        "NER / POS; files are JSONL with word and tag lists, or CoNLL columns)")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--output", required=True, help="output directory (model, tokenizer, metrics.json)")
     p.add_argument("--from-scratch", action="store_true", help="keep the model's config but initialise weights randomly")
-    p.add_argument("--text-field", default="text")
+    p.add_argument("--text-field", default=None, help="field of the text (default 'text'; --task tag: the word list, "
+                                                       "default 'tokens')")
     p.add_argument("--text-pair-field", default=None, help="second text of a pair (cross-encoder)")
-    p.add_argument("--label-field", default="label")
+    p.add_argument("--label-field", default=None, help="field of the label (default 'label'; --task tag: the tag "
+                                                        "list, default 'tags')")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--weight-decay", type=float, default=0.01)
@@ -113,6 +119,10 @@ def run_finetune(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     log = (lambda _s: None) if args.quiet else (lambda s: print(s, file=sys.stderr))
+    if args.task == "tag":
+        return _run_tagging(args, log)
+    args.text_field = args.text_field or "text"
+    args.label_field = args.label_field or "label"
     regression = args.task == "regress"
     try:
         train = load_examples(args.train, args.text_field, args.label_field, args.text_pair_field, regression=regression)
@@ -178,6 +188,68 @@ def run_finetune(args: argparse.Namespace) -> int:
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n", encoding="utf-8")
     summary = {k: v for k, v in result["eval"].items() if not k.startswith("f1_")}
     print(json.dumps(summary))
+    return 0
+
+
+def _run_tagging(args: argparse.Namespace, log) -> int:
+    """``--task tag``: a token classifier on tagged sentences (see :mod:`unimask.finetune.tagging`)."""
+    import torch  # noqa: PLC0415
+
+    from .finetune import (  # noqa: PLC0415
+        FinetuneConfig,
+        TokenClassifier,
+        finetune_tagger,
+        load_tagged,
+        tag_label_map,
+    )
+    from .tokenizer import WordPieceTokenizer  # noqa: PLC0415
+
+    try:
+        unsupported = [flag for flag, given in (
+            ("--text-pair-field", args.text_pair_field is not None), ("--extra-task", bool(args.extra_task)),
+            ("--cvt-unlabeled", args.cvt_unlabeled is not None), ("--cvt-weight", args.cvt_weight is not None),
+            ("--pooling", args.pooling != "cls")) if given]
+        if unsupported:
+            raise ValueError(f"--task tag does not take {', '.join(unsupported)}")
+        words_field, tags_field = args.text_field or "tokens", args.label_field or "tags"
+        train = load_tagged(args.train, words_field, tags_field)
+        evals = load_tagged(args.eval, words_field, tags_field)
+        label_map = tag_label_map(train)
+        unknown = sorted({t for s in evals for t in s.tags} - set(label_map.labels))
+        if unknown:
+            raise ValueError(f"{args.eval}: tags {unknown} never occur in {args.train} (tags: {label_map.labels})")
+        cfg = FinetuneConfig(
+            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+            max_length=args.max_length, schedule="stlr" if args.slanted_triangular else args.schedule,
+            warmup_frac=args.warmup_frac, discriminative_lr=args.discriminative_lr,
+            gradual_unfreeze=args.gradual_unfreeze, aux_lm_weight=args.aux_lm_weight,
+            lm_finetune_steps=args.lm_finetune_steps, seed=args.seed, log_every=0 if args.quiet else 10)
+        tokenizer = WordPieceTokenizer.from_pretrained(args.model)
+        torch.manual_seed(args.seed)
+        model = TokenClassifier.from_pretrained(args.model, label_map, from_scratch=args.from_scratch,
+                                                num_labels=len(label_map))
+    except (ValueError, FileNotFoundError, TypeError) as e:
+        print(f"unimask finetune: {e}", file=sys.stderr)
+        return 2
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        model.to(device)
+    except (RuntimeError, AssertionError) as e:
+        print(f"unimask finetune: cannot use device {device!r}: {e}", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    result = finetune_tagger(model, tokenizer, train, cfg, evals, log)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    metrics = dict(result["eval"])
+    metrics.update(task="tag", train_seconds=time.perf_counter() - t0, model=str(args.model),
+                   from_scratch=args.from_scratch, train_file=str(args.train), eval_file=str(args.eval),
+                   tags=label_map.labels, config=result["config"], history=result["history"],
+                   lm_losses=result["lm_losses"])
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n", encoding="utf-8")
+    print(json.dumps({k: v for k, v in result["eval"].items() if not k.startswith("f1_")}))
     return 0
 
 

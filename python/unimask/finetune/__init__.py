@@ -50,6 +50,17 @@ from .siamese import (
     cosine_similarity_loss,
     in_batch_negatives_loss,
 )
+from .tagging import (
+    TaggedSentence,
+    encode_tagged,
+    entity_scores,
+    entity_spans,
+    evaluate_tagger,
+    finetune_tagger,
+    load_tagged,
+    predict_tags,
+    tag_label_map,
+)
 from .trainer import AuxLM, FinetuneConfig, evaluate_classifier, finetune_classifier, lm_finetune, train_multitask
 
 __all__ = [
@@ -63,5 +74,6 @@ __all__ = [
     "finetune_classifier", "in_batch_negatives_loss", "layer_groups", "lm_finetune",
     "load_examples", "load_task_model", "load_unlabeled", "mtdnn_schedule", "pool_hidden", "siatl_gamma",
     "slanted_triangular_lr", "slanted_triangular_schedule", "span_text", "squad_f1", "train_cvt",
-    "train_multitask", "word_predictions",
+    "train_multitask", "word_predictions", "TaggedSentence", "encode_tagged", "entity_scores", "entity_spans",
+    "evaluate_tagger", "finetune_tagger", "load_tagged", "predict_tags", "tag_label_map",
 ]
