@@ -24,6 +24,7 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 __all__ = ["add_finetune_parser", "add_faq_parser", "run_finetune", "run_faq", "add_parser", "run"]
 
@@ -107,7 +108,6 @@ def run_finetune(args: argparse.Namespace) -> int:
     import torch  # noqa: PLC0415
 
     from .finetune import (  # noqa: PLC0415
-        FinetuneConfig,
         LabelMap,
         SequenceClassifier,
         finetune_classifier,
@@ -132,14 +132,8 @@ def run_finetune(args: argparse.Namespace) -> int:
             unknown = sorted({e.label for e in evals} - set(label_map.labels))
             if unknown:
                 raise ValueError(f"{args.eval}: labels {unknown} never occur in {args.train} (labels: {label_map.labels})")
-        cfg = FinetuneConfig(
-            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-            max_length=args.max_length, schedule="stlr" if args.slanted_triangular else args.schedule,
-            warmup_frac=args.warmup_frac, discriminative_lr=args.discriminative_lr,
-            gradual_unfreeze=args.gradual_unfreeze, aux_lm_weight=args.aux_lm_weight,
-            lm_finetune_steps=args.lm_finetune_steps, seed=args.seed, log_every=0 if args.quiet else 10,
-            cvt_unlabeled=args.cvt_unlabeled, cvt_text_field=args.text_field,
-            cvt_weight=1.0 if args.cvt_weight is None else args.cvt_weight)
+        cfg = _finetune_config(args, cvt_unlabeled=args.cvt_unlabeled, cvt_text_field=args.text_field,
+                               cvt_weight=1.0 if args.cvt_weight is None else args.cvt_weight)
         unlabeled = None
         if args.cvt_weight is not None and args.cvt_unlabeled is None:
             raise ValueError("--cvt-weight needs --cvt-unlabeled FILE (the unlabeled texts of CVT)")
@@ -162,18 +156,11 @@ def run_finetune(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError, TypeError) as e:
         print(f"unimask finetune: {e}", file=sys.stderr)
         return 2
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        model.to(device)
-    except (RuntimeError, AssertionError) as e:
-        print(f"unimask finetune: cannot use device {device!r}: {e}", file=sys.stderr)
+    if not _to_device(model, args.device):
         return 2
     t0 = time.perf_counter()
     result = finetune_classifier(model, tokenizer, train, cfg, evals, log, extra_tasks=extra, unlabeled=unlabeled)
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    out = _save_model(args.output, model, tokenizer)
     if result["cvt_heads"] is not None:  # CVT's view heads: a side file, never part of the model's weights
         from .models.checkpoint import save_safetensors  # noqa: PLC0415
 
@@ -191,12 +178,46 @@ def run_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _finetune_config(args: argparse.Namespace, **extra: Any):
+    """The :class:`~unimask.finetune.FinetuneConfig` of the command line's schedule flags."""
+    from .finetune import FinetuneConfig  # noqa: PLC0415
+
+    return FinetuneConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+        max_length=args.max_length, schedule="stlr" if args.slanted_triangular else args.schedule,
+        warmup_frac=args.warmup_frac, discriminative_lr=args.discriminative_lr,
+        gradual_unfreeze=args.gradual_unfreeze, aux_lm_weight=args.aux_lm_weight,
+        lm_finetune_steps=args.lm_finetune_steps, seed=args.seed, log_every=0 if args.quiet else 10, **extra)
+
+
+def _to_device(model, device: str | None) -> bool:
+    """Move ``model`` to ``device`` (default: CUDA when available); False, with the reason on
+    stderr, when that device cannot be used."""
+    import torch  # noqa: PLC0415
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        model.to(device)
+    except (RuntimeError, AssertionError) as e:
+        print(f"unimask finetune: cannot use device {device!r}: {e}", file=sys.stderr)
+        return False
+    return True
+
+
+def _save_model(output: str, model, tokenizer) -> Path:
+    """Write the model and its tokenizer to ``output`` (created) and return it."""
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
 def _run_tagging(args: argparse.Namespace, log) -> int:
     """``--task tag``: a token classifier on tagged sentences (see :mod:`unimask.finetune.tagging`)."""
     import torch  # noqa: PLC0415
 
     from .finetune import (  # noqa: PLC0415
-        FinetuneConfig,
         TokenClassifier,
         finetune_tagger,
         load_tagged,
@@ -218,12 +239,7 @@ def _run_tagging(args: argparse.Namespace, log) -> int:
         unknown = sorted({t for s in evals for t in s.tags} - set(label_map.labels))
         if unknown:
             raise ValueError(f"{args.eval}: tags {unknown} never occur in {args.train} (tags: {label_map.labels})")
-        cfg = FinetuneConfig(
-            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-            max_length=args.max_length, schedule="stlr" if args.slanted_triangular else args.schedule,
-            warmup_frac=args.warmup_frac, discriminative_lr=args.discriminative_lr,
-            gradual_unfreeze=args.gradual_unfreeze, aux_lm_weight=args.aux_lm_weight,
-            lm_finetune_steps=args.lm_finetune_steps, seed=args.seed, log_every=0 if args.quiet else 10)
+        cfg = _finetune_config(args)
         tokenizer = WordPieceTokenizer.from_pretrained(args.model)
         torch.manual_seed(args.seed)
         model = TokenClassifier.from_pretrained(args.model, label_map, from_scratch=args.from_scratch,
@@ -231,18 +247,11 @@ def _run_tagging(args: argparse.Namespace, log) -> int:
     except (ValueError, FileNotFoundError, TypeError) as e:
         print(f"unimask finetune: {e}", file=sys.stderr)
         return 2
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        model.to(device)
-    except (RuntimeError, AssertionError) as e:
-        print(f"unimask finetune: cannot use device {device!r}: {e}", file=sys.stderr)
+    if not _to_device(model, args.device):
         return 2
     t0 = time.perf_counter()
     result = finetune_tagger(model, tokenizer, train, cfg, evals, log)
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    out = _save_model(args.output, model, tokenizer)
     metrics = dict(result["eval"])
     metrics.update(task="tag", train_seconds=time.perf_counter() - t0, model=str(args.model),
                    from_scratch=args.from_scratch, train_file=str(args.train), eval_file=str(args.eval),

@@ -27,8 +27,17 @@ import torch
 
 from .data import LabelMap
 from .heads import IGNORE_INDEX, TokenClassifier
-from .schedules import GradualUnfreezer, siatl_gamma
-from .trainer import AuxLM, FinetuneConfig, _make_optimizer, _make_scheduler, _rows_of, _to, lm_finetune
+from .schedules import GradualUnfreezer
+from .trainer import (
+    AuxLM,
+    FinetuneConfig,
+    _add_aux_lm,
+    _make_optimizer,
+    _make_scheduler,
+    _optimizer_step,
+    _to,
+    lm_finetune,
+)
 
 __all__ = [
     "TaggedSentence", "load_tagged", "tag_label_map", "entity_spans", "entity_scores", "encode_tagged",
@@ -327,17 +336,8 @@ def finetune_tagger(model: TokenClassifier, tokenizer, train: Sequence[TaggedSen
             batch.pop("word_ids")
             batch = _to(batch, device)
             task_loss = model(**batch).loss
-            loss, gamma, lm = task_loss, None, None
-            if aux is not None:
-                gamma = siatl_gamma(step, total) if cfg.aux_lm_weight == "siatl" else float(cfg.aux_lm_weight)
-                lm = aux.loss(_rows_of(batch), [step * cfg.batch_size + j for j in range(len(idx))])
-                loss = task_loss + gamma * lm
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg.grad_clip)
-            lrs = [g["lr"] for g in opt.param_groups]
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            loss, gamma, lm = _add_aux_lm(task_loss, aux, batch, step, total, cfg)
+            lrs = _optimizer_step(opt, loss, cfg)
             sched.step()
             history.append({"step": step, "epoch": epoch, "batch": b, "loss": loss.item(),
                             "task_loss": task_loss.item(), "lm_loss": None if lm is None else lm.item(),

@@ -167,6 +167,31 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch
     return {k: v.to(device) for k, v in batch.items()}
 
 
+def _add_aux_lm(task_loss: torch.Tensor, aux: AuxLM | None, batch: Mapping[str, torch.Tensor], step: int,
+                total: int, cfg: FinetuneConfig) -> tuple[torch.Tensor, float | None, torch.Tensor | None]:
+    """``(loss, gamma, lm_loss)``: the task loss plus ``gamma`` times the auxiliary masked-LM loss
+    of the batch's rows (SiATL's decaying gamma or the configured constant), or the task loss
+    alone without ``aux``."""
+    if aux is None:
+        return task_loss, None, None
+    gamma = siatl_gamma(step, total) if cfg.aux_lm_weight == "siatl" else float(cfg.aux_lm_weight)
+    n = batch["input_ids"].shape[0]
+    lm = aux.loss(_rows_of(batch), [step * cfg.batch_size + j for j in range(n)])
+    return task_loss + gamma * lm, gamma, lm
+
+
+def _optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, cfg: FinetuneConfig) -> list[float]:
+    """Backward, clip the gradients to ``cfg.grad_clip``, step, zero the gradients; returns the
+    learning rate of each parameter group for this step."""
+    loss.backward()
+    if cfg.grad_clip:
+        torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg.grad_clip)
+    lrs = [g["lr"] for g in opt.param_groups]
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return lrs
+
+
 def _make_optimizer(model: nn.Module, params_lr: float, cfg: FinetuneConfig, extra: Sequence[nn.Module] = ()):
     if cfg.discriminative_lr:
         groups = discriminative_param_groups(model, params_lr, cfg.lr_decay, cfg.weight_decay)
@@ -319,18 +344,8 @@ def finetune_classifier(model: SequenceClassifier, tokenizer, train: Sequence[Ex
                 hidden = model.encode(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
                 out = heads[task](hidden.last_hidden_state, batch["attention_mask"], batch["labels"])
             task_loss = out.loss
-            gamma = lm = None
-            loss = task_loss
-            if aux is not None:
-                gamma = siatl_gamma(step, total) if cfg.aux_lm_weight == "siatl" else float(cfg.aux_lm_weight)
-                lm = aux.loss(_rows_of(batch), [step * cfg.batch_size + j for j in range(len(idx))])
-                loss = task_loss + gamma * lm
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_([p for g_ in opt.param_groups for p in g_["params"]], cfg.grad_clip)
-            lrs = [grp["lr"] for grp in opt.param_groups]
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            loss, gamma, lm = _add_aux_lm(task_loss, aux, batch, step, total, cfg)
+            lrs = _optimizer_step(opt, loss, cfg)
             cvt_loss = cvt_kl = None
             if cvt_heads is not None:  # CVT: an unlabeled mini-batch after each labelled one
                 if len(cvt_order) < cfg.batch_size:
@@ -338,11 +353,7 @@ def finetune_classifier(model: SequenceClassifier, tokenizer, train: Sequence[Ex
                 uidx, cvt_order = cvt_order[: cfg.batch_size], cvt_order[cfg.batch_size:]
                 ubatch = _to(encode_examples(tokenizer, [cvt_rows[i] for i in uidx], cfg.max_length), device)
                 cvt_loss, cvt_kl = classifier_cvt_loss(model, cvt_heads, **ubatch)
-                (cfg.cvt_weight * cvt_loss).backward()
-                if cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_([p for g_ in opt.param_groups for p in g_["params"]], cfg.grad_clip)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
+                _optimizer_step(opt, cfg.cvt_weight * cvt_loss, cfg)
                 cvt_loss = cvt_loss.item()
             sched.step()
             history.append({"step": step, "epoch": epoch, "task": task, "batch": b, "loss": loss.item(),

@@ -841,6 +841,21 @@ impl Tokenizer {
         self.encode_seq(Seq::Text(text), pair.map(Seq::Text), opts)
     }
 
+    /// The options for a text (and pair), and the text and pair themselves (lengths).
+    fn check_inputs(
+        &self,
+        text: Seq<'_>,
+        pair: Option<Seq<'_>>,
+        opts: &EncodeOptions,
+    ) -> Result<()> {
+        self.check_options(opts, pair.is_some())?;
+        text.check_len(|| "text".into())?;
+        if let Some(p) = pair {
+            p.check_len(|| "pair".into())?;
+        }
+        Ok(())
+    }
+
     /// [`Tokenizer::encode`] of a text or of words (see [`Seq`]).
     pub fn encode_seq(
         &self,
@@ -848,11 +863,7 @@ impl Tokenizer {
         pair: Option<Seq<'_>>,
         opts: &EncodeOptions,
     ) -> Result<EncodingBuf> {
-        self.check_options(opts, pair.is_some())?;
-        text.check_len(|| "text".into())?;
-        if let Some(p) = pair {
-            p.check_len(|| "pair".into())?;
-        }
+        self.check_inputs(text, pair, opts)?;
         let mut out = EncodingBuf::default();
         let mut sc = Scratch::default();
         self.encode_seq_into(text, pair, opts, &mut sc, &mut out)?;
@@ -909,11 +920,7 @@ impl Tokenizer {
         pair: Option<Seq<'_>>,
         opts: &EncodeOptions,
     ) -> Result<(RaggedBatch, usize, usize)> {
-        self.check_options(opts, pair.is_some())?;
-        text.check_len(|| "text".into())?;
-        if let Some(p) = pair {
-            p.check_len(|| "pair".into())?;
-        }
+        self.check_inputs(text, pair, opts)?;
         let mut batch = RaggedBatch::default();
         let mut sc = Scratch::default();
         let mut lens = Vec::new();
