@@ -135,6 +135,33 @@ impl EncodingBuf {
         self.offsets.reserve(n);
         self.word_ids.reserve(n);
     }
+
+    /// Make room for an *estimated* `n` more tokens in every column if that much memory can be
+    /// had, else for none (the columns then grow as tokens come, and only a batch whose tokens
+    /// really do not fit runs out of memory). Returns the room made: `n` or 0.
+    ///
+    /// The estimates reserve more than most batches use (up to 2x); with a few GB of text in one
+    /// call the estimate alone can exceed what the system grants, which an infallible
+    /// `reserve` turns into an abort of the whole process.
+    pub fn reserve_estimate(&mut self, n: usize) -> usize {
+        #[cfg(test)]
+        if tests::NO_ROOM.with(|c| c.get()) {
+            return 0; // a test of the fallback: as if the system had refused
+        }
+        let ok = self.ids.try_reserve(n).is_ok()
+            && self.type_ids.try_reserve(n).is_ok()
+            && self.offsets.try_reserve(n).is_ok()
+            && self.word_ids.try_reserve(n).is_ok();
+        if ok {
+            return n;
+        }
+        // Give back what the columns that succeeded took.
+        self.ids.shrink_to_fit();
+        self.type_ids.shrink_to_fit();
+        self.offsets.shrink_to_fit();
+        self.word_ids.shrink_to_fit();
+        0
+    }
     pub fn clear(&mut self) {
         self.ids.clear();
         self.type_ids.clear();
@@ -1033,7 +1060,7 @@ impl Tokenizer {
             // Room for the chunk's tokens up front (a no-op on a reused buffer that has it),
             // instead of growing by doubling and copying.
             let bytes = (s..e).map(|i| texts.get(i).bytes()).sum::<usize>();
-            buf.reserve(token_estimate(bytes, e - s));
+            buf.reserve_estimate(token_estimate(bytes, e - s));
             let mut lens = Vec::with_capacity(e - s);
             let mut samples = Vec::new();
             for i in s..e {
@@ -1046,7 +1073,9 @@ impl Tokenizer {
         batch.row_splits.push(0);
         if threads == 1 || chunks.len() <= 1 {
             // One thread: encode straight into the output (no per-chunk buffers to concatenate).
-            batch.tokens.reserve(token_estimate(total_bytes, n));
+            batch
+                .tokens
+                .reserve_estimate(token_estimate(total_bytes, n));
             let mut sc = Scratch::default();
             let mut lens = Vec::with_capacity(if overflow { 0 } else { n });
             let mut samples = Vec::new();
@@ -1106,7 +1135,8 @@ impl Tokenizer {
         }
         let t = &mut batch.tokens;
         *t = EncodingBuf::default();
-        t.reserve(cap);
+        // Chunks past the room made (all of them when none could be) are appended at the end.
+        let cap = t.reserve_estimate(cap);
         let dest = Dest {
             ids: t.ids.as_mut_ptr(),
             types: t.type_ids.as_mut_ptr(),
@@ -2382,6 +2412,34 @@ pub fn truncated_lengths(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    thread_local! {
+        /// Makes [`EncodingBuf::reserve_estimate`] on this thread act as if memory were refused.
+        pub(super) static NO_ROOM: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    #[test]
+    fn an_estimate_the_system_refuses_reserves_nothing_and_the_batch_still_encodes() {
+        let mut b = EncodingBuf::default();
+        assert_eq!(b.reserve_estimate(usize::MAX / 64), 0); // ~2^60 bytes a column: refused
+        assert!(b.ids.capacity() < 1 << 20 && b.offsets.capacity() < 1 << 20);
+        assert_eq!(b.reserve_estimate(1000), 1000);
+        assert!(b.ids.capacity() >= 1000 && b.word_ids.capacity() >= 1000);
+        // Nothing reserved for the output of a 2-thread batch: every chunk is appended.
+        let t = tok();
+        let texts: Vec<String> = (0..3000)
+            .map(|i| "hello world unaffable ".repeat(1 + i % 9))
+            .collect();
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let opts = EncodeOptions::default();
+        let want = t.encode_batch(&refs, None, &opts, Some(1)).unwrap();
+        NO_ROOM.with(|c| c.set(true));
+        let got = t.encode_batch(&refs, None, &opts, Some(2));
+        let one = t.encode_batch(&refs, None, &opts, Some(1));
+        NO_ROOM.with(|c| c.set(false));
+        assert_eq!(got.unwrap(), want);
+        assert_eq!(one.unwrap(), want);
+    }
 
     fn tok() -> Tokenizer {
         let words = [
