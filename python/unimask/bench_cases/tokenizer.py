@@ -119,6 +119,26 @@ def _setup_scaling(index: int, threads: int):
     return setup
 
 
+def _setup_word_lists(corpus: list[Path]):
+    """The English lines split on whitespace (CoNLL-style word lists): unimask
+    ``encode_batch(..., is_split_into_words=True)`` vs HF ``encode_batch(...,
+    is_pretokenized=True)``, 1 thread on both."""
+    lines, nbytes = _corpus_lines(corpus, 0)
+    words = [ln.split() for ln in lines]
+    nbytes = float(sum(len(w.encode("utf-8")) for ws in words for w in ws))
+    hf, ours = reference_and_ours(1)
+
+    def run_ours():
+        return ours.encode_batch(words, is_split_into_words=True)
+
+    def run_ref():
+        with hf_parallelism(False):
+            return hf.encode_batch(words, is_pretokenized=True)
+
+    tokens = float(run_ours().ids_flat.shape[0])
+    return run_ours, run_ref, nbytes, "B", {"tok": tokens}
+
+
 def _setup_small_batches(corpus: list[Path]):
     """64 batches of 32 lines each to padded int64 arrays: unimask ``encode_batch(batch)
     .to_padded()`` vs transformers' ``BertTokenizerFast(batch, padding=True,
@@ -192,6 +212,14 @@ def cases() -> list[BenchCase]:
             _setup(0, 1, typographic),
             group="tokenizer",
             note="the English lines with curly quotes, em dashes and some accented words",
+        )
+    )
+    out.append(
+        BenchCase(
+            "tokenizer encode_batch EN word lists 1 thread (vs HF tokenizers is_pretokenized)",
+            _setup_word_lists,
+            group="tokenizer",
+            note="is_split_into_words=True on the lines split on whitespace; bytes of the words per second",
         )
     )
     out.append(
