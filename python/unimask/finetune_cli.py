@@ -1,4 +1,5 @@
-"""``unimask finetune`` and ``unimask faq``: fine-tune a classifier, build and query an FAQ index.
+"""``unimask finetune``, ``unimask predict`` and ``unimask faq``: fine-tune a classifier or a
+tagger, run it on new data, build and query an FAQ index.
 
 ``unimask finetune --model DIR --train FILE --eval FILE --task classify --epochs N --output OUT``
 trains a :class:`unimask.finetune.SequenceClassifier` on an HF BERT directory (``--task tag``: a
@@ -26,7 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_finetune_parser", "add_faq_parser", "run_finetune", "run_faq", "add_parser", "run"]
+__all__ = ["add_finetune_parser", "add_predict_parser", "add_faq_parser", "run_finetune", "run_predict", "run_faq",
+           "add_parser", "run"]
 
 #: CVT view heads written next to the model (``{view}.weight`` / ``{view}.bias``), not loaded by it
 CVT_HEADS_FILE = "cvt_heads.safetensors"
@@ -308,9 +310,95 @@ def run_faq(args: argparse.Namespace) -> int:
         return 2
 
 
+def add_predict_parser(sub) -> argparse.ArgumentParser:
+    """Register ``predict`` on an ``add_subparsers()`` object."""
+    p = sub.add_parser("predict", help="run a fine-tuned model (unimask finetune's output) on a file",
+                       description=run_predict.__doc__)
+    p.add_argument("--model", required=True, help="directory written by unimask finetune (or save_pretrained)")
+    p.add_argument("--input", required=True,
+                   help="classify/regress: .jsonl/.csv/.tsv rows or a .txt file of one text a line; "
+                        "tag: .jsonl rows with a word list, CoNLL columns (word first), or a .txt file of one "
+                        "sentence a line (split on whitespace)")
+    p.add_argument("--output", default=None, help="JSONL file to write (default: standard output)")
+    p.add_argument("--text-field", default=None, help="field of the text (default 'text'; tag: 'tokens')")
+    p.add_argument("--text-pair-field", default=None, help="second text of a pair (cross-encoder)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.set_defaults(func=run_predict)
+    return p
+
+
+def _read_sentences(path: str, words_field: str) -> list:
+    """Word lists to tag: ``.txt`` lines split on whitespace, else :func:`load_tagged` without tags."""
+    from .finetune import TaggedSentence, load_tagged  # noqa: PLC0415
+
+    p = Path(path)
+    if p.suffix.lower() != ".txt":
+        return load_tagged(p, words_field, None)
+    if not p.is_file():
+        raise FileNotFoundError(f"no such file: {p}")
+    out = [TaggedSentence(line.split(), row=n) for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+           if line.strip()]
+    if not out:
+        raise ValueError(f"{p} has no sentences (only empty lines)")
+    return out
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    """Predictions of a fine-tuned model, one JSON line per input row: ``{"label", "score",
+    "probs"}`` for a classifier (softmax probabilities by label name), ``{"value"}`` for a
+    regressor, ``{"tokens", "tags"}`` for a tagger. Exit 2 with a clear message on bad input."""
+    import torch  # noqa: PLC0415
+
+    from .finetune import load_task_model, load_unlabeled, predict_tags  # noqa: PLC0415
+    from .finetune.trainer import predict  # noqa: PLC0415
+    from .tokenizer import WordPieceTokenizer  # noqa: PLC0415
+
+    try:
+        if args.batch_size < 1 or args.max_length < 2:
+            raise ValueError(f"--batch-size must be >= 1 and --max-length >= 2, got {args.batch_size} and "
+                             f"{args.max_length}")
+        model = load_task_model(args.model)
+        tokenizer = WordPieceTokenizer.from_pretrained(args.model)
+        task = getattr(model, "task", None)
+        if task == "tag":
+            if args.text_pair_field is not None:
+                raise ValueError("a tagger takes single sentences: --text-pair-field does not apply")
+            rows = _read_sentences(args.input, args.text_field or "tokens")
+        elif task == "classify":
+            rows = load_unlabeled(args.input, args.text_field or "text", args.text_pair_field)
+        else:
+            raise ValueError(f"{args.model} holds a {task!r} model; predict runs classifiers, regressors and taggers")
+    except (ValueError, FileNotFoundError, TypeError) as e:
+        print(f"unimask predict: {e}", file=sys.stderr)
+        return 2
+    if not _to_device(model, args.device):
+        return 2
+    if task == "tag":
+        tags = predict_tags(model, tokenizer, rows, args.max_length, args.batch_size)
+        lines = [{"tokens": list(r.words), "tags": t} for r, t in zip(rows, tags)]
+    else:
+        logits = predict(model, tokenizer, rows, args.max_length, args.batch_size)
+        if model.problem_type == "regression":
+            lines = [{"value": float(v)} for v in logits[:, 0].tolist()]
+        else:
+            probs = torch.softmax(logits.float(), -1)
+            names = model.label_map.labels
+            lines = [{"label": names[int(p.argmax())], "score": float(p.max()),
+                      "probs": {n: float(x) for n, x in zip(names, p.tolist())}} for p in probs]
+    text = "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines)
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def add_parser(subparsers) -> None:
-    """Register both subcommands (``finetune``, ``faq``) on the ``unimask`` CLI."""
+    """Register the subcommands (``finetune``, ``predict``, ``faq``) on the ``unimask`` CLI."""
     add_finetune_parser(subparsers)
+    add_predict_parser(subparsers)
     add_faq_parser(subparsers)
 
 

@@ -144,6 +144,12 @@ class _TaskModel(nn.Module):
         d = json.loads(cfg_path.read_text(encoding="utf-8"))
         if self.label_map is not None:
             d.update(self.label_map.to_config())
+        elif isinstance(getattr(self, "num_labels", None), int):
+            # No names (a regressor): HF's defaults for the size, else transformers builds its
+            # default 2 outputs and drops the head's weights on load.
+            n = self.num_labels
+            d.update(num_labels=n, id2label={str(i): f"LABEL_{i}" for i in range(n)},
+                     label2id={f"LABEL_{i}": i for i in range(n)})
         d["unimask_task"] = {"task": self.task, **self.task_args}
         if self.task_args.get("problem_type") == "regression":
             d["problem_type"] = "regression"
@@ -172,7 +178,7 @@ class _TaskModel(nn.Module):
         if label_map is not None:  # the caller's label map decides the number of outputs
             args.pop("num_labels", None)
         args.update(task_args)
-        if label_map is None:
+        if label_map is None and args.get("problem_type") != "regression":  # a regressor's LABEL_0 names nothing
             label_map = LabelMap.from_config(raw)
         if from_scratch:
             return cls(config, label_map, **args)
