@@ -63,9 +63,10 @@ def add_finetune_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="HF BERT-style model directory (config.json, weights, vocab)")
     p.add_argument("--train", required=True, help="training file (.jsonl, .csv or .tsv)")
     p.add_argument("--eval", required=True, help="evaluation file (same format)")
-    p.add_argument("--task", default="classify", choices=("classify", "regress", "tag"),
-                   help="classify (cross-entropy), regress (one float output, MSE) or tag (one tag per word: "
-                        "NER / POS; files are JSONL with word and tag lists, or CoNLL columns)")
+    p.add_argument("--task", default="classify", choices=("classify", "regress", "tag", "qa"),
+                   help="classify (cross-entropy), regress (one float output, MSE), tag (one tag per word: "
+                        "NER / POS; files are JSONL with word and tag lists, or CoNLL columns) or qa "
+                        "(extractive QA; SQuAD .json or JSON lines with question, context, answers)")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--output", required=True, help="output directory (model, tokenizer, metrics.json)")
     p.add_argument("--from-scratch", action="store_true", help="keep the model's config but initialise weights randomly")
@@ -97,6 +98,9 @@ def add_finetune_parser(sub) -> argparse.ArgumentParser:
                         "to match the full model's prediction on an unlabeled mini-batch")
     p.add_argument("--cvt-weight", type=_cvt_weight, default=None, metavar="FLOAT",
                    help="weight of the CVT consistency loss (default 1.0; needs --cvt-unlabeled)")
+    p.add_argument("--doc-stride", type=int, default=None,
+                   help="qa: tokens shared by neighbouring windows of a long context (default: --max-length / 4)")
+    p.add_argument("--max-answer-length", type=int, default=30, help="qa: longest answer in tokens")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
@@ -123,6 +127,8 @@ def run_finetune(args: argparse.Namespace) -> int:
     log = (lambda _s: None) if args.quiet else (lambda s: print(s, file=sys.stderr))
     if args.task == "tag":
         return _run_tagging(args, log)
+    if args.task == "qa":
+        return _run_qa(args, log)
     args.text_field = args.text_field or "text"
     args.label_field = args.label_field or "label"
     regression = args.task == "regress"
@@ -213,6 +219,61 @@ def _save_model(output: str, model, tokenizer) -> Path:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def _run_qa(args: argparse.Namespace, log) -> int:
+    """``--task qa``: extractive QA on SQuAD-format files (see :mod:`unimask.finetune.qa`)."""
+    import torch  # noqa: PLC0415
+
+    from .finetune import QuestionAnswering  # noqa: PLC0415
+    from .finetune.qa import finetune_qa, load_squad  # noqa: PLC0415
+    from .tokenizer import WordPieceTokenizer  # noqa: PLC0415
+
+    try:
+        unsupported = [flag for flag, given in (
+            ("--text-field", args.text_field is not None), ("--label-field", args.label_field is not None),
+            ("--text-pair-field", args.text_pair_field is not None), ("--extra-task", bool(args.extra_task)),
+            ("--cvt-unlabeled", args.cvt_unlabeled is not None), ("--cvt-weight", args.cvt_weight is not None),
+            ("--aux-lm-weight", args.aux_lm_weight is not None), ("--lm-finetune-steps", args.lm_finetune_steps > 0),
+            ("--pooling", args.pooling != "cls")) if given]
+        if unsupported:
+            raise ValueError(f"--task qa does not take {', '.join(unsupported)}")
+        if args.doc_stride is None:
+            args.doc_stride = args.max_length // 4
+        if not 0 <= args.doc_stride < args.max_length - 2 or args.max_answer_length < 1:
+            raise ValueError(f"--doc-stride must be in [0, --max-length - 2) and --max-answer-length >= 1, got "
+                             f"{args.doc_stride} and {args.max_answer_length}")
+        train, evals = load_squad(args.train), load_squad(args.eval)
+        if not any(e.answers for e in train):
+            raise ValueError(f"{args.train}: no question has an answer")
+        unanswered = [e.id for e in evals if not e.answers]
+        if unanswered:
+            raise ValueError(f"{args.eval}: questions {unanswered[:5]} have no gold answer to score against")
+        cfg = _finetune_config(args)
+        tokenizer = WordPieceTokenizer.from_pretrained(args.model)
+        torch.manual_seed(args.seed)
+        model = QuestionAnswering.from_pretrained(args.model, from_scratch=args.from_scratch,
+                                                  max_answer_length=args.max_answer_length)
+    except (ValueError, FileNotFoundError, TypeError) as e:
+        print(f"unimask finetune: {e}", file=sys.stderr)
+        return 2
+    if not _to_device(model, args.device):
+        return 2
+    t0 = time.perf_counter()
+    try:
+        result = finetune_qa(model, tokenizer, train, cfg, evals, args.doc_stride, log)
+    except ValueError as e:  # e.g. a question that leaves a window no more context than the stride
+        print(f"unimask finetune: {e}", file=sys.stderr)
+        return 2
+    out = _save_model(args.output, model, tokenizer)
+    metrics = dict(result["eval"])
+    metrics.update(task="qa", train_seconds=time.perf_counter() - t0, model=str(args.model),
+                   from_scratch=args.from_scratch, train_file=str(args.train), eval_file=str(args.eval),
+                   doc_stride=args.doc_stride, windows=result["windows"], config=result["config"],
+                   history=result["history"])
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n", encoding="utf-8")
+    print(json.dumps(result["eval"]))
+    return 0
 
 
 def _run_tagging(args: argparse.Namespace, log) -> int:
@@ -318,12 +379,15 @@ def add_predict_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--input", required=True,
                    help="classify/regress: .jsonl/.csv/.tsv rows or a .txt file of one text a line; "
                         "tag: .jsonl rows with a word list, CoNLL columns (word first), or a .txt file of one "
-                        "sentence a line (split on whitespace)")
+                        "sentence a line (split on whitespace); qa: SQuAD .json or JSON lines (question, "
+                        "context; answers optional)")
     p.add_argument("--output", default=None, help="JSONL file to write (default: standard output)")
     p.add_argument("--text-field", default=None, help="field of the text (default 'text'; tag: 'tokens')")
     p.add_argument("--text-pair-field", default=None, help="second text of a pair (cross-encoder)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--doc-stride", type=int, default=None,
+                   help="qa: tokens shared by neighbouring windows (default: --max-length / 4)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.set_defaults(func=run_predict)
     return p
@@ -348,7 +412,8 @@ def _read_sentences(path: str, words_field: str) -> list:
 def run_predict(args: argparse.Namespace) -> int:
     """Predictions of a fine-tuned model, one JSON line per input row: ``{"label", "score",
     "probs"}`` for a classifier (softmax probabilities by label name), ``{"value"}`` for a
-    regressor, ``{"tokens", "tags"}`` for a tagger. Exit 2 with a clear message on bad input."""
+    regressor, ``{"tokens", "tags"}`` for a tagger, ``{"id", "answer", "score"}`` for extractive
+    QA. Exit 2 with a clear message on bad input."""
     import torch  # noqa: PLC0415
 
     from .finetune import load_task_model, load_unlabeled, predict_tags  # noqa: PLC0415
@@ -368,8 +433,17 @@ def run_predict(args: argparse.Namespace) -> int:
             rows = _read_sentences(args.input, args.text_field or "tokens")
         elif task == "classify":
             rows = load_unlabeled(args.input, args.text_field or "text", args.text_pair_field)
+        elif task == "qa":
+            from .finetune.qa import load_squad  # noqa: PLC0415
+
+            if args.doc_stride is None:
+                args.doc_stride = args.max_length // 4
+            if not 0 <= args.doc_stride < args.max_length - 2:
+                raise ValueError(f"--doc-stride must be in [0, --max-length - 2), got {args.doc_stride}")
+            rows = load_squad(args.input)
         else:
-            raise ValueError(f"{args.model} holds a {task!r} model; predict runs classifiers, regressors and taggers")
+            raise ValueError(f"{args.model} holds a {task!r} model; predict runs classifiers, regressors, taggers "
+                             "and QA models")
     except (ValueError, FileNotFoundError, TypeError) as e:
         print(f"unimask predict: {e}", file=sys.stderr)
         return 2
@@ -378,6 +452,15 @@ def run_predict(args: argparse.Namespace) -> int:
     if task == "tag":
         tags = predict_tags(model, tokenizer, rows, args.max_length, args.batch_size)
         lines = [{"tokens": list(r.words), "tags": t} for r, t in zip(rows, tags)]
+    elif task == "qa":
+        from .finetune.qa import predict_answers  # noqa: PLC0415
+
+        try:
+            answers = predict_answers(model, tokenizer, rows, args.max_length, args.doc_stride, args.batch_size)
+        except ValueError as e:
+            print(f"unimask predict: {e}", file=sys.stderr)
+            return 2
+        lines = [{"id": r.id, "answer": a, "score": s} for r, (a, s) in zip(rows, answers)]
     else:
         logits = predict(model, tokenizer, rows, args.max_length, args.batch_size)
         if model.problem_type == "regression":

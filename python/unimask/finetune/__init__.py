@@ -50,6 +50,7 @@ from .siamese import (
     cosine_similarity_loss,
     in_batch_negatives_loss,
 )
+from .qa import QAExample, encode_qa, evaluate_qa, finetune_qa, load_squad, predict_answers
 from .tagging import (
     TaggedSentence,
     encode_tagged,
@@ -76,4 +77,5 @@ __all__ = [
     "slanted_triangular_lr", "slanted_triangular_schedule", "span_text", "squad_f1", "train_cvt",
     "train_multitask", "word_predictions", "TaggedSentence", "encode_tagged", "entity_scores", "entity_spans",
     "evaluate_tagger", "finetune_tagger", "load_tagged", "predict_tags", "tag_label_map",
+    "QAExample", "encode_qa", "evaluate_qa", "finetune_qa", "load_squad", "predict_answers",
 ]

@@ -377,7 +377,8 @@ def answer_token_span(offsets: Any, type_ids: Any, answer_start: int, answer_end
             start = i
         if a < answer_end:
             end = i
-    if start is None or end is None or end < start or int(offsets[end][1]) < answer_end:
+    if (start is None or end is None or end < start or int(offsets[start][0]) > answer_start
+            or int(offsets[end][1]) < answer_end):  # (a window can begin inside the answer, as HF run_qa checks)
         raise ValueError(f"answer characters [{answer_start}, {answer_end}) are not inside the encoded context")
     return start, end
 

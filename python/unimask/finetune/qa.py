@@ -1,0 +1,218 @@
+"""Extractive question answering (SQuAD): data, windowed features, training, answers, EM / F1.
+
+The BERT SQuAD recipe (Devlin et al. 2019, sec. 4.2; HF ``run_qa.py``): each question is paired
+with its context as ``[CLS] question [SEP] context [SEP]``; a context longer than the window is
+cut into overlapping windows (``truncation="only_second"``, ``stride`` tokens shared between
+neighbours: :meth:`~unimask.tokenizer.WordPieceTokenizer.encode_batch` with
+``return_overflowing=True``). A window's targets are the first and last token of the first
+gold answer when the answer lies inside the window's context, else ``[CLS]`` (position 0) for
+both. An answer is the span ``i <= j < i + max_answer_length`` of context tokens with the
+largest ``start[i] + end[j]`` over all windows of the question
+(:func:`~unimask.finetune.heads.best_span`), cut from the context by the tokens' character
+offsets. Scores: SQuAD v1.1's exact match and token F1, the maximum over the gold answers, in
+percent (``evaluate-v1.1.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .heads import QuestionAnswering, answer_token_span, best_span
+from .metrics import exact_match, squad_f1
+from .schedules import GradualUnfreezer
+from .trainer import FinetuneConfig, _make_optimizer, _make_scheduler, _optimizer_step, _to
+
+__all__ = ["QAExample", "load_squad", "encode_qa", "predict_answers", "evaluate_qa", "finetune_qa"]
+
+
+@dataclass(frozen=True)
+class QAExample:
+    """A question about a context, with its gold answers as ``(text, character start)`` pairs
+    (none: unlabelled, or unanswerable in SQuAD 2.0)."""
+
+    question: str
+    context: str
+    answers: tuple[tuple[str, int], ...] = ()
+    id: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.question, str) or not isinstance(self.context, str):
+            raise TypeError(f"question and context must be str (example {self.id!r})")
+        answers = tuple((str(t), int(s)) for t, s in self.answers)
+        for text, start in answers:
+            if not text or start < 0 or self.context[start: start + len(text)] != text:
+                raise ValueError(f"example {self.id!r}: answer {text!r} is not at character {start} of the context "
+                                 f"(found {self.context[max(start, 0): max(start, 0) + len(text)]!r})")
+        object.__setattr__(self, "answers", answers)
+
+
+def load_squad(path: str | Path) -> list[QAExample]:
+    """Read SQuAD: the official ``.json`` layout (``data`` -> ``paragraphs`` -> ``qas``, v1.1 or
+    v2.0 with ``is_impossible``) or JSON lines in the HF ``datasets`` layout (``question``,
+    ``context``, ``answers: {"text": [...], "answer_start": [...]}``, optional ``id``).
+    An answer not found at its ``answer_start`` is a ``ValueError`` naming the question."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    out: list[QAExample] = []
+    if path.suffix.lower() == ".json":
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            for article in doc["data"]:
+                for para in article["paragraphs"]:
+                    for qa in para["qas"]:
+                        answers = [(a["text"], a["answer_start"]) for a in qa.get("answers", [])]
+                        out.append(QAExample(qa["question"], para["context"], tuple(answers), str(qa.get("id"))))
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"{path}: not SQuAD's data/paragraphs/qas layout (missing {e})") from None
+    else:
+        with path.open(encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                    ans = row.get("answers") or {"text": [], "answer_start": []}
+                    answers = tuple(zip(ans["text"], ans["answer_start"]))
+                    out.append(QAExample(row["question"], row["context"], answers, str(row.get("id", n))))
+                except (KeyError, TypeError, json.JSONDecodeError) as e:
+                    raise ValueError(f"{path}:{n}: expected question, context and answers "
+                                     f"{{text, answer_start}} ({e})") from None
+    if not out:
+        raise ValueError(f"{path} holds no question")
+    return out
+
+
+def encode_qa(tokenizer, examples: Sequence[QAExample], max_length: int = 384, stride: int = 128,
+              with_targets: bool = True) -> dict[str, Any]:
+    """Windows of ``examples``: padded ``input_ids``, ``attention_mask``, ``token_type_ids``,
+    ``context_mask`` (context tokens of each window), ``example`` (the example of each window)
+    and ``offsets`` (numpy, character offsets into the context); with ``with_targets``,
+    ``start_positions`` / ``end_positions`` (the first gold answer, or 0 = ``[CLS]`` when the
+    window does not hold it or there is none)."""
+    enc = tokenizer.encode_batch([e.question for e in examples], [e.context for e in examples],
+                                 max_length=max_length, truncation="only_second", stride=stride,
+                                 return_overflowing=True)
+    batch: dict[str, Any] = {k: torch.from_numpy(v) for k, v in enc.to_padded().items()}
+    rows, length = batch["input_ids"].shape
+    sample = enc.overflow_to_sample
+    offsets = np.zeros((rows, length, 2), dtype=np.int64)
+    context = np.zeros((rows, length), dtype=bool)
+    starts = np.zeros(rows, dtype=np.int64)
+    ends = np.zeros(rows, dtype=np.int64)
+    for r in range(rows):
+        row = enc[r]
+        n = len(row.ids)
+        offsets[r, :n] = row.offsets
+        context[r, :n] = (row.type_ids == 1) & (row.offsets[:, 1] > row.offsets[:, 0])
+        ex = examples[int(sample[r])]
+        if with_targets and ex.answers:
+            text, start = ex.answers[0]
+            try:
+                starts[r], ends[r] = answer_token_span(row.offsets, row.type_ids, start, start + len(text))
+            except ValueError:  # not in this window: [CLS]
+                pass
+    batch["context_mask"] = torch.from_numpy(context)
+    batch["example"] = torch.from_numpy(np.asarray(sample, dtype=np.int64))
+    batch["offsets"] = offsets
+    if with_targets:
+        batch["start_positions"] = torch.from_numpy(starts)
+        batch["end_positions"] = torch.from_numpy(ends)
+    return batch
+
+
+@torch.no_grad()
+def predict_answers(model: QuestionAnswering, tokenizer, examples: Sequence[QAExample], max_length: int = 384,
+                    stride: int = 128, batch_size: int = 32) -> list[tuple[str, float]]:
+    """``(answer text, score)`` per example: the best span over all its windows (module
+    docstring); ``("", -inf)`` for an example whose windows hold no context token."""
+    device = next(model.parameters()).device
+    best: list[tuple[float, str]] = [(-math.inf, "")] * len(examples)
+    was = model.training
+    model.eval()
+    try:
+        for s in range(0, len(examples), batch_size):
+            chunk = examples[s: s + batch_size]
+            batch = encode_qa(tokenizer, chunk, max_length, stride, with_targets=False)
+            offsets, which = batch.pop("offsets"), batch.pop("example").tolist()
+            ctx = batch.pop("context_mask").to(device)
+            out = model(**_to(batch, device))
+            i, j, score = best_span(out.start_logits, out.end_logits, ctx, model.max_answer_length)
+            for r, (a, b, sc) in enumerate(zip(i.tolist(), j.tolist(), score.tolist())):
+                k = s + which[r]
+                if a >= 0 and sc > best[k][0]:
+                    ex = examples[k]
+                    best[k] = (sc, ex.context[int(offsets[r, a, 0]): int(offsets[r, b, 1])])
+    finally:
+        model.train(was)
+    return [(text, score) for score, text in best]
+
+
+def evaluate_qa(model: QuestionAnswering, tokenizer, examples: Sequence[QAExample], max_length: int = 384,
+                stride: int = 128) -> dict[str, float]:
+    """SQuAD v1.1 exact match and F1 in percent (each the maximum over an example's gold answers)."""
+    if any(not e.answers for e in examples):
+        raise ValueError("every evaluation question needs at least one gold answer")
+    pred = [a for a, _ in predict_answers(model, tokenizer, examples, max_length, stride)]
+    em = sum(max(exact_match([p], [g]) for g, _ in e.answers) for p, e in zip(pred, examples))
+    f1 = sum(max(squad_f1([p], [g]) for g, _ in e.answers) for p, e in zip(pred, examples))
+    n = len(examples)
+    return {"exact_match": 100.0 * em / n, "f1": 100.0 * f1 / n, "n": float(n)}
+
+
+def finetune_qa(model: QuestionAnswering, tokenizer, train: Sequence[QAExample], cfg: FinetuneConfig,
+                eval_examples: Sequence[QAExample] | None = None, stride: int = 128,
+                log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Train on the windows of ``train`` (``cfg.max_length`` tokens, ``stride`` shared) with
+    ``cfg``'s optimizer and schedule options (BERT linear warmup / ULMFiT slanted triangular,
+    discriminative rates, gradual unfreezing); ``cfg.batch_size`` counts windows. Returns
+    ``{"history": [...], "eval": report or None, "config": {...}, "windows": n}``."""
+    if cfg.aux_lm_weight or cfg.lm_finetune_steps or cfg.cvt_unlabeled is not None:
+        raise ValueError("finetune_qa runs the task loss only (no auxiliary LM, LM fine-tuning or CVT)")
+    if not train:
+        raise ValueError("no training questions")
+    torch.manual_seed(cfg.seed)
+    device = next(model.parameters()).device
+    feats = encode_qa(tokenizer, train, cfg.max_length, stride)
+    feats.pop("offsets")
+    feats.pop("example")
+    feats.pop("context_mask")
+    n = feats["input_ids"].shape[0]
+    per_epoch = math.ceil(n / cfg.batch_size)
+    total = per_epoch * cfg.epochs
+    opt = _make_optimizer(model, cfg.lr, cfg)
+    sched = _make_scheduler(opt, cfg, total)
+    unfreezer = GradualUnfreezer(model) if cfg.gradual_unfreeze else None
+    history: list[dict[str, Any]] = []
+    step = 0
+    model.train()
+    for epoch in range(cfg.epochs):
+        if unfreezer is not None and epoch > 0:
+            unfreezer.step()
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
+        for b in range(per_epoch):
+            idx = order[b * cfg.batch_size: (b + 1) * cfg.batch_size]
+            batch = {k: v[idx] for k, v in feats.items()}
+            width = int(batch["attention_mask"].sum(1).max())  # drop the all-padding columns
+            batch = {k: (v[:, :width] if v.dim() == 2 else v) for k, v in batch.items()}
+            loss = model(**_to(batch, device)).loss
+            lrs = _optimizer_step(opt, loss, cfg)
+            sched.step()
+            history.append({"step": step, "epoch": epoch, "batch": b, "loss": loss.item(), "lr": max(lrs),
+                            "lrs": lrs, "unfrozen": unfreezer.unfrozen if unfreezer is not None else None})
+            step += 1
+            if log and cfg.log_every and step % cfg.log_every == 0:
+                log(f"epoch {epoch + 1} step {step}/{total}: loss {loss.item():.4f}")
+    if unfreezer is not None:
+        for p in model.parameters():
+            p.requires_grad_(True)
+    report = evaluate_qa(model, tokenizer, eval_examples, cfg.max_length, stride) if eval_examples else None
+    return {"history": history, "eval": report, "config": asdict(cfg), "windows": n}
