@@ -176,11 +176,7 @@ def run_finetune(args: argparse.Namespace) -> int:
         save_safetensors(heads.heads.state_dict(), out / CVT_HEADS_FILE,
                          {"format": "pt", "views": ",".join(heads.views), "pooling": "mean"})
         result["cvt"]["heads_file"] = CVT_HEADS_FILE
-    metrics = dict(result["eval"])
-    metrics.update(train_seconds=time.perf_counter() - t0, model=str(args.model), from_scratch=args.from_scratch,
-                   train_file=str(args.train), eval_file=str(args.eval), config=result["config"],
-                   history=result["history"], lm_losses=result["lm_losses"], cvt=result["cvt"])
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n", encoding="utf-8")
+    _write_metrics(out, args, t0, result, lm_losses=result["lm_losses"], cvt=result["cvt"])
     summary = {k: v for k, v in result["eval"].items() if not k.startswith("f1_")}
     print(json.dumps(summary))
     return 0
@@ -196,6 +192,17 @@ def _finetune_config(args: argparse.Namespace, **extra: Any):
         warmup_frac=args.warmup_frac, discriminative_lr=args.discriminative_lr,
         gradual_unfreeze=args.gradual_unfreeze, aux_lm_weight=args.aux_lm_weight,
         lm_finetune_steps=args.lm_finetune_steps, seed=args.seed, log_every=0 if args.quiet else 10, **extra)
+
+
+def _write_metrics(out: Path, args: argparse.Namespace, t0: float, result: dict[str, Any], **fields: Any) -> None:
+    """``out/metrics.json``: the eval report, the run (files, model, seconds, config, per-step
+    history) and the task's own ``fields``."""
+    metrics = dict(result["eval"])
+    metrics.update(fields)
+    metrics.update(train_seconds=time.perf_counter() - t0, model=str(args.model), from_scratch=args.from_scratch,
+                   train_file=str(args.train), eval_file=str(args.eval), config=result["config"],
+                   history=result["history"])
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n", encoding="utf-8")
 
 
 def _to_device(model, device: str | None) -> bool:
@@ -266,12 +273,7 @@ def _run_qa(args: argparse.Namespace, log) -> int:
         print(f"unimask finetune: {e}", file=sys.stderr)
         return 2
     out = _save_model(args.output, model, tokenizer)
-    metrics = dict(result["eval"])
-    metrics.update(task="qa", train_seconds=time.perf_counter() - t0, model=str(args.model),
-                   from_scratch=args.from_scratch, train_file=str(args.train), eval_file=str(args.eval),
-                   doc_stride=args.doc_stride, windows=result["windows"], config=result["config"],
-                   history=result["history"])
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n", encoding="utf-8")
+    _write_metrics(out, args, t0, result, task="qa", doc_stride=args.doc_stride, windows=result["windows"])
     print(json.dumps(result["eval"]))
     return 0
 
@@ -315,12 +317,7 @@ def _run_tagging(args: argparse.Namespace, log) -> int:
     t0 = time.perf_counter()
     result = finetune_tagger(model, tokenizer, train, cfg, evals, log)
     out = _save_model(args.output, model, tokenizer)
-    metrics = dict(result["eval"])
-    metrics.update(task="tag", train_seconds=time.perf_counter() - t0, model=str(args.model),
-                   from_scratch=args.from_scratch, train_file=str(args.train), eval_file=str(args.eval),
-                   tags=label_map.labels, config=result["config"], history=result["history"],
-                   lm_losses=result["lm_losses"])
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n", encoding="utf-8")
+    _write_metrics(out, args, t0, result, task="tag", tags=label_map.labels, lm_losses=result["lm_losses"])
     print(json.dumps({k: v for k, v in result["eval"].items() if not k.startswith("f1_")}))
     return 0
 

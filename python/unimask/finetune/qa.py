@@ -27,8 +27,7 @@ import torch
 
 from .heads import QuestionAnswering, answer_token_span, best_span
 from .metrics import exact_match, squad_f1
-from .schedules import GradualUnfreezer
-from .trainer import FinetuneConfig, _make_optimizer, _make_scheduler, _optimizer_step, _to
+from .trainer import FinetuneConfig, _optimizer_step, _single_task_training, _to
 
 __all__ = ["QAExample", "load_squad", "encode_qa", "predict_answers", "evaluate_qa", "finetune_qa"]
 
@@ -186,33 +185,21 @@ def finetune_qa(model: QuestionAnswering, tokenizer, train: Sequence[QAExample],
     feats.pop("example")
     feats.pop("context_mask")
     n = feats["input_ids"].shape[0]
-    per_epoch = math.ceil(n / cfg.batch_size)
-    total = per_epoch * cfg.epochs
-    opt = _make_optimizer(model, cfg.lr, cfg)
-    sched = _make_scheduler(opt, cfg, total)
-    unfreezer = GradualUnfreezer(model) if cfg.gradual_unfreeze else None
+    opt, sched, unfreezer, total, plan = _single_task_training(model, cfg, n)
     history: list[dict[str, Any]] = []
     step = 0
     model.train()
-    for epoch in range(cfg.epochs):
-        if unfreezer is not None and epoch > 0:
-            unfreezer.step()
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
-        for b in range(per_epoch):
-            idx = order[b * cfg.batch_size: (b + 1) * cfg.batch_size]
-            batch = {k: v[idx] for k, v in feats.items()}
-            width = int(batch["attention_mask"].sum(1).max())  # drop the all-padding columns
-            batch = {k: (v[:, :width] if v.dim() == 2 else v) for k, v in batch.items()}
-            loss = model(**_to(batch, device)).loss
-            lrs = _optimizer_step(opt, loss, cfg)
-            sched.step()
-            history.append({"step": step, "epoch": epoch, "batch": b, "loss": loss.item(), "lr": max(lrs),
-                            "lrs": lrs, "unfrozen": unfreezer.unfrozen if unfreezer is not None else None})
-            step += 1
-            if log and cfg.log_every and step % cfg.log_every == 0:
-                log(f"epoch {epoch + 1} step {step}/{total}: loss {loss.item():.4f}")
-    if unfreezer is not None:
-        for p in model.parameters():
-            p.requires_grad_(True)
+    for epoch, b, idx in plan:
+        batch = {k: v[idx] for k, v in feats.items()}
+        width = int(batch["attention_mask"].sum(1).max())  # drop the all-padding columns
+        batch = {k: (v[:, :width] if v.dim() == 2 else v) for k, v in batch.items()}
+        loss = model(**_to(batch, device)).loss
+        lrs = _optimizer_step(opt, loss, cfg)
+        sched.step()
+        history.append({"step": step, "epoch": epoch, "batch": b, "loss": loss.item(), "lr": max(lrs),
+                        "lrs": lrs, "unfrozen": unfreezer.unfrozen if unfreezer is not None else None})
+        step += 1
+        if log and cfg.log_every and step % cfg.log_every == 0:
+            log(f"epoch {epoch + 1} step {step}/{total}: loss {loss.item():.4f}")
     report = evaluate_qa(model, tokenizer, eval_examples, cfg.max_length, stride) if eval_examples else None
     return {"history": history, "eval": report, "config": asdict(cfg), "windows": n}

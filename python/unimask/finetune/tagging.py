@@ -16,7 +16,6 @@ maximal run of one type under those rules, and precision / recall / F1 count exa
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,17 +26,7 @@ import torch
 
 from .data import LabelMap
 from .heads import IGNORE_INDEX, TokenClassifier
-from .schedules import GradualUnfreezer
-from .trainer import (
-    AuxLM,
-    FinetuneConfig,
-    _add_aux_lm,
-    _make_optimizer,
-    _make_scheduler,
-    _optimizer_step,
-    _to,
-    lm_finetune,
-)
+from .trainer import AuxLM, FinetuneConfig, _add_aux_lm, _optimizer_step, _single_task_training, _to, lm_finetune
 
 __all__ = [
     "TaggedSentence", "load_tagged", "tag_label_map", "entity_spans", "entity_scores", "encode_tagged",
@@ -318,36 +307,25 @@ def finetune_tagger(model: TokenClassifier, tokenizer, train: Sequence[TaggedSen
     aux = AuxLM(model.encoder, tokenizer, cfg.mlm_probability, cfg.seed + 3) if cfg.aux_lm_weight else None
     if aux is not None:
         aux.head.to(device)
-    per_epoch = math.ceil(len(train) / cfg.batch_size)
-    total = per_epoch * cfg.epochs
-    opt = _make_optimizer(model, cfg.lr, cfg, [aux.head] if aux is not None else [])
-    sched = _make_scheduler(opt, cfg, total)
-    unfreezer = GradualUnfreezer(model) if cfg.gradual_unfreeze else None
+    opt, sched, unfreezer, total, plan = _single_task_training(model, cfg, len(train),
+                                                               [aux.head] if aux is not None else [])
     history: list[dict[str, Any]] = []
     step = 0
     model.train()
-    for epoch in range(cfg.epochs):
-        if unfreezer is not None and epoch > 0:
-            unfreezer.step()
-        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch)).tolist()
-        for b in range(per_epoch):
-            idx = order[b * cfg.batch_size: (b + 1) * cfg.batch_size]
-            batch = encode_tagged(tokenizer, [train[i] for i in idx], cfg.max_length, model.label_map)
-            batch.pop("word_ids")
-            batch = _to(batch, device)
-            task_loss = model(**batch).loss
-            loss, gamma, lm = _add_aux_lm(task_loss, aux, batch, step, total, cfg)
-            lrs = _optimizer_step(opt, loss, cfg)
-            sched.step()
-            history.append({"step": step, "epoch": epoch, "batch": b, "loss": loss.item(),
-                            "task_loss": task_loss.item(), "lm_loss": None if lm is None else lm.item(),
-                            "gamma": gamma, "lr": max(lrs), "lrs": lrs,
-                            "unfrozen": unfreezer.unfrozen if unfreezer is not None else None})
-            step += 1
-            if log and cfg.log_every and step % cfg.log_every == 0:
-                log(f"epoch {epoch + 1} step {step}/{total}: loss {loss.item():.4f}")
-    if unfreezer is not None:  # leave the model fully trainable
-        for p in model.parameters():
-            p.requires_grad_(True)
+    for epoch, b, idx in plan:
+        batch = encode_tagged(tokenizer, [train[i] for i in idx], cfg.max_length, model.label_map)
+        batch.pop("word_ids")
+        batch = _to(batch, device)
+        task_loss = model(**batch).loss
+        loss, gamma, lm = _add_aux_lm(task_loss, aux, batch, step, total, cfg)
+        lrs = _optimizer_step(opt, loss, cfg)
+        sched.step()
+        history.append({"step": step, "epoch": epoch, "batch": b, "loss": loss.item(),
+                        "task_loss": task_loss.item(), "lm_loss": None if lm is None else lm.item(),
+                        "gamma": gamma, "lr": max(lrs), "lrs": lrs,
+                        "unfrozen": unfreezer.unfrozen if unfreezer is not None else None})
+        step += 1
+        if log and cfg.log_every and step % cfg.log_every == 0:
+            log(f"epoch {epoch + 1} step {step}/{total}: loss {loss.item():.4f}")
     report = evaluate_tagger(model, tokenizer, eval_sentences, cfg.max_length) if eval_sentences else None
     return {"history": history, "lm_losses": lm_losses, "eval": report, "config": asdict(cfg)}

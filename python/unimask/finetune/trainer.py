@@ -192,6 +192,31 @@ def _optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, cfg: Finetun
     return lrs
 
 
+def _single_task_training(model: nn.Module, cfg: FinetuneConfig, n_items: int, extra: Sequence[nn.Module] = ()):
+    """Optimizer, schedule, unfreezer (or None) and the step plan of a single-task run over
+    ``n_items`` training items: the plan yields ``(epoch, batch number, item indices)`` per step,
+    a fresh seeded permutation each epoch, gradual unfreezing advancing at each new epoch."""
+    per_epoch = math.ceil(n_items / cfg.batch_size)
+    total = per_epoch * cfg.epochs
+    opt = _make_optimizer(model, cfg.lr, cfg, extra)
+    sched = _make_scheduler(opt, cfg, total)
+    unfreezer = GradualUnfreezer(model) if cfg.gradual_unfreeze else None
+
+    def plan():
+        for epoch in range(cfg.epochs):
+            if unfreezer is not None and epoch > 0:
+                unfreezer.step()
+            g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+            order = torch.randperm(n_items, generator=g).tolist()
+            for b in range(per_epoch):
+                yield epoch, b, order[b * cfg.batch_size: (b + 1) * cfg.batch_size]
+        if unfreezer is not None:  # leave the model fully trainable
+            for p in model.parameters():
+                p.requires_grad_(True)
+
+    return opt, sched, unfreezer, total, plan()
+
+
 def _make_optimizer(model: nn.Module, params_lr: float, cfg: FinetuneConfig, extra: Sequence[nn.Module] = ()):
     if cfg.discriminative_lr:
         groups = discriminative_param_groups(model, params_lr, cfg.lr_decay, cfg.weight_decay)
