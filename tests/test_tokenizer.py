@@ -494,6 +494,29 @@ def test_to_padded_matches_a_naive_oracle(seed):
     assert b.to_padded(pad_to_multiple_of=mult, pad_id=pad)["input_ids"].tolist() == want["input_ids"]
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_pad_column_matches_a_naive_oracle(seed):
+    """Any per-token column (2-D offsets, word ids) padded row by row in Python, for random
+    ragged batches whose rows need not start at 0 or end at the last token."""
+    rng = np.random.default_rng(seed)
+    n_tok = int(rng.integers(1, 200))
+    splits = np.sort(rng.integers(0, n_tok + 1, int(rng.integers(1, 12)))).astype(np.int64)
+    offsets = rng.integers(0, 1000, (n_tok, 2)).astype(np.uint32)
+    words = rng.integers(-1, 50, n_tok).astype(np.int32)
+    b = RaggedBatch(np.zeros(n_tok, np.uint32), np.zeros(n_tok, np.uint8), offsets, words, splits)
+    rows = [(int(s), int(e)) for s, e in zip(splits[:-1], splits[1:])]
+    width = max([e - s for s, e in rows] + [0]) + seed  # seed > 0: an explicit wider width
+    got = b.pad_column(words, -7, width=width if seed else None)
+    assert got.tolist() == [words[s:e].tolist() + [-7] * (width - (e - s)) for s, e in rows]
+    got = b.pad_column(offsets, 0, width=width if seed else None)
+    assert got.dtype == np.uint32
+    assert got.tolist() == [offsets[s:e].tolist() + [[0, 0]] * (width - (e - s)) for s, e in rows]
+    with pytest.raises(ValueError, match="one entry per token"):
+        b.pad_column(words[:-1])
+    with pytest.raises(ValueError, match="width must be"):
+        b.pad_column(words, width=width - seed - 1) if width - seed > 0 else b.pad_column(words, width=-1)
+
+
 @pytest.mark.parametrize("native", [True, False])
 def test_to_padded_rejects_inconsistent_row_splits(native):
     ids = np.arange(5, dtype=np.uint32 if native else np.int64)

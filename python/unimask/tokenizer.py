@@ -107,6 +107,29 @@ class RaggedBatch:
         s, e = int(self.row_splits[i]), int(self.row_splits[i + 1])
         return Encoding(self.ids_flat[s:e], self.type_ids_flat[s:e], self.offsets_flat[s:e], self.word_ids_flat[s:e])
 
+    def pad_column(self, values: np.ndarray, fill: Any = 0, width: int | None = None) -> np.ndarray:
+        """Any per-token column (``offsets_flat``, ``word_ids_flat``, labels of your own: one
+        entry per token of the batch, in order) as a right-padded ``[B, L, ...]`` array filled
+        with ``fill``; ``L`` is the longest row, or ``width`` when given (at least that)."""
+        values = np.asarray(values)
+        n = int(self.ids_flat.shape[0])
+        if values.ndim == 0 or values.shape[0] != n:
+            raise ValueError(f"a column needs one entry per token ({n}), got shape {values.shape}")
+        splits = np.asarray(self.row_splits, dtype=np.int64)
+        lengths = np.diff(splits)
+        if splits.size == 0 or (lengths < 0).any() or splits[0] < 0 or splits[-1] > n:
+            raise ValueError(f"row_splits must increase within [0, {n}], got {splits.tolist()[:20]}")
+        longest = int(lengths.max()) if lengths.size else 0
+        if width is not None:
+            if isinstance(width, bool) or not isinstance(width, (int, np.integer)) or width < longest:
+                raise ValueError(f"width must be an int >= the longest row ({longest}), got {width!r}")
+            longest = int(width)
+        out = np.full((len(self), longest, *values.shape[1:]), fill, dtype=values.dtype)
+        pos = np.arange(splits[0], splits[-1])
+        rows = np.repeat(np.arange(len(self)), lengths)
+        out[rows, pos - np.repeat(splits[:-1], lengths)] = values[pos]
+        return out
+
     def to_padded(self, pad_to_multiple_of: int | None = None, pad_id: int | None = None) -> dict[str, np.ndarray]:
         """Right-padded ``[B, L]`` int64 arrays ``input_ids``, ``attention_mask``,
         ``token_type_ids`` (L = longest row, rounded up to ``pad_to_multiple_of``).

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .heads import QuestionAnswering, answer_token_span, best_span
+from .heads import QuestionAnswering, best_span
 from .metrics import exact_match, squad_f1
 from .trainer import FinetuneConfig, _optimizer_step, _single_task_training, _to
 
@@ -96,35 +96,35 @@ def encode_qa(tokenizer, examples: Sequence[QAExample], max_length: int = 384, s
     ``context_mask`` (context tokens of each window), ``example`` (the example of each window)
     and ``offsets`` (numpy, character offsets into the context); with ``with_targets``,
     ``start_positions`` / ``end_positions`` (the first gold answer, or 0 = ``[CLS]`` when the
-    window does not hold it or there is none)."""
+    window does not hold all of it or there is none: the tokens of
+    :func:`~unimask.finetune.heads.answer_token_span`). Vectorized over the windows (numpy)."""
     enc = tokenizer.encode_batch([e.question for e in examples], [e.context for e in examples],
                                  max_length=max_length, truncation="only_second", stride=stride,
                                  return_overflowing=True)
     batch: dict[str, Any] = {k: torch.from_numpy(v) for k, v in enc.to_padded().items()}
-    rows, length = batch["input_ids"].shape
-    sample = enc.overflow_to_sample
-    offsets = np.zeros((rows, length, 2), dtype=np.int64)
-    context = np.zeros((rows, length), dtype=bool)
-    starts = np.zeros(rows, dtype=np.int64)
-    ends = np.zeros(rows, dtype=np.int64)
-    for r in range(rows):
-        row = enc[r]
-        n = len(row.ids)
-        offsets[r, :n] = row.offsets
-        context[r, :n] = (row.type_ids == 1) & (row.offsets[:, 1] > row.offsets[:, 0])
-        ex = examples[int(sample[r])]
-        if with_targets and ex.answers:
-            text, start = ex.answers[0]
-            try:
-                starts[r], ends[r] = answer_token_span(row.offsets, row.type_ids, start, start + len(text))
-            except ValueError:  # not in this window: [CLS]
-                pass
+    width = batch["input_ids"].shape[1]
+    sample = np.asarray(enc.overflow_to_sample, dtype=np.int64)
+    offsets = enc.pad_column(enc.offsets_flat.astype(np.int64), 0, width)
+    types = enc.pad_column(enc.type_ids_flat, 0, width)
+    context = (types == 1) & (offsets[..., 1] > offsets[..., 0])
     batch["context_mask"] = torch.from_numpy(context)
-    batch["example"] = torch.from_numpy(np.asarray(sample, dtype=np.int64))
+    batch["example"] = torch.from_numpy(sample)
     batch["offsets"] = offsets
     if with_targets:
-        batch["start_positions"] = torch.from_numpy(starts)
-        batch["end_positions"] = torch.from_numpy(ends)
+        first = [e.answers[0] if e.answers else ("", -1) for e in examples]
+        a_start = np.array([s for _, s in first], dtype=np.int64)[sample][:, None]
+        a_end = a_start + np.array([len(t) for t, _ in first], dtype=np.int64)[sample][:, None]
+        has = a_start[:, 0] >= 0
+        # First context token ending after the answer's start; last one starting before its end.
+        after = context & (offsets[..., 1] > a_start)
+        before = context & (offsets[..., 0] < a_end)
+        s_tok = after.argmax(1)
+        e_tok = width - 1 - before[:, ::-1].argmax(1)
+        rows = np.arange(len(sample))
+        inside = (has & after.any(1) & before.any(1) & (e_tok >= s_tok)
+                  & (offsets[rows, s_tok, 0] <= a_start[:, 0]) & (offsets[rows, e_tok, 1] >= a_end[:, 0]))
+        batch["start_positions"] = torch.from_numpy(np.where(inside, s_tok, 0))
+        batch["end_positions"] = torch.from_numpy(np.where(inside, e_tok, 0))
     return batch
 
 

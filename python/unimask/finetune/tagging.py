@@ -203,27 +203,30 @@ def encode_tagged(tokenizer, sentences: Sequence[TaggedSentence], max_length: in
                   label_map: LabelMap | None = None) -> dict[str, torch.Tensor]:
     """Padded model inputs for ``sentences`` (words tokenized one by one, ``[CLS] .. [SEP]``,
     truncated to ``max_length``), ``word_ids`` (``-1`` off words and on padding) and, with
-    ``label_map``, ``labels``: each word's tag id on its first piece, ``-100`` elsewhere."""
+    ``label_map``, ``labels``: each word's tag id on its first piece, ``-100`` elsewhere.
+    Vectorized over the batch (numpy), no loop over tokens."""
     enc = tokenizer.encode_batch([list(s.words) for s in sentences], max_length=max_length,
                                  is_split_into_words=True)
     batch = {k: torch.from_numpy(v) for k, v in enc.to_padded().items()}
-    n, length = batch["input_ids"].shape
-    word_ids = np.full((n, length), -1, dtype=np.int64)
-    splits = enc.row_splits
-    for i in range(n):
-        s, e = int(splits[i]), int(splits[i + 1])
-        word_ids[i, : e - s] = enc.word_ids_flat[s:e]
+    word_ids = enc.pad_column(enc.word_ids_flat.astype(np.int64), -1, width=batch["input_ids"].shape[1])
     batch["word_ids"] = torch.from_numpy(word_ids)
     if label_map is not None:
-        labels = np.full((n, length), IGNORE_INDEX, dtype=np.int64)
-        first = word_ids >= 0
-        first[:, 1:] &= word_ids[:, 1:] != word_ids[:, :-1]
+        ids = label_map._ids
+        tag_ids: list[int] = []
         for i, sent in enumerate(sentences):
             if sent.tags is None:
                 raise ValueError(f"sentence {i} has no tags")
-            ids = np.array([label_map.encode(t, sent.row) for t in sent.tags], dtype=np.int64)
-            cols = np.nonzero(first[i])[0]
-            labels[i, cols] = ids[word_ids[i, cols]]
+            try:
+                tag_ids.extend(map(ids.__getitem__, sent.tags))
+            except KeyError:
+                for t in sent.tags:
+                    label_map.encode(t, sent.row)  # names the unknown tag
+        first_word = np.cumsum([0] + [len(s.words) for s in sentences])[:-1]
+        first = word_ids >= 0
+        first[:, 1:] &= word_ids[:, 1:] != word_ids[:, :-1]
+        rows, cols = np.nonzero(first)
+        labels = np.full(word_ids.shape, IGNORE_INDEX, dtype=np.int64)
+        labels[rows, cols] = np.asarray(tag_ids, dtype=np.int64)[first_word[rows] + word_ids[rows, cols]]
         batch["labels"] = torch.from_numpy(labels)
     return batch
 
