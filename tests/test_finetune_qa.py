@@ -119,7 +119,7 @@ def test_windows_and_targets_match_hf_run_qa(minilm_dir, tok):
         assert ours["context_mask"][r].nonzero().flatten().tolist() == ctx
 
 
-def _brute_force_answers(out_dir, exs, max_length, stride, max_answer_length):
+def _brute_force_answers(out_dir, exs, max_length, stride, max_answer_length, null_threshold=None):
     transformers = pytest.importorskip("transformers")
     model = transformers.BertForQuestionAnswering.from_pretrained(out_dir).eval()
     ref = transformers.BertTokenizerFast.from_pretrained(str(out_dir))
@@ -128,17 +128,18 @@ def _brute_force_answers(out_dir, exs, max_length, stride, max_answer_length):
         for ex in exs:
             enc = ref(ex.question, ex.context, truncation="only_second", max_length=max_length, stride=stride,
                       return_overflowing_tokens=True, return_offsets_mapping=True)
-            best = (-float("inf"), "")
+            best, null = (-float("inf"), ""), float("inf")
             for r, ids in enumerate(enc["input_ids"]):
                 o = model(input_ids=torch.tensor([ids]), token_type_ids=torch.tensor([enc["token_type_ids"][r]]))
                 s, e = o.start_logits[0].tolist(), o.end_logits[0].tolist()
+                null = min(null, s[0] + e[0])
                 ctx = [i for i, q in enumerate(enc.sequence_ids(r)) if q == 1]
                 for i in ctx:
                     for j in ctx:
                         if i <= j < i + max_answer_length and s[i] + e[j] > best[0] + 1e-5:
                             off = enc["offset_mapping"][r]
                             best = (s[i] + e[j], ex.context[off[i][0]: off[j][1]])
-            answers.append(best[1])
+            answers.append("" if null_threshold is not None and null - best[0] > null_threshold else best[1])
     return answers
 
 
@@ -150,6 +151,18 @@ def test_answers_match_a_brute_force_search_with_transformers(minilm_dir, tok, t
     exs = _examples(90, 3, 12, seed=5)
     got = predict_answers(model, tok, exs, 48, 12, batch_size=5)
     assert [a for a, _ in got] == _brute_force_answers(tmp_path, exs, 48, 12, 6)
+    # SQuAD 2.0: the no-answer score against the best span, at thresholds that flip some answers.
+    best = [sc for _, sc in got]
+    nulls = [sc for _, sc in predict_answers(model, tok, exs, 48, 12, null_threshold=-1e9)]
+    diffs = sorted(n - b for n, b in zip(nulls, best))
+    # Thresholds in clear gaps between the examples' differences (the two models' logits agree
+    # to ~1e-5, not to the last bit).
+    gaps = [(b + a) / 2 for a, b in zip(diffs, diffs[1:]) if b - a > 1e-3]
+    assert gaps, diffs
+    for threshold in (diffs[0] - 1, gaps[len(gaps) // 2], diffs[-1] + 1):
+        got = [a for a, _ in predict_answers(model, tok, exs, 48, 12, null_threshold=threshold)]
+        assert got == _brute_force_answers(tmp_path, exs, 48, 12, 6, threshold)
+        assert sum(a == "" for a in got) == sum(d > threshold for d in diffs)
 
 
 def test_scores_follow_squad_normalisation(minilm_dir, tok, monkeypatch):
@@ -160,6 +173,13 @@ def test_scores_follow_squad_normalisation(minilm_dir, tok, monkeypatch):
     got = evaluate_qa(None, tok, exs)
     # Example 1: "cat" vs "cat" (articles dropped) -> EM 1; example 2: F1 of {c, d} vs {b, c} = 0.5.
     assert got == {"exact_match": 50.0, "f1": 75.0, "n": 2.0}
+    # SQuAD 2.0: an unanswerable question is right only when the prediction is empty.
+    exs2 = exs + [QAExample("q", "x y"), QAExample("q", "x y")]
+    monkeypatch.setattr(qa, "predict_answers", lambda *a, **k: [("cat!", 1.0), ("c d", 1.0), ("", 0.0), ("x", 1.0)])
+    got = evaluate_qa(None, tok, exs2, null_threshold=0.0)
+    assert got == {"exact_match": 50.0, "f1": 62.5, "n": 4.0, "has_answer_f1": 75.0, "no_answer_accuracy": 50.0}
+    with pytest.raises(ValueError, match="set null_threshold"):
+        evaluate_qa(None, tok, exs2)
 
 
 def test_finetune_qa_learns_to_find_the_quoted_phrase(minilm_dir, tok):
@@ -203,6 +223,13 @@ def test_finetune_and_predict_cli_qa(minilm_dir, tmp_path):
     em = 100 * sum(exact_match([g["answer"]], [e.answers[0][0]]) for g, e in zip(got, eval_exs)) / 20
     f1 = 100 * sum(squad_f1([g["answer"]], [e.answers[0][0]]) for g, e in zip(got, eval_exs)) / 20
     assert metrics["exact_match"] == pytest.approx(em) and metrics["f1"] == pytest.approx(f1)
+    # SQuAD 2.0: questions without an answer need --null-threshold; predict applies it.
+    unans = tmp_path / "unans.jsonl"
+    unans.write_text(json.dumps({"id": "u", "question": "Who?", "context": "Nobody here.", "answers": {}}) + "\n")
+    assert main(argv[:6] + [str(unans)] + argv[7:-3] + ["--output", str(tmp_path / "z")]) == 2
+    assert main(["predict", "--model", str(out), "--input", str(evals), "--output", str(pred),
+                 "--max-length", "64", "--doc-stride", "16", "--null-threshold=-1e9"]) == 0
+    assert {json.loads(x)["answer"] for x in pred.read_text().splitlines()} == {""}
     # Flags that do not apply, and a stride the window cannot hold, exit 2.
     assert main(argv[:-3] + ["--pooling", "mean", "--output", str(tmp_path / "x")]) == 2
     assert main(argv[:-3] + ["--doc-stride", "62", "--output", str(tmp_path / "y")]) == 2

@@ -101,6 +101,9 @@ def add_finetune_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--doc-stride", type=int, default=None,
                    help="qa: tokens shared by neighbouring windows of a long context (default: --max-length / 4)")
     p.add_argument("--max-answer-length", type=int, default=30, help="qa: longest answer in tokens")
+    p.add_argument("--null-threshold", type=float, default=None,
+                   help="qa, SQuAD 2.0: answer '' when the no-answer score beats the best span by more than this "
+                        "(and score questions without an answer)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
@@ -254,8 +257,9 @@ def _run_qa(args: argparse.Namespace, log) -> int:
         if not any(e.answers for e in train):
             raise ValueError(f"{args.train}: no question has an answer")
         unanswered = [e.id for e in evals if not e.answers]
-        if unanswered:
-            raise ValueError(f"{args.eval}: questions {unanswered[:5]} have no gold answer to score against")
+        if unanswered and args.null_threshold is None:
+            raise ValueError(f"{args.eval}: questions {unanswered[:5]} have no gold answer to score against "
+                             "(SQuAD 2.0 data: pass --null-threshold)")
         cfg = _finetune_config(args)
         tokenizer = WordPieceTokenizer.from_pretrained(args.model)
         torch.manual_seed(args.seed)
@@ -268,12 +272,13 @@ def _run_qa(args: argparse.Namespace, log) -> int:
         return 2
     t0 = time.perf_counter()
     try:
-        result = finetune_qa(model, tokenizer, train, cfg, evals, args.doc_stride, log)
+        result = finetune_qa(model, tokenizer, train, cfg, evals, args.doc_stride, log, args.null_threshold)
     except ValueError as e:  # e.g. a question that leaves a window no more context than the stride
         print(f"unimask finetune: {e}", file=sys.stderr)
         return 2
     out = _save_model(args.output, model, tokenizer)
-    _write_metrics(out, args, t0, result, task="qa", doc_stride=args.doc_stride, windows=result["windows"])
+    _write_metrics(out, args, t0, result, task="qa", doc_stride=args.doc_stride, windows=result["windows"],
+                   null_threshold=args.null_threshold)
     print(json.dumps(result["eval"]))
     return 0
 
@@ -385,6 +390,8 @@ def add_predict_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--doc-stride", type=int, default=None,
                    help="qa: tokens shared by neighbouring windows (default: --max-length / 4)")
+    p.add_argument("--null-threshold", type=float, default=None,
+                   help="qa, SQuAD 2.0: answer '' when the no-answer score beats the best span by more than this")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.set_defaults(func=run_predict)
     return p
@@ -453,7 +460,8 @@ def run_predict(args: argparse.Namespace) -> int:
         from .finetune.qa import predict_answers  # noqa: PLC0415
 
         try:
-            answers = predict_answers(model, tokenizer, rows, args.max_length, args.doc_stride, args.batch_size)
+            answers = predict_answers(model, tokenizer, rows, args.max_length, args.doc_stride, args.batch_size,
+                                      args.null_threshold)
         except ValueError as e:
             print(f"unimask predict: {e}", file=sys.stderr)
             return 2

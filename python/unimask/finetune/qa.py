@@ -130,11 +130,18 @@ def encode_qa(tokenizer, examples: Sequence[QAExample], max_length: int = 384, s
 
 @torch.no_grad()
 def predict_answers(model: QuestionAnswering, tokenizer, examples: Sequence[QAExample], max_length: int = 384,
-                    stride: int = 128, batch_size: int = 32) -> list[tuple[str, float]]:
+                    stride: int = 128, batch_size: int = 32,
+                    null_threshold: float | None = None) -> list[tuple[str, float]]:
     """``(answer text, score)`` per example: the best span over all its windows (module
-    docstring); ``("", -inf)`` for an example whose windows hold no context token."""
+    docstring); ``("", -inf)`` for an example whose windows hold no context token.
+
+    SQuAD 2.0 (``null_threshold`` given): the no-answer score of an example is the smallest
+    ``start[CLS] + end[CLS]`` over its windows, and the answer is ``""`` (score: that null
+    score) when it exceeds the best span's score by more than ``null_threshold`` (HF
+    ``postprocess_qa_predictions`` with ``version_2_with_negative``)."""
     device = next(model.parameters()).device
     best: list[tuple[float, str]] = [(-math.inf, "")] * len(examples)
+    null = [math.inf] * len(examples)
     was = model.training
     model.eval()
     try:
@@ -145,34 +152,51 @@ def predict_answers(model: QuestionAnswering, tokenizer, examples: Sequence[QAEx
             ctx = batch.pop("context_mask").to(device)
             out = model(**_to(batch, device))
             i, j, score = best_span(out.start_logits, out.end_logits, ctx, model.max_answer_length)
+            cls = (out.start_logits[:, 0] + out.end_logits[:, 0]).tolist()
             for r, (a, b, sc) in enumerate(zip(i.tolist(), j.tolist(), score.tolist())):
                 k = s + which[r]
+                null[k] = min(null[k], cls[r])
                 if a >= 0 and sc > best[k][0]:
                     ex = examples[k]
                     best[k] = (sc, ex.context[int(offsets[r, a, 0]): int(offsets[r, b, 1])])
     finally:
         model.train(was)
+    if null_threshold is not None:
+        best = [(n, "") if n - sc > null_threshold else (sc, text) for (sc, text), n in zip(best, null)]
     return [(text, score) for score, text in best]
 
 
 def evaluate_qa(model: QuestionAnswering, tokenizer, examples: Sequence[QAExample], max_length: int = 384,
-                stride: int = 128) -> dict[str, float]:
-    """SQuAD v1.1 exact match and F1 in percent (each the maximum over an example's gold answers)."""
-    if any(not e.answers for e in examples):
-        raise ValueError("every evaluation question needs at least one gold answer")
-    pred = [a for a, _ in predict_answers(model, tokenizer, examples, max_length, stride)]
-    em = sum(max(exact_match([p], [g]) for g, _ in e.answers) for p, e in zip(pred, examples))
-    f1 = sum(max(squad_f1([p], [g]) for g, _ in e.answers) for p, e in zip(pred, examples))
+                stride: int = 128, null_threshold: float | None = None) -> dict[str, float]:
+    """SQuAD exact match and F1 in percent, each the maximum over an example's gold answers.
+    Without ``null_threshold`` (SQuAD v1.1) every question needs a gold answer; with it
+    (SQuAD 2.0, see :func:`predict_answers`) a question without one is right only when the
+    prediction is empty, and ``has_answer_f1`` / ``no_answer_accuracy`` split the score."""
+    if null_threshold is None and any(not e.answers for e in examples):
+        raise ValueError("every evaluation question needs a gold answer (SQuAD 2.0 data: set null_threshold)")
+    pred = [a for a, _ in predict_answers(model, tokenizer, examples, max_length, stride,
+                                          null_threshold=null_threshold)]
+    golds = [[g for g, _ in e.answers] or [""] for e in examples]
+    em = [max(exact_match([p], [g]) for g in gs) for p, gs in zip(pred, golds)]
+    f1 = [max(squad_f1([p], [g]) for g in gs) for p, gs in zip(pred, golds)]
     n = len(examples)
-    return {"exact_match": 100.0 * em / n, "f1": 100.0 * f1 / n, "n": float(n)}
+    out = {"exact_match": 100.0 * sum(em) / n, "f1": 100.0 * sum(f1) / n, "n": float(n)}
+    if null_threshold is not None:
+        has = [k for k, e in enumerate(examples) if e.answers]
+        no = [k for k, e in enumerate(examples) if not e.answers]
+        out["has_answer_f1"] = 100.0 * sum(f1[k] for k in has) / len(has) if has else 0.0
+        out["no_answer_accuracy"] = 100.0 * sum(em[k] for k in no) / len(no) if no else 0.0
+    return out
 
 
 def finetune_qa(model: QuestionAnswering, tokenizer, train: Sequence[QAExample], cfg: FinetuneConfig,
                 eval_examples: Sequence[QAExample] | None = None, stride: int = 128,
-                log: Callable[[str], None] | None = None) -> dict[str, Any]:
+                log: Callable[[str], None] | None = None, null_threshold: float | None = None) -> dict[str, Any]:
     """Train on the windows of ``train`` (``cfg.max_length`` tokens, ``stride`` shared) with
     ``cfg``'s optimizer and schedule options (BERT linear warmup / ULMFiT slanted triangular,
-    discriminative rates, gradual unfreezing); ``cfg.batch_size`` counts windows. Returns
+    discriminative rates, gradual unfreezing); ``cfg.batch_size`` counts windows; questions
+    without an answer (SQuAD 2.0) train their windows towards ``[CLS]``, and ``null_threshold``
+    is passed to the evaluation (:func:`evaluate_qa`). Returns
     ``{"history": [...], "eval": report or None, "config": {...}, "windows": n}``."""
     if cfg.aux_lm_weight or cfg.lm_finetune_steps or cfg.cvt_unlabeled is not None:
         raise ValueError("finetune_qa runs the task loss only (no auxiliary LM, LM fine-tuning or CVT)")
@@ -201,5 +225,6 @@ def finetune_qa(model: QuestionAnswering, tokenizer, train: Sequence[QAExample],
         step += 1
         if log and cfg.log_every and step % cfg.log_every == 0:
             log(f"epoch {epoch + 1} step {step}/{total}: loss {loss.item():.4f}")
-    report = evaluate_qa(model, tokenizer, eval_examples, cfg.max_length, stride) if eval_examples else None
+    report = (evaluate_qa(model, tokenizer, eval_examples, cfg.max_length, stride, null_threshold)
+              if eval_examples else None)
     return {"history": history, "eval": report, "config": asdict(cfg), "windows": n}
