@@ -233,3 +233,32 @@ def test_finetune_and_predict_cli_qa(minilm_dir, tmp_path):
     # Flags that do not apply, and a stride the window cannot hold, exit 2.
     assert main(argv[:-3] + ["--pooling", "mean", "--output", str(tmp_path / "x")]) == 2
     assert main(argv[:-3] + ["--doc-stride", "62", "--output", str(tmp_path / "y")]) == 2
+
+
+def test_loaders_turn_garbage_into_clear_errors(tmp_path):
+    """Random bytes, random JSON and truncated files: load_squad / load_tagged either read
+    something or raise ValueError (never another exception, never a hang)."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from unimask.finetune import load_tagged
+
+    json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+                               lambda c: st.lists(c, max_size=4) | st.dictionaries(st.sampled_from(
+                                   ["question", "context", "answers", "text", "answer_start", "tokens", "tags",
+                                    "data", "paragraphs", "qas", "id"]), c, max_size=5), max_leaves=12)
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(blob=st.one_of(st.binary(max_size=200).map(lambda b: b.decode("utf-8", "replace")),
+                          json_values.map(json.dumps)),
+           suffix=st.sampled_from([".json", ".jsonl", ".conll"]))
+    def check(blob, suffix):
+        path = tmp_path / f"f{suffix}"
+        path.write_text(blob, encoding="utf-8")
+        for load in (load_squad, load_tagged):
+            try:
+                load(path)
+            except ValueError:
+                pass
+
+    check()

@@ -45,7 +45,13 @@ class QAExample:
     def __post_init__(self) -> None:
         if not isinstance(self.question, str) or not isinstance(self.context, str):
             raise TypeError(f"question and context must be str (example {self.id!r})")
-        answers = tuple((str(t), int(s)) for t, s in self.answers)
+        try:
+            answers = tuple((t, int(s)) for t, s in self.answers)
+        except (TypeError, ValueError):
+            raise TypeError(f"answers must be (text, character start) pairs (example {self.id!r}), "
+                            f"got {self.answers!r}") from None
+        if not all(isinstance(t, str) for t, _ in answers):
+            raise TypeError(f"answer texts must be str (example {self.id!r})")
         for text, start in answers:
             if not text or start < 0 or self.context[start: start + len(text)] != text:
                 raise ValueError(f"example {self.id!r}: answer {text!r} is not at character {start} of the context "
@@ -62,29 +68,36 @@ def load_squad(path: str | Path) -> list[QAExample]:
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
     out: list[QAExample] = []
+    bad = (KeyError, TypeError, AttributeError, IndexError)
     if path.suffix.lower() == ".json":
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
+        try:
             for article in doc["data"]:
                 for para in article["paragraphs"]:
                     for qa in para["qas"]:
                         answers = [(a["text"], a["answer_start"]) for a in qa.get("answers", [])]
                         out.append(QAExample(qa["question"], para["context"], tuple(answers), str(qa.get("id"))))
-        except (KeyError, TypeError) as e:
-            raise ValueError(f"{path}: not SQuAD's data/paragraphs/qas layout (missing {e})") from None
+        except bad as e:
+            raise ValueError(f"{path}: not SQuAD's data/paragraphs/qas layout ({type(e).__name__}: {e})") from None
     else:
-        with path.open(encoding="utf-8") as f:
+        with path.open(encoding="utf-8", errors="strict") as f:
             for n, line in enumerate(f, 1):
                 if not line.strip():
                     continue
                 try:
                     row = json.loads(line)
                     ans = row.get("answers") or {"text": [], "answer_start": []}
-                    answers = tuple(zip(ans["text"], ans["answer_start"]))
-                    out.append(QAExample(row["question"], row["context"], answers, str(row.get("id", n))))
-                except (KeyError, TypeError, json.JSONDecodeError) as e:
+                    texts, starts = ans["text"], ans["answer_start"]
+                    if not isinstance(texts, list) or not isinstance(starts, list) or len(texts) != len(starts):
+                        raise TypeError("answers text and answer_start must be lists of the same length")
+                    out.append(QAExample(row["question"], row["context"], tuple(zip(texts, starts)),
+                                         str(row.get("id", n))))
+                except (*bad, json.JSONDecodeError) as e:
                     raise ValueError(f"{path}:{n}: expected question, context and answers "
-                                     f"{{text, answer_start}} ({e})") from None
+                                     f"{{text, answer_start}} ({type(e).__name__}: {e})") from None
     if not out:
         raise ValueError(f"{path} holds no question")
     return out
