@@ -79,7 +79,9 @@ def load_squad(path: str | Path) -> list[QAExample]:
                 for para in article["paragraphs"]:
                     for qa in para["qas"]:
                         answers = [(a["text"], a["answer_start"]) for a in qa.get("answers", [])]
-                        out.append(QAExample(qa["question"], para["context"], tuple(answers), str(qa.get("id"))))
+                        qid = qa.get("id")
+                        out.append(QAExample(qa["question"], para["context"], tuple(answers),
+                                             None if qid is None else str(qid)))
         except bad as e:
             raise ValueError(f"{path}: not SQuAD's data/paragraphs/qas layout ({type(e).__name__}: {e})") from None
     else:
