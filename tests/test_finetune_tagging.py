@@ -226,3 +226,64 @@ def test_finetune_cli_tag_task_end_to_end(minilm_dir, sentences, tmp_path):
     bad.write_text('{"tokens": ["a"], "tags": ["B-NEW"]}\n')
     assert main(["finetune", "--model", str(minilm_dir), "--train", str(train), "--eval", str(bad),
                  "--task", "tag", "--output", str(tmp_path / "y")]) == 2
+
+
+def test_tagger_cvt_loss_is_the_mean_per_token_kl(minilm_dir, tok, sentences):
+    """tagger_cvt_loss against a naive computation: teacher = primary tag distribution (eval
+    mode), students = each view's per-position head, KL averaged over real tokens, then views."""
+    from unimask.finetune import CrossViewHeads, tagger_cvt_loss
+
+    lm = tag_label_map(sentences)
+    torch.manual_seed(0)
+    model = TokenClassifier.from_pretrained(minilm_dir, lm, num_labels=len(lm))
+    heads = CrossViewHeads(model.config.hidden_size, len(lm))
+    enc = tok.encode_batch([" ".join(s.words) for s in sentences[:6]], max_length=32).to_padded()
+    ids, am = torch.from_numpy(enc["input_ids"]), torch.from_numpy(enc["attention_mask"])
+    model.eval()  # no dropout in the students either, to compare exactly (training runs them with it)
+    loss, per_view = tagger_cvt_loss(model, heads, ids, am)
+    assert not model.training
+    with torch.no_grad():
+        p = torch.softmax(model(ids, am).logits.double(), -1)
+        want = {}
+        for v in heads.views:
+            q = torch.log_softmax(heads.position_logits(model.encoder, v, ids, am).double(), -1)
+            kl = (p * (p.log() - q)).sum(-1)
+            want[v] = float(kl[am.bool()].mean())
+    assert per_view == pytest.approx(want, rel=1e-4)
+    assert loss.item() == pytest.approx(sum(want.values()) / 2, rel=1e-4)
+    loss.backward()  # the students (heads, encoder) get gradients; the teacher is detached
+    assert all(p_.grad is not None for p_ in heads.parameters())
+
+
+def test_finetune_tagger_with_cvt_trains_the_view_heads(minilm_dir, tok, sentences, tmp_path):
+    from unimask.finetune import CrossViewHeads, cross_view_kl
+
+    lm = tag_label_map(sentences)
+    torch.manual_seed(0)
+    model = TokenClassifier.from_pretrained(minilm_dir, lm, num_labels=len(lm))
+    docs = read_documents(demo_corpus_path("en"))
+    unlabeled = [s for d in docs[200:260] for s in d][:96]
+    cfg = FinetuneConfig(epochs=1, batch_size=16, lr=1e-4, max_length=48, seed=0, cvt_eval_max=64)
+    result = finetune_tagger(model, tok, sentences[:96], cfg, sentences[200:230], unlabeled=unlabeled)
+    assert all(h["cvt_loss"] is not None and set(h["cvt_kl"]) == {"left_to_right", "right_to_left"}
+               for h in result["history"])
+    trained = result["cvt"]["final_kl"]
+    # Fresh heads against the same final model: the trained ones match the primary tags better.
+    fresh = CrossViewHeads(model.config.hidden_size, len(lm))
+    fresh.apply(model.encoder._init_weights)
+    enc = tok.encode_batch(unlabeled[:64], max_length=48).to_padded()
+    batch = {k: torch.from_numpy(v) for k, v in enc.items()}
+    assert trained["mean"] < 0.75 * cross_view_kl(model, fresh, [batch], per_token=True)["mean"]
+    assert trained == pytest.approx(cross_view_kl(model, result["cvt_heads"], [batch], per_token=True), rel=1e-4)
+    # The CLI: --task tag --cvt-unlabeled writes the view heads beside the model.
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps({"tokens": list(s.words), "tags": list(s.tags)}) + "\n" for s in sentences[:48]))
+    ul = tmp_path / "unlabeled.txt"
+    ul.write_text("\n".join(unlabeled[:32]) + "\n")
+    out = tmp_path / "out"
+    assert main(["finetune", "--model", str(minilm_dir), "--train", str(train), "--eval", str(train), "--task", "tag",
+                 "--epochs", "1", "--max-length", "32", "--cvt-unlabeled", str(ul), "--output", str(out),
+                 "--quiet"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["cvt"]["heads_file"] == "cvt_heads.safetensors" and (out / "cvt_heads.safetensors").is_file()
+    assert metrics["cvt"]["per_token"] and metrics["history"][0]["cvt_loss"] is not None

@@ -97,7 +97,8 @@ def add_finetune_parser(sub) -> argparse.ArgumentParser:
                         "after each task step the left_to_right / right_to_left views' heads are trained "
                         "to match the full model's prediction on an unlabeled mini-batch")
     p.add_argument("--cvt-weight", type=_cvt_weight, default=None, metavar="FLOAT",
-                   help="weight of the CVT consistency loss (default 1.0; needs --cvt-unlabeled)")
+                   help="weight of the CVT consistency loss (default 1.0; needs --cvt-unlabeled); with --task tag "
+                        "the views' per-token heads match the primary tags at every token")
     p.add_argument("--doc-stride", type=int, default=None,
                    help="qa: tokens shared by neighbouring windows of a long context (default: --max-length / 4)")
     p.add_argument("--max-answer-length", type=int, default=30, help="qa: longest answer in tokens")
@@ -150,7 +151,8 @@ def run_finetune(args: argparse.Namespace) -> int:
             raise ValueError("--cvt-weight needs --cvt-unlabeled FILE (the unlabeled texts of CVT)")
         if args.cvt_unlabeled is not None:
             if regression:
-                raise ValueError("--cvt-unlabeled needs --task classify (CVT matches class distributions)")
+                raise ValueError("--cvt-unlabeled needs --task classify or tag (CVT matches class or tag "
+                                 "distributions)")
             unlabeled = load_unlabeled(args.cvt_unlabeled, args.text_field, args.text_pair_field)
         extra = {}
         for spec in args.extra_task:
@@ -172,13 +174,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     result = finetune_classifier(model, tokenizer, train, cfg, evals, log, extra_tasks=extra, unlabeled=unlabeled)
     out = _save_model(args.output, model, tokenizer)
-    if result["cvt_heads"] is not None:  # CVT's view heads: a side file, never part of the model's weights
-        from .models.checkpoint import save_safetensors  # noqa: PLC0415
-
-        heads = result["cvt_heads"]
-        save_safetensors(heads.heads.state_dict(), out / CVT_HEADS_FILE,
-                         {"format": "pt", "views": ",".join(heads.views), "pooling": "mean"})
-        result["cvt"]["heads_file"] = CVT_HEADS_FILE
+    _save_cvt_heads(out, result)
     _write_metrics(out, args, t0, result, lm_losses=result["lm_losses"], cvt=result["cvt"])
     summary = {k: v for k, v in result["eval"].items() if not k.startswith("f1_")}
     print(json.dumps(summary))
@@ -206,6 +202,19 @@ def _write_metrics(out: Path, args: argparse.Namespace, t0: float, result: dict[
                    train_file=str(args.train), eval_file=str(args.eval), config=result["config"],
                    history=result["history"])
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n", encoding="utf-8")
+
+
+def _save_cvt_heads(out: Path, result: dict[str, Any]) -> None:
+    """CVT's view heads, when the run had them: a side file, never part of the model's weights."""
+    heads = result.get("cvt_heads")
+    if heads is None:
+        return
+    from .models.checkpoint import save_safetensors  # noqa: PLC0415
+
+    pooling = "per-token" if result["cvt"].get("per_token") else "mean"
+    save_safetensors(heads.heads.state_dict(), out / CVT_HEADS_FILE,
+                     {"format": "pt", "views": ",".join(heads.views), "pooling": pooling})
+    result["cvt"]["heads_file"] = CVT_HEADS_FILE
 
 
 def _to_device(model, device: str | None) -> bool:
@@ -298,10 +307,11 @@ def _run_tagging(args: argparse.Namespace, log) -> int:
     try:
         unsupported = [flag for flag, given in (
             ("--text-pair-field", args.text_pair_field is not None), ("--extra-task", bool(args.extra_task)),
-            ("--cvt-unlabeled", args.cvt_unlabeled is not None), ("--cvt-weight", args.cvt_weight is not None),
             ("--pooling", args.pooling != "cls")) if given]
         if unsupported:
             raise ValueError(f"--task tag does not take {', '.join(unsupported)}")
+        if args.cvt_weight is not None and args.cvt_unlabeled is None:
+            raise ValueError("--cvt-weight needs --cvt-unlabeled FILE (the unlabeled texts of CVT)")
         words_field, tags_field = args.text_field or "tokens", args.label_field or "tags"
         train = load_tagged(args.train, words_field, tags_field)
         evals = load_tagged(args.eval, words_field, tags_field)
@@ -309,7 +319,13 @@ def _run_tagging(args: argparse.Namespace, log) -> int:
         unknown = sorted({t for s in evals for t in s.tags} - set(label_map.labels))
         if unknown:
             raise ValueError(f"{args.eval}: tags {unknown} never occur in {args.train} (tags: {label_map.labels})")
-        cfg = _finetune_config(args)
+        cfg = _finetune_config(args, cvt_unlabeled=args.cvt_unlabeled, cvt_text_field="text",
+                               cvt_weight=1.0 if args.cvt_weight is None else args.cvt_weight)
+        unlabeled = None
+        if args.cvt_unlabeled is not None:  # plain texts (.txt lines, or the "text" field)
+            from .finetune import load_unlabeled  # noqa: PLC0415
+
+            unlabeled = [e.text for e in load_unlabeled(args.cvt_unlabeled, "text")]
         tokenizer = WordPieceTokenizer.from_pretrained(args.model)
         torch.manual_seed(args.seed)
         model = TokenClassifier.from_pretrained(args.model, label_map, from_scratch=args.from_scratch,
@@ -320,9 +336,11 @@ def _run_tagging(args: argparse.Namespace, log) -> int:
     if not _to_device(model, args.device):
         return 2
     t0 = time.perf_counter()
-    result = finetune_tagger(model, tokenizer, train, cfg, evals, log)
+    result = finetune_tagger(model, tokenizer, train, cfg, evals, log, unlabeled=unlabeled)
     out = _save_model(args.output, model, tokenizer)
-    _write_metrics(out, args, t0, result, task="tag", tags=label_map.labels, lm_losses=result["lm_losses"])
+    _save_cvt_heads(out, result)
+    _write_metrics(out, args, t0, result, task="tag", tags=label_map.labels, lm_losses=result["lm_losses"],
+                   cvt=result["cvt"])
     print(json.dumps({k: v for k, v in result["eval"].items() if not k.startswith("f1_")}))
     return 0
 

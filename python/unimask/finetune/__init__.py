@@ -12,6 +12,7 @@ from .cvt import (
     classifier_cvt_loss,
     cross_view_kl,
     cvt_consistency_loss,
+    tagger_cvt_loss,
     train_cvt,
 )
 from .data import Example, LabelMap, load_examples, load_unlabeled
@@ -77,5 +78,5 @@ __all__ = [
     "slanted_triangular_lr", "slanted_triangular_schedule", "span_text", "squad_f1", "train_cvt",
     "train_multitask", "word_predictions", "TaggedSentence", "encode_tagged", "entity_scores", "entity_spans",
     "evaluate_tagger", "finetune_tagger", "load_tagged", "predict_tags", "tag_label_map",
-    "QAExample", "encode_qa", "evaluate_qa", "finetune_qa", "load_squad", "predict_answers",
+    "QAExample", "tagger_cvt_loss", "encode_qa", "evaluate_qa", "finetune_qa", "load_squad", "predict_answers",
 ]

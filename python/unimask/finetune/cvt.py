@@ -29,8 +29,8 @@ from ..masks import BIDIRECTIONAL, LEFT_TO_RIGHT, RIGHT_TO_LEFT
 from ..models.encoder import TransformerEncoder
 from .heads import IGNORE_INDEX, pool_hidden
 
-__all__ = ["CrossViewTagger", "CrossViewHeads", "classifier_cvt_loss", "cross_view_kl", "cvt_consistency_loss",
-           "train_cvt", "VIEWS"]
+__all__ = ["CrossViewTagger", "CrossViewHeads", "classifier_cvt_loss", "tagger_cvt_loss", "cross_view_kl",
+           "cvt_consistency_loss", "train_cvt", "VIEWS"]
 
 #: auxiliary view name -> attention mode
 VIEWS = {"left_to_right": LEFT_TO_RIGHT, "right_to_left": RIGHT_TO_LEFT}
@@ -202,10 +202,36 @@ def classifier_cvt_loss(model: nn.Module, heads: CrossViewHeads, input_ids: torc
     return loss, {v: k.item() for v, k in per_view.items()}
 
 
+def tagger_cvt_loss(model: nn.Module, heads: CrossViewHeads, input_ids: torch.Tensor,
+                    attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None,
+                    **unused: Any) -> tuple[torch.Tensor, dict[str, float]]:
+    """CVT consistency loss of a token tagger on an unlabeled batch (CVT's own setting,
+    Clark et al. 2018 sec. 3.1): at every real token, the primary tag distribution on the full
+    input is the fixed teacher (eval mode, no gradient) and each view's per-position head
+    (:meth:`CrossViewHeads.position_logits`: the forward view sees tokens ``<= t``, the
+    backward one tokens ``>= t``) a student; ``loss = mean over views of the mean over real
+    tokens of KL(p_primary || p_view)``. Returns ``(loss, {view: kl})``."""
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            teacher = model(input_ids, attention_mask, token_type_ids).logits
+    finally:
+        model.train(was)
+    mask = attention_mask.bool() if attention_mask is not None else None
+    per_view = {v: cvt_consistency_loss(teacher, heads.position_logits(model.encoder, v, input_ids, attention_mask,
+                                                                       token_type_ids), mask)
+                for v in heads.views}
+    loss = sum(per_view.values()) / len(per_view)
+    return loss, {v: k.item() for v, k in per_view.items()}
+
+
 @torch.no_grad()
-def cross_view_kl(model: nn.Module, heads: CrossViewHeads, batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+def cross_view_kl(model: nn.Module, heads: CrossViewHeads, batches: list[dict[str, torch.Tensor]],
+                  per_token: bool = False) -> dict[str, float]:
     """Mean ``KL(p_primary || p_view)`` per view over the examples of ``batches`` (eval mode:
-    no dropout anywhere), plus ``"mean"`` over the views."""
+    no dropout anywhere), plus ``"mean"`` over the views. ``per_token``: a tagger's
+    per-position distributions, averaged over the real tokens (:func:`tagger_cvt_loss`)."""
     was_m, was_h = model.training, heads.training
     model.eval()
     heads.eval()
@@ -213,11 +239,18 @@ def cross_view_kl(model: nn.Module, heads: CrossViewHeads, batches: list[dict[st
         sums = dict.fromkeys(heads.views, 0.0)
         n = 0
         for b in batches:
-            teacher = model(b["input_ids"], b.get("attention_mask"), b.get("token_type_ids")).logits
-            B = b["input_ids"].shape[0]
-            for v in heads.views:
-                sums[v] += cvt_consistency_loss(teacher, heads(model.encoder, v, b["input_ids"], b.get("attention_mask"),
-                                                                b.get("token_type_ids"))).item() * B
+            ids, am, tt = b["input_ids"], b.get("attention_mask"), b.get("token_type_ids")
+            teacher = model(ids, am, tt).logits
+            if per_token:
+                mask = am.bool() if am is not None else torch.ones(ids.shape, dtype=torch.bool, device=ids.device)
+                B = int(mask.sum())
+                for v in heads.views:
+                    student = heads.position_logits(model.encoder, v, ids, am, tt)
+                    sums[v] += cvt_consistency_loss(teacher, student, mask).item() * B
+            else:
+                B = ids.shape[0]
+                for v in heads.views:
+                    sums[v] += cvt_consistency_loss(teacher, heads(model.encoder, v, ids, am, tt)).item() * B
             n += B
     finally:
         model.train(was_m)

@@ -290,28 +290,55 @@ def evaluate_tagger(model: TokenClassifier, tokenizer, sentences: Sequence[Tagge
 
 def finetune_tagger(model: TokenClassifier, tokenizer, train: Sequence[TaggedSentence], cfg: FinetuneConfig,
                     eval_sentences: Sequence[TaggedSentence] | None = None,
-                    log: Callable[[str], None] | None = None) -> dict[str, Any]:
+                    log: Callable[[str], None] | None = None,
+                    unlabeled: Sequence[str] | None = None) -> dict[str, Any]:
     """Train a :class:`TokenClassifier` on tagged sentences with the schedule options of ``cfg``
     (BERT linear warmup / ULMFiT slanted triangular, discriminative rates, gradual unfreezing,
     ULMFiT LM fine-tuning on the training text first, an auxiliary masked-LM loss); returns
-    ``{"history": [...], "lm_losses": [...], "eval": report or None, "config": {...}}``.
-    CVT for tagging is :func:`~unimask.finetune.cvt.train_cvt` (``cfg.cvt_unlabeled`` is
-    rejected here)."""
+    ``{"history": [...], "lm_losses": [...], "eval": report or None, "config": {...},
+    "cvt": None or {...}, "cvt_heads": CrossViewHeads or None}``.
+
+    CVT (Clark et al. 2018, the tagging setting): ``unlabeled`` texts (default: read from
+    ``cfg.cvt_unlabeled``, field ``cfg.cvt_text_field``) add, after every supervised step, one
+    consistency step on the next unlabeled mini-batch: per-position view heads on the
+    ``left_to_right`` / ``right_to_left`` runs of the encoder learn to match the primary tag
+    distribution at every token (:func:`~unimask.finetune.cvt.tagger_cvt_loss`, times
+    ``cfg.cvt_weight``). History rows then carry ``cvt_loss`` / ``cvt_kl``; ``result["cvt"]``
+    holds the final eval-mode per-token cross-view KL on up to ``cfg.cvt_eval_max`` texts. The
+    view heads are returned, not part of ``model``."""
+    from .cvt import CrossViewHeads, cross_view_kl, tagger_cvt_loss  # noqa: PLC0415
+    from .data import load_unlabeled  # noqa: PLC0415
+
     if model.label_map is None:
         raise ValueError("the token classifier needs a label map (tag names)")
-    if cfg.cvt_unlabeled is not None:
-        raise ValueError("finetune_tagger does not run CVT; use unimask.finetune.train_cvt with a CrossViewTagger")
     if not train:
         raise ValueError("no training sentences")
     torch.manual_seed(cfg.seed)
     device = next(model.parameters()).device
+    if unlabeled is None and cfg.cvt_unlabeled is not None:
+        unlabeled = [e.text for e in load_unlabeled(cfg.cvt_unlabeled, cfg.cvt_text_field)]
+    cvt_heads = cvt_texts = None
+    if unlabeled is not None:
+        cvt_texts = [u if isinstance(u, str) else " ".join(u) for u in unlabeled]
+        if not cvt_texts or any(not t.strip() for t in cvt_texts):
+            raise ValueError("CVT needs non-empty unlabeled texts")
+        cvt_heads = CrossViewHeads(model.config.hidden_size, model.num_labels, model.config.hidden_dropout_prob)
+        cvt_heads.apply(model.encoder._init_weights)
+        cvt_heads.to(device)
+        cvt_gen = torch.Generator().manual_seed(cfg.seed * 1000 + 7)
+        cvt_order: list[int] = []
+
+    def unlabeled_batch(texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        enc = tokenizer.encode_batch(list(texts), max_length=cfg.max_length)
+        return _to({k: torch.from_numpy(v) for k, v in enc.to_padded().items()}, device)
+
     lm_losses = (lm_finetune(model.encoder, tokenizer, [" ".join(s.words) for s in train], cfg.lm_finetune_steps,
                              cfg, log) if cfg.lm_finetune_steps else [])
     aux = AuxLM(model.encoder, tokenizer, cfg.mlm_probability, cfg.seed + 3) if cfg.aux_lm_weight else None
     if aux is not None:
         aux.head.to(device)
-    opt, sched, unfreezer, total, plan = _single_task_training(model, cfg, len(train),
-                                                               [aux.head] if aux is not None else [])
+    extra = [m for m in (aux.head if aux is not None else None, cvt_heads) if m is not None]
+    opt, sched, unfreezer, total, plan = _single_task_training(model, cfg, len(train), extra)
     history: list[dict[str, Any]] = []
     step = 0
     model.train()
@@ -322,13 +349,32 @@ def finetune_tagger(model: TokenClassifier, tokenizer, train: Sequence[TaggedSen
         task_loss = model(**batch).loss
         loss, gamma, lm = _add_aux_lm(task_loss, aux, batch, step, total, cfg)
         lrs = _optimizer_step(opt, loss, cfg)
+        cvt_loss = cvt_kl = None
+        if cvt_heads is not None:  # CVT: an unlabeled mini-batch after each labelled one
+            if len(cvt_order) < cfg.batch_size:
+                cvt_order += torch.randperm(len(cvt_texts), generator=cvt_gen).tolist()
+            uidx, cvt_order = cvt_order[: cfg.batch_size], cvt_order[cfg.batch_size:]
+            cvt_loss, cvt_kl = tagger_cvt_loss(model, cvt_heads, **unlabeled_batch([cvt_texts[i] for i in uidx]))
+            _optimizer_step(opt, cfg.cvt_weight * cvt_loss, cfg)
+            cvt_loss = cvt_loss.item()
         sched.step()
         history.append({"step": step, "epoch": epoch, "batch": b, "loss": loss.item(),
                         "task_loss": task_loss.item(), "lm_loss": None if lm is None else lm.item(),
                         "gamma": gamma, "lr": max(lrs), "lrs": lrs,
-                        "unfrozen": unfreezer.unfrozen if unfreezer is not None else None})
+                        "unfrozen": unfreezer.unfrozen if unfreezer is not None else None,
+                        "cvt_loss": cvt_loss, "cvt_kl": cvt_kl})
         step += 1
         if log and cfg.log_every and step % cfg.log_every == 0:
             log(f"epoch {epoch + 1} step {step}/{total}: loss {loss.item():.4f}")
     report = evaluate_tagger(model, tokenizer, eval_sentences, cfg.max_length) if eval_sentences else None
-    return {"history": history, "lm_losses": lm_losses, "eval": report, "config": asdict(cfg)}
+    cvt = None
+    if cvt_heads is not None:
+        probe = cvt_texts[: cfg.cvt_eval_max]
+        batches = [unlabeled_batch(probe[s: s + 64]) for s in range(0, len(probe), 64)]
+        cvt = {"unlabeled": str(cfg.cvt_unlabeled) if cfg.cvt_unlabeled is not None else None,
+               "n_unlabeled": len(cvt_texts), "weight": float(cfg.cvt_weight), "views": list(cvt_heads.views),
+               "steps": step, "schedule": "one consistency step after each task step", "per_token": True,
+               "final_kl": cross_view_kl(model, cvt_heads, batches, per_token=True) if batches else None,
+               "final_kl_texts": len(probe)}
+    return {"history": history, "lm_losses": lm_losses, "eval": report, "config": asdict(cfg),
+            "cvt": cvt, "cvt_heads": cvt_heads}
