@@ -176,6 +176,9 @@ def test_bad_split_input_is_rejected_clearly(ut):
         ut.encode_batch([["a"]], is_split_into_words="yes")
     with pytest.raises(ValueError, match="lone surrogate"):
         ut.encode(["ok", "\ud800"], is_split_into_words=True)
-    # Without the flag a list of words is not a text.
-    with pytest.raises(TypeError):
+    # Without the flag a list of words is not a text, and the message says what to do.
+    with pytest.raises(TypeError, match=r"texts\[0\] must be str, got list \(a text given as words needs "
+                                        r"is_split_into_words=True\)"):
         ut.encode_batch([["a", "b"]])
+    with pytest.raises(TypeError, match="is_split_into_words=True"):
+        ut.encode(["a", "b"])

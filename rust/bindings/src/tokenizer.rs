@@ -39,6 +39,8 @@ fn as_text_with<'a>(obj: &'a Bound<'_, PyAny>, what: impl Fn() -> String) -> PyR
             .unwrap_or_else(|_| "?".into());
         let hint = if tn == "bytes" || tn == "bytearray" {
             " (decode it to str first)"
+        } else if tn == "list" || tn == "tuple" {
+            " (a text given as words needs is_split_into_words=True)"
         } else {
             ""
         };
