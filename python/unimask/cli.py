@@ -1,4 +1,4 @@
-"""The ``unimask`` command: ``info``, ``bench``, ``pretrain`` (and more subcommands as features land)."""
+"""The ``unimask`` command: ``info``, ``bench``, ``pretrain``, ``finetune``, ``predict``, ``faq``."""
 
 from __future__ import annotations
 

@@ -58,7 +58,7 @@ def _cvt_weight(value: str) -> float:
 
 def add_finetune_parser(sub) -> argparse.ArgumentParser:
     """Register ``finetune`` on an ``add_subparsers()`` object."""
-    p = sub.add_parser("finetune", help="fine-tune a classifier on a BERT model directory",
+    p = sub.add_parser("finetune", help="fine-tune a BERT model directory: classifier, regressor, tagger or extractive QA",
                        description=run_finetune.__doc__)
     p.add_argument("--model", required=True, help="HF BERT-style model directory (config.json, weights, vocab)")
     p.add_argument("--train", required=True, help="training file (.jsonl, .csv or .tsv)")
