@@ -1,0 +1,37 @@
+"""The prepared GPU check (``bench/gpu_attention.py``, run by ``bench/gpu_check.sh``) rehearsed on
+the CPU: every code path (correctness cases, every backend of the benchmark table, the JSON and
+markdown output) under Triton's interpreter at tiny shapes.
+
+A session that is lent a GPU has minutes of device time; a Python error in the script would
+spend them. This test runs ``--dry-run-cpu`` and requires no recorded error, passing
+correctness cases, and a table row per benchmarked batch. (Timings in a dry run mean nothing.)
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "gpu_attention.py"
+
+pytestmark = pytest.mark.skipif(not SCRIPT.is_file(), reason="bench/ is not beside the tests (not a source checkout)")
+
+
+def test_gpu_check_rehearses_on_the_cpu_without_errors(tmp_path):
+    pytest.importorskip("triton")
+    r = subprocess.run([sys.executable, str(SCRIPT), "--dry-run-cpu", "--out", str(tmp_path), "--budget-s", "120"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    res = json.loads((tmp_path / "gpu_attention.json").read_text())
+    assert res["errors"] == [], res["errors"]
+    assert res["correctness"] and all(c["pass"] for c in res["correctness"]), res["correctness"]
+    assert {row["batch"] for row in res["bench"]} == {"mixed", "l2r"}
+    for row in res["bench"]:  # every backend ran (flex's backward has no CPU version)
+        for name in ("unimask", "sdpa_mask", "flex"):
+            assert "fwd_ms" in row[name], (name, row[name])
+        assert "fwd_bwd_ms" in row["unimask"] and "fwd_bwd_ms" in row["sdpa_mask"]
+    assert res["table_md"].count("\n| ") >= len(res["bench"])
