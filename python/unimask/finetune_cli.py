@@ -58,15 +58,17 @@ def _cvt_weight(value: str) -> float:
 
 def add_finetune_parser(sub) -> argparse.ArgumentParser:
     """Register ``finetune`` on an ``add_subparsers()`` object."""
-    p = sub.add_parser("finetune", help="fine-tune a BERT model directory: classifier, regressor, tagger or extractive QA",
+    p = sub.add_parser("finetune", help="fine-tune a BERT model directory: classifier, regressor, tagger, extractive QA or "
+                            "UNILM seq2seq",
                        description=run_finetune.__doc__)
     p.add_argument("--model", required=True, help="HF BERT-style model directory (config.json, weights, vocab)")
     p.add_argument("--train", required=True, help="training file (.jsonl, .csv or .tsv)")
     p.add_argument("--eval", required=True, help="evaluation file (same format)")
-    p.add_argument("--task", default="classify", choices=("classify", "regress", "tag", "qa"),
+    p.add_argument("--task", default="classify", choices=("classify", "regress", "tag", "qa", "seq2seq"),
                    help="classify (cross-entropy), regress (one float output, MSE), tag (one tag per word: "
-                        "NER / POS; files are JSONL with word and tag lists, or CoNLL columns) or qa "
-                        "(extractive QA; SQuAD .json or JSON lines with question, context, answers)")
+                        "NER / POS; files are JSONL with word and tag lists, or CoNLL columns), qa "
+                        "(extractive QA; SQuAD .json or JSON lines with question, context, answers) or seq2seq "
+                        "(UNILM source -> target generation; rows with source and target fields)")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--output", required=True, help="output directory (model, tokenizer, metrics.json)")
     p.add_argument("--from-scratch", action="store_true", help="keep the model's config but initialise weights randomly")
@@ -105,6 +107,11 @@ def add_finetune_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--null-threshold", type=float, default=None,
                    help="qa, SQuAD 2.0: answer '' when the no-answer score beats the best span by more than this "
                         "(and score questions without an answer)")
+    p.add_argument("--max-target-length", type=int, default=32,
+                   help="seq2seq: target tokens kept for training and generated at most")
+    p.add_argument("--num-beams", type=int, default=1, help="seq2seq: beam size of the decoding (1 = greedy)")
+    p.add_argument("--mask-prob", type=float, default=0.7,
+                   help="seq2seq: probability of masking each target token (UNILM: 0.7)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
@@ -133,6 +140,8 @@ def run_finetune(args: argparse.Namespace) -> int:
         return _run_tagging(args, log)
     if args.task == "qa":
         return _run_qa(args, log)
+    if args.task == "seq2seq":
+        return _run_seq2seq(args, log)
     args.text_field = args.text_field or "text"
     args.label_field = args.label_field or "label"
     regression = args.task == "regress"
@@ -238,6 +247,62 @@ def _save_model(output: str, model, tokenizer) -> Path:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def _run_seq2seq(args: argparse.Namespace, log) -> int:
+    """``--task seq2seq``: UNILM source -> target fine-tuning (see :mod:`unimask.finetune.seq2seq`)."""
+    import torch  # noqa: PLC0415
+
+    from .finetune import load_examples  # noqa: PLC0415
+    from .finetune.seq2seq import finetune_seq2seq, seq2seq_finetuner  # noqa: PLC0415
+    from .models import EncoderConfig, UnifiedLM  # noqa: PLC0415
+    from .tokenizer import WordPieceTokenizer  # noqa: PLC0415
+
+    try:
+        unsupported = [flag for flag, given in (
+            ("--text-pair-field", args.text_pair_field is not None), ("--extra-task", bool(args.extra_task)),
+            ("--cvt-unlabeled", args.cvt_unlabeled is not None), ("--cvt-weight", args.cvt_weight is not None),
+            ("--aux-lm-weight", args.aux_lm_weight is not None), ("--lm-finetune-steps", args.lm_finetune_steps > 0),
+            ("--pooling", args.pooling != "cls")) if given]
+        if unsupported:
+            raise ValueError(f"--task seq2seq does not take {', '.join(unsupported)}")
+        if args.max_target_length < 1 or args.num_beams < 1 or not 0 < args.mask_prob <= 1:
+            raise ValueError(f"--max-target-length and --num-beams must be >= 1 and --mask-prob in (0, 1], got "
+                             f"{args.max_target_length}, {args.num_beams}, {args.mask_prob}")
+        source, target = args.text_field or "source", args.label_field or "target"
+        train = load_examples(args.train, source, target)
+        evals = load_examples(args.eval, source, target)
+        cfg = _finetune_config(args)
+        tokenizer = WordPieceTokenizer.from_pretrained(args.model)
+        torch.manual_seed(args.seed)
+        if args.from_scratch:
+            config = EncoderConfig.from_json_file(Path(args.model) / "config.json")
+            config.type_vocab_size = max(config.type_vocab_size, 6)
+            model = UnifiedLM(config)
+        else:
+            model = UnifiedLM.from_pretrained(args.model)
+        ft = seq2seq_finetuner(model, tokenizer, args.mask_prob)
+    except (ValueError, FileNotFoundError, TypeError) as e:
+        print(f"unimask finetune: {e}", file=sys.stderr)
+        return 2
+    if not _to_device(model, args.device):
+        return 2
+    t0 = time.perf_counter()
+    result = finetune_seq2seq(ft, tokenizer, train, cfg, evals, args.max_length, args.max_target_length,
+                              args.num_beams, log)
+    out = Path(args.output)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    cfg_path = out / "config.json"
+    d = json.loads(cfg_path.read_text(encoding="utf-8"))
+    d["unimask_task"] = {"task": "seq2seq", "max_source_length": args.max_length,
+                         "max_target_length": args.max_target_length, "num_beams": args.num_beams,
+                         "mask_prob": args.mask_prob, "source_field": source}
+    cfg_path.write_text(json.dumps(d, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    _write_metrics(out, args, t0, result, task="seq2seq", max_target_length=args.max_target_length,
+                   num_beams=args.num_beams, mask_prob=args.mask_prob)
+    print(json.dumps({k: v for k, v in result["eval"].items() if k != "samples"}))
+    return 0
 
 
 def _run_qa(args: argparse.Namespace, log) -> int:
@@ -431,6 +496,42 @@ def _read_sentences(path: str, words_field: str) -> list:
     return out
 
 
+def _saved_task(model_dir: str) -> dict[str, Any]:
+    """The ``unimask_task`` block of a model directory's ``config.json`` (empty if none)."""
+    path = Path(model_dir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no config.json in {model_dir}")
+    return json.loads(path.read_text(encoding="utf-8")).get("unimask_task") or {}
+
+
+def _predict_seq2seq(args: argparse.Namespace, saved: dict[str, Any]) -> int:
+    """``predict`` for a seq2seq model: ``{"output"}`` per source (``.txt`` lines or the source
+    field of JSONL/CSV/TSV rows); lengths and beams default to the fine-tuning run's."""
+    from .finetune import load_unlabeled  # noqa: PLC0415
+    from .finetune.seq2seq import generate_texts, seq2seq_finetuner  # noqa: PLC0415
+    from .models import UnifiedLM  # noqa: PLC0415
+    from .tokenizer import WordPieceTokenizer  # noqa: PLC0415
+
+    try:
+        rows = load_unlabeled(args.input, args.text_field or saved.get("source_field", "source"))
+        tokenizer = WordPieceTokenizer.from_pretrained(args.model)
+        model = UnifiedLM.from_pretrained(args.model)
+        ft = seq2seq_finetuner(model, tokenizer)
+    except (ValueError, FileNotFoundError, TypeError) as e:
+        print(f"unimask predict: {e}", file=sys.stderr)
+        return 2
+    if not _to_device(model, args.device):
+        return 2
+    outputs = generate_texts(ft, tokenizer, [r.text for r in rows], int(saved.get("max_source_length", args.max_length)),
+                             int(saved.get("max_target_length", 32)), int(saved.get("num_beams", 1)), args.batch_size)
+    text = "".join(json.dumps({"output": o}, ensure_ascii=False) + "\n" for o in outputs)
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def run_predict(args: argparse.Namespace) -> int:
     """Predictions of a fine-tuned model, one JSON line per input row: ``{"label", "score",
     "probs"}`` for a classifier (softmax probabilities by label name), ``{"value"}`` for a
@@ -446,6 +547,9 @@ def run_predict(args: argparse.Namespace) -> int:
         if args.batch_size < 1 or args.max_length < 2:
             raise ValueError(f"--batch-size must be >= 1 and --max-length >= 2, got {args.batch_size} and "
                              f"{args.max_length}")
+        saved = _saved_task(args.model)
+        if saved.get("task") == "seq2seq":
+            return _predict_seq2seq(args, saved)
         model = load_task_model(args.model)
         tokenizer = WordPieceTokenizer.from_pretrained(args.model)
         task = getattr(model, "task", None)

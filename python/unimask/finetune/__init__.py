@@ -52,6 +52,7 @@ from .siamese import (
     in_batch_negatives_loss,
 )
 from .qa import QAExample, encode_qa, evaluate_qa, finetune_qa, load_squad, predict_answers
+from .seq2seq import evaluate_seq2seq, finetune_seq2seq, generate_texts, seq2seq_finetuner
 from .tagging import (
     TaggedSentence,
     encode_tagged,
@@ -78,5 +79,6 @@ __all__ = [
     "slanted_triangular_lr", "slanted_triangular_schedule", "span_text", "squad_f1", "train_cvt",
     "train_multitask", "word_predictions", "TaggedSentence", "encode_tagged", "entity_scores", "entity_spans",
     "evaluate_tagger", "finetune_tagger", "load_tagged", "predict_tags", "tag_label_map",
-    "QAExample", "tagger_cvt_loss", "encode_qa", "evaluate_qa", "finetune_qa", "load_squad", "predict_answers",
+    "QAExample", "tagger_cvt_loss", "evaluate_seq2seq", "finetune_seq2seq", "generate_texts", "seq2seq_finetuner",
+    "encode_qa", "evaluate_qa", "finetune_qa", "load_squad", "predict_answers",
 ]

@@ -1,5 +1,6 @@
 """Evaluation metrics of the fine-tuning heads: accuracy, F1 (macro, micro, binary), exact match
-and token-overlap F1 for extractive QA (SQuAD v1.1 ``evaluate-v1.1.py`` normalisation)."""
+and token-overlap F1 for extractive QA (SQuAD v1.1 ``evaluate-v1.1.py`` normalisation), ROUGE-L
+for generation."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import re
 import string
 from collections.abc import Sequence
 
-__all__ = ["accuracy", "f1_scores", "exact_match", "squad_f1", "normalize_answer", "classification_report"]
+__all__ = ["accuracy", "f1_scores", "exact_match", "squad_f1", "normalize_answer", "classification_report", "rouge_l"]
 
 
 def _check_same_length(pred: Sequence, gold: Sequence) -> None:
@@ -78,6 +79,37 @@ def squad_f1(pred: Sequence[str], gold: Sequence[str]) -> float:
             total += float(pt == gt)
         elif same:
             prec, rec = same / len(pt), same / len(gt)
+            total += 2 * prec * rec / (prec + rec)
+    return total / len(gold)
+
+
+def _rouge_tokens(s: str) -> list[str]:
+    """``rouge_score``'s default tokenizer: lower case, runs of characters other than
+    ``[a-z0-9]`` are separators (no stemming)."""
+    return re.sub(r"[^a-z0-9]+", " ", s.lower()).split()
+
+
+def _lcs(a: Sequence[str], b: Sequence[str]) -> int:
+    prev = [0] * (len(b) + 1)
+    for x in a:
+        cur = [0]
+        for j, y in enumerate(b):
+            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
+        prev = cur
+    return prev[-1]
+
+
+def rouge_l(pred: Sequence[str], gold: Sequence[str]) -> float:
+    """Mean ROUGE-L F1 (Lin 2004: longest common subsequence of tokens, ``F = 2PR / (P + R)``)
+    over pairs, tokenized as the ``rouge_score`` package does by default; a pair with an empty
+    side scores 0 (as there)."""
+    _check_same_length(pred, gold)
+    total = 0.0
+    for p, g in zip(pred, gold):
+        pt, gt = _rouge_tokens(p), _rouge_tokens(g)
+        lcs = _lcs(pt, gt) if pt and gt else 0
+        if lcs:
+            prec, rec = lcs / len(pt), lcs / len(gt)
             total += 2 * prec * rec / (prec + rec)
     return total / len(gold)
 

@@ -1,0 +1,128 @@
+"""UNILM sequence-to-sequence fine-tuning (summarization, question generation, rewriting).
+
+The recipe of Dong et al. 2019 (UNILM, sec. 3.2): a BERT checkpoint becomes a
+:class:`~unimask.models.UnifiedLM` (segment table grown to UNILM's 6 ids);
+``[CLS] source [SEP] target [SEP]`` under the seq2seq mask (source tokens see the source,
+target tokens the source and their left context), each target token, the final ``[SEP]``
+included, replaced by ``[MASK]`` with probability ``mask_prob`` (0.7 for summarization in the
+paper) and predicted (:class:`~unimask.finetune.heads.Seq2SeqFinetuner`). Decoding is greedy or
+beam search through a trailing ``[MASK]`` with a key/value cache, stopping at ``[SEP]``
+(:func:`unimask.models.generation.generate_unilm`). Scores: exact match and ROUGE-L F1 of the
+decoded texts (:func:`~unimask.finetune.metrics.rouge_l`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from typing import Any
+
+import torch
+
+from .data import Example
+from .heads import Seq2SeqFinetuner
+from .metrics import exact_match, rouge_l
+from .trainer import FinetuneConfig, _optimizer_step, _single_task_training, _to
+
+__all__ = ["seq2seq_finetuner", "generate_texts", "evaluate_seq2seq", "finetune_seq2seq"]
+
+
+def seq2seq_finetuner(model, tokenizer, mask_prob: float = 0.7) -> Seq2SeqFinetuner:
+    """A :class:`Seq2SeqFinetuner` around ``model`` with ``tokenizer``'s special ids."""
+    ids = {k: getattr(tokenizer, k) for k in ("cls_id", "sep_id", "mask_id")}
+    missing = [k for k, v in ids.items() if v is None]
+    if missing:
+        raise ValueError(f"the tokenizer has no {', '.join(missing)}: seq2seq fine-tuning needs [CLS], [SEP], [MASK]")
+    return Seq2SeqFinetuner(model, ids["cls_id"], ids["sep_id"], ids["mask_id"], tokenizer.pad_id or 0, mask_prob)
+
+
+def _ids(tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]]:
+    enc = tokenizer.encode_batch(list(texts), add_special_tokens=False, max_length=max_length)
+    splits = enc.row_splits.tolist()
+    flat = enc.ids_flat.tolist()
+    return [flat[a:b] for a, b in zip(splits[:-1], splits[1:])]
+
+
+@torch.no_grad()
+def generate_texts(ft: Seq2SeqFinetuner, tokenizer, sources: Sequence[str], max_source_length: int = 256,
+                   max_new_tokens: int = 32, num_beams: int = 1, batch_size: int = 32) -> list[str]:
+    """Decode a target text for each source (eval mode; sources cut to ``max_source_length``
+    tokens)."""
+    was = ft.model.training
+    ft.model.eval()
+    device = next(ft.model.parameters()).device
+    out: list[str] = []
+    try:
+        for s in range(0, len(sources), batch_size):
+            src = _ids(tokenizer, sources[s: s + batch_size], max_source_length)
+            rows = [[ft.cls_id, *x, ft.sep_id] for x in src]
+            width = max(len(r) for r in rows)
+            ids = torch.full((len(rows), width), ft.pad_id, dtype=torch.long)
+            for b, r in enumerate(rows):
+                ids[b, : len(r)] = torch.tensor(r)
+            gen = ft.model.generate(ids.to(device), src_len=torch.tensor([len(r) for r in rows], device=device),
+                                    max_new_tokens=max_new_tokens, num_beams=num_beams, eos_id=ft.sep_id,
+                                    pad_id=ft.pad_id, mask_id=ft.mask_id, source_type=ft.source_type,
+                                    target_type=ft.target_type)
+            for row in gen.tolist():
+                toks = []
+                for t in row:
+                    if t == ft.sep_id:
+                        break
+                    if t != ft.pad_id:
+                        toks.append(t)
+                out.append(tokenizer.decode(toks))
+    finally:
+        ft.model.train(was)
+    return out
+
+
+def evaluate_seq2seq(ft: Seq2SeqFinetuner, tokenizer, examples: Sequence[Example], max_source_length: int = 256,
+                     max_new_tokens: int = 32, num_beams: int = 1) -> dict[str, Any]:
+    """Exact match (SQuAD normalisation) and ROUGE-L F1, in percent, of the decoded targets
+    against ``example.label``; also a few ``samples``."""
+    if any(e.label is None for e in examples):
+        raise ValueError("evaluation examples need a target")
+    pred = generate_texts(ft, tokenizer, [e.text for e in examples], max_source_length, max_new_tokens, num_beams)
+    gold = [str(e.label) for e in examples]
+    return {"exact_match": 100.0 * exact_match(pred, gold), "rouge_l": 100.0 * rouge_l(pred, gold),
+            "n": float(len(examples)),
+            "samples": [{"source": e.text, "target": g, "output": p} for e, g, p in list(zip(examples, gold, pred))[:5]]}
+
+
+def finetune_seq2seq(ft: Seq2SeqFinetuner, tokenizer, train: Sequence[Example], cfg: FinetuneConfig,
+                     eval_examples: Sequence[Example] | None = None, max_source_length: int = 256,
+                     max_target_length: int = 64, num_beams: int = 1,
+                     log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Train ``ft.model`` on ``(example.text -> example.label)`` pairs with ``cfg``'s optimizer and
+    schedule options; sources and targets are cut to ``max_source_length`` /
+    ``max_target_length`` tokens, the masking is seeded by ``cfg.seed``. Returns
+    ``{"history": [...], "eval": report or None, "config": {...}}``."""
+    if cfg.aux_lm_weight or cfg.lm_finetune_steps or cfg.cvt_unlabeled is not None:
+        raise ValueError("finetune_seq2seq runs the seq2seq loss only (no auxiliary LM, LM fine-tuning or CVT)")
+    if not train:
+        raise ValueError("no training pairs")
+    if any(e.label is None or not str(e.label).strip() for e in train):
+        raise ValueError("every training pair needs a non-empty target")
+    torch.manual_seed(cfg.seed)
+    device = next(ft.model.parameters()).device
+    sources = _ids(tokenizer, [e.text for e in train], max_source_length)
+    targets = _ids(tokenizer, [str(e.label) for e in train], max_target_length)
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + 11)
+    opt, sched, unfreezer, total, plan = _single_task_training(ft.model, cfg, len(train))
+    history: list[dict[str, Any]] = []
+    step = 0
+    ft.model.train()
+    for epoch, b, idx in plan:
+        batch = _to(ft.make_batch([sources[i] for i in idx], [targets[i] for i in idx], gen), device)
+        loss = ft(**batch).loss
+        lrs = _optimizer_step(opt, loss, cfg)
+        sched.step()
+        history.append({"step": step, "epoch": epoch, "batch": b, "loss": loss.item(), "lr": max(lrs),
+                        "lrs": lrs, "unfrozen": unfreezer.unfrozen if unfreezer is not None else None})
+        step += 1
+        if log and cfg.log_every and step % cfg.log_every == 0:
+            log(f"epoch {epoch + 1} step {step}/{total}: loss {loss.item():.4f}")
+    report = (evaluate_seq2seq(ft, tokenizer, eval_examples, max_source_length, max_target_length, num_beams)
+              if eval_examples else None)
+    return {"history": history, "eval": report, "config": asdict(cfg)}
