@@ -27,7 +27,7 @@ import torch
 
 from .heads import QuestionAnswering, best_span
 from .metrics import exact_match, squad_f1
-from .trainer import FinetuneConfig, _optimizer_step, _single_task_training, _to
+from .trainer import FinetuneConfig, _autocast, _optimizer_step, _single_task_training, _to
 
 __all__ = ["QAExample", "load_squad", "encode_qa", "predict_answers", "evaluate_qa", "finetune_qa"]
 
@@ -232,7 +232,8 @@ def finetune_qa(model: QuestionAnswering, tokenizer, train: Sequence[QAExample],
         batch = {k: v[idx] for k, v in feats.items()}
         width = int(batch["attention_mask"].sum(1).max())  # drop the all-padding columns
         batch = {k: (v[:, :width] if v.dim() == 2 else v) for k, v in batch.items()}
-        loss = model(**_to(batch, device)).loss
+        with _autocast(cfg, device):
+            loss = model(**_to(batch, device)).loss
         lrs = _optimizer_step(opt, loss, cfg)
         sched.step()
         history.append({"step": step, "epoch": epoch, "batch": b, "loss": loss.item(), "lr": max(lrs),

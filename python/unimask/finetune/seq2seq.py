@@ -22,7 +22,7 @@ import torch
 from .data import Example
 from .heads import Seq2SeqFinetuner
 from .metrics import exact_match, rouge_l
-from .trainer import FinetuneConfig, _optimizer_step, _single_task_training, _to
+from .trainer import FinetuneConfig, _autocast, _optimizer_step, _single_task_training, _to
 
 __all__ = ["seq2seq_finetuner", "generate_texts", "evaluate_seq2seq", "finetune_seq2seq"]
 
@@ -115,7 +115,8 @@ def finetune_seq2seq(ft: Seq2SeqFinetuner, tokenizer, train: Sequence[Example], 
     ft.model.train()
     for epoch, b, idx in plan:
         batch = _to(ft.make_batch([sources[i] for i in idx], [targets[i] for i in idx], gen), device)
-        loss = ft(**batch).loss
+        with _autocast(cfg, device):
+            loss = ft(**batch).loss
         lrs = _optimizer_step(opt, loss, cfg)
         sched.step()
         history.append({"step": step, "epoch": epoch, "batch": b, "loss": loss.item(), "lr": max(lrs),

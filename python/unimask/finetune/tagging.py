@@ -26,7 +26,16 @@ import torch
 
 from .data import LabelMap
 from .heads import IGNORE_INDEX, TokenClassifier
-from .trainer import AuxLM, FinetuneConfig, _add_aux_lm, _optimizer_step, _single_task_training, _to, lm_finetune
+from .trainer import (
+    AuxLM,
+    FinetuneConfig,
+    _add_aux_lm,
+    _autocast,
+    _optimizer_step,
+    _single_task_training,
+    _to,
+    lm_finetune,
+)
 
 __all__ = [
     "TaggedSentence", "load_tagged", "tag_label_map", "entity_spans", "entity_scores", "encode_tagged",
@@ -346,15 +355,18 @@ def finetune_tagger(model: TokenClassifier, tokenizer, train: Sequence[TaggedSen
         batch = encode_tagged(tokenizer, [train[i] for i in idx], cfg.max_length, model.label_map)
         batch.pop("word_ids")
         batch = _to(batch, device)
-        task_loss = model(**batch).loss
-        loss, gamma, lm = _add_aux_lm(task_loss, aux, batch, step, total, cfg)
+        with _autocast(cfg, device):
+            task_loss = model(**batch).loss
+            loss, gamma, lm = _add_aux_lm(task_loss, aux, batch, step, total, cfg)
         lrs = _optimizer_step(opt, loss, cfg)
         cvt_loss = cvt_kl = None
         if cvt_heads is not None:  # CVT: an unlabeled mini-batch after each labelled one
             if len(cvt_order) < cfg.batch_size:
                 cvt_order += torch.randperm(len(cvt_texts), generator=cvt_gen).tolist()
             uidx, cvt_order = cvt_order[: cfg.batch_size], cvt_order[cfg.batch_size:]
-            cvt_loss, cvt_kl = tagger_cvt_loss(model, cvt_heads, **unlabeled_batch([cvt_texts[i] for i in uidx]))
+            ubatch = unlabeled_batch([cvt_texts[i] for i in uidx])
+            with _autocast(cfg, device):
+                cvt_loss, cvt_kl = tagger_cvt_loss(model, cvt_heads, **ubatch)
             _optimizer_step(opt, cfg.cvt_weight * cvt_loss, cfg)
             cvt_loss = cvt_loss.item()
         sched.step()

@@ -28,6 +28,7 @@ history, so the recipes are observable.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -84,6 +85,7 @@ class FinetuneConfig:
     cvt_eval_max: int = 512  # unlabeled texts scored for the final cross-view KL report
     seed: int = 0
     log_every: int = 0
+    precision: str = "fp32"  # fp32 | bf16 (autocast of the forward passes, on CUDA or the CPU)
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -112,6 +114,8 @@ class FinetuneConfig:
                             "pass texts with finetune_classifier(..., unlabeled=[...])")
         if self.cvt_eval_max < 0:
             raise ValueError(f"cvt_eval_max must be >= 0, got {self.cvt_eval_max}")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
 
 
 def encode_examples(tokenizer, examples: Sequence[Example], max_length: int,
@@ -165,6 +169,14 @@ def _rows_of(batch: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
 
 def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     return {k: v.to(device) for k, v in batch.items()}
+
+
+def _autocast(cfg: FinetuneConfig, device: torch.device):
+    """The forward passes' precision: bf16 autocast (fp32 weights, optimizer and gradients, as
+    the usual mixed-precision recipe; no loss scaling needed for bf16) or plain fp32."""
+    if cfg.precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def _add_aux_lm(task_loss: torch.Tensor, aux: AuxLM | None, batch: Mapping[str, torch.Tensor], step: int,
@@ -261,7 +273,8 @@ def lm_finetune(encoder: nn.Module, tokenizer, texts: Sequence[str], steps: int,
             perm, pos = torch.randperm(len(rows), generator=g).tolist(), 0
         idx = perm[pos: pos + cfg.batch_size]
         pos += cfg.batch_size
-        loss = aux.loss([rows[i] for i in idx], [step * cfg.batch_size + j for j in range(len(idx))])
+        with _autocast(cfg, encoder.embeddings.word.weight.device):
+            loss = aux.loss([rows[i] for i in idx], [step * cfg.batch_size + j for j in range(len(idx))])
         loss.backward()
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(holder.parameters(), cfg.grad_clip)
@@ -363,13 +376,14 @@ def finetune_classifier(model: SequenceClassifier, tokenizer, train: Sequence[Ex
         for task, b in plan:
             idx = orders[task][b * cfg.batch_size: (b + 1) * cfg.batch_size]
             batch = _to(encode_examples(tokenizer, [data[task][i] for i in idx], cfg.max_length, maps[task]), device)
-            if task == "main":
-                out = model(**batch)
-            else:
-                hidden = model.encode(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
-                out = heads[task](hidden.last_hidden_state, batch["attention_mask"], batch["labels"])
-            task_loss = out.loss
-            loss, gamma, lm = _add_aux_lm(task_loss, aux, batch, step, total, cfg)
+            with _autocast(cfg, device):
+                if task == "main":
+                    out = model(**batch)
+                else:
+                    hidden = model.encode(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+                    out = heads[task](hidden.last_hidden_state, batch["attention_mask"], batch["labels"])
+                task_loss = out.loss
+                loss, gamma, lm = _add_aux_lm(task_loss, aux, batch, step, total, cfg)
             lrs = _optimizer_step(opt, loss, cfg)
             cvt_loss = cvt_kl = None
             if cvt_heads is not None:  # CVT: an unlabeled mini-batch after each labelled one
@@ -377,7 +391,8 @@ def finetune_classifier(model: SequenceClassifier, tokenizer, train: Sequence[Ex
                     cvt_order += torch.randperm(len(cvt_rows), generator=cvt_gen).tolist()
                 uidx, cvt_order = cvt_order[: cfg.batch_size], cvt_order[cfg.batch_size:]
                 ubatch = _to(encode_examples(tokenizer, [cvt_rows[i] for i in uidx], cfg.max_length), device)
-                cvt_loss, cvt_kl = classifier_cvt_loss(model, cvt_heads, **ubatch)
+                with _autocast(cfg, device):
+                    cvt_loss, cvt_kl = classifier_cvt_loss(model, cvt_heads, **ubatch)
                 _optimizer_step(opt, cfg.cvt_weight * cvt_loss, cfg)
                 cvt_loss = cvt_loss.item()
             sched.step()
