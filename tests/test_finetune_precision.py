@@ -90,3 +90,47 @@ def test_precision_flag_and_bad_values(minilm_dir, sents, tmp_path):
     assert main(["finetune", "--model", str(minilm_dir), "--train", str(data), "--eval", str(data), "--epochs", "1",
                  "--max-length", "32", "--precision", "bf16", "--output", str(out), "--quiet"]) == 0
     assert json.loads((out / "metrics.json").read_text())["config"]["precision"] == "bf16"
+
+
+def _tiny_cfg(tok) -> EncoderConfig:
+    return EncoderConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.0,
+                         attention_probs_dropout_prob=0.0)
+
+
+@pytest.mark.parametrize("kind", ["classify", "tag"])
+def test_grad_accum_equals_one_big_batch(tok, sents, kind):
+    """Two micro-batches of 8 accumulated make the same optimizer step as one batch of 16 (no
+    dropout; the same 16 examples, the same constant rate): the weights after it agree. (Losses
+    are means per micro-batch, as in HF ``Trainer``: with per-token losses the two agree when the
+    micro-batches score equally many tokens, as here.)"""
+    labels = LabelMap(["a", "b"]) if kind == "classify" else LabelMap(["O", "B-X"])
+    if kind == "classify":
+        data = [Example(s, label="ab"[i % 2]) for i, s in enumerate(sents)]
+    else:
+        # Five words each: both micro-batches score the same number of first pieces, so the mean
+        # of their mean token losses is the mean over the big batch (per-token losses).
+        data = [TaggedSentence(s.split()[:5], ["B-X" if j % 3 == 0 else "O" for j in range(5)]) for s in sents]
+
+    def run(batch_size, grad_accum):
+        torch.manual_seed(0)
+        cls = SequenceClassifier if kind == "classify" else TokenClassifier
+        model = cls(_tiny_cfg(tok), labels, num_labels=2)
+        cfg = FinetuneConfig(epochs=1, batch_size=batch_size, grad_accum=grad_accum, lr=1e-2, schedule="constant",
+                             max_length=32, seed=0, weight_decay=0.0)
+        result = (finetune_classifier if kind == "classify" else finetune_tagger)(model, tok, data, cfg)
+        return model.state_dict(), result["history"]
+
+    big, h_big = run(16, 1)
+    small, h_small = run(8, 2)
+    assert len(h_big) == 1 and len(h_small) == 2
+    for k, v in big.items():
+        torch.testing.assert_close(small[k], v, rtol=1e-4, atol=1e-6)
+    # And the step really happened (the weights differ from the initial ones).
+    torch.manual_seed(0)
+    init = (SequenceClassifier if kind == "classify" else TokenClassifier)(_tiny_cfg(tok), labels, num_labels=2).state_dict()
+    assert any(not torch.equal(init[k], big[k]) for k in big)
+    with pytest.raises(ValueError, match="grad_accum must be an int >= 1"):
+        FinetuneConfig(grad_accum=0)
+    with pytest.raises(ValueError, match="does not combine with CVT"):
+        FinetuneConfig(grad_accum=2, cvt_unlabeled="x.txt")

@@ -112,6 +112,8 @@ def add_finetune_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--num-beams", type=int, default=1, help="seq2seq: beam size of the decoding (1 = greedy)")
     p.add_argument("--mask-prob", type=float, default=0.7,
                    help="seq2seq: probability of masking each target token (UNILM: 0.7)")
+    p.add_argument("--grad-accum", type=int, default=1,
+                   help="micro-batches of --batch-size per optimizer step (effective batch = both multiplied)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
                    help="bf16: autocast the forward passes (mixed precision; fp32 weights and optimizer)")
     p.add_argument("--seed", type=int, default=0)
@@ -202,7 +204,7 @@ def _finetune_config(args: argparse.Namespace, **extra: Any):
         warmup_frac=args.warmup_frac, discriminative_lr=args.discriminative_lr,
         gradual_unfreeze=args.gradual_unfreeze, aux_lm_weight=args.aux_lm_weight,
         lm_finetune_steps=args.lm_finetune_steps, seed=args.seed, log_every=0 if args.quiet else 10,
-        precision=args.precision, **extra)
+        precision=args.precision, grad_accum=args.grad_accum, **extra)
 
 
 def _write_metrics(out: Path, args: argparse.Namespace, t0: float, result: dict[str, Any], **fields: Any) -> None:

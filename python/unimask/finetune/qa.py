@@ -27,7 +27,7 @@ import torch
 
 from .heads import QuestionAnswering, best_span
 from .metrics import exact_match, squad_f1
-from .trainer import FinetuneConfig, _autocast, _optimizer_step, _single_task_training, _to
+from .trainer import FinetuneConfig, _autocast, _single_task_training, _to
 
 __all__ = ["QAExample", "load_squad", "encode_qa", "predict_answers", "evaluate_qa", "finetune_qa"]
 
@@ -224,7 +224,7 @@ def finetune_qa(model: QuestionAnswering, tokenizer, train: Sequence[QAExample],
     feats.pop("example")
     feats.pop("context_mask")
     n = feats["input_ids"].shape[0]
-    opt, sched, unfreezer, total, plan = _single_task_training(model, cfg, n)
+    opt, sched, unfreezer, total, plan, acc = _single_task_training(model, cfg, n)
     history: list[dict[str, Any]] = []
     step = 0
     model.train()
@@ -234,8 +234,9 @@ def finetune_qa(model: QuestionAnswering, tokenizer, train: Sequence[QAExample],
         batch = {k: (v[:, :width] if v.dim() == 2 else v) for k, v in batch.items()}
         with _autocast(cfg, device):
             loss = model(**_to(batch, device)).loss
-        lrs = _optimizer_step(opt, loss, cfg)
-        sched.step()
+        stepped, lrs = acc.backward(loss, b)
+        if stepped:
+            sched.step()
         history.append({"step": step, "epoch": epoch, "batch": b, "loss": loss.item(), "lr": max(lrs),
                         "lrs": lrs, "unfrozen": unfreezer.unfrozen if unfreezer is not None else None})
         step += 1

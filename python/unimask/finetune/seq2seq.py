@@ -22,7 +22,7 @@ import torch
 from .data import Example
 from .heads import Seq2SeqFinetuner
 from .metrics import exact_match, rouge_l
-from .trainer import FinetuneConfig, _autocast, _optimizer_step, _single_task_training, _to
+from .trainer import FinetuneConfig, _autocast, _single_task_training, _to
 
 __all__ = ["seq2seq_finetuner", "generate_texts", "evaluate_seq2seq", "finetune_seq2seq"]
 
@@ -109,7 +109,7 @@ def finetune_seq2seq(ft: Seq2SeqFinetuner, tokenizer, train: Sequence[Example], 
     sources = _ids(tokenizer, [e.text for e in train], max_source_length)
     targets = _ids(tokenizer, [str(e.label) for e in train], max_target_length)
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + 11)
-    opt, sched, unfreezer, total, plan = _single_task_training(ft.model, cfg, len(train))
+    opt, sched, unfreezer, total, plan, acc = _single_task_training(ft.model, cfg, len(train))
     history: list[dict[str, Any]] = []
     step = 0
     ft.model.train()
@@ -117,8 +117,9 @@ def finetune_seq2seq(ft: Seq2SeqFinetuner, tokenizer, train: Sequence[Example], 
         batch = _to(ft.make_batch([sources[i] for i in idx], [targets[i] for i in idx], gen), device)
         with _autocast(cfg, device):
             loss = ft(**batch).loss
-        lrs = _optimizer_step(opt, loss, cfg)
-        sched.step()
+        stepped, lrs = acc.backward(loss, b)
+        if stepped:
+            sched.step()
         history.append({"step": step, "epoch": epoch, "batch": b, "loss": loss.item(), "lr": max(lrs),
                         "lrs": lrs, "unfrozen": unfreezer.unfrozen if unfreezer is not None else None})
         step += 1

@@ -328,6 +328,9 @@ def finetune_tagger(model: TokenClassifier, tokenizer, train: Sequence[TaggedSen
         unlabeled = [e.text for e in load_unlabeled(cfg.cvt_unlabeled, cfg.cvt_text_field)]
     cvt_heads = cvt_texts = None
     if unlabeled is not None:
+        if cfg.grad_accum > 1:
+            raise ValueError("grad_accum > 1 does not combine with CVT (its consistency steps come between the task "
+                             "steps)")
         cvt_texts = [u if isinstance(u, str) else " ".join(u) for u in unlabeled]
         if not cvt_texts or any(not t.strip() for t in cvt_texts):
             raise ValueError("CVT needs non-empty unlabeled texts")
@@ -347,7 +350,7 @@ def finetune_tagger(model: TokenClassifier, tokenizer, train: Sequence[TaggedSen
     if aux is not None:
         aux.head.to(device)
     extra = [m for m in (aux.head if aux is not None else None, cvt_heads) if m is not None]
-    opt, sched, unfreezer, total, plan = _single_task_training(model, cfg, len(train), extra)
+    opt, sched, unfreezer, total, plan, acc = _single_task_training(model, cfg, len(train), extra)
     history: list[dict[str, Any]] = []
     step = 0
     model.train()
@@ -358,7 +361,7 @@ def finetune_tagger(model: TokenClassifier, tokenizer, train: Sequence[TaggedSen
         with _autocast(cfg, device):
             task_loss = model(**batch).loss
             loss, gamma, lm = _add_aux_lm(task_loss, aux, batch, step, total, cfg)
-        lrs = _optimizer_step(opt, loss, cfg)
+        stepped, lrs = acc.backward(loss, b)
         cvt_loss = cvt_kl = None
         if cvt_heads is not None:  # CVT: an unlabeled mini-batch after each labelled one
             if len(cvt_order) < cfg.batch_size:
@@ -369,7 +372,8 @@ def finetune_tagger(model: TokenClassifier, tokenizer, train: Sequence[TaggedSen
                 cvt_loss, cvt_kl = tagger_cvt_loss(model, cvt_heads, **ubatch)
             _optimizer_step(opt, cfg.cvt_weight * cvt_loss, cfg)
             cvt_loss = cvt_loss.item()
-        sched.step()
+        if stepped:
+            sched.step()
         history.append({"step": step, "epoch": epoch, "batch": b, "loss": loss.item(),
                         "task_loss": task_loss.item(), "lm_loss": None if lm is None else lm.item(),
                         "gamma": gamma, "lr": max(lrs), "lrs": lrs,

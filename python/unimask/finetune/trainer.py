@@ -86,6 +86,7 @@ class FinetuneConfig:
     seed: int = 0
     log_every: int = 0
     precision: str = "fp32"  # fp32 | bf16 (autocast of the forward passes, on CUDA or the CPU)
+    grad_accum: int = 1  # micro-batches of batch_size per optimizer step
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -116,6 +117,11 @@ class FinetuneConfig:
             raise ValueError(f"cvt_eval_max must be >= 0, got {self.cvt_eval_max}")
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        if isinstance(self.grad_accum, bool) or not isinstance(self.grad_accum, int) or self.grad_accum < 1:
+            raise ValueError(f"grad_accum must be an int >= 1, got {self.grad_accum!r}")
+        if self.grad_accum > 1 and self.cvt_unlabeled is not None:
+            raise ValueError("grad_accum > 1 does not combine with CVT (its consistency steps come between the task "
+                             "steps)")
 
 
 def encode_examples(tokenizer, examples: Sequence[Example], max_length: int,
@@ -204,14 +210,39 @@ def _optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, cfg: Finetun
     return lrs
 
 
+class _Accumulator:
+    """Gradient accumulation: each micro-batch's loss is divided by ``cfg.grad_accum`` before
+    its backward pass; the optimizer steps (after clipping) on every ``grad_accum``-th
+    micro-batch of an epoch and on its last one (as HF ``Trainer``). With ``grad_accum`` 1 this
+    is one plain step per batch."""
+
+    def __init__(self, opt: torch.optim.Optimizer, cfg: FinetuneConfig, per_epoch: int) -> None:
+        self.opt, self.cfg, self.per_epoch = opt, cfg, per_epoch
+
+    def steps(self, epochs: int) -> int:
+        """Optimizer steps of ``epochs`` epochs (what the learning-rate schedule counts)."""
+        return math.ceil(self.per_epoch / self.cfg.grad_accum) * epochs
+
+    def backward(self, loss: torch.Tensor, position: int) -> tuple[bool, list[float]]:
+        """Backward for the micro-batch at ``position`` in its epoch; ``(stepped, group rates)``."""
+        n = self.cfg.grad_accum
+        if (position + 1) % n == 0 or position == self.per_epoch - 1:
+            return True, _optimizer_step(self.opt, loss / n if n > 1 else loss, self.cfg)
+        (loss / n).backward()
+        return False, [g["lr"] for g in self.opt.param_groups]
+
+
 def _single_task_training(model: nn.Module, cfg: FinetuneConfig, n_items: int, extra: Sequence[nn.Module] = ()):
-    """Optimizer, schedule, unfreezer (or None) and the step plan of a single-task run over
-    ``n_items`` training items: the plan yields ``(epoch, batch number, item indices)`` per step,
-    a fresh seeded permutation each epoch, gradual unfreezing advancing at each new epoch."""
+    """Optimizer, schedule, unfreezer (or None), micro-batch count, the step plan of a
+    single-task run over ``n_items`` training items, and its :class:`_Accumulator`: the plan
+    yields ``(epoch, batch number, item indices)`` per micro-batch, a fresh seeded permutation
+    each epoch, gradual unfreezing advancing at each new epoch; the schedule counts optimizer
+    steps (``grad_accum`` micro-batches each)."""
     per_epoch = math.ceil(n_items / cfg.batch_size)
     total = per_epoch * cfg.epochs
     opt = _make_optimizer(model, cfg.lr, cfg, extra)
-    sched = _make_scheduler(opt, cfg, total)
+    acc = _Accumulator(opt, cfg, per_epoch)
+    sched = _make_scheduler(opt, cfg, acc.steps(cfg.epochs))
     unfreezer = GradualUnfreezer(model) if cfg.gradual_unfreeze else None
 
     def plan():
@@ -226,7 +257,7 @@ def _single_task_training(model: nn.Module, cfg: FinetuneConfig, n_items: int, e
             for p in model.parameters():
                 p.requires_grad_(True)
 
-    return opt, sched, unfreezer, total, plan()
+    return opt, sched, unfreezer, total, plan(), acc
 
 
 def _make_optimizer(model: nn.Module, params_lr: float, cfg: FinetuneConfig, extra: Sequence[nn.Module] = ()):
@@ -327,6 +358,9 @@ def finetune_classifier(model: SequenceClassifier, tokenizer, train: Sequence[Ex
         unlabeled = load_unlabeled(cfg.cvt_unlabeled, cfg.cvt_text_field)
     cvt_heads = cvt_rows = None
     if unlabeled is not None:
+        if cfg.grad_accum > 1:
+            raise ValueError("grad_accum > 1 does not combine with CVT (its consistency steps come between the task "
+                             "steps)")
         if model.problem_type != "classification":
             raise ValueError("CVT (cross-view consistency) needs a classifier: the views match the primary "
                              "model's class distribution; it is not defined for regression")
@@ -361,7 +395,8 @@ def finetune_classifier(model: SequenceClassifier, tokenizer, train: Sequence[Ex
     extra_modules = [m for m in (aux.head if aux is not None else None, heads if extra_tasks else None, cvt_heads)
                      if m is not None]
     opt = _make_optimizer(model, cfg.lr, cfg, extra_modules)
-    sched = _make_scheduler(opt, cfg, total)
+    acc = _Accumulator(opt, cfg, per_epoch)
+    sched = _make_scheduler(opt, cfg, acc.steps(cfg.epochs))
     unfreezer = GradualUnfreezer(model) if cfg.gradual_unfreeze else None
     history: list[dict[str, Any]] = []
     step = 0
@@ -373,7 +408,7 @@ def finetune_classifier(model: SequenceClassifier, tokenizer, train: Sequence[Ex
         g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
         orders = {t: torch.randperm(len(d), generator=g).tolist() for t, d in data.items()}
         plan = mtdnn_schedule(counts, cfg.seed, epoch) if extra_tasks else [("main", b) for b in range(per_epoch)]
-        for task, b in plan:
+        for position, (task, b) in enumerate(plan):
             idx = orders[task][b * cfg.batch_size: (b + 1) * cfg.batch_size]
             batch = _to(encode_examples(tokenizer, [data[task][i] for i in idx], cfg.max_length, maps[task]), device)
             with _autocast(cfg, device):
@@ -384,7 +419,7 @@ def finetune_classifier(model: SequenceClassifier, tokenizer, train: Sequence[Ex
                     out = heads[task](hidden.last_hidden_state, batch["attention_mask"], batch["labels"])
                 task_loss = out.loss
                 loss, gamma, lm = _add_aux_lm(task_loss, aux, batch, step, total, cfg)
-            lrs = _optimizer_step(opt, loss, cfg)
+            stepped, lrs = acc.backward(loss, position)
             cvt_loss = cvt_kl = None
             if cvt_heads is not None:  # CVT: an unlabeled mini-batch after each labelled one
                 if len(cvt_order) < cfg.batch_size:
@@ -395,7 +430,8 @@ def finetune_classifier(model: SequenceClassifier, tokenizer, train: Sequence[Ex
                     cvt_loss, cvt_kl = classifier_cvt_loss(model, cvt_heads, **ubatch)
                 _optimizer_step(opt, cfg.cvt_weight * cvt_loss, cfg)
                 cvt_loss = cvt_loss.item()
-            sched.step()
+            if stepped:
+                sched.step()
             history.append({"step": step, "epoch": epoch, "task": task, "batch": b, "loss": loss.item(),
                             "task_loss": task_loss.item(), "lm_loss": None if lm is None else lm.item(),
                             "gamma": gamma, "lr": max(lrs), "lrs": lrs,
