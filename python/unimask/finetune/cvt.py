@@ -182,6 +182,18 @@ class CrossViewHeads(nn.Module):
         return head(self.dropout(pool_hidden(h, attention_mask, "mean")))
 
 
+def _teacher_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                    token_type_ids: torch.Tensor | None) -> torch.Tensor:
+    """CVT's fixed teacher: the primary model on the full input, eval mode, no gradient."""
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return model(input_ids, attention_mask, token_type_ids).logits
+    finally:
+        model.train(was)
+
+
 def classifier_cvt_loss(model: nn.Module, heads: CrossViewHeads, input_ids: torch.Tensor,
                         attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None,
                         **unused: Any) -> tuple[torch.Tensor, dict[str, float]]:
@@ -189,13 +201,7 @@ def classifier_cvt_loss(model: nn.Module, heads: CrossViewHeads, input_ids: torc
     full (bidirectional) input is the fixed teacher (computed without dropout and without
     gradient), each view's head is a student; ``loss = mean over views of
     KL(p_primary || p_view)`` (:func:`cvt_consistency_loss`). Returns ``(loss, {view: kl})``."""
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            teacher = model(input_ids, attention_mask, token_type_ids).logits
-    finally:
-        model.train(was)
+    teacher = _teacher_logits(model, input_ids, attention_mask, token_type_ids)
     per_view = {v: cvt_consistency_loss(teacher, heads(model.encoder, v, input_ids, attention_mask, token_type_ids))
                 for v in heads.views}
     loss = sum(per_view.values()) / len(per_view)
@@ -211,13 +217,7 @@ def tagger_cvt_loss(model: nn.Module, heads: CrossViewHeads, input_ids: torch.Te
     (:meth:`CrossViewHeads.position_logits`: the forward view sees tokens ``<= t``, the
     backward one tokens ``>= t``) a student; ``loss = mean over views of the mean over real
     tokens of KL(p_primary || p_view)``. Returns ``(loss, {view: kl})``."""
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            teacher = model(input_ids, attention_mask, token_type_ids).logits
-    finally:
-        model.train(was)
+    teacher = _teacher_logits(model, input_ids, attention_mask, token_type_ids)
     mask = attention_mask.bool() if attention_mask is not None else None
     per_view = {v: cvt_consistency_loss(teacher, heads.position_logits(model.encoder, v, input_ids, attention_mask,
                                                                        token_type_ids), mask)

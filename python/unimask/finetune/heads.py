@@ -477,11 +477,12 @@ class Seq2SeqFinetuner(nn.Module):
         """Decode targets for ``sources`` (ids without specials); stops at [SEP]."""
         rows = [[self.cls_id, *s, self.sep_id] for s in sources]
         L = max(len(r) for r in rows)
+        device = next(self.model.parameters()).device
         ids = torch.full((len(rows), L), self.pad_id, dtype=torch.long)
         for b, r in enumerate(rows):
             ids[b, : len(r)] = torch.tensor(r)
         src_len = torch.tensor([len(r) for r in rows])
-        out = self.model.generate(ids, src_len=src_len, max_new_tokens=max_new_tokens, num_beams=num_beams,
+        out = self.model.generate(ids.to(device), src_len=src_len.to(device), max_new_tokens=max_new_tokens, num_beams=num_beams,
                                   eos_id=self.sep_id, pad_id=self.pad_id, mask_id=self.mask_id,
                                   source_type=self.source_type, target_type=self.target_type)
         result = []

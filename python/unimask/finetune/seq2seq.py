@@ -50,28 +50,11 @@ def generate_texts(ft: Seq2SeqFinetuner, tokenizer, sources: Sequence[str], max_
     tokens)."""
     was = ft.model.training
     ft.model.eval()
-    device = next(ft.model.parameters()).device
     out: list[str] = []
     try:
         for s in range(0, len(sources), batch_size):
             src = _ids(tokenizer, sources[s: s + batch_size], max_source_length)
-            rows = [[ft.cls_id, *x, ft.sep_id] for x in src]
-            width = max(len(r) for r in rows)
-            ids = torch.full((len(rows), width), ft.pad_id, dtype=torch.long)
-            for b, r in enumerate(rows):
-                ids[b, : len(r)] = torch.tensor(r)
-            gen = ft.model.generate(ids.to(device), src_len=torch.tensor([len(r) for r in rows], device=device),
-                                    max_new_tokens=max_new_tokens, num_beams=num_beams, eos_id=ft.sep_id,
-                                    pad_id=ft.pad_id, mask_id=ft.mask_id, source_type=ft.source_type,
-                                    target_type=ft.target_type)
-            for row in gen.tolist():
-                toks = []
-                for t in row:
-                    if t == ft.sep_id:
-                        break
-                    if t != ft.pad_id:
-                        toks.append(t)
-                out.append(tokenizer.decode(toks))
+            out += [tokenizer.decode(t) for t in ft.generate(src, max_new_tokens, num_beams)]
     finally:
         ft.model.train(was)
     return out

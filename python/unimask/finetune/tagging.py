@@ -31,7 +31,7 @@ from .trainer import (
     FinetuneConfig,
     _add_aux_lm,
     _autocast,
-    _optimizer_step,
+    _CrossViewRun,
     _single_task_training,
     _to,
     lm_finetune,
@@ -315,7 +315,7 @@ def finetune_tagger(model: TokenClassifier, tokenizer, train: Sequence[TaggedSen
     ``cfg.cvt_weight``). History rows then carry ``cvt_loss`` / ``cvt_kl``; ``result["cvt"]``
     holds the final eval-mode per-token cross-view KL on up to ``cfg.cvt_eval_max`` texts. The
     view heads are returned, not part of ``model``."""
-    from .cvt import CrossViewHeads, cross_view_kl, tagger_cvt_loss  # noqa: PLC0415
+    from .cvt import tagger_cvt_loss  # noqa: PLC0415
     from .data import load_unlabeled  # noqa: PLC0415
 
     if model.label_map is None:
@@ -326,30 +326,26 @@ def finetune_tagger(model: TokenClassifier, tokenizer, train: Sequence[TaggedSen
     device = next(model.parameters()).device
     if unlabeled is None and cfg.cvt_unlabeled is not None:
         unlabeled = [e.text for e in load_unlabeled(cfg.cvt_unlabeled, cfg.cvt_text_field)]
-    cvt_heads = cvt_texts = None
+    cvt = None
     if unlabeled is not None:
-        if cfg.grad_accum > 1:
-            raise ValueError("grad_accum > 1 does not combine with CVT (its consistency steps come between the task "
-                             "steps)")
+        _CrossViewRun.check(cfg)
         cvt_texts = [u if isinstance(u, str) else " ".join(u) for u in unlabeled]
         if not cvt_texts or any(not t.strip() for t in cvt_texts):
             raise ValueError("CVT needs non-empty unlabeled texts")
-        cvt_heads = CrossViewHeads(model.config.hidden_size, model.num_labels, model.config.hidden_dropout_prob)
-        cvt_heads.apply(model.encoder._init_weights)
-        cvt_heads.to(device)
-        cvt_gen = torch.Generator().manual_seed(cfg.seed * 1000 + 7)
-        cvt_order: list[int] = []
 
-    def unlabeled_batch(texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        enc = tokenizer.encode_batch(list(texts), max_length=cfg.max_length)
-        return _to({k: torch.from_numpy(v) for k, v in enc.to_padded().items()}, device)
+        def unlabeled_batch(texts: Sequence[str]) -> dict[str, torch.Tensor]:
+            enc = tokenizer.encode_batch(list(texts), max_length=cfg.max_length)
+            return _to({k: torch.from_numpy(v) for k, v in enc.to_padded().items()}, device)
+
+        cvt = _CrossViewRun(model, cvt_texts, unlabeled_batch, tagger_cvt_loss, cfg, device, per_token=True)
 
     lm_losses = (lm_finetune(model.encoder, tokenizer, [" ".join(s.words) for s in train], cfg.lm_finetune_steps,
                              cfg, log) if cfg.lm_finetune_steps else [])
     aux = AuxLM(model.encoder, tokenizer, cfg.mlm_probability, cfg.seed + 3) if cfg.aux_lm_weight else None
     if aux is not None:
         aux.head.to(device)
-    extra = [m for m in (aux.head if aux is not None else None, cvt_heads) if m is not None]
+    extra = [m for m in (aux.head if aux is not None else None, cvt.heads if cvt is not None else None)
+             if m is not None]
     opt, sched, unfreezer, total, plan, acc = _single_task_training(model, cfg, len(train), extra)
     history: list[dict[str, Any]] = []
     step = 0
@@ -363,15 +359,8 @@ def finetune_tagger(model: TokenClassifier, tokenizer, train: Sequence[TaggedSen
             loss, gamma, lm = _add_aux_lm(task_loss, aux, batch, step, total, cfg)
         stepped, lrs = acc.backward(loss, b)
         cvt_loss = cvt_kl = None
-        if cvt_heads is not None:  # CVT: an unlabeled mini-batch after each labelled one
-            if len(cvt_order) < cfg.batch_size:
-                cvt_order += torch.randperm(len(cvt_texts), generator=cvt_gen).tolist()
-            uidx, cvt_order = cvt_order[: cfg.batch_size], cvt_order[cfg.batch_size:]
-            ubatch = unlabeled_batch([cvt_texts[i] for i in uidx])
-            with _autocast(cfg, device):
-                cvt_loss, cvt_kl = tagger_cvt_loss(model, cvt_heads, **ubatch)
-            _optimizer_step(opt, cfg.cvt_weight * cvt_loss, cfg)
-            cvt_loss = cvt_loss.item()
+        if cvt is not None:  # CVT: an unlabeled mini-batch after each labelled one
+            cvt_loss, cvt_kl = cvt.step(model, opt)
         if stepped:
             sched.step()
         history.append({"step": step, "epoch": epoch, "batch": b, "loss": loss.item(),
@@ -383,14 +372,6 @@ def finetune_tagger(model: TokenClassifier, tokenizer, train: Sequence[TaggedSen
         if log and cfg.log_every and step % cfg.log_every == 0:
             log(f"epoch {epoch + 1} step {step}/{total}: loss {loss.item():.4f}")
     report = evaluate_tagger(model, tokenizer, eval_sentences, cfg.max_length) if eval_sentences else None
-    cvt = None
-    if cvt_heads is not None:
-        probe = cvt_texts[: cfg.cvt_eval_max]
-        batches = [unlabeled_batch(probe[s: s + 64]) for s in range(0, len(probe), 64)]
-        cvt = {"unlabeled": str(cfg.cvt_unlabeled) if cfg.cvt_unlabeled is not None else None,
-               "n_unlabeled": len(cvt_texts), "weight": float(cfg.cvt_weight), "views": list(cvt_heads.views),
-               "steps": step, "schedule": "one consistency step after each task step", "per_token": True,
-               "final_kl": cross_view_kl(model, cvt_heads, batches, per_token=True) if batches else None,
-               "final_kl_texts": len(probe)}
     return {"history": history, "lm_losses": lm_losses, "eval": report, "config": asdict(cfg),
-            "cvt": cvt, "cvt_heads": cvt_heads}
+            "cvt": cvt.report(model, step) if cvt is not None else None,
+            "cvt_heads": cvt.heads if cvt is not None else None}

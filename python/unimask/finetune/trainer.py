@@ -260,6 +260,53 @@ def _single_task_training(model: nn.Module, cfg: FinetuneConfig, n_items: int, e
     return opt, sched, unfreezer, total, plan(), acc
 
 
+class _CrossViewRun:
+    """The CVT side of a fine-tuning run (classifier or tagger): fresh view heads beside
+    ``model``, the unlabeled ``rows`` shuffled (seeded) and cycled ``cfg.batch_size`` at a
+    time, one consistency step (``loss_fn`` times ``cfg.cvt_weight``, autocast as the task
+    steps) after each task step, and the closing report. ``encode(rows)`` makes a device batch."""
+
+    @staticmethod
+    def check(cfg: FinetuneConfig) -> None:
+        if cfg.grad_accum > 1:
+            raise ValueError("grad_accum > 1 does not combine with CVT (its consistency steps come between the task "
+                             "steps)")
+
+    def __init__(self, model: nn.Module, rows: Sequence[Any], encode: Callable[[Sequence[Any]], dict[str, torch.Tensor]],
+                 loss_fn: Callable, cfg: FinetuneConfig, device: torch.device, per_token: bool) -> None:
+        self.rows, self.encode, self.loss_fn, self.cfg, self.per_token = rows, encode, loss_fn, cfg, per_token
+        self.heads = CrossViewHeads(model.config.hidden_size, model.num_labels, model.config.hidden_dropout_prob)
+        self.heads.apply(model.encoder._init_weights)
+        self.heads.to(device)
+        self.device = device
+        self.gen = torch.Generator().manual_seed(cfg.seed * 1000 + 7)
+        self.order: list[int] = []
+
+    def step(self, model: nn.Module, opt: torch.optim.Optimizer) -> tuple[float, dict[str, float]]:
+        """One consistency step on the next unlabeled mini-batch: ``(loss, {view: kl})``."""
+        bs = self.cfg.batch_size
+        if len(self.order) < bs:
+            self.order += torch.randperm(len(self.rows), generator=self.gen).tolist()
+        idx, self.order = self.order[:bs], self.order[bs:]
+        batch = self.encode([self.rows[i] for i in idx])
+        with _autocast(self.cfg, self.device):
+            loss, kl = self.loss_fn(model, self.heads, **batch)
+        _optimizer_step(opt, self.cfg.cvt_weight * loss, self.cfg)
+        return loss.item(), kl
+
+    def report(self, model: nn.Module, steps: int) -> dict[str, Any]:
+        """Settings and the final eval-mode cross-view KL on up to ``cfg.cvt_eval_max`` rows."""
+        cfg = self.cfg
+        probe = self.rows[: cfg.cvt_eval_max]
+        batches = [self.encode(probe[s: s + 64]) for s in range(0, len(probe), 64)]
+        shape = {"per_token": True} if self.per_token else {"pooling": "mean"}
+        return {"unlabeled": str(cfg.cvt_unlabeled) if cfg.cvt_unlabeled is not None else None,
+                "n_unlabeled": len(self.rows), "weight": float(cfg.cvt_weight), "views": list(self.heads.views),
+                **shape, "steps": steps, "schedule": "one consistency step after each task step",
+                "final_kl": cross_view_kl(model, self.heads, batches, per_token=self.per_token) if batches else None,
+                "final_kl_texts": len(probe)}
+
+
 def _make_optimizer(model: nn.Module, params_lr: float, cfg: FinetuneConfig, extra: Sequence[nn.Module] = ()):
     if cfg.discriminative_lr:
         groups = discriminative_param_groups(model, params_lr, cfg.lr_decay, cfg.weight_decay)
@@ -358,9 +405,7 @@ def finetune_classifier(model: SequenceClassifier, tokenizer, train: Sequence[Ex
         unlabeled = load_unlabeled(cfg.cvt_unlabeled, cfg.cvt_text_field)
     cvt_heads = cvt_rows = None
     if unlabeled is not None:
-        if cfg.grad_accum > 1:
-            raise ValueError("grad_accum > 1 does not combine with CVT (its consistency steps come between the task "
-                             "steps)")
+        _CrossViewRun.check(cfg)
         if model.problem_type != "classification":
             raise ValueError("CVT (cross-view consistency) needs a classifier: the views match the primary "
                              "model's class distribution; it is not defined for regression")
@@ -371,11 +416,9 @@ def finetune_classifier(model: SequenceClassifier, tokenizer, train: Sequence[Ex
             raise ValueError("CVT unlabeled texts must be non-empty strings")
         if (cvt_rows[0].text_pair is None) != (train[0].text_pair is None):
             raise ValueError("CVT unlabeled rows must have a text pair exactly when the training rows do")
-        cvt_heads = CrossViewHeads(model.config.hidden_size, model.num_labels, model.config.hidden_dropout_prob)
-        cvt_heads.apply(model.encoder._init_weights)
-        cvt_heads.to(device)
-        cvt_gen = torch.Generator().manual_seed(cfg.seed * 1000 + 7)
-        cvt_order: list[int] = []
+        cvt = _CrossViewRun(model, cvt_rows, lambda rows: _to(encode_examples(tokenizer, rows, cfg.max_length), device),
+                            classifier_cvt_loss, cfg, device, per_token=False)
+        cvt_heads = cvt.heads
     data: dict[str, Sequence[Example]] = {"main": train, **extra_tasks}
     maps: dict[str, LabelMap | None] = {"main": label_map}
     heads = nn.ModuleDict()
@@ -422,14 +465,7 @@ def finetune_classifier(model: SequenceClassifier, tokenizer, train: Sequence[Ex
             stepped, lrs = acc.backward(loss, position)
             cvt_loss = cvt_kl = None
             if cvt_heads is not None:  # CVT: an unlabeled mini-batch after each labelled one
-                if len(cvt_order) < cfg.batch_size:
-                    cvt_order += torch.randperm(len(cvt_rows), generator=cvt_gen).tolist()
-                uidx, cvt_order = cvt_order[: cfg.batch_size], cvt_order[cfg.batch_size:]
-                ubatch = _to(encode_examples(tokenizer, [cvt_rows[i] for i in uidx], cfg.max_length), device)
-                with _autocast(cfg, device):
-                    cvt_loss, cvt_kl = classifier_cvt_loss(model, cvt_heads, **ubatch)
-                _optimizer_step(opt, cfg.cvt_weight * cvt_loss, cfg)
-                cvt_loss = cvt_loss.item()
+                cvt_loss, cvt_kl = cvt.step(model, opt)
             if stepped:
                 sched.step()
             history.append({"step": step, "epoch": epoch, "task": task, "batch": b, "loss": loss.item(),
@@ -444,18 +480,9 @@ def finetune_classifier(model: SequenceClassifier, tokenizer, train: Sequence[Ex
         for p in model.parameters():
             p.requires_grad_(True)
     report = evaluate_classifier(model, tokenizer, eval_examples, cfg) if eval_examples else None
-    cvt = None
-    if cvt_heads is not None:
-        probe = cvt_rows[: cfg.cvt_eval_max]
-        batches = [_to(encode_examples(tokenizer, probe[s: s + 64], cfg.max_length), device)
-                   for s in range(0, len(probe), 64)]
-        cvt = {"unlabeled": str(cfg.cvt_unlabeled) if cfg.cvt_unlabeled is not None else None,
-               "n_unlabeled": len(cvt_rows), "weight": float(cfg.cvt_weight), "views": list(cvt_heads.views),
-               "pooling": "mean", "steps": step, "schedule": "one consistency step after each task step",
-               "final_kl": cross_view_kl(model, cvt_heads, batches) if batches else None,
-               "final_kl_texts": len(probe)}
     return {"history": history, "lm_losses": lm_losses, "eval": report, "config": asdict(cfg),
-            "extra_heads": dict(heads.items()), "cvt": cvt, "cvt_heads": cvt_heads}
+            "extra_heads": dict(heads.items()), "cvt": cvt.report(model, step) if cvt_heads is not None else None,
+            "cvt_heads": cvt_heads}
 
 
 @torch.no_grad()
