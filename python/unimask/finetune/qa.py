@@ -27,7 +27,7 @@ import torch
 
 from .heads import QuestionAnswering, best_span
 from .metrics import exact_match, squad_f1
-from .trainer import FinetuneConfig, _autocast, _single_task_training, _to
+from .trainer import FinetuneConfig, _to, _train_task_loss_only
 
 __all__ = ["QAExample", "load_squad", "encode_qa", "predict_answers", "evaluate_qa", "finetune_qa"]
 
@@ -224,24 +224,13 @@ def finetune_qa(model: QuestionAnswering, tokenizer, train: Sequence[QAExample],
     feats.pop("example")
     feats.pop("context_mask")
     n = feats["input_ids"].shape[0]
-    opt, sched, unfreezer, total, plan, acc = _single_task_training(model, cfg, n)
-    history: list[dict[str, Any]] = []
-    step = 0
-    model.train()
-    for epoch, b, idx in plan:
+    def batch_loss(idx: list[int]) -> torch.Tensor:
         batch = {k: v[idx] for k, v in feats.items()}
         width = int(batch["attention_mask"].sum(1).max())  # drop the all-padding columns
         batch = {k: (v[:, :width] if v.dim() == 2 else v) for k, v in batch.items()}
-        with _autocast(cfg, device):
-            loss = model(**_to(batch, device)).loss
-        stepped, lrs = acc.backward(loss, b)
-        if stepped:
-            sched.step()
-        history.append({"step": step, "epoch": epoch, "batch": b, "loss": loss.item(), "lr": max(lrs),
-                        "lrs": lrs, "unfrozen": unfreezer.unfrozen if unfreezer is not None else None})
-        step += 1
-        if log and cfg.log_every and step % cfg.log_every == 0:
-            log(f"epoch {epoch + 1} step {step}/{total}: loss {loss.item():.4f}")
+        return model(**_to(batch, device)).loss
+
+    history = _train_task_loss_only(model, cfg, n, batch_loss, log)
     report = (evaluate_qa(model, tokenizer, eval_examples, cfg.max_length, stride, null_threshold)
               if eval_examples else None)
     return {"history": history, "eval": report, "config": asdict(cfg), "windows": n}

@@ -22,7 +22,7 @@ import torch
 from .data import Example
 from .heads import Seq2SeqFinetuner
 from .metrics import exact_match, rouge_l
-from .trainer import FinetuneConfig, _autocast, _single_task_training, _to
+from .trainer import FinetuneConfig, _to, _train_task_loss_only
 
 __all__ = ["seq2seq_finetuner", "generate_texts", "evaluate_seq2seq", "finetune_seq2seq"]
 
@@ -92,22 +92,11 @@ def finetune_seq2seq(ft: Seq2SeqFinetuner, tokenizer, train: Sequence[Example], 
     sources = _ids(tokenizer, [e.text for e in train], max_source_length)
     targets = _ids(tokenizer, [str(e.label) for e in train], max_target_length)
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + 11)
-    opt, sched, unfreezer, total, plan, acc = _single_task_training(ft.model, cfg, len(train))
-    history: list[dict[str, Any]] = []
-    step = 0
-    ft.model.train()
-    for epoch, b, idx in plan:
-        batch = _to(ft.make_batch([sources[i] for i in idx], [targets[i] for i in idx], gen), device)
-        with _autocast(cfg, device):
-            loss = ft(**batch).loss
-        stepped, lrs = acc.backward(loss, b)
-        if stepped:
-            sched.step()
-        history.append({"step": step, "epoch": epoch, "batch": b, "loss": loss.item(), "lr": max(lrs),
-                        "lrs": lrs, "unfrozen": unfreezer.unfrozen if unfreezer is not None else None})
-        step += 1
-        if log and cfg.log_every and step % cfg.log_every == 0:
-            log(f"epoch {epoch + 1} step {step}/{total}: loss {loss.item():.4f}")
+
+    def batch_loss(idx: list[int]) -> torch.Tensor:
+        return ft(**_to(ft.make_batch([sources[i] for i in idx], [targets[i] for i in idx], gen), device)).loss
+
+    history = _train_task_loss_only(ft.model, cfg, len(train), batch_loss, log)
     report = (evaluate_seq2seq(ft, tokenizer, eval_examples, max_source_length, max_target_length, num_beams)
               if eval_examples else None)
     return {"history": history, "eval": report, "config": asdict(cfg)}

@@ -260,6 +260,31 @@ def _single_task_training(model: nn.Module, cfg: FinetuneConfig, n_items: int, e
     return opt, sched, unfreezer, total, plan(), acc
 
 
+def _train_task_loss_only(model: nn.Module, cfg: FinetuneConfig, n_items: int,
+                          batch_loss: Callable[[list[int]], torch.Tensor],
+                          log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """A single-task run with the task loss alone (QA, seq2seq): ``batch_loss(item indices)``
+    gives a micro-batch's loss (computed under the run's autocast); optimizer, schedule,
+    accumulation and unfreezing as :func:`_single_task_training`. Returns the per-step history."""
+    device = next(model.parameters()).device
+    opt, sched, unfreezer, total, plan, acc = _single_task_training(model, cfg, n_items)
+    history: list[dict[str, Any]] = []
+    step = 0
+    model.train()
+    for epoch, b, idx in plan:
+        with _autocast(cfg, device):
+            loss = batch_loss(idx)
+        stepped, lrs = acc.backward(loss, b)
+        if stepped:
+            sched.step()
+        history.append({"step": step, "epoch": epoch, "batch": b, "loss": loss.item(), "lr": max(lrs),
+                        "lrs": lrs, "unfrozen": unfreezer.unfrozen if unfreezer is not None else None})
+        step += 1
+        if log and cfg.log_every and step % cfg.log_every == 0:
+            log(f"epoch {epoch + 1} step {step}/{total}: loss {loss.item():.4f}")
+    return history
+
+
 class _CrossViewRun:
     """The CVT side of a fine-tuning run (classifier or tagger): fresh view heads beside
     ``model``, the unlabeled ``rows`` shuffled (seeded) and cycled ``cfg.batch_size`` at a
