@@ -207,6 +207,27 @@ def _finetune_config(args: argparse.Namespace, **extra: Any):
         precision=args.precision, grad_accum=args.grad_accum, **extra)
 
 
+#: whether each task-specific flag of ``finetune`` was given
+_GIVEN = {
+    "--text-field": lambda a: a.text_field is not None,
+    "--label-field": lambda a: a.label_field is not None,
+    "--text-pair-field": lambda a: a.text_pair_field is not None,
+    "--extra-task": lambda a: bool(a.extra_task),
+    "--cvt-unlabeled": lambda a: a.cvt_unlabeled is not None,
+    "--cvt-weight": lambda a: a.cvt_weight is not None,
+    "--aux-lm-weight": lambda a: a.aux_lm_weight is not None,
+    "--lm-finetune-steps": lambda a: a.lm_finetune_steps > 0,
+    "--pooling": lambda a: a.pooling != "cls",
+}
+
+
+def _refuse_flags(args: argparse.Namespace, task: str, flags: tuple[str, ...]) -> None:
+    """``ValueError`` naming those of ``flags`` that were given, which ``--task task`` does not take."""
+    given = [f for f in flags if _GIVEN[f](args)]
+    if given:
+        raise ValueError(f"--task {task} does not take {', '.join(given)}")
+
+
 def _write_metrics(out: Path, args: argparse.Namespace, t0: float, result: dict[str, Any], **fields: Any) -> None:
     """``out/metrics.json``: the eval report, the run (files, model, seconds, config, per-step
     history) and the task's own ``fields``."""
@@ -264,13 +285,8 @@ def _run_seq2seq(args: argparse.Namespace, log) -> int:
     from .tokenizer import WordPieceTokenizer  # noqa: PLC0415
 
     try:
-        unsupported = [flag for flag, given in (
-            ("--text-pair-field", args.text_pair_field is not None), ("--extra-task", bool(args.extra_task)),
-            ("--cvt-unlabeled", args.cvt_unlabeled is not None), ("--cvt-weight", args.cvt_weight is not None),
-            ("--aux-lm-weight", args.aux_lm_weight is not None), ("--lm-finetune-steps", args.lm_finetune_steps > 0),
-            ("--pooling", args.pooling != "cls")) if given]
-        if unsupported:
-            raise ValueError(f"--task seq2seq does not take {', '.join(unsupported)}")
+        _refuse_flags(args, "seq2seq", ("--text-pair-field", "--extra-task", "--cvt-unlabeled", "--cvt-weight",
+                                        "--aux-lm-weight", "--lm-finetune-steps", "--pooling"))
         if args.max_target_length < 1 or args.num_beams < 1 or not 0 < args.mask_prob <= 1:
             raise ValueError(f"--max-target-length and --num-beams must be >= 1 and --mask-prob in (0, 1], got "
                              f"{args.max_target_length}, {args.num_beams}, {args.mask_prob}")
@@ -319,14 +335,9 @@ def _run_qa(args: argparse.Namespace, log) -> int:
     from .tokenizer import WordPieceTokenizer  # noqa: PLC0415
 
     try:
-        unsupported = [flag for flag, given in (
-            ("--text-field", args.text_field is not None), ("--label-field", args.label_field is not None),
-            ("--text-pair-field", args.text_pair_field is not None), ("--extra-task", bool(args.extra_task)),
-            ("--cvt-unlabeled", args.cvt_unlabeled is not None), ("--cvt-weight", args.cvt_weight is not None),
-            ("--aux-lm-weight", args.aux_lm_weight is not None), ("--lm-finetune-steps", args.lm_finetune_steps > 0),
-            ("--pooling", args.pooling != "cls")) if given]
-        if unsupported:
-            raise ValueError(f"--task qa does not take {', '.join(unsupported)}")
+        _refuse_flags(args, "qa", ("--text-field", "--label-field", "--text-pair-field", "--extra-task",
+                                   "--cvt-unlabeled", "--cvt-weight", "--aux-lm-weight", "--lm-finetune-steps",
+                                   "--pooling"))
         if args.doc_stride is None:
             args.doc_stride = args.max_length // 4
         if not 0 <= args.doc_stride < args.max_length - 2 or args.max_answer_length < 1:
@@ -375,11 +386,7 @@ def _run_tagging(args: argparse.Namespace, log) -> int:
     from .tokenizer import WordPieceTokenizer  # noqa: PLC0415
 
     try:
-        unsupported = [flag for flag, given in (
-            ("--text-pair-field", args.text_pair_field is not None), ("--extra-task", bool(args.extra_task)),
-            ("--pooling", args.pooling != "cls")) if given]
-        if unsupported:
-            raise ValueError(f"--task tag does not take {', '.join(unsupported)}")
+        _refuse_flags(args, "tag", ("--text-pair-field", "--extra-task", "--pooling"))
         if args.cvt_weight is not None and args.cvt_unlabeled is None:
             raise ValueError("--cvt-weight needs --cvt-unlabeled FILE (the unlabeled texts of CVT)")
         words_field, tags_field = args.text_field or "tokens", args.label_field or "tags"

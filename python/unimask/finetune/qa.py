@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .data import _rows
 from .heads import QuestionAnswering, best_span
 from .metrics import exact_match, squad_f1
 from .trainer import FinetuneConfig, _to, _train_task_loss_only
@@ -85,21 +86,17 @@ def load_squad(path: str | Path) -> list[QAExample]:
         except bad as e:
             raise ValueError(f"{path}: not SQuAD's data/paragraphs/qas layout ({type(e).__name__}: {e})") from None
     else:
-        with path.open(encoding="utf-8", errors="strict") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                    ans = row.get("answers") or {"text": [], "answer_start": []}
-                    texts, starts = ans["text"], ans["answer_start"]
-                    if not isinstance(texts, list) or not isinstance(starts, list) or len(texts) != len(starts):
-                        raise TypeError("answers text and answer_start must be lists of the same length")
-                    out.append(QAExample(row["question"], row["context"], tuple(zip(texts, starts)),
-                                         str(row.get("id", n))))
-                except (*bad, json.JSONDecodeError) as e:
-                    raise ValueError(f"{path}:{n}: expected question, context and answers "
-                                     f"{{text, answer_start}} ({type(e).__name__}: {e})") from None
+        for n, row in _rows(path, "jsonl"):
+            try:
+                ans = row.get("answers") or {"text": [], "answer_start": []}
+                texts, starts = ans["text"], ans["answer_start"]
+                if not isinstance(texts, list) or not isinstance(starts, list) or len(texts) != len(starts):
+                    raise TypeError("answers text and answer_start must be lists of the same length")
+                out.append(QAExample(row["question"], row["context"], tuple(zip(texts, starts)),
+                                     str(row.get("id", n))))
+            except bad as e:
+                raise ValueError(f"{path}:{n}: expected question, context and answers "
+                                 f"{{text, answer_start}} ({type(e).__name__}: {e})") from None
     if not out:
         raise ValueError(f"{path} holds no question")
     return out

@@ -15,7 +15,6 @@ maximal run of one type under those rules, and precision / recall / F1 count exa
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data import LabelMap
+from .data import LabelMap, _rows
 from .heads import IGNORE_INDEX, TokenClassifier
 from .trainer import (
     AuxLM,
@@ -83,32 +82,25 @@ def load_tagged(path: str | Path, words_field: str = "tokens", tags_field: str |
         raise FileNotFoundError(f"no such file: {path}")
     out: list[TaggedSentence] = []
     if path.suffix.lower() in (".jsonl", ".json"):
-        with path.open(encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-                if not isinstance(obj, dict) or words_field not in obj:
-                    raise ValueError(f"{path}:{n}: expected an object with a {words_field!r} field")
-                if not isinstance(obj[words_field], list):
-                    raise ValueError(f"{path}:{n}: {words_field!r} must be a list of words, got "
-                                     f"{type(obj[words_field]).__name__}")
-                tags = None
-                if tags_field is not None:
-                    if tags_field not in obj:
-                        raise ValueError(f"{path}:{n}: no {tags_field!r} field")
-                    tags = obj[tags_field]
-                    if not isinstance(tags, list) or not all(isinstance(t, (str, int)) and not isinstance(t, bool)
-                                                             for t in tags):
-                        raise ValueError(f"{path}:{n}: {tags_field!r} must be a list of str or int tags")
-                try:
-                    sent = TaggedSentence(obj[words_field], tags)
-                except (TypeError, ValueError) as e:
-                    raise ValueError(f"{path}:{n}: {e}") from None
-                out.append(TaggedSentence(sent.words, sent.tags, row=n))
+        for n, obj in _rows(path, "jsonl"):
+            if words_field not in obj:
+                raise ValueError(f"{path}:{n}: expected an object with a {words_field!r} field")
+            if not isinstance(obj[words_field], list):
+                raise ValueError(f"{path}:{n}: {words_field!r} must be a list of words, got "
+                                 f"{type(obj[words_field]).__name__}")
+            tags = None
+            if tags_field is not None:
+                if tags_field not in obj:
+                    raise ValueError(f"{path}:{n}: no {tags_field!r} field")
+                tags = obj[tags_field]
+                if not isinstance(tags, list) or not all(isinstance(t, (str, int)) and not isinstance(t, bool)
+                                                         for t in tags):
+                    raise ValueError(f"{path}:{n}: {tags_field!r} must be a list of str or int tags")
+            try:
+                sent = TaggedSentence(obj[words_field], tags)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"{path}:{n}: {e}") from None
+            out.append(TaggedSentence(sent.words, sent.tags, row=n))
     else:
         words: list[str] = []
         tags_: list[str] = []
