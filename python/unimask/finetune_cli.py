@@ -311,9 +311,7 @@ def _run_seq2seq(args: argparse.Namespace, log) -> int:
     t0 = time.perf_counter()
     result = finetune_seq2seq(ft, tokenizer, train, cfg, evals, args.max_length, args.max_target_length,
                               args.num_beams, log)
-    out = Path(args.output)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    out = _save_model(args.output, model, tokenizer)
     cfg_path = out / "config.json"
     d = json.loads(cfg_path.read_text(encoding="utf-8"))
     d["unimask_task"] = {"task": "seq2seq", "max_source_length": args.max_length,
