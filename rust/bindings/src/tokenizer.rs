@@ -135,16 +135,21 @@ fn borrow_texts<'a>(items: &'a Bound<'_, PyTuple>, what: &str) -> PyResult<Vec<&
 /// The word lists of a batch of split texts (`is_split_into_words`): each item of `items` a
 /// list/tuple of `str`, snapshotted as a tuple (kept alive by the returned vector).
 fn word_lists<'py>(items: &Bound<'py, PyTuple>, what: &str) -> PyResult<Vec<Bound<'py, PyTuple>>> {
-    let mut lists = Vec::with_capacity(items.len());
-    for (i, item) in items.iter().enumerate() {
-        if item.is_instance_of::<PyString>() {
-            return Err(PyTypeError::new_err(format!(
-                "{what}[{i}] must be a list of words (str) with is_split_into_words=True, got a str"
-            )));
-        }
-        lists.push(text_items(&item, &format!("{what}[{i}]"))?);
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| word_list(&item, &format!("{what}[{i}]")))
+        .collect()
+}
+
+/// One text given as words: a list/tuple of `str` (not a `str`), snapshotted as a tuple.
+fn word_list<'py>(obj: &Bound<'py, PyAny>, what: &str) -> PyResult<Bound<'py, PyTuple>> {
+    if obj.is_instance_of::<PyString>() {
+        return Err(PyTypeError::new_err(format!(
+            "{what} must be a list of words (str) with is_split_into_words=True, got a str"
+        )));
     }
-    Ok(lists)
+    text_items(obj, what)
 }
 
 /// All the words of `lists` in order, borrowed, and where each list starts (`lists.len() + 1`
@@ -343,16 +348,8 @@ impl PyTokenizer {
         let opts = options(add_special_tokens, max_length, truncation, stride)?;
         let inner = Arc::clone(&self.inner);
         let (batch, k, m) = if is_split_into_words {
-            let one = |obj: &Bound<'py, PyAny>, what: &str| -> PyResult<Bound<'py, PyTuple>> {
-                if obj.is_instance_of::<PyString>() {
-                    return Err(PyTypeError::new_err(format!(
-                        "{what} must be a list of words (str) with is_split_into_words=True, got a str"
-                    )));
-                }
-                text_items(obj, what)
-            };
-            let t_items = one(text, "text")?;
-            let p_items = pair.map(|p| one(p, "pair")).transpose()?;
+            let t_items = word_list(text, "text")?;
+            let p_items = pair.map(|p| word_list(p, "pair")).transpose()?;
             let t = borrow_texts(&t_items, "text")?;
             let p = p_items
                 .as_ref()
