@@ -223,13 +223,18 @@ def encode_tagged(tokenizer, sentences: Sequence[TaggedSentence], max_length: in
                 for t in sent.tags:
                     label_map.encode(t, sent.row)  # names the unknown tag
         first_word = np.cumsum([0] + [len(s.words) for s in sentences])[:-1]
-        first = word_ids >= 0
-        first[:, 1:] &= word_ids[:, 1:] != word_ids[:, :-1]
-        rows, cols = np.nonzero(first)
+        rows, cols = np.nonzero(_first_pieces(word_ids))
         labels = np.full(word_ids.shape, IGNORE_INDEX, dtype=np.int64)
         labels[rows, cols] = np.asarray(tag_ids, dtype=np.int64)[first_word[rows] + word_ids[rows, cols]]
         batch["labels"] = torch.from_numpy(labels)
     return batch
+
+
+def _first_pieces(word_ids: np.ndarray) -> np.ndarray:
+    """Where each word's first piece is, in padded ``[B, L]`` word ids (``-1`` off words)."""
+    first = word_ids >= 0
+    first[:, 1:] &= word_ids[:, 1:] != word_ids[:, :-1]
+    return first
 
 
 def _default_tag(label_map: LabelMap) -> str:
@@ -237,10 +242,9 @@ def _default_tag(label_map: LabelMap) -> str:
 
 
 @torch.no_grad()
-def predict_tags(model: TokenClassifier, tokenizer, sentences: Sequence[TaggedSentence], max_length: int = 128,
-                 batch_size: int = 64) -> list[list[str]]:
-    """One predicted tag per word (the arg-max at the word's first piece). Words with no token
-    (empty, or cut by truncation) get ``O`` (or the first label when there is no ``O``)."""
+def _predict(model: TokenClassifier, tokenizer, sentences: Sequence[TaggedSentence], max_length: int,
+             batch_size: int) -> tuple[list[list[str]], int]:
+    """:func:`predict_tags` and the number of words that had a token to predict from."""
     lm = model.label_map
     if lm is None:
         raise ValueError("the model has no label map: cannot name its predictions")
@@ -249,22 +253,30 @@ def predict_tags(model: TokenClassifier, tokenizer, sentences: Sequence[TaggedSe
     was = model.training
     model.eval()
     out: list[list[str]] = []
+    covered = 0
     try:
         for s in range(0, len(sentences), batch_size):
             chunk = sentences[s: s + batch_size]
             batch = encode_tagged(tokenizer, chunk, max_length)
             word_ids = batch.pop("word_ids").numpy()
             pred = model(**_to(batch, device)).logits.argmax(-1).cpu().numpy()
+            first = _first_pieces(word_ids)
             for i, sent in enumerate(chunk):
                 tags = [default] * len(sent.words)
-                w = word_ids[i]
-                first = (w >= 0) & np.concatenate([[True], w[1:] != w[:-1]])
-                for col in np.nonzero(first)[0]:
-                    tags[w[col]] = lm.decode(pred[i, col])
+                for col in np.nonzero(first[i])[0]:
+                    tags[word_ids[i, col]] = lm.decode(pred[i, col])
+                    covered += 1
                 out.append(tags)
     finally:
         model.train(was)
-    return out
+    return out, covered
+
+
+def predict_tags(model: TokenClassifier, tokenizer, sentences: Sequence[TaggedSentence], max_length: int = 128,
+                 batch_size: int = 64) -> list[list[str]]:
+    """One predicted tag per word (the arg-max at the word's first piece). Words with no token
+    (empty, or cut by truncation) get ``O`` (or the first label when there is no ``O``)."""
+    return _predict(model, tokenizer, sentences, max_length, batch_size)[0]
 
 
 def evaluate_tagger(model: TokenClassifier, tokenizer, sentences: Sequence[TaggedSentence],
@@ -272,17 +284,12 @@ def evaluate_tagger(model: TokenClassifier, tokenizer, sentences: Sequence[Tagge
     """Word accuracy and entity precision / recall / F1 (:func:`entity_scores`) on ``sentences``;
     ``words_without_token`` counts the words the truncation (or an empty word) left unscored,
     which are predicted ``O``."""
-    pred = predict_tags(model, tokenizer, sentences, max_length)
-    gold = [list(s.tags or ()) for s in sentences]
     if any(s.tags is None for s in sentences):
         raise ValueError("evaluation sentences need tags")
+    pred, covered = _predict(model, tokenizer, sentences, max_length, 64)
+    gold = [list(s.tags) for s in sentences]
     words = sum(len(g) for g in gold)
     correct = sum(p == g for ps, gs in zip(pred, gold) for p, g in zip(ps, gs))
-    enc = tokenizer.encode_batch([list(s.words) for s in sentences], max_length=max_length, is_split_into_words=True)
-    covered = 0
-    for i in range(len(sentences)):
-        w = enc[i].word_ids
-        covered += len(np.unique(w[w >= 0]))
     out = {"accuracy": correct / words if words else 0.0, "n_sentences": float(len(sentences)),
            "n_words": float(words), "words_without_token": float(words - covered)}
     out.update(entity_scores(pred, gold))
