@@ -86,6 +86,52 @@ class Dev:
         fn()
         return (time.perf_counter() - t) * 1e3
 
+    def queued_ms(self, fn, n: int = 10) -> tuple[float, float]:
+        """(device ms, host ms) per call of ``fn``, the calls queued behind a GPU sleep.
+
+        The device sleeps while the host queues ``n`` calls, so the device then runs them back
+        to back: the events around them time the device work alone, with no gaps where it waits
+        for the host (launch overhead, Python, autograd); the host clock times the queueing, i.e.
+        what one call costs the CPU. A sleep too short to cover the queueing is doubled and the
+        measurement repeated. Median of 3. Dry run: wall-clock ms for both."""
+        if self.dry:
+            t = time.perf_counter()
+            fn()
+            ms = (time.perf_counter() - t) * 1e3
+            return ms, ms
+        torch = self.torch
+        fn()
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        per_call_s = time.perf_counter() - t
+        cycles = int(min(4e9, max(2e7, per_call_s * n * 3 * 2e9)))  # ~3x the queueing at ~2 GHz
+        dev_ms, host_ms = [], []
+        tries = 0
+        while len(dev_ms) < 3 and tries < 8:
+            tries += 1
+            s0, a, b = (torch.cuda.Event(enable_timing=True) for _ in range(3))
+            torch.cuda.synchronize()
+            t_q = time.perf_counter()
+            s0.record()
+            torch.cuda._sleep(cycles)
+            a.record()
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            t1 = time.perf_counter()
+            b.record()
+            torch.cuda.synchronize()
+            if (t1 - t_q) * 1e3 > 0.9 * s0.elapsed_time(a):  # the device woke before the queue was full
+                cycles *= 2
+                continue
+            dev_ms.append(a.elapsed_time(b) / n)
+            host_ms.append((t1 - t0) * 1e3 / n)
+        if not dev_ms:
+            raise RuntimeError("queued timing: the GPU sleep never covered the host's queueing")
+        return sorted(dev_ms)[len(dev_ms) // 2], sorted(host_ms)[len(host_ms) // 2]
+
     def peak_mem_mib(self, fn) -> float | None:
         if self.dry:
             fn()
@@ -359,20 +405,25 @@ def dropout_check(torch, masks, K, res: "Results", D_: Dev) -> None:
             row["pass"] = False
         res.data["correctness"].append(row)
         res.save()
-def correctness(torch, masks, attention, K, res: Results, quick: bool, D_: Dev) -> None:
+
+
+def correctness(torch, masks, attention, K, res: Results, quick: bool, D_: Dev, tuned_only: bool = False) -> None:
+    """Kernel vs reference. ``tuned_only``: after the benchmark, with the configs it tuned
+    (bf16, the benchmark's dtype, only; no dropout / packed / FlexAttention checks)."""
     dev = D_.name
     cases = []
     if D_.dry:  # the interpreter: fp32 and fp16 (its bf16 dot is broken), tiny shapes
         cases.append(dict(dtype=torch.float16, D=16, L=33, B=6, H=2, HK=1, hi=torch.float64))
     else:
-        for dt in (torch.bfloat16, torch.float16):
+        for dt in (torch.bfloat16,) if tuned_only else (torch.bfloat16, torch.float16):
             for D in (64, 128):
                 cases.append(dict(dtype=dt, D=D, L=257, B=8, H=4, HK=2, hi=torch.float64))
                 if not quick:
                     cases.append(dict(dtype=dt, D=D, L=1000, B=4, H=4, HK=4, hi=torch.float32))
-    cases.append(dict(dtype=torch.float32, D=64 if not D_.dry else 32, L=200 if not D_.dry else 40, B=6, H=2, HK=1, hi=torch.float64))
+    if not tuned_only:
+        cases.append(dict(dtype=torch.float32, D=64 if not D_.dry else 32, L=200 if not D_.dry else 40, B=6, H=2, HK=1, hi=torch.float64))
     for c in cases:
-        name = f"{str(c['dtype']).split('.')[-1]} D{c['D']} L{c['L']} B{c['B']} H{c['H']} Hkv{c['HK']}"
+        name = f"{str(c['dtype']).split('.')[-1]} D{c['D']} L{c['L']} B{c['B']} H{c['H']} Hkv{c['HK']}" + (" tuned" if tuned_only else "")
         row: dict = {"case": name}
         try:
             B, H, HK, L, D, dt = c["B"], c["H"], c["HK"], c["L"], c["D"], c["dtype"]
@@ -428,6 +479,8 @@ def correctness(torch, masks, attention, K, res: Results, quick: bool, D_: Dev) 
             row["pass"] = False
         res.data["correctness"].append(row)
         res.save()
+    if tuned_only:
+        return
     dropout_check(torch, masks, K, res, D_)
     varlen_check(torch, attention, K, res, D_)
     # FlexAttention semantics check (so that the comparison is apples to apples)
@@ -448,10 +501,80 @@ def correctness(torch, masks, attention, K, res: Results, quick: bool, D_: Dev) 
         res.error("flex semantics check", e)
 
 
+
+# --------------------------------------------------------------------------------------------
+# diagnostics: autotuner choices, per-kernel device time, extra candidate configs
+# --------------------------------------------------------------------------------------------
+#: Shapes (L, D, batch) whose unimask fwd+bwd is broken down per kernel with torch.profiler.
+profile_shapes = {(512, 64, "mixed"), (1024, 64, "mixed"), (512, 128, "mixed"), (4096, 128, "mixed"), (32, 16, "mixed")}
+
+#: --extra-configs: candidates tried by the autotuner on top of the shipped ones
+#: (BLOCK_M, BLOCK_N, num_warps, num_stages), to see whether any beats them on this GPU.
+EXTRA_CONFIGS = {
+    "_attn_bwd_dkdv": [(32, 128, 4, 5), (64, 128, 8, 4), (32, 64, 4, 4)],
+    "_attn_bwd_dq": [(128, 32, 4, 5), (64, 32, 4, 4), (128, 64, 8, 4)],
+}
+
+
+def add_extra_configs(K, res: "Results") -> None:
+    import triton
+
+    for name, extra in EXTRA_CONFIGS.items():
+        kern = getattr(K, name)
+        if type(kern).__name__ != "Autotuner":
+            continue
+        kern.configs = list(kern.configs) + [
+            triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st) for bm, bn, w, st in extra
+        ]
+    res.data["notes"].append(f"extra autotune candidates: {EXTRA_CONFIGS}")
+
+
+def autotune_record(K) -> dict:
+    """Each kernel's tuned config per key and the timings of its latest tuning."""
+    out = {}
+    for name in ("_attn_fwd", "_attn_bwd_dkdv", "_attn_bwd_dq"):
+        kern = getattr(K, name)
+        if type(kern).__name__ != "Autotuner":
+            continue
+        timings = getattr(kern, "configs_timings", None) or {}
+        out[name] = {
+            "tuned": {str(k[:5]): str(c) for k, c in getattr(kern, "cache", {}).items()},
+            "latest_timings_ms": {str(c): t for c, t in timings.items()},
+        }
+    return out
+
+
+def kernel_profile(torch, fn, res: "Results", where: str, D_: "Dev", iters: int = 5) -> dict | None:
+    """Device time per kernel and host time per op of ``fn`` (torch.profiler), per call."""
+    try:
+        from torch.profiler import ProfilerActivity, profile
+
+        fn()
+        D_.sync()
+        acts = [ProfilerActivity.CPU] + ([] if D_.dry else [ProfilerActivity.CUDA])
+        with profile(activities=acts) as prof:
+            for _ in range(iters):
+                fn()
+            D_.sync()
+        rows = {}
+        for e in prof.key_averages():
+            dev = getattr(e, "self_device_time_total", None)
+            if dev is None:
+                dev = getattr(e, "self_cuda_time_total", 0.0)
+            cpu = getattr(e, "cpu_time_total", 0.0)
+            rows[e.key] = {"device_us": dev / iters, "host_us": cpu / iters, "calls": e.count / iters}
+        top = dict(sorted(rows.items(), key=lambda kv: -max(kv[1]["device_us"], kv[1]["host_us"]))[:30])
+        kernels = {k: round(v["device_us"], 1) for k, v in top.items() if v["device_us"] > 0}
+        log(f"  profile {where}: device us per call {kernels}")
+        return top
+    except Exception as e:  # noqa: BLE001
+        res.error(f"kernel profile {where}", e)
+        return None
+
 # --------------------------------------------------------------------------------------------
 # 3. benchmark
 # --------------------------------------------------------------------------------------------
-def bench(torch, triton, masks, K, res: Results, budget_s: float, quick: bool, D_: Dev) -> None:
+def bench(torch, triton, masks, K, res: Results, budget_s: float, quick: bool, D_: Dev, packed: bool = True) -> None:
     dev = D_.name
     H, dt, tokens = (16, torch.bfloat16, 16384) if not D_.dry else (2, torch.float32, 96)
     try:
@@ -501,7 +624,7 @@ def bench(torch, triton, masks, K, res: Results, budget_s: float, quick: bool, D
         backends: dict = {}
         backends["unimask"] = lambda q_, k_, v_: K.attention(q_, k_, v_, mode_d, src_d, seq_d)
         inputs = {}  # backend -> (q, k, v, q_grad, k_grad, v_grad, dO) when not the padded ones
-        if kind == "mixed":  # the same documents packed (cu_seqlens): no padding at all
+        if kind == "mixed" and packed:  # the same documents packed (cu_seqlens): no padding at all
             cu_d = torch.tensor([0, *seq.cumsum(0).tolist()], device=dev)
             pq, pk, pv, pdo = (pack(torch, t, seq) for t in (q, k, v, do))
             inputs["unimask_packed"] = (pq, pk, pv, *(t.detach().clone().requires_grad_() for t in (pq, pk, pv)), pdo)
@@ -528,11 +651,17 @@ def bench(torch, triton, masks, K, res: Results, budget_s: float, quick: bool, D
             try:
                 with torch.no_grad():
                     ms = D_.bench_ms(lambda: fn(xq, xk, xv))
+                    r["gpu_fwd_ms"], r["host_fwd_ms"] = D_.queued_ms(lambda: fn(xq, xk, xv))
                 r["fwd_ms"] = ms
                 r["fwd_tflops"] = fwd_flops / (ms * 1e-3) / 1e12
+                r["gpu_fwd_tflops"] = fwd_flops / (r["gpu_fwd_ms"] * 1e-3) / 1e12
 
                 def fwd_bwd():
                     fn(xqg, xkg, xvg).backward(xdo)
+
+                def fwd_bwd_fresh_grads():
+                    xqg.grad = xkg.grad = xvg.grad = None
+                    fwd_bwd()
 
                 if D_.dry and name == "flex":  # torch has no FlexAttention backward on the CPU
                     r["fwd_bwd_skipped"] = "FlexAttention has no CPU backward (the GPU run times it)"
@@ -542,7 +671,13 @@ def bench(torch, triton, masks, K, res: Results, budget_s: float, quick: bool, D
                 ms = D_.bench_ms(fwd_bwd, grad_to_none=[xqg, xkg, xvg])
                 r["fwd_bwd_ms"] = ms
                 r["fwd_bwd_tflops"] = 3.5 * fwd_flops / (ms * 1e-3) / 1e12
+                r["gpu_fwd_bwd_ms"], r["host_fwd_bwd_ms"] = D_.queued_ms(fwd_bwd_fresh_grads)
+                r["gpu_fwd_bwd_tflops"] = 3.5 * fwd_flops / (r["gpu_fwd_bwd_ms"] * 1e-3) / 1e12
                 r["peak_mem_mib"] = D_.peak_mem_mib(fwd_bwd)
+                if name == "unimask":
+                    r["autotune"] = autotune_record(K)
+                if name == "unimask" and (L, D, kind) in profile_shapes:
+                    r["kernel_profile"] = kernel_profile(torch, fwd_bwd_fresh_grads, res, f"L={L} D={D} {kind}", D_)
                 if name == "flex" and "flex_block_mask_ms" in row:
                     bm = row["flex_block_mask_ms"]
                     r["fwd_ms_incl_mask"] = r["fwd_ms"] + bm
@@ -550,7 +685,9 @@ def bench(torch, triton, masks, K, res: Results, budget_s: float, quick: bool, D
                     r["fwd_bwd_ms_incl_mask"] = r["fwd_bwd_ms"] + bm
                     r["fwd_bwd_tflops_incl_mask"] = 3.5 * fwd_flops / (r["fwd_bwd_ms_incl_mask"] * 1e-3) / 1e12
                 log(f"  {name:12s} fwd {r['fwd_ms']:.3f} ms {r['fwd_tflops']:.1f} TF/s | fwd+bwd {r['fwd_bwd_ms']:.3f} ms "
-                    f"{r['fwd_bwd_tflops']:.1f} TF/s | peak {r['peak_mem_mib']} MiB")
+                    f"{r['fwd_bwd_tflops']:.1f} TF/s | peak {r['peak_mem_mib']} MiB | device-only fwd {r['gpu_fwd_ms']:.3f} "
+                    f"fwd+bwd {r['gpu_fwd_bwd_ms']:.3f} ms ({r['gpu_fwd_bwd_tflops']:.1f} TF/s) | host fwd {r['host_fwd_ms']:.3f} "
+                    f"fwd+bwd {r['host_fwd_bwd_ms']:.3f} ms")
             except Exception as e:  # noqa: BLE001
                 r["error"] = res.error(f"bench {name} L={L} D={D} {kind}", e)
             row[name] = r
@@ -594,12 +731,44 @@ def table(res: Results) -> str:
     return "\n".join(lines)
 
 
+def device_table(res: Results) -> str:
+    """The same runs timed device-only (calls queued behind a GPU sleep), with host cost per call."""
+
+    def f(x, fmt="{:.1f}"):
+        return "-" if x is None else fmt.format(x)
+
+    lines = [
+        "Device-only timing: each call queued behind a GPU sleep, so the GPU runs the calls back to back "
+        "and never waits for the host; 'host ms' = CPU time to issue one fwd+bwd (Python, autograd, "
+        "launches). Same FLOP count as above.",
+        "",
+        "| L | D | batch | unimask fwd | unimask f+b | packed f+b | SDPA-mask f+b | flex f+b | SDPA causal f+b | x flex (f+b) | x SDPA-mask (f+b) | host ms f+b uni / sdpa / flex |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in res.data["bench"]:
+        u, s, fl, c, pk = (r.get(n, {}) for n in ("unimask", "sdpa_mask", "flex", "sdpa_causal", "unimask_packed"))
+        ratio = lambda a, b: (a / b) if a and b else None  # noqa: E731
+        lines.append(
+            f"| {r['L']} | {r['D']} | {r['batch']} | {f(u.get('gpu_fwd_tflops'))} | {f(u.get('gpu_fwd_bwd_tflops'))} "
+            f"| {f(pk.get('gpu_fwd_bwd_tflops'))} | {f(s.get('gpu_fwd_bwd_tflops'))} | {f(fl.get('gpu_fwd_bwd_tflops'))} "
+            f"| {f(c.get('gpu_fwd_bwd_tflops'))} "
+            f"| {f(ratio(u.get('gpu_fwd_bwd_tflops'), fl.get('gpu_fwd_bwd_tflops')), '{:.2f}x')} "
+            f"| {f(ratio(u.get('gpu_fwd_bwd_tflops'), s.get('gpu_fwd_bwd_tflops')), '{:.2f}x')} "
+            f"| {f(u.get('host_fwd_bwd_ms'), '{:.3f}')} / {f(s.get('host_fwd_bwd_ms'), '{:.3f}')} / {f(fl.get('host_fwd_bwd_ms'), '{:.3f}')} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=os.environ.get("OUT", "./gpu_results"))
     ap.add_argument("--budget-s", type=float, default=420.0, help="stop starting new bench shapes after this many seconds")
     ap.add_argument("--quick", action="store_true", help="fewer correctness cases and shapes")
     ap.add_argument("--skip-correctness", action="store_true")
+    ap.add_argument("--no-packed", action="store_true", help="skip the packed (cu_seqlens) unimask column")
+    ap.add_argument("--extra-configs", action="store_true", help="let the autotuner also try EXTRA_CONFIGS")
+    ap.add_argument("--correctness-after", action="store_true",
+                    help="after the benchmark, check bf16 correctness with the configs it tuned")
     ap.add_argument("--dry-run-cpu", action="store_true", help="rehearse every code path on the CPU (Triton interpreter, tiny shapes)")
     args = ap.parse_args()
     if args.dry_run_cpu:
@@ -667,8 +836,13 @@ def main() -> int:
         n_ok = sum(1 for r in res.data["correctness"] if r.get("pass"))
         log(f"correctness: {n_ok}/{len(res.data['correctness'])} cases pass")
     log("== benchmark ==")
-    bench(torch, triton, masks, K, res, args.budget_s, args.quick, D_)
-    md = table(res)
+    if args.extra_configs:
+        add_extra_configs(K, res)
+    bench(torch, triton, masks, K, res, args.budget_s, args.quick, D_, packed=not args.no_packed)
+    if args.correctness_after:
+        log("== correctness with the benchmark's tuned configs (bf16) ==")
+        correctness(torch, masks, attention, K, res, args.quick, D_, tuned_only=True)
+    md = table(res) + "\n\n" + device_table(res)
     res.data["table_md"] = md
     res.save()
     print("\n" + md + "\n", flush=True)

@@ -21,9 +21,10 @@ SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "gpu_attention.py"
 pytestmark = pytest.mark.skipif(not SCRIPT.is_file(), reason="bench/ is not beside the tests (not a source checkout)")
 
 
-def test_gpu_check_rehearses_on_the_cpu_without_errors(tmp_path):
+@pytest.mark.parametrize("extra", [[], ["--extra-configs", "--correctness-after", "--no-packed"]], ids=["default", "diagnostic"])
+def test_gpu_check_rehearses_on_the_cpu_without_errors(tmp_path, extra):
     pytest.importorskip("triton")
-    r = subprocess.run([sys.executable, str(SCRIPT), "--dry-run-cpu", "--out", str(tmp_path), "--budget-s", "120"],
+    r = subprocess.run([sys.executable, str(SCRIPT), "--dry-run-cpu", "--out", str(tmp_path), "--budget-s", "120", *extra],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     res = json.loads((tmp_path / "gpu_attention.json").read_text())
@@ -34,4 +35,10 @@ def test_gpu_check_rehearses_on_the_cpu_without_errors(tmp_path):
         for name in ("unimask", "sdpa_mask", "flex"):
             assert "fwd_ms" in row[name], (name, row[name])
         assert "fwd_bwd_ms" in row["unimask"] and "fwd_bwd_ms" in row["sdpa_mask"]
-    assert res["table_md"].count("\n| ") >= len(res["bench"])
+        for name in ("unimask", "sdpa_mask"):  # the device-only (queued) timing and host cost
+            assert row[name]["gpu_fwd_bwd_ms"] > 0 and row[name]["host_fwd_bwd_ms"] > 0, row[name]
+        assert ("unimask_packed" in row) == (row["batch"] == "mixed" and "--no-packed" not in extra)
+    assert any(row["unimask"].get("kernel_profile") for row in res["bench"])  # the profiler breakdown ran
+    if "--correctness-after" in extra:
+        assert any(c["case"].endswith(" tuned") for c in res["correctness"])
+    assert res["table_md"].count("\n| ") >= 2 * len(res["bench"])  # eager and device-only tables
