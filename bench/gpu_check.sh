@@ -4,6 +4,7 @@
 # Run from anywhere on a CUDA machine with torch + triton (no install, no Rust, no network):
 #     bash bench/gpu_check.sh                # full run, ~6-8 minutes incl. autotuning/compiles
 #     QUICK=1 bash bench/gpu_check.sh        # fewer cases/shapes (~3 minutes)
+#     GPU_ARGS="--skip-correctness --no-packed" bash bench/gpu_check.sh   # flags passed through
 # Results: markdown table on stdout; $OUT/gpu_attention.json and $OUT/gpu_attention.log
 # (OUT defaults to ./gpu_results). BUDGET (seconds, default 420) stops starting new bench
 # shapes; the whole script is killed at BUDGET + 150 s so it always returns.
@@ -32,6 +33,9 @@ for name in ("torch", "triton"):
 PY
 ARGS=(--out "$OUT" --budget-s "$BUDGET")
 [ "${QUICK:-0}" = "1" ] && ARGS+=(--quick)
+# GPU_ARGS: more flags for gpu_attention.py, e.g. "--no-packed --extra-configs --correctness-after"
+read -r -a EXTRA <<< "${GPU_ARGS:-}"
+ARGS+=("${EXTRA[@]}")
 timeout $((BUDGET + 150)) "$PY" bench/gpu_attention.py "${ARGS[@]}" 2>&1 | tee "$OUT/gpu_attention.log"
 rc=${PIPESTATUS[0]}
 echo "== exit code $rc (124 = killed by timeout; partial results are in $OUT/gpu_attention.json)"
