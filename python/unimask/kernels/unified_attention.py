@@ -4,9 +4,11 @@ The structure follows Triton's fused-attention tutorial (FlashAttention-2, Dao 2
 arXiv 2307.08691), as named stages:
 
 * :func:`_attn_fwd` -- forward with online softmax; saves the base-2 log-sum-exp per row.
-* :func:`_attn_bwd_preprocess` -- ``delta = rowsum(dO * O)``.
-* :func:`_attn_bwd_dkdv` -- one program per key/value tile (and kv head): dK, dV.
-* :func:`_attn_bwd_dq` -- one program per query tile: dQ.
+* :func:`_attn_bwd_dq` -- one program per query tile: ``delta = rowsum(dO * O)`` of its rows
+  (stored for the next kernel), then dQ. Computing ``delta`` here instead of in a separate
+  preprocess kernel (the tutorial's) saves a launch: the program loads its ``dO`` rows anyway.
+* :func:`_attn_bwd_dkdv` -- one program per key/value tile (and kv head): dK, dV, reading the
+  ``delta`` that :func:`_attn_bwd_dq` stored (launched after it on the same stream).
 * :class:`_UnifiedAttention` -- the ``torch.autograd.Function`` that wires them;
   :func:`attention` (padded ``[B, H, L, D]``) and :func:`attention_varlen` (packed ``[T, H, D]``).
 
@@ -304,30 +306,6 @@ def _attn_fwd(
 # backward
 # --------------------------------------------------------------------------------------------
 @triton.jit
-def _attn_bwd_preprocess(
-    O, DO, DELTA, SEQ, STARTS,
-    stride_ob, stride_oh, stride_om, stride_od,
-    stride_db, stride_dh, stride_dm, stride_dd,
-    H, L,
-    HEAD_DIM: tl.constexpr, VARLEN: tl.constexpr, BLOCK_M: tl.constexpr,
-):  # fmt: skip
-    """delta[b, h, i] = sum_d dO[b, h, i, d] * O[b, h, i, d] (fp32)."""
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // H).to(tl.int64)
-    h = (pid_bh % H).to(tl.int64)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, HEAD_DIM)
-    t0 = _doc_start(STARTS, b, VARLEN)
-    row_end = tl.load(SEQ + b) if VARLEN else L
-    ok = offs_m[:, None] < row_end
-    o = tl.load(O + b * stride_ob + t0 * stride_om + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od, mask=ok, other=0.0)
-    do = tl.load(DO + b * stride_db + t0 * stride_dm + h * stride_dh + offs_m[:, None] * stride_dm + offs_d[None, :] * stride_dd, mask=ok, other=0.0)
-    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
-    tl.store(DELTA + pid_bh.to(tl.int64) * L + offs_m, delta, mask=offs_m < L)
-
-
-@triton.jit
 def _dkdv_tiles(
     dk, dv, k, v, q_base, do_base, stride_qm, stride_qd, stride_dm, stride_dd, LSE, DELTA, row_base,
     mode, src, seq, offs_n, offs_d, start, end, qk_scale, dropout_p, seed, L,
@@ -460,18 +438,20 @@ def _dq_tiles(
 @_autotune(bwd_dq_configs)
 @triton.jit(do_not_specialize=["seed"])
 def _attn_bwd_dq(
-    Q, K, V, DO, DQ, LSE, DELTA, MODE, SRC, SEQ, STARTS,
+    Q, K, V, O, DO, DQ, LSE, DELTA, MODE, SRC, SEQ, STARTS,
     sm_scale, dropout_p, seed,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_ob, stride_oh, stride_om, stride_od,
     stride_db, stride_dh, stride_dm, stride_dd,
     stride_dqb, stride_dqh, stride_dqm, stride_dqd,
     H, GROUP, L, L_BUCKET,
     HEAD_DIM: tl.constexpr, IS_FP32: tl.constexpr, DOT_PREC: tl.constexpr, DROPOUT: tl.constexpr,
     VARLEN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
-    """One program per (query tile, b, head): dQ."""
+    """One program per (query tile, b, head): ``delta = rowsum(dO * O)`` of its rows (stored
+    for :func:`_attn_bwd_dkdv`), then dQ."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
@@ -489,9 +469,12 @@ def _attn_bwd_dq(
     t0 = _doc_start(STARTS, b, VARLEN)
     q = tl.load(Q + b * stride_qb + t0 * stride_qm + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd, mask=q_ok, other=0.0)
     do = tl.load(DO + b * stride_db + t0 * stride_dm + h * stride_dh + offs_m[:, None] * stride_dm + offs_d[None, :] * stride_dd, mask=q_ok, other=0.0)
+    o = tl.load(O + b * stride_ob + t0 * stride_om + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od, mask=q_ok, other=0.0)
     row_base = pid_bh.to(tl.int64) * L
     lse = tl.load(LSE + row_base + offs_m, mask=offs_m < seq, other=float("inf"))
-    delta = tl.load(DELTA + row_base + offs_m, mask=offs_m < seq, other=0.0)
+    # rows past seq_len: dO = O = 0, so delta = 0 (no kernel reads it there)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
+    tl.store(DELTA + row_base + offs_m, delta, mask=offs_m < L)
     k_base = K + b * stride_kb + t0 * stride_kn + hk * stride_kh
     v_base = V + b * stride_vb + t0 * stride_vn + hk * stride_vh
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
@@ -559,7 +542,8 @@ def _strides(t: torch.Tensor, varlen: bool) -> tuple[int, int, int, int]:
 
 
 class _UnifiedAttention(torch.autograd.Function):
-    """Forward: :func:`_attn_fwd`. Backward: preprocess delta, dK/dV kernel, dQ kernel.
+    """Forward: :func:`_attn_fwd`. Backward: the dQ kernel (which also stores ``delta``), then
+    the dK/dV kernel.
 
     Two layouts: padded ``[B, H, L, D]`` (``starts is None``) and packed ``[T, H, D]`` with
     documents starting at ``starts[b]`` and ``L`` = the longest document."""
@@ -596,15 +580,17 @@ class _UnifiedAttention(torch.autograd.Function):
         if B * H * L == 0:
             return (dq.zero_(), dk.zero_(), dv.zero_(), *nones)
         starts_arg = starts if varlen else seq
-        delta = torch.empty_like(lse)
-        pre_m = 16 if INTERPRET else 128
-        _attn_bwd_preprocess[(triton.cdiv(L, pre_m), B * H)](
-            o, do, delta, seq, starts_arg, *_strides(o, varlen), *_strides(do, varlen), H, L,
-            HEAD_DIM=D, VARLEN=varlen, BLOCK_M=pre_m,
-        )  # fmt: skip
+        delta = torch.empty_like(lse)  # written by the dQ kernel, read by the dK/dV kernel
         common = dict(
             HEAD_DIM=D, IS_FP32=q.dtype == torch.float32, DOT_PREC=_dot_precision(q.dtype),
             DROPOUT=ctx.dropout_p > 0.0, VARLEN=varlen, **_FIXED,
+        )  # fmt: skip
+        grid_q = lambda meta: (triton.cdiv(L, meta["BLOCK_M"]), B * H)  # noqa: E731
+        _attn_bwd_dq[grid_q](
+            q, k, v, o, do, dq, lse, delta, mode, src, seq, starts_arg, ctx.sm_scale, ctx.dropout_p, ctx.seed,
+            *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(o, varlen),
+            *_strides(do, varlen), *_strides(dq, varlen),
+            H, H // HK, L, _l_bucket(L), **common,
         )  # fmt: skip
         grid_kv = lambda meta: (triton.cdiv(L, meta["BLOCK_N"]), B * HK)  # noqa: E731
         _attn_bwd_dkdv[grid_kv](
@@ -612,13 +598,6 @@ class _UnifiedAttention(torch.autograd.Function):
             *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(do, varlen),
             *_strides(dk, varlen), *_strides(dv, varlen),
             H, HK, H // HK, L, _l_bucket(L), **common,
-        )  # fmt: skip
-        grid_q = lambda meta: (triton.cdiv(L, meta["BLOCK_M"]), B * H)  # noqa: E731
-        _attn_bwd_dq[grid_q](
-            q, k, v, do, dq, lse, delta, mode, src, seq, starts_arg, ctx.sm_scale, ctx.dropout_p, ctx.seed,
-            *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(do, varlen),
-            *_strides(dq, varlen),
-            H, H // HK, L, _l_bucket(L), **common,
         )  # fmt: skip
         return (dq, dk, dv, *nones)
 
