@@ -126,3 +126,22 @@ def test_autotune_configs_are_hopper_sized():
         for c in configs:
             assert c.kwargs["BLOCK_M"] in (32, 64, 128) and c.kwargs["BLOCK_N"] in (32, 64, 128)
             assert c.num_warps in (4, 8) and 2 <= c.num_stages <= 4
+
+
+def test_kernel_resources_reports_registers_and_spills():
+    """bench/kernel_resources.py (the spill report used to pick autotune candidates) reads the
+    cubin's resource usage: registers within the sm_90 limit, a stack size, the shared memory."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "kernel_resources.py"
+    if not path.is_file():
+        pytest.skip("bench/ is not beside the tests (not a source checkout)")
+    spec = importlib.util.spec_from_file_location("kernel_resources", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    line = mod.usage(K._attn_bwd_dq, K.bwd_dq_configs[-1], 64)
+    regs, stack, shared = line.split()[0], line.split()[1], int(line.split()[-1])
+    assert regs.startswith("REG:") and 0 < int(regs[4:]) <= 255, line
+    assert stack.startswith("STACK:") and int(stack[6:]) >= 0, line
+    assert 0 < shared <= 232448, line
