@@ -21,7 +21,12 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "python")]
+if str(ROOT / "tests") not in sys.path:
+    sys.path.insert(0, str(ROOT / "tests"))
+try:
+    import unimask.kernels  # noqa: F401 - the installed package (or an editable build)
+except ImportError:  # a bare checkout: the kernels from the source tree
+    sys.path.insert(0, str(ROOT / "python"))
 
 import test_attention_compile as T  # noqa: E402
 

@@ -13,6 +13,7 @@ kernel through TTIR -> TTGIR -> LLVM -> PTX -> cubin (bundled ptxas) for ``GPUTa
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 
@@ -128,7 +129,7 @@ def test_autotune_configs_are_hopper_sized():
             assert c.num_warps in (4, 8) and 2 <= c.num_stages <= 4
 
 
-def test_kernel_resources_reports_registers_and_spills():
+def test_kernel_resources_reports_registers_and_spills(monkeypatch):
     """bench/kernel_resources.py (the spill report used to pick autotune candidates) reads the
     cubin's resource usage: registers within the sm_90 limit, a stack size, the shared memory."""
     import importlib.util
@@ -137,6 +138,7 @@ def test_kernel_resources_reports_registers_and_spills():
     path = Path(__file__).resolve().parents[1] / "bench" / "kernel_resources.py"
     if not path.is_file():
         pytest.skip("bench/ is not beside the tests (not a source checkout)")
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the tool may prepend paths: never leak them
     spec = importlib.util.spec_from_file_location("kernel_resources", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
