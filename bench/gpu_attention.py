@@ -510,8 +510,8 @@ profile_shapes = {(512, 64, "mixed"), (1024, 64, "mixed"), (512, 128, "mixed"), 
 
 #: --extra-configs: candidates tried by the autotuner on top of the shipped ones
 #: (BLOCK_M, BLOCK_N, num_warps, num_stages), to see whether any beats them on this GPU.
-#: These compile without spills at D 64 (and mostly at D 128) for sm_90, where the shipped
-#: configs of the same tile sizes spill 100-2000 bytes per thread
+#: These compile without spills at D 64 (and mostly at D 128) for sm_90, where every shipped
+#: dK/dV config spills 150-2800 bytes per thread
 #: (``python bench/kernel_resources.py``; docs/attention.md). Run 2 of 2026-11-28 tried an
 #: earlier list: the winners of it are shipped, the rest never won.
 EXTRA_CONFIGS = {
