@@ -280,6 +280,7 @@ def unified_attention_varlen(
     scale: float | None = None,
     dropout_p: float = 0.0,
     backend: str | None = None,
+    check: bool = True,
 ) -> torch.Tensor:
     """Packed rows: several documents per row, each with its own mode, no padding.
 
@@ -290,6 +291,10 @@ def unified_attention_varlen(
         attn_mode, src_len: int ``[N]``, per document, as in :mod:`unimask.masks`.
         max_seqlen: longest document (computed when ``None``).
         scale, dropout_p, backend: as in :func:`unified_attention`.
+        check: validate ``cu_seqlens`` and the per-document integers (this reads them on the
+            host: a CUDA sync). A model validates them once per forward and passes
+            ``check=False`` in every layer, with ``cu_seqlens``, ``attn_mode``, ``src_len`` on
+            ``q``'s device and ``max_seqlen`` given (invalid values then give wrong results).
 
     Returns:
         ``[T, H, D]``; token ``t`` of document ``d`` attends, under ``attn_mode[d]``, only to
@@ -297,7 +302,12 @@ def unified_attention_varlen(
     """
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
-    cu, lens, mode, src, max_seqlen = _check_varlen(q, k, v, cu_seqlens, attn_mode, src_len, max_seqlen)
+    if check:
+        cu, _, mode, src, max_seqlen = _check_varlen(q, k, v, cu_seqlens, attn_mode, src_len, max_seqlen)
+    elif max_seqlen is None:
+        raise ValueError("unified_attention_varlen(check=False) needs max_seqlen")
+    else:
+        cu, mode, src, max_seqlen = cu_seqlens, attn_mode, src_len, int(max_seqlen)
     if select_backend(q, backend) == "triton":
         return _kernel_module().attention_varlen(q, k, v, cu, mode, src, max_seqlen, scale, dropout_p)
     return reference_attention_varlen(q, k, v, cu, mode, src, scale, dropout_p)

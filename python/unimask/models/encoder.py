@@ -27,13 +27,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..attention import unified_attention
+from ..attention import unified_attention, unified_attention_varlen
 from ..masks import check_mask_args
 from .config import EncoderConfig
 
 __all__ = [
     "EncoderOutput",
     "KVCache",
+    "PackedRows",
+    "resolve_packed_args",
     "Embeddings",
     "SelfAttention",
     "EncoderLayer",
@@ -127,6 +129,59 @@ def resolve_mask_args(
     return attn_mode.to(device), src_len.to(device), seq_len.to(device)
 
 
+@dataclass(frozen=True)
+class PackedRows:
+    """Documents packed into the rows of a ``[B, L]`` batch: document ``d`` is the flattened
+    tokens ``[cu_seqlens[d], cu_seqlens[d+1])`` of the ``B * L`` (int64 on the batch's device),
+    ``max_seqlen`` the longest document. See :meth:`TransformerEncoder.forward`."""
+
+    cu_seqlens: torch.Tensor
+    max_seqlen: int
+
+
+def resolve_packed_args(
+    input_shape: tuple[int, int],
+    cu_seqlens: torch.Tensor,
+    attn_mode: torch.Tensor | None,
+    src_len: torch.Tensor | None,
+    max_positions: int,
+    device: torch.device,
+) -> tuple[PackedRows, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Validate packed-row inputs once per forward (one host read of ``cu_seqlens``).
+
+    Returns ``(PackedRows, attn_mode, src_len, position_ids)``: per-document integers on
+    ``device`` (``attn_mode`` defaults to bidirectional, ``src_len`` to 0) and ``[B, L]``
+    positions restarting at 0 at each document's first token.
+    """
+    B, L = input_shape
+    cu = torch.as_tensor(cu_seqlens)
+    if cu.dtype.is_floating_point or cu.dtype == torch.bool or cu.dim() != 1 or cu.numel() < 2:
+        raise TypeError(f"cu_seqlens must be a 1-D integer tensor [N + 1], got {cu.dtype} {tuple(cu.shape)}")
+    host = cu.to(torch.int64).cpu()
+    lens = host[1:] - host[:-1]
+    if int(host[0]) != 0 or int(host[-1]) != B * L:
+        raise ValueError(
+            f"cu_seqlens must start at 0 and end at B * L = {B * L} (every token of the [{B}, {L}] batch "
+            f"in one document), got {int(host[0])} .. {int(host[-1])}"
+        )
+    if (lens < 0).any():
+        d = int((lens < 0).nonzero()[0, 0])
+        raise ValueError(f"cu_seqlens must be non-decreasing: cu_seqlens[{d + 1}] < cu_seqlens[{d}]")
+    max_seqlen = int(lens.max())
+    if max_seqlen > max_positions:
+        raise ValueError(f"a document of {max_seqlen} tokens exceeds max_position_embeddings {max_positions}")
+    N = lens.numel()
+    if attn_mode is None:
+        attn_mode = torch.zeros(N, dtype=torch.int64)
+    if src_len is None:
+        src_len = torch.zeros(N, dtype=torch.int64)
+    attn_mode, src_len, _ = check_mask_args(attn_mode, src_len, lens, max_seqlen)
+    starts = torch.repeat_interleave(host[:-1], lens, output_size=B * L)
+    positions = (torch.arange(B * L) - starts).view(B, L)
+    packed = PackedRows(host.to(device), max_seqlen)
+    return packed, attn_mode.to(device), src_len.to(device), positions.to(device)
+
+
 class Embeddings(nn.Module):
     """Token + absolute position + segment embeddings, then LayerNorm and dropout (BERT)."""
 
@@ -171,8 +226,15 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, attn_mode: torch.Tensor, src_len: torch.Tensor,
                 seq_len: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor] | None = None,
-                positions: torch.Tensor | None = None) -> torch.Tensor:
+                positions: torch.Tensor | None = None, packed: PackedRows | None = None) -> torch.Tensor:
         B, L, C = x.shape
+        if packed is not None:  # documents packed in rows: [B * L, H, D] views, no copies
+            q, k, v = (t.reshape(B * L, self.n_head, self.head_dim) for t in self.qkv(x).split(C, dim=2))
+            y = unified_attention_varlen(
+                q, k, v, packed.cu_seqlens, attn_mode, src_len, packed.max_seqlen,
+                dropout_p=self.dropout_p if self.training else 0.0, backend=self.backend, check=False,
+            )
+            return self.proj(y.reshape(B, L, C))
         q, k, v = (self._heads(t) for t in self.qkv(x).split(C, dim=2))
         if positions is None:
             if cache is not None:  # prefill: remember this prefix's keys/values
@@ -213,11 +275,11 @@ class EncoderLayer(nn.Module):
         self.pre_ln = config.pre_layer_norm
 
     def forward(self, x: torch.Tensor, attn_mode: torch.Tensor, src_len: torch.Tensor,
-                seq_len: torch.Tensor, cache=None, positions=None) -> torch.Tensor:
+                seq_len: torch.Tensor, cache=None, positions=None, packed: PackedRows | None = None) -> torch.Tensor:
         if self.pre_ln:
-            x = x + self.drop(self.attn(self.ln1(x), attn_mode, src_len, seq_len, cache, positions))
+            x = x + self.drop(self.attn(self.ln1(x), attn_mode, src_len, seq_len, cache, positions, packed))
             return x + self.drop(self.fc2(self.act(self.fc1(self.ln2(x)))))
-        x = self.ln1(x + self.drop(self.attn(x, attn_mode, src_len, seq_len, cache, positions)))
+        x = self.ln1(x + self.drop(self.attn(x, attn_mode, src_len, seq_len, cache, positions, packed)))
         return self.ln2(x + self.drop(self.fc2(self.act(self.fc1(x)))))
 
 
@@ -266,8 +328,9 @@ class TransformerEncoder(nn.Module):
         position_ids: torch.Tensor | None = None,
         cache: KVCache | None = None,
         cache_positions: torch.Tensor | None = None,
+        cu_seqlens: torch.Tensor | None = None,
     ) -> EncoderOutput:
-        """Encode a right-padded batch.
+        """Encode a right-padded batch, or documents packed into rows (``cu_seqlens``).
 
         Args:
             input_ids: int ``[B, L]``.
@@ -278,10 +341,28 @@ class TransformerEncoder(nn.Module):
             position_ids: ``[B, L]`` or ``[1, L]`` absolute positions (default ``0..L-1``).
             cache, cache_positions: incremental decoding (see :class:`KVCache`); with
                 ``cache`` and no ``cache_positions`` the call is a prefill that fills the cache.
+            cu_seqlens: packed rows (:class:`unimask.collators.PackingCollator`): int ``[N + 1]``
+                over the ``B * L`` flattened tokens, document ``d`` = tokens
+                ``[cu_seqlens[d], cu_seqlens[d+1])``; every token belongs to one document
+                (a row's padding is a document of its own). ``attn_mode``/``src_len`` are then
+                per document ``[N]``; no token attends across documents (the Triton kernel's
+                varlen path, or the reference document by document); ``position_ids`` default
+                to positions restarting at each document. Replaces ``attention_mask`` /
+                ``seq_len``; not with ``cache``.
         """
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
-        if cache_positions is not None:
+        packed = None
+        if cu_seqlens is not None:
+            if attention_mask is not None or seq_len is not None or cache is not None or cache_positions is not None:
+                raise ValueError("cu_seqlens (packed rows) replaces attention_mask / seq_len and does not take a cache")
+            packed, attn_mode, src_len, doc_positions = resolve_packed_args(
+                tuple(input_ids.shape), cu_seqlens, attn_mode, src_len,
+                self.config.max_position_embeddings, input_ids.device,
+            )
+            if position_ids is None:
+                position_ids = doc_positions
+        elif cache_positions is not None:
             position_ids = cache_positions
         else:
             attn_mode, src_len, seq_len = resolve_mask_args(
@@ -292,7 +373,7 @@ class TransformerEncoder(nn.Module):
         hidden = [x] if output_hidden_states else None
         for i, layer in enumerate(self.layers):
             layer_cache = (cache.k[i], cache.v[i]) if cache is not None else None
-            x = layer(x, attn_mode, src_len, seq_len, layer_cache, cache_positions)
+            x = layer(x, attn_mode, src_len, seq_len, layer_cache, cache_positions, packed)
             if hidden is not None:
                 hidden.append(x)
         if self.final_ln is not None:

@@ -173,8 +173,10 @@ class BertForPretraining(_EncoderWithLMHead):
                 attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                 next_sentence_label: torch.Tensor | None = None, seq_len: torch.Tensor | None = None,
                 attn_mode: torch.Tensor | None = None, src_len: torch.Tensor | None = None,
+                cu_seqlens: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
                 **unused: torch.Tensor) -> PretrainingOutput:
-        out = self.encoder(input_ids, token_type_ids, attention_mask, attn_mode, src_len, seq_len=seq_len)
+        out = self.encoder(input_ids, token_type_ids, attention_mask, attn_mode, src_len, seq_len=seq_len,
+                           cu_seqlens=cu_seqlens, position_ids=position_ids)
         mlm_loss, logits, y = self._mlm(out.last_hidden_state, labels)
         nsp_logits = self.nsp(out.pooler_output)
         nsp_loss = None

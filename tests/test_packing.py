@@ -1,0 +1,236 @@
+"""Packed rows end to end: the packing (first-fit), the collator's columns, and the encoder's
+``cu_seqlens`` path checked against encoding every document on its own (the oracle: packing
+must change nothing but where the tokens sit)."""
+
+from __future__ import annotations
+
+import pickle
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from unimask.collators import MLMCollator, UnifiedLMCollator
+from unimask.models import BertForPretraining, EncoderConfig, TransformerEncoder
+from unimask.packing import PackingCollator, pack_first_fit
+
+IDS = dict(vocab_size=100, pad_id=0, cls_id=1, sep_id=2, mask_id=3)
+
+
+def _docs(n: int, seed: int, lo: int = 3, hi: int = 20) -> list[list[int]]:
+    rng = random.Random(seed)
+    return [[1] + [rng.randrange(5, 100) for _ in range(rng.randrange(lo, hi) - 2)] + [2] for _ in range(n)]
+
+
+# --------------------------------------------------------------------------------------------
+# pack_first_fit
+# --------------------------------------------------------------------------------------------
+def test_first_fit_hand_cases():
+    assert pack_first_fit([5, 3, 7, 2, 4], 8) == [[0, 1], [2], [3, 4]]
+    assert pack_first_fit([4, 4, 4, 4], 8) == [[0, 1], [2, 3]]
+    assert pack_first_fit([6, 3, 2, 1], 6) == [[0], [1, 2, 3]]
+    assert pack_first_fit([], 8) == []
+    assert pack_first_fit([0, 8], 8) == [[0, 1]]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_first_fit_invariants(seed):
+    rng = random.Random(seed)
+    cap = rng.randrange(4, 64)
+    lens = [rng.randrange(0, cap + 1) for _ in range(rng.randrange(0, 60))]
+    rows = pack_first_fit(lens, cap)
+    flat = [i for r in rows for i in r]
+    assert sorted(flat) == list(range(len(lens)))  # every document exactly once
+    for r in rows:
+        assert r == sorted(r) and sum(lens[i] for i in r) <= cap  # in order, within a row's room
+    # first fit: when document i was placed, no earlier row had room for it
+    room = []
+    where = {i: k for k, r in enumerate(rows) for i in r}
+    for i, n in enumerate(lens):
+        k = where[i]
+        assert all(free < n for free in room[:k]), (i, room, k)
+        if k == len(room):
+            room.append(cap)
+        room[k] -= n
+    # never worse than ceil(2 * sum / cap) + 1 rows (each pair of rows holds > cap tokens)
+    assert len(rows) <= max(1, 2 * -(-sum(lens) // cap)) + 1
+
+
+def test_first_fit_errors():
+    with pytest.raises(ValueError, match="document 1 has 9 tokens"):
+        pack_first_fit([3, 9], 8)
+    with pytest.raises(ValueError, match="capacity"):
+        pack_first_fit([1], 0)
+    with pytest.raises(ValueError, match="negative"):
+        pack_first_fit([-1], 4)
+
+
+# --------------------------------------------------------------------------------------------
+# PackingCollator
+# --------------------------------------------------------------------------------------------
+def test_collator_columns_rebuild_the_documents():
+    docs = _docs(40, seed=1)
+    collate = PackingCollator(MLMCollator(**IDS, seed=3), max_length=48)
+    b = collate(docs)
+    R, L = b["input_ids"].shape
+    assert R < len(docs) and L <= 48
+    assert set(b) >= {"input_ids", "labels", "token_type_ids", "cu_seqlens", "attn_mode", "src_len", "num_documents"}
+    assert "attention_mask" not in b and "seq_len" not in b
+    cu = b["cu_seqlens"].tolist()
+    assert cu[0] == 0 and cu[-1] == R * L and all(x <= y for x, y in zip(cu, cu[1:]))
+    assert len(b["attn_mode"]) == len(b["src_len"]) == len(cu) - 1 == len(docs) + R  # docs + one padding doc per row
+    # undo the masking: a labelled position held its label, the others their input id
+    original = torch.where(b["labels"] != -100, b["labels"], b["input_ids"]).reshape(-1).tolist()
+    rows = pack_first_fit([len(d) for d in docs], 48)
+    d = 0
+    for r, members in enumerate(rows):
+        assert int(b["num_documents"][r]) == len(members)
+        for i in members:
+            assert original[cu[d]:cu[d + 1]] == docs[i]  # the document, whole, in packing order
+            assert cu[d] // L == r and (cu[d + 1] - 1) // L == r  # inside its row
+            d += 1
+        pad = original[cu[d]:cu[d + 1]]
+        assert pad == [0] * len(pad)  # the row's padding document
+        d += 1
+    # special tokens are never predicted; about 15% of the rest is
+    flat_labels = b["labels"].reshape(-1)
+    ids = torch.tensor(original)
+    assert not bool(((ids <= 2) & (flat_labels != -100)).any())
+    rate = float((flat_labels != -100).sum()) / float((ids > 2).sum())
+    assert 0.08 < rate < 0.25, rate
+
+
+def test_collator_is_deterministic_picklable_and_pads_to_max_length():
+    docs = _docs(16, seed=2)
+    a = PackingCollator(MLMCollator(**IDS, seed=5), max_length=40, pad_to_max_length=True)
+    b = pickle.loads(pickle.dumps(a))
+    x, y = a(docs, indices=list(range(100, 116))), b(docs, indices=list(range(100, 116)))
+    assert all(torch.equal(x[k], y[k]) for k in x)
+    assert x["input_ids"].shape[1] == 40
+    assert x["cu_seqlens"][-1] == x["input_ids"].numel()
+    z = a(docs, indices=list(range(200, 216)))  # other sample indices, other masks
+    assert not torch.equal(x["labels"], z["labels"])
+    a.set_epoch(1)
+    assert not torch.equal(a(docs, indices=list(range(100, 116)))["labels"], x["labels"])
+
+
+def test_collator_errors():
+    collate = PackingCollator(MLMCollator(**IDS), max_length=8)
+    with pytest.raises(ValueError, match="more than a row's 8"):
+        collate([[1, 5, 2], list(range(1, 11))])
+    with pytest.raises(TypeError, match="text"):
+        collate(["some text"])
+    with pytest.raises(ValueError, match="empty"):
+        collate([])
+    with pytest.raises(ValueError, match="max_length"):
+        PackingCollator(MLMCollator(**IDS), max_length=0)
+
+
+# --------------------------------------------------------------------------------------------
+# the encoder's packed path vs every document alone
+# --------------------------------------------------------------------------------------------
+def _encoder(**kw) -> TransformerEncoder:
+    torch.manual_seed(0)
+    cfg = EncoderConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=64, type_vocab_size=2,
+                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **kw)
+    return TransformerEncoder(cfg).double().eval()
+
+
+@pytest.mark.parametrize("pre_ln", [False, True])
+def test_packed_encoder_matches_each_document_alone(pre_ln):
+    enc = _encoder(pre_layer_norm=pre_ln)
+    docs = _docs(12, seed=4, hi=30)
+    b = PackingCollator(MLMCollator(**IDS, mlm_probability=0.0), max_length=64)(docs)
+    # per-document modes: every UNILM mode, seq2seq with its source length
+    n = len(b["attn_mode"])
+    rng = random.Random(0)
+    lens = (b["cu_seqlens"][1:] - b["cu_seqlens"][:-1]).tolist()
+    mode = torch.tensor([rng.randrange(4) for _ in range(n)])
+    src = torch.tensor([rng.randrange(0, m + 1) for m in lens])
+    with torch.no_grad():
+        out = enc(b["input_ids"], b["token_type_ids"], attn_mode=mode, src_len=src, cu_seqlens=b["cu_seqlens"])
+        flat = out.last_hidden_state.reshape(-1, 32)
+        cu = b["cu_seqlens"].tolist()
+        for d in range(n):
+            if lens[d] == 0:
+                continue
+            ids = b["input_ids"].reshape(-1)[cu[d]:cu[d + 1]][None]
+            alone = enc(ids, attn_mode=mode[d:d + 1], src_len=src[d:d + 1]).last_hidden_state[0]
+            torch.testing.assert_close(flat[cu[d]:cu[d + 1]], alone, rtol=1e-9, atol=1e-9)
+
+
+def test_packed_pretraining_loss_and_gradients():
+    torch.manual_seed(0)
+    cfg = EncoderConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=64, type_vocab_size=2)
+    model = BertForPretraining(cfg).train()
+    docs = _docs(20, seed=6)
+    b = PackingCollator(MLMCollator(**IDS, seed=1), max_length=64)(docs)
+    out = model(**b)
+    assert out.nsp_loss is None and torch.isfinite(out.loss)
+    out.loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    # the same predictions as the padded layout of the same masked documents, one per row
+    model.double().eval()
+    with torch.no_grad():
+        packed = model(**b)
+        cu = b["cu_seqlens"].tolist()
+        ids, labels = b["input_ids"].reshape(-1), b["labels"].reshape(-1)
+        docs_ids = [ids[cu[d]:cu[d + 1]] for d in range(len(cu) - 1)]
+        docs_lab = [labels[cu[d]:cu[d + 1]] for d in range(len(cu) - 1)]
+        keep = [d for d in range(len(docs_ids)) if len(docs_ids[d]) and (docs_ids[d][0] == 1)]
+        L = max(len(docs_ids[d]) for d in keep)
+        pid = torch.zeros(len(keep), L, dtype=torch.long)
+        plab = torch.full((len(keep), L), -100)
+        for r, d in enumerate(keep):
+            pid[r, : len(docs_ids[d])] = docs_ids[d]
+            plab[r, : len(docs_lab[d])] = docs_lab[d]
+        seq = torch.tensor([len(docs_ids[d]) for d in keep])
+        padded = model(pid, labels=plab, seq_len=seq)
+    torch.testing.assert_close(packed.mlm_labels, padded.mlm_labels, rtol=0, atol=0)  # the same targets, in order
+    torch.testing.assert_close(packed.mlm_logits, padded.mlm_logits, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(packed.mlm_loss, padded.mlm_loss, rtol=1e-9, atol=1e-9)
+
+
+def test_unilm_collator_rows_pack_too():
+    """UnifiedLMCollator's n-gram masking works on packed rows (the rows are its samples)."""
+    b = PackingCollator(UnifiedLMCollator(**IDS, seed=2), max_length=48)(_docs(24, seed=7))
+    assert (b["labels"] != -100).any()
+    assert b["cu_seqlens"][-1] == b["input_ids"].numel()
+
+
+def test_packed_encoder_rejects_bad_inputs():
+    enc = _encoder()
+    ids = torch.randint(5, 100, (2, 10))
+    with pytest.raises(ValueError, match="end at B \\* L = 20"):
+        enc(ids, cu_seqlens=torch.tensor([0, 10, 19]))
+    with pytest.raises(ValueError, match="non-decreasing"):
+        enc(ids, cu_seqlens=torch.tensor([0, 12, 10, 20]))
+    with pytest.raises(ValueError, match="replaces attention_mask"):
+        enc(ids, attention_mask=torch.ones(2, 10), cu_seqlens=torch.tensor([0, 10, 20]))
+    with pytest.raises(TypeError, match="cu_seqlens must be a 1-D integer"):
+        enc(ids, cu_seqlens=torch.tensor([0.0, 20.0]))
+    with pytest.raises(ValueError, match="attn_mode\\[1\\] = 7"):
+        enc(ids, cu_seqlens=torch.tensor([0, 10, 20]), attn_mode=torch.tensor([0, 7]))
+    long = _encoder()
+    ids = torch.randint(5, 100, (2, 40))
+    with pytest.raises(ValueError, match="exceeds max_position_embeddings"):
+        long(ids.reshape(1, 80), cu_seqlens=torch.tensor([0, 80]))
+    # an all-padding batch split anywhere still runs: documents of any length, empty ones too
+    out = enc(torch.zeros(2, 10, dtype=torch.long), cu_seqlens=torch.tensor([0, 0, 7, 20]))
+    assert torch.isfinite(out.last_hidden_state).all()
+
+
+def test_varlen_attention_check_false_needs_max_seqlen_and_agrees():
+    from unimask.attention import unified_attention_varlen
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(20, 2, 8, dtype=torch.float64) for _ in range(3))
+    cu, mode, src = torch.tensor([0, 7, 7, 20]), torch.tensor([3, 0, 1]), torch.tensor([4, 0, 0])
+    with pytest.raises(ValueError, match="needs max_seqlen"):
+        unified_attention_varlen(q, k, v, cu, mode, src, check=False)
+    checked = unified_attention_varlen(q, k, v, cu, mode, src)
+    unchecked = unified_attention_varlen(q, k, v, cu, mode, src, max_seqlen=13, check=False)
+    torch.testing.assert_close(checked, unchecked, rtol=0, atol=0)
