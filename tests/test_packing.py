@@ -234,3 +234,29 @@ def test_varlen_attention_check_false_needs_max_seqlen_and_agrees():
     checked = unified_attention_varlen(q, k, v, cu, mode, src)
     unchecked = unified_attention_varlen(q, k, v, cu, mode, src, max_seqlen=13, check=False)
     torch.testing.assert_close(checked, unchecked, rtol=0, atol=0)
+
+
+def test_dataloader_workers_give_the_same_batches():
+    """With IndexedDataset samples, 2 forked workers collate exactly what 0 workers do."""
+    import multiprocessing as mp
+
+    from torch.utils.data import DataLoader
+
+    from unimask.datasets import IndexedDataset
+
+    if "fork" not in mp.get_all_start_methods():
+        pytest.skip("no fork start method on this platform")
+    ds = IndexedDataset([np.asarray(d, dtype=np.int64) for d in _docs(64, seed=9)])
+    collate = PackingCollator(MLMCollator(**IDS, seed=4), max_length=40)
+
+    def run(workers):
+        dl = DataLoader(ds, batch_size=16, num_workers=workers, collate_fn=collate,
+                        multiprocessing_context="fork" if workers else None)
+        return list(dl)
+
+    a, b = run(0), run(2)
+    assert len(a) == len(b) == 4
+    for x, y in zip(a, b):
+        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+    with pytest.raises(ValueError, match="every sample"):
+        collate([{"input_ids": [1, 5, 2], "index": 0}, {"input_ids": [1, 6, 2]}])

@@ -89,8 +89,9 @@ class PackingCollator:
     flattened tokens (the documents, and each row's padding as one more document),
     ``attn_mode`` (bidirectional) and ``src_len`` int64 ``[N]``, ``num_documents`` int64 ``[R]``
     (real documents per row). Masks are drawn per row from the collator's seed, epoch and the
-    index of the row's first sample (its position in the stream, or ``indices``), so the same
-    samples give the same batch whatever the DataLoader's workers.
+    index of the row's first sample (``indices=``, the samples' ``index`` keys as
+    :class:`unimask.datasets.IndexedDataset` adds them, or else a running count), so with
+    indices the same samples give the same batch whatever the DataLoader's workers.
     """
 
     def __init__(self, collator: Any, max_length: int, pad_to_max_length: bool = False) -> None:
@@ -129,6 +130,11 @@ class PackingCollator:
         if not batch:
             raise ValueError("cannot collate an empty batch")
         docs = [_ids_of(s, i) for i, s in enumerate(batch)]
+        given = [s.get("index") for s in batch if isinstance(s, dict) and s.get("index") is not None]
+        if indices is None and given and len(given) != len(batch):
+            raise ValueError("either every sample of a batch has an 'index' or none has")
+        if indices is None and given:  # unimask.datasets.IndexedDataset samples
+            indices = given
         if indices is None:
             idx = np.arange(self._counter, self._counter + len(docs), dtype=np.int64)
             self._counter += len(docs)
