@@ -194,11 +194,16 @@ def test_packed_pretraining_loss_and_gradients():
     torch.testing.assert_close(packed.mlm_loss, padded.mlm_loss, rtol=1e-9, atol=1e-9)
 
 
-def test_unilm_collator_rows_pack_too():
-    """UnifiedLMCollator's n-gram masking works on packed rows (the rows are its samples)."""
-    b = PackingCollator(UnifiedLMCollator(**IDS, seed=2), max_length=48)(_docs(24, seed=7))
-    assert (b["labels"] != -100).any()
-    assert b["cu_seqlens"][-1] == b["input_ids"].numel()
+def test_only_mlm_collators_are_packed():
+    """A UniLM collator draws one mode per row, causal targets would run across documents."""
+    from unimask.collators import CausalLMCollator
+
+    for other in (UnifiedLMCollator(**IDS), CausalLMCollator(vocab_size=100, pad_id=0, bos_id=1, eos_id=2)):
+        with pytest.raises(TypeError, match="packs samples for an MLMCollator"):
+            PackingCollator(other, max_length=48)
+    # MLMCollator's n-gram recipe on packed rows
+    b = PackingCollator(MLMCollator(**IDS, span="ngram", seed=2), max_length=48)(_docs(24, seed=7))
+    assert (b["labels"] != -100).any() and b["cu_seqlens"][-1] == b["input_ids"].numel()
 
 
 def test_packed_encoder_rejects_bad_inputs():

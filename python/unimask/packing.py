@@ -6,8 +6,8 @@ input, the Triton kernel's varlen path), and positions restart at each document.
 the end of a row is a document of its own that no loss looks at.
 
 :func:`pack_first_fit` assigns documents to rows; :class:`PackingCollator` packs a batch of
-samples, masks the rows with a masking collator (:class:`unimask.collators.MLMCollator` or
-:class:`unimask.collators.UnifiedLMCollator`) and adds the packed-row columns::
+samples, masks the rows with a :class:`unimask.collators.MLMCollator` and adds the packed-row
+columns::
 
     from unimask.collators import MLMCollator
     from unimask.packing import PackingCollator
@@ -74,10 +74,11 @@ class PackingCollator:
     """Pack samples into rows of ``max_length`` and mask the rows with ``collator``.
 
     Args:
-        collator: a masking collator for single sequences (:class:`~unimask.collators.MLMCollator`,
-            :class:`~unimask.collators.UnifiedLMCollator`); it sees each row as one sample that
-            already holds its special tokens, so it never masks a document's ``[CLS]``/``[SEP]``,
-            and its per-sample budget (``exact_count``) is counted per row.
+        collator: the :class:`~unimask.collators.MLMCollator` that masks the rows (any of its
+            recipes: BERT 80/10/10, whole words from ``vocab=``, SpanBERT spans, n-grams); it
+            sees each row as one sample that already holds its special tokens, so it never
+            masks a document's ``[CLS]``/``[SEP]``, and its per-sample budget
+            (``exact_count``) is counted per row.
         max_length: tokens per row; a longer sample raises ``ValueError``.
         pad_to_max_length: pad every row to ``max_length`` (fixed shapes for CUDA graphs or
             ``torch.compile``) instead of to the longest row of the batch.
@@ -95,8 +96,14 @@ class PackingCollator:
     """
 
     def __init__(self, collator: Any, max_length: int, pad_to_max_length: bool = False) -> None:
-        if not callable(collator):
-            raise TypeError(f"collator must be a callable collator, got {type(collator).__name__}")
+        from .collators import MLMCollator  # noqa: PLC0415
+
+        if not isinstance(collator, MLMCollator):
+            raise TypeError(
+                f"PackingCollator packs samples for an MLMCollator, got {type(collator).__name__}: "
+                "UnifiedLMCollator draws one attention mode per row, and causal / MASS / T5 targets "
+                "would run across the documents of a row"
+            )
         if isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)) or max_length < 1:
             raise ValueError(f"max_length must be an integer >= 1, got {max_length!r}")
         self.collator = collator
