@@ -88,8 +88,8 @@ class PackingCollator:
     ``input_ids``, ``token_type_ids``, ``labels`` as ``[R, L]`` and, instead of its
     ``attention_mask`` / ``seq_len``: ``cu_seqlens`` int64 ``[N + 1]`` over the ``R * L``
     flattened tokens (the documents, and each row's padding as one more document),
-    ``attn_mode`` (bidirectional) and ``src_len`` int64 ``[N]``, ``num_documents`` int64 ``[R]``
-    (real documents per row). Masks are drawn per row from the collator's seed, epoch and the
+    ``attn_mode`` (bidirectional) and ``src_len`` int64 ``[N]``, ``num_documents`` and
+    ``num_tokens`` int64 ``[R]`` (real documents and tokens per row). Masks are drawn per row from the collator's seed, epoch and the
     index of the row's first sample (``indices=``, the samples' ``index`` keys as
     :class:`unimask.datasets.IndexedDataset` adds them, or else a running count), so with
     indices the same samples give the same batch whatever the DataLoader's workers.
@@ -172,4 +172,5 @@ class PackingCollator:
         result["attn_mode"] = torch.zeros(n, dtype=torch.int64)
         result["src_len"] = torch.zeros(n, dtype=torch.int64)
         result["num_documents"] = torch.tensor(per_row, dtype=torch.int64)
+        result["num_tokens"] = torch.tensor([sum(docs[i].size for i in r) for r in rows], dtype=torch.int64)
         return result

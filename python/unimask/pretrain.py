@@ -143,11 +143,17 @@ class CorpusCollator:
       for :class:`~unimask.collators.CausalLMCollator` (``[CLS]``/``[SEP]`` as BOS/EOS).
     * ``mass``: the sentence, for :class:`~unimask.collators.MASSCollator`.
 
+    ``pack=True`` (``mlm`` only): each sentence is one document ``[CLS] sentence [SEP]``, packed
+    with the others of the batch into rows of ``max_length``
+    (:class:`unimask.packing.PackingCollator`): no NSP, no padding but a row's tail, attention
+    inside each sentence.
+
     Picklable.
     """
 
     def __init__(self, documents: list[list[list[int]]], objective: str, max_length: int,
-                 special: SpecialIds, mask_prob: float = 0.15, max_predictions: int = 20) -> None:
+                 special: SpecialIds, mask_prob: float = 0.15, max_predictions: int = 20,
+                 pack: bool = False) -> None:
         from .collators import CausalLMCollator, MASSCollator, MLMCollator, UnifiedLMCollator  # noqa: PLC0415
 
         if objective not in OBJECTIVES:
@@ -156,15 +162,23 @@ class CorpusCollator:
             raise ValueError(f"max_length must be >= 8, got {max_length}")
         if not documents:
             raise ValueError("documents is empty")
+        if pack and objective != "mlm":
+            raise ValueError(f"packing needs the mlm objective (one attention mode per document), got {objective!r}")
         self.documents = documents
         self.objective = objective
         self.max_length = max_length
+        self.pack = pack
+        self.special = special
         ids = dict(vocab_size=special.vocab_size, pad_id=special.pad, cls_id=special.cls,
                    sep_id=special.sep, mask_id=special.mask)
         masking = dict(mlm_probability=mask_prob, max_predictions=max_predictions,
                        max_length=max_length, truncation=True)
         if objective == "unilm":
             self.collator = UnifiedLMCollator(**ids, **masking)
+        elif objective == "mlm" and pack:
+            from .packing import PackingCollator  # noqa: PLC0415
+
+            self.collator = PackingCollator(MLMCollator(**ids, **masking), max_length)
         elif objective == "mlm":
             self.collator = MLMCollator(**ids, **masking, add_special_tokens=True)
         elif objective == "causal":
@@ -187,6 +201,8 @@ class CorpusCollator:
         nxt = doc[s + 1] if s + 1 < len(doc) else None
         if self.objective == "unilm":
             return (doc[s], nxt) if nxt is not None else doc[s]
+        if self.objective == "mlm" and self.pack:
+            return [self.special.cls, *doc[s][: self.max_length - 2], self.special.sep]
         if self.objective == "mlm":
             if nxt is not None and rng.random() < 0.5:
                 return (doc[s], nxt, 0)
@@ -210,9 +226,10 @@ class CorpusCollator:
 
 
 def make_collate(documents: list[list[list[int]]], objective: str, max_length: int,
-                 special: SpecialIds) -> Callable[[Sequence[Example], Sequence[int]], Batch]:
-    """The data step: a collator ``(examples, seeds) -> batch`` for ``objective``."""
-    return CorpusCollator(documents, objective, max_length, special)
+                 special: SpecialIds, pack: bool = False) -> Callable[[Sequence[Example], Sequence[int]], Batch]:
+    """The data step: a collator ``(examples, seeds) -> batch`` for ``objective`` (``pack``:
+    sentences packed into rows, ``mlm`` only; see :class:`CorpusCollator`)."""
+    return CorpusCollator(documents, objective, max_length, special, pack=pack)
 
 
 def examples_of(documents: list[list[list[int]]]) -> list[Example]:
@@ -319,6 +336,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="micro-batch size per process")
     p.add_argument("--grad-accum", type=int, default=1)
     p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--pack", action="store_true",
+                   help="mlm only: pack each batch's sentences into rows of --max-length (no NSP; attention stays in each sentence)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=30, help="warmup steps")
     p.add_argument("--hidden", type=int, default=128)
@@ -371,6 +390,9 @@ def run(args: argparse.Namespace) -> int:
     if args.steps < 1 or args.batch_size < 1:
         print(f"unimask pretrain: --steps and --batch-size must be >= 1 (got {args.steps}, {args.batch_size})", file=sys.stderr)
         return 2
+    if args.pack and args.objective != "mlm":
+        print(f"unimask pretrain: --pack needs --objective mlm (got {args.objective})", file=sys.stderr)
+        return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     rank, world, device = _init_distributed(args.device)
@@ -385,15 +407,15 @@ def run(args: argparse.Namespace) -> int:
     if not train_docs:
         print(f"unimask pretrain: corpus {corpus} has too few documents ({len(docs)})", file=sys.stderr)
         return 2
-    collate_train = make_collate(train_docs, args.objective, args.max_length, special)
-    collate_held = make_collate(held_docs, args.objective, args.max_length, special)
+    collate_train = make_collate(train_docs, args.objective, args.max_length, special, args.pack)
+    collate_held = make_collate(held_docs, args.objective, args.max_length, special, args.pack)
     source = CorpusBatches(examples_of(train_docs), collate_train, args.batch_size, args.seed, rank, world)
     held_ex = examples_of(held_docs)
     n_eval = min(len(held_ex), args.eval_batches * args.batch_size)
     eval_batches = [collate_held(held_ex[i:min(i + args.batch_size, n_eval)], list(range(10_000 + i, 10_000 + min(i + args.batch_size, n_eval))))
                     for i in range(0, n_eval, args.batch_size)]
     n_train = sum(len(d) for d in train_docs)
-    say(f"unimask pretrain: objective {args.objective}, corpus {corpus} ({len(train_docs)} train / "
+    say(f"unimask pretrain: objective {args.objective}{' (packed rows)' if args.pack else ''}, corpus {corpus} ({len(train_docs)} train / "
         f"{len(held_docs)} held-out documents, {n_train} sentences), {world} process(es), device {device or 'auto'}")
 
     model = build_model(args.objective, special.vocab_size, args.max_length, args.hidden, args.layers, args.heads)

@@ -213,6 +213,8 @@ def _dist():
 
 
 def _count_tokens(batch: Batch) -> int:
+    if "num_tokens" in batch:  # packed rows (unimask.packing): real tokens per row
+        return int(batch["num_tokens"].sum())
     for key in ("seq_len", "attention_mask"):
         if key in batch:
             t = batch[key]
