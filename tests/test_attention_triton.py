@@ -68,7 +68,7 @@ CASES = [
 CASE_NAMES = [c["name"] for c in CASES]
 
 
-def _varlen_case(name, lens, modes, srcs, H, HK, D, max_seqlen=None, seed=0):
+def _varlen_case(name, lens, modes, srcs, H, HK, D, max_seqlen=None, seed=0, layout="contiguous"):
     g = torch.Generator().manual_seed(seed)
     T = sum(lens)
     q = torch.randn(T, H, D, generator=g, dtype=torch.float64)
@@ -76,13 +76,16 @@ def _varlen_case(name, lens, modes, srcs, H, HK, D, max_seqlen=None, seed=0):
     v = torch.randn(T, HK, D, generator=g, dtype=torch.float64)
     do = torch.randn(T, H, D, generator=g, dtype=torch.float64)
     cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()])
-    return dict(name=name, q=q, k=k, v=v, do=do, cu=cu, mode=torch.tensor(modes), src=torch.tensor(srcs), max_seqlen=max_seqlen or max(lens))
+    return dict(name=name, q=q, k=k, v=v, do=do, cu=cu, mode=torch.tensor(modes), src=torch.tensor(srcs),
+                max_seqlen=max_seqlen or max(lens), layout=layout)
 
 
 # packed rows: an empty document, a 1-token one, lengths off the tile grid, GQA, every mode
 VARLEN_CASES = [
     _varlen_case("varlen_gqa", [5, 0, 17, 33, 1, 20], [3, 0, 2, 1, 3, 0], [2, 0, 0, 0, 1, 0], 4, 2, 16, seed=7),
     _varlen_case("varlen_maxlen_padded_D32", [31, 9], [3, 2], [30, 0], 2, 2, 32, max_seqlen=40, seed=8),
+    # q, k, v as the packed encoder passes them: [T, H, D] views of one fused [T, 3 * H * D] projection
+    _varlen_case("varlen_fused_qkv_views", [7, 13, 4, 0, 24], [0, 3, 1, 2, 0], [0, 5, 0, 0, 0], 2, 2, 16, seed=9, layout="qkv"),
 ]
 
 
@@ -123,10 +126,20 @@ def _worker(inp: str, out: str) -> None:
             r["other_seed_differs"] = not torch.equal(other, o)
     results["varlen"] = {}
     for c in payload["varlen"]:
-        q, k, v = (c[n].float().requires_grad_() for n in ("q", "k", "v"))
-        o = K.attention_varlen(q, k, v, c["cu"], c["mode"], c["src"], c["max_seqlen"])
-        o.backward(c["do"].float())
-        results["varlen"][c["name"]] = dict(o=o.detach(), dq=q.grad, dk=k.grad, dv=v.grad)
+        if c.get("layout") == "qkv":  # strided views (row stride 3 * H * D) of one tensor
+            T, H, D = c["q"].shape
+            fused = torch.cat([c[n].float().reshape(T, -1) for n in ("q", "k", "v")], dim=1).requires_grad_()
+            q, k, v = (t.reshape(T, H, D) for t in fused.split(H * D, dim=1))
+            assert not q.is_contiguous()
+            o = K.attention_varlen(q, k, v, c["cu"], c["mode"], c["src"], c["max_seqlen"])
+            o.backward(c["do"].float())
+            dq, dk, dv = (g.reshape(T, H, D) for g in fused.grad.split(H * D, dim=1))
+        else:
+            q, k, v = (c[n].float().requires_grad_() for n in ("q", "k", "v"))
+            o = K.attention_varlen(q, k, v, c["cu"], c["mode"], c["src"], c["max_seqlen"])
+            o.backward(c["do"].float())
+            dq, dk, dv = q.grad, k.grad, v.grad
+        results["varlen"][c["name"]] = dict(o=o.detach(), dq=dq, dk=dk, dv=dv)
     # the public entry point dispatches to the kernel when asked to
     c = payload["cases"][0]
     args = (c["q"].float(), c["k"].float(), c["v"].float(), c["mode"], c["src"], c["seq"])
