@@ -58,3 +58,12 @@ def test_pretrain_step_stage_runs_without_the_minilm_package():
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "vocabulary trained on the bundled corpus" in r.stdout, r.stdout
     assert "ratio unimask / reference:" in r.stdout, r.stdout
+
+
+def test_packing_step_stage_runs():
+    """Stage 3 of bench/gpu_check.sh (bench_packing.py): both sides step, packed uses fewer slots."""
+    script = SCRIPT.parent / "bench_packing.py"
+    r = subprocess.run([sys.executable, str(script), "1"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    slots = {line.split()[0]: float(line.split()[3]) for line in r.stdout.splitlines() if "token slots/batch" in line}
+    assert set(slots) == {"packed", "padded"} and slots["packed"] < slots["padded"], r.stdout
