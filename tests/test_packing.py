@@ -123,6 +123,8 @@ def test_collator_errors():
         collate(["some text"])
     with pytest.raises(ValueError, match="empty"):
         collate([])
+    with pytest.raises(ValueError, match="sample 1 is empty"):
+        collate([[1, 5, 2], []])
     with pytest.raises(ValueError, match="max_length"):
         PackingCollator(MLMCollator(**IDS), max_length=0)
 

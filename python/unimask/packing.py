@@ -67,6 +67,8 @@ def _ids_of(sample: Any, i: int) -> np.ndarray:
     arr = np.asarray(ids)
     if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iu"):
         raise TypeError(f"sample {i} must be a 1-D sequence of token ids, got {arr.dtype} {arr.shape}")
+    if arr.size == 0:
+        raise ValueError(f"sample {i} is empty (a document holds at least its special tokens)")
     return arr.astype(np.int64, copy=False)
 
 
@@ -89,8 +91,8 @@ class PackingCollator:
     ``attention_mask`` / ``seq_len``: ``cu_seqlens`` int64 ``[N + 1]`` over the ``R * L``
     flattened tokens (the documents, and each row's padding as one more document),
     ``attn_mode`` (bidirectional) and ``src_len`` int64 ``[N]``, ``num_documents`` and
-    ``num_tokens`` int64 ``[R]`` (real documents and tokens per row). Masks are drawn per row from the collator's seed, epoch and the
-    index of the row's first sample (``indices=``, the samples' ``index`` keys as
+    ``num_tokens`` int64 ``[R]`` (real documents and tokens per row). Masks are drawn per row
+    from the collator's seed, epoch and the index of the row's first sample (``indices=``, the samples' ``index`` keys as
     :class:`unimask.datasets.IndexedDataset` adds them, or else a running count), so with
     indices the same samples give the same batch whatever the DataLoader's workers.
     """
@@ -113,8 +115,7 @@ class PackingCollator:
 
     def set_epoch(self, epoch: int) -> None:
         """Masks of ``epoch`` from now on (passed to the wrapped collator)."""
-        if hasattr(self.collator, "set_epoch"):
-            self.collator.set_epoch(epoch)
+        self.collator.set_epoch(epoch)
         self._counter = 0
 
     def __repr__(self) -> str:
@@ -156,14 +157,11 @@ class PackingCollator:
             out = self._pad(out, self.max_length)
         R, L = out["input_ids"].shape
         lens: list[int] = []
-        per_row = []
+        tokens = []
         for r in rows:
-            used = 0
-            for i in r:
-                lens.append(docs[i].size)
-                used += docs[i].size
-            per_row.append(len(r))
-            lens.append(L - used)  # the row's padding: one document (possibly empty)
+            lens += [docs[i].size for i in r]
+            tokens.append(sum(docs[i].size for i in r))
+            lens.append(L - tokens[-1])  # the row's padding: one document (possibly empty)
         cu = np.zeros(len(lens) + 1, dtype=np.int64)
         np.cumsum(lens, out=cu[1:])
         n = len(lens)
@@ -171,6 +169,6 @@ class PackingCollator:
         result["cu_seqlens"] = torch.from_numpy(cu)
         result["attn_mode"] = torch.zeros(n, dtype=torch.int64)
         result["src_len"] = torch.zeros(n, dtype=torch.int64)
-        result["num_documents"] = torch.tensor(per_row, dtype=torch.int64)
-        result["num_tokens"] = torch.tensor([sum(docs[i].size for i in r) for r in rows], dtype=torch.int64)
+        result["num_documents"] = torch.tensor([len(r) for r in rows], dtype=torch.int64)
+        result["num_tokens"] = torch.tensor(tokens, dtype=torch.int64)
         return result
