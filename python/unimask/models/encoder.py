@@ -341,7 +341,7 @@ class TransformerEncoder(nn.Module):
             position_ids: ``[B, L]`` or ``[1, L]`` absolute positions (default ``0..L-1``).
             cache, cache_positions: incremental decoding (see :class:`KVCache`); with
                 ``cache`` and no ``cache_positions`` the call is a prefill that fills the cache.
-            cu_seqlens: packed rows (:class:`unimask.collators.PackingCollator`): int ``[N + 1]``
+            cu_seqlens: packed rows (:class:`unimask.packing.PackingCollator`): int ``[N + 1]``
                 over the ``B * L`` flattened tokens, document ``d`` = tokens
                 ``[cu_seqlens[d], cu_seqlens[d+1])``; every token belongs to one document
                 (a row's padding is a document of its own). ``attn_mode``/``src_len`` are then
