@@ -407,6 +407,63 @@ def dropout_check(torch, masks, K, res: "Results", D_: Dev) -> None:
         res.save()
 
 
+def packed_model_check(torch, res: "Results", D_: Dev) -> None:
+    """A packed TransformerEncoder (cu_seqlens: the varlen kernel inside a model, on views of the
+    fused QKV projection) against each document encoded alone, and against the same packed batch
+    on the reference path; fp32 (exact fp32 dots), forward and the gradient of the embeddings."""
+    name = "packed encoder (varlen in a model) vs documents alone and vs reference"
+    row: dict = {"case": name}
+    try:
+        models = importlib.import_module("unimask.models")
+        dev = D_.name
+        H, D = (2, 64) if not D_.dry else (2, 16)
+        rows = [[37, 5, 120, 64], [1, 200]] if not D_.dry else [[7, 5, 9], [1, 12]]
+        L = 256 if not D_.dry else 24
+        lens = []
+        for r in rows:
+            lens += r + [L - sum(r)]
+        cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()])
+        g = torch.Generator().manual_seed(3)
+        mode = torch.randint(0, 4, (len(lens),), generator=g)
+        src = torch.tensor([int(torch.randint(0, n + 1, (1,), generator=g)) for n in lens])
+        ids = torch.randint(5, 100, (len(rows), L), generator=g)
+
+        def build(backend):
+            torch.manual_seed(0)
+            cfg = models.EncoderConfig(vocab_size=100, hidden_size=H * D, num_hidden_layers=2, num_attention_heads=H,
+                                       intermediate_size=2 * H * D, max_position_embeddings=512, hidden_dropout_prob=0.0,
+                                       attention_probs_dropout_prob=0.0, attention_backend=backend)
+            return models.TransformerEncoder(cfg).to(dev)
+
+        kernel = "triton" if not D_.dry else "reference"
+        enc, ref = build(kernel), build("reference")
+        outs = {}
+        for tag, m in (("packed", enc), ("reference", ref)):
+            out = m(ids.to(dev), attn_mode=mode.to(dev), src_len=src.to(dev), cu_seqlens=cu.to(dev)).last_hidden_state
+            out.pow(2).sum().backward()
+            outs[tag] = (out.detach().reshape(-1, H * D), m.embeddings.word.weight.grad.clone())
+        alone = torch.zeros_like(outs["packed"][0])
+        with torch.no_grad():
+            flat = ids.reshape(-1)
+            for d in range(len(lens)):
+                a, b = int(cu[d]), int(cu[d + 1])
+                if b > a:
+                    alone[a:b] = enc(flat[a:b][None].to(dev), attn_mode=mode[d:d + 1].to(dev),
+                                     src_len=src[d:d + 1].to(dev)).last_hidden_state[0]
+        row["vs_alone_max_err"] = (outs["packed"][0] - alone).abs().max().item()
+        row["vs_reference_max_err"] = (outs["packed"][0] - outs["reference"][0]).abs().max().item()
+        gref = outs["reference"][1]
+        row["grad_vs_reference_rel_err"] = ((outs["packed"][1] - gref).abs().max() / gref.abs().max()).item()
+        row["pass"] = max(row["vs_alone_max_err"], row["vs_reference_max_err"]) < 1e-3 and row["grad_vs_reference_rel_err"] < 1e-3
+        log(f"correctness {name}: {'PASS' if row['pass'] else 'FAIL'} vs alone {row['vs_alone_max_err']:.2e} "
+            f"vs reference {row['vs_reference_max_err']:.2e} grad (relative) {row['grad_vs_reference_rel_err']:.2e}")
+    except Exception as e:  # noqa: BLE001
+        row["error"] = res.error(f"correctness {name}", e)
+        row["pass"] = False
+    res.data["correctness"].append(row)
+    res.save()
+
+
 def correctness(torch, masks, attention, K, res: Results, quick: bool, D_: Dev, tuned_only: bool = False) -> None:
     """Kernel vs reference. ``tuned_only``: after the benchmark, with the configs it tuned
     (bf16, the benchmark's dtype, only; no dropout / packed / FlexAttention checks)."""
@@ -483,6 +540,7 @@ def correctness(torch, masks, attention, K, res: Results, quick: bool, D_: Dev, 
         return
     dropout_check(torch, masks, K, res, D_)
     varlen_check(torch, attention, K, res, D_)
+    packed_model_check(torch, res, D_)
     # FlexAttention semantics check (so that the comparison is apples to apples)
     try:
         from torch.nn.attention.flex_attention import flex_attention
