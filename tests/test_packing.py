@@ -267,3 +267,62 @@ def test_dataloader_workers_give_the_same_batches():
         assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
     with pytest.raises(ValueError, match="every sample"):
         collate([{"input_ids": [1, 5, 2], "index": 0}, {"input_ids": [1, 6, 2]}])
+
+
+# --------------------------------------------------------------------------------------------
+# fine-tuning batches: pack_padded + SequenceClassifier on packed rows
+# --------------------------------------------------------------------------------------------
+def _padded_batch(n: int, L: int, seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    lens = torch.randint(3, L + 1, (n,), generator=g)
+    lens[0] = L
+    ids = torch.randint(5, 100, (n, L), generator=g)
+    ids[:, 0] = 1
+    am = (torch.arange(L)[None, :] < lens[:, None]).long()
+    ids = ids * am
+    tt = ((torch.arange(L)[None, :] >= (lens[:, None] // 2)) & (am == 1)).long()  # pairs: second half type 1
+    return {"input_ids": ids, "attention_mask": am, "token_type_ids": tt,
+            "labels": torch.randint(0, 3, (n,), generator=g)}
+
+
+def test_pack_padded_layout():
+    from unimask.packing import pack_padded
+
+    b = _padded_batch(20, 24, seed=0)
+    p = pack_padded(b, max_length=48)
+    lens = b["attention_mask"].sum(1)
+    assert torch.equal(p["doc_lengths"], lens) and torch.equal(p["labels"], b["labels"])
+    R, L = p["input_ids"].shape
+    assert R < 20 and L <= 48 and p["cu_seqlens"][-1] == R * L and "attention_mask" not in p
+    flat_ids, flat_tt = p["input_ids"].reshape(-1), p["token_type_ids"].reshape(-1)
+    for i in range(20):  # every example, whole, where doc_starts says, in its own row
+        s, n = int(p["doc_starts"][i]), int(lens[i])
+        assert torch.equal(flat_ids[s:s + n], b["input_ids"][i, :n])
+        assert torch.equal(flat_tt[s:s + n], b["token_type_ids"][i, :n])
+        assert s // L == (s + n - 1) // L
+    covered = torch.zeros(R * L, dtype=torch.long)
+    for i in range(20):
+        covered[int(p["doc_starts"][i]):int(p["doc_starts"][i]) + int(lens[i])] += 1
+    assert covered.max() == 1 and int(covered.sum()) == int(lens.sum())  # no overlaps
+    assert flat_ids[covered == 0].eq(0).all()  # the rest is padding
+    with pytest.raises(ValueError, match="right-padding"):
+        pack_padded({"input_ids": b["input_ids"], "attention_mask": b["attention_mask"].flip(1)}, 48)
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean", "concat"])
+def test_packed_classifier_logits_equal_the_padded_ones(pooling):
+    from unimask.finetune.data import LabelMap
+    from unimask.finetune.heads import SequenceClassifier
+    from unimask.packing import pack_padded
+
+    torch.manual_seed(0)
+    cfg = EncoderConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=64, type_vocab_size=2)
+    model = SequenceClassifier(cfg, LabelMap(["a", "b", "c"]), pooling=pooling).double().eval()
+    b = _padded_batch(12, 20, seed=1)
+    with torch.no_grad():
+        padded = model(**b)
+        packed = model(**pack_padded(b, max_length=40))
+    assert packed.logits.shape == padded.logits.shape == (12, 3)
+    torch.testing.assert_close(packed.logits, padded.logits, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(packed.loss, padded.loss, rtol=1e-9, atol=1e-9)

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["pack_first_fit", "PackingCollator"]
+__all__ = ["pack_first_fit", "PackingCollator", "pack_padded"]
 
 
 def pack_first_fit(lengths: Sequence[int], capacity: int) -> list[list[int]]:
@@ -172,3 +172,51 @@ class PackingCollator:
         result["num_documents"] = torch.tensor([len(r) for r in rows], dtype=torch.int64)
         result["num_tokens"] = torch.tensor(tokens, dtype=torch.int64)
         return result
+
+
+def pack_padded(batch: dict[str, torch.Tensor], max_length: int) -> dict[str, torch.Tensor]:
+    """Pack a right-padded batch of whole sequences (one example each: a fine-tuning batch) into
+    rows of ``max_length``.
+
+    ``batch``: ``input_ids`` ``[N, L]`` and ``attention_mask`` ``[N, L]`` (right padding), plus
+    any other ``[N, L]`` token columns (``token_type_ids``) and per-example columns (``labels``
+    ``[N]``), which are kept as they are. Returns the token columns as ``[R, L']`` rows
+    (first-fit, :func:`pack_first_fit`; padding 0), ``cu_seqlens`` / ``attn_mode`` /
+    ``src_len`` for the encoder (each row's padding one more document), and, per example in the
+    input order, ``doc_starts`` (flattened position of its first token) and ``doc_lengths``:
+    a model pools example ``i`` from tokens ``doc_starts[i] : doc_starts[i] + doc_lengths[i]``,
+    so its outputs come back in the input order.
+    """
+    ids = batch["input_ids"]
+    if ids.dim() != 2 or "attention_mask" not in batch:
+        raise ValueError("pack_padded needs input_ids [N, L] and a right-padding attention_mask [N, L]")
+    N, L = ids.shape
+    lengths = batch["attention_mask"].to(torch.int64).sum(1)
+    if not torch.equal(batch["attention_mask"].to(torch.int64),
+                       (torch.arange(L)[None, :] < lengths[:, None]).to(torch.int64)):
+        raise ValueError("pack_padded needs a right-padding attention_mask (tokens first, padding last)")
+    lens = lengths.tolist()
+    rows = pack_first_fit(lens, max_length)
+    width = max(sum(lens[i] for i in r) for r in rows) if rows else 0
+    token_cols = [k for k, v in batch.items() if k != "attention_mask" and v.dim() == 2 and v.shape == (N, L)]
+    out = {k: torch.zeros((len(rows), width), dtype=batch[k].dtype) for k in token_cols}
+    starts = torch.zeros(N, dtype=torch.int64)
+    seg: list[int] = []
+    for r, members in enumerate(rows):
+        pos = 0
+        for i in members:
+            n = lens[i]
+            for k in token_cols:
+                out[k][r, pos:pos + n] = batch[k][i, :n]
+            starts[i] = r * width + pos
+            seg.append(n)
+            pos += n
+        seg.append(width - pos)  # the row's padding
+    cu = torch.zeros(len(seg) + 1, dtype=torch.int64)
+    cu[1:] = torch.tensor(seg, dtype=torch.int64).cumsum(0)
+    for k, v in batch.items():
+        if k not in out and k != "attention_mask":
+            out[k] = v
+    out.update(cu_seqlens=cu, attn_mode=torch.zeros(len(seg), dtype=torch.int64),
+               src_len=torch.zeros(len(seg), dtype=torch.int64), doc_starts=starts, doc_lengths=lengths)
+    return out

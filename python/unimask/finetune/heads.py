@@ -52,6 +52,7 @@ __all__ = [
     "Seq2SeqFinetuner",
     "MassFinetuner",
     "pool_hidden",
+    "pool_packed",
     "best_span",
     "answer_token_span",
     "span_text",
@@ -104,6 +105,33 @@ def pool_hidden(hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooli
     if pooling == "concat":
         last_idx = (m.sum(1) - 1).clamp(min=0)
         last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_idx]
+        return torch.cat([last, mx, mean], dim=-1)
+    raise ValueError(f"pooling must be one of {POOLINGS + ('max',)}, got {pooling!r}")
+
+
+def pool_packed(hidden: torch.Tensor, doc_starts: torch.Tensor, doc_lengths: torch.Tensor, pooling: str) -> torch.Tensor:
+    """:func:`pool_hidden` for packed rows: ``hidden`` ``[R, L, H]``, example ``i`` = flattened
+    tokens ``doc_starts[i] : doc_starts[i] + doc_lengths[i]`` (:func:`unimask.packing.pack_padded`);
+    returns ``[N, H]`` (``[N, 3H]`` for ``concat``) in the examples' order."""
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    starts, lengths = doc_starts.to(flat.device), doc_lengths.to(flat.device)
+    if pooling == "cls":
+        return flat[starts]
+    N = starts.shape[0]
+    owner = torch.repeat_interleave(torch.arange(N, device=flat.device), lengths)
+    tok = torch.repeat_interleave(starts, lengths) + (
+        torch.arange(owner.shape[0], device=flat.device) - torch.repeat_interleave(lengths.cumsum(0) - lengths, lengths))
+    h = flat[tok]
+    mean = torch.zeros(N, flat.shape[-1], dtype=flat.dtype, device=flat.device).index_add_(0, owner, h)
+    mean = mean / lengths.clamp(min=1).to(flat.dtype)[:, None]
+    if pooling == "mean":
+        return mean
+    mx = torch.full((N, flat.shape[-1]), torch.finfo(flat.dtype).min, dtype=flat.dtype, device=flat.device)
+    mx = mx.scatter_reduce(0, owner[:, None].expand_as(h), h, reduce="amax", include_self=True)
+    if pooling == "max":
+        return mx
+    if pooling == "concat":
+        last = flat[starts + (lengths - 1).clamp(min=0)]
         return torch.cat([last, mx, mean], dim=-1)
     raise ValueError(f"pooling must be one of {POOLINGS + ('max',)}, got {pooling!r}")
 
@@ -244,9 +272,26 @@ class SequenceClassifier(_TaskModel):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-                **unused: Any) -> TaskOutput:
-        out = self.encode(input_ids, attention_mask, token_type_ids)
-        logits = self.classifier(self.dropout(self.pooled(out, attention_mask)))
+                cu_seqlens: torch.Tensor | None = None, doc_starts: torch.Tensor | None = None,
+                doc_lengths: torch.Tensor | None = None, attn_mode: torch.Tensor | None = None,
+                src_len: torch.Tensor | None = None, **unused: Any) -> TaskOutput:
+        """Logits ``[N, num_labels]`` and the loss when ``labels`` is given.
+
+        Packed rows (:func:`unimask.packing.pack_padded`: ``cu_seqlens``, ``doc_starts``,
+        ``doc_lengths``): the examples share rows without attending to each other, and are
+        pooled from their own tokens, so the logits come back one per example, in order."""
+        if cu_seqlens is not None:
+            if doc_starts is None or doc_lengths is None:
+                raise ValueError("packed rows need doc_starts and doc_lengths (unimask.packing.pack_padded)")
+            out = self.encoder(input_ids, token_type_ids, attn_mode=attn_mode, src_len=src_len, cu_seqlens=cu_seqlens)
+            if self.pooling == "cls" and self.encoder.pooler is not None:
+                pooled = torch.tanh(self.encoder.pooler(pool_packed(out.last_hidden_state, doc_starts, doc_lengths, "cls")))
+            else:
+                pooled = pool_packed(out.last_hidden_state, doc_starts, doc_lengths, self.pooling)
+        else:
+            out = self.encode(input_ids, attention_mask, token_type_ids)
+            pooled = self.pooled(out, attention_mask)
+        logits = self.classifier(self.dropout(pooled))
         loss = None
         if labels is not None:
             if self.problem_type == "regression":
