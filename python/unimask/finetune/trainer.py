@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.heads import MLMHead, gather_labelled
+from ..packing import pack_padded
 from ..training import configure_optimizers, linear_schedule
 from .cvt import CrossViewHeads, classifier_cvt_loss, cross_view_kl
 from .data import Example, LabelMap, load_unlabeled
@@ -87,6 +88,7 @@ class FinetuneConfig:
     log_every: int = 0
     precision: str = "fp32"  # fp32 | bf16 (autocast of the forward passes, on CUDA or the CPU)
     grad_accum: int = 1  # micro-batches of batch_size per optimizer step
+    pack: bool = False  # classification/regression: pack each batch's examples into rows of max_length
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -119,6 +121,8 @@ class FinetuneConfig:
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
         if isinstance(self.grad_accum, bool) or not isinstance(self.grad_accum, int) or self.grad_accum < 1:
             raise ValueError(f"grad_accum must be an int >= 1, got {self.grad_accum!r}")
+        if self.pack and (self.aux_lm_weight or self.cvt_unlabeled is not None):
+            raise ValueError("pack=True does not combine with the auxiliary LM or CVT (their batches are padded)")
         if self.grad_accum > 1 and self.cvt_unlabeled is not None:
             raise ValueError("grad_accum > 1 does not combine with CVT (its consistency steps come between the task "
                              "steps)")
@@ -421,6 +425,8 @@ def finetune_classifier(model: SequenceClassifier, tokenizer, train: Sequence[Ex
     extra_tasks = dict(extra_tasks or {})
     if "main" in extra_tasks:
         raise ValueError("'main' is the name of the main task; rename the extra task")
+    if cfg.pack and (extra_tasks or unlabeled is not None):
+        raise ValueError("pack=True is for single-task fine-tuning (no extra tasks, no CVT)")
     if cfg.lm_finetune_steps:
         lm_losses = lm_finetune(model.encoder, tokenizer, [e.text for e in train], cfg.lm_finetune_steps, cfg, log)
     else:
@@ -478,7 +484,10 @@ def finetune_classifier(model: SequenceClassifier, tokenizer, train: Sequence[Ex
         plan = mtdnn_schedule(counts, cfg.seed, epoch) if extra_tasks else [("main", b) for b in range(per_epoch)]
         for position, (task, b) in enumerate(plan):
             idx = orders[task][b * cfg.batch_size: (b + 1) * cfg.batch_size]
-            batch = _to(encode_examples(tokenizer, [data[task][i] for i in idx], cfg.max_length, maps[task]), device)
+            batch = encode_examples(tokenizer, [data[task][i] for i in idx], cfg.max_length, maps[task])
+            if cfg.pack:  # the same examples, fewer padded tokens: the loss and gradients are unchanged
+                batch = pack_padded(batch, cfg.max_length)
+            batch = _to(batch, device)
             with _autocast(cfg, device):
                 if task == "main":
                     out = model(**batch)
@@ -512,8 +521,9 @@ def finetune_classifier(model: SequenceClassifier, tokenizer, train: Sequence[Ex
 
 @torch.no_grad()
 def predict(model: SequenceClassifier, tokenizer, examples: Sequence[Example], max_length: int = 128,
-            batch_size: int = 64) -> torch.Tensor:
-    """Logits ``[N, num_labels]`` for ``examples`` (eval mode)."""
+            batch_size: int = 64, pack: bool = False) -> torch.Tensor:
+    """Logits ``[N, num_labels]`` for ``examples`` (eval mode); ``pack``: each batch's examples
+    packed into rows of ``max_length`` (:func:`unimask.packing.pack_padded`), same logits."""
     was = model.training
     model.eval()
     out = []
@@ -521,7 +531,10 @@ def predict(model: SequenceClassifier, tokenizer, examples: Sequence[Example], m
         for s in range(0, len(examples), batch_size):
             chunk = [Example(e.text, e.text_pair) for e in examples[s: s + batch_size]]
             device = next(model.parameters()).device
-            out.append(model(**_to(encode_examples(tokenizer, chunk, max_length), device)).logits.float().cpu())
+            batch = encode_examples(tokenizer, chunk, max_length)
+            if pack:
+                batch = pack_padded(batch, max_length)
+            out.append(model(**_to(batch, device)).logits.float().cpu())
     finally:
         model.train(was)
     return torch.cat(out)
@@ -531,7 +544,7 @@ def evaluate_classifier(model: SequenceClassifier, tokenizer, examples: Sequence
                         cfg: FinetuneConfig | None = None) -> dict[str, float]:
     """Accuracy, per-class and macro/micro F1 (classification) or MSE and Pearson r (regression)."""
     max_length = cfg.max_length if cfg is not None else 128
-    logits = predict(model, tokenizer, examples, max_length)
+    logits = predict(model, tokenizer, examples, max_length, pack=cfg is not None and cfg.pack)
     if model.problem_type == "regression":
         pred = logits[:, 0]
         gold = torch.tensor([float(e.label) for e in examples])
