@@ -135,3 +135,21 @@ def test_finetune_cli_mtdnn_extra_task(minilm_dir, tmp_path):
     assert sorted((x["task"], x["batch"]) for x in h) == [("attrib", 0), ("attrib", 1), ("attrib", 2),
                                                          ("main", 0), ("main", 1)]
     assert main(argv[:-2] + ["--extra-task", "nofile"]) == 2
+
+
+def test_finetune_cli_pack(minilm_dir, tmp_path, capsys):
+    """--pack trains a classifier on packed rows (recorded in the config); tasks without a packed
+    path refuse the flag."""
+    rows = [json.loads(x) for x in (FIXTURES / "fortunes_train.jsonl").read_text().splitlines()[:24]]
+    data = tmp_path / "tiny.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    argv = ["finetune", "--model", str(minilm_dir), "--train", str(data), "--eval", str(data), "--epochs", "1",
+            "--output", str(tmp_path / "o"), "--max-length", "32", "--batch-size", "8", "--quiet", "--pack"]
+    assert main(argv) == 0
+    m = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert m["config"]["pack"] is True and len(m["history"]) == 3 and 0.0 <= m["accuracy"] <= 1.0
+    assert all(x["loss"] == x["loss"] for x in m["history"])  # finite, not NaN
+    capsys.readouterr()
+    assert main(["finetune", "--task", "tag", "--model", str(minilm_dir), "--train", str(data), "--eval", str(data),
+                 "--output", str(tmp_path / "t"), "--pack"]) == 2
+    assert "--task tag does not take --pack" in capsys.readouterr().err

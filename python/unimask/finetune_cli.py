@@ -112,6 +112,9 @@ def add_finetune_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--num-beams", type=int, default=1, help="seq2seq: beam size of the decoding (1 = greedy)")
     p.add_argument("--mask-prob", type=float, default=0.7,
                    help="seq2seq: probability of masking each target token (UNILM: 0.7)")
+    p.add_argument("--pack", action="store_true",
+                   help="classify/regress: pack each batch's examples into rows of --max-length (fewer padded "
+                        "tokens, the same training; unimask.packing)")
     p.add_argument("--grad-accum", type=int, default=1,
                    help="micro-batches of --batch-size per optimizer step (effective batch = both multiplied)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
@@ -204,7 +207,7 @@ def _finetune_config(args: argparse.Namespace, **extra: Any):
         warmup_frac=args.warmup_frac, discriminative_lr=args.discriminative_lr,
         gradual_unfreeze=args.gradual_unfreeze, aux_lm_weight=args.aux_lm_weight,
         lm_finetune_steps=args.lm_finetune_steps, seed=args.seed, log_every=0 if args.quiet else 10,
-        precision=args.precision, grad_accum=args.grad_accum, **extra)
+        precision=args.precision, grad_accum=args.grad_accum, pack=args.pack, **extra)
 
 
 #: whether each task-specific flag of ``finetune`` was given
@@ -218,6 +221,7 @@ _GIVEN = {
     "--aux-lm-weight": lambda a: a.aux_lm_weight is not None,
     "--lm-finetune-steps": lambda a: a.lm_finetune_steps > 0,
     "--pooling": lambda a: a.pooling != "cls",
+    "--pack": lambda a: a.pack,
 }
 
 
@@ -285,7 +289,7 @@ def _run_seq2seq(args: argparse.Namespace, log) -> int:
     from .tokenizer import WordPieceTokenizer  # noqa: PLC0415
 
     try:
-        _refuse_flags(args, "seq2seq", ("--text-pair-field", "--extra-task", "--cvt-unlabeled", "--cvt-weight",
+        _refuse_flags(args, "seq2seq", ("--pack", "--text-pair-field", "--extra-task", "--cvt-unlabeled", "--cvt-weight",
                                         "--aux-lm-weight", "--lm-finetune-steps", "--pooling"))
         if args.max_target_length < 1 or args.num_beams < 1 or not 0 < args.mask_prob <= 1:
             raise ValueError(f"--max-target-length and --num-beams must be >= 1 and --mask-prob in (0, 1], got "
@@ -333,7 +337,7 @@ def _run_qa(args: argparse.Namespace, log) -> int:
     from .tokenizer import WordPieceTokenizer  # noqa: PLC0415
 
     try:
-        _refuse_flags(args, "qa", ("--text-field", "--label-field", "--text-pair-field", "--extra-task",
+        _refuse_flags(args, "qa", ("--pack", "--text-field", "--label-field", "--text-pair-field", "--extra-task",
                                    "--cvt-unlabeled", "--cvt-weight", "--aux-lm-weight", "--lm-finetune-steps",
                                    "--pooling"))
         if args.doc_stride is None:
@@ -384,7 +388,7 @@ def _run_tagging(args: argparse.Namespace, log) -> int:
     from .tokenizer import WordPieceTokenizer  # noqa: PLC0415
 
     try:
-        _refuse_flags(args, "tag", ("--text-pair-field", "--extra-task", "--pooling"))
+        _refuse_flags(args, "tag", ("--pack", "--text-pair-field", "--extra-task", "--pooling"))
         if args.cvt_weight is not None and args.cvt_unlabeled is None:
             raise ValueError("--cvt-weight needs --cvt-unlabeled FILE (the unlabeled texts of CVT)")
         words_field, tags_field = args.text_field or "tokens", args.label_field or "tags"
