@@ -364,3 +364,19 @@ def test_packed_finetuning_runs_the_same_optimization(minilm_dir):
                                predict(model, tok, data, 48, batch_size=7), rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="pack=True does not combine"):
         FinetuneConfig(pack=True, aux_lm_weight="siatl")
+
+
+def test_pack_padded_per_token_labels_pad_with_ignore_index():
+    """Tagging batches carry labels per token: packed, the padding must stay unscored (-100)."""
+    from unimask.packing import pack_padded
+
+    b = _padded_batch(10, 16, seed=3)
+    b["labels"] = torch.where(b["attention_mask"] == 1, torch.randint(0, 5, (10, 16)), torch.full((10, 16), -100))
+    p = pack_padded(b, max_length=32)
+    flat = p["labels"].reshape(-1)
+    covered = torch.zeros_like(flat, dtype=torch.bool)
+    for i in range(10):
+        s, n = int(p["doc_starts"][i]), int(p["doc_lengths"][i])
+        assert torch.equal(flat[s:s + n], b["labels"][i, :n])
+        covered[s:s + n] = True
+    assert (flat[~covered] == -100).all()

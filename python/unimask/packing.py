@@ -179,9 +179,10 @@ def pack_padded(batch: dict[str, torch.Tensor], max_length: int) -> dict[str, to
     rows of ``max_length``.
 
     ``batch``: ``input_ids`` ``[N, L]`` and ``attention_mask`` ``[N, L]`` (right padding), plus
-    any other ``[N, L]`` token columns (``token_type_ids``) and per-example columns (``labels``
-    ``[N]``), which are kept as they are. Returns the token columns as ``[R, L']`` rows
-    (first-fit, :func:`pack_first_fit`; padding 0), ``cu_seqlens`` / ``attn_mode`` /
+    any other ``[N, L]`` token columns (``token_type_ids``, per-token ``labels``) and per-example
+    columns (``labels`` ``[N]``), which are kept as they are. Returns the token columns as
+    ``[R, L']`` rows (first-fit, :func:`pack_first_fit`; padding 0, -100 for per-token
+    ``labels``), ``cu_seqlens`` / ``attn_mode`` /
     ``src_len`` for the encoder (each row's padding one more document), and, per example in the
     input order, ``doc_starts`` (flattened position of its first token) and ``doc_lengths``:
     a model pools example ``i`` from tokens ``doc_starts[i] : doc_starts[i] + doc_lengths[i]``,
@@ -199,7 +200,8 @@ def pack_padded(batch: dict[str, torch.Tensor], max_length: int) -> dict[str, to
     rows = pack_first_fit(lens, max_length)
     width = max(sum(lens[i] for i in r) for r in rows) if rows else 0
     token_cols = [k for k, v in batch.items() if k != "attention_mask" and v.dim() == 2 and v.shape == (N, L)]
-    out = {k: torch.zeros((len(rows), width), dtype=batch[k].dtype) for k in token_cols}
+    # padding: 0, except per-token labels (tagging), which padding must leave unscored
+    out = {k: torch.full((len(rows), width), -100 if k == "labels" else 0, dtype=batch[k].dtype) for k in token_cols}
     starts = torch.zeros(N, dtype=torch.int64)
     seg: list[int] = []
     for r, members in enumerate(rows):
