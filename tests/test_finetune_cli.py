@@ -139,7 +139,7 @@ def test_finetune_cli_mtdnn_extra_task(minilm_dir, tmp_path):
 
 def test_finetune_cli_pack(minilm_dir, tmp_path, capsys):
     """--pack trains a classifier on packed rows (recorded in the config); tasks without a packed
-    path refuse the flag."""
+    path (qa, seq2seq) refuse the flag."""
     rows = [json.loads(x) for x in (FIXTURES / "fortunes_train.jsonl").read_text().splitlines()[:24]]
     data = tmp_path / "tiny.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
@@ -150,6 +150,6 @@ def test_finetune_cli_pack(minilm_dir, tmp_path, capsys):
     assert m["config"]["pack"] is True and len(m["history"]) == 3 and 0.0 <= m["accuracy"] <= 1.0
     assert all(x["loss"] == x["loss"] for x in m["history"])  # finite, not NaN
     capsys.readouterr()
-    assert main(["finetune", "--task", "tag", "--model", str(minilm_dir), "--train", str(data), "--eval", str(data),
+    assert main(["finetune", "--task", "qa", "--model", str(minilm_dir), "--train", str(data), "--eval", str(data),
                  "--output", str(tmp_path / "t"), "--pack"]) == 2
-    assert "--task tag does not take --pack" in capsys.readouterr().err
+    assert "--task qa does not take --pack" in capsys.readouterr().err

@@ -287,3 +287,39 @@ def test_finetune_tagger_with_cvt_trains_the_view_heads(minilm_dir, tok, sentenc
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["cvt"]["heads_file"] == "cvt_heads.safetensors" and (out / "cvt_heads.safetensors").is_file()
     assert metrics["cvt"]["per_token"] and metrics["history"][0]["cvt_loss"] is not None
+
+
+def test_packed_tagger_runs_the_same_optimization(minilm_dir, tok, sentences):
+    """pack=True: the sentences of each batch share rows without attending to each other; without
+    dropout the per-step losses and weights equal the padded run's, and predictions too."""
+    from unimask.models import EncoderConfig
+    from unimask.packing import pack_padded
+
+    train, evals = sentences[:48], sentences[200:230]
+    lm = tag_label_map(sentences)
+    runs = {}
+    for pack in (False, True):
+        torch.manual_seed(1)
+        cfg_enc = EncoderConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                intermediate_size=64, max_position_embeddings=128, hidden_dropout_prob=0.0,
+                                attention_probs_dropout_prob=0.0)
+        model = TokenClassifier(cfg_enc, lm)
+        cfg = FinetuneConfig(epochs=1, batch_size=16, lr=1e-3, max_length=48, seed=2, pack=pack)
+        result = finetune_tagger(model, tok, train, cfg, evals)
+        runs[pack] = ([h["loss"] for h in result["history"]], model, result["eval"])
+    np.testing.assert_allclose(runs[True][0], runs[False][0], rtol=1e-4)
+    for (n, a), (_, b) in zip(runs[True][1].named_parameters(), runs[False][1].named_parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4, msg=n)
+    assert runs[True][2]["f1"] == pytest.approx(runs[False][2]["f1"])
+    model = runs[False][1].double().eval()
+    assert predict_tags(model, tok, evals, 48, batch_size=8, pack=True) == predict_tags(model, tok, evals, 48, batch_size=8)
+    # the packed logits are the padded ones, moved (fp64)
+    batch = encode_tagged(tok, evals[:10], 48, lm)
+    batch.pop("word_ids")
+    with torch.no_grad():
+        padded = model(**batch).logits
+        p = pack_padded(batch, 48)
+        flat = model(**p).logits.reshape(-1, len(lm))
+        for i, (s, n) in enumerate(zip(p["doc_starts"].tolist(), p["doc_lengths"].tolist())):
+            torch.testing.assert_close(flat[s:s + n], padded[i, :n], rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(model(**p).loss, model(**batch).loss, rtol=1e-9, atol=1e-9)

@@ -113,7 +113,7 @@ def add_finetune_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--mask-prob", type=float, default=0.7,
                    help="seq2seq: probability of masking each target token (UNILM: 0.7)")
     p.add_argument("--pack", action="store_true",
-                   help="classify/regress: pack each batch's examples into rows of --max-length (fewer padded "
+                   help="classify/regress/tag: pack each batch's examples into rows of --max-length (fewer padded "
                         "tokens, the same training; unimask.packing)")
     p.add_argument("--grad-accum", type=int, default=1,
                    help="micro-batches of --batch-size per optimizer step (effective batch = both multiplied)")
@@ -388,7 +388,7 @@ def _run_tagging(args: argparse.Namespace, log) -> int:
     from .tokenizer import WordPieceTokenizer  # noqa: PLC0415
 
     try:
-        _refuse_flags(args, "tag", ("--pack", "--text-pair-field", "--extra-task", "--pooling"))
+        _refuse_flags(args, "tag", ("--text-pair-field", "--extra-task", "--pooling"))
         if args.cvt_weight is not None and args.cvt_unlabeled is None:
             raise ValueError("--cvt-weight needs --cvt-unlabeled FILE (the unlabeled texts of CVT)")
         words_field, tags_field = args.text_field or "tokens", args.label_field or "tags"

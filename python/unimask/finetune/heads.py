@@ -355,8 +355,15 @@ class TokenClassifier(_TaskModel):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-                **unused: Any) -> TaskOutput:
-        out = self.encode(input_ids, attention_mask, token_type_ids)
+                cu_seqlens: torch.Tensor | None = None, attn_mode: torch.Tensor | None = None,
+                src_len: torch.Tensor | None = None, **unused: Any) -> TaskOutput:
+        """Token logits ``[B, L, num_labels]``; packed rows (``cu_seqlens``, from
+        :func:`unimask.packing.pack_padded`) give them in the packed layout, each sentence's at
+        ``doc_starts[i] : doc_starts[i] + doc_lengths[i]`` of the flattened rows."""
+        if cu_seqlens is not None:
+            out = self.encoder(input_ids, token_type_ids, attn_mode=attn_mode, src_len=src_len, cu_seqlens=cu_seqlens)
+        else:
+            out = self.encode(input_ids, attention_mask, token_type_ids)
         logits = self.classifier(self.dropout(out.last_hidden_state))
         loss = None
         if labels is not None:

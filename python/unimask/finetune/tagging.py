@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..packing import pack_padded
 from .data import LabelMap, _rows
 from .heads import IGNORE_INDEX, TokenClassifier
 from .trainer import (
@@ -243,7 +244,7 @@ def _default_tag(label_map: LabelMap) -> str:
 
 @torch.no_grad()
 def _predict(model: TokenClassifier, tokenizer, sentences: Sequence[TaggedSentence], max_length: int,
-             batch_size: int) -> tuple[list[list[str]], int]:
+             batch_size: int, pack: bool = False) -> tuple[list[list[str]], int]:
     """:func:`predict_tags` and the number of words that had a token to predict from."""
     lm = model.label_map
     if lm is None:
@@ -259,7 +260,14 @@ def _predict(model: TokenClassifier, tokenizer, sentences: Sequence[TaggedSenten
             chunk = sentences[s: s + batch_size]
             batch = encode_tagged(tokenizer, chunk, max_length)
             word_ids = batch.pop("word_ids").numpy()
-            pred = model(**_to(batch, device)).logits.argmax(-1).cpu().numpy()
+            if pack:  # packed rows; each sentence's predictions back into its padded row
+                packed = pack_padded(batch, max_length)
+                flat = model(**_to(packed, device)).logits.argmax(-1).reshape(-1).cpu().numpy()
+                pred = np.zeros(word_ids.shape, dtype=np.int64)
+                for i, (st, n) in enumerate(zip(packed["doc_starts"].tolist(), packed["doc_lengths"].tolist())):
+                    pred[i, :n] = flat[st:st + n]
+            else:
+                pred = model(**_to(batch, device)).logits.argmax(-1).cpu().numpy()
             first = _first_pieces(word_ids)
             for i, sent in enumerate(chunk):
                 tags = [default] * len(sent.words)
@@ -273,20 +281,21 @@ def _predict(model: TokenClassifier, tokenizer, sentences: Sequence[TaggedSenten
 
 
 def predict_tags(model: TokenClassifier, tokenizer, sentences: Sequence[TaggedSentence], max_length: int = 128,
-                 batch_size: int = 64) -> list[list[str]]:
+                 batch_size: int = 64, pack: bool = False) -> list[list[str]]:
     """One predicted tag per word (the arg-max at the word's first piece). Words with no token
-    (empty, or cut by truncation) get ``O`` (or the first label when there is no ``O``)."""
-    return _predict(model, tokenizer, sentences, max_length, batch_size)[0]
+    (empty, or cut by truncation) get ``O`` (or the first label when there is no ``O``).
+    ``pack``: each batch's sentences packed into rows of ``max_length`` (same predictions)."""
+    return _predict(model, tokenizer, sentences, max_length, batch_size, pack)[0]
 
 
 def evaluate_tagger(model: TokenClassifier, tokenizer, sentences: Sequence[TaggedSentence],
-                    max_length: int = 128) -> dict[str, float]:
+                    max_length: int = 128, pack: bool = False) -> dict[str, float]:
     """Word accuracy and entity precision / recall / F1 (:func:`entity_scores`) on ``sentences``;
     ``words_without_token`` counts the words the truncation (or an empty word) left unscored,
     which are predicted ``O``."""
     if any(s.tags is None for s in sentences):
         raise ValueError("evaluation sentences need tags")
-    pred, covered = _predict(model, tokenizer, sentences, max_length, 64)
+    pred, covered = _predict(model, tokenizer, sentences, max_length, 64, pack)
     gold = [list(s.tags) for s in sentences]
     words = sum(len(g) for g in gold)
     correct = sum(p == g for ps, gs in zip(pred, gold) for p, g in zip(ps, gs))
@@ -319,6 +328,8 @@ def finetune_tagger(model: TokenClassifier, tokenizer, train: Sequence[TaggedSen
 
     if model.label_map is None:
         raise ValueError("the token classifier needs a label map (tag names)")
+    if cfg.pack and unlabeled is not None:
+        raise ValueError("pack=True does not combine with CVT (its unlabeled batches are padded)")
     if not train:
         raise ValueError("no training sentences")
     torch.manual_seed(cfg.seed)
@@ -352,6 +363,8 @@ def finetune_tagger(model: TokenClassifier, tokenizer, train: Sequence[TaggedSen
     for epoch, b, idx in plan:
         batch = encode_tagged(tokenizer, [train[i] for i in idx], cfg.max_length, model.label_map)
         batch.pop("word_ids")
+        if cfg.pack:  # the same sentences in fewer padded tokens; labels stay per token
+            batch = pack_padded(batch, cfg.max_length)
         batch = _to(batch, device)
         with _autocast(cfg, device):
             task_loss = model(**batch).loss
@@ -370,7 +383,7 @@ def finetune_tagger(model: TokenClassifier, tokenizer, train: Sequence[TaggedSen
         step += 1
         if log and cfg.log_every and step % cfg.log_every == 0:
             log(f"epoch {epoch + 1} step {step}/{total}: loss {loss.item():.4f}")
-    report = evaluate_tagger(model, tokenizer, eval_sentences, cfg.max_length) if eval_sentences else None
+    report = evaluate_tagger(model, tokenizer, eval_sentences, cfg.max_length, cfg.pack) if eval_sentences else None
     return {"history": history, "lm_losses": lm_losses, "eval": report, "config": asdict(cfg),
             "cvt": cvt.report(model, step) if cvt is not None else None,
             "cvt_heads": cvt.heads if cvt is not None else None}

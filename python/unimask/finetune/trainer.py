@@ -88,7 +88,7 @@ class FinetuneConfig:
     log_every: int = 0
     precision: str = "fp32"  # fp32 | bf16 (autocast of the forward passes, on CUDA or the CPU)
     grad_accum: int = 1  # micro-batches of batch_size per optimizer step
-    pack: bool = False  # classification/regression: pack each batch's examples into rows of max_length
+    pack: bool = False  # classification, regression, tagging: pack each batch's examples into rows of max_length
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
