@@ -1,5 +1,5 @@
 """Packed rows vs padded rows: one MLM pretraining step (collate + forward + backward) on short
-documents, the same 64 sentences of the bundled English corpus either padded to the longest
+documents (and one sentence-classifier fine-tuning step, :func:`setup_classifier`), the same 64 sentences of the bundled English corpus either padded to the longest
 (the usual batch: ``MLMCollator``) or packed into rows of 128 (``PackingCollator`` + the
 encoder's ``cu_seqlens`` path). Small BERT (hidden 256, 4 layers), fp32, on the default device.
 
@@ -74,6 +74,59 @@ def bench_packed_vs_padded_step(side, side_benchmark, benchmark):
     side_benchmark(side, fn)
 
 
+_CLS: dict = {}
+
+
+def setup_classifier() -> dict:
+    """``{side: step}`` for one fine-tuning step of a sentence classifier (small BERT, batches of
+    32 sentences of the bundled corpus, labels: whether the sentence holds a digit):
+    ``unimask`` = ``FinetuneConfig(pack=True)``'s batches (:func:`unimask.packing.pack_padded`),
+    ``reference`` = the padded batches."""
+    if _CLS:
+        return _CLS
+    from unimask.corpus import read_documents  # noqa: PLC0415
+    from unimask.finetune import Example, LabelMap, SequenceClassifier  # noqa: PLC0415
+    from unimask.finetune.trainer import encode_examples  # noqa: PLC0415
+    from unimask.packing import pack_padded  # noqa: PLC0415
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    tok, _encode, sp = make_tokenizer(demo_corpus_path("en"))
+    texts = [s for d in read_documents(demo_corpus_path("en")) for s in d][:2048]
+    examples = [Example(t, None, "num" if any(c.isdigit() for c in t) else "text") for t in texts]
+    lm = LabelMap(["num", "text"])
+    cfg = EncoderConfig(vocab_size=sp.vocab_size, hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
+                        intermediate_size=1024, max_position_embeddings=512)
+    torch.manual_seed(0)
+    model = SequenceClassifier(cfg, lm).to(dev).train()
+    batches = [examples[i:i + 32] for i in range(0, len(examples) - 31, 32)]
+
+    def stepper(pack: bool):
+        pos = [0]
+
+        def step():
+            batch = encode_examples(tok, batches[pos[0] % len(batches)], MAX_LEN, lm)
+            pos[0] += 1
+            if pack:
+                batch = pack_padded(batch, MAX_LEN)
+            batch = {k: v.to(dev) for k, v in batch.items()}
+            model(**batch).loss.backward()
+            model.zero_grad(set_to_none=True)
+            return int(batch["input_ids"].numel())
+
+        return step
+
+    _CLS.update(unimask=stepper(True), reference=stepper(False), device=dev)
+    return _CLS
+
+
+@pytest.mark.parametrize("side", ["unimask", "reference"])
+def bench_packed_vs_padded_classifier_step(side, side_benchmark, benchmark):
+    fn = setup_classifier()[side]
+    fn()  # warm-up
+    benchmark.group = f"classifier_step_b32_packed_vs_padded_{setup_classifier()['device']}"
+    side_benchmark(side, fn)
+
+
 def main(steps: int = 5) -> None:
     state = setup()
     sides = {"packed": state["unimask"], "padded": state["reference"]}
@@ -88,6 +141,18 @@ def main(steps: int = 5) -> None:
         took[name] = (time.perf_counter() - t) / steps
         print(f"{name:7s} {took[name] * 1e3:8.1f} ms/step  {slots / steps:7.0f} token slots/batch")
     print(f"device {state['device']}; packed is {took['padded'] / took['packed']:.2f}x faster per step")
+    cls = setup_classifier()
+    sides = {"packed": cls["unimask"], "padded": cls["reference"]}
+    for fn in sides.values():
+        fn()
+    for name, fn in sides.items():
+        t = time.perf_counter()
+        slots = sum(fn() for _ in range(steps))
+        if cls["device"] == "cuda":
+            torch.cuda.synchronize()
+        took[name] = (time.perf_counter() - t) / steps
+        print(f"classifier {name:7s} {took[name] * 1e3:8.1f} ms/step  {slots / steps:7.0f} token slots/batch")
+    print(f"classifier fine-tuning: packed is {took['padded'] / took['packed']:.2f}x faster per step")
 
 
 if __name__ == "__main__":
