@@ -761,10 +761,21 @@ def bench(torch, triton, masks, K, res: Results, budget_s: float, quick: bool, D
         D_.empty_cache()
 
 
-def table(res: Results) -> str:
-    def f(x, fmt="{:.1f}"):
-        return "-" if x is None else fmt.format(x)
+def _fmt(x, fmt="{:.1f}") -> str:
+    return "-" if x is None else fmt.format(x)
 
+
+def _ratio(a, b):
+    return (a / b) if a and b else None
+
+
+def _backends_of(row: dict) -> tuple[dict, ...]:
+    """(unimask, sdpa_mask, flex, sdpa_causal, unimask_packed) results of a table row ({} if absent)."""
+    return tuple(row.get(n, {}) for n in ("unimask", "sdpa_mask", "flex", "sdpa_causal", "unimask_packed"))
+
+
+def table(res: Results) -> str:
+    f, ratio = _fmt, _ratio
     lines = [
         "FLOPs: fwd = 4*D*H*sum_b(allowed pairs of sample b); fwd+bwd = 3.5 x fwd (bwd = 2.5 x fwd). "
         "Only unmasked work is counted, the same for every backend. TF/s = TFLOP/s; peak = extra CUDA "
@@ -776,8 +787,7 @@ def table(res: Results) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in res.data["bench"]:
-        u, s, fl, c, pk = (r.get(n, {}) for n in ("unimask", "sdpa_mask", "flex", "sdpa_causal", "unimask_packed"))
-        ratio = lambda a, b: (a / b) if a and b else None  # noqa: E731
+        u, s, fl, c, pk = _backends_of(r)
         lines.append(
             f"| {r['L']} | {r['D']} | {r['B']} | {r['batch']} | {r['density']:.2f} | {f(u.get('fwd_tflops'))} | {f(u.get('fwd_bwd_tflops'))} "
             f"| {f(pk.get('fwd_bwd_tflops'))} "
@@ -796,10 +806,7 @@ def table(res: Results) -> str:
 
 def device_table(res: Results) -> str:
     """The same runs timed device-only (calls queued behind a GPU sleep), with host cost per call."""
-
-    def f(x, fmt="{:.1f}"):
-        return "-" if x is None else fmt.format(x)
-
+    f, ratio = _fmt, _ratio
     lines = [
         "Device-only timing: each call queued behind a GPU sleep, so the GPU runs the calls back to back "
         "and never waits for the host; 'host ms' = CPU time to issue one fwd+bwd (Python, autograd, "
@@ -809,8 +816,7 @@ def device_table(res: Results) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in res.data["bench"]:
-        u, s, fl, c, pk = (r.get(n, {}) for n in ("unimask", "sdpa_mask", "flex", "sdpa_causal", "unimask_packed"))
-        ratio = lambda a, b: (a / b) if a and b else None  # noqa: E731
+        u, s, fl, c, pk = _backends_of(r)
         lines.append(
             f"| {r['L']} | {r['D']} | {r['batch']} | {f(u.get('gpu_fwd_tflops'))} | {f(u.get('gpu_fwd_bwd_tflops'))} "
             f"| {f(pk.get('gpu_fwd_bwd_tflops'))} | {f(s.get('gpu_fwd_bwd_tflops'))} | {f(fl.get('gpu_fwd_bwd_tflops'))} "
