@@ -23,6 +23,7 @@ __all__ = [
     "unified_attention_varlen",
     "reference_attention",
     "reference_attention_varlen",
+    "check_cu_seqlens",
     "sdpa_attention",
     "select_backend",
     "BACKENDS",
@@ -212,6 +213,25 @@ def unified_attention(
 # --------------------------------------------------------------------------------------------
 # packed rows (varlen): documents concatenated along tokens, one mode per document
 # --------------------------------------------------------------------------------------------
+def check_cu_seqlens(cu_seqlens, total: int, total_name: str = "T", hint: str = "",
+                     min_entries: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate packed-document offsets: a 1-D integer tensor of at least ``min_entries``
+    values, starting at 0, ending at ``total`` (named ``total_name`` in the error, followed by
+    ``hint``), non-decreasing. Returns ``(cu_seqlens, lengths)`` as int64 on the CPU (one host
+    read)."""
+    cu = torch.as_tensor(cu_seqlens)
+    if cu.dtype.is_floating_point or cu.dtype == torch.bool or cu.dim() != 1 or cu.numel() < min_entries:
+        raise TypeError(f"cu_seqlens must be a 1-D integer tensor [N + 1], got {cu.dtype} {tuple(cu.shape)}")
+    cu = cu.to(torch.int64).cpu()
+    if int(cu[0]) != 0 or int(cu[-1]) != total:
+        raise ValueError(f"cu_seqlens must start at 0 and end at {total_name} = {total}{hint}, got {int(cu[0])} .. {int(cu[-1])}")
+    lens = cu[1:] - cu[:-1]
+    if (lens < 0).any():
+        d = int((lens < 0).nonzero()[0, 0])
+        raise ValueError(f"cu_seqlens must be non-decreasing: cu_seqlens[{d + 1}] < cu_seqlens[{d}]")
+    return cu, lens
+
+
 def _check_varlen(q, k, v, cu_seqlens, attn_mode, src_len, max_seqlen):
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
@@ -227,16 +247,7 @@ def _check_varlen(q, k, v, cu_seqlens, attn_mode, src_len, max_seqlen):
         raise ValueError(f"q heads ({H}) must be a multiple of k/v heads ({k.shape[1]})")
     if not (q.dtype == k.dtype == v.dtype):
         raise TypeError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    cu = torch.as_tensor(cu_seqlens)
-    if cu.dtype.is_floating_point or cu.dtype == torch.bool or cu.dim() != 1 or cu.numel() == 0:
-        raise TypeError(f"cu_seqlens must be a 1-D integer tensor [N + 1], got {cu.dtype} {tuple(cu.shape)}")
-    cu = cu.to(torch.int64).cpu()
-    if int(cu[0]) != 0 or int(cu[-1]) != T:
-        raise ValueError(f"cu_seqlens must start at 0 and end at T = {T}, got {int(cu[0])} .. {int(cu[-1])}")
-    lens = cu[1:] - cu[:-1]
-    if (lens < 0).any():
-        d = int((lens < 0).nonzero()[0, 0])
-        raise ValueError(f"cu_seqlens must be non-decreasing: cu_seqlens[{d + 1}] < cu_seqlens[{d}]")
+    cu, lens = check_cu_seqlens(cu_seqlens, T)
     longest = int(lens.max()) if lens.numel() else 0
     if max_seqlen is None:
         max_seqlen = longest

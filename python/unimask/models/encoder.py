@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..attention import unified_attention, unified_attention_varlen
+from ..attention import check_cu_seqlens, unified_attention, unified_attention_varlen
 from ..masks import check_mask_args
 from .config import EncoderConfig
 
@@ -154,19 +154,8 @@ def resolve_packed_args(
     positions restarting at 0 at each document's first token.
     """
     B, L = input_shape
-    cu = torch.as_tensor(cu_seqlens)
-    if cu.dtype.is_floating_point or cu.dtype == torch.bool or cu.dim() != 1 or cu.numel() < 2:
-        raise TypeError(f"cu_seqlens must be a 1-D integer tensor [N + 1], got {cu.dtype} {tuple(cu.shape)}")
-    host = cu.to(torch.int64).cpu()
-    lens = host[1:] - host[:-1]
-    if int(host[0]) != 0 or int(host[-1]) != B * L:
-        raise ValueError(
-            f"cu_seqlens must start at 0 and end at B * L = {B * L} (every token of the [{B}, {L}] batch "
-            f"in one document), got {int(host[0])} .. {int(host[-1])}"
-        )
-    if (lens < 0).any():
-        d = int((lens < 0).nonzero()[0, 0])
-        raise ValueError(f"cu_seqlens must be non-decreasing: cu_seqlens[{d + 1}] < cu_seqlens[{d}]")
+    host, lens = check_cu_seqlens(cu_seqlens, B * L, "B * L", f" (every token of the [{B}, {L}] batch in one document)",
+                                  min_entries=2)
     max_seqlen = int(lens.max())
     if max_seqlen > max_positions:
         raise ValueError(f"a document of {max_seqlen} tokens exceeds max_position_embeddings {max_positions}")
