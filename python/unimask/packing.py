@@ -60,6 +60,20 @@ def pack_first_fit(lengths: Sequence[int], capacity: int) -> list[list[int]]:
     return rows
 
 
+def _document_columns(rows: list[list[int]], lengths: Sequence[int], width: int) -> dict[str, torch.Tensor]:
+    """The encoder's packed-row columns for documents ``lengths`` laid out as ``rows`` (first-fit
+    order) in rows of ``width`` tokens: ``cu_seqlens`` over the flattened rows, each row's
+    padding one more document, and ``attn_mode`` (bidirectional) / ``src_len`` per document."""
+    seg: list[int] = []
+    for r in rows:
+        seg += [int(lengths[i]) for i in r]
+        seg.append(width - sum(int(lengths[i]) for i in r))  # the row's padding: one document (possibly empty)
+    cu = torch.zeros(len(seg) + 1, dtype=torch.int64)
+    cu[1:] = torch.tensor(seg, dtype=torch.int64).cumsum(0)
+    n = len(seg)
+    return {"cu_seqlens": cu, "attn_mode": torch.zeros(n, dtype=torch.int64), "src_len": torch.zeros(n, dtype=torch.int64)}
+
+
 def _ids_of(sample: Any, i: int) -> np.ndarray:
     ids = sample["input_ids"] if isinstance(sample, dict) else sample
     if isinstance(ids, (str, bytes)):
@@ -156,21 +170,11 @@ class PackingCollator:
         if self.pad_to_max_length and out["input_ids"].shape[1] < self.max_length:
             out = self._pad(out, self.max_length)
         R, L = out["input_ids"].shape
-        lens: list[int] = []
-        tokens = []
-        for r in rows:
-            lens += [docs[i].size for i in r]
-            tokens.append(sum(docs[i].size for i in r))
-            lens.append(L - tokens[-1])  # the row's padding: one document (possibly empty)
-        cu = np.zeros(len(lens) + 1, dtype=np.int64)
-        np.cumsum(lens, out=cu[1:])
-        n = len(lens)
+        lengths = [d.size for d in docs]
         result = {k: v for k, v in out.items() if k not in ("attention_mask", "seq_len")}
-        result["cu_seqlens"] = torch.from_numpy(cu)
-        result["attn_mode"] = torch.zeros(n, dtype=torch.int64)
-        result["src_len"] = torch.zeros(n, dtype=torch.int64)
+        result.update(_document_columns(rows, lengths, L))
         result["num_documents"] = torch.tensor([len(r) for r in rows], dtype=torch.int64)
-        result["num_tokens"] = torch.tensor(tokens, dtype=torch.int64)
+        result["num_tokens"] = torch.tensor([sum(lengths[i] for i in r) for r in rows], dtype=torch.int64)
         return result
 
 
@@ -203,7 +207,6 @@ def pack_padded(batch: dict[str, torch.Tensor], max_length: int) -> dict[str, to
     # padding: 0, except per-token labels (tagging), which padding must leave unscored
     out = {k: torch.full((len(rows), width), -100 if k == "labels" else 0, dtype=batch[k].dtype) for k in token_cols}
     starts = torch.zeros(N, dtype=torch.int64)
-    seg: list[int] = []
     for r, members in enumerate(rows):
         pos = 0
         for i in members:
@@ -211,14 +214,9 @@ def pack_padded(batch: dict[str, torch.Tensor], max_length: int) -> dict[str, to
             for k in token_cols:
                 out[k][r, pos:pos + n] = batch[k][i, :n]
             starts[i] = r * width + pos
-            seg.append(n)
             pos += n
-        seg.append(width - pos)  # the row's padding
-    cu = torch.zeros(len(seg) + 1, dtype=torch.int64)
-    cu[1:] = torch.tensor(seg, dtype=torch.int64).cumsum(0)
     for k, v in batch.items():
         if k not in out and k != "attention_mask":
             out[k] = v
-    out.update(cu_seqlens=cu, attn_mode=torch.zeros(len(seg), dtype=torch.int64),
-               src_len=torch.zeros(len(seg), dtype=torch.int64), doc_starts=starts, doc_lengths=lengths)
+    out.update(_document_columns(rows, lens, width), doc_starts=starts, doc_lengths=lengths)
     return out
