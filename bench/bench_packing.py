@@ -31,6 +31,23 @@ BATCH, MAX_LEN = 64, 128
 _STATE: dict = {}
 
 
+def _stepper(model, batches: list, make_batch, dev: str):
+    """One training step per call on the next of ``batches`` (cycled), made by ``make_batch``
+    (collate + forward + backward); returns the batch's token slots."""
+    pos = [0]
+
+    def step() -> int:
+        batch = make_batch(batches[pos[0] % len(batches)])
+        pos[0] += 1
+        batch.pop("next_sentence_label", None)
+        batch = {k: v.to(dev) for k, v in batch.items()}
+        model(**batch).loss.backward()
+        model.zero_grad(set_to_none=True)
+        return int(batch["input_ids"].numel())
+
+    return step
+
+
 def setup() -> dict:
     """``{side: step}``: ``unimask`` = packed rows, ``reference`` = padded rows."""
     if _STATE:
@@ -47,21 +64,7 @@ def setup() -> dict:
     padded = MLMCollator(tokenizer=tok, seed=0)
     packed = PackingCollator(MLMCollator(tokenizer=tok, seed=0), max_length=MAX_LEN)
 
-    def stepper(collate):
-        pos = [0]
-
-        def step():
-            batch = collate(batches[pos[0] % len(batches)])
-            pos[0] += 1
-            batch.pop("next_sentence_label", None)
-            batch = {k: v.to(dev) for k, v in batch.items()}
-            model(**batch).loss.backward()
-            model.zero_grad(set_to_none=True)
-            return int(batch["input_ids"].numel())
-
-        return step
-
-    _STATE.update(unimask=stepper(packed), reference=stepper(padded), device=dev,
+    _STATE.update(unimask=_stepper(model, batches, packed, dev), reference=_stepper(model, batches, padded, dev), device=dev,
                   real_tokens=sum(len(s) for s in batches[0]))
     return _STATE
 
@@ -100,22 +103,13 @@ def setup_classifier() -> dict:
     model = SequenceClassifier(cfg, lm).to(dev).train()
     batches = [examples[i:i + 32] for i in range(0, len(examples) - 31, 32)]
 
-    def stepper(pack: bool):
-        pos = [0]
+    def padded(chunk):
+        return encode_examples(tok, chunk, MAX_LEN, lm)
 
-        def step():
-            batch = encode_examples(tok, batches[pos[0] % len(batches)], MAX_LEN, lm)
-            pos[0] += 1
-            if pack:
-                batch = pack_padded(batch, MAX_LEN)
-            batch = {k: v.to(dev) for k, v in batch.items()}
-            model(**batch).loss.backward()
-            model.zero_grad(set_to_none=True)
-            return int(batch["input_ids"].numel())
+    def packed(chunk):
+        return pack_padded(padded(chunk), MAX_LEN)
 
-        return step
-
-    _CLS.update(unimask=stepper(True), reference=stepper(False), device=dev)
+    _CLS.update(unimask=_stepper(model, batches, packed, dev), reference=_stepper(model, batches, padded, dev), device=dev)
     return _CLS
 
 
@@ -127,8 +121,8 @@ def bench_packed_vs_padded_classifier_step(side, side_benchmark, benchmark):
     side_benchmark(side, fn)
 
 
-def main(steps: int = 5) -> None:
-    state = setup()
+def _time_sides(state: dict, steps: int, prefix: str = "") -> float:
+    """Time ``steps`` steps of each side; print ms/step and token slots; return padded / packed."""
     sides = {"packed": state["unimask"], "padded": state["reference"]}
     for fn in sides.values():
         fn()
@@ -139,20 +133,15 @@ def main(steps: int = 5) -> None:
         if state["device"] == "cuda":
             torch.cuda.synchronize()
         took[name] = (time.perf_counter() - t) / steps
-        print(f"{name:7s} {took[name] * 1e3:8.1f} ms/step  {slots / steps:7.0f} token slots/batch")
-    print(f"device {state['device']}; packed is {took['padded'] / took['packed']:.2f}x faster per step")
-    cls = setup_classifier()
-    sides = {"packed": cls["unimask"], "padded": cls["reference"]}
-    for fn in sides.values():
-        fn()
-    for name, fn in sides.items():
-        t = time.perf_counter()
-        slots = sum(fn() for _ in range(steps))
-        if cls["device"] == "cuda":
-            torch.cuda.synchronize()
-        took[name] = (time.perf_counter() - t) / steps
-        print(f"classifier {name:7s} {took[name] * 1e3:8.1f} ms/step  {slots / steps:7.0f} token slots/batch")
-    print(f"classifier fine-tuning: packed is {took['padded'] / took['packed']:.2f}x faster per step")
+        print(f"{prefix}{name:7s} {took[name] * 1e3:8.1f} ms/step  {slots / steps:7.0f} token slots/batch")
+    return took["padded"] / took["packed"]
+
+
+def main(steps: int = 5) -> None:
+    state = setup()
+    print(f"device {state['device']}; packed is {_time_sides(state, steps):.2f}x faster per step")
+    ratio = _time_sides(setup_classifier(), steps, "classifier ")
+    print(f"classifier fine-tuning: packed is {ratio:.2f}x faster per step")
 
 
 if __name__ == "__main__":
