@@ -118,10 +118,9 @@ def pool_packed(hidden: torch.Tensor, doc_starts: torch.Tensor, doc_lengths: tor
     if pooling == "cls":
         return flat[starts]
     N = starts.shape[0]
-    owner = torch.repeat_interleave(torch.arange(N, device=flat.device), lengths)
-    tok = torch.repeat_interleave(starts, lengths) + (
-        torch.arange(owner.shape[0], device=flat.device) - torch.repeat_interleave(lengths.cumsum(0) - lengths, lengths))
-    h = flat[tok]
+    owner = torch.repeat_interleave(torch.arange(N, device=flat.device), lengths)  # example of each token
+    first = lengths.cumsum(0) - lengths  # where each example's tokens begin among the gathered ones
+    h = flat[starts[owner] + torch.arange(owner.shape[0], device=flat.device) - first[owner]]
     mean = torch.zeros(N, flat.shape[-1], dtype=flat.dtype, device=flat.device).index_add_(0, owner, h)
     mean = mean / lengths.clamp(min=1).to(flat.dtype)[:, None]
     if pooling == "mean":
