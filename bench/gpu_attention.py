@@ -526,11 +526,17 @@ def correctness(torch, masks, attention, K, res: Results, quick: bool, D_: Dev, 
             )
             row["padding_exact_zero"] = pad_zero
             row["deterministic"] = all(torch.equal(a, b) for a, b in zip(got, again))
-            row["pass"] = ok and pad_zero and row["deterministic"]
+            # every tile schedule runs the same tiles with the same arithmetic: bitwise equal
+            row["schedules_equal"] = all(
+                torch.equal(a, b)
+                for sc in getattr(K, "SCHEDULES", ())[1:]
+                for a, b in zip(got, run(lambda *a, sc=sc: K.attention(*a, schedule=sc), q, k, v, do))
+            )
+            row["pass"] = ok and pad_zero and row["deterministic"] and row["schedules_equal"]
             log(f"correctness {name}: {'PASS' if row['pass'] else 'FAIL'} " + " ".join(
                 f"{n}={row[n]['max_err']:.2e}(torch {row[n]['torch_lowp_err'] if row[n]['torch_lowp_err'] is None else format(row[n]['torch_lowp_err'], '.2e')})"
                 for n in ("out", "dq", "dk", "dv")
-            ) + f" pad0={pad_zero} det={row['deterministic']}")
+            ) + f" pad0={pad_zero} det={row['deterministic']} schedules_equal={row['schedules_equal']}")
         except Exception as e:  # noqa: BLE001 - report and go on
             row["error"] = res.error(f"correctness {name}", e)
             row["pass"] = False
@@ -637,7 +643,23 @@ def kernel_profile(torch, fn, res: "Results", where: str, D_: "Dev", iters: int 
 # --------------------------------------------------------------------------------------------
 # 3. benchmark
 # --------------------------------------------------------------------------------------------
-def bench(torch, triton, masks, K, res: Results, budget_s: float, quick: bool, D_: Dev, packed: bool = True) -> None:
+def schedule_timings(K, D_: Dev, xs, mode_d, src_d, seq_d) -> dict:
+    """Device-only fwd and fwd+bwd ms of unimask under each non-default tile schedule."""
+    xq, xk, xv, xqg, xkg, xvg, xdo = xs
+    out = {}
+    for sc in K.SCHEDULES[1:]:
+        def fwd_bwd():
+            xqg.grad = xkg.grad = xvg.grad = None
+            K.attention(xqg, xkg, xvg, mode_d, src_d, seq_d, schedule=sc).backward(xdo)
+
+        with D_.torch.no_grad():
+            fwd_ms, _ = D_.queued_ms(lambda: K.attention(xq, xk, xv, mode_d, src_d, seq_d, schedule=sc))
+        out[sc] = {"gpu_fwd_ms": fwd_ms, "gpu_fwd_bwd_ms": D_.queued_ms(fwd_bwd)[0]}
+    return out
+
+
+def bench(torch, triton, masks, K, res: Results, budget_s: float, quick: bool, D_: Dev, packed: bool = True,
+          schedules: bool = False) -> None:
     dev = D_.name
     H, dt, tokens = (16, torch.bfloat16, 16384) if not D_.dry else (2, torch.float32, 96)
     try:
@@ -739,6 +761,10 @@ def bench(torch, triton, masks, K, res: Results, budget_s: float, quick: bool, D
                 r["peak_mem_mib"] = D_.peak_mem_mib(fwd_bwd)
                 if name == "unimask":
                     r["autotune"] = autotune_record(K)
+                    if schedules:
+                        r["schedules"] = sc = schedule_timings(K, D_, (xq, xk, xv, xqg, xkg, xvg, xdo), mode_d, src_d, seq_d)
+                        log("  schedules device-only fwd / fwd+bwd ms: " + ", ".join(
+                            f"{n} {t['gpu_fwd_ms']:.3f} / {t['gpu_fwd_bwd_ms']:.3f}" for n, t in sc.items()))
                 if name == "unimask" and (L, D, kind) in profile_shapes:
                     r["kernel_profile"] = kernel_profile(torch, fwd_bwd_fresh_grads, res, f"L={L} D={D} {kind}", D_)
                 if name == "flex" and "flex_block_mask_ms" in row:
@@ -825,6 +851,14 @@ def device_table(res: Results) -> str:
             f"| {f(ratio(u.get('gpu_fwd_bwd_tflops'), s.get('gpu_fwd_bwd_tflops')), '{:.2f}x')} "
             f"| {f(u.get('host_fwd_bwd_ms'), '{:.3f}')} / {f(s.get('host_fwd_bwd_ms'), '{:.3f}')} / {f(fl.get('host_fwd_bwd_ms'), '{:.3f}')} |"
         )
+    sched = [(r, r["unimask"]["schedules"]) for r in res.data["bench"] if r.get("unimask", {}).get("schedules")]
+    if sched:
+        names = list(sched[0][1])
+        lines += ["", "unimask's tile schedules, device-only fwd+bwd ms (the default first):", "",
+                  "| L | D | batch | default | " + " | ".join(names) + " |", "|---|---|---|---|" + "---|" * len(names)]
+        for r, sc in sched:
+            lines.append(f"| {r['L']} | {r['D']} | {r['batch']} | {f(r['unimask'].get('gpu_fwd_bwd_ms'), '{:.3f}')} | "
+                         + " | ".join(f(sc[n].get("gpu_fwd_bwd_ms"), "{:.3f}") for n in names) + " |")
     return "\n".join(lines)
 
 
@@ -836,6 +870,7 @@ def main() -> int:
     ap.add_argument("--skip-correctness", action="store_true")
     ap.add_argument("--no-packed", action="store_true", help="skip the packed (cu_seqlens) unimask column")
     ap.add_argument("--extra-configs", action="store_true", help="let the autotuner also try EXTRA_CONFIGS")
+    ap.add_argument("--schedules", action="store_true", help="also time unimask under its other tile schedules (device-only)")
     ap.add_argument("--correctness-after", action="store_true",
                     help="after the benchmark, check bf16 correctness with the configs it tuned")
     ap.add_argument("--dry-run-cpu", action="store_true", help="rehearse every code path on the CPU (Triton interpreter, tiny shapes)")
@@ -907,7 +942,7 @@ def main() -> int:
     log("== benchmark ==")
     if args.extra_configs:
         add_extra_configs(K, res)
-    bench(torch, triton, masks, K, res, args.budget_s, args.quick, D_, packed=not args.no_packed)
+    bench(torch, triton, masks, K, res, args.budget_s, args.quick, D_, packed=not args.no_packed, schedules=args.schedules)
     if args.correctness_after:
         log("== correctness with the benchmark's tuned configs (bf16) ==")
         correctness(torch, masks, attention, K, res, args.quick, D_, tuned_only=True)

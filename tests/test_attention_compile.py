@@ -37,7 +37,7 @@ try:
 except ImportError as e:  # pragma: no cover - platforms without Triton's NVIDIA backend
     pytest.skip(f"Triton's NVIDIA backend is not importable here: {e}", allow_module_level=True)
 
-_INT_ARGS = {"H", "HK", "GROUP", "L", "L_BUCKET"}
+_INT_ARGS = {"B", "H", "HK", "GROUP", "L", "L_BUCKET"}
 _FP32_PTRS = {"LSE", "DELTA"}
 _INT_PTRS = {"MODE", "SRC", "SEQ", "STARTS"}
 
@@ -86,6 +86,7 @@ def _compile(kernel, dtype: str, head_dim: int, config, dropout: bool = False, v
         "DOT_PREC": "ieee" if dtype == "fp32" else "tf32",
         "DROPOUT": dropout,
         "VARLEN": varlen,
+        "SCHEDULE": K._schedule(K.SCHEDULES[0]),
         **config.kwargs,
     }
     sig = _signature(fn, dtype, consts)

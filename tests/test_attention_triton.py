@@ -144,10 +144,21 @@ def _worker(inp: str, out: str) -> None:
     c = payload["cases"][0]
     args = (c["q"].float(), c["k"].float(), c["v"].float(), c["mode"], c["src"], c["seq"])
     results["dispatch_equal"] = bool(torch.equal(unified_attention(*args, backend="triton"), K.attention(*args)))
+    # every tile schedule runs the same tiles with the same arithmetic: bitwise the same output
+    # and gradients (padded and packed layouts)
+    results["plain_order_equal"] = _orders_equal(K, payload["cases"][2], payload["varlen"][0])
     # unchecked out-of-range seq_len is clamped to L inside the kernels (no read past L)
     L0 = c["q"].shape[2]
     over = K.attention(*args[:5], c["seq"] * 0 + L0 + 100)
     results["clamped_equal"] = bool(torch.equal(over, K.attention(*args[:5], c["seq"] * 0 + L0)))
+    # past the grid's limit, an unknown schedule: a ValueError naming the values, nothing launched
+    cv = payload["varlen"][0]
+    for key, kwargs in (("too_long", dict(max_seqlen=2**35)), ("bad_schedule", dict(max_seqlen=cv["max_seqlen"], schedule="fast"))):
+        try:
+            K.attention_varlen(cv["q"].float(), cv["k"].float(), cv["v"].float(), cv["cu"], cv["mode"], cv["src"], **kwargs)
+            results[key] = "no error"
+        except ValueError as e:
+            results[key] = str(e)
     # an empty batch and L = 0 go through without launching anything
     z = torch.zeros(0, 2, 5, 16)
     e = torch.zeros(0, dtype=torch.long)
@@ -162,8 +173,9 @@ def _worker(inp: str, out: str) -> None:
         kv = torch.zeros(len(mode), nt, 4, dtype=torch.int32)
         qr = torch.zeros(len(mode), nt, 4, dtype=torch.int32)
         full = torch.zeros(len(mode), nt, nt, dtype=torch.int32)
-        probe[(len(mode),)](mode, src, seq, kv, qr, full, NT=nt, BLOCK_M=bm, BLOCK_N=bn)
-        results["probe"][(bm, bn)] = dict(kv=kv, qr=qr, full=full)
+        order = torch.zeros(len(mode), nt, 2, dtype=torch.int32)
+        probe[(len(mode),)](mode, src, seq, kv, qr, full, order, NT=nt, BLOCK_M=bm, BLOCK_N=bn)
+        results["probe"][(bm, bn)] = dict(kv=kv, qr=qr, full=full, order=order)
 
     # is the interpreter's bf16 dot usable? (it is not in Triton 3.9)
     x, y = torch.randn(16, 16).bfloat16(), torch.randn(16, 16).bfloat16()
@@ -171,6 +183,23 @@ def _worker(inp: str, out: str) -> None:
     dot16[(1,)](x, y, z)
     results["bf16_dot_err"] = float((z - x.float() @ y.float()).abs().max())
     torch.save(results, out)
+
+
+def _orders_equal(K, c: dict, cv: dict) -> dict:
+    """Forward and backward of one padded and one packed case under every tile schedule."""
+    out = {}
+    for name, call, tensors in (
+        ("padded", lambda q, k, v, sc: K.attention(q, k, v, c["mode"], c["src"], c["seq"], schedule=sc), c),
+        ("packed", lambda q, k, v, sc: K.attention_varlen(q, k, v, cv["cu"], cv["mode"], cv["src"], cv["max_seqlen"], schedule=sc), cv),
+    ):
+        got = []
+        for sc in K.SCHEDULES:
+            q, k, v = (tensors[n].float().requires_grad_() for n in ("q", "k", "v"))
+            o = call(q, k, v, sc)
+            o.backward(tensors["do"].float())
+            got.append((o.detach(), q.grad, k.grad, v.grad))
+        out[name] = all(torch.equal(a, b) for other in got[1:] for a, b in zip(got[0], other))
+    return out
 
 
 PROBE_L = 40  # not a multiple of the 16/32 tiles
@@ -300,6 +329,8 @@ def test_output_dtype_and_layout(interp):
 def test_dispatch_and_empty(interp):
     assert interp["dispatch_equal"], "unified_attention(backend='triton') differs from the kernel"
     assert interp["clamped_equal"], "seq_len > L (unchecked) must behave as seq_len = L"
+    assert f"x {2**35} is too large" in interp["too_long"], interp["too_long"]
+    assert "got 'fast'" in interp["bad_schedule"], interp["bad_schedule"]
     assert interp["empty_shape"] == (0, 2, 5, 16)
 
 
@@ -347,6 +378,29 @@ def test_tile_classification_is_exact(interp, blocks):
                     assert not block.all(), f"tile ({t},{u}) fully visible but masked: {where}"
 
 
+@pytest.mark.parametrize("blocks", PROBE_BLOCKS, ids=[f"BM{m}_BN{n}" for m, n in PROBE_BLOCKS])
+def test_heavy_first_schedule(interp, blocks):
+    """The programs at tile positions 0, 1, ... of a sample run a permutation of its tiles whose
+    loop trip counts (key tiles a query tile visits, query tiles a key tile visits; the probe's
+    ranges, checked exact above) never increase: the longest programs are dispatched first."""
+    bm, bn = blocks
+    pr = interp["probe"][blocks]
+    nt = interp["probe_nt"]
+    for c, (mode, src, seq) in enumerate(interp["probe_rows"]):
+        where = f"mode={mode} src={src} seq={seq} BM={bm} BN={bn}"
+        q_order, kv_order = pr["order"][c, :, 0].tolist(), pr["order"][c, :, 1].tolist()
+        assert sorted(q_order) == list(range(nt)) and sorted(kv_order) == list(range(nt)), where
+        q_trips = [len(_visited(*pr["kv"][c, t, :2].tolist(), bn, 10**6)) for t in q_order]
+        kv_trips = [len(_visited(*pr["qr"][c, t, :2].tolist(), bm, 10**6)) for t in kv_order]
+        assert q_trips == sorted(q_trips, reverse=True), f"query tiles {q_order} trips {q_trips}: {where}"
+        assert kv_trips == sorted(kv_trips, reverse=True), f"key tiles {kv_order} trips {kv_trips}: {where}"
+
+
+def test_tile_orders_give_identical_results(interp):
+    """Every schedule: bitwise the same output and gradients (padded and packed)."""
+    assert interp["plain_order_equal"] == {"padded": True, "packed": True}
+
+
 def test_bf16_needs_gpu(interp):
     if interp["bf16_dot_err"] > 1.0:
         pytest.skip(
@@ -365,8 +419,9 @@ if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "--worker":
     from unimask.kernels import unified_attention as K
 
     @triton.jit
-    def probe(MODE, SRC, SEQ, KV, QR, FULL, NT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-        """Per tile: the loop range [lo, hi) and its fully-visible part [f0, f1), both directions."""
+    def probe(MODE, SRC, SEQ, KV, QR, FULL, ORD, NT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        """Per tile: the loop range [lo, hi) and its fully-visible part [f0, f1), both directions;
+        the heavy-first schedule: the query / key tile run at position t."""
         c = tl.program_id(0)
         mode = tl.load(MODE + c)
         src = tl.load(SRC + c)
@@ -384,6 +439,8 @@ if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "--worker":
             tl.store(QR + (c * NT + t) * 4 + 1, qhi)
             tl.store(QR + (c * NT + t) * 4 + 2, qf0)
             tl.store(QR + (c * NT + t) * 4 + 3, qf1)
+            tl.store(ORD + (c * NT + t) * 2, K._q_tile(t, mode, seq, BLOCK_M, 1))
+            tl.store(ORD + (c * NT + t) * 2 + 1, K._kv_tile(t, mode, seq, BLOCK_N, 1))
             for u in tl.static_range(NT):
                 f = K._tile_is_full(mode, src, seq, t * BLOCK_M, t * BLOCK_M + BLOCK_M, u * BLOCK_N, u * BLOCK_N + BLOCK_N)
                 tl.store(FULL + (c * NT + t) * NT + u, f.to(tl.int32))

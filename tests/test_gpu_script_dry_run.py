@@ -21,7 +21,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "gpu_attention.py"
 pytestmark = pytest.mark.skipif(not SCRIPT.is_file(), reason="bench/ is not beside the tests (not a source checkout)")
 
 
-@pytest.mark.parametrize("extra", [[], ["--extra-configs", "--correctness-after", "--no-packed"]], ids=["default", "diagnostic"])
+@pytest.mark.parametrize("extra", [[], ["--extra-configs", "--correctness-after", "--no-packed", "--schedules"]], ids=["default", "diagnostic"])
 def test_gpu_check_rehearses_on_the_cpu_without_errors(tmp_path, extra):
     pytest.importorskip("triton")
     r = subprocess.run([sys.executable, str(SCRIPT), "--dry-run-cpu", "--out", str(tmp_path), "--budget-s", "120", *extra],
@@ -39,6 +39,11 @@ def test_gpu_check_rehearses_on_the_cpu_without_errors(tmp_path, extra):
             assert row[name]["gpu_fwd_bwd_ms"] > 0 and row[name]["host_fwd_bwd_ms"] > 0, row[name]
         assert ("unimask_packed" in row) == (row["batch"] == "mixed" and "--no-packed" not in extra)
     assert any(row["unimask"].get("kernel_profile") for row in res["bench"])  # the profiler breakdown ran
+    assert all(c.get("schedules_equal") for c in res["correctness"] if "deterministic" in c)
+    if "--schedules" in extra:  # every other tile schedule timed, and its table
+        for row in res["bench"]:
+            assert set(row["unimask"]["schedules"]) == {"plain", "tile_major"}, row["unimask"].get("schedules")
+        assert "tile schedules" in res["table_md"]
     if "--correctness-after" in extra:
         assert any(c["case"].endswith(" tuned") for c in res["correctness"])
     assert res["table_md"].count("\n| ") >= 2 * len(res["bench"])  # eager and device-only tables

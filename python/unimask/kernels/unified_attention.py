@@ -59,7 +59,7 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["attention", "attention_varlen", "INTERPRET", "fwd_configs", "bwd_dkdv_configs", "bwd_dq_configs"]
+__all__ = ["attention", "attention_varlen", "INTERPRET", "SCHEDULES", "fwd_configs", "bwd_dkdv_configs", "bwd_dq_configs"]
 
 #: Whether Triton decorated these kernels for its CPU interpreter (``TRITON_INTERPRET=1`` at import).
 INTERPRET: bool = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -162,6 +162,51 @@ def _doc_start(STARTS, b, VARLEN: tl.constexpr):
 
 
 @triton.jit
+def _program(n_rows, L, BLOCK: tl.constexpr, SCHEDULE: tl.constexpr):
+    """(row, tile position) of this program on the 1-D grid of ``n_rows * cdiv(L, BLOCK)``.
+
+    A row is one (sample, head) (the dK/dV kernel: one (sample, kv head)). Schedules (the GPU
+    dispatches programs in grid order):
+
+    * 0 ``plain``: row-major, tiles in order (the layout of Triton's tutorial);
+    * 1 ``heavy_first``: row-major, each row's tiles heaviest first (:func:`_q_tile`,
+      :func:`_kv_tile`): a row's programs still run together (its K/V stay in L2) and the last
+      programs dispatched are short ones, so the final wave has less tail;
+    * 2 ``tile_major``: position-major (every row's heaviest tile, then every row's second...):
+      the whole grid is heaviest first, but the programs running together read different rows.
+    """
+    pid = tl.program_id(0)
+    if SCHEDULE == 2:
+        return pid % n_rows, pid // n_rows
+    else:
+        n_tiles = tl.cdiv(L, BLOCK)
+        return pid // n_tiles, pid % n_tiles
+
+
+@triton.jit
+def _q_tile(t, mode, seq, BLOCK_M: tl.constexpr, SCHEDULE: tl.constexpr):
+    """Query tile of the program at tile position ``t``: in the heavy-first schedules a sample's
+    valid tiles run most keys first (left_to_right and seq2seq rows see more keys further down,
+    so their valid tiles run in reverse); tiles past ``seq_len`` (no work) keep their place."""
+    if SCHEDULE != 0:
+        n_valid = (seq + BLOCK_M - 1) // BLOCK_M
+        return tl.where((t < n_valid) & ((mode == 1) | (mode == 3)), n_valid - 1 - t, t)
+    else:
+        return t
+
+
+@triton.jit
+def _kv_tile(t, mode, seq, BLOCK_N: tl.constexpr, SCHEDULE: tl.constexpr):
+    """Key tile of the program at tile position ``t`` (see :func:`_q_tile`): right_to_left keys
+    are seen by more queries further down, so their valid tiles run in reverse."""
+    if SCHEDULE != 0:
+        n_valid = (seq + BLOCK_N - 1) // BLOCK_N
+        return tl.where((t < n_valid) & (mode == 2), n_valid - 1 - t, t)
+    else:
+        return t
+
+
+@triton.jit
 def _dropout_keep(seed, dropout_p, row_base, L, i, j):
     """Keep-mask of attention dropout for rows ``i``, keys ``j`` (broadcast) of one (b, h).
 
@@ -239,19 +284,19 @@ def _attn_fwd(
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_ob, stride_oh, stride_om, stride_od,
-    H, GROUP, L, L_BUCKET,
+    B, H, GROUP, L, L_BUCKET,
     HEAD_DIM: tl.constexpr, IS_FP32: tl.constexpr, DOT_PREC: tl.constexpr, DROPOUT: tl.constexpr,
-    VARLEN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    VARLEN: tl.constexpr, SCHEDULE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     """One program per (query tile, b, head): O and the base-2 LSE of its rows."""
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    pid_bh, t = _program(B * H, L, BLOCK_M, SCHEDULE)
     b = (pid_bh // H).to(tl.int64)
     h = (pid_bh % H).to(tl.int64)
     hk = h // GROUP
     mode = tl.load(MODE + b)
     src = tl.load(SRC + b)
     seq = tl.minimum(tl.load(SEQ + b), L)  # never read past L, even for unchecked input
+    pid_m = _q_tile(t, mode, seq, BLOCK_M, SCHEDULE)
 
     m0 = pid_m * BLOCK_M
     m1 = m0 + BLOCK_M
@@ -349,18 +394,18 @@ def _attn_bwd_dkdv(
     stride_db, stride_dh, stride_dm, stride_dd,
     stride_dkb, stride_dkh, stride_dkn, stride_dkd,
     stride_dvb, stride_dvh, stride_dvn, stride_dvd,
-    H, HK, GROUP, L, L_BUCKET,
+    B, H, HK, GROUP, L, L_BUCKET,
     HEAD_DIM: tl.constexpr, IS_FP32: tl.constexpr, DOT_PREC: tl.constexpr, DROPOUT: tl.constexpr,
-    VARLEN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    VARLEN: tl.constexpr, SCHEDULE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     """One program per (kv tile, b, kv head): dK, dV summed over the group's query heads."""
-    pid_n = tl.program_id(0)
-    pid_bhk = tl.program_id(1)
+    pid_bhk, t = _program(B * HK, L, BLOCK_N, SCHEDULE)
     b = (pid_bhk // HK).to(tl.int64)
     hk = (pid_bhk % HK).to(tl.int64)
     mode = tl.load(MODE + b)
     src = tl.load(SRC + b)
     seq = tl.minimum(tl.load(SEQ + b), L)  # never read past L, even for unchecked input
+    pid_n = _kv_tile(t, mode, seq, BLOCK_N, SCHEDULE)
 
     n0 = pid_n * BLOCK_N
     n1 = n0 + BLOCK_N
@@ -447,20 +492,20 @@ def _attn_bwd_dq(
     stride_ob, stride_oh, stride_om, stride_od,
     stride_db, stride_dh, stride_dm, stride_dd,
     stride_dqb, stride_dqh, stride_dqm, stride_dqd,
-    H, GROUP, L, L_BUCKET,
+    B, H, GROUP, L, L_BUCKET,
     HEAD_DIM: tl.constexpr, IS_FP32: tl.constexpr, DOT_PREC: tl.constexpr, DROPOUT: tl.constexpr,
-    VARLEN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    VARLEN: tl.constexpr, SCHEDULE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     """One program per (query tile, b, head): ``delta = rowsum(dO * O)`` of its rows (stored
     for :func:`_attn_bwd_dkdv`), then dQ."""
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    pid_bh, t = _program(B * H, L, BLOCK_M, SCHEDULE)
     b = (pid_bh // H).to(tl.int64)
     h = (pid_bh % H).to(tl.int64)
     hk = h // GROUP
     mode = tl.load(MODE + b)
     src = tl.load(SRC + b)
     seq = tl.minimum(tl.load(SEQ + b), L)  # never read past L, even for unchecked input
+    pid_m = _q_tile(t, mode, seq, BLOCK_M, SCHEDULE)
 
     m0 = pid_m * BLOCK_M
     m1 = m0 + BLOCK_M
@@ -550,22 +595,24 @@ class _UnifiedAttention(torch.autograd.Function):
     documents starting at ``starts[b]`` and ``L`` = the longest document."""
 
     @staticmethod
-    def forward(ctx, q, k, v, mode, src, seq, starts, L, sm_scale, dropout_p, seed):  # noqa: D102
+    def forward(ctx, q, k, v, mode, src, seq, starts, L, sm_scale, dropout_p, seed, schedule):  # noqa: D102
         varlen = starts is not None
         B, H, HK, D = seq.shape[0], q.shape[1], k.shape[1], q.shape[-1]
+        if B * H * triton.cdiv(L, 16) >= 2**31:
+            raise ValueError(f"batch x heads x sequence length {B} x {H} x {L} is too large for the kernels' grid")
         o = torch.empty_like(q, memory_format=torch.contiguous_format)
         lse = torch.empty((B, H, L), device=q.device, dtype=torch.float32)
         if B * H * L > 0:
-            grid = lambda meta: (triton.cdiv(L, meta["BLOCK_M"]), B * H)  # noqa: E731
+            grid = lambda meta: (B * H * triton.cdiv(L, meta["BLOCK_M"]),)  # noqa: E731
             _attn_fwd[grid](
                 q, k, v, o, lse, mode, src, seq, starts if varlen else seq, sm_scale, dropout_p, seed,
                 *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(o, varlen),
-                H, H // HK, L, _l_bucket(L),
+                B, H, H // HK, L, _l_bucket(L),
                 HEAD_DIM=D, IS_FP32=q.dtype == torch.float32, DOT_PREC=_dot_precision(q.dtype),
-                DROPOUT=dropout_p > 0.0, VARLEN=varlen, **_FIXED,
+                DROPOUT=dropout_p > 0.0, VARLEN=varlen, SCHEDULE=schedule, **_FIXED,
             )  # fmt: skip
         ctx.save_for_backward(q, k, v, o, lse, mode, src, seq, starts)
-        ctx.L, ctx.sm_scale, ctx.dropout_p, ctx.seed = L, sm_scale, dropout_p, seed
+        ctx.L, ctx.sm_scale, ctx.dropout_p, ctx.seed, ctx.schedule = L, sm_scale, dropout_p, seed, schedule
         return o
 
     @staticmethod
@@ -577,30 +624,41 @@ class _UnifiedAttention(torch.autograd.Function):
         dq = torch.empty_like(q, memory_format=torch.contiguous_format)
         dk = torch.empty_like(k, memory_format=torch.contiguous_format)
         dv = torch.empty_like(v, memory_format=torch.contiguous_format)
-        nones = (None,) * 8
+        nones = (None,) * 9
         if B * H * L == 0:
             return (dq.zero_(), dk.zero_(), dv.zero_(), *nones)
         starts_arg = starts if varlen else seq
         delta = torch.empty_like(lse)  # written by the dQ kernel, read by the dK/dV kernel
         common = dict(
             HEAD_DIM=D, IS_FP32=q.dtype == torch.float32, DOT_PREC=_dot_precision(q.dtype),
-            DROPOUT=ctx.dropout_p > 0.0, VARLEN=varlen, **_FIXED,
+            DROPOUT=ctx.dropout_p > 0.0, VARLEN=varlen, SCHEDULE=ctx.schedule, **_FIXED,
         )  # fmt: skip
-        grid_q = lambda meta: (triton.cdiv(L, meta["BLOCK_M"]), B * H)  # noqa: E731
+        grid_q = lambda meta: (B * H * triton.cdiv(L, meta["BLOCK_M"]),)  # noqa: E731
         _attn_bwd_dq[grid_q](
             q, k, v, o, do, dq, lse, delta, mode, src, seq, starts_arg, ctx.sm_scale, ctx.dropout_p, ctx.seed,
             *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(o, varlen),
             *_strides(do, varlen), *_strides(dq, varlen),
-            H, H // HK, L, _l_bucket(L), **common,
+            B, H, H // HK, L, _l_bucket(L), **common,
         )  # fmt: skip
-        grid_kv = lambda meta: (triton.cdiv(L, meta["BLOCK_N"]), B * HK)  # noqa: E731
+        grid_kv = lambda meta: (B * HK * triton.cdiv(L, meta["BLOCK_N"]),)  # noqa: E731
         _attn_bwd_dkdv[grid_kv](
             q, k, v, do, dk, dv, lse, delta, mode, src, seq, starts_arg, ctx.sm_scale, ctx.dropout_p, ctx.seed,
             *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(do, varlen),
             *_strides(dk, varlen), *_strides(dv, varlen),
-            H, HK, H // HK, L, _l_bucket(L), **common,
+            B, H, HK, H // HK, L, _l_bucket(L), **common,
         )  # fmt: skip
         return (dq, dk, dv, *nones)
+
+
+#: Tile schedules of :func:`attention` (the first is the default; see :func:`_program`).
+SCHEDULES = ("heavy_first", "plain", "tile_major")
+_SCHEDULE_IDS = {"plain": 0, "heavy_first": 1, "tile_major": 2}
+
+
+def _schedule(name: str) -> int:
+    if name not in _SCHEDULE_IDS:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {name!r}")
+    return _SCHEDULE_IDS[name]
 
 
 def _prepare(q, dropout_p: float, scale: float | None, seed: int | None) -> tuple[float, float, int]:
@@ -622,6 +680,7 @@ def attention(
     scale: float | None = None,
     dropout_p: float = 0.0,
     seed: int | None = None,
+    schedule: str = "heavy_first",
 ) -> torch.Tensor:
     """Fused unified-LM attention (Triton), differentiable in ``q``, ``k``, ``v``.
 
@@ -635,12 +694,16 @@ def attention(
     ``torch.nn.functional.dropout`` applied to the softmax), regenerated in the backward from
     Philox(``seed``, element index) instead of being stored. ``seed`` defaults to a draw from
     torch's CPU generator, so ``torch.manual_seed`` makes runs reproducible.
+
+    ``schedule``: the order the GPU runs the tiles in, one of :data:`SCHEDULES` (see
+    :func:`_program`); the results are bitwise identical under every schedule (same tiles, same
+    arithmetic), only the speed differs. The others are there for benchmarking.
     """
     _check(q, k, v)
     sm_scale, dropout_p, seed = _prepare(q, dropout_p, scale, seed)
     dev = q.device
     mode, src, seq = _ints(attn_mode, dev), _ints(src_len, dev), _ints(seq_len, dev)
-    return _UnifiedAttention.apply(q, k, v, mode, src, seq, None, q.shape[2], sm_scale, dropout_p, seed)
+    return _UnifiedAttention.apply(q, k, v, mode, src, seq, None, q.shape[2], sm_scale, dropout_p, seed, _schedule(schedule))
 
 
 def attention_varlen(
@@ -654,6 +717,7 @@ def attention_varlen(
     scale: float | None = None,
     dropout_p: float = 0.0,
     seed: int | None = None,
+    schedule: str = "heavy_first",
 ) -> torch.Tensor:
     """Packed rows: documents concatenated along tokens, each with its own mode (no padding).
 
@@ -662,7 +726,8 @@ def attention_varlen(
     convention); ``attn_mode``, ``src_len``: int ``[N]``; ``max_seqlen`` >= every document's
     length. Each document gets the mask of :func:`unimask.masks.allowed` on document-relative
     positions; nothing crosses documents. Validated by
-    :func:`unimask.attention.unified_attention_varlen`. Returns ``[T, H, D]``.
+    :func:`unimask.attention.unified_attention_varlen`. Returns ``[T, H, D]``. ``schedule``:
+    as in :func:`attention`.
     """
     _check(q, k, v)
     sm_scale, dropout_p, seed = _prepare(q, dropout_p, scale, seed)
@@ -671,4 +736,4 @@ def attention_varlen(
     starts = cu[:-1].to(torch.int32).contiguous()
     seq = (cu[1:] - cu[:-1]).to(torch.int32).contiguous()
     mode, src = _ints(attn_mode, dev), _ints(src_len, dev)
-    return _UnifiedAttention.apply(q, k, v, mode, src, seq, starts, int(max_seqlen), sm_scale, dropout_p, seed)
+    return _UnifiedAttention.apply(q, k, v, mode, src, seq, starts, int(max_seqlen), sm_scale, dropout_p, seed, _schedule(schedule))
