@@ -110,7 +110,10 @@ VARIANTS = [("bf16", 128, False, False), ("fp16", 16, False, False), ("fp32", 32
 )  # fmt: skip
 @pytest.mark.parametrize("name,kernel,configs", KERNELS, ids=[k[0] for k in KERNELS])
 def test_kernel_compiles_for_sm90(name, kernel, configs, dtype, head_dim, dropout, varlen):
-    ck = _compile(kernel, dtype, head_dim, configs[0], dropout, varlen)
+    # exact fp32 products run K.IEEE_CONFIG (the autotuner's pruning picks it: test below)
+    config = triton.Config(dict(zip(("BLOCK_M", "BLOCK_N"), K.IEEE_CONFIG[:2])), num_warps=K.IEEE_CONFIG[2],
+                           num_stages=K.IEEE_CONFIG[3]) if dtype == "fp32" else configs[0]
+    ck = _compile(kernel, dtype, head_dim, config, dropout, varlen)
     assert ck.asm.get("cubin"), f"{name}: no cubin produced"
     ptx = ck.asm["ptx"]
     assert ".target sm_90" in ptx
@@ -119,6 +122,22 @@ def test_kernel_compiles_for_sm90(name, kernel, configs, dtype, head_dim, dropou
         # the key/query streams are software-pipelined (cp.async, num_stages deep)
         assert "async_copy_global_to_local" in ck.asm["ttgir"], f"{name} {dtype}: loads not pipelined"
     assert ck.metadata.shared <= 232448, f"{name}: {ck.metadata.shared} bytes of shared memory > H100's 227 KiB"
+
+
+def test_pruning_picks_tiles_by_length_and_precision(monkeypatch):
+    """Configs with tiles past the (power-of-two) length are dropped; exact fp32 products get
+    IEEE_CONFIG alone; UNIMASK_ATTN_AUTOTUNE=0 keeps the first config."""
+    monkeypatch.delenv("UNIMASK_ATTN_AUTOTUNE", raising=False)
+    sizes = lambda cs: [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) for c in cs]  # noqa: E731
+    for configs in (K.fwd_configs, K.bwd_dkdv_configs, K.bwd_dq_configs):
+        assert sizes(K._prune(configs, {"L": 4096}, DOT_PREC="tf32")) == sizes(configs)
+        short = sizes(K._prune(configs, {"L": 40}, DOT_PREC="tf32"))
+        assert short == [c for c in sizes(configs) if c[0] <= 64 and c[1] <= 64] or short == sizes(configs[:1])
+        assert sizes(K._prune(configs, {"L": 4096}, DOT_PREC="ieee")) == [K.IEEE_CONFIG]
+        monkeypatch.setenv("UNIMASK_ATTN_AUTOTUNE", "0")
+        assert sizes(K._prune(configs, {"L": 4096}, DOT_PREC="tf32")) == sizes(configs[:1])
+        assert sizes(K._prune(configs, {"L": 4096}, DOT_PREC="ieee")) == [K.IEEE_CONFIG]
+        monkeypatch.delenv("UNIMASK_ATTN_AUTOTUNE")
 
 
 def test_autotune_configs_are_hopper_sized():

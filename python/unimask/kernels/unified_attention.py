@@ -59,7 +59,7 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["attention", "attention_varlen", "INTERPRET", "SCHEDULES", "fwd_configs", "bwd_dkdv_configs", "bwd_dq_configs"]
+__all__ = ["attention", "attention_varlen", "INTERPRET", "SCHEDULES", "IEEE_CONFIG", "fwd_configs", "bwd_dkdv_configs", "bwd_dq_configs"]
 
 #: Whether Triton decorated these kernels for its CPU interpreter (``TRITON_INTERPRET=1`` at import).
 INTERPRET: bool = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -91,9 +91,20 @@ bwd_dkdv_configs = _configs([(64, 128, 8, 3), (32, 128, 4, 3), (64, 64, 4, 3), (
 bwd_dq_configs = _configs([(128, 64, 8, 3), (128, 32, 4, 3), (64, 64, 4, 3), (64, 32, 4, 4)])
 
 
+#: fp32 inputs with exact (IEEE) products (PyTorch's TF32 switch off) run the dots on FMA units,
+#: not tensor cores, and compile 5-10x slower than bf16 at the tile sizes above (sm_90, D 64,
+#: the first listed config: fwd 12.4 s, dK/dV 14.4 s, dQ 8.7 s; bf16 1.8 / 1.8 / 1.3 s; on the
+#: H200 machine's CPU 2-3x longer). That path is for exactness, not speed: one smaller config for
+#: all three kernels (2.6 / 5.2 / 3.9 s), no tuning. Its speed is not measured.
+IEEE_CONFIG = (64, 32, 4, 2)
+
+
 def _prune(configs, named_args, **kwargs):
     """Drop configs whose tiles are far larger than the sequence (they only add masked work);
-    ``UNIMASK_ATTN_AUTOTUNE=0`` (read when a new shape bucket is tuned) keeps the first only."""
+    ``UNIMASK_ATTN_AUTOTUNE=0`` (read when a new shape bucket is tuned) keeps the first only;
+    exact fp32 products get :data:`IEEE_CONFIG` alone."""
+    if kwargs.get("DOT_PREC") == "ieee":
+        return [_cfg(*IEEE_CONFIG)]
     if os.environ.get("UNIMASK_ATTN_AUTOTUNE", "1") == "0":
         return configs[:1]
     L = named_args["L"]
@@ -108,7 +119,7 @@ _FIXED = {"BLOCK_M": 16, "BLOCK_N": 16} if INTERPRET else {}
 def _autotune(configs):
     if INTERPRET:
         return lambda fn: fn
-    return triton.autotune(configs=configs, key=["HEAD_DIM", "L_BUCKET", "IS_FP32", "DROPOUT", "VARLEN"], prune_configs_by={"early_config_prune": _prune})
+    return triton.autotune(configs=configs, key=["HEAD_DIM", "L_BUCKET", "IS_FP32", "DOT_PREC", "DROPOUT", "VARLEN"], prune_configs_by={"early_config_prune": _prune})
 
 
 # --------------------------------------------------------------------------------------------
