@@ -579,15 +579,14 @@ def correctness(torch, masks, attention, K, res: Results, quick: bool, D_: Dev, 
 profile_shapes = {(512, 64, "mixed"), (1024, 64, "mixed"), (512, 128, "mixed"), (4096, 128, "mixed"), (32, 16, "mixed")}
 
 #: --extra-configs: candidates tried by the autotuner on top of the shipped ones
-#: (BLOCK_M, BLOCK_N, num_warps, num_stages), to see whether any beats them on this GPU.
-#: These compile without spills at D 64 (and mostly at D 128) for sm_90, where every shipped
-#: dK/dV config spills 150-2800 bytes per thread
-#: (``python bench/kernel_resources.py``; docs/attention.md). Run 2 of 2026-11-28 tried an
-#: earlier list: the winners of it are shipped, the rest never won.
+#: (BLOCK_M, BLOCK_N, num_warps, num_stages[, SPLIT]), to see whether any beats them on this GPU.
+#: Runs 2 and 4 of 2026-11-28 tried earlier lists (the 8-warp spill-free three-loop tiles never
+#: won: docs/attention.md); these are more single-loop (SPLIT=False) tiles, which spill least
+#: (``python bench/kernel_resources.py``).
 EXTRA_CONFIGS = {
-    "_attn_fwd": [(64, 64, 8, 3), (128, 32, 8, 3)],
-    "_attn_bwd_dkdv": [(32, 128, 8, 2), (16, 128, 8, 2), (16, 64, 8, 3), (32, 64, 8, 2)],
-    "_attn_bwd_dq": [(64, 64, 8, 2), (128, 32, 8, 2), (64, 32, 8, 3)],
+    "_attn_fwd": [(128, 128, 8, 3, False), (64, 64, 8, 3, False)],
+    "_attn_bwd_dkdv": [(64, 64, 4, 3, False), (16, 128, 8, 2, False), (32, 64, 8, 2, False)],
+    "_attn_bwd_dq": [(128, 32, 4, 3, False), (128, 64, 8, 3, False)],
 }
 
 
@@ -598,9 +597,7 @@ def add_extra_configs(K, res: "Results") -> None:
         kern = getattr(K, name)
         if type(kern).__name__ != "Autotuner":
             continue
-        kern.configs = list(kern.configs) + [
-            triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st) for bm, bn, w, st in extra
-        ]
+        kern.configs = list(kern.configs) + [K._cfg(*c) for c in extra]
     res.data["notes"].append(f"extra autotune candidates: {EXTRA_CONFIGS}")
 
 

@@ -53,7 +53,7 @@ def main(argv: list[str]) -> int:
         kernel, configs = KERNELS[name]
         if len(argv) == 5:
             grid = [list(map(int, a.split(","))) for a in argv[1:5]]
-            configs = [T.triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in itertools.product(*grid)]
+            configs = [T.K._cfg(m, n, w, s) for m, n, w, s in itertools.product(*grid)]
         for head_dim in (64, 128):
             for c in configs:
                 try:
@@ -61,7 +61,7 @@ def main(argv: list[str]) -> int:
                 except Exception as e:  # noqa: BLE001 - report and go on (e.g. out of shared memory)
                     res = f"{type(e).__name__}: {str(e)[:80]}"
                 print(f"{name:5s} D{head_dim:<4d} BLOCK_M {c.kwargs['BLOCK_M']:4d} BLOCK_N {c.kwargs['BLOCK_N']:4d} "
-                      f"warps {c.num_warps} stages {c.num_stages}  {res}", flush=True)
+                      f"warps {c.num_warps} stages {c.num_stages}{'' if c.kwargs.get('SPLIT', True) else ' one loop'}  {res}", flush=True)
     return 0
 
 

@@ -111,8 +111,7 @@ VARIANTS = [("bf16", 128, False, False), ("fp16", 16, False, False), ("fp32", 32
 @pytest.mark.parametrize("name,kernel,configs", KERNELS, ids=[k[0] for k in KERNELS])
 def test_kernel_compiles_for_sm90(name, kernel, configs, dtype, head_dim, dropout, varlen):
     # exact fp32 products run K.IEEE_CONFIG (the autotuner's pruning picks it: test below)
-    config = triton.Config(dict(zip(("BLOCK_M", "BLOCK_N"), K.IEEE_CONFIG[:2])), num_warps=K.IEEE_CONFIG[2],
-                           num_stages=K.IEEE_CONFIG[3]) if dtype == "fp32" else configs[0]
+    config = K._cfg(*K.IEEE_CONFIG) if dtype == "fp32" else configs[0]
     ck = _compile(kernel, dtype, head_dim, config, dropout, varlen)
     assert ck.asm.get("cubin"), f"{name}: no cubin produced"
     ptx = ck.asm["ptx"]
@@ -122,6 +121,17 @@ def test_kernel_compiles_for_sm90(name, kernel, configs, dtype, head_dim, dropou
         # the key/query streams are software-pipelined (cp.async, num_stages deep)
         assert "async_copy_global_to_local" in ck.asm["ttgir"], f"{name} {dtype}: loads not pipelined"
     assert ck.metadata.shared <= 232448, f"{name}: {ck.metadata.shared} bytes of shared memory > H100's 227 KiB"
+
+
+@pytest.mark.parametrize("name,kernel,configs", KERNELS, ids=[k[0] for k in KERNELS])
+def test_single_loop_configs_compile_pipelined(name, kernel, configs):
+    """The SPLIT=False configs (one key/query loop, a branch per tile for the predicate) still
+    get Hopper's wgmma and software-pipelined loads."""
+    single = [c for c in configs if not c.kwargs["SPLIT"]]
+    assert single, f"{name}: no single-loop config listed"
+    for c in single:
+        ck = _compile(kernel, "bf16", 64, c)
+        assert "wgmma" in ck.asm["ptx"] and "async_copy_global_to_local" in ck.asm["ttgir"], (name, c)
 
 
 def test_pruning_picks_tiles_by_length_and_precision(monkeypatch):

@@ -147,6 +147,9 @@ def _worker(inp: str, out: str) -> None:
     # every tile schedule runs the same tiles with the same arithmetic: bitwise the same output
     # and gradients (padded and packed layouts)
     results["plain_order_equal"] = _orders_equal(K, payload["cases"][2], payload["varlen"][0])
+    # the single-loop variant (SPLIT=False: a branch per tile instead of three loops) visits
+    # the same tiles in the same order with the same arithmetic: bitwise the same results
+    results["single_loop_equal"] = _single_loop_equal(K, payload["cases"], results["cases"], payload["varlen"][0])
     # unchecked out-of-range seq_len is clamped to L inside the kernels (no read past L)
     L0 = c["q"].shape[2]
     over = K.attention(*args[:5], c["seq"] * 0 + L0 + 100)
@@ -199,6 +202,33 @@ def _orders_equal(K, c: dict, cv: dict) -> dict:
             o.backward(tensors["do"].float())
             got.append((o.detach(), q.grad, k.grad, v.grad))
         out[name] = all(torch.equal(a, b) for other in got[1:] for a, b in zip(got[0], other))
+    return out
+
+
+def _single_loop_equal(K, cases: list, got: dict, cv: dict) -> dict:
+    """Forward and gradients with SPLIT=False against the SPLIT=True results, on a GQA case,
+    the padding case, the dropout case and a packed one."""
+    out = {}
+    K._FIXED["SPLIT"] = False
+    try:
+        for c in cases:
+            if c["name"] not in ("mixed_L33_D32_gqa", "padding_L20_D16", "dropout_L33_D16_gqa"):
+                continue
+            q, k, v = (c[n].to(c["dtype"]).requires_grad_() for n in ("q", "k", "v"))
+            o = K.attention(q, k, v, c["mode"], c["src"], c["seq"], c["scale"], c["dropout"], c["seed"])
+            o.backward(c["do"].to(c["dtype"]))
+            ref = got[c["name"]]
+            out[c["name"]] = all(torch.equal(a, ref[n]) for a, n in zip((o.detach(), q.grad, k.grad, v.grad), ("o", "dq", "dk", "dv")))
+        res = []
+        for split in (True, False):
+            K._FIXED["SPLIT"] = split
+            q, k, v = (cv[n].float().requires_grad_() for n in ("q", "k", "v"))
+            o = K.attention_varlen(q, k, v, cv["cu"], cv["mode"], cv["src"], cv["max_seqlen"])
+            o.backward(cv["do"].float())
+            res.append((o.detach(), q.grad, k.grad, v.grad))
+        out["packed"] = all(torch.equal(a, b) for a, b in zip(*res))
+    finally:
+        K._FIXED["SPLIT"] = True
     return out
 
 
@@ -394,6 +424,12 @@ def test_heavy_first_schedule(interp, blocks):
         kv_trips = [len(_visited(*pr["qr"][c, t, :2].tolist(), bm, 10**6)) for t in kv_order]
         assert q_trips == sorted(q_trips, reverse=True), f"query tiles {q_order} trips {q_trips}: {where}"
         assert kv_trips == sorted(kv_trips, reverse=True), f"key tiles {kv_order} trips {kv_trips}: {where}"
+
+
+def test_single_loop_variant_gives_identical_results(interp):
+    """SPLIT=False (one loop, the predicate per partial tile) = SPLIT=True, bitwise."""
+    assert interp["single_loop_equal"] == {"mixed_L33_D32_gqa": True, "padding_L20_D16": True, "dropout_L33_D16_gqa": True,
+                                           "packed": True}
 
 
 def test_tile_orders_give_identical_results(interp):

@@ -67,28 +67,40 @@ INTERPRET: bool = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # --------------------------------------------------------------------------------------------
 # autotune configs
 # --------------------------------------------------------------------------------------------
-def _cfg(bm: int, bn: int, warps: int, stages: int) -> triton.Config:
-    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=warps, num_stages=stages)
+def _cfg(bm: int, bn: int, warps: int, stages: int, split: bool = True) -> triton.Config:
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "SPLIT": split}, num_warps=warps, num_stages=stages)
 
 
-def _configs(full: list[tuple[int, int, int, int]]) -> list[triton.Config]:
+def _configs(full: list[tuple]) -> list[triton.Config]:
     if INTERPRET:
         # The interpreter runs tiles as numpy ops: one small fixed config, no autotuning.
         return [_cfg(16, 16, 1, 1)]
     return [_cfg(*c) for c in full]
 
 
-# (BLOCK_M, BLOCK_N, num_warps, num_stages) -- first entry is the no-autotune default.
+# (BLOCK_M, BLOCK_N, num_warps, num_stages[, SPLIT]) -- first entry is the no-autotune default.
+# SPLIT (default True): the key (query) loop of a program runs as three loops, partial / fully
+# visible / partial, the middle one without mask arithmetic or bounds checks; False: one loop
+# that applies the predicate only on partial tiles (a branch per tile). At short L a program
+# makes 3-8 trips in all, so three separately pipelined loops may each barely fill their
+# pipeline, and three copies of the loop body hold more registers: compiled for sm_90 the
+# single loop spills far less (dK/dV 32x128 / 4 warps at D 64: 88 bytes per thread against 600;
+# 32x64 at D 128: 80 against 864; `python bench/kernel_resources.py`). The False variants of
+# the configs that won at L <= 1024, and of spill-free 8-warp tiles, let the autotuner choose
+# (added after the H200 runs; not yet timed on a GPU).
 # Few configs on purpose: every one costs a compile per (head dim, dtype, dropout) and a timing
 # per L bucket. The last dK/dV and dQ entries won the H200 run of 2026-11-28 at L <= 2048
 # (bench/results/h200_2026-11-28_run2.json: dK/dV D128 L512 0.302 vs 0.367 ms, dQ D64 L512
 # 0.095 vs 0.110 ms). Of the other candidates tried there only dQ 128x64 / 8 warps / 4 stages
 # won (L >= 2048, D 128), by 0-3% over the listed 3-stage version: not listed.
-fwd_configs = _configs([(128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 8, 4), (64, 64, 4, 4)])
+fwd_configs = _configs([(128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 8, 4), (64, 64, 4, 4),
+                        (64, 64, 4, 4, False), (128, 64, 4, 3, False), (128, 64, 8, 4, False)])
 # dK/dV: BLOCK_N is the kv tile the program owns, BLOCK_M the query tiles it streams over.
-bwd_dkdv_configs = _configs([(64, 128, 8, 3), (32, 128, 4, 3), (64, 64, 4, 3), (64, 128, 4, 2), (32, 64, 4, 4)])
+bwd_dkdv_configs = _configs([(64, 128, 8, 3), (32, 128, 4, 3), (64, 64, 4, 3), (64, 128, 4, 2), (32, 64, 4, 4),
+                             (32, 128, 4, 3, False), (32, 64, 4, 4, False), (64, 128, 8, 3, False), (32, 128, 8, 2, False)])
 # dQ: BLOCK_M is the query tile the program owns, BLOCK_N the kv tiles it streams over.
-bwd_dq_configs = _configs([(128, 64, 8, 3), (128, 32, 4, 3), (64, 64, 4, 3), (64, 32, 4, 4)])
+bwd_dq_configs = _configs([(128, 64, 8, 3), (128, 32, 4, 3), (64, 64, 4, 3), (64, 32, 4, 4),
+                           (64, 32, 4, 4, False), (64, 64, 4, 3, False)])
 
 
 #: fp32 inputs with exact (IEEE) products (PyTorch's TF32 switch off) run the dots on FMA units,
@@ -113,7 +125,7 @@ def _prune(configs, named_args, **kwargs):
 
 
 #: Tile sizes passed explicitly when the kernels are not autotuned (interpreter).
-_FIXED = {"BLOCK_M": 16, "BLOCK_N": 16} if INTERPRET else {}
+_FIXED = {"BLOCK_M": 16, "BLOCK_N": 16, "SPLIT": True} if INTERPRET else {}
 
 
 def _autotune(configs):
@@ -257,23 +269,28 @@ def _full_q_tiles(mode, src, seq, n0, n1, lo, hi, BLOCK_M: tl.constexpr):
 @triton.jit
 def _fwd_tiles(
     acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-    mode, src, seq, offs_m, offs_d, start, end, qk_scale, dropout_p, seed, row0, L,
+    mode, src, seq, offs_m, offs_d, start, end, f0, f1, qk_scale, dropout_p, seed, row0, L,
     MASKED: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
-    """Online-softmax update over key tiles [start, end); MASKED tiles apply the predicate."""
+    """Online-softmax update over key tiles [start, end). ``MASKED``: 0 = every tile fully
+    visible, 1 = every tile partial (the predicate applied), 2 = decided per tile: partial
+    outside the fully visible run [f0, f1) (see :func:`_attn_fwd`'s ``SPLIT``)."""
     for n0 in range(start, end, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         k_ptrs = k_base + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd
         v_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
-        if MASKED:
+        if MASKED != 0:
             k = tl.load(k_ptrs, mask=offs_n[:, None] < seq, other=0.0)
             v = tl.load(v_ptrs, mask=offs_n[:, None] < seq, other=0.0)
         else:  # a full tile lies inside seq_len: no bounds checks either
             k = tl.load(k_ptrs)
             v = tl.load(v_ptrs)
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
-        if MASKED:
+        if MASKED == 1:
             qk = tl.where(_tile_mask(mode, src, seq, offs_m[:, None], offs_n[None, :]), qk, float("-inf"))
+        if MASKED == 2:
+            if (n0 < f0) | (n0 >= f1):
+                qk = tl.where(_tile_mask(mode, src, seq, offs_m[:, None], offs_n[None, :]), qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1))
         p = tl.math.exp2(qk - m_new[:, None])
         alpha = tl.math.exp2(m_i - m_new)
@@ -298,6 +315,7 @@ def _attn_fwd(
     B, H, GROUP, L, L_BUCKET,
     HEAD_DIM: tl.constexpr, IS_FP32: tl.constexpr, DOT_PREC: tl.constexpr, DROPOUT: tl.constexpr,
     VARLEN: tl.constexpr, SCHEDULE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    SPLIT: tl.constexpr,
 ):  # fmt: skip
     """One program per (query tile, b, head): O and the base-2 LSE of its rows."""
     pid_bh, t = _program(B * H, L, BLOCK_M, SCHEDULE)
@@ -329,21 +347,28 @@ def _attn_fwd(
     # key tiles: [lo, f0) partial, [f0, f1) fully visible, [f1, hi) partial; the rest is skipped
     lo, hi = _kv_range(mode, src, seq, m0, m1, BLOCK_N)
     f0, f1 = _full_kv_tiles(mode, src, seq, m0, m1, lo, hi, BLOCK_N)
-    acc, l_i, m_i = _fwd_tiles(
-        acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-        mode, src, seq, offs_m, offs_d, lo, f0, qk_scale, dropout_p, seed, row0, L,
-        True, DROPOUT, DOT_PREC, BLOCK_N,
-    )  # fmt: skip
-    acc, l_i, m_i = _fwd_tiles(
-        acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-        mode, src, seq, offs_m, offs_d, f0, f1, qk_scale, dropout_p, seed, row0, L,
-        False, DROPOUT, DOT_PREC, BLOCK_N,
-    )  # fmt: skip
-    acc, l_i, m_i = _fwd_tiles(
-        acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-        mode, src, seq, offs_m, offs_d, f1, hi, qk_scale, dropout_p, seed, row0, L,
-        True, DROPOUT, DOT_PREC, BLOCK_N,
-    )  # fmt: skip
+    if SPLIT:  # three loops, the full tiles' without any mask arithmetic or bounds checks
+        acc, l_i, m_i = _fwd_tiles(
+            acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+            mode, src, seq, offs_m, offs_d, lo, f0, f0, f1, qk_scale, dropout_p, seed, row0, L,
+            1, DROPOUT, DOT_PREC, BLOCK_N,
+        )  # fmt: skip
+        acc, l_i, m_i = _fwd_tiles(
+            acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+            mode, src, seq, offs_m, offs_d, f0, f1, f0, f1, qk_scale, dropout_p, seed, row0, L,
+            0, DROPOUT, DOT_PREC, BLOCK_N,
+        )  # fmt: skip
+        acc, l_i, m_i = _fwd_tiles(
+            acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+            mode, src, seq, offs_m, offs_d, f1, hi, f0, f1, qk_scale, dropout_p, seed, row0, L,
+            1, DROPOUT, DOT_PREC, BLOCK_N,
+        )  # fmt: skip
+    else:  # one software-pipelined loop; the predicate applied where a tile is partial
+        acc, l_i, m_i = _fwd_tiles(
+            acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+            mode, src, seq, offs_m, offs_d, lo, hi, f0, f1, qk_scale, dropout_p, seed, row0, L,
+            2, DROPOUT, DOT_PREC, BLOCK_N,
+        )  # fmt: skip
 
     row_ok = offs_m < seq
     l_safe = tl.where(row_ok, l_i, 1.0)
@@ -365,10 +390,11 @@ def _attn_fwd(
 @triton.jit
 def _dkdv_tiles(
     dk, dv, k, v, q_base, do_base, stride_qm, stride_qd, stride_dm, stride_dd, LSE, DELTA, row_base,
-    mode, src, seq, offs_n, offs_d, start, end, qk_scale, dropout_p, seed, L,
+    mode, src, seq, offs_n, offs_d, start, end, f0, f1, qk_scale, dropout_p, seed, L,
     MASKED: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr, BLOCK_M: tl.constexpr,
 ):  # fmt: skip
-    """Accumulate dK, dV of one key tile over query tiles [start, end) of one query head."""
+    """Accumulate dK, dV of one key tile over query tiles [start, end) of one query head
+    (``MASKED`` as in :func:`_fwd_tiles`)."""
     for m0 in range(start, end, BLOCK_M):
         offs_m = m0 + tl.arange(0, BLOCK_M)
         # rows past seq_len (also past L): q = dO = 0 and lse = +inf, so their probability is 0
@@ -378,8 +404,11 @@ def _dkdv_tiles(
         lse = tl.load(LSE + row_base + offs_m, mask=offs_m < seq, other=float("inf"))
         delta = tl.load(DELTA + row_base + offs_m, mask=offs_m < seq, other=0.0)
         qkT = tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * qk_scale  # [BLOCK_N, BLOCK_M]
-        if MASKED:
+        if MASKED == 1:
             qkT = tl.where(_tile_mask(mode, src, seq, offs_m[None, :], offs_n[:, None]), qkT, float("-inf"))
+        if MASKED == 2:
+            if (m0 < f0) | (m0 >= f1):
+                qkT = tl.where(_tile_mask(mode, src, seq, offs_m[None, :], offs_n[:, None]), qkT, float("-inf"))
         pT = tl.math.exp2(qkT - lse[None, :])
         dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PREC).to(tl.float32)
         if DROPOUT:  # O = (P * Z) V with Z = keep / (1 - p): dV = (P * Z)^T dO, dP = Z * dO V^T
@@ -408,6 +437,7 @@ def _attn_bwd_dkdv(
     B, H, HK, GROUP, L, L_BUCKET,
     HEAD_DIM: tl.constexpr, IS_FP32: tl.constexpr, DOT_PREC: tl.constexpr, DROPOUT: tl.constexpr,
     VARLEN: tl.constexpr, SCHEDULE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    SPLIT: tl.constexpr,
 ):  # fmt: skip
     """One program per (kv tile, b, kv head): dK, dV summed over the group's query heads."""
     pid_bhk, t = _program(B * HK, L, BLOCK_N, SCHEDULE)
@@ -438,21 +468,28 @@ def _attn_bwd_dkdv(
         q_base = Q + b * stride_qb + t0 * stride_qm + h * stride_qh
         do_base = DO + b * stride_db + t0 * stride_dm + h * stride_dh
         row_base = (b * H + h) * L
-        dk, dv = _dkdv_tiles(
-            dk, dv, k, v, q_base, do_base, stride_qm, stride_qd, stride_dm, stride_dd, LSE, DELTA, row_base,
-            mode, src, seq, offs_n, offs_d, lo, f0, qk_scale, dropout_p, seed, L,
-            True, DROPOUT, DOT_PREC, BLOCK_M,
-        )  # fmt: skip
-        dk, dv = _dkdv_tiles(
-            dk, dv, k, v, q_base, do_base, stride_qm, stride_qd, stride_dm, stride_dd, LSE, DELTA, row_base,
-            mode, src, seq, offs_n, offs_d, f0, f1, qk_scale, dropout_p, seed, L,
-            False, DROPOUT, DOT_PREC, BLOCK_M,
-        )  # fmt: skip
-        dk, dv = _dkdv_tiles(
-            dk, dv, k, v, q_base, do_base, stride_qm, stride_qd, stride_dm, stride_dd, LSE, DELTA, row_base,
-            mode, src, seq, offs_n, offs_d, f1, hi, qk_scale, dropout_p, seed, L,
-            True, DROPOUT, DOT_PREC, BLOCK_M,
-        )  # fmt: skip
+        if SPLIT:
+            dk, dv = _dkdv_tiles(
+                dk, dv, k, v, q_base, do_base, stride_qm, stride_qd, stride_dm, stride_dd, LSE, DELTA, row_base,
+                mode, src, seq, offs_n, offs_d, lo, f0, f0, f1, qk_scale, dropout_p, seed, L,
+                1, DROPOUT, DOT_PREC, BLOCK_M,
+            )  # fmt: skip
+            dk, dv = _dkdv_tiles(
+                dk, dv, k, v, q_base, do_base, stride_qm, stride_qd, stride_dm, stride_dd, LSE, DELTA, row_base,
+                mode, src, seq, offs_n, offs_d, f0, f1, f0, f1, qk_scale, dropout_p, seed, L,
+                0, DROPOUT, DOT_PREC, BLOCK_M,
+            )  # fmt: skip
+            dk, dv = _dkdv_tiles(
+                dk, dv, k, v, q_base, do_base, stride_qm, stride_qd, stride_dm, stride_dd, LSE, DELTA, row_base,
+                mode, src, seq, offs_n, offs_d, f1, hi, f0, f1, qk_scale, dropout_p, seed, L,
+                1, DROPOUT, DOT_PREC, BLOCK_M,
+            )  # fmt: skip
+        else:
+            dk, dv = _dkdv_tiles(
+                dk, dv, k, v, q_base, do_base, stride_qm, stride_qd, stride_dm, stride_dd, LSE, DELTA, row_base,
+                mode, src, seq, offs_n, offs_d, lo, hi, f0, f1, qk_scale, dropout_p, seed, L,
+                2, DROPOUT, DOT_PREC, BLOCK_M,
+            )  # fmt: skip
     dk = dk * sm_scale
 
     st_ok = offs_n[:, None] < (seq if VARLEN else L)
@@ -465,23 +502,27 @@ def _attn_bwd_dkdv(
 @triton.jit
 def _dq_tiles(
     dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-    mode, src, seq, offs_m, offs_d, start, end, dropout_p, seed, row_base, L, qk_scale,
+    mode, src, seq, offs_m, offs_d, start, end, f0, f1, dropout_p, seed, row_base, L, qk_scale,
     MASKED: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
-    """Accumulate dQ of one query tile over key tiles [start, end)."""
+    """Accumulate dQ of one query tile over key tiles [start, end) (``MASKED`` as in
+    :func:`_fwd_tiles`)."""
     for n0 in range(start, end, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         k_ptrs = k_base + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd
         v_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
-        if MASKED:
+        if MASKED != 0:
             k = tl.load(k_ptrs, mask=offs_n[:, None] < seq, other=0.0)
             v = tl.load(v_ptrs, mask=offs_n[:, None] < seq, other=0.0)
         else:
             k = tl.load(k_ptrs)
             v = tl.load(v_ptrs)
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
-        if MASKED:
+        if MASKED == 1:
             qk = tl.where(_tile_mask(mode, src, seq, offs_m[:, None], offs_n[None, :]), qk, float("-inf"))
+        if MASKED == 2:
+            if (n0 < f0) | (n0 >= f1):
+                qk = tl.where(_tile_mask(mode, src, seq, offs_m[:, None], offs_n[None, :]), qk, float("-inf"))
         p = tl.math.exp2(qk - lse[:, None])
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC).to(tl.float32)
         if DROPOUT:
@@ -506,6 +547,7 @@ def _attn_bwd_dq(
     B, H, GROUP, L, L_BUCKET,
     HEAD_DIM: tl.constexpr, IS_FP32: tl.constexpr, DOT_PREC: tl.constexpr, DROPOUT: tl.constexpr,
     VARLEN: tl.constexpr, SCHEDULE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    SPLIT: tl.constexpr,
 ):  # fmt: skip
     """One program per (query tile, b, head): ``delta = rowsum(dO * O)`` of its rows (stored
     for :func:`_attn_bwd_dkdv`), then dQ."""
@@ -539,21 +581,28 @@ def _attn_bwd_dq(
 
     lo, hi = _kv_range(mode, src, seq, m0, m1, BLOCK_N)
     f0, f1 = _full_kv_tiles(mode, src, seq, m0, m1, lo, hi, BLOCK_N)
-    dq = _dq_tiles(
-        dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-        mode, src, seq, offs_m, offs_d, lo, f0, dropout_p, seed, row_base, L, qk_scale,
-        True, DROPOUT, DOT_PREC, BLOCK_N,
-    )  # fmt: skip
-    dq = _dq_tiles(
-        dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-        mode, src, seq, offs_m, offs_d, f0, f1, dropout_p, seed, row_base, L, qk_scale,
-        False, DROPOUT, DOT_PREC, BLOCK_N,
-    )  # fmt: skip
-    dq = _dq_tiles(
-        dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-        mode, src, seq, offs_m, offs_d, f1, hi, dropout_p, seed, row_base, L, qk_scale,
-        True, DROPOUT, DOT_PREC, BLOCK_N,
-    )  # fmt: skip
+    if SPLIT:
+        dq = _dq_tiles(
+            dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+            mode, src, seq, offs_m, offs_d, lo, f0, f0, f1, dropout_p, seed, row_base, L, qk_scale,
+            1, DROPOUT, DOT_PREC, BLOCK_N,
+        )  # fmt: skip
+        dq = _dq_tiles(
+            dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+            mode, src, seq, offs_m, offs_d, f0, f1, f0, f1, dropout_p, seed, row_base, L, qk_scale,
+            0, DROPOUT, DOT_PREC, BLOCK_N,
+        )  # fmt: skip
+        dq = _dq_tiles(
+            dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+            mode, src, seq, offs_m, offs_d, f1, hi, f0, f1, dropout_p, seed, row_base, L, qk_scale,
+            1, DROPOUT, DOT_PREC, BLOCK_N,
+        )  # fmt: skip
+    else:
+        dq = _dq_tiles(
+            dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+            mode, src, seq, offs_m, offs_d, lo, hi, f0, f1, dropout_p, seed, row_base, L, qk_scale,
+            2, DROPOUT, DOT_PREC, BLOCK_N,
+        )  # fmt: skip
     dq = dq * sm_scale
     dq_ptrs = DQ + b * stride_dqb + t0 * stride_dqm + h * stride_dqh + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd
     tl.store(dq_ptrs, dq.to(DQ.dtype.element_ty), mask=offs_m[:, None] < (seq if VARLEN else L))
