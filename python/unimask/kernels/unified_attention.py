@@ -21,11 +21,16 @@ Per (query tile, key tile) pair the kernels classify from those integers alone:
 * fully masked -> never visited: the loop bounds come from :func:`_kv_range` / :func:`_q_range`
   (left_to_right stops at the diagonal, right_to_left starts at it, seq2seq source rows stop at
   ``src_len``, everything stops at ``seq_len``);
-* fully visible -> no mask arithmetic and no bounds checks: these tiles are contiguous inside
-  the loop range, so each loop runs as three sub-loops, partial / full / partial, split by
-  :func:`_full_kv_tiles` / :func:`_full_q_tiles` (exactly the tiles where :func:`_tile_is_full`
-  holds, which the tests check against ``dense_mask``);
+* fully visible -> no mask arithmetic: these tiles are contiguous inside the loop range
+  (:func:`_full_kv_tiles` / :func:`_full_q_tiles`: exactly the tiles where :func:`_tile_is_full`
+  holds, which the tests check against ``dense_mask``), so with the config flag ``SPLIT`` each
+  loop runs as three sub-loops, partial / full / partial, the full one without bounds checks
+  either; without it, one loop that applies the predicate only where a tile is partial;
 * partial -> the element-wise predicate :func:`_tile_mask`.
+
+Programs run on a 1-D grid; :func:`_program` maps an id to its (sample, head) and tile
+position, in the order the ``schedule`` argument picks (:data:`SCHEDULES`; bitwise the same
+results under each).
 
 Padded queries (``i >= seq_len``) get an output row of exact zeros and LSE ``+inf``, so in the
 backward their probabilities are ``exp2(x - inf) = 0`` and nothing (no NaN, no inf) leaks into
