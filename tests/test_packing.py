@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from unimask.collators import MLMCollator, UnifiedLMCollator
-from unimask.models import BertForPretraining, EncoderConfig, TransformerEncoder
+from unimask.models import BertForPretraining, EncoderConfig, TransformerEncoder, UnifiedLM
 from unimask.packing import PackingCollator, pack_first_fit
 
 IDS = dict(vocab_size=100, pad_id=0, cls_id=1, sep_id=2, mask_id=3)
@@ -196,13 +196,12 @@ def test_packed_pretraining_loss_and_gradients():
     torch.testing.assert_close(packed.mlm_loss, padded.mlm_loss, rtol=1e-9, atol=1e-9)
 
 
-def test_only_mlm_collators_are_packed():
-    """A UniLM collator draws one mode per row, causal targets would run across documents."""
+def test_only_mlm_and_unilm_collators_are_packed():
+    """Causal, MASS and T5 targets would run across the documents of a row."""
     from unimask.collators import CausalLMCollator
 
-    for other in (UnifiedLMCollator(**IDS), CausalLMCollator(vocab_size=100, pad_id=0, bos_id=1, eos_id=2)):
-        with pytest.raises(TypeError, match="packs samples for an MLMCollator"):
-            PackingCollator(other, max_length=48)
+    with pytest.raises(TypeError, match="packs samples for an MLMCollator or a UnifiedLMCollator, got CausalLMCollator"):
+        PackingCollator(CausalLMCollator(vocab_size=100, pad_id=0, bos_id=1, eos_id=2), max_length=48)
     # MLMCollator's n-gram recipe on packed rows
     b = PackingCollator(MLMCollator(**IDS, span="ngram", seed=2), max_length=48)(_docs(24, seed=7))
     assert (b["labels"] != -100).any() and b["cu_seqlens"][-1] == b["input_ids"].numel()
@@ -380,3 +379,89 @@ def test_pack_padded_per_token_labels_pad_with_ignore_index():
         assert torch.equal(flat[s:s + n], b["labels"][i, :n])
         covered[s:s + n] = True
     assert (flat[~covered] == -100).all()
+
+
+# --------------------------------------------------------------------------------------------
+# UNILM: each document collated alone (its own mode), then packed
+# --------------------------------------------------------------------------------------------
+def _pairs(n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        a = [rng.randrange(5, 100) for _ in range(rng.randrange(2, 14))]
+        b = [rng.randrange(5, 100) for _ in range(rng.randrange(1, 10))] if rng.random() < 0.8 else None
+        out.append({"segment_a": a, "segment_b": b, "next_sentence_label": rng.randrange(2), "index": 100 + i})
+    return out
+
+
+@pytest.mark.parametrize("pad_to_max_length", [False, True])
+def test_unilm_packing_keeps_every_document_as_collated_alone(pad_to_max_length):
+    """Oracle: the same UnifiedLMCollator on the unpacked samples. Each sample's tokens, labels,
+    segment ids, mode, source length and NSP label are where doc_starts says, unchanged; the
+    rows' padding documents are bidirectional and unscored."""
+    samples = _pairs(30, seed=1)
+    alone = UnifiedLMCollator(**IDS, seed=7)(samples)
+    b = PackingCollator(UnifiedLMCollator(**IDS, seed=7), max_length=40, pad_to_max_length=pad_to_max_length)(samples)
+    R, W = b["input_ids"].shape
+    assert W == 40 if pad_to_max_length else W <= 40
+    assert R < len(samples) and int(b["cu_seqlens"][-1]) == R * W
+    assert set(alone["attn_mode"].tolist()) == {0, 1, 2, 3}  # every mode in the batch
+    flat = {k: b[k].reshape(-1) for k in ("input_ids", "labels", "token_type_ids")}
+    cu = b["cu_seqlens"]
+    seg_of = torch.searchsorted(cu[1:], b["doc_starts"], right=True)
+    covered = torch.zeros(R * W, dtype=torch.bool)
+    for i in range(len(samples)):
+        n, s0 = int(alone["seq_len"][i]), int(b["doc_starts"][i])
+        assert int(b["doc_lengths"][i]) == n and int(cu[seg_of[i]]) == s0 and int(cu[seg_of[i] + 1]) == s0 + n
+        for k in flat:
+            assert torch.equal(flat[k][s0:s0 + n], alone[k][i, :n].to(flat[k].dtype)), (k, i)
+        assert int(b["attn_mode"][seg_of[i]]) == int(alone["attn_mode"][i])
+        assert int(b["src_len"][seg_of[i]]) == int(alone["src_len"][i])
+        covered[s0:s0 + n] = True
+    assert torch.equal(b["next_sentence_label"], alone["next_sentence_label"])
+    padding = sorted(set(range(len(cu) - 1)) - set(seg_of.tolist()))
+    assert len(padding) == R and all(int(b["attn_mode"][d]) == 0 for d in padding)
+    assert (flat["labels"][~covered] == -100).all() and (flat["input_ids"][~covered] == IDS["pad_id"]).all()
+    assert b["num_tokens"].sum() == alone["seq_len"].sum() and b["num_documents"].sum() == len(samples)
+    with pytest.raises(ValueError, match="sample 0 has 22 tokens with its special tokens, more than a row's 20"):
+        PackingCollator(UnifiedLMCollator(**IDS), max_length=20)([{"input_ids": list(range(5, 25))}])
+
+
+def test_packed_unilm_model_equals_the_padded_batch():
+    """UnifiedLM on the packed batch vs the same collated samples padded: the same MLM targets,
+    logits and loss, the same NSP logits per sample (each at its own [CLS]) and NSP loss (only
+    bidirectional samples count), in fp64."""
+    torch.manual_seed(0)
+    cfg = EncoderConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=64, type_vocab_size=6,
+                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model = UnifiedLM(cfg).double().eval()
+    samples = _pairs(24, seed=3)
+    alone = UnifiedLMCollator(**IDS, seed=2)(samples)
+    packed_batch = PackingCollator(UnifiedLMCollator(**IDS, seed=2), max_length=48)(samples)
+    with torch.no_grad():
+        padded = model(**alone)
+        packed = model(**packed_batch)
+    assert packed.nsp_logits.shape == (len(samples), 2)
+    torch.testing.assert_close(packed.nsp_logits, padded.nsp_logits, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(packed.nsp_loss, padded.nsp_loss, rtol=1e-9, atol=1e-9)
+    # MLM targets come out in flattened order; in both layouts the samples keep their order only
+    # within a row, so compare the (target, logits) pairs sorted by each sample's position
+    order = lambda starts, lens: torch.cat([torch.arange(int(s), int(s) + int(n)) for s, n in zip(starts, lens)])  # noqa: E731
+    L = alone["input_ids"].shape[1]
+    pos_packed = order(packed_batch["doc_starts"], alone["seq_len"])
+    pos_padded = order(torch.arange(len(samples)) * L, alone["seq_len"])
+    lab_p = packed_batch["labels"].reshape(-1)[pos_packed]
+    assert torch.equal(lab_p, alone["labels"].reshape(-1)[pos_padded])
+    rank_p = torch.empty(packed_batch["labels"].numel(), dtype=torch.long)
+    rank_p[pos_packed] = torch.arange(len(pos_packed))
+    rank_d = torch.empty(alone["labels"].numel(), dtype=torch.long)
+    rank_d[pos_padded] = torch.arange(len(pos_padded))
+    sel_p = (packed_batch["labels"].reshape(-1) != -100).nonzero().flatten()
+    sel_d = (alone["labels"].reshape(-1) != -100).nonzero().flatten()
+    torch.testing.assert_close(packed.mlm_logits[rank_p[sel_p].argsort()], padded.mlm_logits[rank_d[sel_d].argsort()],
+                               rtol=1e-9, atol=1e-9)
+    # the loss is a float32 mean over the same terms in another order
+    torch.testing.assert_close(packed.mlm_loss, padded.mlm_loss, rtol=1e-6, atol=0)
+    with pytest.raises(ValueError, match="need doc_starts"):
+        model(**{k: v for k, v in packed_batch.items() if k != "doc_starts"})

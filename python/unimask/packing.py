@@ -6,8 +6,9 @@ input, the Triton kernel's varlen path), and positions restart at each document.
 the end of a row is a document of its own that no loss looks at.
 
 :func:`pack_first_fit` assigns documents to rows; :class:`PackingCollator` packs a batch of
-samples, masks the rows with a :class:`unimask.collators.MLMCollator` and adds the packed-row
-columns::
+samples, masks the rows with a :class:`unimask.collators.MLMCollator` (or masks each document
+with a :class:`unimask.collators.UnifiedLMCollator`, its own attention mode per document) and
+adds the packed-row columns::
 
     from unimask.collators import MLMCollator
     from unimask.packing import PackingCollator
@@ -60,18 +61,26 @@ def pack_first_fit(lengths: Sequence[int], capacity: int) -> list[list[int]]:
     return rows
 
 
-def _document_columns(rows: list[list[int]], lengths: Sequence[int], width: int) -> dict[str, torch.Tensor]:
+def _document_columns(rows: list[list[int]], lengths: Sequence[int], width: int,
+                      modes: Sequence[int] | None = None, srcs: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
     """The encoder's packed-row columns for documents ``lengths`` laid out as ``rows`` (first-fit
     order) in rows of ``width`` tokens: ``cu_seqlens`` over the flattened rows, each row's
-    padding one more document, and ``attn_mode`` (bidirectional) / ``src_len`` per document."""
+    padding one more document, and ``attn_mode`` / ``src_len`` per document (``modes`` /
+    ``srcs`` per input document, default bidirectional; a row's padding is bidirectional)."""
     seg: list[int] = []
+    seg_mode: list[int] = []
+    seg_src: list[int] = []
     for r in rows:
         seg += [int(lengths[i]) for i in r]
+        seg_mode += [0 if modes is None else int(modes[i]) for i in r]
+        seg_src += [0 if srcs is None else int(srcs[i]) for i in r]
         seg.append(width - sum(int(lengths[i]) for i in r))  # the row's padding: one document (possibly empty)
+        seg_mode.append(0)
+        seg_src.append(0)
     cu = torch.zeros(len(seg) + 1, dtype=torch.int64)
     cu[1:] = torch.tensor(seg, dtype=torch.int64).cumsum(0)
-    n = len(seg)
-    return {"cu_seqlens": cu, "attn_mode": torch.zeros(n, dtype=torch.int64), "src_len": torch.zeros(n, dtype=torch.int64)}
+    return {"cu_seqlens": cu, "attn_mode": torch.tensor(seg_mode, dtype=torch.int64),
+            "src_len": torch.tensor(seg_src, dtype=torch.int64)}
 
 
 def _ids_of(sample: Any, i: int) -> np.ndarray:
@@ -87,14 +96,22 @@ def _ids_of(sample: Any, i: int) -> np.ndarray:
 
 
 class PackingCollator:
-    """Pack samples into rows of ``max_length`` and mask the rows with ``collator``.
+    """Pack samples into rows of ``max_length`` and mask them with ``collator``.
 
     Args:
-        collator: the :class:`~unimask.collators.MLMCollator` that masks the rows (any of its
+        collator: an :class:`~unimask.collators.MLMCollator` masks the rows (any of its
             recipes: BERT 80/10/10, whole words from ``vocab=``, SpanBERT spans, n-grams); it
             sees each row as one sample that already holds its special tokens, so it never
             masks a document's ``[CLS]``/``[SEP]``, and its per-sample budget
-            (``exact_count``) is counted per row.
+            (``exact_count``) is counted per row. A
+            :class:`~unimask.collators.UnifiedLMCollator` (UNILM) collates each sample on its
+            own first, exactly as it would unpacked (its mode, segments, masks and NSP label,
+            seeded by the sample's index), and the documents are then packed with their modes:
+            ``attn_mode`` / ``src_len`` per document, and, per sample in the input order,
+            ``next_sentence_label`` with ``doc_starts`` / ``doc_lengths`` (where each sample's
+            tokens begin in the flattened rows: :class:`unimask.models.BertForPretraining`
+            takes its NSP logits at each ``[CLS]``). Samples are then ``(segment_a, segment_b)``
+            pairs (or dicts) as that collator takes them.
         max_length: tokens per row; a longer sample raises ``ValueError``.
         pad_to_max_length: pad every row to ``max_length`` (fixed shapes for CUDA graphs or
             ``torch.compile``) instead of to the longest row of the batch.
@@ -114,11 +131,12 @@ class PackingCollator:
     def __init__(self, collator: Any, max_length: int, pad_to_max_length: bool = False) -> None:
         from .collators import MLMCollator  # noqa: PLC0415
 
-        if not isinstance(collator, MLMCollator):
+        from .collators import UnifiedLMCollator  # noqa: PLC0415
+
+        if not isinstance(collator, (MLMCollator, UnifiedLMCollator)):
             raise TypeError(
-                f"PackingCollator packs samples for an MLMCollator, got {type(collator).__name__}: "
-                "UnifiedLMCollator draws one attention mode per row, and causal / MASS / T5 targets "
-                "would run across the documents of a row"
+                f"PackingCollator packs samples for an MLMCollator or a UnifiedLMCollator, got "
+                f"{type(collator).__name__}: causal / MASS / T5 targets would run across the documents of a row"
             )
         if isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)) or max_length < 1:
             raise ValueError(f"max_length must be an integer >= 1, got {max_length!r}")
@@ -151,6 +169,10 @@ class PackingCollator:
             raise TypeError(f"a batch must be a list of samples, got {type(batch).__name__}")
         if not batch:
             raise ValueError("cannot collate an empty batch")
+        from .collators import UnifiedLMCollator  # noqa: PLC0415
+
+        if isinstance(self.collator, UnifiedLMCollator):
+            return self._pack_documents(batch, indices)
         docs = [_ids_of(s, i) for i, s in enumerate(batch)]
         given = [s.get("index") for s in batch if isinstance(s, dict) and s.get("index") is not None]
         if indices is None and given and len(given) != len(batch):
@@ -178,7 +200,30 @@ class PackingCollator:
         return result
 
 
-def pack_padded(batch: dict[str, torch.Tensor], max_length: int) -> dict[str, torch.Tensor]:
+    def _pack_documents(self, batch: Sequence[Any], indices: Sequence[int] | None) -> dict[str, torch.Tensor]:
+        """UNILM: each sample collated alone (the collator's own per-sample seeding), then packed."""
+        out = self.collator(batch, indices=indices)
+        too_long = (out["seq_len"] > self.max_length).nonzero().flatten().tolist()
+        if too_long:
+            i = too_long[0]
+            raise ValueError(
+                f"sample {i} has {int(out['seq_len'][i])} tokens with its special tokens, more than a row's "
+                f"{self.max_length}; give the UnifiedLMCollator max_length <= {self.max_length}"
+            )
+        cols = {k: out[k] for k in ("input_ids", "token_type_ids", "labels", "attention_mask", "attn_mode", "src_len",
+                                    "next_sentence_label")}
+        result = pack_padded(cols, self.max_length, pad_id=getattr(self.collator, "pad_id", None) or 0,
+                             width=self.max_length if self.pad_to_max_length else None)
+        rows = result["doc_starts"] // result["input_ids"].shape[1]
+        lengths = out["seq_len"].to(torch.int64)
+        R = result["input_ids"].shape[0]
+        result["num_documents"] = torch.bincount(rows, minlength=R)
+        result["num_tokens"] = torch.zeros(R, dtype=torch.int64).index_add_(0, rows, lengths)
+        return result
+
+
+def pack_padded(batch: dict[str, torch.Tensor], max_length: int, pad_id: int = 0,
+                width: int | None = None) -> dict[str, torch.Tensor]:
     """Pack a right-padded batch of whole sequences (one example each: a fine-tuning batch) into
     rows of ``max_length``.
 
@@ -191,6 +236,12 @@ def pack_padded(batch: dict[str, torch.Tensor], max_length: int) -> dict[str, to
     input order, ``doc_starts`` (flattened position of its first token) and ``doc_lengths``:
     a model pools example ``i`` from tokens ``doc_starts[i] : doc_starts[i] + doc_lengths[i]``,
     so its outputs come back in the input order.
+
+    Per-example ``attn_mode`` / ``src_len`` ``[N]`` (UNILM modes), when given, become the
+    documents' modes in the packed ``attn_mode`` / ``src_len`` (else every document is
+    bidirectional); a per-example ``seq_len`` is dropped with the ``attention_mask``. Padding:
+    ``pad_id`` for ``input_ids``; rows are as wide as the longest one, or ``width``
+    (>= that; e.g. ``max_length`` for fixed shapes).
     """
     ids = batch["input_ids"]
     if ids.dim() != 2 or "attention_mask" not in batch:
@@ -202,10 +253,15 @@ def pack_padded(batch: dict[str, torch.Tensor], max_length: int) -> dict[str, to
         raise ValueError("pack_padded needs a right-padding attention_mask (tokens first, padding last)")
     lens = lengths.tolist()
     rows = pack_first_fit(lens, max_length)
-    width = max(sum(lens[i] for i in r) for r in rows) if rows else 0
+    longest = max(sum(lens[i] for i in r) for r in rows) if rows else 0
+    if width is None:
+        width = longest
+    elif width < longest:
+        raise ValueError(f"width {width} is narrower than the longest packed row ({longest} tokens)")
     token_cols = [k for k, v in batch.items() if k != "attention_mask" and v.dim() == 2 and v.shape == (N, L)]
-    # padding: 0, except per-token labels (tagging), which padding must leave unscored
-    out = {k: torch.full((len(rows), width), -100 if k == "labels" else 0, dtype=batch[k].dtype) for k in token_cols}
+    # padding: pad_id for ids, -100 for per-token labels (tagging, MLM: padding is never scored), else 0
+    fill = {"input_ids": pad_id, "labels": -100}
+    out = {k: torch.full((len(rows), width), fill.get(k, 0), dtype=batch[k].dtype) for k in token_cols}
     starts = torch.zeros(N, dtype=torch.int64)
     for r, members in enumerate(rows):
         pos = 0
@@ -215,8 +271,11 @@ def pack_padded(batch: dict[str, torch.Tensor], max_length: int) -> dict[str, to
                 out[k][r, pos:pos + n] = batch[k][i, :n]
             starts[i] = r * width + pos
             pos += n
+    modes, srcs = batch.get("attn_mode"), batch.get("src_len")
     for k, v in batch.items():
-        if k not in out and k != "attention_mask":
+        if k not in out and k not in ("attention_mask", "seq_len", "attn_mode", "src_len"):
             out[k] = v
-    out.update(_document_columns(rows, lens, width), doc_starts=starts, doc_lengths=lengths)
+    out.update(_document_columns(rows, lens, width, None if modes is None else modes.tolist(),
+                                 None if srcs is None else srcs.tolist()),
+               doc_starts=starts, doc_lengths=lengths)
     return out

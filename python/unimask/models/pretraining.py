@@ -167,6 +167,11 @@ class BertForPretraining(_EncoderWithLMHead):
 
     ``model(input_ids, token_type_ids, attention_mask, labels, next_sentence_label, seq_len)``;
     ``loss = mlm_loss + nsp_loss`` (NSP term only when ``next_sentence_label`` is given).
+
+    Packed rows (``cu_seqlens``, :class:`unimask.packing.PackingCollator`): with ``doc_starts``
+    (the flattened position of each sample's ``[CLS]``) the NSP logits are one per sample, taken
+    at its own ``[CLS]``, and ``next_sentence_label`` is per sample in the same order; each
+    sample's mode is read from the document that starts there.
     """
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None,
@@ -174,14 +179,27 @@ class BertForPretraining(_EncoderWithLMHead):
                 next_sentence_label: torch.Tensor | None = None, seq_len: torch.Tensor | None = None,
                 attn_mode: torch.Tensor | None = None, src_len: torch.Tensor | None = None,
                 cu_seqlens: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
-                **unused: torch.Tensor) -> PretrainingOutput:
+                doc_starts: torch.Tensor | None = None, **unused: torch.Tensor) -> PretrainingOutput:
         out = self.encoder(input_ids, token_type_ids, attention_mask, attn_mode, src_len, seq_len=seq_len,
                            cu_seqlens=cu_seqlens, position_ids=position_ids)
         mlm_loss, logits, y = self._mlm(out.last_hidden_state, labels)
-        nsp_logits = self.nsp(out.pooler_output)
+        pooled, sample_mode = out.pooler_output, attn_mode
+        if cu_seqlens is not None:  # packed rows: one [CLS] per sample, wherever its document starts
+            if doc_starts is None:
+                if next_sentence_label is not None:
+                    raise ValueError("packed rows with next_sentence_label need doc_starts (unimask.packing.PackingCollator)")
+                pooled = None
+            else:
+                hidden = out.last_hidden_state
+                starts = doc_starts.to(hidden.device)
+                pooled = torch.tanh(self.encoder.pooler(hidden.reshape(-1, hidden.shape[-1])[starts]))
+                if attn_mode is not None:  # the document starting at each sample's [CLS]
+                    cu = cu_seqlens.to(starts.device)
+                    sample_mode = attn_mode.to(starts.device)[torch.searchsorted(cu[1:], starts, right=True)]
+        nsp_logits = self.nsp(pooled) if pooled is not None else None
         nsp_loss = None
         if next_sentence_label is not None:
-            nsp_label = self._nsp_labels(next_sentence_label, attn_mode)
+            nsp_label = self._nsp_labels(next_sentence_label, sample_mode)
             if (nsp_label != IGNORE_INDEX).any():
                 nsp_loss = F.cross_entropy(nsp_logits.float(), nsp_label, ignore_index=IGNORE_INDEX)
             else:
