@@ -143,8 +143,25 @@ def test_packed_mlm_corpus_batches_hold_whole_sentences():
     sentences = [original[x:y] for x, y in zip(cu, cu[1:]) if y > x and original[x] == SP.cls]
     assert sorted(sentences) == sorted([SP.cls, *d[di][si], SP.sep] for di, si in ex[:40])
     assert int(b["num_tokens"].sum()) == sum(len(s) for s in sentences)
-    with pytest.raises(ValueError, match="packing needs the mlm objective"):
-        CorpusCollator(d, "unilm", 32, SP, pack=True)
+    with pytest.raises(ValueError, match="packing needs one of the objectives \\('mlm', 'unilm'\\).*got 'causal'"):
+        CorpusCollator(d, "causal", 32, SP, pack=True)
+
+
+def test_packed_unilm_corpus_batches_are_the_unpacked_samples():
+    """UNILM pairs packed: each sample's tokens and mode as the unpacked collator gives them."""
+    d = docs()
+    ex = examples_of(d)[:40]
+    seeds = list(range(40))
+    alone = CorpusCollator(d, "unilm", 32, SP)(ex, seeds)
+    b = CorpusCollator(d, "unilm", 32, SP, pack=True)(ex, seeds)
+    assert b["input_ids"].shape[0] < 40 and b["input_ids"].shape[1] <= 32
+    flat = b["input_ids"].reshape(-1)
+    seg = torch.searchsorted(b["cu_seqlens"][1:], b["doc_starts"], right=True)
+    for i in range(40):
+        n, s0 = int(alone["seq_len"][i]), int(b["doc_starts"][i])
+        assert torch.equal(flat[s0:s0 + n], alone["input_ids"][i, :n])
+        assert int(b["attn_mode"][seg[i]]) == int(alone["attn_mode"][i]) and int(b["src_len"][seg[i]]) == int(alone["src_len"][i])
+    assert int(b["num_tokens"].sum()) == int(alone["seq_len"].sum())
 
 
 @pytest.mark.slow
@@ -161,4 +178,19 @@ def test_cli_pretrains_packed_mlm(tmp_path, capsys):
     losses = [float(line.split("eval loss ")[1].split()[0]) for line in text.splitlines() if "eval loss " in line]
     assert len(losses) >= 2 and losses[-1] < losses[0], losses  # held-out MLM loss goes down
     assert (out / "model" / "model.safetensors").is_file()
-    assert main(["--objective", "unilm", "--pack", "--output", str(out), "--device", "cpu", "--no-progress"]) == 2
+    assert main(["--objective", "causal", "--pack", "--output", str(out), "--device", "cpu", "--no-progress"]) == 2
+    assert "--pack needs --objective mlm or unilm (got causal)" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_pretrains_packed_unilm(tmp_path, capsys):
+    pytest.importorskip("tokenizers")
+    out = tmp_path / "packed_unilm"
+    assert main(["--objective", "unilm", "--pack", "--max-documents", "300", "--batch-size", "16", "--max-length", "64",
+                 "--hidden", "32", "--layers", "1", "--heads", "2", "--eval-every", "15", "--eval-batches", "2",
+                 "--checkpoint-every", "30", "--output", str(out), "--device", "cpu", "--no-progress", "--lr", "3e-3",
+                 "--warmup", "2", "--steps", "30"]) == 0
+    text = capsys.readouterr().out
+    assert "objective unilm (packed rows)" in text and "step 30:" in text
+    losses = [float(line.split("eval loss ")[1].split()[0]) for line in text.splitlines() if "eval loss " in line]
+    assert len(losses) >= 2 and losses[-1] < losses[0], losses  # held-out loss goes down

@@ -46,6 +46,8 @@ __all__ = [
 ]
 
 OBJECTIVES = ("unilm", "mlm", "causal", "mass")
+#: Objectives whose batches can be packed rows (``pack=True``): their targets stay inside each document.
+PACKABLE = ("mlm", "unilm")
 Batch = dict[str, "torch.Tensor"]
 Example = tuple[int, int]  # (document index, sentence index)
 
@@ -143,10 +145,10 @@ class CorpusCollator:
       for :class:`~unimask.collators.CausalLMCollator` (``[CLS]``/``[SEP]`` as BOS/EOS).
     * ``mass``: the sentence, for :class:`~unimask.collators.MASSCollator`.
 
-    ``pack=True`` (``mlm`` only): each sentence is one document ``[CLS] sentence [SEP]``, packed
-    with the others of the batch into rows of ``max_length``
-    (:class:`unimask.packing.PackingCollator`): no NSP, no padding but a row's tail, attention
-    inside each sentence.
+    ``pack=True`` (:class:`unimask.packing.PackingCollator`, rows of ``max_length``, no padding
+    but a row's tail, attention inside each document): ``mlm``: each sentence is one document
+    ``[CLS] sentence [SEP]``, no NSP; ``unilm``: each pair is collated as above (its own mode)
+    and is one document.
 
     Picklable.
     """
@@ -162,8 +164,8 @@ class CorpusCollator:
             raise ValueError(f"max_length must be >= 8, got {max_length}")
         if not documents:
             raise ValueError("documents is empty")
-        if pack and objective != "mlm":
-            raise ValueError(f"packing needs the mlm objective (one attention mode per document), got {objective!r}")
+        if pack and objective not in PACKABLE:
+            raise ValueError(f"packing needs one of the objectives {PACKABLE} (targets inside each document), got {objective!r}")
         self.documents = documents
         self.objective = objective
         self.max_length = max_length
@@ -173,7 +175,11 @@ class CorpusCollator:
                    sep_id=special.sep, mask_id=special.mask)
         masking = dict(mlm_probability=mask_prob, max_predictions=max_predictions,
                        max_length=max_length, truncation=True)
-        if objective == "unilm":
+        if objective == "unilm" and pack:
+            from .packing import PackingCollator  # noqa: PLC0415
+
+            self.collator = PackingCollator(UnifiedLMCollator(**ids, **masking), max_length)
+        elif objective == "unilm":
             self.collator = UnifiedLMCollator(**ids, **masking)
         elif objective == "mlm" and pack:
             from .packing import PackingCollator  # noqa: PLC0415
@@ -337,7 +343,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grad-accum", type=int, default=1)
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--pack", action="store_true",
-                   help="mlm only: pack each batch's sentences into rows of --max-length (no NSP; attention stays in each sentence)")
+                   help="mlm, unilm: pack each batch's samples into rows of --max-length (attention stays in each sample; "
+                        "mlm: sentences, no NSP; unilm: each pair with its own mode)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=30, help="warmup steps")
     p.add_argument("--hidden", type=int, default=128)
@@ -390,8 +397,8 @@ def run(args: argparse.Namespace) -> int:
     if args.steps < 1 or args.batch_size < 1:
         print(f"unimask pretrain: --steps and --batch-size must be >= 1 (got {args.steps}, {args.batch_size})", file=sys.stderr)
         return 2
-    if args.pack and args.objective != "mlm":
-        print(f"unimask pretrain: --pack needs --objective mlm (got {args.objective})", file=sys.stderr)
+    if args.pack and args.objective not in PACKABLE:
+        print(f"unimask pretrain: --pack needs --objective {' or '.join(PACKABLE)} (got {args.objective})", file=sys.stderr)
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
