@@ -1,5 +1,6 @@
 """Packed rows vs padded rows: one MLM pretraining step (collate + forward + backward) on short
-documents (and one sentence-classifier fine-tuning step, :func:`setup_classifier`), the same 64 sentences of the bundled English corpus either padded to the longest
+documents (and one UNILM pretraining step on sentence pairs, :func:`setup_unilm`, and one
+sentence-classifier fine-tuning step, :func:`setup_classifier`), the same 64 sentences of the bundled English corpus either padded to the longest
 (the usual batch: ``MLMCollator``) or packed into rows of 128 (``PackingCollator`` + the
 encoder's ``cu_seqlens`` path). Small BERT (hidden 256, 4 layers), fp32, on the default device.
 
@@ -137,9 +138,49 @@ def _time_sides(state: dict, steps: int, prefix: str = "") -> float:
     return took["padded"] / took["packed"]
 
 
+_UNI: dict = {}
+
+
+def setup_unilm() -> dict:
+    """``{side: step}`` for one UNILM pretraining step (small UnifiedLM, batches of 64
+    ``(sentence, next sentence)`` pairs of the bundled corpus, each with its own attention mode):
+    ``unimask`` = ``unimask pretrain --objective unilm --pack``'s batches (each pair collated
+    alone, then packed into rows of 128), ``reference`` = the same pairs padded."""
+    if _UNI:
+        return _UNI
+    from unimask.models import UnifiedLM  # noqa: PLC0415
+    from unimask.pretrain import examples_of, make_collate  # noqa: PLC0415
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    _tok, encode, sp = make_tokenizer(demo_corpus_path("en"))
+    docs = tokenize_corpus(demo_corpus_path("en"), encode, max_documents=400)
+    chunks = [[(ex, 7 * i + j) for j, ex in enumerate(examples_of(docs)[i:i + BATCH])]
+              for i in range(0, 20 * BATCH, BATCH)]
+    cfg = EncoderConfig(vocab_size=sp.vocab_size, hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
+                        intermediate_size=1024, max_position_embeddings=512, type_vocab_size=6)
+    torch.manual_seed(0)
+    model = UnifiedLM(cfg).to(dev).train()
+    sides = {}
+    for side, pack in (("unimask", True), ("reference", False)):
+        collate = make_collate(docs, "unilm", MAX_LEN, sp, pack)
+        sides[side] = _stepper(model, chunks, lambda c, f=collate: f([e for e, _ in c], [s for _, s in c]), dev)
+    _UNI.update(sides, device=dev)
+    return _UNI
+
+
+@pytest.mark.parametrize("side", ["unimask", "reference"])
+def bench_packed_vs_padded_unilm_step(side, side_benchmark, benchmark):
+    fn = setup_unilm()[side]
+    fn()  # warm-up
+    benchmark.group = f"unilm_step_pairs_b{BATCH}_packed_vs_padded_{setup_unilm()['device']}"
+    side_benchmark(side, fn)
+
+
 def main(steps: int = 5) -> None:
     state = setup()
     print(f"device {state['device']}; packed is {_time_sides(state, steps):.2f}x faster per step")
+    ratio = _time_sides(setup_unilm(), steps, "unilm ")
+    print(f"UNILM pretraining: packed is {ratio:.2f}x faster per step")
     ratio = _time_sides(setup_classifier(), steps, "classifier ")
     print(f"classifier fine-tuning: packed is {ratio:.2f}x faster per step")
 

@@ -66,7 +66,7 @@ def test_pretrain_step_stage_runs_without_the_minilm_package():
 
 
 def test_packing_step_stage_runs():
-    """Stage 3 of bench/gpu_check.sh (bench_packing.py): MLM pretraining and classifier
+    """Stage 3 of bench/gpu_check.sh (bench_packing.py): MLM and UNILM pretraining and classifier
     fine-tuning steps, packed and padded; packed batches hold fewer token slots."""
     script = SCRIPT.parent / "bench_packing.py"
     r = subprocess.run([sys.executable, str(script), "1"], capture_output=True, text=True, timeout=600)
@@ -74,5 +74,6 @@ def test_packing_step_stage_runs():
     lines = [line.split() for line in r.stdout.splitlines() if "token slots/batch" in line]
     mlm = {w[0]: float(w[3]) for w in lines if w[0] in ("packed", "padded")}
     cls = {w[1]: float(w[4]) for w in lines if w[0] == "classifier"}
-    for slots in (mlm, cls):
+    uni = {w[1]: float(w[4]) for w in lines if w[0] == "unilm"}
+    for slots in (mlm, cls, uni):
         assert set(slots) == {"packed", "padded"} and slots["packed"] < slots["padded"], r.stdout
