@@ -129,9 +129,7 @@ class PackingCollator:
     """
 
     def __init__(self, collator: Any, max_length: int, pad_to_max_length: bool = False) -> None:
-        from .collators import MLMCollator  # noqa: PLC0415
-
-        from .collators import UnifiedLMCollator  # noqa: PLC0415
+        from .collators import MLMCollator, UnifiedLMCollator  # noqa: PLC0415
 
         if not isinstance(collator, (MLMCollator, UnifiedLMCollator)):
             raise TypeError(
@@ -198,7 +196,6 @@ class PackingCollator:
         result["num_documents"] = torch.tensor([len(r) for r in rows], dtype=torch.int64)
         result["num_tokens"] = torch.tensor([sum(lengths[i] for i in r) for r in rows], dtype=torch.int64)
         return result
-
 
     def _pack_documents(self, batch: Sequence[Any], indices: Sequence[int] | None) -> dict[str, torch.Tensor]:
         """UNILM: each sample collated alone (the collator's own per-sample seeding), then packed."""
