@@ -9,8 +9,8 @@ bench/conftest.py: padded time / packed time), or ``python bench/bench_packing.p
 with the token counts.
 
 On the bundled corpus a padded batch of 64 sentences is ~70% padding; packed, ~6%. On the CPU the
-attention runs the reference path document by document, which gives back part of the saving;
-on CUDA the varlen Triton kernel does not loop.
+packed attention runs documents batched by length bucket (``sdpa_attention_varlen``), which pads
+within a bucket; on CUDA the varlen Triton kernel does not pad at all.
 """
 
 from __future__ import annotations

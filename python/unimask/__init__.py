@@ -19,6 +19,7 @@ _EXPORTS: dict[str, str] = {
     "reference_attention": "attention",
     "unified_attention_varlen": "attention",
     "reference_attention_varlen": "attention",
+    "sdpa_attention_varlen": "attention",
     "sdpa_attention": "attention",
     "select_backend": "attention",
     "dense_mask": "masks",

@@ -23,6 +23,7 @@ __all__ = [
     "unified_attention_varlen",
     "reference_attention",
     "reference_attention_varlen",
+    "sdpa_attention_varlen",
     "check_cu_seqlens",
     "sdpa_attention",
     "select_backend",
@@ -280,6 +281,64 @@ def reference_attention_varlen(
     return torch.cat(outs) if outs else q.new_zeros(q.shape)
 
 
+def _length_buckets(lens: list[int]) -> dict[int, list[int]]:
+    """Non-empty documents grouped by the power of two at or above their length (>= 16)."""
+    buckets: dict[int, list[int]] = {}
+    for d, n in enumerate(lens):
+        if n > 0:
+            buckets.setdefault(max(16, 1 << (n - 1).bit_length()), []).append(d)
+    return buckets
+
+
+def _batched_varlen(attn, q, k, v, cu, mode, src, scale, dropout_p) -> torch.Tensor:
+    """``attn`` (a padded-layout path) on packed documents, a few calls instead of one per
+    document: documents of similar length (one power-of-two bucket) are gathered into a padded
+    ``[n, H, L_b, D]`` batch (padding positions point at the document's first token; the mask's
+    ``seq_len`` hides them and their output rows are dropped), and the valid rows are put back
+    in place. Differentiable; a token's gradient flows only from its own document."""
+    cu_h = [int(x) for x in torch.as_tensor(cu).tolist()]
+    lens = [b - a for a, b in zip(cu_h, cu_h[1:])]
+    mode_d = torch.as_tensor(mode).to(device="cpu", dtype=torch.int64)
+    src_d = torch.as_tensor(src).to(device="cpu", dtype=torch.int64)
+    rows, where = [], []
+    for Lb, docs in sorted(_length_buckets(lens).items()):
+        Lb = max(lens[d] for d in docs)
+        start = torch.tensor([cu_h[d] for d in docs], dtype=torch.int64)
+        n = torch.tensor([lens[d] for d in docs], dtype=torch.int64)
+        pos = torch.arange(Lb, dtype=torch.int64)
+        valid = pos[None, :] < n[:, None]
+        idx = torch.where(valid, start[:, None] + pos[None, :], start[:, None]).to(q.device)
+        qb, kb, vb = (t[idx].transpose(1, 2) for t in (q, k, v))  # [n, H, Lb, D]
+        sel = torch.tensor(docs, dtype=torch.int64)
+        o = attn(qb, kb, vb, mode_d[sel], src_d[sel], n, scale, dropout_p).transpose(1, 2)  # [n, Lb, H, D]
+        valid = valid.to(q.device)
+        rows.append(o[valid])
+        where.append(idx[valid])
+    if not rows:
+        return q.new_zeros(q.shape)
+    return q.new_zeros(q.shape).index_copy(0, torch.cat(where), torch.cat(rows))
+
+
+def sdpa_attention_varlen(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    attn_mode: torch.Tensor,
+    src_len: torch.Tensor,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+) -> torch.Tensor:
+    """:func:`sdpa_attention` on packed ``[T, H, D]`` tokens, documents batched by length.
+
+    The packed path where the Triton kernel cannot run (CPU): documents whose lengths share a
+    power-of-two bucket run as one padded SDPA call (a handful of calls per layer instead of one
+    per document, as :func:`reference_attention_varlen` makes); each document sees only itself,
+    with its own mode. Reads ``cu_seqlens`` on the host."""
+    cu, _, mode, src, _ = _check_varlen(q, k, v, cu_seqlens, attn_mode, src_len, None)
+    return _batched_varlen(sdpa_attention, q, k, v, cu, mode, src, scale, dropout_p)
+
+
 def unified_attention_varlen(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -301,7 +360,8 @@ def unified_attention_varlen(
             (FlashAttention's varlen convention; starts at 0, ends at ``T``).
         attn_mode, src_len: int ``[N]``, per document, as in :mod:`unimask.masks`.
         max_seqlen: longest document (computed when ``None``).
-        scale, dropout_p, backend: as in :func:`unified_attention`.
+        scale, dropout_p, backend: as in :func:`unified_attention` (``"sdpa"``, the default
+            off CUDA: :func:`sdpa_attention_varlen`; ``"reference"``: document by document).
         check: validate ``cu_seqlens`` and the per-document integers (this reads them on the
             host: a CUDA sync). A model validates them once per forward and passes
             ``check=False`` in every layer, with ``cu_seqlens``, ``attn_mode``, ``src_len`` on
@@ -319,6 +379,9 @@ def unified_attention_varlen(
         raise ValueError("unified_attention_varlen(check=False) needs max_seqlen")
     else:
         cu, mode, src, max_seqlen = cu_seqlens, attn_mode, src_len, int(max_seqlen)
-    if select_backend(q, backend) == "triton":
+    path = select_backend(q, backend)
+    if path == "triton":
         return _kernel_module().attention_varlen(q, k, v, cu, mode, src, max_seqlen, scale, dropout_p)
+    if path == "sdpa":
+        return _batched_varlen(sdpa_attention, q, k, v, cu, mode, src, scale, dropout_p)
     return reference_attention_varlen(q, k, v, cu, mode, src, scale, dropout_p)
