@@ -301,8 +301,8 @@ def _batched_varlen(attn, q, k, v, cu, mode, src, scale, dropout_p) -> torch.Ten
     mode_d = torch.as_tensor(mode).to(device="cpu", dtype=torch.int64)
     src_d = torch.as_tensor(src).to(device="cpu", dtype=torch.int64)
     rows, where = [], []
-    for Lb, docs in sorted(_length_buckets(lens).items()):
-        Lb = max(lens[d] for d in docs)
+    for _bucket, docs in sorted(_length_buckets(lens).items()):
+        Lb = max(lens[d] for d in docs)  # pad to the bucket's longest document
         start = torch.tensor([cu_h[d] for d in docs], dtype=torch.int64)
         n = torch.tensor([lens[d] for d in docs], dtype=torch.int64)
         pos = torch.arange(Lb, dtype=torch.int64)
