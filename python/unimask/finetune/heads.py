@@ -284,7 +284,7 @@ class SequenceClassifier(_TaskModel):
                 raise ValueError("packed rows need doc_starts and doc_lengths (unimask.packing.pack_padded)")
             out = self.encoder(input_ids, token_type_ids, attn_mode=attn_mode, src_len=src_len, cu_seqlens=cu_seqlens)
             if self.pooling == "cls" and self.encoder.pooler is not None:
-                pooled = torch.tanh(self.encoder.pooler(pool_packed(out.last_hidden_state, doc_starts, doc_lengths, "cls")))
+                pooled = self.encoder.pooled_at(out.last_hidden_state, doc_starts)
             else:
                 pooled = pool_packed(out.last_hidden_state, doc_starts, doc_lengths, self.pooling)
         else:

@@ -372,6 +372,13 @@ class TransformerEncoder(nn.Module):
         pooled = torch.tanh(self.pooler(x[:, 0])) if self.pooler is not None else None
         return EncoderOutput(x, tuple(hidden) if hidden is not None else None, pooled)
 
+    def pooled_at(self, hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """The pooler (``tanh(dense(h))``, as ``pooler_output`` applies it to token 0 of each
+        row) on the tokens at flattened ``positions`` of ``hidden`` ``[B, L, H]``: in packed
+        rows, each document's ``[CLS]`` (``doc_starts``). Returns ``[len(positions), H]``."""
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        return torch.tanh(self.pooler(flat[positions.to(flat.device)]))
+
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         """Empty :class:`KVCache` for ``batch`` sequences of up to ``max_len`` positions."""
         if max_len > self.config.max_position_embeddings:

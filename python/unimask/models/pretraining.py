@@ -190,9 +190,8 @@ class BertForPretraining(_EncoderWithLMHead):
                     raise ValueError("packed rows with next_sentence_label need doc_starts (unimask.packing.PackingCollator)")
                 pooled = None
             else:
-                hidden = out.last_hidden_state
-                starts = doc_starts.to(hidden.device)
-                pooled = torch.tanh(self.encoder.pooler(hidden.reshape(-1, hidden.shape[-1])[starts]))
+                starts = doc_starts.to(out.last_hidden_state.device)
+                pooled = self.encoder.pooled_at(out.last_hidden_state, starts)
                 if attn_mode is not None:  # the document starting at each sample's [CLS]
                     cu = cu_seqlens.to(starts.device)
                     sample_mode = attn_mode.to(starts.device)[torch.searchsorted(cu[1:], starts, right=True)]
