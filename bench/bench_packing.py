@@ -70,14 +70,6 @@ def setup() -> dict:
     return _STATE
 
 
-@pytest.mark.parametrize("side", ["unimask", "reference"])
-def bench_packed_vs_padded_step(side, side_benchmark, benchmark):
-    fn = setup()[side]
-    fn()  # warm-up
-    benchmark.group = f"mlm_step_short_sentences_b{BATCH}_packed_vs_padded_{setup()['device']}"
-    side_benchmark(side, fn)
-
-
 _CLS: dict = {}
 
 
@@ -112,14 +104,6 @@ def setup_classifier() -> dict:
 
     _CLS.update(unimask=_stepper(model, batches, packed, dev), reference=_stepper(model, batches, padded, dev), device=dev)
     return _CLS
-
-
-@pytest.mark.parametrize("side", ["unimask", "reference"])
-def bench_packed_vs_padded_classifier_step(side, side_benchmark, benchmark):
-    fn = setup_classifier()[side]
-    fn()  # warm-up
-    benchmark.group = f"classifier_step_b32_packed_vs_padded_{setup_classifier()['device']}"
-    side_benchmark(side, fn)
 
 
 def _time_sides(state: dict, steps: int, prefix: str = "") -> float:
@@ -168,11 +152,21 @@ def setup_unilm() -> dict:
     return _UNI
 
 
+#: benchmark group (the device is appended) -> the setup that builds its packed and padded sides
+CASES = {
+    f"mlm_step_short_sentences_b{BATCH}": setup,
+    "classifier_step_b32": setup_classifier,
+    f"unilm_step_pairs_b{BATCH}": setup_unilm,
+}
+
+
 @pytest.mark.parametrize("side", ["unimask", "reference"])
-def bench_packed_vs_padded_unilm_step(side, side_benchmark, benchmark):
-    fn = setup_unilm()[side]
+@pytest.mark.parametrize("case", list(CASES))
+def bench_packed_vs_padded_step(case, side, side_benchmark, benchmark):
+    state = CASES[case]()
+    fn = state[side]
     fn()  # warm-up
-    benchmark.group = f"unilm_step_pairs_b{BATCH}_packed_vs_padded_{setup_unilm()['device']}"
+    benchmark.group = f"{case}_packed_vs_padded_{state['device']}"
     side_benchmark(side, fn)
 
 
