@@ -188,45 +188,45 @@ def _worker(inp: str, out: str) -> None:
     torch.save(results, out)
 
 
+def _fwd_bwd(call, t: dict, dtype: torch.dtype = torch.float32) -> tuple:
+    """(output, dq, dk, dv) of ``call(q, k, v)`` on case ``t``'s tensors in ``dtype``, backward with its ``do``."""
+    q, k, v = (t[n].to(dtype).requires_grad_() for n in ("q", "k", "v"))
+    o = call(q, k, v)
+    o.backward(t["do"].to(dtype))
+    return o.detach(), q.grad, k.grad, v.grad
+
+
+def _all_equal(runs: list[tuple]) -> bool:
+    """Every run bitwise equal to the first, output and gradients."""
+    return all(torch.equal(a, b) for other in runs[1:] for a, b in zip(runs[0], other))
+
+
 def _orders_equal(K, c: dict, cv: dict) -> dict:
     """Forward and backward of one padded and one packed case under every tile schedule."""
-    out = {}
-    for name, call, tensors in (
-        ("padded", lambda q, k, v, sc: K.attention(q, k, v, c["mode"], c["src"], c["seq"], schedule=sc), c),
-        ("packed", lambda q, k, v, sc: K.attention_varlen(q, k, v, cv["cu"], cv["mode"], cv["src"], cv["max_seqlen"], schedule=sc), cv),
-    ):
-        got = []
-        for sc in K.SCHEDULES:
-            q, k, v = (tensors[n].float().requires_grad_() for n in ("q", "k", "v"))
-            o = call(q, k, v, sc)
-            o.backward(tensors["do"].float())
-            got.append((o.detach(), q.grad, k.grad, v.grad))
-        out[name] = all(torch.equal(a, b) for other in got[1:] for a, b in zip(got[0], other))
-    return out
+    padded = [_fwd_bwd(lambda q, k, v, sc=sc: K.attention(q, k, v, c["mode"], c["src"], c["seq"], schedule=sc), c)
+              for sc in K.SCHEDULES]
+    packed = [_fwd_bwd(lambda q, k, v, sc=sc: K.attention_varlen(q, k, v, cv["cu"], cv["mode"], cv["src"], cv["max_seqlen"],
+                                                                 schedule=sc), cv)
+              for sc in K.SCHEDULES]
+    return {"padded": _all_equal(padded), "packed": _all_equal(packed)}
 
 
 def _single_loop_equal(K, cases: list, got: dict, cv: dict) -> dict:
     """Forward and gradients with SPLIT=False against the SPLIT=True results, on a GQA case,
     the padding case, the dropout case and a packed one."""
     out = {}
-    K._FIXED["SPLIT"] = False
+    packed = lambda q, k, v: K.attention_varlen(q, k, v, cv["cu"], cv["mode"], cv["src"], cv["max_seqlen"])  # noqa: E731
     try:
+        with_split = _fwd_bwd(packed, cv)
+        K._FIXED["SPLIT"] = False
         for c in cases:
             if c["name"] not in ("mixed_L33_D32_gqa", "padding_L20_D16", "dropout_L33_D16_gqa"):
                 continue
-            q, k, v = (c[n].to(c["dtype"]).requires_grad_() for n in ("q", "k", "v"))
-            o = K.attention(q, k, v, c["mode"], c["src"], c["seq"], c["scale"], c["dropout"], c["seed"])
-            o.backward(c["do"].to(c["dtype"]))
+            run = _fwd_bwd(lambda q, k, v: K.attention(q, k, v, c["mode"], c["src"], c["seq"], c["scale"], c["dropout"], c["seed"]),
+                           c, c["dtype"])
             ref = got[c["name"]]
-            out[c["name"]] = all(torch.equal(a, ref[n]) for a, n in zip((o.detach(), q.grad, k.grad, v.grad), ("o", "dq", "dk", "dv")))
-        res = []
-        for split in (True, False):
-            K._FIXED["SPLIT"] = split
-            q, k, v = (cv[n].float().requires_grad_() for n in ("q", "k", "v"))
-            o = K.attention_varlen(q, k, v, cv["cu"], cv["mode"], cv["src"], cv["max_seqlen"])
-            o.backward(cv["do"].float())
-            res.append((o.detach(), q.grad, k.grad, v.grad))
-        out["packed"] = all(torch.equal(a, b) for a, b in zip(*res))
+            out[c["name"]] = _all_equal([tuple(ref[n] for n in ("o", "dq", "dk", "dv")), run])
+        out["packed"] = _all_equal([with_split, _fwd_bwd(packed, cv)])
     finally:
         K._FIXED["SPLIT"] = True
     return out
