@@ -138,6 +138,26 @@ def test_type_ids_are_configurable():
     assert (out["token_type_ids"][0, :5] == 7).all()
 
 
+@pytest.mark.parametrize("eos", [False, True])
+def test_seq2seq_target_eos_is_masked_only_when_asked(eos):
+    # [CLS] a a a [SEP] b b b b [SEP]: the target's 4 tokens and, with mask_target_eos, its final
+    # [SEP] (UNILM section 3: the model learns when to stop) are the candidates; the budget is
+    # round(4 * 0.5) = 2, so over 400 samples the EOS is drawn about 2/5 of the time (2/5 * 400
+    # = 160, sd ~10). Nothing else special is ever a label.
+    c = UnifiedLMCollator(**IDS, mode_weights=[0, 0, 0, 1], mlm_probability=0.5, mask_target_eos=eos, seed=5)
+    out = c([([1000, 1001, 1002], [1003, 1004, 1005, 1006])] * 400, indices=range(400))
+    labels, ids = out["labels"], out["input_ids"]
+    assert (labels[:, :5] == -100).all()
+    assert ((labels != -100).sum(1) == 2).all()
+    eos_hit = labels[:, 9] != -100
+    if eos:
+        assert 100 < int(eos_hit.sum()) < 220
+        assert (labels[eos_hit, 9] == SEP).all()
+        assert (ids[eos_hit, 9] == MASK).float().mean() > 0.6  # 80% [MASK]
+    else:
+        assert not eos_hit.any() and (ids[:, 9] == SEP).all()
+
+
 # ------------------------------------------------------------------------------------------
 # whole words, entities
 

@@ -453,6 +453,7 @@ impl MaskingSpec {
                     &mut toks,
                     &mut labels,
                     0..n_tokens,
+                    None,
                     n_tokens,
                     None,
                     &[],

@@ -211,10 +211,13 @@ pub struct Unit {
 
 /// Candidate units of `tokens[region]`: runs of consecutive non-special positions sharing a
 /// word id (whole-word) or an entity span (given as token ranges); otherwise single tokens.
+/// `special_ok` is one position that is a candidate although its token is special (UNILM's
+/// target `[SEP]` under `mask_target_eos`).
 pub fn build_units(
     cfg: &MaskConfig,
     tokens: &[i64],
     region: Range<usize>,
+    special_ok: Option<usize>,
     word_ids: Option<&[i64]>,
     entities: &[Range<usize>],
     units: &mut Vec<Unit>,
@@ -234,7 +237,7 @@ pub fn build_units(
     };
     let mut cur: Option<(Unit, i64)> = None;
     for pos in region {
-        if cfg.specials.contains(tokens[pos]) {
+        if cfg.specials.contains(tokens[pos]) && special_ok != Some(pos) {
             if let Some((u, _)) = cur.take() {
                 units.push(u);
             }
@@ -284,13 +287,15 @@ pub struct Scratch {
 
 /// Choose and corrupt the positions to predict in `tokens[region]`; write the original ids
 /// into `labels` (which must hold [`IGNORE`] there). `count_len` is the `n` of the budget.
-/// Returns the number of predicted tokens.
+/// Returns the number of predicted tokens. Special tokens are never candidates, except the
+/// position `special_ok` (see [`build_units`]).
 #[allow(clippy::too_many_arguments)]
 pub fn mask_sequence(
     cfg: &MaskConfig,
     tokens: &mut [i64],
     labels: &mut [i64],
     region: Range<usize>,
+    special_ok: Option<usize>,
     count_len: usize,
     word_ids: Option<&[i64]>,
     entities: &[Range<usize>],
@@ -303,9 +308,9 @@ pub fn mask_sequence(
         && entities.is_empty()
         && (!cfg.whole_word || word_ids.is_none());
     if token_units && cfg.exact_count {
-        return mask_tokens_fast(cfg, tokens, labels, region, count_len, rng, s);
+        return mask_tokens_fast(cfg, tokens, labels, region, special_ok, count_len, rng, s);
     }
-    build_units(cfg, tokens, region, word_ids, entities, &mut s.units);
+    build_units(cfg, tokens, region, special_ok, word_ids, entities, &mut s.units);
     let n_units = s.units.len();
     if n_units == 0 {
         return 0;
@@ -333,18 +338,20 @@ pub fn mask_sequence(
 /// BERT with single-token units: the same draws as [`select_units`] + [`replace`] (a lazy
 /// shuffle of the candidate positions, the first `budget` of them, 80/10/10 per token)
 /// without building units.
+#[allow(clippy::too_many_arguments)]
 fn mask_tokens_fast(
     cfg: &MaskConfig,
     tokens: &mut [i64],
     labels: &mut [i64],
     region: Range<usize>,
+    special_ok: Option<usize>,
     count_len: usize,
     rng: &mut Rng,
     s: &mut Scratch,
 ) -> usize {
     s.order.clear();
     for pos in region {
-        if !cfg.specials.contains(tokens[pos]) {
+        if !cfg.specials.contains(tokens[pos]) || special_ok == Some(pos) {
             s.order.push(pos as u32);
         }
     }
@@ -742,6 +749,7 @@ mod tests {
                 &mut toks,
                 &mut labels,
                 0..42,
+                None,
                 42,
                 None,
                 &[],
@@ -780,6 +788,7 @@ mod tests {
                 &mut toks,
                 &mut labels,
                 0..30,
+                None,
                 30,
                 Some(&words),
                 &[],
@@ -804,7 +813,7 @@ mod tests {
         let toks: Vec<i64> = (0..20).map(|i| 300 + i).collect();
         let mut units = Vec::new();
         let ents: Vec<Range<usize>> = std::iter::once(3..7).collect();
-        build_units(&c, &toks, 0..20, None, &ents, &mut units);
+        build_units(&c, &toks, 0..20, None, None, &ents, &mut units);
         assert_eq!(units.len(), 17);
         assert!(units.iter().any(|u| u.start == 3 && u.end == 7));
     }
@@ -824,6 +833,7 @@ mod tests {
                 &mut toks,
                 &mut labels,
                 0..100,
+                None,
                 100,
                 None,
                 &[],

@@ -139,20 +139,23 @@ pub fn collate_unilm(
         |i, lay, seq_len| {
             if modes[i] == SEQ2SEQ {
                 let src = lay.src_len();
-                let end = if ucfg.mask_target_eos {
-                    seq_len
+                // the target's final [SEP] (its EOS) is special: a candidate only when asked
+                let (end, special_ok) = if ucfg.mask_target_eos {
+                    (seq_len, Some(seq_len - 1))
                 } else {
-                    seq_len - 1
+                    (seq_len - 1, None)
                 };
                 let target = lay.b.as_ref().map_or(0, |b| b.len());
                 Some(MaskPlan {
                     region: src..end,
                     count_len: target,
+                    special_ok,
                 })
             } else {
                 Some(MaskPlan {
                     region: 0..seq_len,
                     count_len: seq_len,
+                    special_ok: None,
                 })
             }
         },

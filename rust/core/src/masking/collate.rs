@@ -289,6 +289,8 @@ pub fn row_entities(inp: &BatchInputs<'_>, i: usize, lay: &RowLayout, out: &mut 
 pub struct MaskPlan {
     pub region: Range<usize>,
     pub count_len: usize,
+    /// A position of `region` maskable although its token is special (UNILM's target `[SEP]`).
+    pub special_ok: Option<usize>,
 }
 
 /// Lay out, pad and mask a batch. `plan(i, rng)` decides the row layout of sample `i`
@@ -352,6 +354,7 @@ where
                     row.input_ids,
                     row.labels,
                     mp.region,
+                    mp.special_ok,
                     mp.count_len,
                     w,
                     &ents,
@@ -395,6 +398,7 @@ pub fn collate_mlm(
             Some(MaskPlan {
                 region: 0..seq_len,
                 count_len: seq_len,
+                special_ok: None,
             })
         },
     )?;
