@@ -127,6 +127,17 @@ def test_collator_errors():
         collate([[1, 5, 2], []])
     with pytest.raises(ValueError, match="max_length"):
         PackingCollator(MLMCollator(**IDS), max_length=0)
+    with pytest.raises(TypeError, match="without 'input_ids'"):
+        collate([{"segment_a": [1, 5, 2]}])
+    # a wrapped collator that adds special tokens or cuts rows would shift the documents
+    with pytest.raises(ValueError, match="add_special_tokens=False"):
+        PackingCollator(MLMCollator(**IDS, add_special_tokens=True), max_length=8)
+    with pytest.raises(ValueError, match="max_length=6 is shorter"):
+        PackingCollator(MLMCollator(**IDS, max_length=6, truncation=True), max_length=8)
+    docs = _docs(6, seed=1, lo=3, hi=8)
+    long_enough = PackingCollator(MLMCollator(**IDS, max_length=8, truncation=True), max_length=8)
+    assert torch.equal(long_enough(docs, indices=range(6))["input_ids"],
+                       PackingCollator(MLMCollator(**IDS), max_length=8)(docs, indices=range(6))["input_ids"])
 
 
 # --------------------------------------------------------------------------------------------

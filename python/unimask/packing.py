@@ -84,6 +84,8 @@ def _document_columns(rows: list[list[int]], lengths: Sequence[int], width: int,
 
 
 def _ids_of(sample: Any, i: int) -> np.ndarray:
+    if isinstance(sample, dict) and "input_ids" not in sample:
+        raise TypeError(f"sample {i} is a dict without 'input_ids' (keys {sorted(sample)}); an MLMCollator packs whole documents")
     ids = sample["input_ids"] if isinstance(sample, dict) else sample
     if isinstance(ids, (str, bytes)):
         raise TypeError(f"sample {i} is text, not token ids: {ids[:40]!r}")
@@ -138,6 +140,17 @@ class PackingCollator:
             )
         if isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)) or max_length < 1:
             raise ValueError(f"max_length must be an integer >= 1, got {max_length!r}")
+        if isinstance(collator, MLMCollator):
+            # the rows handed to it are whole packed rows that already hold every document's
+            # special tokens: adding more, or cutting a row, would shift the document boundaries
+            p = collator.params
+            if p["add_special_tokens"]:
+                raise ValueError("PackingCollator's MLMCollator must have add_special_tokens=False: packed documents carry their own [CLS]/[SEP]")
+            if p["max_length"] is not None and p["max_length"] < max_length:
+                raise ValueError(
+                    f"the MLMCollator's max_length={p['max_length']} is shorter than the packed rows' "
+                    f"max_length={int(max_length)}: it would cut documents out of the rows; leave it None"
+                )
         self.collator = collator
         self.max_length = int(max_length)
         self.pad_to_max_length = bool(pad_to_max_length)
