@@ -216,6 +216,33 @@ def test_bad_mask_ints_and_dropout_and_dtypes():
         unified_attention(q.numpy(), k, v, torch.tensor([0, 0]), torch.tensor([0, 0]), torch.tensor([5, 5]))
 
 
+@pytest.mark.parametrize("backend", ["sdpa", "reference"])
+@pytest.mark.parametrize("check", [True, False])
+@pytest.mark.parametrize("which", ["attn_mode", "src_len", "seq_len"])
+@pytest.mark.parametrize("n", [1, 3])
+def test_mask_args_must_have_one_entry_per_sample(backend, check, which, n):
+    """B = 2: a length-1 argument was broadcast (row 1 silently got row 0's mask), length 3
+    was an obscure broadcasting RuntimeError. Now a ValueError naming the argument, its length
+    and B, on every path, with or without ``check`` (a shape read, no sync)."""
+    q, k, v = _inputs(2, 2, 2, 5, 8, dtype=torch.float32)
+    args = {"attn_mode": torch.tensor([0, 0]), "src_len": torch.tensor([0, 0]), "seq_len": torch.tensor([4, 4])}
+    args[which] = torch.full((n,), int(args[which][0]))
+    with pytest.raises(ValueError, match=rf"{which} has {n} entries but the batch has B = 2 samples"):
+        unified_attention(q, k, v, args["attn_mode"], args["src_len"], args["seq_len"], backend=backend, check=check)
+    # the public per-path functions check it too
+    fn = sdpa_attention if backend == "sdpa" else reference_attention
+    with pytest.raises(ValueError, match=rf"{which} has {n} entries but the batch has B = 2"):
+        fn(q, k, v, args["attn_mode"], args["src_len"], args["seq_len"])
+
+
+def test_integer_qkv_is_a_type_error_naming_the_dtype():
+    q = torch.ones(1, 1, 3, 8, dtype=torch.int64)
+    m = torch.tensor([0])
+    for backend in ("sdpa", "reference"):
+        with pytest.raises(TypeError, match="q must be a floating-point tensor, got dtype torch.int64"):
+            unified_attention(q, q, q, m, m, torch.tensor([3]), backend=backend)
+
+
 # --- packed rows (varlen) -------------------------------------------------------------------
 def _packed(lens, H, HK, D, seed=0, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
@@ -287,7 +314,8 @@ def test_varlen_reference_gradcheck_fp64():
         ([0, 5, 9], [0, 0], [0, 0], 4, ValueError, "max_seqlen = 4"),
         ([0, 5, 9], [3, 3], [2, 5], None, ValueError, "src_len[1] = 5"),
         ([0, 5, 9], [0, 7], [0, 0], None, ValueError, "attn_mode[1] = 7"),
-        ([0, 5, 9], [0], [0], None, ValueError, "same length"),
+        ([0, 5, 9], [0], [0, 0], None, ValueError, "attn_mode has 1 entries but cu_seqlens describes N = 2 documents"),
+        ([0, 5, 9], [0, 0], [0, 0, 0], None, ValueError, "src_len has 3 entries but cu_seqlens describes N = 2"),
         ([0.0, 9.0], [0], [0], None, TypeError, "cu_seqlens"),
     ],
 )
@@ -296,6 +324,18 @@ def test_varlen_bad_arguments(cu, modes, srcs, max_seqlen, exc, needle):
     with pytest.raises(exc) as info:
         unified_attention_varlen(q, q, q, torch.tensor(cu), modes, srcs, max_seqlen)
     assert needle in str(info.value)
+
+
+def test_varlen_unchecked_args_must_have_one_entry_per_document():
+    """check=False skips the host reads but not the shape check: the kernel would index
+    attn_mode[d] / src_len[d] for every document d < len(cu_seqlens) - 1."""
+    q = torch.zeros(9, 2, 16)
+    cu = torch.tensor([0, 5, 9])
+    for which in ("attn_mode", "src_len"):
+        args = {"attn_mode": torch.tensor([0, 0]), "src_len": torch.tensor([0, 0])}
+        args[which] = torch.tensor([0])
+        with pytest.raises(ValueError, match=f"{which} has 1 entries but cu_seqlens describes N = 2 documents"):
+            unified_attention_varlen(q, q, q, cu, args["attn_mode"], args["src_len"], 5, check=False)
 
 
 def test_varlen_bad_shapes():

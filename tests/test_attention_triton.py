@@ -144,6 +144,16 @@ def _worker(inp: str, out: str) -> None:
     c = payload["cases"][0]
     args = (c["q"].float(), c["k"].float(), c["v"].float(), c["mode"], c["src"], c["seq"])
     results["dispatch_equal"] = bool(torch.equal(unified_attention(*args, backend="triton"), K.attention(*args)))
+    # per-sample arguments shorter/longer than B: a ValueError before the kernel would read
+    # attn_mode[b], seq_len[b] past their end (checked or not)
+    results["batch_len"] = {}
+    for key, (mode, check) in {"short": (c["mode"][:1], True), "short_unchecked": (c["mode"][:1], False),
+                               "long": (torch.cat([c["mode"], c["mode"][:1]]), True)}.items():
+        try:
+            unified_attention(*args[:3], mode, *args[4:], backend="triton", check=check)
+            results["batch_len"][key] = "no error"
+        except ValueError as e:
+            results["batch_len"][key] = str(e)
     # every tile schedule runs the same tiles with the same arithmetic: bitwise the same output
     # and gradients (padded and packed layouts)
     results["plain_order_equal"] = _orders_equal(K, payload["cases"][2], payload["varlen"][0])
@@ -362,6 +372,15 @@ def test_dispatch_and_empty(interp):
     assert f"x {2**35} is too large" in interp["too_long"], interp["too_long"]
     assert "got 'fast'" in interp["bad_schedule"], interp["bad_schedule"]
     assert interp["empty_shape"] == (0, 2, 5, 16)
+
+
+def test_mask_args_must_have_batch_entries(interp):
+    """backend='triton' rejects per-sample arguments whose length is not B (4 here), with
+    and without check, before any launch (the kernel would index attn_mode[1..3])."""
+    got = interp["batch_len"]
+    assert "attn_mode has 1 entries but the batch has B = 4" in got["short"], got
+    assert "attn_mode has 1 entries but the batch has B = 4" in got["short_unchecked"], got
+    assert "attn_mode has 5 entries but the batch has B = 4" in got["long"], got
 
 
 def _visited(lo: int, hi: int, step: int, nt: int) -> set[int]:

@@ -196,3 +196,17 @@ def test_allowed_matches_issue_text_exhaustively():
     for mode, src, seq in _all_cases(6):
         for i, j in itertools.product(range(7), repeat=2):
             assert allowed(mode, src, seq, i, j) == _ISSUE[mode](src, seq, i, j)
+
+
+def test_check_mask_args_batch_counts_entries_and_never_broadcasts():
+    one, two = torch.tensor([0]), torch.tensor([0, 0])
+    mode, src, seq = check_mask_args(two, two, torch.tensor([3, 1]), 4, batch=2)
+    assert seq.tolist() == [3, 1]
+    with pytest.raises(ValueError, match="attn_mode has 1 entries but the batch has B = 2 samples"):
+        check_mask_args(one, one, torch.tensor([3]), 4, batch=2)
+    with pytest.raises(ValueError, match="seq_len has 3 entries but the batch has B = 2 samples"):
+        check_mask_args(two, two, torch.tensor([1, 1, 1]), 4, batch=2)
+    with pytest.raises(ValueError, match="src_len has 1 entries"):
+        dense_mask(two, one, two, 4, batch=2)
+    # without batch only the three lengths are compared (as before)
+    assert check_mask_args(one, one, torch.tensor([3]), 4)[2].tolist() == [3]

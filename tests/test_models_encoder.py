@@ -177,3 +177,46 @@ def test_bad_mask_integers_raise_naming_the_value(kw, match):
     cfg = EncoderConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
     with pytest.raises(ValueError, match=match):
         TransformerEncoder(cfg)(torch.ones(1, 6, dtype=torch.long), **kw)
+
+
+def _tiny_encoder():
+    cfg = EncoderConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    return TransformerEncoder(cfg).eval()
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(attn_mode=torch.tensor([1])), r"attn_mode has 1 entries but the batch has B = 2"),
+        (dict(src_len=torch.tensor([0, 0, 0])), r"src_len has 3 entries but the batch has B = 2"),
+        (dict(seq_len=torch.tensor([4])), r"seq_len has 1 entries but the batch has B = 2"),
+        (dict(seq_len=torch.tensor([6]), attention_mask=torch.ones(2, 6)), r"seq_len has 1 entries but the batch has B = 2"),
+    ],
+)
+def test_mask_args_need_one_entry_per_sample(kw, match):
+    """A length-1 attn_mode/seq_len for B = 2 was broadcast (row 1 silently got row 0's mask);
+    TransformerEncoder.forward and resolve_mask_args now reject it naming the argument and B."""
+    from unimask.models.encoder import resolve_mask_args
+
+    ids = torch.ones(2, 6, dtype=torch.long)
+    with pytest.raises(ValueError, match=match):
+        _tiny_encoder()(ids, **kw)
+    full = dict(attention_mask=None, attn_mode=None, src_len=None, seq_len=None)
+    with pytest.raises(ValueError, match=match):
+        resolve_mask_args((2, 6), **{**full, **kw}, device=torch.device("cpu"))
+
+
+def test_resolve_mask_args_validates_and_defaults():
+    from unimask.models.encoder import resolve_mask_args
+
+    mode, src, seq = resolve_mask_args((2, 4), torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]]), None, None, None,
+                                       torch.device("cpu"))
+    assert mode.tolist() == [0, 0] and src.tolist() == [0, 0] and seq.tolist() == [2, 4]
+    with pytest.raises(ValueError, match=r"seq_len\[1\] = 5 is outside \[0, 4\]"):
+        resolve_mask_args((2, 4), None, None, None, torch.tensor([4, 5]), torch.device("cpu"))
+
+
+def test_empty_sequence_with_pooler_is_a_value_error():
+    """L = 0: pooler_output needs token 0 of each row (was an IndexError)."""
+    with pytest.raises(ValueError, match=r"input_ids has no tokens \(shape \(2, 0\)\)"):
+        _tiny_encoder()(torch.ones(2, 0, dtype=torch.long))

@@ -16,7 +16,7 @@ import os
 
 import torch
 
-from .masks import check_mask_args, dense_mask
+from .masks import check_batch_len, check_mask_args, dense_mask
 
 __all__ = [
     "unified_attention",
@@ -39,6 +39,8 @@ def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if t.dim() != 4:
             raise ValueError(f"{name} must have shape [B, H, L, D], got {tuple(t.shape)}")
+        if not t.dtype.is_floating_point:
+            raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
     if k.shape != v.shape:
         raise ValueError(f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
     B, H, L, D = q.shape
@@ -66,7 +68,7 @@ def reference_attention(
     """
     _check_qkv(q, k, v)
     B, H, L, D = q.shape
-    mask = dense_mask(attn_mode, src_len, seq_len, L).to(q.device)[:, None]  # [B, 1, L, L]
+    mask = dense_mask(attn_mode, src_len, seq_len, L, batch=B).to(q.device)[:, None]  # [B, 1, L, L]
     if k.shape[1] != H:
         rep = H // k.shape[1]
         k = k.repeat_interleave(rep, dim=1)
@@ -100,7 +102,7 @@ def sdpa_attention(
     """
     _check_qkv(q, k, v)
     B, H, L, D = q.shape
-    mask = dense_mask(attn_mode, src_len, seq_len, L).to(q.device)[:, None]  # [B, 1, L, L]
+    mask = dense_mask(attn_mode, src_len, seq_len, L, batch=B).to(q.device)[:, None]  # [B, 1, L, L]
     row_ok = mask.any(dim=-1, keepdim=True)
     if k.shape[1] != H:
         rep = H // k.shape[1]
@@ -187,9 +189,13 @@ def unified_attention(
             that costs a host-device synchronisation per call; a model can validate once per
             batch and pass ``check=False`` in every layer (invalid integers then give wrong
             results, never out-of-bounds accesses: loads and stores stay inside ``[0, L)``).
+            The lengths of the three arguments are checked either way (a shape read, no sync):
+            each must have exactly ``B = q.shape[0]`` entries; a length-1 argument is not
+            broadcast over the batch.
 
     Raises:
-        ValueError/TypeError: bad shapes, dtypes, devices, mask integers (naming the value).
+        ValueError/TypeError: bad shapes, dtypes, devices, mask integers (naming the value),
+        mask arguments whose length is not ``B``.
 
     Returns:
         ``[B, H, L, D]``, rows of padded queries exactly zero.
@@ -202,7 +208,10 @@ def unified_attention(
     if not (q.dtype == k.dtype == v.dtype):
         raise TypeError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     if check:
-        check_mask_args(attn_mode, src_len, seq_len, q.shape[2])
+        check_mask_args(attn_mode, src_len, seq_len, q.shape[2], batch=q.shape[0])
+    else:  # shapes only (no sync): a short argument would make the kernel read past its end
+        for name, t in (("attn_mode", attn_mode), ("src_len", src_len), ("seq_len", seq_len)):
+            check_batch_len(name, t, q.shape[0])
     path = select_backend(q, backend)
     if path == "triton":
         return _kernel_module().attention(q, k, v, attn_mode, src_len, seq_len, scale, dropout_p)
@@ -254,6 +263,8 @@ def _check_varlen(q, k, v, cu_seqlens, attn_mode, src_len, max_seqlen):
         max_seqlen = longest
     elif int(max_seqlen) < longest:
         raise ValueError(f"max_seqlen = {max_seqlen} is shorter than the longest document ({longest})")
+    for name, t in (("attn_mode", attn_mode), ("src_len", src_len)):
+        check_batch_len(name, torch.as_tensor(t), lens.numel(), "cu_seqlens describes N = {} documents")
     mode, src, _ = check_mask_args(attn_mode, src_len, lens, max(int(max_seqlen), 0))
     return cu, lens, mode.cpu(), src.cpu(), int(max_seqlen)
 
@@ -358,7 +369,8 @@ def unified_attention_varlen(
         q: ``[T, H, D]``, the documents' tokens concatenated; k, v: ``[T, H_kv, D]``.
         cu_seqlens: int ``[N + 1]``, document ``d`` is tokens ``[cu_seqlens[d], cu_seqlens[d+1])``
             (FlashAttention's varlen convention; starts at 0, ends at ``T``).
-        attn_mode, src_len: int ``[N]``, per document, as in :mod:`unimask.masks`.
+        attn_mode, src_len: int ``[N]``, per document, as in :mod:`unimask.masks` (exactly
+            ``N = len(cu_seqlens) - 1`` entries, checked also with ``check=False``).
         max_seqlen: longest document (computed when ``None``).
         scale, dropout_p, backend: as in :func:`unified_attention` (``"sdpa"``, the default
             off CUDA: :func:`sdpa_attention_varlen`; ``"reference"``: document by document).
@@ -377,7 +389,9 @@ def unified_attention_varlen(
         cu, _, mode, src, max_seqlen = _check_varlen(q, k, v, cu_seqlens, attn_mode, src_len, max_seqlen)
     elif max_seqlen is None:
         raise ValueError("unified_attention_varlen(check=False) needs max_seqlen")
-    else:
+    else:  # shapes only (no sync): one entry per document, or the kernel reads past the end
+        for name, t in (("attn_mode", attn_mode), ("src_len", src_len)):
+            check_batch_len(name, t, cu_seqlens.shape[0] - 1, "cu_seqlens describes N = {} documents")
         cu, mode, src, max_seqlen = cu_seqlens, attn_mode, src_len, int(max_seqlen)
     path = select_backend(q, backend)
     if path == "triton":

@@ -41,6 +41,7 @@ __all__ = [
     "allowed",
     "dense_mask",
     "check_mask_args",
+    "check_batch_len",
 ]
 
 
@@ -60,9 +61,14 @@ def allowed(mode: int, src_len: int, seq_len: int, i: int, j: int) -> bool:
 
 
 def check_mask_args(
-    attn_mode: torch.Tensor, src_len: torch.Tensor, seq_len: torch.Tensor, L: int
+    attn_mode: torch.Tensor, src_len: torch.Tensor, seq_len: torch.Tensor, L: int,
+    batch: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Validate the per-sample integers and return them as int64 tensors on one device.
+
+    ``batch``: the number of samples (``q.shape[0]``, ``input_ids.shape[0]``) each argument
+    must have one entry for; nothing is broadcast (a length-1 argument for a larger batch is an
+    error, not one mask for every row). ``None`` checks only that the three lengths agree.
 
     Raises ``ValueError``/``TypeError`` naming the offending value: modes outside 0..3,
     ``seq_len`` outside ``[0, L]``, ``src_len`` outside ``[0, seq_len]``, shape mismatches.
@@ -78,6 +84,8 @@ def check_mask_args(
             raise TypeError(f"{name} must hold integers, got dtype {t.dtype}")
         if t.dim() != 1:
             raise ValueError(f"{name} must be 1-D [batch], got shape {tuple(t.shape)}")
+        if batch is not None:
+            check_batch_len(name, t, batch)
         tensors.append(t.to(torch.int64))
     mode, src, seq = tensors
     if not (mode.shape == src.shape == seq.shape):
@@ -102,14 +110,30 @@ def check_mask_args(
     return mode, src, seq
 
 
+def check_batch_len(name: str, t: torch.Tensor, batch: int,
+                    what: str = "the batch has B = {} samples") -> None:
+    """Raise ``ValueError`` unless the 1-D per-sample argument ``t`` (called ``name``) has
+    exactly ``batch`` entries; ``what`` (formatted with ``batch``) names the count in the
+    message. Reads only the shape (no host-device sync), so a caller that skips
+    :func:`check_mask_args` can still afford it: a shorter argument would make the Triton kernel
+    read past its end, a length-1 one would be broadcast silently elsewhere."""
+    n = t.shape[0] if isinstance(t, torch.Tensor) and t.dim() == 1 else None
+    if n != batch:
+        got = f"{n} entries" if n is not None else (
+            f"shape {tuple(t.shape)}" if isinstance(t, torch.Tensor) else f"type {type(t).__name__}")
+        raise ValueError(f"{name} has {got} but {what.format(batch)} (one entry each; nothing is broadcast)")
+
+
 def dense_mask(
-    attn_mode: torch.Tensor, src_len: torch.Tensor, seq_len: torch.Tensor, L: int
+    attn_mode: torch.Tensor, src_len: torch.Tensor, seq_len: torch.Tensor, L: int,
+    batch: int | None = None,
 ) -> torch.Tensor:
     """Boolean mask ``[B, L, L]``, ``True`` where query ``i`` (dim 1) may attend to key ``j`` (dim 2).
 
     The O(B*L^2) form of the three integers, used by the reference attention path and tests.
+    ``batch``: the expected ``B`` (see :func:`check_mask_args`).
     """
-    mode, src, seq = check_mask_args(attn_mode, src_len, seq_len, L)
+    mode, src, seq = check_mask_args(attn_mode, src_len, seq_len, L, batch=batch)
     dev = mode.device
     i = torch.arange(L, device=dev).view(1, L, 1)
     j = torch.arange(L, device=dev).view(1, 1, L)

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..attention import check_cu_seqlens, unified_attention, unified_attention_varlen
-from ..masks import check_mask_args
+from ..masks import check_batch_len, check_mask_args
 from .config import EncoderConfig
 
 __all__ = [
@@ -96,7 +96,10 @@ def resolve_mask_args(
     """Turn HF-style and collator-style mask inputs into ``(attn_mode, src_len, seq_len)``.
 
     ``seq_len`` defaults to ``attention_mask.sum(1)`` (which must then be a right-padding mask)
-    or to the full length; ``attn_mode`` defaults to bidirectional; ``src_len`` to 0.
+    or to the full length; ``attn_mode`` defaults to bidirectional; ``src_len`` to 0. The result
+    is validated by :func:`unimask.masks.check_mask_args` (one entry per sample, no broadcast;
+    ``seq_len <= L``; ...) and returned as int64 tensors on ``device``; bad input raises
+    ``ValueError``/``TypeError`` naming the value.
     """
     B, L = input_shape
     if attention_mask is not None:
@@ -116,17 +119,19 @@ def resolve_mask_args(
             )
         if seq_len is None:
             seq_len = n
-        elif not torch.equal(seq_len.to(device=device, dtype=torch.int64), n):
-            raise ValueError(
-                f"seq_len {seq_len.tolist()} disagrees with attention_mask.sum(1) {n.tolist()}"
-            )
+        else:
+            check_batch_len("seq_len", seq_len, B)
+            if not torch.equal(seq_len.to(device=device, dtype=torch.int64), n):
+                raise ValueError(
+                    f"seq_len {seq_len.tolist()} disagrees with attention_mask.sum(1) {n.tolist()}"
+                )
     if seq_len is None:
         seq_len = torch.full((B,), L, dtype=torch.int64, device=device)
     if attn_mode is None:
         attn_mode = torch.zeros(B, dtype=torch.int64, device=device)
     if src_len is None:
         src_len = torch.zeros(B, dtype=torch.int64, device=device)
-    return attn_mode.to(device), src_len.to(device), seq_len.to(device)
+    return check_mask_args(torch.as_tensor(attn_mode).to(device), src_len, seq_len, L, batch=B)
 
 
 @dataclass(frozen=True)
@@ -354,10 +359,9 @@ class TransformerEncoder(nn.Module):
         elif cache_positions is not None:
             position_ids = cache_positions
         else:
-            attn_mode, src_len, seq_len = resolve_mask_args(
+            attn_mode, src_len, seq_len = resolve_mask_args(  # validated here, once per forward
                 tuple(input_ids.shape), attention_mask, attn_mode, src_len, seq_len, input_ids.device
             )
-            attn_mode, src_len, seq_len = check_mask_args(attn_mode, src_len, seq_len, input_ids.shape[1])
         x = self.embeddings(input_ids, token_type_ids, position_ids)
         hidden = [x] if output_hidden_states else None
         for i, layer in enumerate(self.layers):
@@ -369,6 +373,11 @@ class TransformerEncoder(nn.Module):
             x = self.final_ln(x)
             if hidden is not None:
                 hidden[-1] = x
+        if self.pooler is not None and x.shape[1] == 0:
+            raise ValueError(
+                f"input_ids has no tokens (shape {tuple(input_ids.shape)}): pooler_output needs token 0 ([CLS]) "
+                f"of every row"
+            )
         pooled = torch.tanh(self.pooler(x[:, 0])) if self.pooler is not None else None
         return EncoderOutput(x, tuple(hidden) if hidden is not None else None, pooled)
 
