@@ -142,3 +142,75 @@ def test_generation_rejects_bad_arguments():
         model.generate(torch.tensor([[5, 6]]), max_new_tokens=100)
     with pytest.raises(ValueError, match="at least one token"):
         model.generate(torch.tensor([[5, 6]]), seq_len=torch.tensor([0]))
+
+
+def _models():
+    torch.manual_seed(0)
+    return {
+        "causal": (CausalLM(cfg()).double().eval(), "seq_len", {}),
+        "unilm": (UnifiedLM(cfg()).double().eval(), "src_len", {"mask_id": MASK}),
+        "mass": (MassSeq2Seq(cfg(), num_decoder_layers=2).double().eval(), "seq_len", {"decoder_start_id": MASK}),
+    }
+
+
+@pytest.mark.parametrize("kind", ["causal", "unilm", "mass"])
+@pytest.mark.parametrize("use_cache", [True, False])
+@torch.no_grad()
+def test_input_padded_wider_than_prompt_plus_new_tokens(kind, use_cache):
+    """Right padding wider than prompt + max_new_tokens (15 columns for 5 + 3) crashed the
+    GPT/UNILM buffer copy; it is valid input and gives the unpadded output."""
+    model, name, kw = _models()[kind]
+    _, ids, lens = prompts()
+    wide = torch.cat([ids, torch.zeros(3, 10, dtype=torch.long)], 1)
+    want = model.generate(ids, **{name: lens}, max_new_tokens=3, use_cache=use_cache, **kw)
+    got = model.generate(wide, **{name: lens}, max_new_tokens=3, use_cache=use_cache, **kw)
+    assert torch.equal(got, want)
+    am = (torch.arange(wide.shape[1])[None] < lens[:, None]).long()
+    assert torch.equal(model.generate(wide, attention_mask=am, max_new_tokens=3, use_cache=use_cache, **kw), want)
+
+
+@pytest.mark.parametrize("kind", ["causal", "unilm", "mass"])
+def test_lengths_and_attention_mask_are_validated(kind):
+    """Lengths past the input width, a length per row missing, and a left-padded
+    attention_mask were silently used (wrong output); now ValueErrors naming the value."""
+    model, name, kw = _models()[kind]
+    ids = torch.tensor([[5, 9, 11, 7, 20]])
+    with pytest.raises(ValueError, match=rf"{name}\[0\] = 7 exceeds the length of input_ids \(L = 5\)"):
+        model.generate(ids, **{name: torch.tensor([7])}, max_new_tokens=3, **kw)
+    with pytest.raises(ValueError, match=rf"{name} has 2 entries but input_ids has B = 1 rows"):
+        model.generate(ids, **{name: torch.tensor([5, 5])}, max_new_tokens=3, **kw)
+    with pytest.raises(ValueError, match=rf"{name} has 1 entries but input_ids has B = 2 rows"):
+        model.generate(ids.expand(2, 5), **{name: torch.tensor([5])}, max_new_tokens=3, **kw)
+    with pytest.raises(TypeError, match=rf"{name} must hold integers"):
+        model.generate(ids, **{name: torch.tensor([5.0])}, max_new_tokens=3, **kw)
+    with pytest.raises(ValueError, match=r"attention_mask\[0\] is not a right-padding mask"):
+        model.generate(torch.tensor([[0, 0, 5, 9, 11]]), attention_mask=torch.tensor([[0, 0, 1, 1, 1]]),
+                       max_new_tokens=3, **kw)
+    with pytest.raises(ValueError, match="disagrees with attention_mask"):
+        model.generate(ids, **{name: torch.tensor([4])}, attention_mask=torch.ones(1, 5), max_new_tokens=3, **kw)
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+@torch.no_grad()
+def test_unilm_position_limit_is_exact(use_cache):
+    """UNILM's step for new token k puts its [MASK] at position prompt + k, so 5 + 43 new
+    tokens use positions 0..47, exactly max_position_embeddings = 48 (was rejected: the
+    bound counted one position too many); one more token is rejected. Oracle: the naive
+    loop, which runs the encoder on src + generated + [MASK] (at most 48 tokens)."""
+    model = _models()["unilm"][0]
+    src = [5, 9, 11, 7, 20]
+    got = model.generate(torch.tensor([src]), max_new_tokens=43, mask_id=MASK, use_cache=use_cache)
+    assert got[0].tolist() == naive_unilm(model, src, 43)
+    with pytest.raises(ValueError, match="prompt length 5 \\+ 44 new tokens exceeds max_position_embeddings 48"):
+        model.generate(torch.tensor([src]), max_new_tokens=44, mask_id=MASK, use_cache=use_cache)
+
+
+@torch.no_grad()
+def test_causal_position_limit():
+    """GPT: prompt + new tokens (the returned sequence) must fit in max_position_embeddings."""
+    model = _models()["causal"][0]
+    prompt = [5, 9, 11, 7, 20]
+    got = model.generate(torch.tensor([prompt]), max_new_tokens=43)
+    assert got[0].tolist() == naive_causal(model, prompt, 43)
+    with pytest.raises(ValueError, match="prompt length 5 \\+ 44 new tokens exceeds"):
+        model.generate(torch.tensor([prompt]), max_new_tokens=44)

@@ -12,7 +12,10 @@ one that re-runs the whole prefix each step (the reference the cached one is tes
 * MASS: the encoder runs once; the decoder attends causally over its own tokens and to the
   encoder output (cross-attention keys/values computed once).
 
-Batches are right-padded; prompts/sources may have different lengths (``seq_len``/``src_len``).
+Batches are right-padded; prompts/sources may have different lengths (``seq_len``/``src_len``,
+or an HF ``attention_mask``, which must then be a right-padding mask: left padding is a
+``ValueError``, as in the encoder). ``input_ids`` may be padded wider than needed; lengths
+above its width, or not one per row, are a ``ValueError``.
 Outputs are the new tokens only, ``[B, T]``: EOS included, ``pad_id`` after it.
 """
 
@@ -20,7 +23,8 @@ from __future__ import annotations
 
 import torch
 
-from ..masks import LEFT_TO_RIGHT, SEQ2SEQ
+from ..masks import LEFT_TO_RIGHT, SEQ2SEQ, check_batch_len
+from .encoder import resolve_mask_args
 
 __all__ = ["greedy_search", "beam_search", "generate_causal", "generate_unilm", "generate_mass"]
 
@@ -110,12 +114,30 @@ def beam_search(stepper, batch: int, beams: int, max_new_tokens: int, eos_id: in
     return torch.tensor([h + [pad_id] * (T - len(h)) for h in best], dtype=torch.long, device=dev).view(batch, T)
 
 
-def _lengths(ids: torch.Tensor, lengths: torch.Tensor | None, attention_mask: torch.Tensor | None) -> torch.Tensor:
+def _lengths(ids: torch.Tensor, lengths: torch.Tensor | None, attention_mask: torch.Tensor | None,
+             name: str = "seq_len") -> torch.Tensor:
+    """Per-row prompt/source lengths (int64 ``[B]``) of the right-padded ``ids`` ``[B, L]``:
+    ``lengths`` (the argument ``name``), else ``attention_mask.sum(1)``, else ``L``.
+
+    Raises ``ValueError`` naming the value when ``lengths`` has not one entry per row or a
+    length exceeds ``L``, and (through the encoder's :func:`resolve_mask_args`) when
+    ``attention_mask`` is not a ``[B, L]`` right-padding mask or disagrees with ``lengths``.
+    """
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 2:
+        raise ValueError(f"input_ids must be a [batch, length] tensor, got {getattr(ids, 'shape', type(ids).__name__)}")
+    B, L = ids.shape
     if lengths is not None:
-        return lengths.to(ids.device).long()
-    if attention_mask is not None:
-        return attention_mask.to(ids.device).long().sum(1)
-    return torch.full((ids.shape[0],), ids.shape[1], dtype=torch.long, device=ids.device)
+        lengths = torch.as_tensor(lengths)
+        if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
+            raise TypeError(f"{name} must hold integers, got dtype {lengths.dtype}")
+        check_batch_len(name, lengths, B, "input_ids has B = {} rows")
+        lengths = lengths.to(device=ids.device, dtype=torch.long)
+        bad = lengths > L
+        if bool(bad.any()):
+            b = int(bad.nonzero()[0, 0])
+            raise ValueError(f"{name}[{b}] = {int(lengths[b])} exceeds the length of input_ids (L = {L})")
+    _, _, seq = resolve_mask_args((B, L), attention_mask, None, None, lengths, ids.device)
+    return seq
 
 
 def _run(model, make_stepper, ids, lengths, max_new_tokens, num_beams, eos_id, pad_id, length_penalty):
@@ -147,20 +169,26 @@ class _PrefixStepper:
 
     Row ``b`` holds ``prefix_len[b]`` prefix tokens then the generated ones; ``cur[b]`` is the
     next free position. UNILM (``mask_id`` set) predicts through a [MASK] at ``cur``.
+
+    Positions: the prompt uses ``0 .. P-1`` (``P = prefix_len[b]``); new token ``k`` (``k <
+    max_new``) sits at ``P + k``. GPT predicts it from position ``P + k - 1`` (the last new
+    token is never fed back); UNILM predicts it through a [MASK] at ``P + k`` that the token
+    then replaces. Either way the buffer needs ``P + max_new`` positions, the sequence the call
+    returns, and that must fit in ``max_position_embeddings``.
     """
 
     def __init__(self, model, ids, prefix_len, max_new, use_cache, mode, type_prefix, type_new, mask_id):
         self.model, self.enc = model, model.encoder
-        B, L = ids.shape
-        extra = max_new + (1 if mask_id is not None else 0)
-        self.T = int(prefix_len.max()) + extra
+        B = ids.shape[0]
+        P = int(prefix_len.max())
+        self.T = P + max_new
         if self.T > self.enc.config.max_position_embeddings:
             raise ValueError(
-                f"prompt length {int(prefix_len.max())} + {max_new} new tokens exceeds "
+                f"prompt length {P} + {max_new} new tokens exceeds "
                 f"max_position_embeddings {self.enc.config.max_position_embeddings}"
             )
         self.buf = torch.zeros(B, self.T, dtype=torch.long, device=ids.device)
-        self.buf[:, :L] = ids
+        self.buf[:, :P] = ids[:, :P]  # ids may be padded wider than the buffer; only prompts matter
         pos = torch.arange(self.T, device=ids.device)[None]
         self.buf[pos >= prefix_len[:, None]] = 0
         self.types = torch.where(pos < prefix_len[:, None], type_prefix, type_new).long().expand(B, -1).clone()
@@ -249,7 +277,7 @@ def generate_unilm(model, input_ids: torch.Tensor, src_len: torch.Tensor | None 
     padded, lengths ``src_len``) is read bidirectionally, the target is generated left to
     right through a trailing [MASK] (``mask_id``); segment ids 4/5 as in UNILM training
     (use 0/1 for a model that only knows BERT's two segments)."""
-    lengths = _lengths(input_ids, src_len, attention_mask)
+    lengths = _lengths(input_ids, src_len, attention_mask, "src_len")
 
     def make(ids, lens):
         return _PrefixStepper(model, ids, lens, max_new_tokens, use_cache, SEQ2SEQ, source_type, target_type, mask_id)
