@@ -36,12 +36,21 @@ def _with_index(item: Any, index: int) -> dict[str, Any]:
         if len(item) == 3:
             out["next_sentence_label"] = item[2]
         return out
+    if hasattr(item, "ids") and not isinstance(item, (list, tuple, np.ndarray, torch.Tensor)):
+        # an Encoding (unimask.tokenizer or HF tokenizers), read as the collators read one
+        out = {"input_ids": item.ids, "index": index}
+        words = getattr(item, "word_ids", None)
+        if words is not None:
+            out["word_ids"] = words
+        return out
     return {"input_ids": item, "index": index}
 
 
-def _nonneg_int(name: str, value: Any) -> int:
+def _nonneg_int(name: str, value: Any, below: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
         raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+    if below is not None and value >= below:
+        raise ValueError(f"{name} must be < {below}, got {value!r}")
     return int(value)
 
 
@@ -49,7 +58,9 @@ class IndexedDataset(Dataset):
     """Wrap a map-style dataset so that every sample carries its ``index``.
 
     A sample that is a dict gets an ``index`` key (a shallow copy; the original is not
-    modified); any other sample ``x`` becomes ``{"input_ids": x, "index": i}``. Pairs given as
+    modified); an ``Encoding`` (``unimask.tokenizer`` or HF ``tokenizers``) becomes
+    ``{"input_ids": enc.ids, "word_ids": enc.word_ids, "index": i}``; any other sample ``x``
+    becomes ``{"input_ids": x, "index": i}``. Pairs given as
     tuples ``(a, b)`` become ``{"segment_a": a, "segment_b": b, "index": i}`` (a third element is
     the ``next_sentence_label``). ``offset`` shifts the indices (e.g. per shard).
     """
@@ -87,8 +98,9 @@ class PretrainingDataset(Dataset):
     The order of an epoch is a permutation of all samples that is a pure function of
     ``(seed, epoch)`` (``shuffle=False``: the natural order). Rank ``r`` of ``world_size``
     takes positions ``r, r + world_size, ...`` of it, like ``DistributedSampler``: without
-    ``drop_last`` the order is padded by repeating its beginning so every rank has the same
-    length, with ``drop_last`` the tail is dropped. ``rank`` / ``world_size`` default to
+    ``drop_last`` the order is padded by repeating it from its beginning (as often as needed,
+    e.g. when ``world_size`` exceeds the number of samples) so every rank has the same length,
+    with ``drop_last`` the tail is dropped. ``rank`` / ``world_size`` default to
     ``torch.distributed``'s when it is initialised, else 0 / 1.
 
     Item ``i`` is the sample at position ``position + i`` of this rank's order, as a dict with
@@ -109,7 +121,7 @@ class PretrainingDataset(Dataset):
         drop_last: bool = False,
     ) -> None:
         self.samples = samples
-        self.seed = _nonneg_int("seed", seed)
+        self.seed = _nonneg_int("seed", seed, 2**64)
         self.shuffle = bool(shuffle)
         self.rank, self.world_size = _rank_and_world(rank, world_size)
         self.drop_last = bool(drop_last)
@@ -124,7 +136,7 @@ class PretrainingDataset(Dataset):
 
     def set_epoch(self, epoch: int) -> None:
         """Use the order of ``epoch`` and start from its beginning."""
-        self.epoch = _nonneg_int("epoch", epoch)
+        self.epoch = _nonneg_int("epoch", epoch, 2**64)
         self.position = 0
         self._order = None
 
@@ -154,7 +166,9 @@ class PretrainingDataset(Dataset):
             perm = _native.permutation(n, self.seed, self.epoch).astype(np.int64) if self.shuffle else np.arange(n, dtype=np.int64)
             total = self._per_rank * self.world_size
             if total > n:
-                perm = np.concatenate([perm, perm[: total - n]]) if n else perm
+                # pad by wrapping around as often as needed (torch DistributedSampler): with
+                # world_size > 2n one copy of the order is not enough
+                perm = np.resize(perm, total)
             self._order = perm[:total][self.rank :: self.world_size]
         return self._order
 
