@@ -521,3 +521,153 @@ def test_unimask_tokenizer_plugs_in(minilm_dir, sentences):
     a = c(batch, indices=range(16))
     b = c([batch[i] for i in range(16)], indices=range(16))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ------------------------------------------------------------------------------------------
+# MASS / T5: max_length without truncation is an error; T5 ids and sentinels
+
+
+@pytest.mark.parametrize("kind", ["mass", "t5"])
+def test_mass_t5_long_samples_raise_unless_truncation(kind):
+    seqs = rand_seqs(6, specials=False, seed=11, lo=3, hi=30)
+    long = next(i for i, s in enumerate(seqs) if len(s) > 12)
+    if kind == "mass":
+        make = lambda **kw: MASSCollator(**IDS, seed=3, **kw)  # noqa: E731
+        keep = 12  # MASS keeps max_length tokens
+    else:
+        make = lambda **kw: T5SpanCollator(vocab_size=V, eos_id=SEP, pad_id=PAD, seed=3, **kw)  # noqa: E731
+        keep = 11  # T5 keeps max_length - 1 tokens, the EOS takes the last place
+    with pytest.raises(ValueError, match=rf"sample {long} has {len(seqs[long])} tokens, more than max_length.*truncation=True"):
+        make(max_length=12)(seqs, indices=range(6))
+    # truncation=True: the same batch as the samples cut by hand (same indices, same masks)
+    got = make(max_length=12, truncation=True)(seqs, indices=range(6))
+    want = make()([s[:keep] for s in seqs], indices=range(6))
+    assert got.keys() == want.keys()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    # short enough: no truncation needed
+    short = [s[:keep] for s in seqs]
+    assert all(torch.equal(make(max_length=12)(short, indices=range(6))[k], want[k]) for k in want)
+
+
+def test_t5_ids_are_validated():
+    T5 = dict(vocab_size=1000, pad_id=0, eos_id=1)
+    with pytest.raises(ValueError, match="decoder_start_id 1000000 is outside the vocabulary"):
+        T5SpanCollator(**T5, decoder_start_id=10**6)
+    with pytest.raises(ValueError, match="first_sentinel_id 1 is also the eos_id"):
+        T5SpanCollator(**T5, first_sentinel_id=1)
+    with pytest.raises(ValueError, match="first_sentinel_id 7 is also the decoder_start_id"):
+        T5SpanCollator(**T5, first_sentinel_id=7, decoder_start_id=7)
+    # 40 tokens: round(6 / 3) = 2 noise spans, sentinels 2 and 1 -- 1 is the eos_id
+    with pytest.raises(ValueError, match="sample 0 .*2 sentinel ids, 2 down to 1, which include eos_id 1"):
+        T5SpanCollator(**T5, first_sentinel_id=2)([list(range(200, 240))], indices=[0])
+    # a row needing 5 sentinels (100 tokens: 15 noise, 5 spans) from 5 reaches 1 = eos_id
+    c = T5SpanCollator(**T5, first_sentinel_id=5)
+    with pytest.raises(ValueError, match="sample 1 .*5 sentinel ids, 5 down to 1"):
+        c([list(range(200, 240)), list(range(200, 300))], indices=[0, 1])
+    out = c([list(range(200, 240)), list(range(200, 280))], indices=[0, 1])  # 2 and 4 spans: 5..2
+    lab = out["labels"]
+    sentinels = set(lab[(lab >= 0) & (lab < 200)].tolist()) - {1}
+    assert sentinels == {5, 4, 3, 2}
+    assert not ((out["input_ids"] == 1).sum(1) != 1).any()  # eos only at the end of each row
+
+
+# ------------------------------------------------------------------------------------------
+# malformed inputs: ragged batches, NSP labels, bools, uint64, floats, 64-bit seeds
+
+
+class _RB:
+    def __init__(self, ids, splits, words=None):
+        self.ids_flat, self.row_splits, self.word_ids_flat = ids, splits, words
+
+
+@pytest.mark.parametrize(
+    "ids, splits, words, err, match",
+    [
+        ([CLS, 5, SEP, CLS, 6, 7, SEP], [0, 3], None, ValueError, r"end at len\(ids_flat\) = 7, got \[0, 3\]"),
+        ([CLS, 5, SEP, CLS, 6, 7, SEP], [3, 7], None, ValueError, r"start at 0.*got \[3, 7\]"),
+        ([CLS, 5, SEP], [0, 3, 1, 3], None, ValueError, r"never decrease.*got \[0, 3, 1, 3\]"),
+        ([CLS, 5, SEP], [0], None, ValueError, r">= 2 entries"),
+        ([CLS, 5.7, SEP], [0, 3], None, TypeError, r"ids_flat must be an integer array, got dtype float64"),
+        ([CLS, 5, SEP], [0, 1.9, 3], None, TypeError, r"row_splits must be an integer array, got dtype float64"),
+        ([CLS, 5, SEP], [0, 3], [0], ValueError, r"word_ids_flat has 1 entries for 3 ids"),
+        ([CLS, 5, SEP], [0, 3], [0.0, 1.0, 2.0], TypeError, r"word_ids_flat must be an integer array"),
+    ],
+)
+def test_malformed_ragged_batches_raise(ids, splits, words, err, match):
+    rb = _RB(np.array(ids), np.array(splits), None if words is None else np.array(words))
+    for c in (MLMCollator(**IDS, whole_word=words is not None), MASSCollator(**IDS)):
+        with pytest.raises(err, match=match):
+            c(rb)
+
+
+def test_well_formed_ragged_batch_equals_the_list_of_rows():
+    rows = rand_seqs(5, seed=12)
+    splits = np.concatenate([[0], np.cumsum([len(r) for r in rows])])
+    rb = _RB(np.concatenate(rows).astype(np.uint16), splits.astype(np.int32))
+    c = MLMCollator(**IDS, seed=2)
+    a, b = c(rb, indices=range(5)), c(rows, indices=range(5))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("collator", [MLMCollator, UnifiedLMCollator])
+def test_next_sentence_labels_are_validated(collator):
+    c = collator(**IDS, seed=1)
+    ok = c([([5, 6], [7, 8], 0), ([5, 6], [7, 8], 1), ([5, 6], [7, 8], -100), ([5, 6], [7, 8], np.int64(1))], indices=range(4))
+    if collator is MLMCollator:
+        assert ok["next_sentence_label"].tolist() == [0, 1, -100, 1]
+    for bad, err, shown in [(5, ValueError, "got 5"), (-3, ValueError, "got -3"), (2, ValueError, "got 2"),
+                            (True, TypeError, "bool True"), (1.0, TypeError, "float 1.0"), ("1", TypeError, "str '1'")]:
+        with pytest.raises(err, match=f"next_sentence_label of sample 1 .*{shown}"):
+            c([([5, 6], [7, 8], 0), ([5, 6], [7, 8], bad)], indices=range(2))
+        with pytest.raises(err, match="next_sentence_label of sample 0"):
+            c([{"segment_a": [5, 6], "segment_b": [7, 8], "next_sentence_label": bad}], indices=[0])
+
+
+def test_bool_ids_uint64_overflow_float_spans_and_64_bit_seeds():
+    c = MLMCollator(**IDS)
+    with pytest.raises(TypeError, match="input_ids of sample 0 must hold integers, got a bool"):
+        c([[True, 5, 6]])
+    with pytest.raises(TypeError, match="word_ids of sample 0"):
+        MLMCollator(**IDS, whole_word=True)([{"input_ids": [CLS, 5, SEP], "word_ids": [None, False, None]}])
+    big = np.array([CLS, 5, 2**63 + 5, SEP], dtype=np.uint64)
+    with pytest.raises(ValueError, match="9223372036854775813"):
+        c([big])
+    with pytest.raises(TypeError, match="entity_spans of sample 0 must be integer"):
+        c([{"input_ids": [CLS, 5, 6, 7, SEP], "entity_spans": [(1.0, 3.0)]}])
+    with pytest.raises(ValueError, match="seed must be < 18446744073709551616"):
+        MLMCollator(**IDS, seed=2**64)
+    with pytest.raises(ValueError, match="epoch must be < 18446744073709551616"):
+        c.set_epoch(2**64)
+    c = MLMCollator(**IDS, seed=2**64 - 1)
+    c.set_epoch(2**64 - 1)
+    assert c([[CLS, 5, 6, SEP]])["input_ids"].shape == (1, 4)
+
+
+def test_huge_pad_to_multiple_of_is_a_value_error_not_an_abort():
+    """2**40 made the allocation abort the process, 2**62 an InternalError (wrapped length):
+    run in a child process so that an abort fails this test instead of killing the run."""
+    import subprocess
+    import sys
+
+    code = """
+import unimask
+from unimask.collators import CausalLMCollator, MASSCollator, MLMCollator, T5SpanCollator, UnifiedLMCollator
+S = dict(vocab_size=1000, pad_id=0, unk_id=100, cls_id=101, sep_id=102, mask_id=103)
+makers = [lambda p: MLMCollator(**S, pad_to_multiple_of=p), lambda p: UnifiedLMCollator(**S, pad_to_multiple_of=p),
+          lambda p: MASSCollator(**S, pad_to_multiple_of=p),
+          lambda p: T5SpanCollator(vocab_size=1000, pad_id=0, eos_id=1, pad_to_multiple_of=p),
+          lambda p: CausalLMCollator(vocab_size=1000, pad_id=0, pad_to_multiple_of=p)]
+for p in (2**31, 2**40, 2**62, 2**64 - 1):
+    for make in makers:
+        try:
+            make(p)([[5, 6, 7]] * 4)
+            print("NO ERROR", p)
+        except ValueError as e:
+            assert f"pad_to_multiple_of = {p}" in str(e), str(e)
+# within the limits it still pads
+out = MLMCollator(**S, pad_to_multiple_of=64)([[5, 6, 7]] * 4)
+assert out["input_ids"].shape == (4, 64)
+print("OK")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "OK", (r.returncode, r.stdout, r.stderr[-2000:])

@@ -27,12 +27,13 @@ Sample formats accepted by the BERT-style collators:
   ``None``/-1 for special tokens, as ``tokenizers.Encoding.word_ids``), ``entity_spans``
   (``[(start, end), ...]`` token ranges masked as units, ERNIE), ``index``;
 * a pair: a dict with ``segment_a``, ``segment_b`` (no special tokens), optionally
-  ``next_sentence_label``, ``word_ids_a``, ``word_ids_b``, ``index``; or a tuple ``(a, b)`` /
-  ``(a, b, next_sentence_label)``;
+  ``next_sentence_label`` (an int: 0 is next, 1 random next, -100 no label), ``word_ids_a``,
+  ``word_ids_b``, ``index``; or a tuple ``(a, b)`` / ``(a, b, next_sentence_label)``;
 * an ``Encoding`` of ``unimask.tokenizer`` or HF ``tokenizers`` (its ``ids`` and ``word_ids``).
 
 A whole batch may also be a ragged batch object with flat ``ids_flat``, ``word_ids_flat`` and
-``row_splits`` columns (``unimask.tokenizer.RaggedBatch``). Integer arrays may be int64,
+``row_splits`` columns (``unimask.tokenizer.RaggedBatch``): integer arrays, ``row_splits``
+starting at 0, never decreasing and ending at ``len(ids_flat)``. Integer arrays may be int64,
 int32, uint32 or uint16; lists of Python ints are read in Rust without numpy conversion.
 """
 
@@ -88,7 +89,10 @@ def _vocab_size_of(tokenizer: Any) -> int | None:
     return None if v is None else int(v)
 
 
-def _check_int(name: str, value: Any, lo: int | None = None, allow_none: bool = False) -> int | None:
+def _check_int(
+    name: str, value: Any, lo: int | None = None, allow_none: bool = False, hi: int | None = None
+) -> int | None:
+    """``value`` as an int in ``[lo, hi)`` (bounds optional); TypeError / ValueError naming it."""
     if value is None and allow_none:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
@@ -96,6 +100,8 @@ def _check_int(name: str, value: Any, lo: int | None = None, allow_none: bool = 
     value = int(value)
     if lo is not None and value < lo:
         raise ValueError(f"{name} must be >= {lo}, got {value}")
+    if hi is not None and value >= hi:
+        raise ValueError(f"{name} must be < {hi}, got {value}")
     return value
 
 
@@ -115,6 +121,8 @@ def _as_ids(x: Any, what: str) -> np.ndarray:
     elif isinstance(x, torch.Tensor):
         arr = x.detach().cpu().numpy()
     elif isinstance(x, (list, tuple, range)):
+        if not isinstance(x, range) and any(isinstance(v, (bool, np.bool_)) for v in x):
+            raise TypeError(f"{what} must hold integers, got a bool in {list(x)[:20]!r}")
         arr = np.asarray(x) if len(x) else np.zeros(0, dtype=np.int64)
     else:
         raise TypeError(f"{what} must be a sequence of token ids (list, numpy array, tensor), got {type(x).__name__}")
@@ -124,6 +132,14 @@ def _as_ids(x: Any, what: str) -> np.ndarray:
         if arr.dtype == object and all(v is None for v in arr):
             return np.full(arr.shape[0], -1, dtype=np.int64)
         raise TypeError(f"{what} must hold integers, got dtype {arr.dtype}")
+    return _to_int64(arr, what)
+
+
+def _to_int64(arr: np.ndarray, what: str) -> np.ndarray:
+    """An integer array as int64; uint64 values above int64's range are an error naming the
+    value (a cast would wrap them to negative ids)."""
+    if arr.dtype == np.uint64 and arr.size and int(arr.max()) > np.iinfo(np.int64).max:
+        raise ValueError(f"{what}: token id {int(arr.max())} is outside the int64 range (and so outside any vocabulary)")
     return arr.astype(np.int64, copy=False)
 
 
@@ -211,14 +227,14 @@ class _Seeded:
     """Seed / epoch / running-counter bookkeeping shared by the random collators."""
 
     def _init_seed(self, seed: int, num_threads: int | None) -> None:
-        self.seed = _check_int("seed", seed, 0)
+        self.seed = _check_int("seed", seed, 0, hi=2**64)
         self.num_threads = _check_int("num_threads", num_threads, 1, allow_none=True)
         self.epoch = 0
         self._counter = 0
 
     def set_epoch(self, epoch: int) -> None:
         """Use the masks of ``epoch`` from now on (and restart the running sample counter)."""
-        self.epoch = _check_int("epoch", epoch, 0)
+        self.epoch = _check_int("epoch", epoch, 0, hi=2**64)
         self._counter = 0
 
     def _indices(self, n: int, from_items: list[Any], explicit: Any) -> np.ndarray:
@@ -282,13 +298,28 @@ def _ragged_of(batch: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] |
     ``RaggedBatch``: flat columns ``ids_flat`` / ``word_ids_flat`` and ``row_splits``)."""
     if not (hasattr(batch, "ids_flat") and hasattr(batch, "row_splits")):
         return None
-    ids = np.ascontiguousarray(batch.ids_flat, dtype=np.int64)
-    splits = np.ascontiguousarray(batch.row_splits, dtype=np.int64)
-    if ids.ndim != 1 or splits.ndim != 1 or splits.size < 2:
-        raise ValueError(f"a ragged batch needs 1-D ids_flat and row_splits with >= 2 entries, got shapes {ids.shape}, {splits.shape}")
-    words = getattr(batch, "word_ids_flat", None)
-    if words is not None:
-        words = np.ascontiguousarray(words, dtype=np.int64)
+
+    def column(name: str) -> np.ndarray:
+        arr = np.asarray(getattr(batch, name))
+        if arr.dtype.kind not in "iu":
+            raise TypeError(f"a ragged batch's {name} must be an integer array, got dtype {arr.dtype}")
+        if arr.ndim != 1:
+            raise ValueError(f"a ragged batch's {name} must be 1-D, got shape {arr.shape}")
+        return np.ascontiguousarray(_to_int64(arr, f"a ragged batch's {name}"))
+
+    ids, splits = column("ids_flat"), column("row_splits")
+    if splits.size < 2:
+        raise ValueError(f"a ragged batch's row_splits needs >= 2 entries (batch size + 1), got {splits.tolist()}")
+    if splits[0] != 0 or splits[-1] != ids.size or (np.diff(splits) < 0).any():
+        raise ValueError(
+            f"a ragged batch's row_splits must start at 0, never decrease and end at len(ids_flat) = {ids.size}, "
+            f"got {splits.tolist()[:20]}{' ...' if splits.size > 20 else ''}"
+        )
+    words = None
+    if getattr(batch, "word_ids_flat", None) is not None:
+        words = column("word_ids_flat")
+        if words.size != ids.size:
+            raise ValueError(f"a ragged batch's word_ids_flat has {words.size} entries for {ids.size} ids")
     return ids, splits, words
 
 
@@ -343,6 +374,19 @@ def _split_items(batch: Sequence[Any]) -> dict[str, list[Any]]:
         cols["nsp"].append(nsp)
         cols["index"].append(idx)
     return cols
+
+
+_NSP_LABELS = (0, 1, -100)
+
+
+def _nsp_label(i: int, value: Any) -> int:
+    """The ``next_sentence_label`` of sample ``i``: 0 (is next), 1 (random next) or -100 (no label)."""
+    v = value.item() if isinstance(value, (np.ndarray, torch.Tensor)) and value.ndim == 0 else value
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"next_sentence_label of sample {i} must be an int (0, 1 or -100), got {type(value).__name__} {value!r}")
+    if int(v) not in _NSP_LABELS:
+        raise ValueError(f"next_sentence_label of sample {i} must be 0, 1 or -100 (no label), got {int(v)}")
+    return int(v)
 
 
 def _all_or_none(values: list[Any], name: str) -> bool:
@@ -527,13 +571,16 @@ class _MaskingCollator(_Seeded, _Special):
         if any(e is not None for e in cols["entities"]):
             flat = []
             for i, e in enumerate(cols["entities"]):
-                spans = np.asarray([] if e is None else e, dtype=np.int64).reshape(-1)
+                spans = np.asarray([] if e is None else e)
+                if spans.size and (spans.dtype.kind not in "iu"):
+                    raise TypeError(f"entity_spans of sample {i} must be integer (start, end) pairs, got {e!r}")
+                spans = spans.astype(np.int64).reshape(-1)
                 if spans.size % 2:
                     raise ValueError(f"entity_spans of sample {i} must be (start, end) pairs, got {e!r}")
                 flat.append(spans)
             kw["ent_values"], kw["ent_offsets"] = _flatten(flat, "entity_spans")
         if _all_or_none(cols["nsp"], "'next_sentence_label'"):
-            kw["nsp_labels"] = np.asarray(cols["nsp"], dtype=np.int64)
+            kw["nsp_labels"] = np.array([_nsp_label(i, v) for i, v in enumerate(cols["nsp"])], dtype=np.int64)
         _, _, flat = self._spec.collate(av, ao, idx, self.seed, self.epoch, self.num_threads, unilm=self._unilm, **kw)
         return _to_torch(flat)
 
@@ -563,9 +610,12 @@ class MLMCollator(_MaskingCollator):
     * ``entity_spans`` in samples: caller-given token ranges masked as units (ERNIE).
     * ``span="geometric"`` (SpanBERT, Joshi et al. 2020): span lengths in whole words drawn from
       ``Geometric(span_p=0.2)`` truncated to ``1..max_span_length`` (10) as in SpanBERT's
-      code (mean 3.8), anchored at a random token, budget ``ceil(len * p)``, one 80/10/10
-      decision per span. Words come from ``word_ids`` / ``vocab=`` as above; without them
-      every token is a word.
+      code (mean 3.8), anchored at a random token, one 80/10/10 decision per span. Exactly
+      ``ceil(len * p)`` tokens are masked: as the reference
+      (facebookresearch/SpanBERT ``pretraining/fairseq/data/masking.py``,
+      ``PairWithSpanMaskingScheme.mask``) spans are drawn until the budget is met and the
+      span that reaches it is cut there, in the middle of a word if need be. Words come from
+      ``word_ids`` / ``vocab=`` as above; without them every token is a word.
     * ``span="ngram"``: UNILM n-grams (see :class:`UnifiedLMCollator`).
     * Pairs (``segment_a``/``segment_b``, e.g. from :class:`NSPPairBuilder`): laid out as
       ``[CLS] A [SEP] B [SEP]`` with token types 0/1, trimmed to ``max_length`` with BERT's
@@ -658,7 +708,7 @@ class NSPPairBuilder(_Seeded):
 
     def build(self, documents: Sequence[Sequence[Any]], epoch: int | None = None) -> list[dict[str, Any]]:
         """Pairs of ``documents`` (each a list of sentences, each a sequence of token ids)."""
-        epoch = self.epoch if epoch is None else _check_int("epoch", epoch, 0)
+        epoch = self.epoch if epoch is None else _check_int("epoch", epoch, 0, hi=2**64)
         sents: list[Any] = []
         doc_offsets = [0]
         for d, doc in enumerate(documents):
@@ -774,6 +824,9 @@ class MASSCollator(_Seeded, _Special):
     token ``decoder_start_id``, default ``[MASK]`` as in MASS), ``decoder_positions`` are the
     original positions of the span tokens, ``decoder_labels`` the span (-100 padding).
 
+    A sentence longer than ``max_length`` raises ``ValueError`` (naming it) unless
+    ``truncation=True``, which keeps its first ``max_length`` tokens.
+
     Returns ``input_ids``, ``attention_mask`` int64 ``[B, L]``, ``seq_len`` int32 ``[B]``,
     ``decoder_input_ids``, ``decoder_positions``, ``decoder_labels`` int64 ``[B, Ld]``,
     ``decoder_len`` int32 ``[B]``.
@@ -797,6 +850,7 @@ class MASSCollator(_Seeded, _Special):
         random_ratio: float = 0.1,
         decoder_start_id: int | None = None,
         max_length: int | None = None,
+        truncation: bool = False,
         pad_to_multiple_of: int | None = None,
         seed: int = 0,
         num_threads: int | None = 1,
@@ -820,6 +874,7 @@ class MASSCollator(_Seeded, _Special):
             raise ValueError(f"decoder_start_id {dsi} is outside the vocabulary [0, {self.vocab_size})")
         self.decoder_start_id = dsi
         self.max_length = _check_int("max_length", max_length, 1, allow_none=True)
+        self.truncation = bool(truncation)
         self.pad_to_multiple_of = _check_int("pad_to_multiple_of", pad_to_multiple_of, 1, allow_none=True)
 
     def __call__(self, batch: Sequence[Any], indices: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
@@ -840,6 +895,7 @@ class MASSCollator(_Seeded, _Special):
             mask_ratio=self.mask_ratio,
             random_ratio=self.random_ratio,
             max_length=self.max_length,
+            truncation=self.truncation,
             pad_to_multiple_of=self.pad_to_multiple_of,
             seed=self.seed,
             epoch=self.epoch,
@@ -864,7 +920,15 @@ class T5SpanCollator(_Seeded, _Special):
     segmentation, noise and non-noise spans interleaved starting with non-noise (as T5's
     code). Inputs: the non-noise tokens with one sentinel per noise span, then ``eos_id``;
     labels: each sentinel followed by its span, then ``eos_id`` (-100 padding). Sentinel ids
-    count down from ``first_sentinel_id`` (default ``vocab_size - 1``, T5's ``<extra_id_0>``).
+    count down from ``first_sentinel_id`` (default ``vocab_size - 1``, T5's ``<extra_id_0>``):
+    a row with ``k`` noise spans uses ``first_sentinel_id`` down to ``first_sentinel_id - k + 1``.
+    They must not reach below 0 or onto ``eos_id``, ``pad_id`` or ``decoder_start_id``:
+    ``first_sentinel_id`` itself is checked here, the rest per batch before anything is
+    written (``ValueError``). Every id must lie in ``[0, vocab_size)``.
+
+    A sequence longer than ``max_length - 1`` tokens (the EOS takes one place) raises
+    ``ValueError`` (naming it) unless ``truncation=True``, which keeps its first
+    ``max_length - 1`` tokens.
 
     Returns ``input_ids``, ``attention_mask`` int64 ``[B, L]``, ``labels`` and
     ``decoder_input_ids`` (labels shifted right, starting with ``decoder_start_id``, default
@@ -883,6 +947,7 @@ class T5SpanCollator(_Seeded, _Special):
         first_sentinel_id: int | None = None,
         decoder_start_id: int | None = None,
         max_length: int | None = None,
+        truncation: bool = False,
         pad_to_multiple_of: int | None = None,
         seed: int = 0,
         num_threads: int | None = 1,
@@ -900,8 +965,15 @@ class T5SpanCollator(_Seeded, _Special):
         if fs >= self.vocab_size:
             raise ValueError(f"first_sentinel_id {fs} is outside the vocabulary [0, {self.vocab_size})")
         self.first_sentinel_id = fs
-        self.decoder_start_id = self.pad_id if decoder_start_id is None else _check_int("decoder_start_id", decoder_start_id, 0)
+        dsi = self.pad_id if decoder_start_id is None else _check_int("decoder_start_id", decoder_start_id, 0)
+        if dsi >= self.vocab_size:
+            raise ValueError(f"decoder_start_id {dsi} is outside the vocabulary [0, {self.vocab_size})")
+        self.decoder_start_id = dsi
+        clash = [n for n in ("eos_id", "pad_id", "decoder_start_id") if getattr(self, n) == fs]
+        if clash:
+            raise ValueError(f"first_sentinel_id {fs} is also the {' and '.join(clash)}; sentinels must be ids of their own")
         self.max_length = _check_int("max_length", max_length, 2, allow_none=True)
+        self.truncation = bool(truncation)
         self.pad_to_multiple_of = _check_int("pad_to_multiple_of", pad_to_multiple_of, 1, allow_none=True)
 
     def __call__(self, batch: Sequence[Any], indices: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
@@ -919,6 +991,7 @@ class T5SpanCollator(_Seeded, _Special):
             pad_id=self.pad_id,
             decoder_start_id=self.decoder_start_id,
             max_length=self.max_length,
+            truncation=self.truncation,
             pad_to_multiple_of=self.pad_to_multiple_of,
             seed=self.seed,
             epoch=self.epoch,

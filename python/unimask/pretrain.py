@@ -192,7 +192,7 @@ class CorpusCollator:
                                              bos_id=special.cls, eos_id=special.sep,
                                              max_length=max_length, truncation=True)
         else:
-            self.collator = MASSCollator(**ids, max_length=max_length)
+            self.collator = MASSCollator(**ids, max_length=max_length, truncation=True)
 
     def _random_sentence(self, d: int, rng: random.Random) -> list[int]:
         od = rng.randrange(len(self.documents))

@@ -516,7 +516,8 @@ fn nsp_pairs<'py>(
 /// MASS batch. Returns `(batch, len, dec_len, {name: flat array})`.
 #[pyfunction]
 #[pyo3(signature = (values, offsets, indices, *, vocab_size, special_ids, mask_id, pad_id, decoder_start_id,
-    span_ratio, start_prob, end_prob, mask_ratio, random_ratio, max_length, pad_to_multiple_of, seed, epoch, threads))]
+    span_ratio, start_prob, end_prob, mask_ratio, random_ratio, max_length, pad_to_multiple_of, seed, epoch, threads,
+    truncation=false))]
 #[allow(clippy::too_many_arguments)]
 fn mass_collate<'py>(
     py: Python<'py>,
@@ -538,6 +539,7 @@ fn mass_collate<'py>(
     seed: u64,
     epoch: u64,
     threads: Option<usize>,
+    truncation: bool,
 ) -> PyResult<(usize, usize, usize, Bound<'py, PyDict>)> {
     let seqs = Ragged::new(
         slice(&values, "input_ids")?,
@@ -566,6 +568,7 @@ fn mass_collate<'py>(
             seed,
             epoch,
             max_length,
+            truncation,
             pad_to_multiple_of,
             threads,
         )
@@ -584,7 +587,7 @@ fn mass_collate<'py>(
 /// T5 span-corruption batch. Returns `(batch, len, label_len, {name: flat array})`.
 #[pyfunction]
 #[pyo3(signature = (values, offsets, indices, *, vocab_size, noise_density, mean_span, first_sentinel, eos_id,
-    pad_id, decoder_start_id, max_length, pad_to_multiple_of, seed, epoch, threads))]
+    pad_id, decoder_start_id, max_length, pad_to_multiple_of, seed, epoch, threads, truncation=false))]
 #[allow(clippy::too_many_arguments)]
 fn t5_collate<'py>(
     py: Python<'py>,
@@ -603,6 +606,7 @@ fn t5_collate<'py>(
     seed: u64,
     epoch: u64,
     threads: Option<usize>,
+    truncation: bool,
 ) -> PyResult<(usize, usize, usize, Bound<'py, PyDict>)> {
     let seqs = Ragged::new(
         slice(&values, "input_ids")?,
@@ -628,6 +632,7 @@ fn t5_collate<'py>(
             seed,
             epoch,
             max_length,
+            truncation,
             pad_to_multiple_of,
             threads,
         )

@@ -8,7 +8,7 @@
 //! a batch may be shorter and is padded. Attention then crosses document boundaries inside a
 //! row, as in GPT-2.
 
-use crate::masking::{check_ids, padded_len, Padded, Ragged, IGNORE};
+use crate::masking::{check_ids, checked_padded_len, Padded, Ragged, IGNORE};
 use crate::{invalid, Result};
 
 /// Causal collator settings.
@@ -87,11 +87,12 @@ pub fn collate_causal(opts: &CausalOptions, docs: Ragged<'_>) -> Result<Padded> 
         }
     }
     let b = rows.len();
-    let len = padded_len(
+    let len = checked_padded_len(
         rows.iter().map(|r| r.len()).max().unwrap_or(0),
         opts.pad_to_multiple_of,
-    );
-    let mut out = Padded::new(b, len, opts.pad_id);
+        b,
+    )?;
+    let mut out = Padded::new(b, len, opts.pad_id)?;
     out.token_type_ids = Vec::new();
     for (i, r) in rows.iter().enumerate() {
         let n = r.len();

@@ -310,7 +310,15 @@ pub fn mask_sequence(
     if token_units && cfg.exact_count {
         return mask_tokens_fast(cfg, tokens, labels, region, special_ok, count_len, rng, s);
     }
-    build_units(cfg, tokens, region, special_ok, word_ids, entities, &mut s.units);
+    build_units(
+        cfg,
+        tokens,
+        region,
+        special_ok,
+        word_ids,
+        entities,
+        &mut s.units,
+    );
     let n_units = s.units.len();
     if n_units == 0 {
         return 0;
@@ -504,12 +512,70 @@ pub fn check_ids(what: &str, sample: usize, ids: &[i64], vocab: u32) -> Result<(
     Ok(())
 }
 
-/// Padded length of a batch whose longest row has `max_len` tokens.
+/// Longest row a collator writes: its lengths leave as int32 (`seq_len`).
+pub const MAX_ROW_LEN: usize = i32::MAX as usize;
+
+/// Most cells (`batch * len`) of one padded output matrix: 2^32 int64 values are 32 GiB per
+/// matrix, far beyond any training batch, so a larger shape is a mistake (a huge
+/// `pad_to_multiple_of`), not a request to honour.
+pub const MAX_BATCH_CELLS: usize = 1 << 32;
+
+/// Padded length of a batch whose longest row has `max_len` tokens (`usize::MAX` when the
+/// rounded-up length does not fit; [`checked_padded_len`] turns that into an error).
 pub fn padded_len(max_len: usize, pad_to_multiple_of: Option<usize>) -> usize {
     match pad_to_multiple_of {
-        Some(m) if m > 1 => max_len.div_ceil(m) * m,
+        Some(m) if m > 1 => max_len.div_ceil(m).saturating_mul(m),
         _ => max_len,
     }
+}
+
+/// [`padded_len`] of a collator output of `batch` rows, checked: an error (naming
+/// `pad_to_multiple_of` when it is the cause) when a padded row would exceed
+/// [`MAX_ROW_LEN`] tokens or the `[batch, len]` matrix [`MAX_BATCH_CELLS`] cells.
+pub fn checked_padded_len(
+    max_len: usize,
+    pad_to_multiple_of: Option<usize>,
+    batch: usize,
+) -> Result<usize> {
+    let len = padded_len(max_len, pad_to_multiple_of);
+    let cause = || match pad_to_multiple_of {
+        Some(m) if len > max_len => format!(
+            "pad_to_multiple_of = {m} pads the longest row of {max_len} tokens to {}",
+            if len == usize::MAX {
+                "more than usize::MAX tokens".to_string()
+            } else {
+                format!("{len} tokens")
+            }
+        ),
+        _ => format!("the longest row has {max_len} tokens"),
+    };
+    if len > MAX_ROW_LEN {
+        return invalid!(
+            "{}: more than the limit of {MAX_ROW_LEN} tokens per row",
+            cause()
+        );
+    }
+    match batch.checked_mul(len) {
+        Some(cells) if cells <= MAX_BATCH_CELLS => Ok(len),
+        _ => invalid!(
+            "{}: a [{batch}, {len}] batch exceeds the limit of {MAX_BATCH_CELLS} cells per output matrix",
+            cause()
+        ),
+    }
+}
+
+/// A vector of `cells` copies of `value`, or an error (not an aborted process) when the
+/// memory cannot be had.
+pub fn filled<T: Clone>(cells: usize, value: T) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    if v.try_reserve_exact(cells).is_err() {
+        return invalid!(
+            "cannot allocate an output of {cells} values ({} bytes): out of memory",
+            cells.saturating_mul(std::mem::size_of::<T>())
+        );
+    }
+    v.resize(cells, value);
+    Ok(v)
 }
 
 /// The padded output buffers of a collator (row-major `[batch, len]`). Unused fields stay empty.
@@ -536,20 +602,24 @@ pub struct RowMut<'a> {
 }
 
 impl Padded {
-    /// Buffers for `batch` rows of `len`, filled with padding (`pad_id`, mask 0, type 0, label -100).
-    pub fn new(batch: usize, len: usize, pad_id: i64) -> Self {
-        Padded {
+    /// Buffers for `batch` rows of `len`, filled with padding (`pad_id`, mask 0, type 0, label
+    /// -100); an error when the memory cannot be had (size `len` with [`checked_padded_len`]).
+    pub fn new(batch: usize, len: usize, pad_id: i64) -> Result<Self> {
+        let cells = batch
+            .checked_mul(len)
+            .ok_or_else(|| Error::InvalidInput(format!("a [{batch}, {len}] batch is too large")))?;
+        Ok(Padded {
             batch,
             len,
-            input_ids: vec![pad_id; batch * len],
-            attention_mask: vec![0; batch * len],
-            token_type_ids: vec![0; batch * len],
-            labels: vec![IGNORE; batch * len],
+            input_ids: filled(cells, pad_id)?,
+            attention_mask: filled(cells, 0)?,
+            token_type_ids: filled(cells, 0)?,
+            labels: filled(cells, IGNORE)?,
             seq_len: vec![0; batch],
             src_len: Vec::new(),
             attn_mode: Vec::new(),
             next_sentence_label: Vec::new(),
-        }
+        })
     }
 
     /// Row views, in order (`len` may be 0).
@@ -861,6 +931,26 @@ mod tests {
         c.exact_count = false;
         assert!(c.validate().is_err());
         assert!(Specials::new(10, &[10]).is_err());
+    }
+
+    #[test]
+    fn padded_len_is_checked() {
+        assert_eq!(padded_len(5, Some(8)), 8);
+        assert_eq!(padded_len(5, None), 5);
+        assert_eq!(padded_len(3, Some(usize::MAX)), usize::MAX); // saturates, no wrap
+        assert_eq!(checked_padded_len(5, Some(8), 4).unwrap(), 8);
+        assert_eq!(checked_padded_len(0, Some(1 << 40), 4).unwrap(), 0);
+        for m in [1usize << 31, 1 << 40, 1 << 62, usize::MAX] {
+            let e = checked_padded_len(3, Some(m), 4).unwrap_err().to_string();
+            assert!(e.contains(&format!("pad_to_multiple_of = {m}")), "{e}");
+        }
+        // a row of 2^31 - 1 is allowed, but not 4 of them
+        assert!(checked_padded_len(3, Some(MAX_ROW_LEN), 1).is_ok());
+        let e = checked_padded_len(3, Some(MAX_ROW_LEN), 4)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cells"), "{e}");
+        assert!(checked_padded_len(1 << 20, None, 1 << 12).is_ok());
     }
 
     #[test]

@@ -7,14 +7,15 @@
 //! - SpanBERT (Joshi et al. 2020, section 3.1): span length `~ Geometric(p = 0.2)` clipped at
 //!   10 (the released code samples from the geometric pmf truncated to `1..=10` and
 //!   renormalised, mean 3.8), measured in whole words, anchored at a random token, budget
-//!   `ceil(0.15 * n)`, one 80/10/10 decision per span.
+//!   `ceil(0.15 * n)` met exactly (the last span cut at it, as `PairWithSpanMaskingScheme.mask`
+//!   of the released `masking.py`), one 80/10/10 decision per span.
 //! - MASS (Song et al. 2019, section 2.2 and its fairseq code): one contiguous span of
 //!   `k = round(0.5 * n)` tokens starting at the beginning 20%, at the end 20%, elsewhere 60%.
 //! - T5 (Raffel et al. 2020, `random_spans_noise_mask`): `round(n * 0.15)` noise tokens in
 //!   `round(noise / 3)` spans, lengths from a random segmentation, spans interleaved with
 //!   non-noise runs (starting with non-noise); sentinels count down from the top of the vocab.
 
-use crate::masking::{padded_len, py_round, Ragged, Scratch, Specials, IGNORE};
+use crate::masking::{checked_padded_len, filled, py_round, Ragged, Scratch, Specials, IGNORE};
 use crate::rng::{stream, Rng};
 use crate::{invalid, masking, Result};
 
@@ -53,12 +54,18 @@ pub fn select_ngrams(s: &mut Scratch, budget: usize, prob: f64, max_n: usize, rn
             1
         };
         s.sampled_lengths.push(n as u32);
-        count += extend_span(s, u, n, budget - count);
+        count += extend_span(s, u, n, budget - count, false);
     }
 }
 
 /// SpanBERT: until the budget is spent, draw a length, a random anchor token (its unit) and
-/// take up to `length` adjacent free units from there.
+/// take up to `length` adjacent free units from there. The budget is reached exactly, as in
+/// the reference (facebookresearch/SpanBERT `pretraining/fairseq/data/masking.py`,
+/// `PairWithSpanMaskingScheme.mask`: `while len(mask) < mask_num`, each token added only
+/// `if len(mask) < mask_num`): an anchor on a taken unit is drawn again, and the span that
+/// reaches the budget is cut there, in the middle of a word if need be (that last unit is
+/// shortened in `s.units`; selection ends with it). Stops early only when every candidate
+/// token is taken (a budget above the candidates).
 pub fn select_geometric(s: &mut Scratch, budget: usize, p: f64, max_len: usize, rng: &mut Rng) {
     let n_units = s.units.len();
     // token -> unit map for the uniform anchor token
@@ -70,6 +77,9 @@ pub fn select_geometric(s: &mut Scratch, budget: usize, p: f64, max_len: usize, 
     }
     let mut count = 0;
     let mut free = n_units;
+    // Rejection of taken anchors: while a unit is free an anchor lands on one with
+    // probability >= 1/total per draw, so this bound is never reached in practice (it only
+    // guards against an endless loop).
     let mut attempts = 0usize;
     let max_attempts = 64 * total + 64;
     while count < budget && free > 0 && attempts < max_attempts {
@@ -80,29 +90,30 @@ pub fn select_geometric(s: &mut Scratch, budget: usize, p: f64, max_len: usize, 
             continue;
         }
         s.sampled_lengths.push(len as u32);
-        let got_units_before = s.spans.len();
-        let added = extend_span(s, u, len, budget - count);
-        if s.spans.len() == got_units_before {
-            break; // the anchor's word does not fit in what is left of the budget
-        }
-        count += added;
+        count += extend_span(s, u, len, budget - count, true);
         let (a, b) = s.spans[s.spans.len() - 1];
         free -= (b - a) as usize;
     }
 }
 
 /// Take units `u, u+1, ...` (at most `n`) while they are adjacent, free and fit in `room`
-/// tokens; record the span; return the number of tokens taken.
-fn extend_span(s: &mut Scratch, u: usize, n: usize, room: usize) -> usize {
+/// tokens; record the span; return the number of tokens taken. With `cut`, a unit that does
+/// not fit is shortened to the `room` left and taken (SpanBERT cuts its last span at the
+/// budget, mid-word); `room` must then be > 0, so the span is never empty.
+fn extend_span(s: &mut Scratch, u: usize, n: usize, room: usize, cut: bool) -> usize {
     let mut taken_tokens = 0;
     let mut end = u;
     for v in u..(u + n).min(s.units.len()) {
         if s.taken[v] || (v > u && s.units[v].start != s.units[v - 1].end) {
             break;
         }
-        let len = s.units[v].end - s.units[v].start;
+        let mut len = s.units[v].end - s.units[v].start;
         if taken_tokens + len > room {
-            break;
+            if !cut || taken_tokens == room {
+                break;
+            }
+            len = room - taken_tokens;
+            s.units[v].end = s.units[v].start + len;
         }
         s.taken[v] = true;
         taken_tokens += len;
@@ -217,7 +228,9 @@ pub struct MassBatch {
     pub decoder_len: Vec<i32>,
 }
 
-/// Collate sentences (no special tokens added) into MASS encoder/decoder batches.
+/// Collate sentences (no special tokens added) into MASS encoder/decoder batches. A sentence
+/// longer than `max_length` is an error naming it, or with `truncation` cut to its first
+/// `max_length` tokens.
 #[allow(clippy::too_many_arguments)]
 pub fn collate_mass(
     cfg: &MassConfig,
@@ -226,6 +239,7 @@ pub fn collate_mass(
     seed: u64,
     epoch: u64,
     max_length: Option<usize>,
+    truncation: bool,
     pad_to_multiple_of: Option<usize>,
     threads: Option<usize>,
 ) -> Result<MassBatch> {
@@ -241,27 +255,36 @@ pub fn collate_mass(
         }
         masking::check_ids("input_ids", i, row, v)?;
         let n = match max_length {
-            Some(m) => row.len().min(m),
-            None => row.len(),
+            Some(m) if row.len() > m => {
+                if !truncation {
+                    return invalid!("sample {i} has {} tokens, more than max_length = {m} (pass truncation=True to cut it)", row.len());
+                }
+                m
+            }
+            _ => row.len(),
         };
         lens.push(n);
     }
-    let l = padded_len(lens.iter().copied().max().unwrap_or(0), pad_to_multiple_of);
+    let l = checked_padded_len(
+        lens.iter().copied().max().unwrap_or(0),
+        pad_to_multiple_of,
+        b,
+    )?;
     let ks: Vec<usize> = lens
         .iter()
         .map(|&n| py_round(n as f64 * cfg.span_ratio).clamp(1, n))
         .collect();
-    let ld = padded_len(ks.iter().copied().max().unwrap_or(0), pad_to_multiple_of);
+    let ld = checked_padded_len(ks.iter().copied().max().unwrap_or(0), pad_to_multiple_of, b)?;
     let mut out = MassBatch {
         batch: b,
         len: l,
         dec_len: ld,
-        input_ids: vec![cfg.pad_id; b * l],
-        attention_mask: vec![0; b * l],
+        input_ids: filled(b * l, cfg.pad_id)?,
+        attention_mask: filled(b * l, 0)?,
         seq_len: lens.iter().map(|&n| n as i32).collect(),
-        decoder_input_ids: vec![cfg.pad_id; b * ld],
-        decoder_positions: vec![0; b * ld],
-        decoder_labels: vec![IGNORE; b * ld],
+        decoder_input_ids: filled(b * ld, cfg.pad_id)?,
+        decoder_positions: filled(b * ld, 0)?,
+        decoder_labels: filled(b * ld, IGNORE)?,
         decoder_len: ks.iter().map(|&k| k as i32).collect(),
     };
     let (l1, ld1) = (l.max(1), ld.max(1));
@@ -309,13 +332,28 @@ pub fn collate_mass(
 // ------------------------------------------------------------------------------------------
 // T5
 
-/// T5's `random_spans_noise_mask`: which of `n` tokens are noise (`n >= 2`).
-pub fn t5_noise_mask(n: usize, density: f64, mean_span: f64, rng: &mut Rng) -> Vec<bool> {
+/// `(noise tokens, noise spans)` of T5's `random_spans_noise_mask` for `n >= 2` tokens.
+pub fn t5_noise_counts(n: usize, density: f64, mean_span: f64) -> (usize, usize) {
     let num_noise = py_round(n as f64 * density).clamp(1, n - 1);
     let num_spans = py_round(num_noise as f64 / mean_span)
         .max(1)
         .min(num_noise)
         .min(n - num_noise);
+    (num_noise, num_spans)
+}
+
+/// The number of sentinels [`t5_corrupt`] uses for a row of `n` tokens (one per noise span).
+pub fn t5_num_sentinels(n: usize, density: f64, mean_span: f64) -> usize {
+    if n < 2 {
+        0
+    } else {
+        t5_noise_counts(n, density, mean_span).1
+    }
+}
+
+/// T5's `random_spans_noise_mask`: which of `n` tokens are noise (`n >= 2`).
+pub fn t5_noise_mask(n: usize, density: f64, mean_span: f64, rng: &mut Rng) -> Vec<bool> {
+    let (num_noise, num_spans) = t5_noise_counts(n, density, mean_span);
     let noise_lens = random_segmentation(num_noise, num_spans, rng);
     let nonnoise_lens = random_segmentation(n - num_noise, num_spans, rng);
     let mut mask = Vec::with_capacity(n);
@@ -358,6 +396,74 @@ pub struct T5Config {
     pub pad_id: i64,
     /// Decoder start for `decoder_input_ids` (T5: the pad id).
     pub decoder_start_id: i64,
+}
+
+impl T5Config {
+    /// Check that `eos_id`, `pad_id`, `decoder_start_id` and the first sentinel are ids of the
+    /// vocabulary and that the first sentinel is none of the other three.
+    pub fn validate_ids(&self) -> Result<()> {
+        let v = self.vocab_size as i64;
+        for (name, id) in [
+            ("eos_id", self.eos_id),
+            ("pad_id", self.pad_id),
+            ("decoder_start_id", self.decoder_start_id),
+            ("first_sentinel_id", self.first_sentinel),
+        ] {
+            if id < 0 || id >= v {
+                return invalid!("{name} {id} is outside the vocabulary [0, {v})");
+            }
+        }
+        let clash = self.special_names(self.first_sentinel);
+        if !clash.is_empty() {
+            return invalid!(
+                "first_sentinel_id {} is also the {clash}; sentinels must be ids of their own",
+                self.first_sentinel
+            );
+        }
+        Ok(())
+    }
+
+    /// Names of the special ids equal to `id` (`"eos_id and pad_id"`), empty when none is.
+    fn special_names(&self, id: i64) -> String {
+        [
+            ("eos_id", self.eos_id),
+            ("pad_id", self.pad_id),
+            ("decoder_start_id", self.decoder_start_id),
+        ]
+        .iter()
+        .filter(|&&(_, s)| s == id)
+        .map(|&(n, _)| n)
+        .collect::<Vec<_>>()
+        .join(" and ")
+    }
+
+    /// Check the sentinels `first_sentinel` down to `first_sentinel - spans + 1` that sample
+    /// `sample` (of `n` tokens) needs: inside the vocabulary and none of them special.
+    pub fn check_sentinels(&self, spans: usize, sample: usize, n: usize) -> Result<()> {
+        if spans == 0 {
+            return Ok(());
+        }
+        let lowest = self.first_sentinel - (spans as i64 - 1);
+        if lowest < 0 {
+            return invalid!(
+                "sample {sample} ({n} tokens) needs {spans} sentinel ids counting down from first_sentinel_id {}, which would go below 0",
+                self.first_sentinel
+            );
+        }
+        for (name, id) in [
+            ("eos_id", self.eos_id),
+            ("pad_id", self.pad_id),
+            ("decoder_start_id", self.decoder_start_id),
+        ] {
+            if (lowest..=self.first_sentinel).contains(&id) {
+                return invalid!(
+                    "sample {sample} ({n} tokens) needs {spans} sentinel ids, {} down to {lowest}, which include {name} {id}; choose a first_sentinel_id whose sentinels avoid the special ids",
+                    self.first_sentinel
+                );
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Output of [`collate_t5`].
@@ -405,7 +511,12 @@ pub fn t5_corrupt(cfg: &T5Config, row: &[i64], rng: &mut Rng) -> (Vec<i64>, Vec<
     (inputs, targets)
 }
 
-/// Collate sequences (no EOS; added here) into T5 span-corruption batches.
+/// Collate sequences (no EOS; added here) into T5 span-corruption batches. A sequence with
+/// more than `max_length - 1` tokens (room for the EOS) is an error naming it, or with
+/// `truncation` cut to its first `max_length - 1` tokens. The sentinels a batch needs
+/// (`first_sentinel` down to `first_sentinel - spans + 1`, `spans` of its longest row) are
+/// checked before anything is written: they must be ids of the vocabulary other than
+/// `eos_id`, `pad_id` and `decoder_start_id`.
 #[allow(clippy::too_many_arguments)]
 pub fn collate_t5(
     cfg: &T5Config,
@@ -414,17 +525,33 @@ pub fn collate_t5(
     seed: u64,
     epoch: u64,
     max_length: Option<usize>,
+    truncation: bool,
     pad_to_multiple_of: Option<usize>,
     threads: Option<usize>,
 ) -> Result<T5Batch> {
     let b = seqs.len();
     masking::check_len("indices", indices.len(), b)?;
+    if max_length.is_some_and(|m| m < 2) {
+        return invalid!("max_length must be >= 2 (a token and the EOS), got {max_length:?}");
+    }
+    // tokens kept per row: room for the EOS under max_length
+    let mut lens = Vec::with_capacity(b);
     for i in 0..b {
         let row = seqs.row(i);
         if row.is_empty() {
             return invalid!("sample {i} is an empty sequence");
         }
         masking::check_ids("input_ids", i, row, cfg.vocab_size)?;
+        let n = match max_length {
+            Some(m) if row.len() > m - 1 => {
+                if !truncation {
+                    return invalid!("sample {i} has {} tokens, more than max_length - 1 = {} (the EOS takes one of max_length = {m}; pass truncation=True to cut it)", row.len(), m - 1);
+                }
+                m - 1
+            }
+            _ => row.len(),
+        };
+        lens.push(n);
     }
     if !(0.0..1.0).contains(&cfg.noise_density) || cfg.noise_density <= 0.0 {
         return invalid!("noise_density must be in (0, 1), got {}", cfg.noise_density);
@@ -432,29 +559,18 @@ pub fn collate_t5(
     if !(cfg.mean_span >= 1.0 && cfg.mean_span.is_finite()) {
         return invalid!("mean_noise_span_length must be >= 1, got {}", cfg.mean_span);
     }
-    for (name, id) in [
-        ("eos_id", cfg.eos_id),
-        ("pad_id", cfg.pad_id),
-        ("first sentinel", cfg.first_sentinel),
-    ] {
-        if id < 0 || id >= cfg.vocab_size as i64 {
-            return invalid!(
-                "{name} {id} is outside the vocabulary [0, {})",
-                cfg.vocab_size
-            );
-        }
-    }
-    let longest = (0..b).map(|i| seqs.row(i).len()).max().unwrap_or(0);
-    let longest = max_length.map_or(longest, |m| longest.min(m.saturating_sub(1).max(1)));
-    if longest >= 2 {
-        let noise = py_round(longest as f64 * cfg.noise_density).clamp(1, longest - 1);
-        let spans = py_round(noise as f64 / cfg.mean_span).max(1) as i64;
-        if cfg.first_sentinel + 1 < spans {
-            return invalid!(
-                "a sequence of {longest} tokens needs {spans} sentinel ids below {}, the vocabulary has too few",
-                cfg.first_sentinel
-            );
-        }
+    cfg.validate_ids()?;
+    // the sentinels of the row that needs most (rows of the same length need the same number)
+    if let Some((i, spans)) = (0..b)
+        .map(|i| {
+            (
+                i,
+                t5_num_sentinels(lens[i], cfg.noise_density, cfg.mean_span),
+            )
+        })
+        .max_by_key(|&(i, k)| (k, std::cmp::Reverse(i)))
+    {
+        cfg.check_sentinels(spans, i, lens[i])?;
     }
     let mut pairs: Vec<(Vec<i64>, Vec<i64>)> = vec![(Vec::new(), Vec::new()); b];
     masking::for_each_row(
@@ -462,33 +578,31 @@ pub fn collate_t5(
         pairs.iter_mut().collect(),
         seqs.values.len(),
         |i, slot| {
-            let mut row = seqs.row(i);
-            if let Some(m) = max_length {
-                // room for the EOS
-                row = &row[..row.len().min(m.saturating_sub(1).max(1))];
-            }
+            let row = &seqs.row(i)[..lens[i]];
             let mut rng = Rng::new(seed, epoch, indices[i], stream::SPAN);
             *slot = t5_corrupt(cfg, row, &mut rng);
             Ok(())
         },
     )?;
-    let l = padded_len(
+    let l = checked_padded_len(
         pairs.iter().map(|p| p.0.len()).max().unwrap_or(0),
         pad_to_multiple_of,
-    );
-    let lt = padded_len(
+        b,
+    )?;
+    let lt = checked_padded_len(
         pairs.iter().map(|p| p.1.len()).max().unwrap_or(0),
         pad_to_multiple_of,
-    );
+        b,
+    )?;
     let mut out = T5Batch {
         batch: b,
         len: l,
         label_len: lt,
-        input_ids: vec![cfg.pad_id; b * l],
-        attention_mask: vec![0; b * l],
+        input_ids: filled(b * l, cfg.pad_id)?,
+        attention_mask: filled(b * l, 0)?,
         seq_len: pairs.iter().map(|p| p.0.len() as i32).collect(),
-        labels: vec![IGNORE; b * lt],
-        decoder_input_ids: vec![cfg.pad_id; b * lt],
+        labels: filled(b * lt, IGNORE)?,
+        decoder_input_ids: filled(b * lt, cfg.pad_id)?,
         labels_len: pairs.iter().map(|p| p.1.len() as i32).collect(),
     };
     for (i, (inp, tgt)) in pairs.iter().enumerate() {
@@ -603,6 +717,177 @@ mod tests {
                 let masked: Vec<bool> = (st..en).map(|p| toks[p] == 103).collect();
                 assert!(masked.iter().all(|&m| m == masked[0]));
             }
+        }
+    }
+
+    #[test]
+    fn geometric_reaches_the_budget_exactly_cutting_the_last_word() {
+        // words of 1..=4 tokens: a word often does not fit what is left of the budget
+        let c = mcfg(Scheme::Geometric {
+            p: 0.2,
+            max_len: 10,
+        });
+        let mut s = Scratch::default();
+        let mut cut_rows = 0;
+        for idx in 0..300u64 {
+            let n = 20 + (idx as usize * 7) % 90;
+            let mut wc = c.clone();
+            wc.whole_word = true;
+            // words of 1..=4 tokens
+            let mut words = Vec::with_capacity(n);
+            let (mut id, mut left) = (0i64, 1 + (idx as usize % 4));
+            for k in 0..n {
+                if left == 0 {
+                    id += 1;
+                    left = 1 + ((k * 13 + idx as usize) % 4);
+                }
+                words.push(id);
+                left -= 1;
+            }
+            let mut toks: Vec<i64> = (0..n).map(|i| 200 + i as i64).collect();
+            let mut labels = vec![IGNORE; n];
+            let mut rng = Rng::new(5, 0, idx, 1);
+            let got = mask_sequence(
+                &wc,
+                &mut toks,
+                &mut labels,
+                0..n,
+                None,
+                n,
+                Some(&words),
+                &[],
+                &mut rng,
+                &mut s,
+            );
+            let budget = (n as f64 * 0.15).ceil() as usize;
+            assert_eq!(got, budget, "row {idx}");
+            assert_eq!(labels.iter().filter(|&&l| l != IGNORE).count(), budget);
+            // every word is masked whole, except at most one (the span cut at the budget)
+            let mut partial = 0;
+            let mut k = 0;
+            while k < n {
+                let mut e = k;
+                while e < n && words[e] == words[k] {
+                    e += 1;
+                }
+                let m = (k..e).filter(|&p| labels[p] != IGNORE).count();
+                if m != 0 && m != e - k {
+                    partial += 1;
+                }
+                k = e;
+            }
+            assert!(partial <= 1, "row {idx}: {partial} words cut");
+            cut_rows += partial;
+        }
+        assert!(
+            cut_rows > 0,
+            "no row ever needed a cut word: the test does not test the cut"
+        );
+    }
+
+    #[test]
+    fn t5_sentinels_must_avoid_special_ids() {
+        let mut cfg = T5Config {
+            noise_density: 0.15,
+            mean_span: 3.0,
+            vocab_size: 1000,
+            first_sentinel: 999,
+            eos_id: 1,
+            pad_id: 0,
+            decoder_start_id: 0,
+        };
+        let vals: Vec<i64> = (200..240).collect(); // 40 tokens: 6 noise, 2 spans
+        let offs = [0i64, 40];
+        let seqs = Ragged::new(&vals, &offs, "x").unwrap();
+        assert!(collate_t5(&cfg, seqs, &[0], 0, 0, None, false, None, None).is_ok());
+        cfg.first_sentinel = 2; // sentinels 2, 1: the second is eos_id
+        let e = collate_t5(&cfg, seqs, &[0], 0, 0, None, false, None, None).unwrap_err();
+        assert!(e.to_string().contains("eos_id 1"), "{e}");
+        cfg.first_sentinel = 3; // 3, 2: fine
+        assert!(collate_t5(&cfg, seqs, &[0], 0, 0, None, false, None, None).is_ok());
+        cfg.first_sentinel = 1;
+        let e = collate_t5(&cfg, seqs, &[0], 0, 0, None, false, None, None).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("first_sentinel_id 1 is also the eos_id"),
+            "{e}"
+        );
+        cfg.first_sentinel = 999;
+        cfg.decoder_start_id = 1000;
+        let e = collate_t5(&cfg, seqs, &[0], 0, 0, None, false, None, None).unwrap_err();
+        assert!(e.to_string().contains("decoder_start_id 1000"), "{e}");
+    }
+
+    #[test]
+    fn mass_and_t5_refuse_long_rows_unless_truncating() {
+        let vals: Vec<i64> = (200..210).collect();
+        let offs = [0i64, 10];
+        let seqs = Ragged::new(&vals, &offs, "x").unwrap();
+        let mass = MassConfig {
+            span_ratio: 0.5,
+            start_prob: 0.2,
+            end_prob: 0.2,
+            mask_id: 103,
+            mask_ratio: 0.8,
+            random_ratio: 0.1,
+            decoder_start_id: 103,
+            pad_id: 0,
+            specials: Specials::new(1000, &[0, 101, 102, 103]).unwrap(),
+        };
+        let e = collate_mass(&mass, seqs, &[0], 0, 0, Some(4), false, None, None).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("sample 0 has 10 tokens, more than max_length = 4"),
+            "{e}"
+        );
+        let out = collate_mass(&mass, seqs, &[0], 0, 0, Some(4), true, None, None).unwrap();
+        assert_eq!(out.seq_len, vec![4]);
+        assert_eq!(
+            collate_mass(&mass, seqs, &[0], 0, 0, Some(10), false, None, None)
+                .unwrap()
+                .seq_len,
+            vec![10]
+        );
+        let t5 = T5Config {
+            noise_density: 0.15,
+            mean_span: 3.0,
+            vocab_size: 1000,
+            first_sentinel: 999,
+            eos_id: 1,
+            pad_id: 0,
+            decoder_start_id: 0,
+        };
+        let e = collate_t5(&t5, seqs, &[0], 0, 0, Some(10), false, None, None).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("sample 0 has 10 tokens, more than max_length - 1 = 9"),
+            "{e}"
+        );
+        let out = collate_t5(&t5, seqs, &[0], 0, 0, Some(4), true, None, None).unwrap();
+        assert_eq!(out.len, 4); // 3 tokens -> 2 kept + 1 sentinel + EOS
+        assert!(collate_t5(&t5, seqs, &[0], 0, 0, Some(11), false, None, None).is_ok());
+    }
+
+    #[test]
+    fn huge_pad_to_multiple_of_is_an_error_not_an_abort() {
+        let vals: Vec<i64> = (200..210).collect();
+        let offs = [0i64, 5, 10];
+        let seqs = Ragged::new(&vals, &offs, "x").unwrap();
+        let t5 = T5Config {
+            noise_density: 0.15,
+            mean_span: 3.0,
+            vocab_size: 1000,
+            first_sentinel: 999,
+            eos_id: 1,
+            pad_id: 0,
+            decoder_start_id: 0,
+        };
+        for m in [1usize << 40, 1 << 62, usize::MAX] {
+            let e = collate_t5(&t5, seqs, &[0, 1], 0, 0, None, false, Some(m), None).unwrap_err();
+            assert!(
+                e.to_string().contains(&format!("pad_to_multiple_of = {m}")),
+                "{e}"
+            );
         }
     }
 

@@ -10,8 +10,10 @@
 //! with the bidirectional objective. The attention mask is not materialised: each sample
 //! carries `(attn_mode, src_len, seq_len)`, see `unimask.masks`.
 
-use crate::masking::collate::{collate_rows, plan_row, BatchInputs, LayoutOptions, MaskPlan};
-use crate::masking::{check_len, MaskConfig, Padded, IGNORE};
+use crate::masking::collate::{
+    check_nsp_labels, collate_rows, plan_row, BatchInputs, LayoutOptions, MaskPlan,
+};
+use crate::masking::{MaskConfig, Padded, IGNORE};
 use crate::rng::{stream, Rng};
 use crate::{invalid, Result};
 
@@ -101,7 +103,7 @@ pub fn collate_unilm(
     inp.validate(cfg.specials.vocab_size(), false)?;
     let n = inp.a.len();
     if let Some(l) = nsp_labels {
-        check_len("next_sentence_label", l.len(), n)?;
+        check_nsp_labels(l, n)?;
     }
     let mut modes = Vec::with_capacity(n);
     for i in 0..n {

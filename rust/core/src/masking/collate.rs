@@ -5,8 +5,8 @@ use std::cell::RefCell;
 use std::ops::Range;
 
 use super::{
-    check_ids, check_len, for_each_row, mask_sequence, padded_len, MaskConfig, Padded, Ragged,
-    Scratch,
+    check_ids, check_len, checked_padded_len, for_each_row, mask_sequence, MaskConfig, Padded,
+    Ragged, Scratch, IGNORE,
 };
 use crate::nsp::truncate_seq_pair;
 use crate::rng::{stream, Rng};
@@ -318,8 +318,8 @@ where
         layouts.push(plan(i, &mut rng)?);
     }
     let max_len = layouts.iter().map(|l| l.seq_len()).max().unwrap_or(0);
-    let len = padded_len(max_len, opts.pad_to_multiple_of);
-    let mut out = Padded::new(n, len, opts.pad_id);
+    let len = checked_padded_len(max_len, opts.pad_to_multiple_of, n)?;
+    let mut out = Padded::new(n, len, opts.pad_id)?;
     for (s, l) in out.seq_len.iter_mut().zip(&layouts) {
         *s = l.seq_len() as i32;
     }
@@ -370,7 +370,23 @@ where
     Ok((out, layouts))
 }
 
-/// BERT MLM collation (single sequences or NSP pairs); `next_sentence_label` is copied when given.
+/// Check per-sample next-sentence labels: 0 (is next), 1 (random next) or -100 (no label).
+pub fn check_nsp_labels(labels: &[i64], batch: usize) -> Result<()> {
+    check_len("next_sentence_label", labels.len(), batch)?;
+    if let Some((i, &l)) = labels
+        .iter()
+        .enumerate()
+        .find(|(_, &l)| !matches!(l, 0 | 1 | IGNORE))
+    {
+        return invalid!(
+            "next_sentence_label of sample {i} must be 0, 1 or -100 (no label), got {l}"
+        );
+    }
+    Ok(())
+}
+
+/// BERT MLM collation (single sequences or NSP pairs); `next_sentence_label` is copied when
+/// given (checked by [`check_nsp_labels`]).
 pub fn collate_mlm(
     cfg: &MaskConfig,
     opts: &LayoutOptions,
@@ -384,7 +400,7 @@ pub fn collate_mlm(
     inp.validate(cfg.specials.vocab_size(), false)?;
     let pair = inp.b.is_some();
     if let Some(l) = nsp_labels {
-        check_len("next_sentence_label", l.len(), inp.a.len())?;
+        check_nsp_labels(l, inp.a.len())?;
     }
     let (mut out, _) = collate_rows(
         cfg,
