@@ -297,3 +297,77 @@ def test_mass_finetuning_batch_layout_and_overfit_generation():
         opt.step()
         opt.zero_grad()
     assert ft.generate(src, max_new_tokens=5) == tgt
+
+
+def _tiny_cfg():
+    return EncoderConfig(vocab_size=60, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                         max_position_embeddings=16, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+
+def test_classifier_labels_are_class_ids_in_range():
+    """Float labels were truncated by .long() (0.7 -> 0) and a label past the last class was a
+    torch IndexError; now TypeError / ValueError naming the value. Loss vs hand-computed CE."""
+    torch.manual_seed(0)
+    sc = SequenceClassifier(_tiny_cfg(), LabelMap(["a", "b", "c"])).eval()
+    x = torch.randint(1, 60, (2, 6))
+    with pytest.raises(TypeError, match="labels must be integer class ids, got dtype torch.float32"):
+        sc(x, labels=torch.tensor([0.7, 1.2]))
+    with pytest.raises(ValueError, match=r"labels\[1\] = 3 is not a class id in \[0, 3\)"):
+        sc(x, labels=torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match=r"labels\[0\] = -1 is not a class id"):
+        sc(x, labels=torch.tensor([-1, 0]))
+    with pytest.raises(ValueError, match=r"labels must have shape \(2,\)"):
+        sc(x, labels=torch.tensor([0, 1, 2]))
+    out = sc(x, labels=torch.tensor([2, -100]))
+    assert torch.allclose(out.loss, -torch.log_softmax(out.logits, -1)[0, 2], atol=1e-6)
+
+
+def test_regression_labels_b_or_b1_give_the_same_mse():
+    """[B, 1] targets broadcast against [B] predictions (a [B, B] MSE); both shapes now give
+    the per-row MSE, computed by hand."""
+    torch.manual_seed(0)
+    reg = SequenceClassifier(_tiny_cfg(), None, problem_type="regression").eval()
+    x = torch.randint(1, 60, (2, 6))
+    y = torch.tensor([1.0, 2.0])
+    flat = reg(x, labels=y)
+    want = ((flat.logits[:, 0] - y) ** 2).mean()
+    assert torch.allclose(flat.loss, want, atol=1e-6)
+    assert torch.allclose(reg(x, labels=y[:, None]).loss, want, atol=1e-6)
+    with pytest.raises(ValueError, match=r"regression labels must have shape \(2,\) or \(2, 1\), got \(1, 2\)"):
+        reg(x, labels=y[None])
+
+
+def test_heads_with_no_scored_label_give_a_zero_loss_that_keeps_the_graph():
+    """All -100 labels gave a NaN loss (mean over nothing); now 0, and backward runs with zero
+    gradients (like pretraining's _mean_ce)."""
+    torch.manual_seed(0)
+    x = torch.randint(1, 60, (2, 6))
+    tc = TokenClassifier(_tiny_cfg(), LabelMap(["a", "b"]))
+    sc = SequenceClassifier(_tiny_cfg(), LabelMap(["a", "b"]))
+    qa = QuestionAnswering(_tiny_cfg())
+    none = torch.full((2,), -100)
+    for model, kw in ((tc, dict(labels=torch.full((2, 6), -100))), (sc, dict(labels=none)),
+                      (qa, dict(start_positions=none, end_positions=none))):
+        loss = model(x, **kw).loss
+        assert loss.item() == 0.0 and loss.requires_grad
+        loss.backward()
+        assert all(p.grad is None or not p.grad.any() for p in model.parameters())
+
+
+def test_token_labels_and_qa_positions_out_of_range_name_the_value():
+    torch.manual_seed(0)
+    x = torch.randint(1, 60, (2, 6))
+    tc = TokenClassifier(_tiny_cfg(), LabelMap(["a", "b"])).eval()
+    labels = torch.full((2, 6), -100)
+    labels[1, 4] = 2
+    with pytest.raises(ValueError, match=r"labels\[\[1, 4\]\] = 2 is not a class id in \[0, 2\)"):
+        tc(x, labels=labels)
+    with pytest.raises(TypeError, match="dtype torch.float32"):
+        tc(x, labels=labels.float())
+    qa = QuestionAnswering(_tiny_cfg()).eval()
+    with pytest.raises(ValueError, match=r"end_positions\[0\] = 6 is not a token position in \[0, 6\)"):
+        qa(x, start_positions=torch.tensor([1, 2]), end_positions=torch.tensor([6, 2]))
+    out = qa(x, start_positions=torch.tensor([1, -100]), end_positions=torch.tensor([3, 5]))
+    ls, le = torch.log_softmax(out.start_logits, -1), torch.log_softmax(out.end_logits, -1)
+    want = (-ls[0, 1] + -(le[0, 3] + le[1, 5]) / 2) / 2
+    assert torch.allclose(out.loss, want, atol=1e-6)

@@ -42,6 +42,7 @@ from ..models.checkpoint import (
 )
 from ..models.config import EncoderConfig
 from ..models.encoder import TransformerEncoder
+from ..models.pretraining import _mean_ce
 from .data import LabelMap
 
 __all__ = [
@@ -76,6 +77,36 @@ class TaskOutput:
     start_logits: torch.Tensor | None = None
     end_logits: torch.Tensor | None = None
     last_hidden_state: torch.Tensor | None = None
+
+
+def _class_targets(labels: torch.Tensor, num_classes: int, shape: tuple[int, ...], name: str = "labels",
+                   what: str = "a label") -> torch.Tensor:
+    """``labels`` as int64 class ids of shape ``shape``, each in ``[0, num_classes)`` or
+    ``-100`` (not scored). Raises ``TypeError`` for floating/bool labels (never truncated) and
+    ``ValueError`` naming the first value outside that range or a wrong shape."""
+    if not isinstance(labels, torch.Tensor):
+        labels = torch.as_tensor(labels)
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise TypeError(f"{name} must be integer class ids, got dtype {labels.dtype} "
+                        f"(use problem_type='regression' for real-valued targets)")
+    if tuple(labels.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(labels.shape)}")
+    labels = labels.long()
+    bad = ((labels < 0) | (labels >= num_classes)) & (labels != IGNORE_INDEX)
+    if bool(bad.any()):
+        i = tuple(int(x) for x in bad.nonzero()[0])
+        at = i[0] if len(i) == 1 else list(i)
+        raise ValueError(f"{name}[{at}] = {int(labels[i])} is not {what} in [0, {num_classes}) "
+                         f"(or {IGNORE_INDEX} = not scored)")
+    return labels
+
+
+def _scored_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the targets that are not ``-100`` (``logits [N, C]``, ``targets
+    [N]``); no scored target gives a 0 loss that keeps the graph (pretraining's ``_mean_ce``)
+    instead of the NaN of ``F.cross_entropy(ignore_index=-100)``."""
+    keep = targets != IGNORE_INDEX
+    return _mean_ce(logits[keep], targets[keep])
 
 
 def _valid_mask(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
@@ -234,7 +265,9 @@ class SequenceClassifier(_TaskModel):
     ``SequenceClassifier(config, label_map, pooling="cls"|"concat"|"mean",
     problem_type="classification"|"regression")``; ``num_labels`` comes from the label map
     (1 for regression). ``forward(input_ids, attention_mask, token_type_ids, labels)``:
-    cross-entropy for class ids, MSE for float targets.
+    cross-entropy for integer class ids ``[N]`` (``-100`` = not scored; a float label is a
+    ``TypeError``, an id outside ``[0, num_labels)`` a ``ValueError``), MSE for float targets
+    ``[N]`` or ``[N, 1]``. A batch without a scored label gives a 0 loss that keeps the graph.
     """
 
     task = "classify"
@@ -293,10 +326,16 @@ class SequenceClassifier(_TaskModel):
         logits = self.classifier(self.dropout(pooled))
         loss = None
         if labels is not None:
-            if self.problem_type == "regression":
-                loss = F.mse_loss(logits.squeeze(-1).float(), labels.float())
+            N = logits.shape[0]
+            if self.problem_type == "regression":  # [N] or [N, 1] targets, as HF squeezes both
+                if not isinstance(labels, torch.Tensor):
+                    labels = torch.as_tensor(labels)
+                if tuple(labels.shape) not in ((N,), (N, 1)):
+                    raise ValueError(f"regression labels must have shape ({N},) or ({N}, 1), got {tuple(labels.shape)}")
+                loss = F.mse_loss(logits.reshape(N).float(), labels.reshape(N).to(logits.device).float())
             else:
-                loss = F.cross_entropy(logits.float(), labels.long())
+                y = _class_targets(labels, self.num_labels, (N,), what="a class id").to(logits.device)
+                loss = _scored_ce(logits, y)
         return TaskOutput(loss, logits, last_hidden_state=out.last_hidden_state)
 
 
@@ -333,7 +372,9 @@ def word_predictions(token_logits: torch.Tensor, word_ids: Any) -> list[int]:
 
 class TokenClassifier(_TaskModel):
     """Per-token tagging (HF ``BertForTokenClassification`` layout: ``classifier`` on dropout(H)).
-    ``labels`` are token labels with ``-100`` where not scored (see :func:`align_word_labels`)."""
+    ``labels`` are token labels ``[B, L]`` with ``-100`` where not scored (see
+    :func:`align_word_labels`); other values must be class ids in ``[0, num_labels)``
+    (``ValueError`` naming the value otherwise). No scored token gives a 0 loss, not NaN."""
 
     task = "tag"
     architecture = "BertForTokenClassification"
@@ -366,8 +407,8 @@ class TokenClassifier(_TaskModel):
         logits = self.classifier(self.dropout(out.last_hidden_state))
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits.float().reshape(-1, self.num_labels), labels.reshape(-1).long(),
-                                   ignore_index=IGNORE_INDEX)
+            y = _class_targets(labels, self.num_labels, tuple(logits.shape[:2]), what="a class id").to(logits.device)
+            loss = _scored_ce(logits.reshape(-1, self.num_labels), y.reshape(-1))
         return TaskOutput(loss, logits, last_hidden_state=out.last_hidden_state)
 
 
@@ -441,7 +482,9 @@ def span_text(context: str, offsets: Any, start: int, end: int) -> str:
 
 class QuestionAnswering(_TaskModel):
     """Extractive QA (HF ``BertForQuestionAnswering`` layout: ``qa_outputs`` -> start/end).
-    ``start_positions``/``end_positions`` give the loss (mean of the two cross-entropies)."""
+    ``start_positions``/``end_positions`` ``[B]`` give the loss (mean of the two cross-entropies,
+    each over its positions that are not ``-100``; 0 when there is none). A position outside
+    ``[0, L)`` is a ``ValueError`` naming it."""
 
     task = "qa"
     architecture = "BertForQuestionAnswering"
@@ -460,7 +503,10 @@ class QuestionAnswering(_TaskModel):
         start, end = self.qa_outputs(out.last_hidden_state).float().unbind(-1)
         loss = None
         if start_positions is not None and end_positions is not None:
-            loss = (F.cross_entropy(start, start_positions.long()) + F.cross_entropy(end, end_positions.long())) / 2
+            B, L = start.shape
+            s_pos = _class_targets(start_positions, L, (B,), "start_positions", "a token position").to(start.device)
+            e_pos = _class_targets(end_positions, L, (B,), "end_positions", "a token position").to(start.device)
+            loss = (_scored_ce(start, s_pos) + _scored_ce(end, e_pos)) / 2
         return TaskOutput(loss, None, start, end, out.last_hidden_state)
 
     def predict_spans(self, batch: dict[str, torch.Tensor], context_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
