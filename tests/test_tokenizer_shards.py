@@ -64,6 +64,50 @@ def test_messy_corpus_and_layout(tmp_path, tok):
     assert list(struct.unpack_from(f"<{D + 1}Q", raw, 64 + tok_len + 8 * (S + 1))) == [0, 2, 3, 4]
 
 
+@pytest.mark.parametrize("batch_bytes", [1, 8 << 20])
+def test_lines_end_at_cr_crlf_and_lf_as_read_documents_reads_them(tmp_path, tok, batch_bytes):
+    # Old Mac (lone CR), Windows (CRLF) and Unix line ends mixed; U+0085 and U+2028 are line
+    # breaks for str.splitlines but not for Python's file reading, so not here either.
+    text = (
+        "mac one\rmac two\r\rmac doc\r"
+        "win one\r\nwin two\r\n\r\nwin doc\r\n"
+        "unix one\nunix two\n\n \r \r\n\x1c\nlast\u0085line\u2028here\r\n\rend\rno newline at end"
+    )
+    corpus = tmp_path / "mixed.txt"
+    corpus.write_bytes(text.encode("utf-8"))
+    docs = read_documents(corpus)
+    assert docs == [  # hand-checked
+        ["mac one", "mac two"],
+        ["mac doc", "win one", "win two"],
+        ["win doc", "unix one", "unix two"],
+        ["last\u0085line\u2028here"],
+        ["end", "no newline at end"],
+    ]
+    shard = tok.encode_file(corpus, tmp_path / "mixed", batch_bytes=batch_bytes)
+    _check_round_trip(tok, corpus, shard)
+    assert [[tok.decode(s) for s in shard[i]] for i in range(len(shard))] == [
+        [tok.decode(tok.encode(t, add_special_tokens=False).ids) for t in d] for d in docs
+    ]
+
+
+def test_crlf_split_across_the_read_buffer(tmp_path, tok):
+    # The reader buffers 1 MiB: put a CRLF's "\r" as the buffer's last byte, and a lone "\r"
+    # there in a second file; each must still end exactly one line.
+    first = "x" * ((1 << 20) - 1)
+    for name, text in (("crlf", first + "\r\nnext\n\nsecond doc\n"), ("cr", first + "\rnext\r\rsecond doc")):
+        corpus = tmp_path / f"{name}.txt"
+        corpus.write_bytes(text.encode("utf-8"))
+        assert read_documents(corpus) == [[first, "next"], ["second doc"]]
+        _check_round_trip(tok, corpus, tok.encode_file(corpus, tmp_path / name))
+
+
+def test_invalid_utf8_line_number_counts_lone_cr(tmp_path, tok):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"one\rtwo\r\nthree \xff\n")
+    with pytest.raises(ValueError, match="line 3 is not valid UTF-8"):
+        tok.encode_file(bad, tmp_path / "bad")
+
+
 def test_empty_corpus(tmp_path, tok):
     (tmp_path / "e.txt").write_text("\n \n", encoding="utf-8")
     shard = tok.encode_file(tmp_path / "e.txt", tmp_path / "e")

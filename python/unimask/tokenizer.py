@@ -660,8 +660,9 @@ class WordPieceTokenizer:
     def encode_file(
         self, path: str | os.PathLike, out_prefix: str | os.PathLike, batch_bytes: int = 8 << 20
     ) -> "TokenShard":
-        """Tokenize a corpus file (UTF-8, one sentence per line, blank lines between documents,
-        lines stripped as :func:`unimask.corpus.read_documents` does) into the shard
+        """Tokenize a corpus file (UTF-8, one sentence per line, blank lines between documents;
+        lines end at ``\\n``, ``\\r\\n`` or ``\\r`` and are stripped, as
+        :func:`unimask.corpus.read_documents` reads them) into the shard
         ``<out_prefix>.umshard`` without special tokens, streaming ``batch_bytes`` of text at a
         time (bounded memory). Returns the opened :class:`TokenShard`. The format (header,
         version, CRC-32) is documented in ``docs/tokenizer.md``. Invalid UTF-8 raises

@@ -177,6 +177,46 @@ fn py_isspace(c: char) -> bool {
     c.is_whitespace() || matches!(c, '\u{1c}'..='\u{1f}')
 }
 
+/// Read one line into `buf`, ending at `\n`, `\r\n` or a lone `\r` (Python's universal
+/// newlines, which is how `read_documents` reads the corpus), terminator included. Returns the
+/// bytes read: 0 at the end of the file.
+fn read_line_universal<R: BufRead>(r: &mut R, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    let mut total = 0;
+    loop {
+        let (end, used) = {
+            let avail = r.fill_buf()?;
+            if avail.is_empty() {
+                return Ok(total);
+            }
+            match memchr::memchr2(b'\n', b'\r', avail) {
+                Some(i) => {
+                    buf.extend_from_slice(&avail[..=i]);
+                    (Some(avail[i]), i + 1)
+                }
+                None => {
+                    buf.extend_from_slice(avail);
+                    (None, avail.len())
+                }
+            }
+        };
+        r.consume(used);
+        total += used;
+        match end {
+            // `\r\n` is one line break, also when the buffer ends between the two.
+            Some(b'\r') => {
+                if r.fill_buf()?.first() == Some(&b'\n') {
+                    r.consume(1);
+                    buf.push(b'\n');
+                    total += 1;
+                }
+                return Ok(total);
+            }
+            Some(_) => return Ok(total),
+            None => {}
+        }
+    }
+}
+
 struct TempFile {
     path: PathBuf,
     w: BufWriter<File>,
@@ -198,7 +238,8 @@ impl Drop for TempFile {
     }
 }
 
-/// Tokenize `input` (a corpus: one sentence per line, blank lines between documents) into the
+/// Tokenize `input` (a corpus: one sentence per line, blank lines between documents; lines end
+/// at `\n`, `\r\n` or `\r` and are stripped of whitespace, as in Python) into the
 /// shard `out` with `tok` (no special tokens), `batch_bytes` of text at a time, on `num_threads`.
 pub fn write_shard(
     tok: &Tokenizer,
@@ -307,7 +348,7 @@ pub fn write_shard(
     let mut pending_newdoc = true;
     loop {
         line_buf.clear();
-        let n = reader.read_until(b'\n', &mut line_buf)?;
+        let n = read_line_universal(&mut reader, &mut line_buf)?;
         if n == 0 {
             break;
         }
@@ -565,6 +606,44 @@ mod tests {
             crc32_combine(crc32_update(0, a), crc32_update(0, b), b.len() as u64),
             whole
         );
+    }
+
+    #[test]
+    fn lines_end_at_lf_crlf_and_lone_cr() {
+        // Small buffers put "\r\n" across a refill. U+0085 and U+2028 are not line breaks
+        // when Python reads a file (only for `str.splitlines`).
+        let text = "ab\r\ncd\re\n\r\rfg\r\n\r\nh\u{85}i\u{2028}j\r".as_bytes();
+        for cap in [1, 2, 3, 64] {
+            let mut r = std::io::BufReader::with_capacity(cap, text);
+            let mut lines = Vec::new();
+            let mut read = 0;
+            loop {
+                let mut buf = Vec::new();
+                let n = read_line_universal(&mut r, &mut buf).unwrap();
+                if n == 0 {
+                    break;
+                }
+                assert_eq!(n, buf.len());
+                read += n;
+                lines.push(String::from_utf8(buf).unwrap());
+            }
+            assert_eq!(read, text.len());
+            // What Python's `open(path, newline="").readlines()` gives for this file.
+            assert_eq!(
+                lines,
+                [
+                    "ab\r\n",
+                    "cd\r",
+                    "e\n",
+                    "\r",
+                    "\r",
+                    "fg\r\n",
+                    "\r\n",
+                    "h\u{85}i\u{2028}j\r"
+                ],
+                "buffer of {cap}"
+            );
+        }
     }
 
     #[test]
