@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import math
 import platform
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "run_command", "is_user_error"]
 
 
 def _version_of(dist: str) -> str:
@@ -73,6 +75,30 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def number(kind: type = int, minimum: float | None = None, maximum: float | None = None) -> Callable[[str], float]:
+    """An ``argparse`` ``type``: a finite ``kind`` (``int`` or ``float``) in ``[minimum, maximum]``;
+    anything else is a usage error naming the option and the value (exit status 2)."""
+    what = "an integer" if kind is int else "a number"
+    if minimum is not None and maximum is not None:
+        what += f" in [{minimum}, {maximum}]"
+    elif minimum is not None:
+        what += f" >= {minimum}"
+    elif maximum is not None:
+        what += f" <= {maximum}"
+
+    def parse(value: str) -> float:
+        try:
+            x = kind(value)
+        except ValueError:
+            x = None
+        if x is None or not math.isfinite(x) or (minimum is not None and x < minimum) \
+                or (maximum is not None and x > maximum):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {value!r}")
+        return x
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unimask", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -94,7 +120,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: ``OSError`` subclasses by which a file or directory the user named cannot be used
+PATH_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
+
+
+def is_user_error(e: BaseException) -> bool:
+    """Whether ``e`` is one of the ways the library reports bad input: ``ValueError`` (a value),
+    :data:`PATH_ERRORS` (a path) or :class:`unimask.training.CheckpointError` (a missing,
+    truncated or corrupted checkpoint). Anything else is a bug and keeps its traceback."""
+    if isinstance(e, (ValueError, *PATH_ERRORS)):
+        return True
+    training = sys.modules.get("unimask.training")  # imported by whatever raised a CheckpointError
+    return training is not None and isinstance(e, training.CheckpointError)
+
+
+def run_command(prog: str, func, args: argparse.Namespace) -> int:
+    """``func(args)`` as the exit status; a user error (:func:`is_user_error`) is printed as
+    ``prog: message`` on stderr and gives exit status 2, without a traceback."""
+    try:
+        return int(func(args) or 0)
+    except Exception as e:  # noqa: BLE001 - re-raised unless it is a user error
+        if not is_user_error(e):
+            raise
+        print(f"{prog}: {str(e) or type(e).__name__}", file=sys.stderr)
+        return 2
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``unimask`` console script."""
+    """Entry point of the ``unimask`` console script. Bad input (see :func:`is_user_error`)
+    gives one message on stderr and exit status 2."""
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    return run_command(f"unimask {args.command}", args.func, args)

@@ -24,14 +24,23 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from .cli import number, run_command
 
 __all__ = ["add_finetune_parser", "add_predict_parser", "add_faq_parser", "run_finetune", "run_predict", "run_faq",
            "add_parser", "run"]
 
 #: CVT view heads written next to the model (``{view}.weight`` / ``{view}.bias``), not loaded by it
 CVT_HEADS_FILE = "cvt_heads.safetensors"
+#: ``--max-length`` of ``finetune`` / ``predict`` when none is given (cut to what the model holds)
+DEFAULT_MAX_LENGTH = 128
+#: ``faq build --max-length`` when none is given (sentence-transformers' max_seq_length of MiniLM)
+FAQ_MAX_LENGTH = 256
+#: seq2seq rows are ``[CLS] source [SEP] target [SEP]``
+SEQ2SEQ_SPECIAL_TOKENS = 3
 
 
 def _aux_weight(value: str) -> str | float:
@@ -78,15 +87,18 @@ def add_finetune_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--label-field", default=None, help="field of the label (default 'label'; --task tag: the tag "
                                                         "list, default 'tags')")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=5e-5)
-    p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--lr", type=number(float, 0), default=5e-5)
+    p.add_argument("--weight-decay", type=number(float, 0), default=0.01)
+    p.add_argument("--max-length", type=int, default=None,
+                   help=f"tokens per example, [CLS]/[SEP] included (seq2seq: source tokens); at most the model's "
+                        f"max_position_embeddings (seq2seq: less --max-target-length + {SEQ2SEQ_SPECIAL_TOKENS}); "
+                        f"default {DEFAULT_MAX_LENGTH}, or that limit when smaller")
     p.add_argument("--pooling", default="cls", choices=("cls", "concat", "mean"),
                    help="cls: BERT pooler; concat: ULMFiT [last, max, mean]; mean")
     p.add_argument("--schedule", default="linear", choices=("linear", "stlr", "constant"),
                    help="linear warmup+decay (BERT) or slanted triangular (ULMFiT)")
     p.add_argument("--slanted-triangular", action="store_true", help="same as --schedule stlr")
-    p.add_argument("--warmup-frac", type=float, default=0.1)
+    p.add_argument("--warmup-frac", type=number(float, 0, 1), default=0.1)
     p.add_argument("--discriminative-lr", action="store_true", help="ULMFiT per-layer rates, /2.6 per layer down")
     p.add_argument("--gradual-unfreeze", action="store_true", help="ULMFiT gradual unfreezing, one layer group per epoch")
     p.add_argument("--aux-lm-weight", type=_aux_weight, default=None, metavar="siatl|FLOAT",
@@ -120,7 +132,7 @@ def add_finetune_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
                    help="bf16: autocast the forward passes (mixed precision; fp32 weights and optimizer)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument("--threads", type=number(int, 1), default=None, help="torch intra-op threads")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run_finetune)
@@ -128,7 +140,10 @@ def add_finetune_parser(sub) -> argparse.ArgumentParser:
 
 
 def run_finetune(args: argparse.Namespace) -> int:
-    """Fine-tune and evaluate; exit 2 with a clear message on bad input."""
+    """Fine-tune and evaluate; exit 2 with a clear message on bad input (the arguments are checked
+    before training: ``--max-length`` against the model's ``max_position_embeddings``, an output
+    path that is a file). The errors the library raises for bad input (``ValueError``, a missing
+    file) are reported the same way by :func:`unimask.cli.run_command`."""
     import torch  # noqa: PLC0415
 
     from .finetune import (  # noqa: PLC0415
@@ -143,6 +158,9 @@ def run_finetune(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     log = (lambda _s: None) if args.quiet else (lambda s: print(s, file=sys.stderr))
+    if Path(args.output).exists() and not Path(args.output).is_dir():
+        print(f"unimask finetune: --output {args.output} is a file, not a directory", file=sys.stderr)
+        return 2
     if args.task == "tag":
         return _run_tagging(args, log)
     if args.task == "qa":
@@ -160,8 +178,6 @@ def run_finetune(args: argparse.Namespace) -> int:
             unknown = sorted({e.label for e in evals} - set(label_map.labels))
             if unknown:
                 raise ValueError(f"{args.eval}: labels {unknown} never occur in {args.train} (labels: {label_map.labels})")
-        cfg = _finetune_config(args, cvt_unlabeled=args.cvt_unlabeled, cvt_text_field=args.text_field,
-                               cvt_weight=1.0 if args.cvt_weight is None else args.cvt_weight)
         unlabeled = None
         if args.cvt_weight is not None and args.cvt_unlabeled is None:
             raise ValueError("--cvt-weight needs --cvt-unlabeled FILE (the unlabeled texts of CVT)")
@@ -182,6 +198,9 @@ def run_finetune(args: argparse.Namespace) -> int:
             args.model, label_map, from_scratch=args.from_scratch, pooling=args.pooling,
             problem_type="regression" if regression else "classification",
             num_labels=None if regression else len(label_map))
+        args.max_length = _fit_max_length(model, args.max_length, log)
+        cfg = _finetune_config(args, cvt_unlabeled=args.cvt_unlabeled, cvt_text_field=args.text_field,
+                               cvt_weight=1.0 if args.cvt_weight is None else args.cvt_weight)
     except (ValueError, FileNotFoundError, TypeError) as e:
         print(f"unimask finetune: {e}", file=sys.stderr)
         return 2
@@ -208,6 +227,33 @@ def _finetune_config(args: argparse.Namespace, **extra: Any):
         gradual_unfreeze=args.gradual_unfreeze, aux_lm_weight=args.aux_lm_weight,
         lm_finetune_steps=args.lm_finetune_steps, seed=args.seed, log_every=0 if args.quiet else 10,
         precision=args.precision, grad_accum=args.grad_accum, pack=args.pack, **extra)
+
+
+def _fit_max_length(model, given: int | None, note: Callable[[str], None], default: int = DEFAULT_MAX_LENGTH,
+                    reserved: int = 0, reserved_for: str = "", minimum: int = 2,
+                    default_from: str = "the default") -> int:
+    """``--max-length`` for ``model``, whose position table ends at ``max_position_embeddings``
+    (less ``reserved`` positions, taken by ``reserved_for``): ``given`` when it fits and is at
+    least ``minimum``, else a ``ValueError`` naming it (rejected before any work, instead of a
+    failure in the first batch long enough to exceed the table); without one, ``default`` (named
+    ``default_from``) cut to that limit, with a ``note`` when cut (as transformers caps a tokenizer
+    at ``model_max_length``)."""
+    positions = model.config.max_position_embeddings
+    limit = positions - reserved
+    room = f"max_position_embeddings {positions}" + (f" less {reserved} for {reserved_for}" if reserved else "")
+    if limit < minimum:
+        raise ValueError(f"the model's {room} leaves {max(limit, 0)} positions for --max-length "
+                         f"(at least {minimum} needed)")
+    if given is None:
+        if default > limit:
+            note(f"--max-length {limit}, the model's limit ({room}), instead of {default_from} {default}")
+            return limit
+        return default
+    if given < minimum:
+        raise ValueError(f"--max-length must be >= {minimum}, got {given}")
+    if given > limit:
+        raise ValueError(f"--max-length {given} exceeds the model's limit of {limit} ({room})")
+    return given
 
 
 #: whether each task-specific flag of ``finetune`` was given
@@ -256,7 +302,7 @@ def _save_cvt_heads(out: Path, result: dict[str, Any]) -> None:
     result["cvt"]["heads_file"] = CVT_HEADS_FILE
 
 
-def _to_device(model, device: str | None) -> bool:
+def _to_device(model, device: str | None, prog: str = "unimask finetune") -> bool:
     """Move ``model`` to ``device`` (default: CUDA when available); False, with the reason on
     stderr, when that device cannot be used."""
     import torch  # noqa: PLC0415
@@ -265,7 +311,7 @@ def _to_device(model, device: str | None) -> bool:
     try:
         model.to(device)
     except (RuntimeError, AssertionError) as e:
-        print(f"unimask finetune: cannot use device {device!r}: {e}", file=sys.stderr)
+        print(f"{prog}: cannot use device {device!r}: {e}", file=sys.stderr)
         return False
     return True
 
@@ -277,6 +323,17 @@ def _save_model(output: str, model, tokenizer) -> Path:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def _fit_source_length(model, given: int | None, max_target_length: int, note: Callable[[str], None],
+                       default: int = DEFAULT_MAX_LENGTH, target_from: str = "--max-target-length",
+                       default_from: str = "the default") -> int:
+    """Source tokens of a seq2seq run (:func:`_fit_max_length`): ``[CLS] source [SEP] target [SEP]``
+    is trained and generated inside the model's ``max_position_embeddings``; ``target_from``
+    names where ``max_target_length`` comes from."""
+    return _fit_max_length(model, given, note, default, reserved=max_target_length + SEQ2SEQ_SPECIAL_TOKENS,
+                           reserved_for=f"{target_from} {max_target_length} + {SEQ2SEQ_SPECIAL_TOKENS} "
+                                        "special tokens", minimum=1, default_from=default_from)
 
 
 def _run_seq2seq(args: argparse.Namespace, log) -> int:
@@ -297,7 +354,6 @@ def _run_seq2seq(args: argparse.Namespace, log) -> int:
         source, target = args.text_field or "source", args.label_field or "target"
         train = load_examples(args.train, source, target)
         evals = load_examples(args.eval, source, target)
-        cfg = _finetune_config(args)
         tokenizer = WordPieceTokenizer.from_pretrained(args.model)
         torch.manual_seed(args.seed)
         if args.from_scratch:
@@ -307,6 +363,8 @@ def _run_seq2seq(args: argparse.Namespace, log) -> int:
         else:
             model = UnifiedLM.from_pretrained(args.model)
         ft = seq2seq_finetuner(model, tokenizer, args.mask_prob)
+        args.max_length = _fit_source_length(model, args.max_length, args.max_target_length, log)
+        cfg = _finetune_config(args)
     except (ValueError, FileNotFoundError, TypeError) as e:
         print(f"unimask finetune: {e}", file=sys.stderr)
         return 2
@@ -328,6 +386,15 @@ def _run_seq2seq(args: argparse.Namespace, log) -> int:
     return 0
 
 
+def _check_doc_stride(args: argparse.Namespace) -> None:
+    """``--doc-stride`` (default ``--max-length / 4``) against the resolved ``--max-length``."""
+    if args.doc_stride is None:
+        args.doc_stride = args.max_length // 4
+    if not 0 <= args.doc_stride < args.max_length - 2:
+        raise ValueError(f"--doc-stride must be in [0, --max-length - 2) = [0, {args.max_length - 2}), "
+                         f"got {args.doc_stride}")
+
+
 def _run_qa(args: argparse.Namespace, log) -> int:
     """``--task qa``: extractive QA on SQuAD-format files (see :mod:`unimask.finetune.qa`)."""
     import torch  # noqa: PLC0415
@@ -340,11 +407,8 @@ def _run_qa(args: argparse.Namespace, log) -> int:
         _refuse_flags(args, "qa", ("--pack", "--text-field", "--label-field", "--text-pair-field", "--extra-task",
                                    "--cvt-unlabeled", "--cvt-weight", "--aux-lm-weight", "--lm-finetune-steps",
                                    "--pooling"))
-        if args.doc_stride is None:
-            args.doc_stride = args.max_length // 4
-        if not 0 <= args.doc_stride < args.max_length - 2 or args.max_answer_length < 1:
-            raise ValueError(f"--doc-stride must be in [0, --max-length - 2) and --max-answer-length >= 1, got "
-                             f"{args.doc_stride} and {args.max_answer_length}")
+        if args.max_answer_length < 1:
+            raise ValueError(f"--max-answer-length must be >= 1, got {args.max_answer_length}")
         train, evals = load_squad(args.train), load_squad(args.eval)
         if not any(e.answers for e in train):
             raise ValueError(f"{args.train}: no question has an answer")
@@ -352,22 +416,22 @@ def _run_qa(args: argparse.Namespace, log) -> int:
         if unanswered and args.null_threshold is None:
             raise ValueError(f"{args.eval}: questions {unanswered[:5]} have no gold answer to score against "
                              "(SQuAD 2.0 data: pass --null-threshold)")
-        cfg = _finetune_config(args)
         tokenizer = WordPieceTokenizer.from_pretrained(args.model)
         torch.manual_seed(args.seed)
         model = QuestionAnswering.from_pretrained(args.model, from_scratch=args.from_scratch,
                                                   max_answer_length=args.max_answer_length)
+        args.max_length = _fit_max_length(model, args.max_length, log)
+        _check_doc_stride(args)
+        cfg = _finetune_config(args)
     except (ValueError, FileNotFoundError, TypeError) as e:
         print(f"unimask finetune: {e}", file=sys.stderr)
         return 2
     if not _to_device(model, args.device):
         return 2
     t0 = time.perf_counter()
-    try:
-        result = finetune_qa(model, tokenizer, train, cfg, evals, args.doc_stride, log, args.null_threshold)
-    except ValueError as e:  # e.g. a question that leaves a window no more context than the stride
-        print(f"unimask finetune: {e}", file=sys.stderr)
-        return 2
+    # a ValueError here (a question that leaves a window no more context than the stride) is
+    # reported by unimask.cli.run_command
+    result = finetune_qa(model, tokenizer, train, cfg, evals, args.doc_stride, log, args.null_threshold)
     out = _save_model(args.output, model, tokenizer)
     _write_metrics(out, args, t0, result, task="qa", doc_stride=args.doc_stride, windows=result["windows"],
                    null_threshold=args.null_threshold)
@@ -398,8 +462,6 @@ def _run_tagging(args: argparse.Namespace, log) -> int:
         unknown = sorted({t for s in evals for t in s.tags} - set(label_map.labels))
         if unknown:
             raise ValueError(f"{args.eval}: tags {unknown} never occur in {args.train} (tags: {label_map.labels})")
-        cfg = _finetune_config(args, cvt_unlabeled=args.cvt_unlabeled, cvt_text_field="text",
-                               cvt_weight=1.0 if args.cvt_weight is None else args.cvt_weight)
         unlabeled = None
         if args.cvt_unlabeled is not None:  # plain texts (.txt lines, or the "text" field)
             from .finetune import load_unlabeled  # noqa: PLC0415
@@ -409,6 +471,9 @@ def _run_tagging(args: argparse.Namespace, log) -> int:
         torch.manual_seed(args.seed)
         model = TokenClassifier.from_pretrained(args.model, label_map, from_scratch=args.from_scratch,
                                                 num_labels=len(label_map))
+        args.max_length = _fit_max_length(model, args.max_length, log)
+        cfg = _finetune_config(args, cvt_unlabeled=args.cvt_unlabeled, cvt_text_field="text",
+                               cvt_weight=1.0 if args.cvt_weight is None else args.cvt_weight)
     except (ValueError, FileNotFoundError, TypeError) as e:
         print(f"unimask finetune: {e}", file=sys.stderr)
         return 2
@@ -435,7 +500,9 @@ def add_faq_parser(sub) -> argparse.ArgumentParser:
     b.add_argument("--question-field", default="question")
     b.add_argument("--answer-field", default="answer")
     b.add_argument("--pooling", default="mean", choices=("mean", "cls", "max"))
-    b.add_argument("--max-length", type=int, default=256)
+    b.add_argument("--max-length", type=int, default=None,
+                   help=f"tokens per question, [CLS]/[SEP] included, at most the model's max_position_embeddings "
+                        f"(default {FAQ_MAX_LENGTH}, or that limit when smaller)")
     q = fsub.add_parser("query", help="top-k FAQ entries for a question")
     q.add_argument("--index", required=True)
     q.add_argument("question")
@@ -454,7 +521,9 @@ def run_faq(args: argparse.Namespace) -> int:
     try:
         if args.faq_command == "build":
             rows = load_examples(args.data, args.question_field, args.answer_field)
-            enc = SiameseEncoder.from_pretrained(args.model, pooling=args.pooling, max_length=args.max_length)
+            enc = SiameseEncoder.from_pretrained(args.model, pooling=args.pooling)
+            enc.max_length = _fit_max_length(enc.encoder, args.max_length,
+                                             lambda s: print(f"unimask faq: {s}", file=sys.stderr), FAQ_MAX_LENGTH)
             index = FAQIndex.build(enc, [r.text for r in rows], [r.label for r in rows],
                                    model_dir=str(Path(args.model).resolve()))
             index.save(args.index)
@@ -480,11 +549,15 @@ def add_predict_parser(sub) -> argparse.ArgumentParser:
                         "tag: .jsonl rows with a word list, CoNLL columns (word first), or a .txt file of one "
                         "sentence a line (split on whitespace); qa: SQuAD .json or JSON lines (question, "
                         "context; answers optional)")
-    p.add_argument("--output", default=None, help="JSONL file to write (default: standard output)")
+    p.add_argument("--output", default=None, help="JSONL file to write (default: standard output); its directory "
+                                                  "must exist")
     p.add_argument("--text-field", default=None, help="field of the text (default 'text'; tag: 'tokens')")
     p.add_argument("--text-pair-field", default=None, help="second text of a pair (cross-encoder)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--max-length", type=int, default=None,
+                   help=f"tokens per input, [CLS]/[SEP] included, at most the model's max_position_embeddings "
+                        f"(default {DEFAULT_MAX_LENGTH}, or that limit when smaller); seq2seq: source tokens "
+                        "(default: the fine-tuning run's)")
     p.add_argument("--doc-stride", type=int, default=None,
                    help="qa: tokens shared by neighbouring windows (default: --max-length / 4)")
     p.add_argument("--null-threshold", type=float, default=None,
@@ -518,9 +591,10 @@ def _saved_task(model_dir: str) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8")).get("unimask_task") or {}
 
 
-def _predict_seq2seq(args: argparse.Namespace, saved: dict[str, Any]) -> int:
+def _predict_seq2seq(args: argparse.Namespace, saved: dict[str, Any], note: Callable[[str], None]) -> int:
     """``predict`` for a seq2seq model: ``{"output"}`` per source (``.txt`` lines or the source
-    field of JSONL/CSV/TSV rows); lengths and beams default to the fine-tuning run's."""
+    field of JSONL/CSV/TSV rows); lengths and beams are the fine-tuning run's, the source length
+    ``--max-length`` when given (source and target must fit the model's positions)."""
     from .finetune import load_unlabeled  # noqa: PLC0415
     from .finetune.seq2seq import generate_texts, seq2seq_finetuner  # noqa: PLC0415
     from .models import UnifiedLM  # noqa: PLC0415
@@ -531,63 +605,77 @@ def _predict_seq2seq(args: argparse.Namespace, saved: dict[str, Any]) -> int:
         tokenizer = WordPieceTokenizer.from_pretrained(args.model)
         model = UnifiedLM.from_pretrained(args.model)
         ft = seq2seq_finetuner(model, tokenizer)
+        max_target_length = int(saved.get("max_target_length", 32))
+        source_length = _fit_source_length(model, args.max_length, max_target_length, note,
+                                           int(saved.get("max_source_length", DEFAULT_MAX_LENGTH)),
+                                           "the fine-tuning run's max_target_length",
+                                           "the fine-tuning run's max_source_length")
     except (ValueError, FileNotFoundError, TypeError) as e:
         print(f"unimask predict: {e}", file=sys.stderr)
         return 2
-    if not _to_device(model, args.device):
+    if not _to_device(model, args.device, "unimask predict"):
         return 2
-    outputs = generate_texts(ft, tokenizer, [r.text for r in rows], int(saved.get("max_source_length", args.max_length)),
-                             int(saved.get("max_target_length", 32)), int(saved.get("num_beams", 1)), args.batch_size)
-    text = "".join(json.dumps({"output": o}, ensure_ascii=False) + "\n" for o in outputs)
-    if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
+    outputs = generate_texts(ft, tokenizer, [r.text for r in rows], source_length, max_target_length,
+                             int(saved.get("num_beams", 1)), args.batch_size)
+    _write_lines(args.output, [{"output": o} for o in outputs])
+    return 0
+
+
+def _write_lines(output: str | None, lines: list[dict[str, Any]]) -> None:
+    """``lines`` as JSON lines into ``output`` (standard output when ``None``)."""
+    text = "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines)
+    if output:
+        Path(output).write_text(text, encoding="utf-8")
     else:
         sys.stdout.write(text)
-    return 0
 
 
 def run_predict(args: argparse.Namespace) -> int:
     """Predictions of a fine-tuned model, one JSON line per input row: ``{"label", "score",
     "probs"}`` for a classifier (softmax probabilities by label name), ``{"value"}`` for a
     regressor, ``{"tokens", "tags"}`` for a tagger, ``{"id", "answer", "score"}`` for extractive
-    QA. Exit 2 with a clear message on bad input."""
+    QA. Exit 2 with a clear message on bad input: checked first (``--output``'s directory,
+    ``--max-length`` against the model's ``max_position_embeddings``), or raised by the library
+    (``ValueError``, a missing file) and reported by :func:`unimask.cli.run_command`."""
     import torch  # noqa: PLC0415
 
     from .finetune import load_task_model, load_unlabeled, predict_tags  # noqa: PLC0415
     from .finetune.trainer import predict  # noqa: PLC0415
     from .tokenizer import WordPieceTokenizer  # noqa: PLC0415
 
+    def note(text: str) -> None:
+        print(f"unimask predict: {text}", file=sys.stderr)
+
     try:
-        if args.batch_size < 1 or args.max_length < 2:
-            raise ValueError(f"--batch-size must be >= 1 and --max-length >= 2, got {args.batch_size} and "
-                             f"{args.max_length}")
+        if args.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+        if args.output and not Path(args.output).parent.is_dir():
+            raise ValueError(f"--output {args.output}: no such directory {Path(args.output).parent}")
         saved = _saved_task(args.model)
         if saved.get("task") == "seq2seq":
-            return _predict_seq2seq(args, saved)
+            return _predict_seq2seq(args, saved, note)
         model = load_task_model(args.model)
         tokenizer = WordPieceTokenizer.from_pretrained(args.model)
         task = getattr(model, "task", None)
+        if task not in ("tag", "classify", "qa"):
+            raise ValueError(f"{args.model} holds a {task!r} model; predict runs classifiers, regressors, taggers "
+                             "and QA models")
+        args.max_length = _fit_max_length(model, args.max_length, note)
         if task == "tag":
             if args.text_pair_field is not None:
                 raise ValueError("a tagger takes single sentences: --text-pair-field does not apply")
             rows = _read_sentences(args.input, args.text_field or "tokens")
         elif task == "classify":
             rows = load_unlabeled(args.input, args.text_field or "text", args.text_pair_field)
-        elif task == "qa":
+        else:
             from .finetune.qa import load_squad  # noqa: PLC0415
 
-            if args.doc_stride is None:
-                args.doc_stride = args.max_length // 4
-            if not 0 <= args.doc_stride < args.max_length - 2:
-                raise ValueError(f"--doc-stride must be in [0, --max-length - 2), got {args.doc_stride}")
+            _check_doc_stride(args)
             rows = load_squad(args.input)
-        else:
-            raise ValueError(f"{args.model} holds a {task!r} model; predict runs classifiers, regressors, taggers "
-                             "and QA models")
     except (ValueError, FileNotFoundError, TypeError) as e:
         print(f"unimask predict: {e}", file=sys.stderr)
         return 2
-    if not _to_device(model, args.device):
+    if not _to_device(model, args.device, "unimask predict"):
         return 2
     if task == "tag":
         tags = predict_tags(model, tokenizer, rows, args.max_length, args.batch_size)
@@ -595,12 +683,9 @@ def run_predict(args: argparse.Namespace) -> int:
     elif task == "qa":
         from .finetune.qa import predict_answers  # noqa: PLC0415
 
-        try:
-            answers = predict_answers(model, tokenizer, rows, args.max_length, args.doc_stride, args.batch_size,
-                                      args.null_threshold)
-        except ValueError as e:
-            print(f"unimask predict: {e}", file=sys.stderr)
-            return 2
+        # a ValueError here (a question too long for its window) is reported by unimask.cli.run_command
+        answers = predict_answers(model, tokenizer, rows, args.max_length, args.doc_stride, args.batch_size,
+                                  args.null_threshold)
         lines = [{"id": r.id, "answer": a, "score": s} for r, (a, s) in zip(rows, answers)]
     else:
         logits = predict(model, tokenizer, rows, args.max_length, args.batch_size)
@@ -611,11 +696,7 @@ def run_predict(args: argparse.Namespace) -> int:
             names = model.label_map.labels
             lines = [{"label": names[int(p.argmax())], "score": float(p.max()),
                       "probs": {n: float(x) for n, x in zip(names, p.tolist())}} for p in probs]
-    text = "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines)
-    if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
-    else:
-        sys.stdout.write(text)
+    _write_lines(args.output, lines)
     return 0
 
 
@@ -627,4 +708,6 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    return int(args.func(args) or 0)
+    """Run a parsed ``finetune`` / ``predict`` / ``faq`` command as ``unimask`` does
+    (:func:`unimask.cli.run_command`); returns the exit status."""
+    return run_command(f"unimask {getattr(args, 'command', None) or 'finetune'}", args.func, args)

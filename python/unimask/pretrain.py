@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .cli import number, run_command
+
 if TYPE_CHECKING:  # torch is imported where it is used, so building the CLI parser stays light
     import torch
 
@@ -340,16 +342,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vocab-size", type=int, default=8000, help="size of the vocabulary trained when --vocab is not given")
     p.add_argument("--steps", type=int, default=300, help="optimizer steps (default 300)")
     p.add_argument("--batch-size", type=int, default=32, help="micro-batch size per process")
-    p.add_argument("--grad-accum", type=int, default=1)
-    p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--grad-accum", type=number(int, 1), default=1)
+    p.add_argument("--max-length", type=number(int, 8), default=64, help="tokens per row, [CLS]/[SEP] included (>= 8)")
     p.add_argument("--pack", action="store_true",
                    help="mlm, unilm: pack each batch's samples into rows of --max-length (attention stays in each sample; "
                         "mlm: sentences, no NSP; unilm: each pair with its own mode)")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--warmup", type=int, default=30, help="warmup steps")
-    p.add_argument("--hidden", type=int, default=128)
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--lr", type=number(float, 0), default=1e-3)
+    p.add_argument("--warmup", type=number(int, 0), default=30, help="warmup steps")
+    p.add_argument("--hidden", type=number(int, 1), default=128)
+    p.add_argument("--layers", type=number(int, 1), default=2)
+    p.add_argument("--heads", type=number(int, 1), default=4, help="attention heads (must divide --hidden)")
     p.add_argument("--eval-every", type=int, default=50)
     p.add_argument("--eval-batches", type=int, default=8)
     p.add_argument("--checkpoint-every", type=int, default=100)
@@ -358,9 +360,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT's latest checkpoint")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                   help="auto: bf16 (or fp16) autocast on CUDA, fp32 elsewhere; bf16 and fp16 need a CUDA device")
     p.add_argument("--distributed", choices=("ddp", "fsdp"), default="ddp", help="under torchrun")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=number(int, 1), default=None, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -384,7 +387,9 @@ def _init_distributed(device: str | None) -> tuple[int, int, str | None]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``unimask pretrain`` with parsed arguments; returns the exit code."""
+    """Run ``unimask pretrain`` with parsed arguments; returns the exit code (2, with a message on
+    stderr, for a bad argument found before training starts; other bad input raises the library's
+    ``ValueError`` / :class:`unimask.training.CheckpointError`, which the command reports)."""
     import torch  # noqa: PLC0415
 
     from .corpus import demo_corpus_path  # noqa: PLC0415
@@ -399,6 +404,24 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.pack and args.objective not in PACKABLE:
         print(f"unimask pretrain: --pack needs --objective {' or '.join(PACKABLE)} (got {args.objective})", file=sys.stderr)
+        return 2
+    if args.hidden % args.heads:
+        print(f"unimask pretrain: --hidden {args.hidden} is not divisible by --heads {args.heads}", file=sys.stderr)
+        return 2
+    if args.vocab is not None and not args.vocab.exists():
+        print(f"unimask pretrain: --vocab {args.vocab}: no such file or directory", file=sys.stderr)
+        return 2
+    try:
+        device_type = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu")).type
+    except RuntimeError as e:  # not a device string
+        print(f"unimask pretrain: --device {args.device}: {e}", file=sys.stderr)
+        return 2
+    if device_type == "cuda" and not torch.cuda.is_available():
+        print(f"unimask pretrain: --device {args.device}: CUDA is not available", file=sys.stderr)
+        return 2
+    if args.precision in ("bf16", "fp16") and device_type != "cuda":
+        print(f"unimask pretrain: --precision {args.precision} needs a CUDA device (autocast runs on CUDA only here), "
+              f"got device {args.device or 'cpu'}; use --precision fp32 or auto", file=sys.stderr)
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -484,10 +507,11 @@ def command(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m unimask.pretrain`` (the lead wires ``add_parser``/``run`` into ``unimask``)."""
+    """``python -m unimask.pretrain`` (the lead wires ``add_parser``/``run`` into ``unimask``); bad
+    input is reported as ``unimask`` reports it (:func:`unimask.cli.run_command`)."""
     p = argparse.ArgumentParser(prog="unimask pretrain", description=__doc__.split("\n\n")[0])
     add_arguments(p)
-    return command(p.parse_args(argv))
+    return run_command("unimask pretrain", command, p.parse_args(argv))
 
 
 if __name__ == "__main__":
