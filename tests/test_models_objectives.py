@@ -299,3 +299,43 @@ def test_mass_save_load_round_trip(tmp_path):
                  decoder_positions=torch.tensor([[2, 3, 4], [1, 2, 3]]))
     with torch.no_grad():
         assert torch.equal(model(**batch).last_hidden_state, again(**batch).last_hidden_state)
+
+
+def test_mass_empty_source_row_gets_zero_context_not_nan():
+    """seq_len 0 for a row masked every cross-attention key: softmax over nothing gave NaN
+    (and a NaN loss for the whole batch). Now that row's context is zero (the cross-attention
+    output is proj(0) = proj.bias) and the other rows are unaffected."""
+    torch.manual_seed(5)
+    model = MassSeq2Seq(tiny(), num_decoder_layers=1).double().eval()
+    ids = torch.randint(1000, 2000, (2, 6))
+    dec = torch.randint(1000, 2000, (2, 3))
+    pos = torch.arange(3)[None].expand(2, 3)
+    out = model(ids, dec, pos, seq_len=torch.tensor([0, 6]), decoder_labels=dec)
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    alone = model(ids[1:], dec[1:], pos[1:], seq_len=torch.tensor([6])).last_hidden_state
+    assert torch.allclose(out.last_hidden_state[1], alone[0], atol=1e-12)
+    cross = model.decoder[0].cross
+    x = torch.randn(2, 3, 64, dtype=torch.float64)
+    mem = cross.memory(torch.randn(2, 6, 64, dtype=torch.float64))
+    y = cross(x, mem, torch.tensor([0, 4]))
+    assert torch.equal(y[0], cross.proj.bias.detach().expand(3, 64))
+    # row 1 by hand: softmax over its 4 valid keys
+    q = cross.q(x[1]).view(3, 4, 16).transpose(0, 1)
+    k, v = mem[0][1, :, :4], mem[1][1, :, :4]
+    ctx = torch.softmax(q @ k.transpose(-1, -2) / 4.0, -1) @ v
+    assert torch.allclose(y[1], cross.proj(ctx.transpose(0, 1).reshape(3, 64)), atol=1e-12)
+
+
+def test_mass_decoder_len_errors_name_decoder_len():
+    model = MassSeq2Seq(tiny(), num_decoder_layers=1).eval()
+    ids = torch.randint(1000, 2000, (2, 6))
+    dec = torch.randint(1000, 2000, (2, 3))
+    pos = torch.arange(3)[None].expand(2, 3)
+    with pytest.raises(ValueError, match=r"decoder_len\[1\] = 4 is outside \[0, 3\]"):
+        model(ids, dec, pos, decoder_len=torch.tensor([3, 4]))
+    with pytest.raises(ValueError, match=r"decoder_len has 1 entries but decoder_input_ids has B = 2 rows"):
+        model(ids, dec, pos, decoder_len=torch.tensor([3]))
+    with pytest.raises(TypeError, match="decoder_len must hold integers"):
+        model(ids, dec, pos, decoder_len=torch.tensor([3.0, 3.0]))

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..masks import LEFT_TO_RIGHT, check_mask_args
+from ..masks import LEFT_TO_RIGHT, check_batch_len
 from .checkpoint import (
     hf_to_unimask,
     normalize_hf_names,
@@ -36,7 +36,9 @@ __all__ = ["MassSeq2Seq", "CrossAttention", "DecoderLayer"]
 
 
 class CrossAttention(nn.Module):
-    """Decoder queries over encoder keys/values; key ``j`` visible when ``j < enc_len[b]``."""
+    """Decoder queries over encoder keys/values; key ``j`` visible when ``j < enc_len[b]``.
+    A row with an empty source (``enc_len[b] = 0``) sees no key and gets a zero context (no
+    NaN), as padded query rows do in :func:`unimask.attention.unified_attention`."""
 
     def __init__(self, config: EncoderConfig) -> None:
         super().__init__()
@@ -59,8 +61,9 @@ class CrossAttention(nn.Module):
         q = self.q(x).view(B, L, self.n_head, self.head_dim).transpose(1, 2)
         visible = torch.arange(k.shape[2], device=x.device)[None, :] < enc_len[:, None]  # [B, Le]
         scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)
-        scores = scores.masked_fill(~visible[:, None, None, :], float("-inf"))
-        probs = torch.softmax(scores, dim=-1)
+        row_any = visible.any(dim=-1)[:, None, None, None]  # [B, 1, 1, 1]: any key at all
+        scores = scores.masked_fill(~visible[:, None, None, :], float("-inf")).masked_fill(~row_any, 0.0)
+        probs = torch.softmax(scores, dim=-1) * row_any
         if self.training and self.dropout_p > 0:
             probs = F.dropout(probs, self.dropout_p)
         return self.proj((probs @ v).transpose(1, 2).reshape(B, L, C))
@@ -139,10 +142,17 @@ class MassSeq2Seq(nn.Module):
         B, Ld = decoder_input_ids.shape
         if decoder_len is None:
             decoder_len = torch.full((B,), Ld, dtype=torch.int64, device=decoder_input_ids.device)
-        decoder_len = decoder_len.to(decoder_input_ids.device).long()
         if slots is None:  # validated once here; the decoder layers skip per-layer checks
-            zero = torch.zeros_like(decoder_len)
-            check_mask_args(torch.full_like(decoder_len, LEFT_TO_RIGHT), zero, decoder_len, Ld)
+            decoder_len = torch.as_tensor(decoder_len)
+            if decoder_len.dtype.is_floating_point or decoder_len.dtype.is_complex or decoder_len.dtype == torch.bool:
+                raise TypeError(f"decoder_len must hold integers, got dtype {decoder_len.dtype}")
+            check_batch_len("decoder_len", decoder_len, B, "decoder_input_ids has B = {} rows")
+            bad = (decoder_len < 0) | (decoder_len > Ld)
+            if bool(bad.any()):
+                b = int(bad.nonzero()[0, 0])
+                raise ValueError(f"decoder_len[{b}] = {int(decoder_len[b])} is outside [0, {Ld}] "
+                                 f"(decoder_input_ids has {Ld} columns)")
+        decoder_len = decoder_len.to(decoder_input_ids.device).long()
         x = self.encoder.embeddings(decoder_input_ids, None, decoder_positions)
         for i, layer in enumerate(self.decoder):
             c = (cache.k[i], cache.v[i]) if cache is not None else None
