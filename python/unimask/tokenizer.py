@@ -136,11 +136,8 @@ class RaggedBatch:
 
         One pass in Rust for the columns ``encode_batch`` returns (uint32 ids, uint8 type ids);
         columns of other integer dtypes (a batch built by hand) are padded with numpy."""
-        if pad_to_multiple_of is not None and (
-            isinstance(pad_to_multiple_of, bool) or not isinstance(pad_to_multiple_of, int) or pad_to_multiple_of < 1
-        ):
-            raise ValueError(f"pad_to_multiple_of must be a positive int or None, got {pad_to_multiple_of!r}")
-        pad = self.pad_id if pad_id is None else int(pad_id)
+        pad_to_multiple_of = _check_int("pad_to_multiple_of", pad_to_multiple_of, 1, allow_none=True)
+        pad = self.pad_id if pad_id is None else _check_int("pad_id", pad_id, -(2**63))
         ids, types, splits = self.ids_flat, self.type_ids_flat, self.row_splits
         if ids.dtype == np.uint32 and types.dtype == np.uint8 and splits.dtype == np.int64:
             input_ids, attention, token_types = _native.pad_encodings(
@@ -178,6 +175,44 @@ def _pad_with_numpy(
     attention[rows, cols] = 1
     token_types[rows, cols] = types[flat]
     return {"input_ids": input_ids, "attention_mask": attention, "token_type_ids": token_types}
+
+
+_I64_MAX = 2**63 - 1
+
+
+def _check_int(
+    name: str, value: Any, lo: int | None = 0, hi: int | None = _I64_MAX, allow_none: bool = False
+) -> int | None:
+    """An int argument (Python or numpy integer, not bool) in ``[lo, hi]``, as a Python int.
+
+    ``TypeError`` naming ``name`` for anything else, ``ValueError`` naming it for a value out of
+    range (``hi`` defaults to what the Rust core takes: a 64-bit signed int; None: unbounded).
+    """
+    if value is None and allow_none:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        what = "an int or None" if allow_none else "an int"
+        raise TypeError(f"{name} must be {what}, got {type(value).__name__} {value!r}")
+    value = int(value)
+    if lo is not None and value < lo:
+        raise ValueError(f"{name} must be >= {lo}, got {value}")
+    if hi is not None and value > hi:
+        raise ValueError(f"{name} must be <= {hi}, got {value}")
+    return value
+
+
+def _check_normalizer_flags(lowercase: Any, strip_accents: Any, clean_text: Any, handle_chinese_chars: Any) -> None:
+    """The ``BertNormalizer`` settings: bools (``strip_accents`` may be None)."""
+    for name, flag in (("lowercase", lowercase), ("clean_text", clean_text), ("handle_chinese_chars", handle_chinese_chars)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool, got {flag!r}")
+    if strip_accents is not None and not isinstance(strip_accents, bool):
+        raise TypeError(f"strip_accents must be a bool or None, got {strip_accents!r}")
+
+
+def _check_num_threads(value: Any) -> int | None:
+    """``num_threads``: None (all cores) or an int in [1, 1024]."""
+    return _check_int("num_threads", value, 1, 1024, allow_none=True)
 
 
 def _token_str(value: Any) -> str | None:
@@ -222,13 +257,8 @@ class WordPieceTokenizer:
     ) -> None:
         if isinstance(vocab, (str, bytes, os.PathLike)):
             raise TypeError("vocab must be a list of tokens; use WordPieceTokenizer.from_vocab(path) for a file")
-        for name, flag in (("lowercase", lowercase), ("clean_text", clean_text), ("handle_chinese_chars", handle_chinese_chars)):
-            if not isinstance(flag, bool):
-                raise TypeError(f"{name} must be a bool, got {flag!r}")
-        if strip_accents is not None and not isinstance(strip_accents, bool):
-            raise TypeError(f"strip_accents must be a bool or None, got {strip_accents!r}")
-        if not isinstance(max_input_chars_per_word, int) or max_input_chars_per_word < 1:
-            raise ValueError(f"max_input_chars_per_word must be a positive int, got {max_input_chars_per_word!r}")
+        _check_normalizer_flags(lowercase, strip_accents, clean_text, handle_chinese_chars)
+        max_input_chars_per_word = _check_int("max_input_chars_per_word", max_input_chars_per_word, 1)
         self.num_threads = num_threads
         self._config: dict[str, Any] = dict(
             lowercase=lowercase,
@@ -417,10 +447,15 @@ class WordPieceTokenizer:
         paths = [os.fspath(f) for f in files]
         if not paths:
             raise ValueError("train needs at least one file")
-        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
-            raise ValueError(f"vocab_size must be a positive int, got {vocab_size!r}")
-        if isinstance(min_frequency, bool) or not isinstance(min_frequency, int) or min_frequency < 0:
-            raise ValueError(f"min_frequency must be a non-negative int, got {min_frequency!r}")
+        # Every setting is checked before the (long) training, not by the constructor after it.
+        vocab_size = _check_int("vocab_size", vocab_size, 1)
+        min_frequency = _check_int("min_frequency", min_frequency, 0)
+        num_threads = _check_num_threads(num_threads)
+        _check_normalizer_flags(lowercase, strip_accents, clean_text, handle_chinese_chars)
+        max_chars = _check_int("max_input_chars_per_word", kwargs.get("max_input_chars_per_word", 100), 1)
+        prefix = kwargs.get("continuing_subword_prefix", "##")
+        if not isinstance(prefix, str):
+            raise TypeError(f"continuing_subword_prefix must be a str, got {type(prefix).__name__}")
         specials = list(special_tokens)
         unk = kwargs.get("unk_token", "[UNK]")
         if unk not in specials:
@@ -437,8 +472,8 @@ class WordPieceTokenizer:
             handle_chinese_chars=handle_chinese_chars,
             strip_accents=strip,
             lowercase=lowercase,
-            continuing_subword_prefix=kwargs.get("continuing_subword_prefix", "##"),
-            max_input_chars_per_word=kwargs.get("max_input_chars_per_word", 100),
+            continuing_subword_prefix=prefix,
+            max_input_chars_per_word=max_chars,
             num_threads=num_threads,
         )
         return cls(
@@ -567,9 +602,9 @@ class WordPieceTokenizer:
         ``align_word_labels(enc.word_ids, word_labels)`` takes one label per given word), and
         ``offsets`` are character offsets into each word.
         """
-        _check_max_length(max_length, truncation, stride)
+        max_length, stride = _check_max_length(max_length, truncation, stride)
         ids, types, offsets, words, splits, k, m = self._native.encode_overflowing(
-            text, pair, bool(add_special_tokens), max_length, truncation, stride,
+            text, pair, _check_flag("add_special_tokens", add_special_tokens), max_length, truncation, stride,
             _check_flag("is_split_into_words", is_split_into_words),
         )
         bounds = splits.tolist()
@@ -633,9 +668,10 @@ class WordPieceTokenizer:
         tagging data): HF ``encode_batch(..., is_pretokenized=True)``, see :meth:`encode`;
         ``word_ids`` index each row's words.
         """
-        _check_max_length(max_length, truncation, stride)
+        max_length, stride = _check_max_length(max_length, truncation, stride)
         ids, types, offsets, words, splits, samples = self._native.encode_batch(
-            texts, pairs, bool(add_special_tokens), max_length, truncation, stride, self.num_threads,
+            texts, pairs, _check_flag("add_special_tokens", add_special_tokens), max_length, truncation, stride,
+            self.num_threads,
             _check_flag("return_overflowing", return_overflowing),
             _check_flag("is_split_into_words", is_split_into_words),
         )
@@ -652,10 +688,10 @@ class WordPieceTokenizer:
         if isinstance(ids, np.ndarray):
             if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
                 raise TypeError(f"ids must be a 1-d integer array, got {ids.dtype} with shape {ids.shape}")
-            ids = ids.astype(np.int64).tolist()
+            ids = ids.tolist()  # Python ints: exact for every dtype (uint64 too)
         elif isinstance(ids, (str, bytes)):
             raise TypeError("ids must be a sequence of ints, got a string")
-        return self._native.decode(list(ids), bool(skip_special_tokens))
+        return self._native.decode(list(ids), _check_flag("skip_special_tokens", skip_special_tokens))
 
     def encode_file(
         self, path: str | os.PathLike, out_prefix: str | os.PathLike, batch_bytes: int = 8 << 20
@@ -668,8 +704,7 @@ class WordPieceTokenizer:
         version, CRC-32) is documented in ``docs/tokenizer.md``. Invalid UTF-8 raises
         ``ValueError`` naming the line.
         """
-        if not isinstance(batch_bytes, int) or batch_bytes < 1:
-            raise ValueError(f"batch_bytes must be a positive int, got {batch_bytes!r}")
+        batch_bytes = _check_int("batch_bytes", batch_bytes, 1)
         out = Path(os.fspath(out_prefix) + ".umshard")
         self._native.encode_file(os.fspath(path), os.fspath(out), batch_bytes, self.num_threads)
         return TokenShard(out)
@@ -681,8 +716,9 @@ class WordPieceTokenizer:
         return self._native.token_to_id(token)
 
     def id_to_token(self, id: int) -> str | None:
-        """Token of ``id``, or None."""
-        return self._native.id_to_token(int(id))
+        """Token of ``id``, or None (any int that is no id of the vocabulary)."""
+        i = _check_int("id", id, None, None)
+        return self._native.id_to_token(i) if 0 <= i < self.vocab_size else None
 
     def get_vocab(self) -> list[str]:
         """Tokens in id order (a copy)."""
@@ -725,9 +761,7 @@ class WordPieceTokenizer:
 
     @num_threads.setter
     def num_threads(self, value: int | None) -> None:
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 1024):
-            raise ValueError(f"num_threads must be None or an int in [1, 1024], got {value!r}")
-        self._num_threads = value
+        self._num_threads = _check_num_threads(value)
 
     # ------------------------------------------------------------------ pickling
 
@@ -748,13 +782,13 @@ def _check_flag(name: str, value: Any) -> bool:
     return bool(value)
 
 
-def _check_max_length(max_length: int | None, truncation: str, stride: int) -> None:
-    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer))):
-        raise TypeError(f"max_length must be an int or None, got {max_length!r}")
-    if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)):
-        raise TypeError(f"stride must be an int, got {stride!r}")
+def _check_max_length(max_length: int | None, truncation: str, stride: int) -> tuple[int | None, int]:
+    """The truncation arguments of the encode calls; returns ``(max_length, stride)`` as ints."""
+    max_length = _check_int("max_length", max_length, 0, allow_none=True)
+    stride = _check_int("stride", stride, 0)
     if not isinstance(truncation, str) or truncation not in _TRUNCATIONS:
         raise ValueError(f"truncation must be one of {_TRUNCATIONS}, got {truncation!r}")
+    return max_length, stride
 
 
 class ChineseSegmenter:

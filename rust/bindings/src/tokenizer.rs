@@ -464,16 +464,40 @@ impl PyTokenizer {
         ))
     }
 
-    /// Decode ids to text (HF WordPiece decoder rules).
+    /// Decode ids to text (HF WordPiece decoder rules). An int that
+    /// is no token id (negative, too large, beyond 64 bits) is a `ValueError` naming it.
     #[pyo3(signature = (ids, skip_special_tokens=true))]
-    fn decode(&self, py: Python<'_>, ids: Vec<i64>, skip_special_tokens: bool) -> PyResult<String> {
+    fn decode(
+        &self,
+        py: Python<'_>,
+        ids: Vec<Bound<'_, PyAny>>,
+        skip_special_tokens: bool,
+    ) -> PyResult<String> {
         let n = self.inner.vocab().len();
         let ids: Vec<u32> = ids
-            .into_iter()
-            .map(|i| {
-                u32::try_from(i).map_err(|_| {
+            .iter()
+            .enumerate()
+            .map(|(k, obj)| {
+                let out_of_range = |i: &dyn std::fmt::Display| {
                     PyValueError::new_err(format!("token id {i} is out of range (vocab_size {n})"))
-                })
+                };
+                if let Ok(i) = obj.extract::<i64>() {
+                    return u32::try_from(i).map_err(|_| out_of_range(&i));
+                }
+                // An int (numpy's too) that does not fit in 64 bits: name its value.
+                match obj.call_method0("__index__") {
+                    Ok(i) => Err(out_of_range(&i)),
+                    Err(_) => {
+                        let tn = obj
+                            .get_type()
+                            .name()
+                            .map(|n| n.to_string())
+                            .unwrap_or_else(|_| "?".into());
+                        Err(PyTypeError::new_err(format!(
+                            "ids[{k}] must be an int token id, got {tn}"
+                        )))
+                    }
+                }
             })
             .collect::<PyResult<_>>()?;
         let inner = Arc::clone(&self.inner);
