@@ -134,6 +134,19 @@ def test_checkpoint_checksum_detects_corruption(tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
 
 
+@pytest.mark.parametrize("content", [b"", b"  \n", b"not-a-digest  c.pt\n", b"\xff\xfe\x00garbage", b"abc123  c.pt\n"])
+def test_damaged_checksum_file_is_a_checkpoint_error(tmp_path, content):
+    """An empty or garbled .sha256 raised IndexError / UnicodeDecodeError (or compared
+    garbage); now CheckpointError naming the file. An intact one still loads."""
+    path = save_checkpoint_file({"x": torch.arange(3)}, tmp_path / "c.pt")
+    good = (tmp_path / "c.pt.sha256").read_bytes()
+    (tmp_path / "c.pt.sha256").write_bytes(content)
+    with pytest.raises(CheckpointError, match=r"checksum file .*c\.pt\.sha256 is damaged"):
+        load_checkpoint_file(path)
+    (tmp_path / "c.pt.sha256").write_bytes(good)
+    assert torch.equal(load_checkpoint_file(path)["x"], torch.arange(3))
+
+
 def test_trainer_evaluates_and_loss_falls(tmp_path):
     docs = synthetic_documents(60)
     held = synthetic_documents(8, seed=1)

@@ -177,14 +177,22 @@ def save_checkpoint_file(state: dict[str, Any], path: str | Path) -> Path:
 
 
 def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint_file`, verifying its sha256 first."""
+    """Load a checkpoint written by :func:`save_checkpoint_file`, verifying its sha256 first.
+
+    Raises :class:`CheckpointError` when the file or its ``.sha256`` is missing, when the
+    ``.sha256`` file is empty or does not start with a 64-digit hex digest, or on a mismatch.
+    """
     path = Path(path)
     sha = path.with_name(path.name + ".sha256")
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     if not sha.is_file():
         raise CheckpointError(f"checksum file missing for {path} (expected {sha})")
-    expected = sha.read_text().split()[0]
+    fields = sha.read_bytes().decode("ascii", errors="replace").split()
+    expected = fields[0].lower() if fields else ""
+    if len(expected) != 64 or any(c not in "0123456789abcdef" for c in expected):
+        shown = repr(fields[0][:80]) if fields else "nothing"
+        raise CheckpointError(f"checksum file {sha} is damaged: expected a sha256 hex digest, found {shown}")
     actual = _sha256(path)
     if actual != expected:
         raise CheckpointError(f"checkpoint {path} is corrupt: sha256 {actual} != recorded {expected}")
