@@ -154,6 +154,16 @@ def _worker(inp: str, out: str) -> None:
             results["batch_len"][key] = "no error"
         except ValueError as e:
             results["batch_len"][key] = str(e)
+    # the kernel module's own entry points check it too (bench scripts call them directly)
+    vc = payload["varlen"][0]
+    for key, call in {"kernel_short": lambda: K.attention(*args[:3], c["mode"][:1], *args[4:]),
+                      "kernel_varlen_short": lambda: K.attention_varlen(
+                          vc["q"].float(), vc["k"].float(), vc["v"].float(), vc["cu"], vc["mode"][:-1], vc["src"], vc["max_seqlen"])}.items():
+        try:
+            call()
+            results["batch_len"][key] = "no error"
+        except ValueError as e:
+            results["batch_len"][key] = str(e)
     # every tile schedule runs the same tiles with the same arithmetic: bitwise the same output
     # and gradients (padded and packed layouts)
     results["plain_order_equal"] = _orders_equal(K, payload["cases"][2], payload["varlen"][0])
@@ -381,6 +391,8 @@ def test_mask_args_must_have_batch_entries(interp):
     assert "attn_mode has 1 entries but the batch has B = 4" in got["short"], got
     assert "attn_mode has 1 entries but the batch has B = 4" in got["short_unchecked"], got
     assert "attn_mode has 5 entries but the batch has B = 4" in got["long"], got
+    assert "attn_mode has 1 entries but the batch has B = 4" in got["kernel_short"], got
+    assert "but cu_seqlens describes N =" in got["kernel_varlen_short"], got
 
 
 def _visited(lo: int, hi: int, step: int, nt: int) -> set[int]:
