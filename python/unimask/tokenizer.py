@@ -215,6 +215,40 @@ def _check_num_threads(value: Any) -> int | None:
     return _check_int("num_threads", value, 1, 1024, allow_none=True)
 
 
+def _decoder_config(decoder: Any, prefix: str) -> dict | None:
+    """The ``decoder`` argument as ``tokenizer.json`` writes it: a WordPiece decoder dict, or
+    None (no decoder). ``ValueError`` for a decoder :meth:`WordPieceTokenizer.decode` does not
+    reproduce."""
+    if isinstance(decoder, str):
+        if decoder != "wordpiece":
+            raise ValueError(f'decoder must be "wordpiece", a WordPiece decoder dict or None, got {decoder!r}')
+        return {"type": "WordPiece", "prefix": prefix, "cleanup": True}
+    if decoder is None:
+        return None
+    if not isinstance(decoder, dict):
+        raise TypeError(f'decoder must be "wordpiece", a dict or None, got {type(decoder).__name__}')
+    if decoder.get("type") != "WordPiece":
+        raise ValueError(f"decoder {decoder!r} is not supported: only WordPiece decoders (or none) are reproduced")
+    dprefix, cleanup = decoder.get("prefix"), decoder.get("cleanup")
+    if not isinstance(dprefix, str) or not isinstance(cleanup, bool):
+        raise ValueError(f"a WordPiece decoder needs a str prefix and a bool cleanup, got {decoder!r}")
+    return {"type": "WordPiece", "prefix": dprefix, "cleanup": cleanup}
+
+
+def _config_token_names(cfg: dict, where: str) -> dict[str, str]:
+    """The special token names a ``tokenizer_config.json`` gives (``unk_token``...
+    ``mask_token``), as constructor keyword arguments."""
+    names: dict[str, str] = {}
+    for key in ("unk_token", "cls_token", "sep_token", "pad_token", "mask_token"):
+        try:
+            tok = _token_str(cfg.get(key))
+        except ValueError as e:
+            raise ValueError(f"{where}: {key}: {e}") from None
+        if tok is not None:
+            names[key] = tok
+    return names
+
+
 def _token_str(value: Any) -> str | None:
     """tokenizer_config.json stores tokens as str or as {"content": str, ...}."""
     if value is None or isinstance(value, str):
@@ -234,6 +268,12 @@ class WordPieceTokenizer:
     are unchanged. ``num_threads`` (None = all cores) sets the pool used by
     :meth:`encode_batch`; results never depend on it. Instances are picklable (DataLoader
     workers rebuild the Rust object from the vocabulary).
+
+    ``decoder`` sets how :meth:`decode` joins tokens, as the ``decoder`` of an HF
+    ``tokenizer.json``: ``"wordpiece"`` (default) is HF's ``decoders.WordPiece`` with
+    ``continuing_subword_prefix`` and ``cleanup=True``; a dict ``{"type": "WordPiece",
+    "prefix": str, "cleanup": bool}`` sets both; ``None`` is HF without a decoder (tokens
+    joined with single spaces).
     """
 
     def __init__(
@@ -254,11 +294,13 @@ class WordPieceTokenizer:
         special_tokens: Sequence[str] | None = None,
         chinese_dict: str | os.PathLike | None = None,
         num_threads: int | None = None,
+        decoder: str | dict | None = "wordpiece",
     ) -> None:
         if isinstance(vocab, (str, bytes, os.PathLike)):
             raise TypeError("vocab must be a list of tokens; use WordPieceTokenizer.from_vocab(path) for a file")
         _check_normalizer_flags(lowercase, strip_accents, clean_text, handle_chinese_chars)
         max_input_chars_per_word = _check_int("max_input_chars_per_word", max_input_chars_per_word, 1)
+        decoder = _decoder_config(decoder, continuing_subword_prefix)
         self.num_threads = num_threads
         self._config: dict[str, Any] = dict(
             lowercase=lowercase,
@@ -274,6 +316,7 @@ class WordPieceTokenizer:
             max_input_chars_per_word=max_input_chars_per_word,
             special_tokens=None if special_tokens is None else list(special_tokens),
             chinese_dict=None if chinese_dict is None else os.fspath(chinese_dict),
+            decoder=decoder,
         )
         tokens = list(vocab)
         for i, t in enumerate(tokens):
@@ -298,6 +341,7 @@ class WordPieceTokenizer:
             mask_token=mask_token,
             special_tokens=specials,
             chinese_dict=self._config["chinese_dict"],
+            decoder=None if decoder is None else (decoder["prefix"], decoder["cleanup"]),
         )
 
     # ------------------------------------------------------------------ construction
@@ -319,8 +363,17 @@ class WordPieceTokenizer:
         """Load a BERT-family model directory: ``tokenizer.json`` if present (HF ``tokenizers``
         format), else ``vocab.txt`` with the settings of ``tokenizer_config.json``.
 
+        The special token names (``unk_token``, ``cls_token``, ``sep_token``, ``pad_token``,
+        ``mask_token``: strings or ``{"content": ...}`` dicts, as transformers writes them) are
+        read from ``tokenizer_config.json`` whenever it exists, also next to ``tokenizer.json``;
+        without it, ``tokenizer.json``'s padding token, then a ``[PAD]``/``<pad>`` and
+        ``[MASK]``/``<mask>`` added token, are taken. A name that contradicts ``tokenizer.json``
+        (another unknown token than the model's, another ``[CLS]``/``[SEP]`` than the
+        template's) raises ``ValueError``. ``decode`` follows the ``decoder`` of
+        ``tokenizer.json`` (WordPiece with its prefix and cleanup, or null).
+
         Raises ``ValueError`` when the tokenizer is not a BERT WordPiece pipeline this class
-        reproduces exactly (another normalizer, added tokens with lstrip/rstrip, ...). The
+        reproduces exactly (another normalizer or decoder, added tokens with lstrip/rstrip, ...). The
         truncation/padding settings stored in ``tokenizer.json`` are not applied: pass
         ``max_length`` to the encode calls and pad with :meth:`RaggedBatch.to_padded`.
         Keyword arguments override the loaded settings (e.g. ``num_threads``, ``chinese_dict``).
@@ -328,32 +381,36 @@ class WordPieceTokenizer:
         d = Path(directory)
         if not d.is_dir():
             raise FileNotFoundError(f"not a directory: {d}")
-        tj = d / "tokenizer.json"
-        if tj.is_file():
-            return cls._from_tokenizer_json(json.loads(tj.read_text(encoding="utf-8")), str(tj), **kwargs)
-        vocab = d / "vocab.txt"
-        if not vocab.is_file():
-            raise FileNotFoundError(f"{d} has neither tokenizer.json nor vocab.txt")
         cfg: dict[str, Any] = {}
         tc = d / "tokenizer_config.json"
         if tc.is_file():
             cfg = json.loads(tc.read_text(encoding="utf-8"))
-        opts: dict[str, Any] = {}
+            if not isinstance(cfg, dict):
+                raise ValueError(f"{tc}: expected a JSON object, got {type(cfg).__name__}")
+        names = _config_token_names(cfg, str(tc))
+        tj = d / "tokenizer.json"
+        if tj.is_file():
+            return cls._from_tokenizer_json(json.loads(tj.read_text(encoding="utf-8")), str(tj), names, **kwargs)
+        vocab = d / "vocab.txt"
+        if not vocab.is_file():
+            raise FileNotFoundError(f"{d} has neither tokenizer.json nor vocab.txt")
+        opts: dict[str, Any] = dict(names)
         if "do_lower_case" in cfg:
             opts["lowercase"] = bool(cfg["do_lower_case"])
         if cfg.get("strip_accents") is not None:
             opts["strip_accents"] = bool(cfg["strip_accents"])
         if "tokenize_chinese_chars" in cfg:
             opts["handle_chinese_chars"] = bool(cfg["tokenize_chinese_chars"])
-        for key in ("unk_token", "cls_token", "sep_token", "pad_token", "mask_token"):
-            tok = _token_str(cfg.get(key))
-            if tok is not None:
-                opts[key] = tok
         opts.update(kwargs)
         return cls.from_vocab(vocab, **opts)
 
     @classmethod
-    def _from_tokenizer_json(cls, tj: dict, where: str, **kwargs: Any) -> "WordPieceTokenizer":
+    def _from_tokenizer_json(
+        cls, tj: dict, where: str, names: dict[str, str] | None = None, **kwargs: Any
+    ) -> "WordPieceTokenizer":
+        """Build from a parsed ``tokenizer.json``; ``names``: special token names read from
+        ``tokenizer_config.json`` (see :meth:`from_pretrained`)."""
+        names = names or {}
         model = tj.get("model") or {}
         if model.get("type") != "WordPiece":
             raise ValueError(f"{where}: model type must be WordPiece, got {model.get('type')!r}")
@@ -397,24 +454,41 @@ class WordPieceTokenizer:
                 raise ValueError(f"{where}: post_processor pair template {post['pair']} is not [CLS] $A [SEP] $B:1 [SEP]:1")
         elif post:
             raise ValueError(f"{where}: unsupported post_processor {post.get('type')!r}")
+        else:  # no template: the names come from tokenizer_config.json, if any
+            cls_token, sep_token = names.get("cls_token", cls_token), names.get("sep_token", sep_token)
+        unk_token = model.get("unk_token", "[UNK]")
+        for key, here in (("unk_token", unk_token), ("cls_token", cls_token), ("sep_token", sep_token)):
+            if names.get(key, here) != here:
+                raise ValueError(
+                    f"{where}: tokenizer_config.json has {key}={names[key]!r} but tokenizer.json uses {here!r}"
+                )
+        try:
+            decoder = _decoder_config(tj.get("decoder"), model.get("continuing_subword_prefix", "##"))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{where}: {e}") from None
         lowercase = bool(norm.get("lowercase", True))
         opts: dict[str, Any] = dict(
             lowercase=lowercase,
             strip_accents=norm.get("strip_accents"),
             clean_text=bool(norm.get("clean_text", True)),
             handle_chinese_chars=bool(norm.get("handle_chinese_chars", True)),
-            unk_token=model.get("unk_token", "[UNK]"),
+            unk_token=unk_token,
             continuing_subword_prefix=model.get("continuing_subword_prefix", "##"),
             max_input_chars_per_word=int(model.get("max_input_chars_per_word", 100)),
             cls_token=cls_token,
             sep_token=sep_token,
             special_tokens=specials,
+            decoder=decoder,
         )
         for tok in specials:
             if tok in ("[PAD]", "<pad>"):
                 opts["pad_token"] = tok
             if tok in ("[MASK]", "<mask>"):
                 opts["mask_token"] = tok
+        padding = tj.get("padding")
+        if isinstance(padding, dict) and isinstance(padding.get("pad_token"), str):
+            opts["pad_token"] = padding["pad_token"]
+        opts.update({k: v for k, v in names.items() if k in ("pad_token", "mask_token")})
         opts.update(kwargs)
         return cls(tokens, **opts)  # type: ignore[arg-type]
 
@@ -530,7 +604,7 @@ class WordPieceTokenizer:
             },
             "pre_tokenizer": {"type": "BertPreTokenizer"},
             "post_processor": post,
-            "decoder": {"type": "WordPiece", "prefix": c["continuing_subword_prefix"], "cleanup": True},
+            "decoder": None if c["decoder"] is None else dict(c["decoder"]),
             "model": {
                 "type": "WordPiece",
                 "unk_token": c["unk_token"],
@@ -548,7 +622,14 @@ class WordPieceTokenizer:
 
     def save_pretrained(self, directory: str | os.PathLike) -> list[Path]:
         """Write ``vocab.txt``, ``tokenizer.json``, ``tokenizer_config.json`` and
-        ``special_tokens_map.json`` into ``directory`` (created if needed)."""
+        ``special_tokens_map.json`` into ``directory`` (created if needed).
+
+        :meth:`from_pretrained` and HF ``tokenizers`` read it back exactly, special token names
+        included; so does transformers' ``AutoTokenizer``: ``tokenizer_class`` is
+        ``BertTokenizer`` when that class rebuilds this very pipeline from ``vocab.txt`` and the
+        config (default ``clean_text``, 100 characters a word, ``##``, the default decoder, the
+        five named special tokens), else ``PreTrainedTokenizerFast`` (``tokenizer.json`` as is).
+        """
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         c = self._config
@@ -556,8 +637,18 @@ class WordPieceTokenizer:
         vocab.write_text("".join(t + "\n" for t in self._tokens), encoding="utf-8")
         tj = self.save(d / "tokenizer.json")
         names = {k: c[k] for k in ("unk_token", "sep_token", "pad_token", "cls_token", "mask_token")}
+        specials = {self._tokens[i] for i in self._native.special_ids()}
+        bert_rebuilds_it = (
+            c["clean_text"]
+            and c["max_input_chars_per_word"] == 100
+            and c["continuing_subword_prefix"] == "##"
+            and c["decoder"] == {"type": "WordPiece", "prefix": "##", "cleanup": True}
+            and self.cls_id is not None
+            and self.sep_id is not None
+            and specials == {t for t in names.values() if self.token_to_id(t) is not None}
+        )
         cfg = {
-            "tokenizer_class": "BertTokenizer",
+            "tokenizer_class": "BertTokenizer" if bert_rebuilds_it else "PreTrainedTokenizerFast",
             "do_lower_case": c["lowercase"],
             "strip_accents": c["strip_accents"],
             "tokenize_chinese_chars": c["handle_chinese_chars"],
@@ -683,8 +774,9 @@ class WordPieceTokenizer:
         return self.encode_batch(texts, **kwargs)
 
     def decode(self, ids: Iterable[int] | np.ndarray, skip_special_tokens: bool = True) -> str:
-        """Ids back to text with HF's WordPiece decoder rules (``##`` pieces glued, cleanup of
-        spaces before punctuation). Raises ``ValueError`` for ids outside the vocabulary."""
+        """Ids back to text as HF ``Tokenizer.decode`` with this tokenizer's ``decoder`` (by
+        default WordPiece: ``##`` pieces glued, cleanup of spaces before punctuation; see the
+        class docstring). Raises ``ValueError`` naming an id outside the vocabulary."""
         if isinstance(ids, np.ndarray):
             if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
                 raise TypeError(f"ids must be a 1-d integer array, got {ids.dtype} with shape {ids.shape}")

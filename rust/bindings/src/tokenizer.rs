@@ -15,7 +15,7 @@ use unimask_core::padding;
 use unimask_core::segment::Segmenter;
 use unimask_core::shards;
 use unimask_core::tokenizer::{
-    BatchInput, EncodeOptions, EncodingBuf, Seq, Tokenizer, TokenizerConfig, Truncation,
+    BatchInput, Decoder, EncodeOptions, EncodingBuf, Seq, Tokenizer, TokenizerConfig, Truncation,
 };
 use unimask_core::train;
 use unimask_core::vocab::Vocab;
@@ -234,7 +234,7 @@ impl PyTokenizer {
         lowercase=true, unk_token="[UNK]".to_string(), continuing_subword_prefix="##".to_string(),
         max_input_chars_per_word=100, cls_token="[CLS]".to_string(), sep_token="[SEP]".to_string(),
         pad_token="[PAD]".to_string(), mask_token="[MASK]".to_string(), special_tokens=None,
-        chinese_dict=None))]
+        chinese_dict=None, decoder=Some(("##".to_string(), true))))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -252,6 +252,7 @@ impl PyTokenizer {
         mask_token: String,
         special_tokens: Option<Vec<String>>,
         chinese_dict: Option<std::path::PathBuf>,
+        decoder: Option<(String, bool)>,
     ) -> PyResult<Self> {
         let special_tokens = special_tokens.unwrap_or_else(|| {
             vec![
@@ -277,6 +278,12 @@ impl PyTokenizer {
             pad_token,
             mask_token,
             special_tokens,
+            // (prefix, cleanup) of HF's WordPiece decoder; None: no decoder (tokens joined
+            // with spaces).
+            decoder: match decoder {
+                Some((prefix, cleanup)) => Decoder::WordPiece { prefix, cleanup },
+                None => Decoder::Spaces,
+            },
         };
         let inner = run_detached(py, move || {
             let seg = chinese_dict
@@ -464,7 +471,7 @@ impl PyTokenizer {
         ))
     }
 
-    /// Decode ids to text (HF WordPiece decoder rules). An int that
+    /// Decode ids to text (HF `Tokenizer::decode` with the configured decoder). An int that
     /// is no token id (negative, too large, beyond 64 bits) is a `ValueError` naming it.
     #[pyo3(signature = (ids, skip_special_tokens=true))]
     fn decode(

@@ -90,6 +90,29 @@ pub struct TokenizerConfig {
     /// Tokens matched verbatim in the raw text before normalization (HF "added tokens"
     /// with `normalized: false`). Those missing from the vocabulary are ignored.
     pub special_tokens: Vec<String>,
+    /// How [`Tokenizer::decode`] joins tokens (the `decoder` of HF's `tokenizer.json`).
+    pub decoder: Decoder,
+}
+
+/// How [`Tokenizer::decode`] turns tokens back into text: the `decoder` of an HF
+/// `tokenizer.json`, for the decoders reproduced here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decoder {
+    /// HF `decoders::WordPiece`: a token (other than the first) starting with `prefix` is glued
+    /// to the previous one with the prefix removed, others get a space before them; with
+    /// `cleanup`, HF's per-token cleanup rules (no space before `.`, `,`, `n't`...) follow.
+    WordPiece { prefix: String, cleanup: bool },
+    /// No decoder (`"decoder": null`): HF's `Tokenizer::decode` joins the tokens with spaces.
+    Spaces,
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Decoder::WordPiece {
+            prefix: "##".into(),
+            cleanup: true,
+        }
+    }
 }
 
 impl Default for TokenizerConfig {
@@ -107,6 +130,7 @@ impl Default for TokenizerConfig {
                 .iter()
                 .map(|s| s.to_string())
                 .collect(),
+            decoder: Decoder::default(),
         }
     }
 }
@@ -2138,11 +2162,10 @@ impl Tokenizer {
         seg.chars().count() as u32
     }
 
-    /// Decode ids to text like HF's WordPiece decoder (`cleanup=True`): pieces starting with
-    /// the continuation prefix are glued to the previous token, others get a space, then the
-    /// reference's per-token cleanup rules. Unknown ids are an error (HF drops them silently).
+    /// Decode ids to text like HF's `Tokenizer::decode` with the configured [`Decoder`]
+    /// (special tokens skipped first when `skip_special_tokens`). Unknown ids are an error (HF
+    /// drops them silently).
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
-        let prefix = self.config.continuing_subword_prefix.as_str();
         let mut s = String::with_capacity(ids.len() * 6);
         let mut first = true;
         let mut tok = String::new();
@@ -2156,17 +2179,31 @@ impl Tokenizer {
             if skip_special_tokens && self.is_special(id) {
                 continue;
             }
-            tok.clear();
-            if first {
-                tok.push_str(t);
-            } else if let Some(rest) = t.strip_prefix(prefix) {
-                tok.push_str(rest);
-            } else {
-                tok.push(' ');
-                tok.push_str(t);
+            match &self.config.decoder {
+                Decoder::Spaces => {
+                    if !first {
+                        s.push(' ');
+                    }
+                    s.push_str(t);
+                }
+                Decoder::WordPiece { prefix, cleanup } => {
+                    tok.clear();
+                    if first {
+                        tok.push_str(t);
+                    } else if let Some(rest) = t.strip_prefix(prefix.as_str()) {
+                        tok.push_str(rest);
+                    } else {
+                        tok.push(' ');
+                        tok.push_str(t);
+                    }
+                    if *cleanup {
+                        s.push_str(&wordpiece_cleanup(&tok));
+                    } else {
+                        s.push_str(&tok);
+                    }
+                }
             }
             first = false;
-            s.push_str(&cleanup(&tok));
         }
         Ok(s)
     }
@@ -2326,7 +2363,7 @@ fn check_len(t: &str, what: impl Fn() -> String) -> Result<()> {
 }
 
 /// HF `decoders::wordpiece::cleanup`, applied to each decoded token.
-fn cleanup(t: &str) -> String {
+fn wordpiece_cleanup(t: &str) -> String {
     t.replace(" .", ".")
         .replace(" ?", "?")
         .replace(" !", "!")
@@ -2924,5 +2961,37 @@ mod tests {
         );
         assert_eq!(t.decode(&[2, 5, 3], false).unwrap(), "[CLS] hello [SEP]");
         assert!(t.decode(&[99], true).is_err());
+    }
+
+    #[test]
+    fn decode_follows_the_configured_decoder() {
+        let with = |decoder: Decoder| {
+            let words = [
+                "[PAD]", "[UNK]", "[CLS]", "[SEP]", "hello", "@@llo", ",", "##x", "n't",
+            ];
+            let cfg = TokenizerConfig {
+                decoder,
+                ..Default::default()
+            };
+            let t = Tokenizer::new(
+                Vocab::new(words.iter().map(|s| s.to_string()).collect()).unwrap(),
+                cfg,
+            )
+            .unwrap();
+            (
+                t.decode(&[2, 4, 6, 5, 7, 8, 3], true).unwrap(),
+                t.decode(&[2, 4, 3], false).unwrap(),
+            )
+        };
+        let wp = |prefix: &str, cleanup| Decoder::WordPiece {
+            prefix: prefix.into(),
+            cleanup,
+        };
+        // Hand-computed from HF's rules: ["hello", ",", "@@llo", "##x", "n't"].
+        assert_eq!(with(wp("##", true)).0, "hello, @@lloxn't");
+        assert_eq!(with(wp("##", false)).0, "hello , @@llox n't");
+        assert_eq!(with(wp("@@", true)).0, "hello,llo ##xn't");
+        assert_eq!(with(Decoder::Spaces).0, "hello , @@llo ##x n't");
+        assert_eq!(with(Decoder::Spaces).1, "[CLS] hello [SEP]");
     }
 }
