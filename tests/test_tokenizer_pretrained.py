@@ -201,3 +201,36 @@ def test_decoder_argument(minilm_dir):
         WordPieceTokenizer(CUSTOM, decoder="bpe")
     with pytest.raises(TypeError, match="decoder"):
         WordPieceTokenizer(CUSTOM, decoder=["WordPiece"])
+
+
+# ------------------------------------------------------------------------------- post-processor
+
+
+@pytest.mark.parametrize("post", ["null", "missing"])
+def test_no_post_processor_adds_no_special_tokens_as_hf(tmp_path, minilm_dir, corpus_paths, post):
+    """A tokenizer.json without a post-processor: HF adds no [CLS]/[SEP] even when asked (a
+    pair is A B, type ids 0 / 1); so do we, through save_pretrained and pickle too."""
+    tj = json.loads((minilm_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    if post == "missing":
+        del tj["post_processor"]
+    else:
+        tj["post_processor"] = None
+    tj["padding"] = tj["truncation"] = None
+    d = _write(tmp_path / "t", tj)
+    hf = tokenizers.Tokenizer.from_file(str(d / "tokenizer.json"))
+    ut = WordPieceTokenizer.from_pretrained(d, num_threads=1)
+    lines = [ln for ln in corpus_paths[0].read_text(encoding="utf-8").splitlines() if ln.strip()][:60]
+    pairs = list(zip(lines[::2], lines[1::2]))
+    for a, b in pairs:
+        for args in ((a,), (a, b)):
+            e, f = hf.encode(*args), ut.encode(*args)
+            assert list(f.ids) == e.ids and list(f.type_ids) == e.type_ids, args
+    batch = ut.encode_batch([a for a, _ in pairs], [b for _, b in pairs])
+    want = hf.encode_batch(pairs)
+    assert [batch.ids_flat[x:y].tolist() for x, y in zip(batch.row_splits[:-1], batch.row_splits[1:])] == [e.ids for e in want]
+    ut.save_pretrained(tmp_path / "saved")
+    assert json.loads((tmp_path / "saved" / "tokenizer.json").read_text(encoding="utf-8"))["post_processor"] is None
+    for t in (WordPieceTokenizer.from_pretrained(tmp_path / "saved"), pickle.loads(pickle.dumps(ut))):
+        assert list(t.encode(lines[0], lines[1]).ids) == hf.encode(lines[0], lines[1]).ids
+    # the template is still there by default: the MiniLM file as shipped adds [CLS]/[SEP]
+    assert list(WordPieceTokenizer.from_pretrained(minilm_dir).encode("hi").ids) == [101, 7632, 102]

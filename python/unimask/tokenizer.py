@@ -274,6 +274,10 @@ class WordPieceTokenizer:
     ``continuing_subword_prefix`` and ``cleanup=True``; a dict ``{"type": "WordPiece",
     "prefix": str, "cleanup": bool}`` sets both; ``None`` is HF without a decoder (tokens
     joined with single spaces).
+
+    ``template=False`` is an HF ``tokenizer.json`` without a post-processor: then
+    ``add_special_tokens=True`` adds nothing (a pair is ``A B`` with type ids 0 / 1), as HF
+    does; by default it adds BERT's ``[CLS] A [SEP] (B [SEP])``.
     """
 
     def __init__(
@@ -295,6 +299,7 @@ class WordPieceTokenizer:
         chinese_dict: str | os.PathLike | None = None,
         num_threads: int | None = None,
         decoder: str | dict | None = "wordpiece",
+        template: bool = True,
     ) -> None:
         if isinstance(vocab, (str, bytes, os.PathLike)):
             raise TypeError("vocab must be a list of tokens; use WordPieceTokenizer.from_vocab(path) for a file")
@@ -317,6 +322,7 @@ class WordPieceTokenizer:
             special_tokens=None if special_tokens is None else list(special_tokens),
             chinese_dict=None if chinese_dict is None else os.fspath(chinese_dict),
             decoder=decoder,
+            template=_check_flag("template", template),
         )
         tokens = list(vocab)
         for i, t in enumerate(tokens):
@@ -454,7 +460,7 @@ class WordPieceTokenizer:
                 raise ValueError(f"{where}: post_processor pair template {post['pair']} is not [CLS] $A [SEP] $B:1 [SEP]:1")
         elif post:
             raise ValueError(f"{where}: unsupported post_processor {post.get('type')!r}")
-        else:  # no template: the names come from tokenizer_config.json, if any
+        else:  # no post-processor: HF adds no special tokens; the names come from tokenizer_config.json, if any
             cls_token, sep_token = names.get("cls_token", cls_token), names.get("sep_token", sep_token)
         unk_token = model.get("unk_token", "[UNK]")
         for key, here in (("unk_token", unk_token), ("cls_token", cls_token), ("sep_token", sep_token)):
@@ -479,6 +485,7 @@ class WordPieceTokenizer:
             sep_token=sep_token,
             special_tokens=specials,
             decoder=decoder,
+            template=bool(post),
         )
         for tok in specials:
             if tok in ("[PAD]", "<pad>"):
@@ -574,7 +581,7 @@ class WordPieceTokenizer:
             return {"id": tok, "ids": [self.token_to_id(tok)], "tokens": [tok]}
 
         post = None
-        if self.cls_id is not None and self.sep_id is not None:
+        if c["template"] and self.cls_id is not None and self.sep_id is not None:
             post = {
                 "type": "TemplateProcessing",
                 "single": [{"SpecialToken": {"id": cls_t, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": {"id": sep_t, "type_id": 0}}],
@@ -695,7 +702,7 @@ class WordPieceTokenizer:
         """
         max_length, stride = _check_max_length(max_length, truncation, stride)
         ids, types, offsets, words, splits, k, m = self._native.encode_overflowing(
-            text, pair, _check_flag("add_special_tokens", add_special_tokens), max_length, truncation, stride,
+            text, pair, self._specials_added(add_special_tokens), max_length, truncation, stride,
             _check_flag("is_split_into_words", is_split_into_words),
         )
         bounds = splits.tolist()
@@ -761,7 +768,7 @@ class WordPieceTokenizer:
         """
         max_length, stride = _check_max_length(max_length, truncation, stride)
         ids, types, offsets, words, splits, samples = self._native.encode_batch(
-            texts, pairs, _check_flag("add_special_tokens", add_special_tokens), max_length, truncation, stride,
+            texts, pairs, self._specials_added(add_special_tokens), max_length, truncation, stride,
             self.num_threads,
             _check_flag("return_overflowing", return_overflowing),
             _check_flag("is_split_into_words", is_split_into_words),
@@ -854,6 +861,10 @@ class WordPieceTokenizer:
     @num_threads.setter
     def num_threads(self, value: int | None) -> None:
         self._num_threads = _check_num_threads(value)
+
+    def _specials_added(self, add_special_tokens: Any) -> bool:
+        """Whether an encode call adds ``[CLS]``/``[SEP]``: asked for, and this tokenizer has the template."""
+        return _check_flag("add_special_tokens", add_special_tokens) and self._config["template"]
 
     # ------------------------------------------------------------------ pickling
 
