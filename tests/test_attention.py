@@ -235,6 +235,13 @@ def test_mask_args_must_have_one_entry_per_sample(backend, check, which, n):
         fn(q, k, v, args["attn_mode"], args["src_len"], args["seq_len"])
 
 
+def test_unchecked_list_arguments_of_the_right_length_still_work():
+    q, k, v = _inputs(2, 2, 2, 5, 8, dtype=torch.float64)
+    want = reference_attention(q, k, v, torch.tensor([1, 0]), torch.tensor([0, 0]), torch.tensor([5, 3]))
+    got = unified_attention(q, k, v, [1, 0], [0, 0], [5, 3], backend="sdpa", check=False)
+    assert torch.allclose(got, want, atol=1e-12)
+
+
 def test_integer_qkv_is_a_type_error_naming_the_dtype():
     q = torch.ones(1, 1, 3, 8, dtype=torch.int64)
     m = torch.tensor([0])

@@ -19,6 +19,7 @@ from unimask.masks import (
     RIGHT_TO_LEFT,
     SEQ2SEQ,
     allowed,
+    check_batch_len,
     check_mask_args,
     dense_mask,
 )
@@ -210,3 +211,9 @@ def test_check_mask_args_batch_counts_entries_and_never_broadcasts():
         dense_mask(two, one, two, 4, batch=2)
     # without batch only the three lengths are compared (as before)
     assert check_mask_args(one, one, torch.tensor([3]), 4)[2].tolist() == [3]
+    # lists are counted too (unified_attention(check=False) still accepts them)
+    with pytest.raises(ValueError, match="seq_len has 1 entries but the batch has B = 2"):
+        check_batch_len("seq_len", [4], 2)
+    check_batch_len("seq_len", [4, 4], 2)
+    with pytest.raises(ValueError, match="seq_len has type object but"):
+        check_batch_len("seq_len", object(), 2)

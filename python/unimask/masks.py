@@ -117,6 +117,11 @@ def check_batch_len(name: str, t: torch.Tensor, batch: int,
     message. Reads only the shape (no host-device sync), so a caller that skips
     :func:`check_mask_args` can still afford it: a shorter argument would make the Triton kernel
     read past its end, a length-1 one would be broadcast silently elsewhere."""
+    if not isinstance(t, torch.Tensor):
+        try:
+            t = torch.as_tensor(t)  # a list / array of lengths is fine
+        except Exception:  # noqa: BLE001 - reported below with its type
+            pass
     n = t.shape[0] if isinstance(t, torch.Tensor) and t.dim() == 1 else None
     if n != batch:
         got = f"{n} entries" if n is not None else (
