@@ -15,7 +15,7 @@ adds the packed-row columns::
 
     collate = PackingCollator(MLMCollator(tokenizer=tok, seed=0), max_length=512)
     batch = collate(samples)           # input_ids [R, L], labels, cu_seqlens [N + 1], attn_mode [N] ...
-    out = model(**batch)               # BertForPretraining / TransformerEncoder take cu_seqlens
+    out = model(**batch)               # BertForPretraining / UnifiedLM (an encoder takes cu_seqlens, attn_mode, src_len)
 
 ``R`` (the rows) varies from batch to batch: the point of packing is fewer rows for the same
 documents.
