@@ -44,15 +44,14 @@ SEQ2SEQ_SPECIAL_TOKENS = 3
 
 
 def _aux_weight(value: str) -> str | float:
+    """``--aux-lm-weight``: ``siatl`` or a finite number >= 0 (``nan``/``inf`` are usage errors)."""
     if value == "siatl":
         return value
     try:
-        w = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--aux-lm-weight must be 'siatl' or a number, got {value!r}") from None
-    if w < 0:
-        raise argparse.ArgumentTypeError(f"--aux-lm-weight must be >= 0, got {w}")
-    return w
+        return number(float, 0)(value)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"--aux-lm-weight must be 'siatl' or a finite number >= 0, "
+                                         f"got {value!r}") from None
 
 
 def _cvt_weight(value: str) -> float:

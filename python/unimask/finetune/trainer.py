@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -61,14 +62,24 @@ __all__ = ["FinetuneConfig", "finetune_classifier", "evaluate_classifier", "pred
 
 @dataclass
 class FinetuneConfig:
-    """Knobs of :func:`finetune_classifier` (defaults: BERT fine-tuning, Devlin et al. 2019 A.3)."""
+    """Knobs of :func:`finetune_classifier` (defaults: BERT fine-tuning, Devlin et al. 2019 A.3).
+
+    Every field is checked on construction; a bad value is a ``ValueError`` naming the field
+    and the value: counts (``epochs``, ``batch_size``, ``max_length``, ``grad_accum``) are ints
+    >= 1, ``lm_finetune_steps`` / ``log_every`` / ``cvt_eval_max`` ints >= 0, ``seed`` an int in
+    ``[0, 2**32)``; rates (``lr``, ``lm_lr``, ``lr_decay``, ``cvt_weight``) finite numbers > 0,
+    ``weight_decay`` and ``grad_clip`` finite numbers >= 0 (``grad_clip`` 0 or None: no
+    clipping), ``warmup_frac`` in ``[0, 1]``, ``cut_frac`` in ``(0, 1)``, ``stlr_ratio`` >= 1,
+    ``mlm_probability`` in ``(0, 1]``; ``aux_lm_weight`` None, ``"siatl"`` or a finite number
+    >= 0 (a numeric string is converted). NaN, infinities and bools are never numbers here.
+    """
 
     epochs: int = 3
     batch_size: int = 16
     lr: float = 5e-5
     weight_decay: float = 0.01
     max_length: int = 128
-    grad_clip: float = 1.0
+    grad_clip: float | None = 1.0  # max gradient norm; 0 or None: no clipping
     schedule: str = "linear"  # linear | stlr | constant
     warmup_frac: float = 0.1
     cut_frac: float = 0.1
@@ -91,41 +102,81 @@ class FinetuneConfig:
     pack: bool = False  # classification, regression, tagging: pack each batch's examples into rows of max_length
 
     def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        # every numeric field up front, as a ValueError naming it (a float epoch count, a NaN
+        # weight decay or a negative clip norm used to fail obscurely later or train silently wrong)
+        self.epochs = _config_number("epochs", self.epochs, 1, integer=True)
+        self.batch_size = _config_number("batch_size", self.batch_size, 1, integer=True)
+        self.lr = _config_number("lr", self.lr, 0, lo_open=True)
+        self.weight_decay = _config_number("weight_decay", self.weight_decay, 0)
+        self.max_length = _config_number("max_length", self.max_length, 1, integer=True)
+        if self.grad_clip is not None:  # None or 0: no clipping
+            self.grad_clip = _config_number("grad_clip", self.grad_clip, 0)
         if self.schedule not in ("linear", "stlr", "constant"):
             raise ValueError(f"schedule must be 'linear', 'stlr' or 'constant', got {self.schedule!r}")
-        if isinstance(self.aux_lm_weight, str):
-            if self.aux_lm_weight != "siatl":
+        self.warmup_frac = _config_number("warmup_frac", self.warmup_frac, 0, 1)
+        self.cut_frac = _config_number("cut_frac", self.cut_frac, 0, 1, lo_open=True, hi_open=True)
+        self.stlr_ratio = _config_number("stlr_ratio", self.stlr_ratio, 1)
+        self.lr_decay = _config_number("lr_decay", self.lr_decay, 0, lo_open=True)
+        for flag in ("discriminative_lr", "gradual_unfreeze", "pack"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ValueError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
+        if self.aux_lm_weight is not None and self.aux_lm_weight != "siatl":
+            w = self.aux_lm_weight
+            if isinstance(w, str):
                 try:
-                    self.aux_lm_weight = float(self.aux_lm_weight)
+                    w = float(w)
                 except ValueError:
-                    raise ValueError(f"aux_lm_weight must be 'siatl' or a number, got {self.aux_lm_weight!r}") from None
-        if isinstance(self.aux_lm_weight, (int, float)) and self.aux_lm_weight < 0:
-            raise ValueError(f"aux_lm_weight must be >= 0, got {self.aux_lm_weight}")
-        if self.lm_finetune_steps < 0:
-            raise ValueError(f"lm_finetune_steps must be >= 0, got {self.lm_finetune_steps}")
-        if isinstance(self.cvt_weight, bool) or not isinstance(self.cvt_weight, (int, float)) \
-                or not math.isfinite(self.cvt_weight) or self.cvt_weight <= 0:
-            raise ValueError(f"cvt_weight must be a finite number > 0, got {self.cvt_weight!r}")
+                    raise ValueError(f"aux_lm_weight must be None, 'siatl' or a finite number >= 0, "
+                                     f"got {self.aux_lm_weight!r}") from None
+            self.aux_lm_weight = _config_number("aux_lm_weight", w, 0, shown=self.aux_lm_weight)
+        self.lm_finetune_steps = _config_number("lm_finetune_steps", self.lm_finetune_steps, 0, integer=True)
+        self.lm_lr = _config_number("lm_lr", self.lm_lr, 0, lo_open=True)
+        # (0, 1]: a masked LM that masks nothing has no targets (its loss would be a constant 0)
+        self.mlm_probability = _config_number("mlm_probability", self.mlm_probability, 0, 1, lo_open=True)
+        self.cvt_weight = _config_number("cvt_weight", self.cvt_weight, 0, lo_open=True)
         if isinstance(self.cvt_unlabeled, Path):
             self.cvt_unlabeled = str(self.cvt_unlabeled)
         if self.cvt_unlabeled is not None and not isinstance(self.cvt_unlabeled, str):
             raise TypeError(f"cvt_unlabeled must be a file path (str), got {type(self.cvt_unlabeled).__name__}; "
                             "pass texts with finetune_classifier(..., unlabeled=[...])")
-        if self.cvt_eval_max < 0:
-            raise ValueError(f"cvt_eval_max must be >= 0, got {self.cvt_eval_max}")
+        if not isinstance(self.cvt_text_field, str):
+            raise ValueError(f"cvt_text_field must be a column name (str), got {self.cvt_text_field!r}")
+        self.cvt_eval_max = _config_number("cvt_eval_max", self.cvt_eval_max, 0, integer=True)
+        # seed * 1000 + epoch seeds torch generators, numpy takes [seed, epoch]: both need >= 0
+        self.seed = _config_number("seed", self.seed, 0, 2**32, hi_open=True, integer=True)
+        self.log_every = _config_number("log_every", self.log_every, 0, integer=True)
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
-        if isinstance(self.grad_accum, bool) or not isinstance(self.grad_accum, int) or self.grad_accum < 1:
-            raise ValueError(f"grad_accum must be an int >= 1, got {self.grad_accum!r}")
+        self.grad_accum = _config_number("grad_accum", self.grad_accum, 1, integer=True)
         if self.pack and (self.aux_lm_weight or self.cvt_unlabeled is not None):
             raise ValueError("pack=True does not combine with the auxiliary LM or CVT (their batches are padded)")
         if self.grad_accum > 1 and self.cvt_unlabeled is not None:
             raise ValueError("grad_accum > 1 does not combine with CVT (its consistency steps come between the task "
                              "steps)")
+
+
+def _config_number(name: str, value: Any, lo: float | None = None, hi: float | None = None, *,
+                   lo_open: bool = False, hi_open: bool = False, integer: bool = False,
+                   shown: Any = None) -> Any:
+    """``value`` of the :class:`FinetuneConfig` field ``name`` as an ``int`` (``integer``) or a
+    finite ``float`` in the interval from ``lo`` to ``hi`` (``lo_open`` / ``hi_open``: bound
+    excluded); otherwise a ``ValueError`` naming the field and the value (``shown``, if given,
+    instead of ``value``). A bool is not a number, NaN and infinities are refused."""
+    what = "an int" if integer else "a finite number"
+    if lo is not None and hi is not None:
+        what += f" in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+    elif lo is not None:
+        what += f" {'>' if lo_open else '>='} {lo}"
+    elif hi is not None:
+        what += f" {'<' if hi_open else '<='} {hi}"
+    err = ValueError(f"{name} must be {what}, got {value if shown is None else shown!r}")
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral if integer else numbers.Real):
+        raise err
+    x = int(value) if integer else float(value)
+    if not math.isfinite(x) or (lo is not None and (x <= lo if lo_open else x < lo)) \
+            or (hi is not None and (x >= hi if hi_open else x > hi)):
+        raise err
+    return x
 
 
 def encode_examples(tokenizer, examples: Sequence[Example], max_length: int,
