@@ -13,13 +13,14 @@ so the expensive part of a feature-based experiment is paid once.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
-__all__ = ["ScalarMix", "concat_last_four", "FrozenFeatures", "model_fingerprint"]
+__all__ = ["ScalarMix", "concat_last_four", "FrozenFeatures", "model_fingerprint", "tokenizer_fingerprint"]
 
 
 class ScalarMix(nn.Module):
@@ -64,15 +65,35 @@ def model_fingerprint(model: nn.Module) -> str:
     return h.hexdigest()
 
 
+def tokenizer_fingerprint(tokenizer) -> str:
+    """sha256 of a tokenizer's settings and vocabulary: the cache key part for the tokenizer.
+
+    A unimask :class:`~unimask.tokenizer.WordPieceTokenizer` (or anything with
+    ``to_tokenizer_json()``) is hashed through its ``tokenizer.json`` (vocabulary, normalizer
+    flags such as ``lowercase``, special tokens, post-processor); an HF ``tokenizers.Tokenizer``
+    through ``to_str()``. Any other tokenizer has no stable identity to key a cache on: a
+    ``TypeError`` naming its type."""
+    if callable(getattr(tokenizer, "to_tokenizer_json", None)):
+        text = json.dumps(tokenizer.to_tokenizer_json(), sort_keys=True, ensure_ascii=False)
+    elif callable(getattr(tokenizer, "to_str", None)):
+        text = tokenizer.to_str()
+    else:
+        raise TypeError(f"cannot fingerprint a {type(tokenizer).__name__} tokenizer (no to_tokenizer_json() or "
+                        "to_str()) for the feature cache key; use cache_dir=None or a unimask WordPieceTokenizer")
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 class FrozenFeatures:
     """Per-layer token states of a frozen encoder, computed once and cached.
 
     ``FrozenFeatures(encoder, tokenizer, max_length=128, cache_dir=None, batch_size=32)``;
     :meth:`hidden_states` returns, per text, a float32 tensor ``[num_layers + 1, n_tokens, H]``
     (embeddings output first). With ``cache_dir`` each text's tensor is stored as
-    ``<sha256>.pt`` keyed by the weights fingerprint, ``max_length`` and the text; a later call
-    (another process too) loads it instead of running the encoder. :attr:`computed` counts the
-    texts that went through the encoder.
+    ``<sha256>.pt`` keyed by the weights fingerprint, the tokenizer fingerprint
+    (:func:`tokenizer_fingerprint`: its settings and vocabulary), ``max_length`` and the text;
+    a later call (another process too) loads it instead of running the encoder, and another
+    tokenizer (e.g. cased instead of lowercased) on the same ``cache_dir`` gets its own
+    entries. :attr:`computed` counts the texts that went through the encoder.
     """
 
     def __init__(self, encoder: nn.Module, tokenizer, max_length: int = 128, cache_dir: str | Path | None = None,
@@ -85,10 +106,11 @@ class FrozenFeatures:
         if self.cache_dir is not None:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
         self._fp = model_fingerprint(encoder) if self.cache_dir is not None else ""
+        self._tok_fp = tokenizer_fingerprint(tokenizer) if self.cache_dir is not None else ""
         self.computed = 0
 
     def _key(self, text: str) -> str:
-        return hashlib.sha256(f"{self._fp}\0{self.max_length}\0{text}".encode()).hexdigest()
+        return hashlib.sha256(f"{self._fp}\0{self._tok_fp}\0{self.max_length}\0{text}".encode()).hexdigest()
 
     @torch.no_grad()
     def _compute(self, texts: list[str]) -> list[torch.Tensor]:
@@ -112,7 +134,10 @@ class FrozenFeatures:
         return out
 
     def hidden_states(self, texts: Sequence[str]) -> list[torch.Tensor]:
-        """``[num_layers + 1, n_tokens, H]`` per text (from the cache where possible)."""
+        """``[num_layers + 1, n_tokens, H]`` per text (from the cache where possible). ``texts``
+        is a sequence of strings; one ``str`` is a ``TypeError`` (it is not split into characters)."""
+        if isinstance(texts, str):
+            raise TypeError("texts must be a sequence of strings, got one str (wrap it in a list)")
         texts = list(texts)
         if self.cache_dir is None:
             return self._compute(texts)
