@@ -9,6 +9,7 @@ mini-batches. :func:`mtdnn_schedule` builds that order (a pure function of seed 
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,7 +20,7 @@ from torch import nn
 
 from ..models.config import EncoderConfig
 from ..models.encoder import TransformerEncoder
-from .heads import POOLINGS, TaskOutput, pool_hidden
+from .heads import POOLINGS, TaskOutput, _class_targets, _scored_ce, pool_hidden
 
 __all__ = ["mtdnn_schedule", "MultiTaskModel", "TaskHead"]
 
@@ -45,16 +46,50 @@ def mtdnn_schedule(batch_counts: Mapping[str, int], seed: int = 0, epoch: int = 
     return [order[i] for i in perm]
 
 
-class TaskHead(nn.Module):
-    """A classification (``num_labels`` >= 2) or regression (``num_labels`` == 1) head on pooled
-    encoder states."""
+def _regression_mse(predictions: torch.Tensor, labels: Any) -> torch.Tensor:
+    """MSE of ``predictions [N, 1]`` against float targets ``[N]`` or ``[N, 1]`` (both read
+    per row, as :class:`~unimask.finetune.heads.SequenceClassifier` and HF do: an ``[N, 1]``
+    target is never broadcast against ``[N]`` into an ``[N, N]`` difference); another shape is
+    a ``ValueError``."""
+    N = predictions.shape[0]
+    if not isinstance(labels, torch.Tensor):
+        labels = torch.as_tensor(labels)
+    if tuple(labels.shape) not in ((N,), (N, 1)):
+        raise ValueError(f"regression labels must have shape ({N},) or ({N}, 1), got {tuple(labels.shape)}")
+    return F.mse_loss(predictions.reshape(N).float(), labels.reshape(N).to(predictions.device).float())
 
-    def __init__(self, hidden_size: int, num_labels: int, pooling: str = "cls", dropout: float = 0.1) -> None:
+
+class TaskHead(nn.Module):
+    """A classification or regression head on pooled encoder states.
+
+    ``problem_type`` ``"classification"`` (cross-entropy over ``num_labels`` >= 2 classes) or
+    ``"regression"`` (MSE of one output, ``num_labels`` 1); by default it follows
+    ``num_labels`` (1: regression). Labels are checked as in
+    :class:`~unimask.finetune.heads.SequenceClassifier`: class labels must be integer ids
+    ``[N]`` in ``[0, num_labels)`` or ``-100`` (not scored; a float label is a ``TypeError``,
+    another id a ``ValueError``), a batch without a scored label gives a 0 loss (not NaN);
+    regression targets are ``[N]`` or ``[N, 1]``.
+    """
+
+    def __init__(self, hidden_size: int, num_labels: int, pooling: str = "cls", dropout: float = 0.1,
+                 problem_type: str | None = None) -> None:
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        if isinstance(num_labels, bool) or not isinstance(num_labels, numbers.Integral) or num_labels < 1:
+            raise ValueError(f"num_labels must be an int >= 1, got {num_labels!r}")
+        num_labels = int(num_labels)
+        if problem_type is None:
+            problem_type = "regression" if num_labels == 1 else "classification"
+        if problem_type not in ("classification", "regression"):
+            raise ValueError(f"problem_type must be 'classification' or 'regression', got {problem_type!r}")
+        if problem_type == "classification" and num_labels < 2:
+            raise ValueError(f"a classification head needs num_labels >= 2, got {num_labels}")
+        if problem_type == "regression" and num_labels != 1:
+            raise ValueError(f"a regression head has num_labels 1, got {num_labels}")
         self.pooling = pooling
         self.num_labels = num_labels
+        self.problem_type = problem_type
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(3 * hidden_size if pooling == "concat" else hidden_size, num_labels)
 
@@ -63,17 +98,19 @@ class TaskHead(nn.Module):
         logits = self.classifier(self.dropout(pool_hidden(hidden, attention_mask, self.pooling)))
         loss = None
         if labels is not None:
-            if self.num_labels == 1:
-                loss = F.mse_loss(logits[:, 0].float(), labels.float())
+            if self.problem_type == "regression":
+                loss = _regression_mse(logits, labels)
             else:
-                loss = F.cross_entropy(logits.float(), labels.long())
+                y = _class_targets(labels, self.num_labels, (logits.shape[0],), what="a class id").to(logits.device)
+                loss = _scored_ce(logits, y)
         return TaskOutput(loss, logits, last_hidden_state=hidden)
 
 
 class MultiTaskModel(nn.Module):
     """Shared :class:`TransformerEncoder` + one :class:`TaskHead` per task.
 
-    ``MultiTaskModel(encoder, {"sentiment": 2, "topic": 4, "sts": 1})``;
+    ``MultiTaskModel(encoder, {"sentiment": 2, "topic": 4, "sts": 1})`` (a task with 1 output is
+    a regression head, >= 2 a classifier; labels checked as :class:`TaskHead` does);
     ``model(task="topic", input_ids=..., attention_mask=..., labels=...)``.
     """
 

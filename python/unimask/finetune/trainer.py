@@ -455,7 +455,9 @@ def finetune_classifier(model: SequenceClassifier, tokenizer, train: Sequence[Ex
     "cvt": None or {...}, "cvt_heads": CrossViewHeads or None}``.
 
     ``extra_tasks`` (name -> labelled examples) turns the run into MT-DNN multi-task training:
-    each extra task gets a :class:`~unimask.finetune.multitask.TaskHead` on the shared encoder,
+    each extra task is a classification task with at least 2 distinct labels (a task with a
+    single label is a ``ValueError``, not a 1-output regression head) and gets a
+    :class:`~unimask.finetune.multitask.TaskHead` on the shared encoder,
     every step takes one mini-batch of one task (the main task is called ``"main"``), in the
     order of :func:`~unimask.finetune.multitask.mtdnn_schedule`. The auxiliary LM loss, when
     enabled, is added on every step.
@@ -508,8 +510,11 @@ def finetune_classifier(model: SequenceClassifier, tokenizer, train: Sequence[Ex
         if not exs:
             raise ValueError(f"extra task {name!r} has no examples")
         maps[name] = LabelMap.from_examples(exs)
+        if len(maps[name]) < 2:  # a 1-output head would be a regressor trained by MSE on class id 0
+            raise ValueError(f"extra task {name!r} has a single label {maps[name].labels}: extra tasks are "
+                             "classification tasks and need at least 2 distinct labels")
         heads[name] = TaskHead(model.config.hidden_size, len(maps[name]), model.pooling,
-                               model.config.hidden_dropout_prob)
+                               model.config.hidden_dropout_prob, problem_type="classification")
         heads[name].apply(model.encoder._init_weights)
     heads.to(device)
     if aux is not None:
