@@ -147,6 +147,38 @@ def test_aux_lm_loss_trains_the_shared_encoder_through_the_mlm_head(minilm_dir):
     assert not any(p is q for p in aux.parameters() for q in enc.parameters())  # head only
 
 
+def test_aux_lm_sees_sentence_pairs_as_the_task_forward_does(minilm_dir):
+    """SiATL on pairs: the auxiliary LM's encoder call gets the task forward's token types
+    (segment B = 1, as the tokenizer lays out a pair) and attention mask, not all-0 types."""
+    tok = WordPieceTokenizer.from_pretrained(minilm_dir)
+    rows = _fortunes(4)
+    data = [Example(a.text, b.text, a.label) for a, b in zip(rows, rows[1:] + rows[:1])]
+    torch.manual_seed(0)
+    model = SequenceClassifier(_cfg(vocab_size=tok.vocab_size), LabelMap.from_examples(data))
+    calls = []
+    model.encoder.register_forward_pre_hook(lambda _m, args, _kw: calls.append([a.clone() for a in args[:3]]),
+                                            with_kwargs=True)
+    cfg = FinetuneConfig(epochs=1, batch_size=4, max_length=40, aux_lm_weight=0.5)
+    hist = finetune_classifier(model, tok, data, cfg)["history"]
+    assert len(hist) == 1 and hist[0]["lm_loss"] > 0
+    (task_ids, task_types, task_mask), (lm_ids, lm_types, lm_mask) = calls
+    # the oracle for the task side: the tokenizer's own pair layout, in the batch's shuffled order
+    seen = {tuple(task_ids[i, : int(task_mask[i].sum())].tolist()): i for i in range(4)}
+    for e in data:
+        enc = tok.encode(e.text, e.text_pair, max_length=40)
+        i = seen[tuple(enc.ids.tolist())]
+        assert task_types[i, : len(enc)].tolist() == enc.type_ids.tolist()
+        assert 1 in enc.type_ids.tolist()
+    assert lm_ids.shape == task_ids.shape
+    assert torch.equal(lm_types, task_types)  # was all 0
+    assert torch.equal(lm_mask, task_mask)
+    # the LM masked some tokens and left the others as the task saw them
+    assert 0 < int((lm_ids != task_ids).sum()) < int(task_mask.sum())
+    aux = AuxLM(model.encoder, tok)
+    with pytest.raises(ValueError, match=r"token_type_ids\[0\] has shape \(2,\), its row has 3 tokens"):
+        aux.loss([torch.tensor([101, 2000, 102])], [0], [torch.tensor([0, 0])])
+
+
 def test_lm_finetune_lowers_target_domain_mlm_loss(minilm_dir):
     """ULMFiT step 2: MLM steps on the task's text lower the MLM loss on that text."""
     tok = WordPieceTokenizer.from_pretrained(minilm_dir)

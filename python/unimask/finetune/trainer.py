@@ -197,9 +197,11 @@ def encode_examples(tokenizer, examples: Sequence[Example], max_length: int,
 
 class AuxLM(nn.Module):
     """A masked-LM head (BERT's, decoder tied to the encoder's word embeddings) and a masking
-    collator: ``AuxLM(encoder, tokenizer)(input_ids_rows)`` is the MLM loss of the encoder on
-    freshly masked copies of the rows (ULMFiT step 2 / SiATL auxiliary loss, with BERT's
-    masked LM standing in for the LSTM LM of those papers)."""
+    collator: ``AuxLM(encoder, tokenizer).loss(input_ids_rows, indices)`` is the MLM loss of
+    the encoder on freshly masked copies of the rows (ULMFiT step 2 / SiATL auxiliary loss,
+    with BERT's masked LM standing in for the LSTM LM of those papers). ``token_type_ids``
+    (one row per input row, e.g. ``0 .. 0 1 .. 1`` for a sentence pair) are passed to the
+    encoder as the task forward passes them (default: all 0)."""
 
     def __init__(self, encoder: nn.Module, tokenizer, mlm_probability: float = 0.15, seed: int = 0) -> None:
         super().__init__()
@@ -210,22 +212,34 @@ class AuxLM(nn.Module):
         self.head.apply(encoder._init_weights)
         self.collator = MLMCollator(tokenizer=tokenizer, mlm_probability=mlm_probability, seed=seed)
 
-    def loss(self, rows: Sequence[Any], indices: Sequence[int]) -> torch.Tensor:
-        batch = self.collator(list(rows), indices=list(indices))
+    def loss(self, rows: Sequence[Any], indices: Sequence[int],
+             token_type_ids: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        rows = list(rows)
+        batch = self.collator(rows, indices=list(indices))
+        types = batch["token_type_ids"]
+        if token_type_ids is not None:
+            if len(token_type_ids) != len(rows):
+                raise ValueError(f"token_type_ids has {len(token_type_ids)} rows for {len(rows)} input rows")
+            types = torch.zeros_like(types)
+            for i, (r, t) in enumerate(zip(rows, token_type_ids)):
+                t = torch.as_tensor(t)
+                if t.shape != (len(r),):
+                    raise ValueError(f"token_type_ids[{i}] has shape {tuple(t.shape)}, its row has {len(r)} tokens")
+                types[i, : len(r)] = t
         enc = self.encoder[0]
         device = enc.embeddings.word.weight.device
-        out = enc(batch["input_ids"].to(device), batch["token_type_ids"].to(device),
-                  batch["attention_mask"].to(device))
+        out = enc(batch["input_ids"].to(device), types.to(device), batch["attention_mask"].to(device))
         h, y = gather_labelled(out.last_hidden_state, batch["labels"].to(device))
         if y.numel() == 0:
             return out.last_hidden_state.sum() * 0.0
         return F.cross_entropy(self.head(h, enc.embeddings.word.weight).float(), y)
 
 
-def _rows_of(batch: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
+def _rows_of(batch: Mapping[str, torch.Tensor], key: str = "input_ids") -> list[torch.Tensor]:
+    """The unpadded rows of ``batch[key]`` (lengths from the right-padded attention mask)."""
     lens = batch["attention_mask"].sum(1).tolist()
-    ids = batch["input_ids"].cpu()
-    return [ids[i, :n] for i, n in enumerate(lens)]
+    col = batch[key].cpu()
+    return [col[i, :n] for i, n in enumerate(lens)]
 
 
 def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -244,12 +258,14 @@ def _add_aux_lm(task_loss: torch.Tensor, aux: AuxLM | None, batch: Mapping[str, 
                 total: int, cfg: FinetuneConfig) -> tuple[torch.Tensor, float | None, torch.Tensor | None]:
     """``(loss, gamma, lm_loss)``: the task loss plus ``gamma`` times the auxiliary masked-LM loss
     of the batch's rows (SiATL's decaying gamma or the configured constant), or the task loss
-    alone without ``aux``."""
+    alone without ``aux``. The LM's encoder sees the rows as the task forward does: the same
+    token types (segment B of a pair is type 1) and attention mask; only masked tokens differ."""
     if aux is None:
         return task_loss, None, None
     gamma = siatl_gamma(step, total) if cfg.aux_lm_weight == "siatl" else float(cfg.aux_lm_weight)
     n = batch["input_ids"].shape[0]
-    lm = aux.loss(_rows_of(batch), [step * cfg.batch_size + j for j in range(n)])
+    types = _rows_of(batch, "token_type_ids") if batch.get("token_type_ids") is not None else None
+    lm = aux.loss(_rows_of(batch), [step * cfg.batch_size + j for j in range(n)], types)
     return task_loss + gamma * lm, gamma, lm
 
 
