@@ -179,12 +179,27 @@ def _config_number(name: str, value: Any, lo: float | None = None, hi: float | N
     return x
 
 
+def _check_pairs(examples: Sequence[Example], name: str = "examples") -> bool:
+    """Whether ``examples`` are sentence pairs: all of them must have a ``text_pair`` or none
+    (a ``ValueError`` names the first example that differs from ``name[0]``)."""
+    if not examples:
+        return False
+    pair = examples[0].text_pair is not None
+    for i, e in enumerate(examples):
+        if (e.text_pair is not None) != pair:
+            where = f" (row {e.row})" if e.row else ""
+            raise ValueError(f"{name}[{i}]{where} has {'no' if pair else 'a'} text_pair but {name}[0] has "
+                             f"{'one' if pair else 'none'}: the examples must be all sentence pairs or all single texts")
+    return pair
+
+
 def encode_examples(tokenizer, examples: Sequence[Example], max_length: int,
                     label_map: LabelMap | None = None) -> dict[str, torch.Tensor]:
     """Tokenize and pad ``examples`` (pairs as ``[CLS] A [SEP] B [SEP]``); ``labels`` from the
-    label map (class ids) or float targets when there is no map."""
+    label map (class ids) or float targets when there is no map. The examples must be all
+    pairs or all single texts (``ValueError`` naming the first that is not)."""
     texts = [e.text for e in examples]
-    pairs = [e.text_pair for e in examples] if examples and examples[0].text_pair is not None else None
+    pairs = [e.text_pair for e in examples] if _check_pairs(examples) else None
     enc = tokenizer.encode_batch(texts, pairs, max_length=max_length)
     batch = {k: torch.from_numpy(v) for k, v in enc.to_padded().items()}
     if examples and examples[0].label is not None:
@@ -470,6 +485,11 @@ def finetune_classifier(model: SequenceClassifier, tokenizer, train: Sequence[Ex
     ``{"history": [...], "lm_losses": [...], "eval": report or None, "extra_heads": {...},
     "cvt": None or {...}, "cvt_heads": CrossViewHeads or None}``.
 
+    ``train`` must not be empty (``ValueError: no training examples``, as the tagger, QA and
+    seq2seq loops). Each list of examples (``train``, ``eval_examples``, each extra task, the
+    unlabeled rows) must be all sentence pairs or all single texts (``ValueError`` naming the
+    first example that is not); the unlabeled rows have pairs exactly when ``train`` does.
+
     ``extra_tasks`` (name -> labelled examples) turns the run into MT-DNN multi-task training:
     each extra task is a classification task with at least 2 distinct labels (a task with a
     single label is a ``ValueError``, not a 1-output regression head) and gets a
@@ -492,8 +512,15 @@ def finetune_classifier(model: SequenceClassifier, tokenizer, train: Sequence[Ex
     device = next(model.parameters()).device
     label_map = model.label_map if model.problem_type == "classification" else None
     extra_tasks = dict(extra_tasks or {})
+    if not train:
+        raise ValueError("no training examples")
     if "main" in extra_tasks:
         raise ValueError("'main' is the name of the main task; rename the extra task")
+    _check_pairs(train, "train")
+    for name, exs in extra_tasks.items():
+        _check_pairs(exs, f"extra_tasks[{name!r}]")
+    if eval_examples:
+        _check_pairs(eval_examples, "eval_examples")
     if cfg.pack and (extra_tasks or unlabeled is not None):
         raise ValueError("pack=True is for single-task fine-tuning (no extra tasks, no CVT)")
     if cfg.lm_finetune_steps:
@@ -514,7 +541,7 @@ def finetune_classifier(model: SequenceClassifier, tokenizer, train: Sequence[Ex
             raise ValueError("CVT needs at least one unlabeled text (got an empty list)")
         if any(not r.text.strip() for r in cvt_rows):
             raise ValueError("CVT unlabeled texts must be non-empty strings")
-        if (cvt_rows[0].text_pair is None) != (train[0].text_pair is None):
+        if _check_pairs(cvt_rows, "unlabeled") != (train[0].text_pair is not None):
             raise ValueError("CVT unlabeled rows must have a text pair exactly when the training rows do")
         cvt = _CrossViewRun(model, cvt_rows, lambda rows: _to(encode_examples(tokenizer, rows, cfg.max_length), device),
                             classifier_cvt_loss, cfg, device, per_token=False)
@@ -594,8 +621,10 @@ def finetune_classifier(model: SequenceClassifier, tokenizer, train: Sequence[Ex
 @torch.no_grad()
 def predict(model: SequenceClassifier, tokenizer, examples: Sequence[Example], max_length: int = 128,
             batch_size: int = 64, pack: bool = False) -> torch.Tensor:
-    """Logits ``[N, num_labels]`` for ``examples`` (eval mode); ``pack``: each batch's examples
-    packed into rows of ``max_length`` (:func:`unimask.packing.pack_padded`), same logits."""
+    """Logits ``[N, num_labels]`` for ``examples`` (eval mode; all sentence pairs or all single
+    texts); ``pack``: each batch's examples packed into rows of ``max_length``
+    (:func:`unimask.packing.pack_padded`), same logits."""
+    _check_pairs(examples)
     was = model.training
     model.eval()
     out = []
