@@ -259,6 +259,19 @@ class _TaskModel(nn.Module):
         return model
 
 
+def _regression_mse(predictions: torch.Tensor, labels: Any) -> torch.Tensor:
+    """MSE of ``predictions [N, 1]`` against float targets ``[N]`` or ``[N, 1]``, both read per
+    row as HF does (an ``[N, 1]`` target is never broadcast against ``[N]`` into an ``[N, N]``
+    difference); another shape is a ``ValueError``. Shared by :class:`SequenceClassifier` and
+    the multi-task :class:`~unimask.finetune.multitask.TaskHead`."""
+    N = predictions.shape[0]
+    if not isinstance(labels, torch.Tensor):
+        labels = torch.as_tensor(labels)
+    if tuple(labels.shape) not in ((N,), (N, 1)):
+        raise ValueError(f"regression labels must have shape ({N},) or ({N}, 1), got {tuple(labels.shape)}")
+    return F.mse_loss(predictions.reshape(N).float(), labels.reshape(N).to(predictions.device).float())
+
+
 class SequenceClassifier(_TaskModel):
     """Sequence (or pair) classification / regression on pooled encoder states.
 
@@ -326,15 +339,10 @@ class SequenceClassifier(_TaskModel):
         logits = self.classifier(self.dropout(pooled))
         loss = None
         if labels is not None:
-            N = logits.shape[0]
             if self.problem_type == "regression":  # [N] or [N, 1] targets, as HF squeezes both
-                if not isinstance(labels, torch.Tensor):
-                    labels = torch.as_tensor(labels)
-                if tuple(labels.shape) not in ((N,), (N, 1)):
-                    raise ValueError(f"regression labels must have shape ({N},) or ({N}, 1), got {tuple(labels.shape)}")
-                loss = F.mse_loss(logits.reshape(N).float(), labels.reshape(N).to(logits.device).float())
+                loss = _regression_mse(logits, labels)
             else:
-                y = _class_targets(labels, self.num_labels, (N,), what="a class id").to(logits.device)
+                y = _class_targets(labels, self.num_labels, (logits.shape[0],), what="a class id").to(logits.device)
                 loss = _scored_ce(logits, y)
         return TaskOutput(loss, logits, last_hidden_state=out.last_hidden_state)
 

@@ -15,12 +15,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..models.config import EncoderConfig
 from ..models.encoder import TransformerEncoder
-from .heads import POOLINGS, TaskOutput, _class_targets, _scored_ce, pool_hidden
+from .heads import POOLINGS, TaskOutput, _class_targets, _regression_mse, _scored_ce, pool_hidden
 
 __all__ = ["mtdnn_schedule", "MultiTaskModel", "TaskHead"]
 
@@ -44,19 +43,6 @@ def mtdnn_schedule(batch_counts: Mapping[str, int], seed: int = 0, epoch: int = 
             order.append((task, i))
     perm = rng.permutation(len(order))
     return [order[i] for i in perm]
-
-
-def _regression_mse(predictions: torch.Tensor, labels: Any) -> torch.Tensor:
-    """MSE of ``predictions [N, 1]`` against float targets ``[N]`` or ``[N, 1]`` (both read
-    per row, as :class:`~unimask.finetune.heads.SequenceClassifier` and HF do: an ``[N, 1]``
-    target is never broadcast against ``[N]`` into an ``[N, N]`` difference); another shape is
-    a ``ValueError``."""
-    N = predictions.shape[0]
-    if not isinstance(labels, torch.Tensor):
-        labels = torch.as_tensor(labels)
-    if tuple(labels.shape) not in ((N,), (N, 1)):
-        raise ValueError(f"regression labels must have shape ({N},) or ({N}, 1), got {tuple(labels.shape)}")
-    return F.mse_loss(predictions.reshape(N).float(), labels.reshape(N).to(predictions.device).float())
 
 
 class TaskHead(nn.Module):
