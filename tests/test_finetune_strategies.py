@@ -191,6 +191,21 @@ def test_lm_finetune_lowers_target_domain_mlm_loss(minilm_dir):
     assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 1.0, losses
 
 
+def test_lm_finetune_of_a_pair_task_reads_both_texts(minilm_dir, monkeypatch):
+    """ULMFiT step 2 on a pair task: the LM sees every text of the training set, the second
+    of each pair too (it was dropped)."""
+    import unimask.finetune.trainer as T
+
+    tok = WordPieceTokenizer.from_pretrained(minilm_dir)
+    rows = _fortunes(4)
+    data = [Example(a.text, b.text, a.label) for a, b in zip(rows, rows[1:] + rows[:1])]
+    seen = []
+    monkeypatch.setattr(T, "lm_finetune", lambda enc, tk, texts, steps, cfg, log=None: seen.extend(texts) or [1.0])
+    model = SequenceClassifier(_cfg(vocab_size=tok.vocab_size), LabelMap.from_examples(data))
+    finetune_classifier(model, tok, data, FinetuneConfig(epochs=1, batch_size=4, max_length=40, lm_finetune_steps=2))
+    assert seen == [t for e in data for t in (e.text, e.text_pair)]
+
+
 # -- MT-DNN -----------------------------------------------------------------------------------
 
 

@@ -8,7 +8,8 @@ composes, each behind one config field (and one ``unimask finetune`` flag):
 * ``discriminative_lr``: per-layer rates divided by 2.6 going down (ULMFiT).
 * ``gradual_unfreeze``: only the head trains in epoch 1, one more layer group each epoch.
 * ``lm_finetune_steps``: ULMFiT step 2 — masked-LM fine-tuning of the encoder on the task's
-  own (unlabeled) training text before the classifier is trained.
+  own (unlabeled) training text before the classifier is trained (both texts of a pair, each
+  as a text of its own).
 * ``aux_lm_weight``: auxiliary masked-LM loss on the task batch during task training,
   ``loss = task + gamma * lm`` (GPT, Radford et al. 2018; SiATL, Chronopoulou et al. 2019);
   ``"siatl"`` = ``gamma`` from 0.2 decaying exponentially to 0.1, a float = constant.
@@ -524,7 +525,9 @@ def finetune_classifier(model: SequenceClassifier, tokenizer, train: Sequence[Ex
     if cfg.pack and (extra_tasks or unlabeled is not None):
         raise ValueError("pack=True is for single-task fine-tuning (no extra tasks, no CVT)")
     if cfg.lm_finetune_steps:
-        lm_losses = lm_finetune(model.encoder, tokenizer, [e.text for e in train], cfg.lm_finetune_steps, cfg, log)
+        # every text of the training set is target-domain text: both sides of a pair
+        texts = [t for e in train for t in (e.text, e.text_pair) if t is not None]
+        lm_losses = lm_finetune(model.encoder, tokenizer, texts, cfg.lm_finetune_steps, cfg, log)
     else:
         lm_losses = []
     aux = AuxLM(model.encoder, tokenizer, cfg.mlm_probability, cfg.seed + 3) if cfg.aux_lm_weight else None
