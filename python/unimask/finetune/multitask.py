@@ -30,12 +30,17 @@ def mtdnn_schedule(batch_counts: Mapping[str, int], seed: int = 0, epoch: int = 
     Task ``t`` appears exactly ``batch_counts[t]`` times (its batches in a shuffled order), and
     the merged list is shuffled uniformly, so at any position the chance of task ``t`` is
     ``n_t / sum(n)``. Deterministic in ``(seed, epoch)``.
+
+    Counts are ints >= 0: a task with 0 batches simply never appears, but at least one task
+    must have a batch (all counts 0 is a ``ValueError``: an epoch with nothing to train).
     """
     if not batch_counts:
         raise ValueError("mtdnn_schedule needs at least one task")
     for task, n in batch_counts.items():
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             raise ValueError(f"batch count of task {task!r} must be an int >= 0, got {n!r}")
+    if not any(batch_counts.values()):
+        raise ValueError(f"mtdnn_schedule needs at least one batch, got all counts 0: {dict(batch_counts)}")
     rng = np.random.default_rng([seed, epoch])
     order: list[tuple[str, int]] = []
     for task in sorted(batch_counts):

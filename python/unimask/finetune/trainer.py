@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,6 +43,7 @@ from torch import nn
 from ..models.heads import MLMHead, gather_labelled
 from ..packing import pack_padded
 from ..training import configure_optimizers, linear_schedule
+from ._checks import check_number as _config_number
 from .cvt import CrossViewHeads, classifier_cvt_loss, cross_view_kl
 from .data import Example, LabelMap, load_unlabeled
 from .heads import SequenceClassifier
@@ -154,30 +154,6 @@ class FinetuneConfig:
         if self.grad_accum > 1 and self.cvt_unlabeled is not None:
             raise ValueError("grad_accum > 1 does not combine with CVT (its consistency steps come between the task "
                              "steps)")
-
-
-def _config_number(name: str, value: Any, lo: float | None = None, hi: float | None = None, *,
-                   lo_open: bool = False, hi_open: bool = False, integer: bool = False,
-                   shown: Any = None) -> Any:
-    """``value`` of the :class:`FinetuneConfig` field ``name`` as an ``int`` (``integer``) or a
-    finite ``float`` in the interval from ``lo`` to ``hi`` (``lo_open`` / ``hi_open``: bound
-    excluded); otherwise a ``ValueError`` naming the field and the value (``shown``, if given,
-    instead of ``value``). A bool is not a number, NaN and infinities are refused."""
-    what = "an int" if integer else "a finite number"
-    if lo is not None and hi is not None:
-        what += f" in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
-    elif lo is not None:
-        what += f" {'>' if lo_open else '>='} {lo}"
-    elif hi is not None:
-        what += f" {'<' if hi_open else '<='} {hi}"
-    err = ValueError(f"{name} must be {what}, got {value if shown is None else shown!r}")
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral if integer else numbers.Real):
-        raise err
-    x = int(value) if integer else float(value)
-    if not math.isfinite(x) or (lo is not None and (x <= lo if lo_open else x < lo)) \
-            or (hi is not None and (x >= hi if hi_open else x > hi)):
-        raise err
-    return x
 
 
 def _check_pairs(examples: Sequence[Example], name: str = "examples") -> bool:
@@ -664,11 +640,28 @@ def evaluate_classifier(model: SequenceClassifier, tokenizer, examples: Sequence
 
 def train_multitask(model: nn.Module, task_batches: Mapping[str, Sequence[Mapping[str, torch.Tensor]]],
                     epochs: int = 1, lr: float = 5e-5, seed: int = 0, weight_decay: float = 0.01,
-                    grad_clip: float = 1.0) -> list[dict[str, Any]]:
+                    grad_clip: float | None = 1.0) -> list[dict[str, Any]]:
     """MT-DNN training of a :class:`~unimask.finetune.MultiTaskModel`: each epoch walks
     :func:`mtdnn_schedule` over the tasks' mini-batches (one task per step); returns per-step
-    ``{"step", "task", "batch", "loss"}``."""
+    ``{"step", "task", "batch", "loss"}``.
+
+    Every task in ``task_batches`` must have at least one mini-batch (a task without data is a
+    ``ValueError`` naming it, not a task silently left untrained); ``epochs`` is an int >= 1,
+    ``lr`` a finite number > 0, ``weight_decay`` and ``grad_clip`` finite numbers >= 0
+    (``grad_clip`` 0 or None: no clipping).
+    """
+    epochs = _config_number("epochs", epochs, 1, integer=True)
+    lr = _config_number("lr", lr, 0, lo_open=True)
+    weight_decay = _config_number("weight_decay", weight_decay, 0)
+    if grad_clip is not None:
+        grad_clip = _config_number("grad_clip", grad_clip, 0)
+    if not task_batches:
+        raise ValueError("train_multitask needs at least one task in task_batches")
     counts = {t: len(b) for t, b in task_batches.items()}
+    empty = [t for t, n in counts.items() if n == 0]
+    if empty:
+        raise ValueError(f"task {empty[0]!r} has no mini-batches in task_batches (every task needs data; "
+                         "drop the task or give it batches)")
     total = sum(counts.values()) * epochs
     opt = configure_optimizers(model, lr, weight_decay)
     sched = linear_schedule(opt, int(0.1 * total), total)

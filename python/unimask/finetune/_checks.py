@@ -1,0 +1,36 @@
+"""Argument checks shared by the fine-tuning modules (no imports from the rest of the
+package, so any module can use them without an import cycle)."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+__all__ = ["check_number"]
+
+
+def check_number(name: str, value: Any, lo: float | None = None, hi: float | None = None, *,
+                 lo_open: bool = False, hi_open: bool = False, integer: bool = False,
+                 shown: Any = None, wrong_type: type[Exception] = ValueError) -> Any:
+    """``value`` of the argument (or :class:`~unimask.finetune.FinetuneConfig` field) ``name``
+    as an ``int`` (``integer``) or a finite ``float`` in the interval from ``lo`` to ``hi``
+    (``lo_open`` / ``hi_open``: bound excluded); otherwise a ``ValueError`` naming ``name`` and
+    the value (``shown``, if given, instead of ``value``). A value of the wrong type (a bool is
+    not a number, a float is not an int) raises ``wrong_type`` (``ValueError`` unless the caller
+    asks for ``TypeError``) with the same message; NaN and infinities are refused."""
+    what = "an int" if integer else "a finite number"
+    if lo is not None and hi is not None:
+        what += f" in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+    elif lo is not None:
+        what += f" {'>' if lo_open else '>='} {lo}"
+    elif hi is not None:
+        what += f" {'<' if hi_open else '<='} {hi}"
+    msg = f"{name} must be {what}, got {value if shown is None else shown!r}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral if integer else numbers.Real):
+        raise wrong_type(msg)
+    x = int(value) if integer else float(value)
+    if not math.isfinite(x) or (lo is not None and (x <= lo if lo_open else x < lo)) \
+            or (hi is not None and (x >= hi if hi_open else x > hi)):
+        raise ValueError(msg)
+    return x
