@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ._checks import check_number
+
 __all__ = ["ScalarMix", "concat_last_four", "FrozenFeatures", "model_fingerprint", "tokenizer_fingerprint"]
 
 
@@ -28,12 +30,13 @@ class ScalarMix(nn.Module):
 
     ``w`` starts at zero (equal weights) and ``gamma`` at 1, as in AllenNLP's ``ScalarMix``.
     ``forward`` takes a sequence of tensors or one stacked tensor ``[num_layers, ...]``.
+    ``num_layers`` must be an int >= 1 (another type is a ``TypeError``, an int < 1 a
+    ``ValueError``).
     """
 
     def __init__(self, num_layers: int, trainable: bool = True) -> None:
         super().__init__()
-        if num_layers < 1:
-            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        num_layers = check_number("num_layers", num_layers, 1, integer=True, wrong_type=TypeError)
         self.num_layers = num_layers
         self.weights = nn.Parameter(torch.zeros(num_layers), requires_grad=trainable)
         self.gamma = nn.Parameter(torch.ones(()), requires_grad=trainable)

@@ -43,6 +43,7 @@ from ..models.checkpoint import (
 from ..models.config import EncoderConfig
 from ..models.encoder import TransformerEncoder
 from ..models.pretraining import _mean_ce
+from ._checks import check_number
 from .data import LabelMap
 
 __all__ = [
@@ -428,16 +429,22 @@ def best_span(start_logits: torch.Tensor, end_logits: torch.Tensor, context_mask
     Args: ``start_logits``/``end_logits`` ``[B, L]`` (or ``[L]``), ``context_mask`` bool of
     the same shape (default: everywhere). Returns ``(start, end, score)`` each ``[B]``
     (``end`` inclusive). An example without any context token gets ``(-1, -1, -inf)``.
-    Ties go to the smallest start, then the smallest end.
+    Ties go to the smallest start, then the smallest end. Logits that are not ``[B, L]`` or
+    ``[L]``, end logits or a mask of another shape than the start logits, and a
+    ``max_answer_length`` that is not an int >= 1 are a ``ValueError`` naming them.
     """
-    if max_answer_length < 1:
-        raise ValueError(f"max_answer_length must be >= 1, got {max_answer_length}")
+    max_answer_length = check_number("max_answer_length", max_answer_length, 1, integer=True)
+    if start_logits.dim() not in (1, 2):
+        raise ValueError(f"start_logits must be [B, L] or [L], got shape {tuple(start_logits.shape)}")
+    if start_logits.shape != end_logits.shape:
+        raise ValueError(f"start/end logits shapes differ: {tuple(start_logits.shape)} vs {tuple(end_logits.shape)}")
+    if context_mask is not None and context_mask.shape != start_logits.shape:
+        raise ValueError(f"context_mask shape {tuple(context_mask.shape)} differs from the logits shape "
+                         f"{tuple(start_logits.shape)}")
     squeeze = start_logits.dim() == 1
     if squeeze:
         start_logits, end_logits = start_logits[None], end_logits[None]
         context_mask = None if context_mask is None else context_mask[None]
-    if start_logits.shape != end_logits.shape:
-        raise ValueError(f"start/end logits shapes differ: {tuple(start_logits.shape)} vs {tuple(end_logits.shape)}")
     B, L = start_logits.shape
     s, e = start_logits.float(), end_logits.float()
     scores = s[:, :, None] + e[:, None, :]  # [B, i, j]

@@ -20,6 +20,8 @@ import math
 import torch
 from torch import nn
 
+from ._checks import check_number
+
 __all__ = [
     "slanted_triangular_lr",
     "slanted_triangular_schedule",
@@ -45,13 +47,17 @@ def slanted_triangular_lr(t: int, total_steps: int, lr_max: float = 1.0, cut_fra
     the paper's ``p`` turns negative in the last few steps (a rate below ``lr_max / ratio``,
     negative for tiny ``T``); unimask clamps ``p`` at 0. With ``cut = 0`` (``T < 1 / cut_frac``)
     there is no rising part and ``p = 1 - t / T``.
+
+    The formula is defined for the steps of training only: ``T`` (``total_steps``) is an
+    int >= 1 and ``t`` an int in ``[0, T]`` (``t = T`` is the rate after the last step, which
+    a ``LambdaLR`` asks for); anything else is a ``ValueError`` naming it, as are a
+    ``cut_frac`` outside ``(0, 1)``, a ``ratio`` < 1 and a non-finite ``lr_max``.
     """
-    if total_steps < 1:
-        raise ValueError(f"total_steps must be >= 1, got {total_steps}")
-    if not 0.0 < cut_frac < 1.0:
-        raise ValueError(f"cut_frac must be in (0, 1), got {cut_frac}")
-    if ratio < 1.0:
-        raise ValueError(f"ratio must be >= 1, got {ratio}")
+    total_steps = check_number("total_steps", total_steps, 1, integer=True)
+    t = check_number("t", t, 0, total_steps, integer=True)
+    lr_max = check_number("lr_max", lr_max)
+    cut_frac = check_number("cut_frac", cut_frac, 0, 1, lo_open=True, hi_open=True)
+    ratio = check_number("ratio", ratio, 1)
     cut = math.floor(total_steps * cut_frac)
     if cut == 0:  # fewer steps than 1/cut_frac: no warmup part, decay only
         p = 1.0 - t / max(1, total_steps)
@@ -115,10 +121,12 @@ def discriminative_param_groups(model: nn.Module, lr: float, decay: float = ULMF
     above divided by ``decay`` (2.6): encoder layer ``L`` gets ``lr / 2.6``, layer ``l`` gets
     ``lr / 2.6 ** (L + 1 - l)``, the embeddings ``lr / 2.6 ** (L + 1)``. ``decay=1`` gives one
     rate everywhere. Biases and LayerNorm parameters get no weight decay (BERT). Each group
-    carries ``layer`` (0 = embeddings) and ``name`` for inspection.
+    carries ``layer`` (0 = embeddings) and ``name`` for inspection. ``lr`` and ``decay`` must
+    be finite numbers > 0 and ``weight_decay`` a finite number >= 0 (``ValueError`` otherwise).
     """
-    if decay <= 0:
-        raise ValueError(f"decay must be > 0, got {decay}")
+    lr = check_number("lr", lr, 0, lo_open=True)
+    decay = check_number("decay", decay, 0, lo_open=True)
+    weight_decay = check_number("weight_decay", weight_decay, 0)
     groups = layer_groups(model)
     top = len(groups) - 1
     out: list[dict] = []

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._checks import check_number
 from .heads import pool_hidden
 
 __all__ = [
@@ -105,9 +106,13 @@ class SiameseEncoder(nn.Module):
 def in_batch_negatives_loss(anchors: torch.Tensor, positives: torch.Tensor, scale: float = 20.0) -> torch.Tensor:
     """Multiple-negatives ranking loss: ``CE(scale * cos(a_i, p_j) over j, target i)``.
 
-    ``positives`` may have more rows than ``anchors`` (extra rows are hard negatives).
+    ``positives`` may have more rows than ``anchors`` (extra rows are hard negatives). Shapes
+    other than anchors ``[B, H]`` and positives ``[>=B, H]`` (same ``H``) and a ``scale`` that is
+    not a finite number > 0 are a ``ValueError`` naming them.
     """
-    if anchors.dim() != 2 or positives.dim() != 2 or positives.shape[0] < anchors.shape[0]:
+    scale = check_number("scale", scale, 0, lo_open=True)
+    if anchors.dim() != 2 or positives.dim() != 2 or positives.shape[0] < anchors.shape[0] \
+            or positives.shape[1] != anchors.shape[1]:
         raise ValueError(f"need anchors [B, H] and positives [>=B, H], got {tuple(anchors.shape)} and "
                          f"{tuple(positives.shape)}")
     sims = F.normalize(anchors, dim=-1) @ F.normalize(positives, dim=-1).T
@@ -115,14 +120,32 @@ def in_batch_negatives_loss(anchors: torch.Tensor, positives: torch.Tensor, scal
     return F.cross_entropy(scale * sims.float(), target)
 
 
+def _check_pair_batch(a: torch.Tensor, b: torch.Tensor, target: torch.Tensor, target_name: str) -> None:
+    """``a`` and ``b`` must be embeddings of one shape ``[..., H]`` and ``target`` one value per
+    pair (shape ``[...]``); anything else (which torch would broadcast into a wrong loss) is a
+    ``ValueError`` naming the shapes."""
+    if a.dim() < 1 or a.shape != b.shape:
+        raise ValueError(f"need embeddings a and b of one shape [B, H], got {tuple(a.shape)} and {tuple(b.shape)}")
+    if target.shape != a.shape[:-1]:
+        raise ValueError(f"need one {target_name} per pair: {target_name} shape {tuple(target.shape)} for "
+                         f"embeddings {tuple(a.shape)} (expected {tuple(a.shape[:-1])})")
+
+
 def cosine_similarity_loss(a: torch.Tensor, b: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``MSE(cos(a_i, b_i), target_i)`` (sentence-transformers ``CosineSimilarityLoss``)."""
+    """``MSE(cos(a_i, b_i), target_i)`` (sentence-transformers ``CosineSimilarityLoss``).
+    ``a``, ``b`` are ``[B, H]`` and ``target`` is ``[B]``; other shapes are a ``ValueError``
+    (never broadcast)."""
+    _check_pair_batch(a, b, target, "target")
     return F.mse_loss(F.cosine_similarity(a, b, dim=-1).float(), target.float())
 
 
 def contrastive_loss(a: torch.Tensor, b: torch.Tensor, label: torch.Tensor, margin: float = 0.5) -> torch.Tensor:
     """Contrastive loss on the cosine distance ``d = 1 - cos``:
-    ``mean(0.5 * (y * d^2 + (1 - y) * relu(margin - d)^2))`` (y = 1 for similar pairs)."""
+    ``mean(0.5 * (y * d^2 + (1 - y) * relu(margin - d)^2))`` (y = 1 for similar pairs).
+    ``a``, ``b`` are ``[B, H]``, ``label`` is ``[B]`` (never broadcast) and ``margin`` a finite
+    number; anything else is a ``ValueError``."""
+    _check_pair_batch(a, b, label, "label")
+    margin = check_number("margin", margin)
     d = 1.0 - F.cosine_similarity(a, b, dim=-1).float()
     y = label.float()
     return (0.5 * (y * d.pow(2) + (1 - y) * F.relu(margin - d).pow(2))).mean()

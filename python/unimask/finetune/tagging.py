@@ -161,7 +161,11 @@ def _start_of_chunk(prev_tag: str, tag: str, prev_type: str, type_: str) -> bool
 
 def entity_spans(tags: Sequence[str]) -> list[tuple[str, int, int]]:
     """Chunks of one tag sequence as ``(type, start, end)`` (end exclusive), by ``conlleval``'s
-    rules: e.g. ``["B-PER", "I-PER", "O", "I-LOC"]`` -> ``[("PER", 0, 2), ("LOC", 3, 4)]``."""
+    rules: e.g. ``["B-PER", "I-PER", "O", "I-LOC"]`` -> ``[("PER", 0, 2), ("LOC", 3, 4)]``.
+    ``tags`` is a sequence of tag strings: one ``str`` (a sequence of characters, not of tags)
+    is a ``TypeError``."""
+    if isinstance(tags, str):
+        raise TypeError(f"tags must be a sequence of tag strings, got one str {tags!r} (wrap it in a list)")
     chunks = []
     prev_tag, prev_type, begin = "O", "", 0
     for i, tag in enumerate([*tags, "O"]):
