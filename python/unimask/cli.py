@@ -10,6 +10,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from ._checks import range_text
+
 __all__ = ["main", "build_parser", "run_command", "is_user_error"]
 
 
@@ -78,13 +80,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def number(kind: type = int, minimum: float | None = None, maximum: float | None = None) -> Callable[[str], float]:
     """An ``argparse`` ``type``: a finite ``kind`` (``int`` or ``float``) in ``[minimum, maximum]``;
     anything else is a usage error naming the option and the value (exit status 2)."""
-    what = "an integer" if kind is int else "a number"
-    if minimum is not None and maximum is not None:
-        what += f" in [{minimum}, {maximum}]"
-    elif minimum is not None:
-        what += f" >= {minimum}"
-    elif maximum is not None:
-        what += f" <= {maximum}"
+    what = ("an integer" if kind is int else "a number") + range_text(minimum, maximum)
 
     def parse(value: str) -> float:
         try:

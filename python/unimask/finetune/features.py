@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ._checks import check_number
+from .._checks import check_number
 
 __all__ = ["ScalarMix", "concat_last_four", "FrozenFeatures", "model_fingerprint", "tokenizer_fingerprint"]
 

@@ -43,7 +43,7 @@ from ..models.checkpoint import (
 from ..models.config import EncoderConfig
 from ..models.encoder import TransformerEncoder
 from ..models.pretraining import _mean_ce
-from ._checks import check_number
+from .._checks import check_number
 from .data import LabelMap
 
 __all__ = [

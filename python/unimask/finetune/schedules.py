@@ -20,7 +20,7 @@ import math
 import torch
 from torch import nn
 
-from ._checks import check_number
+from .._checks import check_number
 
 __all__ = [
     "slanted_triangular_lr",

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._checks import check_number
+from .._checks import check_number
 from .heads import pool_hidden
 
 __all__ = [

@@ -43,7 +43,7 @@ from torch import nn
 from ..models.heads import MLMHead, gather_labelled
 from ..packing import pack_padded
 from ..training import configure_optimizers, linear_schedule
-from ._checks import check_number as _config_number
+from .._checks import check_number as _config_number
 from .cvt import CrossViewHeads, classifier_cvt_loss, cross_view_kl
 from .data import Example, LabelMap, load_unlabeled
 from .heads import SequenceClassifier

@@ -1,5 +1,5 @@
-"""Argument checks shared by the fine-tuning modules (no imports from the rest of the
-package, so any module can use them without an import cycle)."""
+"""Argument checks shared by the fine-tuning modules and the command line (no imports from
+the rest of the package, so any module can use them without an import cycle)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,19 @@ import math
 import numbers
 from typing import Any
 
-__all__ = ["check_number"]
+__all__ = ["check_number", "range_text"]
+
+
+def range_text(lo: float | None, hi: float | None, lo_open: bool = False, hi_open: bool = False) -> str:
+    """The interval from ``lo`` to ``hi`` as a message suffix: ``" in [0, 1)"``, ``" >= 1"``,
+    ``" < 5"``, or ``""`` when unbounded."""
+    if lo is not None and hi is not None:
+        return f" in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+    if lo is not None:
+        return f" {'>' if lo_open else '>='} {lo}"
+    if hi is not None:
+        return f" {'<' if hi_open else '<='} {hi}"
+    return ""
 
 
 def check_number(name: str, value: Any, lo: float | None = None, hi: float | None = None, *,
@@ -19,13 +31,7 @@ def check_number(name: str, value: Any, lo: float | None = None, hi: float | Non
     the value (``shown``, if given, instead of ``value``). A value of the wrong type (a bool is
     not a number, a float is not an int) raises ``wrong_type`` (``ValueError`` unless the caller
     asks for ``TypeError``) with the same message; NaN and infinities are refused."""
-    what = "an int" if integer else "a finite number"
-    if lo is not None and hi is not None:
-        what += f" in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
-    elif lo is not None:
-        what += f" {'>' if lo_open else '>='} {lo}"
-    elif hi is not None:
-        what += f" {'<' if hi_open else '<='} {hi}"
+    what = ("an int" if integer else "a finite number") + range_text(lo, hi, lo_open, hi_open)
     msg = f"{name} must be {what}, got {value if shown is None else shown!r}"
     if isinstance(value, bool) or not isinstance(value, numbers.Integral if integer else numbers.Real):
         raise wrong_type(msg)
