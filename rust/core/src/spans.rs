@@ -621,6 +621,34 @@ mod tests {
     use super::*;
     use crate::masking::{mask_sequence, MaskConfig, Scheme};
 
+    /// The T5 settings of the recipe (vocabulary of 1000, sentinels from 999 down).
+    fn t5_cfg() -> T5Config {
+        T5Config {
+            noise_density: 0.15,
+            mean_span: 3.0,
+            vocab_size: 1000,
+            first_sentinel: 999,
+            eos_id: 1,
+            pad_id: 0,
+            decoder_start_id: 0,
+        }
+    }
+
+    /// The MASS settings of the recipe (vocabulary of 1000, [MASK] = 103).
+    fn mass_cfg() -> MassConfig {
+        MassConfig {
+            span_ratio: 0.5,
+            start_prob: 0.2,
+            end_prob: 0.2,
+            mask_id: 103,
+            mask_ratio: 0.8,
+            random_ratio: 0.1,
+            decoder_start_id: 103,
+            pad_id: 0,
+            specials: Specials::new(1000, &[0, 101, 102, 103]).unwrap(),
+        }
+    }
+
     fn mcfg(scheme: Scheme) -> MaskConfig {
         MaskConfig {
             mask_id: 103,
@@ -787,15 +815,7 @@ mod tests {
 
     #[test]
     fn t5_sentinels_must_avoid_special_ids() {
-        let mut cfg = T5Config {
-            noise_density: 0.15,
-            mean_span: 3.0,
-            vocab_size: 1000,
-            first_sentinel: 999,
-            eos_id: 1,
-            pad_id: 0,
-            decoder_start_id: 0,
-        };
+        let mut cfg = t5_cfg();
         let vals: Vec<i64> = (200..240).collect(); // 40 tokens: 6 noise, 2 spans
         let offs = [0i64, 40];
         let seqs = Ragged::new(&vals, &offs, "x").unwrap();
@@ -823,17 +843,7 @@ mod tests {
         let vals: Vec<i64> = (200..210).collect();
         let offs = [0i64, 10];
         let seqs = Ragged::new(&vals, &offs, "x").unwrap();
-        let mass = MassConfig {
-            span_ratio: 0.5,
-            start_prob: 0.2,
-            end_prob: 0.2,
-            mask_id: 103,
-            mask_ratio: 0.8,
-            random_ratio: 0.1,
-            decoder_start_id: 103,
-            pad_id: 0,
-            specials: Specials::new(1000, &[0, 101, 102, 103]).unwrap(),
-        };
+        let mass = mass_cfg();
         let e = collate_mass(&mass, seqs, &[0], 0, 0, Some(4), false, None, None).unwrap_err();
         assert!(
             e.to_string()
@@ -848,15 +858,7 @@ mod tests {
                 .seq_len,
             vec![10]
         );
-        let t5 = T5Config {
-            noise_density: 0.15,
-            mean_span: 3.0,
-            vocab_size: 1000,
-            first_sentinel: 999,
-            eos_id: 1,
-            pad_id: 0,
-            decoder_start_id: 0,
-        };
+        let t5 = t5_cfg();
         let e = collate_t5(&t5, seqs, &[0], 0, 0, Some(10), false, None, None).unwrap_err();
         assert!(
             e.to_string()
@@ -873,15 +875,7 @@ mod tests {
         let vals: Vec<i64> = (200..210).collect();
         let offs = [0i64, 5, 10];
         let seqs = Ragged::new(&vals, &offs, "x").unwrap();
-        let t5 = T5Config {
-            noise_density: 0.15,
-            mean_span: 3.0,
-            vocab_size: 1000,
-            first_sentinel: 999,
-            eos_id: 1,
-            pad_id: 0,
-            decoder_start_id: 0,
-        };
+        let t5 = t5_cfg();
         for m in [1usize << 40, 1 << 62, usize::MAX] {
             let e = collate_t5(&t5, seqs, &[0, 1], 0, 0, None, false, Some(m), None).unwrap_err();
             assert!(
@@ -893,17 +887,7 @@ mod tests {
 
     #[test]
     fn mass_span_is_half_and_starts_follow_recipe() {
-        let cfg = MassConfig {
-            span_ratio: 0.5,
-            start_prob: 0.2,
-            end_prob: 0.2,
-            mask_id: 103,
-            mask_ratio: 0.8,
-            random_ratio: 0.1,
-            decoder_start_id: 103,
-            pad_id: 0,
-            specials: Specials::new(1000, &[0, 101, 102, 103]).unwrap(),
-        };
+        let cfg = mass_cfg();
         let mut rng = Rng::new(0, 0, 0, 0);
         let (mut begin, mut end) = (0, 0);
         for _ in 0..10_000 {
@@ -921,15 +905,7 @@ mod tests {
 
     #[test]
     fn t5_counts_and_layout() {
-        let cfg = T5Config {
-            noise_density: 0.15,
-            mean_span: 3.0,
-            vocab_size: 1000,
-            first_sentinel: 999,
-            eos_id: 1,
-            pad_id: 0,
-            decoder_start_id: 0,
-        };
+        let cfg = t5_cfg();
         let row: Vec<i64> = (10..110).collect();
         let mut rng = Rng::new(0, 0, 0, 0);
         let (inp, tgt) = t5_corrupt(&cfg, &row, &mut rng);
