@@ -4,8 +4,12 @@ reader) and corruption errors."""
 
 from __future__ import annotations
 
+import os
 import pickle
+import re
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -156,3 +160,96 @@ def test_shard_pickles_and_indexes(tmp_path, tok, corpus_paths):
         shard[len(shard)]
     with pytest.raises(IndexError):
         shard.sentence(shard.num_sentences)
+
+
+def _raw_shard(path: Path, token_bytes: int, n_tokens: int, n_sent: int, n_docs: int, payload: bytes = b"") -> Path:
+    """A shard file laid out as docs/tokenizer.md documents, with a valid CRC-32 (so only the
+    sizes can reject it)."""
+    h = b"UMSHARD\0" + struct.pack("<IIQQQII", 1, token_bytes, n_tokens, n_sent, n_docs, 10, 0)
+    crc = zlib.crc32(payload, zlib.crc32(h))
+    path.write_bytes(h + struct.pack("<I", crc) + bytes(12) + payload)
+    return path
+
+
+@pytest.mark.parametrize(
+    "token_bytes, n_tokens, n_sent, n_docs, payload",
+    [
+        # 2 * (2**63 - 36) + 64 + 64 + 8 wraps to 64, the file length: once a Rust panic.
+        (2, 2**63 - 36, 7, 0, b""),
+        # 4 * 2**62 wraps to 0 and the offsets agree: once accepted with verify=True, then numpy
+        # failed with "array is too big" and no file name.
+        (4, 2**62, 1, 1, struct.pack("<4Q", 0, 2**62, 0, 1)),
+        (2, 0, 2**64 - 1, 0, struct.pack("<2Q", 0, 0)),
+        (2, 0, 2**61 - 1, 0, struct.pack("<Q", 0)),
+        (2, 0, 0, 2**64 - 1, struct.pack("<2Q", 0, 0)),
+        (4, 2**64 - 1, 0, 0, struct.pack("<2Q", 0, 0)),
+        # No overflow, but sizes far beyond the 96 bytes there are.
+        (2, 2**40, 0, 0, struct.pack("<2Q", 0, 0)),
+    ],
+)
+@pytest.mark.parametrize("verify", [True, False])
+def test_header_sizes_beyond_the_file_are_corruption(tmp_path, token_bytes, n_tokens, n_sent, n_docs, payload, verify):
+    path = _raw_shard(tmp_path / "bad.umshard", token_bytes, n_tokens, n_sent, n_docs, payload)
+    with pytest.raises(ValueError, match="truncated or corrupted shard") as e:
+        TokenShard(path, verify=verify)
+    assert str(path) in str(e.value)
+
+
+def test_header_sizes_of_a_small_valid_shard(tmp_path):
+    # Hand-laid 3 tokens (6 bytes, padded to 8), 1 sentence, 1 document: 64 + 8 + 16 + 16 bytes.
+    payload = struct.pack("<3H", 5, 6, 7) + bytes(2) + struct.pack("<4Q", 0, 3, 0, 1)
+    shard = TokenShard(_raw_shard(tmp_path / "ok.umshard", 2, 3, 1, 1, payload))
+    assert shard.header["tokens_len"] == 8 and shard.path.stat().st_size == 104
+    assert [s.tolist() for s in shard[0]] == [[5, 6, 7]]
+
+
+def test_non_regular_paths_are_rejected_naming_the_path(tmp_path, tok):
+    with pytest.raises(OSError, match=re.escape(f"cannot open shard {tmp_path}: it is a directory")):
+        TokenShard(tmp_path)
+    with pytest.raises(OSError, match=re.escape(f"cannot open corpus {tmp_path}: it is a directory")):
+        tok.encode_file(tmp_path, tmp_path / "out")
+    assert not (tmp_path / "out.umshard").exists()
+    if Path("/dev/null").exists():  # mapping a device was "No such device (os error 19)"
+        with pytest.raises(OSError, match="cannot open shard /dev/null: it is not a regular file"):
+            TokenShard("/dev/null")
+    if Path("/proc/self/status").is_file():  # a regular file that cannot be memory-mapped
+        with pytest.raises(OSError, match="cannot map shard /proc/self/status"):
+            TokenShard("/proc/self/status")
+
+
+_FIFO_SCRIPT = """
+import sys
+from unimask import _native
+from unimask.tokenizer import ChineseSegmenter, TokenShard, WordPieceTokenizer
+fifo, vocab = sys.argv[1], sys.argv[2]
+tok = WordPieceTokenizer.from_vocab(vocab)
+for name, call in [
+    ("shard", lambda: TokenShard(fifo)),
+    ("corpus", lambda: tok.encode_file(fifo, fifo + ".out")),
+    ("corpus", lambda: WordPieceTokenizer.train([fifo], vocab_size=100)),
+    ("vocabulary", lambda: WordPieceTokenizer.from_vocab(fifo)),
+    ("dictionary", lambda: ChineseSegmenter(fifo)),
+]:
+    try:
+        call()
+    except OSError as e:
+        assert str(e) == f"cannot open {name} {fifo}: it is not a regular file (a device, named pipe or socket)", e
+    else:
+        raise AssertionError(name)
+print("ok")
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_named_pipes_are_rejected_instead_of_blocking(tmp_path, minilm_dir):
+    # Opening a FIFO for reading blocks until a writer comes: without the check these calls
+    # never return, so they run in a subprocess with a timeout.
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    r = subprocess.run(
+        [sys.executable, "-c", _FIFO_SCRIPT, str(fifo), str(minilm_dir / "vocab.txt")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]

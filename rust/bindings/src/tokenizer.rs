@@ -287,7 +287,10 @@ impl PyTokenizer {
         };
         let inner = run_detached(py, move || {
             let seg = chinese_dict
-                .map(|p| Segmenter::from_file(&p))
+                .map(|p| {
+                    shards::check_regular_file(&p, "dictionary")?;
+                    Segmenter::from_file(&p)
+                })
                 .transpose()?
                 .map(Arc::new);
             Ok(Tokenizer::new(Vocab::new(tokens)?, config)?.with_segmenter(seg))
@@ -300,7 +303,10 @@ impl PyTokenizer {
     /// Read and validate a `vocab.txt` file; returns its tokens in id order.
     #[staticmethod]
     fn read_vocab(py: Python<'_>, path: std::path::PathBuf) -> PyResult<Vec<String>> {
-        run_detached(py, move || Ok(Vocab::from_file(&path)?.tokens().to_vec()))
+        run_detached(py, move || {
+            shards::check_regular_file(&path, "vocabulary")?;
+            Ok(Vocab::from_file(&path)?.tokens().to_vec())
+        })
     }
 
     /// Encode one text (and optional pair): (ids u32, type_ids u8, offsets u32 [n, 2], word_ids i32).
@@ -590,7 +596,10 @@ struct PySegmenter {
 impl PySegmenter {
     #[new]
     fn new(py: Python<'_>, path: std::path::PathBuf) -> PyResult<Self> {
-        let seg = run_detached(py, move || Segmenter::from_file(&path))?;
+        let seg = run_detached(py, move || {
+            shards::check_regular_file(&path, "dictionary")?;
+            Segmenter::from_file(&path)
+        })?;
         Ok(Self {
             inner: Arc::new(seg),
         })
@@ -612,7 +621,10 @@ fn shard_header(
     path: std::path::PathBuf,
     verify: bool,
 ) -> PyResult<std::collections::HashMap<&'static str, u64>> {
-    let h = run_detached(py, move || Ok(shards::Shard::open(&path, verify)?.header))?;
+    let (h, tokens_len) = run_detached(py, move || {
+        let s = shards::Shard::open(&path, verify)?;
+        Ok((s.header, s.tokens_len()))
+    })?;
     Ok([
         ("version", h.version as u64),
         ("token_bytes", h.token_bytes as u64),
@@ -621,7 +633,7 @@ fn shard_header(
         ("n_documents", h.n_documents),
         ("vocab_size", h.vocab_size as u64),
         ("crc32", h.crc32 as u64),
-        ("tokens_len", h.tokens_len()),
+        ("tokens_len", tokens_len),
         ("header_len", shards::HEADER_LEN as u64),
     ]
     .into_iter()

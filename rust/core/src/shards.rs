@@ -148,18 +148,53 @@ impl ShardHeader {
         Ok(hd)
     }
 
-    /// Byte length of the padded token section.
-    pub fn tokens_len(&self) -> u64 {
-        (self.n_tokens * self.token_bytes as u64).div_ceil(8) * 8
+    /// Byte length of the padded token section; `None` when it overflows a `u64` (a corrupted
+    /// header).
+    pub fn tokens_len(&self) -> Option<u64> {
+        self.n_tokens
+            .checked_mul(self.token_bytes as u64)?
+            .checked_next_multiple_of(8)
     }
 
-    /// Total file length implied by the header.
-    pub fn file_len(&self) -> u64 {
-        HEADER_LEN as u64
-            + self.tokens_len()
-            + (self.n_sentences + 1) * 8
-            + (self.n_documents + 1) * 8
+    /// Byte offsets of the sentence offsets, the document offsets and the end of the file
+    /// implied by the header; `None` when one overflows a `u64` (a corrupted header).
+    fn layout(&self) -> Option<(u64, u64, u64)> {
+        let offsets_len = |n: u64| n.checked_add(1)?.checked_mul(8);
+        let sentences = (HEADER_LEN as u64).checked_add(self.tokens_len()?)?;
+        let documents = sentences.checked_add(offsets_len(self.n_sentences)?)?;
+        let end = documents.checked_add(offsets_len(self.n_documents)?)?;
+        Some((sentences, documents, end))
     }
+
+    /// Total file length implied by the header; `None` when it overflows a `u64` (a corrupted
+    /// header).
+    pub fn file_len(&self) -> Option<u64> {
+        self.layout().map(|(_, _, end)| end)
+    }
+}
+
+/// Fail with an `OSError` naming `path` unless it is a regular file (after symlinks). Checked
+/// before opening an input, so a directory or device gets a clear message and a named pipe
+/// (FIFO) cannot block the open forever waiting for a writer.
+pub fn check_regular_file(path: &Path, what: &str) -> Result<()> {
+    let meta = std::fs::metadata(path).map_err(|e| {
+        Error::Io(std::io::Error::new(
+            e.kind(),
+            format!("cannot open {what} {}: {e}", path.display()),
+        ))
+    })?;
+    if meta.is_file() {
+        return Ok(());
+    }
+    let kind = if meta.is_dir() {
+        "a directory"
+    } else {
+        "not a regular file (a device, named pipe or socket)"
+    };
+    Err(Error::Io(std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        format!("cannot open {what} {}: it is {kind}", path.display()),
+    )))
 }
 
 // ---------------------------------------------------------------------------------- writer
@@ -258,6 +293,7 @@ pub fn write_shard(
     }
     let vocab_size = tok.vocab().len();
     let width: u32 = if vocab_size <= 1 << 16 { 2 } else { 4 };
+    check_regular_file(input, "corpus")?;
     let fin = File::open(input).map_err(|e| {
         Error::Io(std::io::Error::new(
             e.kind(),
@@ -431,10 +467,13 @@ pub fn write_shard(
     // CRC of header bytes 0..48 followed by the payload: combine by recomputing over the header
     // first is not possible after the fact, so the payload CRC is chained onto the header CRC
     // with the standard CRC-32 combination below.
+    let file_len = header
+        .file_len()
+        .ok_or_else(|| Error::Internal(format!("shard size overflows a u64 ({header:?})")))?;
     header.crc32 = crc32_combine(
         crc32_update(0, &hb[..48]),
         crc_payload,
-        header.file_len() - HEADER_LEN as u64,
+        file_len - HEADER_LEN as u64,
     );
     let mut f = w.into_inner().map_err(|e| Error::Io(e.into_error()))?;
     f.seek(SeekFrom::Start(0))?;
@@ -509,12 +548,16 @@ pub fn crc32_combine(mut crc1: u32, crc2: u32, mut len2: u64) -> u32 {
 pub struct Shard {
     map: memmap2::Mmap,
     pub header: ShardHeader,
+    /// Byte offsets of the sentence and document offset sections (validated against the file).
+    sentences_at: usize,
+    documents_at: usize,
 }
 
 impl Shard {
     /// Open and validate a shard (sizes always; the CRC when `verify`).
     pub fn open(path: &Path, verify: bool) -> Result<Self> {
         let name = path.display().to_string();
+        check_regular_file(path, "shard")?;
         let f = File::open(path).map_err(|e| {
             Error::Io(std::io::Error::new(
                 e.kind(),
@@ -523,16 +566,39 @@ impl Shard {
         })?;
         // SAFETY: the map is read-only; a shard modified by another process while mapped
         // can give wrong tokens but not undefined behaviour in safe slices of plain integers.
-        let map = unsafe { memmap2::Mmap::map(&f)? };
+        let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| {
+            Error::Io(std::io::Error::new(
+                e.kind(),
+                format!("cannot map shard {name}: {e}"),
+            ))
+        })?;
         let header = ShardHeader::parse(&map, &name)?;
-        if map.len() as u64 != header.file_len() {
-            return Err(Error::InvalidInput(format!(
-                "{name}: truncated or corrupted shard (file has {} bytes, header implies {})",
-                map.len(),
-                header.file_len()
-            )));
-        }
-        let s = Self { map, header };
+        // Every size derived from the header is checked (no wrapping) and must match the file
+        // exactly, so the offsets below are in bounds and fit a usize.
+        let (sentences_at, documents_at) = match header.layout() {
+            Some((s, d, end)) if end == map.len() as u64 => (s as usize, d as usize),
+            layout => {
+                let implied = match layout {
+                    Some((_, _, end)) => format!("{end} bytes"),
+                    None => "more than 2**64 bytes".to_string(),
+                };
+                return Err(Error::InvalidInput(format!(
+                    "{name}: truncated or corrupted shard (file has {} bytes, header implies \
+                     {implied} for {} tokens of {} bytes, {} sentences and {} documents)",
+                    map.len(),
+                    header.n_tokens,
+                    header.token_bytes,
+                    header.n_sentences,
+                    header.n_documents
+                )));
+            }
+        };
+        let s = Self {
+            map,
+            header,
+            sentences_at,
+            documents_at,
+        };
         if verify {
             let crc = crc32_update(crc32_update(0, &s.map[..48]), &s.map[HEADER_LEN..]);
             if crc != header.crc32 {
@@ -556,28 +622,30 @@ impl Shard {
         Ok(s)
     }
 
-    fn u64s(&self, start: usize, n: usize) -> Vec<u64> {
-        self.map[start..start + 8 * n]
+    /// The little-endian u64s of `map[start..end]` (in bounds: `open` checked the layout).
+    fn u64s(&self, start: usize, end: usize) -> Vec<u64> {
+        self.map[start..end]
             .chunks_exact(8)
             .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
             .collect()
     }
 
+    /// Byte length of the padded token section (validated against the file by `open`).
+    pub fn tokens_len(&self) -> u64 {
+        (self.sentences_at - HEADER_LEN) as u64
+    }
+
     /// Sentence offsets (S + 1 entries).
     pub fn sentence_offsets(&self) -> Vec<u64> {
-        let start = HEADER_LEN + self.header.tokens_len() as usize;
-        self.u64s(start, self.header.n_sentences as usize + 1)
+        self.u64s(self.sentences_at, self.documents_at)
     }
 
     /// Document offsets (D + 1 entries).
     pub fn document_offsets(&self) -> Vec<u64> {
-        let start = HEADER_LEN
-            + self.header.tokens_len() as usize
-            + 8 * (self.header.n_sentences as usize + 1);
-        self.u64s(start, self.header.n_documents as usize + 1)
+        self.u64s(self.documents_at, self.map.len())
     }
 
-    /// Token id `i`.
+    /// Token id `i`. Panics when `i >= n_tokens`, as slice indexing does.
     pub fn token(&self, i: u64) -> u32 {
         let w = self.header.token_bytes as usize;
         let at = HEADER_LEN + i as usize * w;
@@ -684,5 +752,102 @@ mod tests {
             matches!(Shard::open(&out, true), Err(Error::InvalidInput(m)) if m.contains("checksum"))
         );
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// A shard file: `header` with a valid CRC over it and `payload`.
+    fn raw_shard(header: ShardHeader, payload: &[u8]) -> Vec<u8> {
+        let mut h = header.to_bytes();
+        let crc = crc32_update(crc32_update(0, &h[..48]), payload);
+        h[48..52].copy_from_slice(&crc.to_le_bytes());
+        [&h[..], payload].concat()
+    }
+
+    #[test]
+    fn header_sizes_that_overflow_are_corruption_not_panics() {
+        let dir = std::env::temp_dir().join(format!("umshard-overflow-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let h = |token_bytes, n_tokens, n_sentences, n_documents| ShardHeader {
+            version: VERSION,
+            token_bytes,
+            n_tokens,
+            n_sentences,
+            n_documents,
+            vocab_size: 10,
+            flags: 0,
+            crc32: 0,
+        };
+        let offsets = |v: &[u64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let cases = [
+            // 2 * (2**63 - 36) wraps to 2**64 - 72; + 64 + 64 + 8 wraps to 64 = the file length.
+            (h(2, (1 << 63) - 36, 7, 0), Vec::new()),
+            // 4 * 2**62 wraps to 0: 96 bytes with consistent offsets passed even the CRC check.
+            (h(4, 1 << 62, 1, 1), offsets(&[0, 1 << 62, 0, 1])),
+            (h(2, 0, u64::MAX, 0), offsets(&[0, 0])),
+            (h(2, 0, (1 << 61) - 1, 0), offsets(&[0])),
+            (h(2, 0, 0, u64::MAX), offsets(&[0, 0])),
+            (h(4, u64::MAX, 0, 0), offsets(&[0, 0])),
+        ];
+        for (k, (header, payload)) in cases.iter().enumerate() {
+            let path = dir.join(format!("o{k}.umshard"));
+            std::fs::write(&path, raw_shard(*header, payload)).unwrap();
+            for verify in [true, false] {
+                match Shard::open(&path, verify) {
+                    Err(Error::InvalidInput(m)) => assert!(
+                        m.contains("truncated or corrupted shard")
+                            && m.contains(&path.display().to_string()),
+                        "{m}"
+                    ),
+                    Err(e) => panic!("case {k}: {e}"),
+                    Ok(_) => panic!("case {k} ({header:?}) accepted"),
+                }
+            }
+        }
+        assert_eq!(h(2, (1 << 63) - 36, 7, 0).file_len(), None);
+        assert_eq!(h(4, 1 << 62, 1, 1).tokens_len(), None);
+        // A consistent header still opens, and its sizes are those of the layout table.
+        let good = h(2, 3, 1, 1);
+        assert_eq!(
+            (good.tokens_len(), good.file_len()),
+            (Some(8), Some(64 + 8 + 16 + 16))
+        );
+        let mut payload = vec![5, 0, 6, 0, 7, 0, 0, 0];
+        payload.extend(offsets(&[0, 3, 0, 1]));
+        let path = dir.join("good.umshard");
+        std::fs::write(&path, raw_shard(good, &payload)).unwrap();
+        let sh = Shard::open(&path, true).unwrap();
+        assert_eq!(sh.tokens_len(), 8);
+        assert_eq!(
+            (sh.sentence_offsets(), sh.document_offsets()),
+            (vec![0, 3], vec![0, 1])
+        );
+        assert_eq!((0..3).map(|i| sh.token(i)).collect::<Vec<_>>(), [5, 6, 7]);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn non_regular_files_are_rejected_naming_the_path() {
+        let dir = std::env::temp_dir();
+        let name = dir.display().to_string();
+        let words = ["[UNK]", "a"].iter().map(|s| s.to_string()).collect();
+        let tok = Tokenizer::new(Vocab::new(words).unwrap(), TokenizerConfig::default()).unwrap();
+        let out = dir.join(format!("umshard-dir-{}.umshard", std::process::id()));
+        for r in [
+            Shard::open(&dir, true).map(|_| ()),
+            write_shard(&tok, &dir, &out, 8, Some(1)).map(|_| ()),
+        ] {
+            match r {
+                Err(Error::Io(e)) => {
+                    let m = e.to_string();
+                    assert!(m.contains(&name) && m.contains("a directory"), "{m}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(!out.exists());
+        #[cfg(unix)]
+        match Shard::open(Path::new("/dev/null"), true) {
+            Err(Error::Io(e)) => assert!(e.to_string().contains("/dev/null: it is not a regular")),
+            other => panic!("{:?}", other.map(|s| s.header)),
+        }
     }
 }
