@@ -430,6 +430,8 @@ impl MaskingSpec {
 
     /// Test hook: mask `samples` rows of `n_tokens` plain tokens and return the span lengths
     /// (in units) the span sampler drew, and the lengths of the spans it kept.
+    /// `n_tokens * samples` is bounded by `SAMPLED_SPAN_TOKENS_MAX` (a ValueError above it), so
+    /// a huge argument cannot abort on allocation or run for ever.
     fn _sampled_span_lengths<'py>(
         &self,
         py: Python<'py>,
@@ -437,6 +439,7 @@ impl MaskingSpec {
         samples: u64,
         seed: u64,
     ) -> PyResult<LengthArrays<'py>> {
+        check_sampled_span_size(n_tokens, samples)?;
         let (drawn, kept) = run_detached(py, || {
             let mut s = Scratch::default();
             let (mut drawn, mut kept) = (Vec::new(), Vec::new());
@@ -466,6 +469,19 @@ impl MaskingSpec {
             Ok((drawn, kept))
         })?;
         Ok((drawn.into_pyarray(py), kept.into_pyarray(py)))
+    }
+}
+
+/// Most tokens (`n_tokens * samples`) one `_sampled_span_lengths` call may mask.
+const SAMPLED_SPAN_TOKENS_MAX: u64 = 1 << 28;
+
+fn check_sampled_span_size(n_tokens: usize, samples: u64) -> PyResult<()> {
+    match (n_tokens as u64).checked_mul(samples) {
+        Some(total) if total <= SAMPLED_SPAN_TOKENS_MAX => Ok(()),
+        _ => Err(PyValueError::new_err(format!(
+            "_sampled_span_lengths: n_tokens={n_tokens} * samples={samples} exceeds \
+             {SAMPLED_SPAN_TOKENS_MAX} tokens (2**28)"
+        ))),
     }
 }
 
@@ -692,7 +708,7 @@ fn permutation(
     seed: u64,
     epoch: u64,
 ) -> PyResult<Bound<'_, PyArray1<u64>>> {
-    let p = run_detached(py, || Ok(unimask_core::rng::permutation(n, seed, epoch)))?;
+    let p = run_detached(py, || unimask_core::rng::permutation(n, seed, epoch))?;
     Ok(p.into_pyarray(py))
 }
 

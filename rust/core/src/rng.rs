@@ -125,15 +125,34 @@ impl Rng {
 }
 
 /// A permutation of `0..n` that is a pure function of `(seed, epoch)` (dataset shuffling).
-pub fn permutation(n: usize, seed: u64, epoch: u64) -> Vec<u64> {
-    let mut v: Vec<u64> = (0..n as u64).collect();
+/// An `n` whose `8 * n` bytes cannot be allocated is an `InvalidInput` error naming `n` (the
+/// allocation is fallible, so it never aborts the process).
+pub fn permutation(n: usize, seed: u64, epoch: u64) -> crate::Result<Vec<u64>> {
+    let mut v: Vec<u64> = Vec::new();
+    v.try_reserve_exact(n).map_err(|e| {
+        crate::Error::InvalidInput(format!(
+            "permutation of n={n} elements: cannot allocate {n} indices ({e})"
+        ))
+    })?;
+    v.extend(0..n as u64);
     Rng::new(seed, epoch, u64::MAX, stream::SHUFFLE).shuffle(&mut v);
-    v
+    Ok(v)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn permutation_too_large_is_an_error_not_an_abort() {
+        // 2**62 * 8 bytes overflows isize; 2**59 * 8 bytes (4 EiB) cannot be allocated.
+        for n in [1usize << 62, 1 << 59, usize::MAX] {
+            match permutation(n, 0, 0) {
+                Err(crate::Error::InvalidInput(m)) => assert!(m.contains(&format!("n={n}")), "{m}"),
+                other => panic!("n={n}: {:?}", other.map(|v| v.len())),
+            }
+        }
+    }
 
     #[test]
     fn streams_are_pure_functions_of_their_keys() {
@@ -187,12 +206,12 @@ mod tests {
 
     #[test]
     fn shuffle_and_permutation_are_permutations() {
-        let p = permutation(1000, 3, 4);
+        let p = permutation(1000, 3, 4).unwrap();
         let mut s = p.clone();
         s.sort_unstable();
         assert_eq!(s, (0..1000).collect::<Vec<_>>());
-        assert_eq!(p, permutation(1000, 3, 4));
-        assert_ne!(p, permutation(1000, 3, 5));
+        assert_eq!(p, permutation(1000, 3, 4).unwrap());
+        assert_ne!(p, permutation(1000, 3, 5).unwrap());
     }
 
     #[test]
