@@ -521,7 +521,10 @@ class WordPieceTokenizer:
         starts with ``special_tokens`` (in order) and every character seen (``c`` at a word
         start, ``##c`` inside), then repeatedly adds the merge of the most frequent adjacent
         pair until ``vocab_size`` entries or no pair occurs ``min_frequency`` times.
-        Deterministic for any ``num_threads``.
+        Deterministic for any ``num_threads``. Settings the resulting tokenizer would reject (an
+        empty special token or ``continuing_subword_prefix``, ``max_input_chars_per_word < 1``)
+        raise ``ValueError`` before training; a corpus path that is not a regular file is an
+        ``OSError`` naming it.
         """
         if isinstance(files, (str, os.PathLike)):
             files = [files]
@@ -537,7 +540,14 @@ class WordPieceTokenizer:
         prefix = kwargs.get("continuing_subword_prefix", "##")
         if not isinstance(prefix, str):
             raise TypeError(f"continuing_subword_prefix must be a str, got {type(prefix).__name__}")
+        if not prefix:
+            raise ValueError("continuing_subword_prefix must not be empty (got '')")
         specials = list(special_tokens)
+        for i, t in enumerate(specials):
+            if not isinstance(t, str):
+                raise TypeError(f"special_tokens[{i}] must be a str, got {type(t).__name__}")
+            if not t:
+                raise ValueError(f"special tokens must not be empty strings: special_tokens[{i}] is ''")
         unk = kwargs.get("unk_token", "[UNK]")
         if unk not in specials:
             raise ValueError(f"special_tokens must contain the unknown token {unk!r}, got {specials!r}")
@@ -927,7 +937,9 @@ class TokenShard:
     ``len(shard)`` is the number of documents; ``shard[i]`` is document ``i`` as a list of
     sentence token-id arrays (zero-copy views into the file); ``tokens``,
     ``sentence_offsets`` and ``document_offsets`` are the raw ``np.memmap`` columns. The header
-    and CRC-32 are checked on open (``verify=False`` skips the CRC pass over the file).
+    and CRC-32 are checked on open (``verify=False`` skips the CRC pass over the file): sizes
+    in the header that do not match the file (or overflow 64 bits) are a ``ValueError`` naming
+    the file, a path that is not a regular file (directory, device, FIFO) an ``OSError``.
     Picklable: workers reopen the file.
     """
 

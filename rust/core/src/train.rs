@@ -27,6 +27,7 @@ use rayon::prelude::*;
 
 use crate::normalize::{NChar, NormScratch, Normalizer, NormalizerConfig};
 use crate::pretokenize::split_words;
+use crate::shards::check_regular_file;
 use crate::{pool, Error, Result};
 
 /// Training settings.
@@ -40,6 +41,33 @@ pub struct TrainConfig {
     pub max_input_chars_per_word: usize,
 }
 
+impl TrainConfig {
+    /// Reject settings the tokenizer built from the result would reject (the rules of
+    /// `Tokenizer::new`, `WordPiece::new` and `Vocab::new`), so they fail before the long
+    /// counting pass rather than after it.
+    pub fn validate(&self) -> Result<()> {
+        if self.vocab_size == 0 {
+            return Err(Error::InvalidInput("vocab_size must be positive".into()));
+        }
+        if let Some(i) = self.special_tokens.iter().position(|t| t.is_empty()) {
+            return Err(Error::InvalidInput(format!(
+                "special tokens must not be empty strings: special_tokens[{i}] is \"\""
+            )));
+        }
+        if self.continuing_subword_prefix.is_empty() {
+            return Err(Error::InvalidInput(
+                "continuing_subword_prefix must not be empty (got \"\")".into(),
+            ));
+        }
+        if self.max_input_chars_per_word == 0 {
+            return Err(Error::InvalidInput(
+                "max_input_chars_per_word must be positive (got 0)".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Word counts of the corpus files after normalization and pre-tokenization.
 pub fn count_words(
     files: &[PathBuf],
@@ -50,6 +78,10 @@ pub fn count_words(
     let norm = Normalizer::new(normalizer);
     let mut total: HashMap<String, u64> = HashMap::new();
     const CHUNK: usize = 4 << 20;
+    // Every file is checked before the first is read (and a FIFO is never opened).
+    for path in files {
+        check_regular_file(path, "corpus")?;
+    }
     for path in files {
         let f = std::fs::File::open(path).map_err(|e| {
             Error::Io(std::io::Error::new(
@@ -132,9 +164,7 @@ pub fn train(
     if files.is_empty() {
         return Err(Error::InvalidInput("train needs at least one file".into()));
     }
-    if cfg.vocab_size == 0 {
-        return Err(Error::InvalidInput("vocab_size must be positive".into()));
-    }
+    cfg.validate()?;
     let counts = count_words(
         files,
         cfg.normalizer,
@@ -220,7 +250,8 @@ pub fn train_from_counts(counts: HashMap<String, u64>, cfg: &TrainConfig) -> Vec
         .collect();
     let mut mark = vec![0u32; syms.len()];
     let mut epoch = 0u32;
-    let min_freq = cfg.min_frequency.max(1) as i64;
+    // Pair counts are i64; a min_frequency beyond i64::MAX is unreachable (no merge), not -1.
+    let min_freq = i64::try_from(cfg.min_frequency.max(1)).unwrap_or(i64::MAX);
     while vocab.len() < cfg.vocab_size {
         let Some((c, Reverse(a), Reverse(b))) = heap.pop() else {
             break;
@@ -342,5 +373,84 @@ mod tests {
         assert_eq!(v.len(), 2 + 4); // no pair reaches min_frequency 2
         let v = train_from_counts(counts, &cfg(3));
         assert_eq!(v.len(), 6); // specials + alphabet are always kept
+    }
+
+    #[test]
+    fn min_frequency_beyond_i64_merges_nothing() {
+        // "ab" x 5: the one pair (a, ##b) occurs 5 times. Only a threshold of at most 5
+        // merges it; u64 values past i64::MAX once wrapped to negative thresholds (= 1).
+        let counts: HashMap<String, u64> = [("ab".to_string(), 5)].into_iter().collect();
+        for (min_frequency, merged) in [
+            (5, true),
+            (6, false),
+            (i64::MAX as u64, false),
+            (1 << 63, false),
+            (u64::MAX, false),
+        ] {
+            let v = train_from_counts(
+                counts.clone(),
+                &TrainConfig {
+                    min_frequency,
+                    ..cfg(100)
+                },
+            );
+            assert_eq!(v.contains(&"ab".to_string()), merged, "{min_frequency}");
+            assert_eq!(v.len(), 4 + merged as usize, "{min_frequency}: {v:?}");
+        }
+    }
+
+    #[test]
+    fn settings_the_tokenizer_rejects_fail_before_reading_files() {
+        // The file does not exist: validation must fail first, with its own message.
+        let files = [PathBuf::from("/nonexistent/unimask-train-corpus.txt")];
+        let bad = [
+            (
+                TrainConfig {
+                    special_tokens: vec!["[PAD]".into(), String::new()],
+                    ..cfg(100)
+                },
+                "special_tokens[1]",
+            ),
+            (
+                TrainConfig {
+                    continuing_subword_prefix: String::new(),
+                    ..cfg(100)
+                },
+                "continuing_subword_prefix",
+            ),
+            (
+                TrainConfig {
+                    max_input_chars_per_word: 0,
+                    ..cfg(100)
+                },
+                "max_input_chars_per_word",
+            ),
+            (cfg(0), "vocab_size"),
+        ];
+        for (c, what) in bad {
+            match train(&files, &c, Some(1)) {
+                Err(Error::InvalidInput(m)) => assert!(m.contains(what), "{m}"),
+                other => panic!("{what}: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            train(&files, &cfg(100), Some(1)),
+            Err(Error::Io(_))
+        ));
+    }
+
+    #[test]
+    fn directories_are_rejected_naming_the_path() {
+        let dir = std::env::temp_dir();
+        match train(std::slice::from_ref(&dir), &cfg(100), Some(1)) {
+            Err(Error::Io(e)) => {
+                let m = e.to_string();
+                assert!(
+                    m.contains(&dir.display().to_string()) && m.contains("directory"),
+                    "{m}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }
