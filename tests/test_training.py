@@ -175,7 +175,8 @@ def test_autocast_precisions_need_cuda():
 
 
 def test_history_records_the_global_grad_norm_before_clipping():
-    """Oracle: the same two micro-batches, loss / 2 each, backward by hand, then
+    """Oracle: the same two micro-batches, each MLM loss weighted by its share of the two
+    batches' masked tokens (NSP likewise by labelled samples), backward by hand, then
     sqrt(sum of squared gradients) over every parameter."""
     docs = synthetic_documents()
     cfg = TrainingConfig(max_steps=1, lr=1e-3, warmup_steps=0, grad_accum=2, grad_clip=1e-3, eval_every=0,
@@ -184,8 +185,12 @@ def test_history_records_the_global_grad_norm_before_clipping():
     t.train()
     ref = tiny_model(dropout=0.0)
     it = source(docs).batches(0)
-    for _ in range(2):
-        (ref(**next(it)).loss / 2).backward()
+    micro = [next(it) for _ in range(2)]
+    n_mlm = [int((b["labels"] != -100).sum()) for b in micro]
+    n_nsp = [int((b["next_sentence_label"] != -100).sum()) for b in micro]
+    for b, m, k in zip(micro, n_mlm, n_nsp):
+        out = ref(**b)
+        (out.mlm_loss * (m / sum(n_mlm)) + out.nsp_loss * (k / sum(n_nsp) if sum(n_nsp) else 0.0)).backward()
     norm = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in ref.parameters() if p.grad is not None))
     assert t.state.history[0]["grad_norm"] == pytest.approx(float(norm), rel=1e-5)
     assert t.state.history[0]["grad_norm"] > 1e-3  # so the clip acted

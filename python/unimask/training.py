@@ -5,9 +5,10 @@ Reads top to bottom like nanoGPT's ``train.py``, but as a small API:
 * :func:`configure_optimizers` — AdamW with BERT's weight-decay exclusions (biases and
   LayerNorm parameters get no decay; google-research/bert ``optimization.py``).
 * :func:`linear_schedule` — linear warmup then linear decay to 0 (BERT's schedule).
-* :class:`Trainer` — gradient accumulation, gradient clipping, bf16/fp16 autocast on CUDA,
-  periodic held-out evaluation (MLM loss, accuracy, perplexity), a tqdm bar with tokens/s, a
-  loss-curve PNG at the end, atomic checksummed checkpoints that hold model, optimizer,
+* :class:`Trainer` — gradient accumulation (exact: the gradient of one batch of the step's
+  micro-batches, each loss weighted by its share of the scored targets), gradient clipping,
+  bf16/fp16 autocast on CUDA, periodic held-out evaluation (MLM loss, accuracy, perplexity),
+  a tqdm bar with tokens/s, a loss-curve PNG at the end, atomic checksummed checkpoints that hold model, optimizer,
   scheduler, RNG states and the data position, and DDP or FSDP under ``torchrun`` (gloo on
   the CPU, NCCL on CUDA).
 
@@ -230,6 +231,52 @@ def _count_tokens(batch: Batch) -> int:
     return int(batch["input_ids"].numel())
 
 
+#: Loss components the Trainer weights by their scored targets: ``PretrainingOutput.mlm_loss``
+#: (masked tokens for MLM/UNILM, next tokens for the causal LM, span tokens for MASS: the
+#: ``labels`` / ``decoder_labels`` that are not -100) and ``.nsp_loss`` (labelled samples).
+_COMPONENTS = ("mlm", "nsp")
+
+
+def _scored_counts(model: nn.Module, batch: Batch) -> dict[str, int]:
+    """The targets ``model`` scores in ``batch``, per loss component (see :data:`_COMPONENTS`).
+
+    MLM: ``labels`` (or MASS's ``decoder_labels``) != -100, what ``gather_labelled`` selects.
+    NSP: ``next_sentence_label`` != -100 after the model's own relabelling (``UnifiedLM``
+    scores bidirectional samples only; its collators already give the others -100, but a
+    hand-made batch may not); packed rows take each sample's mode from the document that
+    starts at its ``[CLS]``, as the model does."""
+    counts = {"mlm": 0, "nsp": 0}
+    for key in ("labels", "decoder_labels"):
+        if isinstance(batch.get(key), torch.Tensor):
+            counts["mlm"] += int((batch[key] != -100).sum())
+    label = batch.get("next_sentence_label")
+    if isinstance(label, torch.Tensor):
+        relabel = getattr(model, "_nsp_labels", None)
+        mode = batch.get("attn_mode")
+        if relabel is not None and isinstance(mode, torch.Tensor):
+            if isinstance(batch.get("cu_seqlens"), torch.Tensor) and isinstance(batch.get("doc_starts"), torch.Tensor):
+                starts = batch["doc_starts"]
+                mode = mode[torch.searchsorted(batch["cu_seqlens"][1:].to(starts.dtype), starts, right=True)]
+            label = relabel(label, mode)
+        counts["nsp"] = int((label != -100).sum())
+    return counts
+
+
+def _weighted_loss(out: Any, counts: dict[str, int], weights: dict[str, float], grad_accum: int) -> torch.Tensor:
+    """One micro-batch's share of the step's loss: ``sum_c weights[c] * out.<c>_loss``.
+
+    A model whose output has neither ``mlm_loss`` nor ``nsp_loss`` (a custom model with only
+    ``loss``) falls back to ``loss / grad_accum``: a mean of micro-batch means."""
+    parts = {c: getattr(out, f"{c}_loss", None) for c in _COMPONENTS}
+    if all(v is None for v in parts.values()):
+        return out.loss / grad_accum
+    scored = getattr(out, "mlm_labels", None)
+    if parts["mlm"] is not None and scored is not None and scored.shape[0] != counts["mlm"]:
+        raise RuntimeError(f"the model scored {scored.shape[0]} MLM targets, the batch labels {counts['mlm']}")
+    terms = [v * weights[c] for c, v in parts.items() if v is not None]
+    return terms[0] if len(terms) == 1 else sum(terms[1:], terms[0])
+
+
 def _full(t: torch.Tensor) -> float:
     """A scalar as a float; a DTensor (FSDP2's total grad norm) is first made whole."""
     if hasattr(t, "full_tensor"):
@@ -319,11 +366,24 @@ class Trainer:
     Args:
         model: a model whose ``forward(**batch)`` returns an output with ``.loss`` (and
             ``.mlm_logits``/``.mlm_labels`` for evaluation), e.g. :class:`unimask.models.UnifiedLM`.
+            With ``.mlm_loss`` / ``.nsp_loss`` (every unimask pretraining model), each step's
+            loss is the mean over all its scored targets (see "Gradient accumulation" below);
+            an output with only ``.loss`` is averaged as ``loss / grad_accum``.
         train_data: a :class:`BatchSource` or a callable ``start -> iterator of batches``.
         config: :class:`TrainingConfig`.
         eval_data: held-out batches (an iterable, or a callable returning one), evaluated every
             ``config.eval_every`` steps and at the end.
         device: default CUDA if available, else CPU.
+
+    Gradient accumulation is exact: a step first fetches its ``grad_accum`` micro-batches and
+    counts, per loss component, the targets each one scores (MLM/LM/span tokens: ``labels`` or
+    ``decoder_labels`` != -100; NSP: ``next_sentence_label`` != -100 of the samples the model
+    scores), sums them over the window (and over ranks, one all-reduce), and weights each
+    micro-batch's ``mlm_loss`` / ``nsp_loss`` by its count / the total (times the world size,
+    since DDP/FSDP average gradients over ranks). The gradient is thus the one of a single
+    batch of all the step's examples (as transformers' ``num_items_in_batch``), and the logged
+    ``loss`` is that batch's loss. A component with no target in the window contributes 0.
+    With ``grad_accum=1`` in one process every weight is 1: ``loss.backward()`` as before.
 
     Under ``torchrun`` (``torch.distributed`` initialised before construction) the model is
     wrapped in DDP, or with ``config.distributed="fsdp"`` sharded in place by FSDP2
@@ -392,6 +452,19 @@ class Trainer:
             return torch.autocast(self.device.type, enabled=False)
         return torch.autocast("cuda", dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16)
 
+    def _window_weights(self, counts: list[dict[str, int]]) -> list[dict[str, float]]:
+        """Each micro-batch's weight per loss component: ``world * n / N``, with ``n`` its
+        scored targets and ``N`` the window's total over micro-batches and ranks (0 when
+        ``N`` is 0). DDP/FSDP average the gradients over ranks, hence the factor ``world``;
+        the accumulated gradient is then the gradient of the mean loss over the whole
+        global batch's targets. One all-reduce of the totals per step under torch.distributed."""
+        totals = [sum(c[k] for c in counts) for k in _COMPONENTS]
+        if self.dist is not None:
+            t = torch.tensor(totals, dtype=torch.int64, device=self.device)
+            self.dist.all_reduce(t)
+            totals = [int(v) for v in t.tolist()]
+        return [{k: (self.world * c[k] / n if n > 0 else 0.0) for k, n in zip(_COMPONENTS, totals)} for c in counts]
+
     # -- evaluation -------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -438,13 +511,19 @@ class Trainer:
             bar = tqdm(total=stop, initial=self.state.step, desc="pretrain", unit="step", dynamic_ncols=True)
         t0, tokens = time.perf_counter(), 0
         while self.state.step < stop:
-            loss_sum = 0.0
-            for micro in range(cfg.grad_accum):
+            # the step's window of grad_accum micro-batches is fetched first: its scored-target
+            # counts (summed over ranks) weight each micro-batch's loss (see _window_weights)
+            window = []
+            for _ in range(cfg.grad_accum):
                 try:
-                    batch = next(batches)
+                    window.append(next(batches))
                 except StopIteration:
                     raise RuntimeError(f"training data ran out at micro-batch {self.state.data_position}") from None
                 self.state.data_position += 1
+            counts = [_scored_counts(self.model, b) for b in window]
+            weights = self._window_weights(counts)
+            loss_sum = 0.0
+            for micro, batch in enumerate(window):
                 tokens += _count_tokens(batch) * self.world
                 batch = self._to_device(batch)
                 sync = micro == cfg.grad_accum - 1
@@ -453,9 +532,11 @@ class Trainer:
                 ctx = model.no_sync() if not sync and hasattr(model, "no_sync") else _nullcontext()
                 with ctx:
                     with self._autocast():
-                        loss = model(**batch).loss / cfg.grad_accum
+                        out = model(**batch)
+                    loss = _weighted_loss(out, counts[micro], weights[micro], cfg.grad_accum)
                     (self.scaler.scale(loss) if self.scaler else loss).backward()
                 loss_sum += float(loss.detach())
+            window.clear()
             if self.scaler:
                 self.scaler.unscale_(opt)
             grad_norm = None
