@@ -131,6 +131,24 @@ def test_cli_trains_resumes_and_saves(tmp_path, capsys, objective):
     assert main(["--corpus", str(tmp_path / "nope.txt"), *common]) == 2
 
 
+@pytest.mark.parametrize("existing", [["step-0000020.pt", "step-0000020.pt.sha256"], ["latest"]])
+def test_cli_without_resume_refuses_an_output_with_checkpoints(tmp_path, capsys, existing):
+    """A fresh run into an --output holding an earlier run's checkpoints would mix the two runs'
+    files (and retention deleted the new ones); it is refused before anything is read or written."""
+    out = tmp_path / "run"
+    out.mkdir()
+    for name in existing:
+        (out / name).write_text("earlier run\n")
+    argv = ["--steps", "2", "--batch-size", "4", "--hidden", "16", "--layers", "1", "--heads", "2",
+            "--max-length", "16", "--max-documents", "20", "--device", "cpu", "--no-progress", "--output", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"unimask pretrain: --output {out} already holds" in err and "--resume" in err, err
+    assert existing[0] in err
+    assert sorted(p.name for p in out.iterdir()) == sorted(existing)  # untouched
+    assert all((out / n).read_text() == "earlier run\n" for n in existing)
+
+
 def test_packed_mlm_corpus_batches_hold_whole_sentences():
     d = docs()
     ex = examples_of(d)

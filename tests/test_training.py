@@ -167,6 +167,32 @@ def test_trainer_evaluates_and_loss_falls(tmp_path):
     assert (tmp_path / "loss_curve.png").is_file() and (tmp_path / "metrics.json").is_file()
 
 
+def test_checkpoint_retention_keeps_this_runs_checkpoints_in_a_used_directory(tmp_path):
+    """A directory holding a longer earlier run's checkpoints (steps 1, 8, 20): pruning by name
+    deleted this run's new checkpoints right after writing them and left ``latest`` naming a
+    deleted file. Now: retention orders by step and touches only steps <= the current one."""
+    docs = synthetic_documents()
+    for step in (1, 8, 20):
+        save_checkpoint_file({"earlier": step}, tmp_path / f"step-{step:07d}.pt")
+    cfg = TrainingConfig(max_steps=4, lr=1e-3, warmup_steps=0, eval_every=0, output_dir=str(tmp_path),
+                         progress=False, precision="fp32", checkpoint_every=2, keep_checkpoints=1)
+    t = Trainer(tiny_model(), source(docs), cfg, device="cpu", log=lambda s: None)
+    t.train(until=2)
+    t.save_checkpoint()
+    assert sorted(p.name for p in tmp_path.glob("step-*.pt")) == ["step-0000002.pt", "step-0000008.pt",
+                                                                 "step-0000020.pt"]
+    t.train()
+    names = sorted(p.name for p in tmp_path.glob("step-*.pt"))
+    assert names == ["step-0000004.pt", "step-0000008.pt", "step-0000020.pt"]
+    assert sorted(p.name for p in tmp_path.glob("step-*.pt.sha256")) == [n + ".sha256" for n in names]
+    assert (tmp_path / "latest").read_text().strip() == "step-0000004.pt"
+    c = Trainer(tiny_model(), source(docs), cfg, device="cpu", log=lambda s: None)
+    c.load_checkpoint(tmp_path)  # latest names a file that exists
+    assert c.state.step == 4
+    for n, v in t.model.state_dict().items():
+        assert torch.equal(c.model.state_dict()[n], v), n
+
+
 def test_autocast_precisions_need_cuda():
     with pytest.raises(ValueError, match="CUDA"):
         Trainer(tiny_model(), lambda s: iter(()), TrainingConfig(precision="bf16"), device="cpu")

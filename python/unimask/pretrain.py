@@ -356,7 +356,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-batches", type=int, default=8)
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--max-documents", type=int, default=None, help="use only the first N documents")
-    p.add_argument("--output", type=Path, default=Path("unimask-pretrain"), help="output directory")
+    p.add_argument("--output", type=Path, default=Path("unimask-pretrain"),
+                   help="output directory (without --resume it must hold no checkpoint of an earlier run)")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT's latest checkpoint")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
@@ -386,10 +387,23 @@ def _init_distributed(device: str | None) -> tuple[int, int, str | None]:
     return dist.get_rank(), dist.get_world_size(), device
 
 
+def _earlier_checkpoints(output: Path) -> list[str]:
+    """The checkpoint files (``step-*.pt``, ``latest``) already in ``output``, at most 3 named."""
+    if not output.is_dir():
+        return []
+    names = sorted(p.name for p in output.glob("step-*.pt"))
+    if (output / "latest").exists():
+        names.insert(0, "latest")
+    return names[:3] + ([f"{len(names) - 3} more"] if len(names) > 3 else [])
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``unimask pretrain`` with parsed arguments; returns the exit code (2, with a message on
     stderr, for a bad argument found before training starts; other bad input raises the library's
-    ``ValueError`` / :class:`unimask.training.CheckpointError`, which the command reports)."""
+    ``ValueError`` / :class:`unimask.training.CheckpointError`, which the command reports).
+
+    Without ``--resume``, an ``--output`` that already holds checkpoints (``step-*.pt`` or
+    ``latest``) is refused: a fresh run there would mix its checkpoints with the earlier run's."""
     import torch  # noqa: PLC0415
 
     from .corpus import demo_corpus_path  # noqa: PLC0415
@@ -411,6 +425,13 @@ def run(args: argparse.Namespace) -> int:
     if args.vocab is not None and not args.vocab.exists():
         print(f"unimask pretrain: --vocab {args.vocab}: no such file or directory", file=sys.stderr)
         return 2
+    if not args.resume:
+        earlier = _earlier_checkpoints(args.output)
+        if earlier:
+            print(f"unimask pretrain: --output {args.output} already holds an earlier run's checkpoints "
+                  f"({', '.join(earlier)}); continue that run with --resume, or choose another --output",
+                  file=sys.stderr)
+            return 2
     try:
         device_type = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu")).type
     except RuntimeError as e:  # not a device string

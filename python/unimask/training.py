@@ -27,6 +27,7 @@ import json
 import math
 import os
 import random
+import re
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -198,6 +199,23 @@ def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
     if actual != expected:
         raise CheckpointError(f"checkpoint {path} is corrupt: sha256 {actual} != recorded {expected}")
     return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _checkpoints_to_prune(directory: Path, current: Path, step: int, keep: int) -> list[Path]:
+    """The ``step-N.pt`` files of ``directory`` that retention deletes after ``current`` (step
+    ``step``) was written: those with ``N <= step`` beyond the newest ``keep`` by ``N``, never
+    ``current`` nor the file ``latest`` names. Files of later steps are another run's: kept."""
+    protected = {current.name}
+    latest = directory / "latest"
+    if latest.is_file():
+        protected.add(latest.read_text().strip())
+    ours = []
+    for p in directory.glob("step-*.pt"):
+        m = re.fullmatch(r"step-(\d+)\.pt", p.name)
+        if m and int(m.group(1)) <= step:
+            ours.append((int(m.group(1)), p.name, p))
+    ours.sort()
+    return [p for _, name, p in ours[: max(0, len(ours) - keep)] if name not in protected]
 
 
 def _rng_state() -> dict[str, Any]:
@@ -628,7 +646,12 @@ class Trainer:
         }
 
     def save_checkpoint(self, directory: str | Path | None = None) -> Path | None:
-        """Write ``step-XXXXXXX.pt`` (+ ``.sha256``) and point ``latest`` at it (rank 0 only)."""
+        """Write ``step-XXXXXXX.pt`` (+ ``.sha256``) and point ``latest`` at it (rank 0 only).
+
+        Then keeps the newest ``config.keep_checkpoints`` checkpoints of this run: of the
+        ``step-N.pt`` files with ``N`` <= the current step, ordered by ``N``, older ones are
+        deleted. The file just written and the one ``latest`` names are never deleted, and
+        checkpoints with a later step (another run's, in the same directory) are left alone."""
         directory = Path(directory or self.config.output_dir or ".")
         state = self.checkpoint_state()  # collective under FSDP: every rank calls it
         if self.rank != 0:
@@ -637,8 +660,7 @@ class Trainer:
             return None
         path = save_checkpoint_file(state, directory / f"step-{self.state.step:07d}.pt")
         _atomic_write_bytes(directory / "latest", (path.name + "\n").encode())
-        olds = sorted(directory.glob("step-*.pt"))[: -max(1, self.config.keep_checkpoints)]
-        for old in olds:
+        for old in _checkpoints_to_prune(directory, path, self.state.step, max(1, self.config.keep_checkpoints)):
             for p in (old, old.with_name(old.name + ".sha256")):
                 p.unlink(missing_ok=True)
         if self.dist is not None:
