@@ -101,6 +101,41 @@ def test_collator_columns_rebuild_the_documents():
     assert 0.08 < rate < 0.25, rate
 
 
+@pytest.mark.parametrize("span", [None, "geometric"])
+def test_mlm_packing_masks_each_document_as_unpacked(span):
+    """Packing changes only where tokens sit: each document's tokens and labels are those the
+    MLMCollator gives it unpacked (same index), whichever documents share its batch or row."""
+    docs = _docs(30, seed=4)
+    mlm = MLMCollator(**IDS, seed=7, span=span)
+    unpacked = mlm(docs, indices=range(1000, 1030))
+
+    def per_doc(b, n):
+        cu = b["cu_seqlens"].tolist()
+        starts = [cu[d] for d in range(len(cu) - 1)]
+        flat_ids, flat_lab = b["input_ids"].reshape(-1), b["labels"].reshape(-1)
+        # real documents are the ones with tokens other than padding, in packing order
+        rows = pack_first_fit([len(docs[i]) for i in n], 40)
+        out, d = {}, 0
+        for members in rows:
+            for i in members:
+                out[i] = (flat_ids[starts[d]:cu[d + 1]].tolist(), flat_lab[starts[d]:cu[d + 1]].tolist())
+                d += 1
+            d += 1  # the row's padding document
+        return {n[i]: v for i, v in out.items()}
+
+    whole = PackingCollator(MLMCollator(**IDS, seed=7, span=span), max_length=40)(docs, indices=range(1000, 1030))
+    got = per_doc(whole, list(range(30)))
+    for i in range(30):
+        n = int(unpacked["seq_len"][i])
+        assert got[i] == (unpacked["input_ids"][i, :n].tolist(), unpacked["labels"][i, :n].tolist()), i
+    # the odd documents alone, in another order: the same masks for the same indices
+    sub = list(range(29, 0, -2))
+    part = PackingCollator(MLMCollator(**IDS, seed=7, span=span), max_length=40)(
+        [docs[i] for i in sub], indices=[1000 + i for i in sub])
+    got_sub = per_doc(part, sub)
+    assert all(got_sub[i] == got[i] for i in sub)
+
+
 def test_collator_is_deterministic_picklable_and_pads_to_max_length():
     docs = _docs(16, seed=2)
     a = PackingCollator(MLMCollator(**IDS, seed=5), max_length=40, pad_to_max_length=True)

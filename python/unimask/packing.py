@@ -101,11 +101,11 @@ class PackingCollator:
     """Pack samples into rows of ``max_length`` and mask them with ``collator``.
 
     Args:
-        collator: an :class:`~unimask.collators.MLMCollator` masks the rows (any of its
-            recipes: BERT 80/10/10, whole words from ``vocab=``, SpanBERT spans, n-grams); it
-            sees each row as one sample that already holds its special tokens, so it never
-            masks a document's ``[CLS]``/``[SEP]``, and its per-sample budget
-            (``exact_count``) is counted per row. A
+        collator: an :class:`~unimask.collators.MLMCollator` masks each document on its own
+            before the packing (any of its recipes: BERT 80/10/10, whole words from ``vocab=``,
+            SpanBERT spans, n-grams), exactly as unpacked: the same masks, seeded by the
+            sample's index, the per-sample budget (``exact_count``) per document, never a
+            document's ``[CLS]``/``[SEP]``; packing changes only where the tokens sit. A
             :class:`~unimask.collators.UnifiedLMCollator` (UNILM) collates each sample on its
             own first, exactly as it would unpacked (its mode, segments, masks and NSP label,
             seeded by the sample's index), and the documents are then packed with their modes:
@@ -124,10 +124,11 @@ class PackingCollator:
     ``attention_mask`` / ``seq_len``: ``cu_seqlens`` int64 ``[N + 1]`` over the ``R * L``
     flattened tokens (the documents, and each row's padding as one more document),
     ``attn_mode`` (bidirectional) and ``src_len`` int64 ``[N]``, ``num_documents`` and
-    ``num_tokens`` int64 ``[R]`` (real documents and tokens per row). Masks are drawn per row
-    from the collator's seed, epoch and the index of the row's first sample (``indices=``, the samples' ``index`` keys as
+    ``num_tokens`` int64 ``[R]`` (real documents and tokens per row). Masks are drawn per sample
+    from the collator's seed, epoch and the sample's index (``indices=``, the samples' ``index`` keys as
     :class:`unimask.datasets.IndexedDataset` adds them, or else a running count), so with
-    indices the same samples give the same batch whatever the DataLoader's workers.
+    indices the same samples give the same masks whatever the DataLoader's workers and
+    whichever other samples share their batch or row.
     """
 
     def __init__(self, collator: Any, max_length: int, pad_to_max_length: bool = False) -> None:
@@ -197,17 +198,22 @@ class PackingCollator:
             idx = np.asarray(indices, dtype=np.int64)
             if idx.shape != (len(docs),):
                 raise ValueError(f"indices must be {len(docs)} integers (one per sample), got {indices!r}")
-        rows = pack_first_fit([d.size for d in docs], self.max_length)
-        row_ids = [np.concatenate([docs[i] for i in r]) for r in rows]
-        out = self.collator(row_ids, indices=[int(idx[r[0]]) for r in rows])
-        if self.pad_to_max_length and out["input_ids"].shape[1] < self.max_length:
-            out = self._pad(out, self.max_length)
-        R, L = out["input_ids"].shape
-        lengths = [d.size for d in docs]
-        result = {k: v for k, v in out.items() if k not in ("attention_mask", "seq_len")}
-        result.update(_document_columns(rows, lengths, L))
-        result["num_documents"] = torch.tensor([len(r) for r in rows], dtype=torch.int64)
-        result["num_tokens"] = torch.tensor([sum(lengths[i] for i in r) for r in rows], dtype=torch.int64)
+        # each document masked on its own, as unpacked (seeded by its index, budget per document)
+        out = self.collator(docs, indices=idx)
+        packed = self._pack(out, ("input_ids", "token_type_ids", "labels", "attention_mask"))
+        for k in ("doc_starts", "doc_lengths"):  # single documents: no per-sample head to place
+            packed.pop(k)
+        return packed
+
+    def _pack(self, out: dict[str, torch.Tensor], keys: Sequence[str]) -> dict[str, torch.Tensor]:
+        """The ``keys`` columns of a batch the wrapped collator made sample by sample, packed into
+        rows (:func:`pack_padded`), with ``num_documents`` / ``num_tokens`` per row."""
+        result = pack_padded({k: out[k] for k in keys}, self.max_length, pad_id=getattr(self.collator, "pad_id", None) or 0,
+                             width=self.max_length if self.pad_to_max_length else None)
+        rows = result["doc_starts"] // result["input_ids"].shape[1]
+        R = result["input_ids"].shape[0]
+        result["num_documents"] = torch.bincount(rows, minlength=R)
+        result["num_tokens"] = torch.zeros(R, dtype=torch.int64).index_add_(0, rows, out["seq_len"].to(torch.int64))
         return result
 
     def _pack_documents(self, batch: Sequence[Any], indices: Sequence[int] | None) -> dict[str, torch.Tensor]:
@@ -220,16 +226,8 @@ class PackingCollator:
                 f"sample {i} has {int(out['seq_len'][i])} tokens with its special tokens, more than a row's "
                 f"{self.max_length}; give the UnifiedLMCollator max_length <= {self.max_length}"
             )
-        cols = {k: out[k] for k in ("input_ids", "token_type_ids", "labels", "attention_mask", "attn_mode", "src_len",
-                                    "next_sentence_label")}
-        result = pack_padded(cols, self.max_length, pad_id=getattr(self.collator, "pad_id", None) or 0,
-                             width=self.max_length if self.pad_to_max_length else None)
-        rows = result["doc_starts"] // result["input_ids"].shape[1]
-        lengths = out["seq_len"].to(torch.int64)
-        R = result["input_ids"].shape[0]
-        result["num_documents"] = torch.bincount(rows, minlength=R)
-        result["num_tokens"] = torch.zeros(R, dtype=torch.int64).index_add_(0, rows, lengths)
-        return result
+        return self._pack(out, ("input_ids", "token_type_ids", "labels", "attention_mask", "attn_mode", "src_len",
+                                "next_sentence_label"))
 
 
 def pack_padded(batch: dict[str, torch.Tensor], max_length: int, pad_id: int = 0,
