@@ -350,3 +350,21 @@ def test_varlen_bad_shapes():
         unified_attention_varlen(torch.zeros(1, 9, 2, 16), torch.zeros(9, 2, 16), torch.zeros(9, 2, 16), [0, 9], [0], [0])
     with pytest.raises(ValueError, match="multiple"):
         unified_attention_varlen(torch.zeros(9, 3, 16), torch.zeros(9, 2, 16), torch.zeros(9, 2, 16), [0, 9], [0], [0])
+
+
+def test_varlen_checks_qkv_like_the_padded_api():
+    """Integer q/k/v and q/k/v on different devices: the padded API's TypeError / ValueError on
+    every varlen backend (they were torch's internal errors, or a RuntimeError of the kernel)."""
+    cu, q, k, v = _packed([5, 4], 2, 1, 16, dtype=torch.float32)
+    for backend in ("sdpa", "reference"):
+        with pytest.raises(TypeError, match="q must be a floating-point tensor, got dtype torch.int64"):
+            unified_attention_varlen(q.long(), k.long(), v.long(), cu, [0, 0], [0, 0], backend=backend)
+        with pytest.raises(ValueError, match="q, k, v must be on one device, got cpu, meta, cpu"):
+            unified_attention_varlen(q, k.to("meta"), v, cu, [0, 0], [0, 0], backend=backend)
+
+
+def test_varlen_unchecked_takes_a_list_of_cu_seqlens():
+    cu, q, k, v = _packed([5, 4], 2, 1, 16)
+    want = unified_attention_varlen(q, k, v, cu, [3, 1], [2, 0], backend="sdpa")
+    got = unified_attention_varlen(q, k, v, cu.tolist(), [3, 1], [2, 0], max_seqlen=5, backend="sdpa", check=False)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)

@@ -144,6 +144,16 @@ def _worker(inp: str, out: str) -> None:
     c = payload["cases"][0]
     args = (c["q"].float(), c["k"].float(), c["v"].float(), c["mode"], c["src"], c["seq"])
     results["dispatch_equal"] = bool(torch.equal(unified_attention(*args, backend="triton"), K.attention(*args)))
+    # second derivatives: the kernel's backward is not differentiable; asking for them must be
+    # an error, not a first-order gradient silently detached from the graph
+    q2 = args[0].clone().requires_grad_()
+    out2 = K.attention(q2, *args[1:])
+    gq, = torch.autograd.grad((out2 ** 2).sum(), q2, create_graph=True)
+    try:
+        (gq ** 2).sum().backward()
+        results["double_backward"] = f"no error (gq.requires_grad={gq.requires_grad})"
+    except RuntimeError as e:
+        results["double_backward"] = str(e)
     # per-sample arguments shorter/longer than B: a ValueError before the kernel would read
     # attn_mode[b], seq_len[b] past their end (checked or not)
     results["batch_len"] = {}
@@ -382,6 +392,13 @@ def test_dispatch_and_empty(interp):
     assert f"x {2**35} is too large" in interp["too_long"], interp["too_long"]
     assert "got 'fast'" in interp["bad_schedule"], interp["bad_schedule"]
     assert interp["empty_shape"] == (0, 2, 5, 16)
+
+
+def test_second_derivatives_are_an_error(interp):
+    """create_graph=True through the kernel, then a loss on the gradient: torch's
+    once_differentiable error (before, the gradient came back detached and the penalty on it
+    silently contributed nothing)."""
+    assert "differentiate twice" in interp["double_backward"], interp["double_backward"]
 
 
 def test_mask_args_must_have_batch_entries(interp):

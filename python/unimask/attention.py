@@ -33,14 +33,23 @@ __all__ = [
 BACKENDS = ("auto", "triton", "sdpa", "reference")
 
 
-def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+def _check_tensors(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: str) -> None:
+    """q, k, v are floating-point tensors of ``layout``'s rank, on one device, of one dtype."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != 4:
-            raise ValueError(f"{name} must have shape [B, H, L, D], got {tuple(t.shape)}")
+        if t.dim() != layout.count(",") + 1:
+            raise ValueError(f"{name} must have shape {layout}, got {tuple(t.shape)}")
         if not t.dtype.is_floating_point:
             raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+
+
+def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    _check_tensors(q, k, v, "[B, H, L, D]")
     if k.shape != v.shape:
         raise ValueError(f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
     B, H, L, D = q.shape
@@ -203,10 +212,6 @@ def unified_attention(
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
     _check_qkv(q, k, v)
-    if not (q.device == k.device == v.device):
-        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
-    if not (q.dtype == k.dtype == v.dtype):
-        raise TypeError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     if check:
         check_mask_args(attn_mode, src_len, seq_len, q.shape[2], batch=q.shape[0])
     else:  # shapes only (no sync): a short argument would make the kernel read past its end
@@ -243,11 +248,7 @@ def check_cu_seqlens(cu_seqlens, total: int, total_name: str = "T", hint: str = 
 
 
 def _check_varlen(q, k, v, cu_seqlens, attn_mode, src_len, max_seqlen):
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != 3:
-            raise ValueError(f"{name} must have shape [T, H, D] (packed tokens), got {tuple(t.shape)}")
+    _check_tensors(q, k, v, "[T, H, D]")
     if k.shape != v.shape:
         raise ValueError(f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
     T, H, D = q.shape
@@ -255,8 +256,6 @@ def _check_varlen(q, k, v, cu_seqlens, attn_mode, src_len, max_seqlen):
         raise ValueError(f"k/v shape {tuple(k.shape)} does not match q shape {tuple(q.shape)}")
     if k.shape[1] == 0 or H % k.shape[1] != 0:
         raise ValueError(f"q heads ({H}) must be a multiple of k/v heads ({k.shape[1]})")
-    if not (q.dtype == k.dtype == v.dtype):
-        raise TypeError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     cu, lens = check_cu_seqlens(cu_seqlens, T)
     longest = int(lens.max()) if lens.numel() else 0
     if max_seqlen is None:
@@ -391,8 +390,8 @@ def unified_attention_varlen(
         raise ValueError("unified_attention_varlen(check=False) needs max_seqlen")
     else:  # shapes only (no sync): one entry per document, or the kernel reads past the end
         for name, t in (("attn_mode", attn_mode), ("src_len", src_len)):
-            check_batch_len(name, t, cu_seqlens.shape[0] - 1, "cu_seqlens describes N = {} documents")
-        cu, mode, src, max_seqlen = cu_seqlens, attn_mode, src_len, int(max_seqlen)
+            check_batch_len(name, t, len(cu_seqlens) - 1, "cu_seqlens describes N = {} documents")
+        cu, mode, src, max_seqlen = torch.as_tensor(cu_seqlens), attn_mode, src_len, int(max_seqlen)
     path = select_backend(q, backend)
     if path == "triton":
         return _kernel_module().attention_varlen(q, k, v, cu, mode, src, max_seqlen, scale, dropout_p)

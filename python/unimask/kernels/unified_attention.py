@@ -683,6 +683,7 @@ class _UnifiedAttention(torch.autograd.Function):
         return o
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # no second derivatives: an error, not silently none
     def backward(ctx, do):  # noqa: D102
         q, k, v, o, lse, mode, src, seq, starts = ctx.saved_tensors
         varlen = starts is not None
