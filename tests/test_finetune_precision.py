@@ -101,15 +101,14 @@ def _tiny_cfg(tok) -> EncoderConfig:
 @pytest.mark.parametrize("kind", ["classify", "tag"])
 def test_grad_accum_equals_one_big_batch(tok, sents, kind):
     """Two micro-batches of 8 accumulated make the same optimizer step as one batch of 16 (no
-    dropout; the same 16 examples, the same constant rate): the weights after it agree. (Losses
-    are means per micro-batch, as in HF ``Trainer``: with per-token losses the two agree when the
-    micro-batches score equally many tokens, as here.)"""
+    dropout; the same 16 examples, the same constant rate): the weights after it agree. (Each
+    micro-batch's loss is weighted by its share of the step's scored targets; unequal token
+    counts, short last batches and windows: ``tests/test_finetune_accum.py``.)"""
     labels = LabelMap(["a", "b"]) if kind == "classify" else LabelMap(["O", "B-X"])
     if kind == "classify":
         data = [Example(s, label="ab"[i % 2]) for i, s in enumerate(sents)]
     else:
-        # Five words each: both micro-batches score the same number of first pieces, so the mean
-        # of their mean token losses is the mean over the big batch (per-token losses).
+        # Five words each (equal token counts; see test_finetune_accum.py for unequal ones).
         data = [TaggedSentence(s.split()[:5], ["B-X" if j % 3 == 0 else "O" for j in range(5)]) for s in sents]
 
     def run(batch_size, grad_accum):

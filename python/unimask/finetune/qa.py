@@ -221,13 +221,17 @@ def finetune_qa(model: QuestionAnswering, tokenizer, train: Sequence[QAExample],
     feats.pop("example")
     feats.pop("context_mask")
     n = feats["input_ids"].shape[0]
-    def batch_loss(idx: list[int]) -> torch.Tensor:
+    def make_batch(idx: list[int]) -> tuple[dict[str, torch.Tensor], int]:
         batch = {k: v[idx] for k, v in feats.items()}
         width = int(batch["attention_mask"].sum(1).max())  # drop the all-padding columns
-        batch = {k: (v[:, :width] if v.dim() == 2 else v) for k, v in batch.items()}
+        # every window has a start and an end target ([CLS] when it holds no answer): the loss
+        # is a mean over the windows
+        return {k: (v[:, :width] if v.dim() == 2 else v) for k, v in batch.items()}, len(idx)
+
+    def batch_loss(batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return model(**_to(batch, device)).loss
 
-    history = _train_task_loss_only(model, cfg, n, batch_loss, log)
+    history = _train_task_loss_only(model, cfg, n, make_batch, batch_loss, log)
     report = (evaluate_qa(model, tokenizer, eval_examples, cfg.max_length, stride, null_threshold)
               if eval_examples else None)
     return {"history": history, "eval": report, "config": asdict(cfg), "windows": n}

@@ -22,7 +22,7 @@ import torch
 from .data import Example
 from .heads import Seq2SeqFinetuner
 from .metrics import exact_match, rouge_l
-from .trainer import FinetuneConfig, _to, _train_task_loss_only
+from .trainer import FinetuneConfig, _scored, _to, _train_task_loss_only
 
 __all__ = ["seq2seq_finetuner", "generate_texts", "evaluate_seq2seq", "finetune_seq2seq"]
 
@@ -93,10 +93,15 @@ def finetune_seq2seq(ft: Seq2SeqFinetuner, tokenizer, train: Sequence[Example], 
     targets = _ids(tokenizer, [str(e.label) for e in train], max_target_length)
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + 11)
 
-    def batch_loss(idx: list[int]) -> torch.Tensor:
-        return ft(**_to(ft.make_batch([sources[i] for i in idx], [targets[i] for i in idx], gen), device)).loss
+    def make_batch(idx: list[int]) -> tuple[dict[str, torch.Tensor], int]:
+        # the masking draws from gen example by example, in the plan's order (as before)
+        batch = ft.make_batch([sources[i] for i in idx], [targets[i] for i in idx], gen)
+        return batch, _scored(batch["labels"])  # the loss is a mean over the masked target tokens
 
-    history = _train_task_loss_only(ft.model, cfg, len(train), batch_loss, log)
+    def batch_loss(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return ft(**_to(batch, device)).loss
+
+    history = _train_task_loss_only(ft.model, cfg, len(train), make_batch, batch_loss, log)
     report = (evaluate_seq2seq(ft, tokenizer, eval_examples, max_source_length, max_target_length, num_beams)
               if eval_examples else None)
     return {"history": history, "eval": report, "config": asdict(cfg)}

@@ -31,7 +31,10 @@ from .trainer import (
     FinetuneConfig,
     _add_aux_lm,
     _autocast,
+    _aux_gamma,
+    _aux_lm_batch,
     _CrossViewRun,
+    _micro_counts,
     _single_task_training,
     _to,
     lm_finetune,
@@ -364,29 +367,37 @@ def finetune_tagger(model: TokenClassifier, tokenizer, train: Sequence[TaggedSen
     history: list[dict[str, Any]] = []
     step = 0
     model.train()
-    for epoch, b, idx in plan:
-        batch = encode_tagged(tokenizer, [train[i] for i in idx], cfg.max_length, model.label_map)
-        batch.pop("word_ids")
-        if cfg.pack:  # the same sentences in fewer padded tokens; labels stay per token
-            batch = pack_padded(batch, cfg.max_length)
-        batch = _to(batch, device)
-        with _autocast(cfg, device):
-            task_loss = model(**batch).loss
-            loss, gamma, lm = _add_aux_lm(task_loss, aux, batch, step, total, cfg)
-        stepped, lrs = acc.backward(loss, b)
-        cvt_loss = cvt_kl = None
-        if cvt is not None:  # CVT: an unlabeled mini-batch after each labelled one
-            cvt_loss, cvt_kl = cvt.step(model, opt)
-        if stepped:
-            sched.step()
-        history.append({"step": step, "epoch": epoch, "batch": b, "loss": loss.item(),
-                        "task_loss": task_loss.item(), "lm_loss": None if lm is None else lm.item(),
-                        "gamma": gamma, "lr": max(lrs), "lrs": lrs,
-                        "unfrozen": unfreezer.unfrozen if unfreezer is not None else None,
-                        "cvt_loss": cvt_loss, "cvt_kl": cvt_kl})
-        step += 1
-        if log and cfg.log_every and step % cfg.log_every == 0:
-            log(f"epoch {epoch + 1} step {step}/{total}: loss {loss.item():.4f}")
+    for window in acc.windows(plan):
+        # the optimizer step's micro-batches first: their scored tokens weight their losses
+        micro = []
+        for _, _, idx in window:
+            batch = encode_tagged(tokenizer, [train[i] for i in idx], cfg.max_length, model.label_map)
+            batch.pop("word_ids")
+            lm_batch = _aux_lm_batch(aux, batch, step + len(micro), cfg)
+            if cfg.pack:  # the same sentences in fewer padded tokens; labels stay per token
+                batch = pack_padded(batch, cfg.max_length)
+            micro.append((batch, lm_batch))
+        weights = acc.weights([_micro_counts(batch["labels"], lm_batch) for batch, lm_batch in micro])
+        gamma = _aux_gamma(cfg, acc) if aux is not None else None
+        for k, ((epoch, b, _), (batch, lm_batch)) in enumerate(zip(window, micro)):
+            batch = _to(batch, device)
+            with _autocast(cfg, device):
+                task_loss = model(**batch).loss
+                loss, terms, lm = _add_aux_lm(task_loss, aux, lm_batch, gamma)
+            stepped, lrs = acc.backward(terms, weights[k], last=k == len(window) - 1)
+            cvt_loss = cvt_kl = None
+            if cvt is not None:  # CVT: an unlabeled mini-batch after each labelled one
+                cvt_loss, cvt_kl = cvt.step(model, opt)
+            if stepped:
+                sched.step()
+            history.append({"step": step, "epoch": epoch, "batch": b, "loss": loss.item(),
+                            "task_loss": task_loss.item(), "lm_loss": None if lm is None else lm.item(),
+                            "gamma": gamma, "lr": max(lrs), "lrs": lrs,
+                            "unfrozen": unfreezer.unfrozen if unfreezer is not None else None,
+                            "cvt_loss": cvt_loss, "cvt_kl": cvt_kl})
+            step += 1
+            if log and cfg.log_every and step % cfg.log_every == 0:
+                log(f"epoch {epoch + 1} step {step}/{total}: loss {loss.item():.4f}")
     report = evaluate_tagger(model, tokenizer, eval_sentences, cfg.max_length, cfg.pack) if eval_sentences else None
     return {"history": history, "lm_losses": lm_losses, "eval": report, "config": asdict(cfg),
             "cvt": cvt.report(model, step) if cvt is not None else None,

@@ -31,10 +31,10 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -59,6 +59,8 @@ from .schedules import (
 
 __all__ = ["FinetuneConfig", "finetune_classifier", "evaluate_classifier", "predict", "lm_finetune",
            "AuxLM", "train_multitask", "encode_examples"]
+
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -204,27 +206,40 @@ class AuxLM(nn.Module):
         self.head.apply(encoder._init_weights)
         self.collator = MLMCollator(tokenizer=tokenizer, mlm_probability=mlm_probability, seed=seed)
 
-    def loss(self, rows: Sequence[Any], indices: Sequence[int],
-             token_type_ids: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+    def collate(self, rows: Sequence[Any], indices: Sequence[int],
+                token_type_ids: Sequence[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """The masked copies of ``rows`` (CPU tensors: ``input_ids``, ``token_type_ids``,
+        ``attention_mask``, ``labels`` = the original ids at masked positions, -100 elsewhere);
+        the masking is a pure function of the collator's seed and ``indices``."""
         rows = list(rows)
         batch = self.collator(rows, indices=list(indices))
-        types = batch["token_type_ids"]
         if token_type_ids is not None:
             if len(token_type_ids) != len(rows):
                 raise ValueError(f"token_type_ids has {len(token_type_ids)} rows for {len(rows)} input rows")
-            types = torch.zeros_like(types)
+            types = torch.zeros_like(batch["token_type_ids"])
             for i, (r, t) in enumerate(zip(rows, token_type_ids)):
                 t = torch.as_tensor(t)
                 if t.shape != (len(r),):
                     raise ValueError(f"token_type_ids[{i}] has shape {tuple(t.shape)}, its row has {len(r)} tokens")
                 types[i, : len(r)] = t
+            batch = {**batch, "token_type_ids": types}
+        return batch
+
+    def batch_loss(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The mean MLM loss over the masked tokens of a :meth:`collate` batch (a 0 that keeps
+        the graph when nothing is masked)."""
         enc = self.encoder[0]
         device = enc.embeddings.word.weight.device
-        out = enc(batch["input_ids"].to(device), types.to(device), batch["attention_mask"].to(device))
+        out = enc(batch["input_ids"].to(device), batch["token_type_ids"].to(device), batch["attention_mask"].to(device))
         h, y = gather_labelled(out.last_hidden_state, batch["labels"].to(device))
         if y.numel() == 0:
             return out.last_hidden_state.sum() * 0.0
         return F.cross_entropy(self.head(h, enc.embeddings.word.weight).float(), y)
+
+    def loss(self, rows: Sequence[Any], indices: Sequence[int],
+             token_type_ids: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        """:meth:`batch_loss` of :meth:`collate` ``(rows, indices, token_type_ids)``."""
+        return self.batch_loss(self.collate(rows, indices, token_type_ids))
 
 
 def _rows_of(batch: Mapping[str, torch.Tensor], key: str = "input_ids") -> list[torch.Tensor]:
@@ -246,19 +261,54 @@ def _autocast(cfg: FinetuneConfig, device: torch.device):
     return contextlib.nullcontext()
 
 
-def _add_aux_lm(task_loss: torch.Tensor, aux: AuxLM | None, batch: Mapping[str, torch.Tensor], step: int,
-                total: int, cfg: FinetuneConfig) -> tuple[torch.Tensor, float | None, torch.Tensor | None]:
-    """``(loss, gamma, lm_loss)``: the task loss plus ``gamma`` times the auxiliary masked-LM loss
-    of the batch's rows (SiATL's decaying gamma or the configured constant), or the task loss
-    alone without ``aux``. The LM's encoder sees the rows as the task forward does: the same
-    token types (segment B of a pair is type 1) and attention mask; only masked tokens differ."""
+def _aux_lm_batch(aux: AuxLM | None, batch: Mapping[str, torch.Tensor], step: int,
+                  cfg: FinetuneConfig) -> dict[str, torch.Tensor] | None:
+    """The auxiliary LM's masked copies of the rows of the (padded, CPU) task ``batch`` of
+    micro-batch ``step`` (row ``j`` masked as sample ``step * cfg.batch_size + j``), or None
+    without ``aux``. The LM's encoder sees the rows as the task forward does: the same token
+    types (segment B of a pair is type 1) and attention mask; only masked tokens differ."""
     if aux is None:
-        return task_loss, None, None
-    gamma = siatl_gamma(step, total) if cfg.aux_lm_weight == "siatl" else float(cfg.aux_lm_weight)
+        return None
     n = batch["input_ids"].shape[0]
     types = _rows_of(batch, "token_type_ids") if batch.get("token_type_ids") is not None else None
-    lm = aux.loss(_rows_of(batch), [step * cfg.batch_size + j for j in range(n)], types)
-    return task_loss + gamma * lm, gamma, lm
+    return aux.collate(_rows_of(batch), [step * cfg.batch_size + j for j in range(n)], types)
+
+
+def _aux_gamma(cfg: FinetuneConfig, acc: _Accumulator) -> float:
+    """The auxiliary LM's weight for the optimizer step ``acc`` is accumulating: SiATL's
+    decaying gamma over the run's optimizer steps, or the configured constant."""
+    if cfg.aux_lm_weight == "siatl":
+        return siatl_gamma(acc.done, acc.steps(cfg.epochs))
+    return float(cfg.aux_lm_weight)
+
+
+def _add_aux_lm(task_loss: torch.Tensor, aux: AuxLM | None, lm_batch: Mapping[str, torch.Tensor] | None,
+                gamma: float | None) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor | None]:
+    """``(loss, terms, lm_loss)``: ``loss = task + gamma * lm`` (the task loss alone without
+    ``aux``) and its terms by loss component (``{"task": task, "lm": gamma * lm}``) for
+    :meth:`_Accumulator.backward`."""
+    if aux is None:
+        return task_loss, {"task": task_loss}, None
+    lm = aux.batch_loss(lm_batch)
+    term = gamma * lm
+    return task_loss + term, {"task": task_loss, "lm": term}, lm
+
+
+def _scored(labels: torch.Tensor) -> int:
+    """The targets a task loss averages over in ``labels``: every row of float (regression)
+    targets, the integer ids that are not -100 (classes, tags, tokens, positions) otherwise."""
+    if labels.dtype.is_floating_point:
+        return int(labels.shape[0])
+    return int((labels != -100).sum())
+
+
+def _micro_counts(labels: torch.Tensor, lm_batch: Mapping[str, torch.Tensor] | None) -> dict[str, int]:
+    """A micro-batch's scored targets per loss component: ``task`` (:func:`_scored` of its
+    labels) and, with the auxiliary LM, ``lm`` (its masked tokens)."""
+    counts = {"task": _scored(labels)}
+    if lm_batch is not None:
+        counts["lm"] = _scored(lm_batch["labels"])
+    return counts
 
 
 def _optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, cfg: FinetuneConfig) -> list[float]:
@@ -274,24 +324,67 @@ def _optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, cfg: Finetun
 
 
 class _Accumulator:
-    """Gradient accumulation: each micro-batch's loss is divided by ``cfg.grad_accum`` before
-    its backward pass; the optimizer steps (after clipping) on every ``grad_accum``-th
-    micro-batch of an epoch and on its last one (as HF ``Trainer``). With ``grad_accum`` 1 this
-    is one plain step per batch."""
+    """Exact gradient accumulation: the accumulated gradient of a window of micro-batches is
+    the gradient of one batch made of all of them.
+
+    The optimizer steps (after clipping) on every ``grad_accum``-th micro-batch of an epoch and
+    on its last one (as HF ``Trainer``), so the last window of an epoch may be shorter.
+    :meth:`windows` groups a plan's micro-batches into these windows; the caller builds a
+    window's batches first, counts each one's scored targets per loss component
+    (:func:`_micro_counts`: examples, tags, target or masked tokens), and :meth:`weights`
+    gives each micro-batch's component the weight ``count / window total`` (0 when the window
+    has none), which :meth:`backward` applies before the backward pass. Every component loss is
+    a mean over its own targets, so the weighted sum is the mean over the window's targets, as
+    transformers' ``num_items_in_batch``, also for a short last window, a short last batch and
+    token-level losses over unequal token counts. With ``grad_accum`` 1 every weight is 1 and
+    this is one plain ``loss.backward()`` and step per batch."""
 
     def __init__(self, opt: torch.optim.Optimizer, cfg: FinetuneConfig, per_epoch: int) -> None:
         self.opt, self.cfg, self.per_epoch = opt, cfg, per_epoch
+        self.done = 0  # optimizer steps taken
 
     def steps(self, epochs: int) -> int:
         """Optimizer steps of ``epochs`` epochs (what the learning-rate schedule counts)."""
         return math.ceil(self.per_epoch / self.cfg.grad_accum) * epochs
 
-    def backward(self, loss: torch.Tensor, position: int) -> tuple[bool, list[float]]:
-        """Backward for the micro-batch at ``position`` in its epoch; ``(stepped, group rates)``."""
-        n = self.cfg.grad_accum
-        if (position + 1) % n == 0 or position == self.per_epoch - 1:
-            return True, _optimizer_step(self.opt, loss / n if n > 1 else loss, self.cfg)
-        (loss / n).backward()
+    def windows(self, plan: Iterable[_T]) -> Iterator[list[_T]]:
+        """The micro-batches of ``plan`` (``per_epoch`` per epoch, in order) grouped into the
+        windows of one optimizer step each: ``grad_accum`` at a time, the last window of an
+        epoch possibly shorter. A window is read from ``plan`` only once the previous one is
+        processed (a plan that unfreezes layers at an epoch's start stays in step)."""
+        window: list[_T] = []
+        position = 0
+        for item in plan:
+            window.append(item)
+            position += 1
+            if len(window) == self.cfg.grad_accum or position == self.per_epoch:
+                yield window
+                window = []
+                position %= self.per_epoch
+        if window:
+            yield window
+
+    @staticmethod
+    def weights(counts: Sequence[Mapping[str, int]]) -> list[dict[str, float]]:
+        """Each micro-batch's weight per loss component: its count / the window's total of that
+        component (0.0 when the total is 0)."""
+        totals: dict[str, int] = {}
+        for c in counts:
+            for k, n in c.items():
+                totals[k] = totals.get(k, 0) + n
+        return [{k: (n / totals[k] if totals[k] else 0.0) for k, n in c.items()} for c in counts]
+
+    def backward(self, terms: Mapping[str, torch.Tensor], weights: Mapping[str, float],
+                 last: bool) -> tuple[bool, list[float]]:
+        """Backward of ``sum_c weights[c] * terms[c]`` (a weight of exactly 1 leaves its term
+        as it is, a weight of 0 drops it); on the ``last`` micro-batch of a window, then clip,
+        step and zero the gradients. Returns ``(stepped, group rates)``."""
+        parts = [t if weights[k] == 1.0 else t * weights[k] for k, t in terms.items() if weights[k] != 0.0]
+        loss = sum(parts[1:], parts[0]) if parts else next(iter(terms.values())) * 0.0
+        if last:
+            self.done += 1
+            return True, _optimizer_step(self.opt, loss, self.cfg)
+        loss.backward()
         return False, [g["lr"] for g in self.opt.param_groups]
 
 
@@ -324,27 +417,34 @@ def _single_task_training(model: nn.Module, cfg: FinetuneConfig, n_items: int, e
 
 
 def _train_task_loss_only(model: nn.Module, cfg: FinetuneConfig, n_items: int,
-                          batch_loss: Callable[[list[int]], torch.Tensor],
+                          make_batch: Callable[[list[int]], tuple[Any, int]],
+                          batch_loss: Callable[[Any], torch.Tensor],
                           log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
-    """A single-task run with the task loss alone (QA, seq2seq): ``batch_loss(item indices)``
-    gives a micro-batch's loss (computed under the run's autocast); optimizer, schedule,
-    accumulation and unfreezing as :func:`_single_task_training`. Returns the per-step history."""
+    """A single-task run with the task loss alone (QA, seq2seq): ``make_batch(item indices)``
+    gives a micro-batch and the number of targets its loss averages over, ``batch_loss(batch)``
+    its loss (computed under the run's autocast); each optimizer step's micro-batches are made
+    first and weighted by their share of the window's targets (:class:`_Accumulator`).
+    Optimizer, schedule and unfreezing as :func:`_single_task_training`. Returns the per-step
+    history."""
     device = next(model.parameters()).device
     opt, sched, unfreezer, total, plan, acc = _single_task_training(model, cfg, n_items)
     history: list[dict[str, Any]] = []
     step = 0
     model.train()
-    for epoch, b, idx in plan:
-        with _autocast(cfg, device):
-            loss = batch_loss(idx)
-        stepped, lrs = acc.backward(loss, b)
-        if stepped:
-            sched.step()
-        history.append({"step": step, "epoch": epoch, "batch": b, "loss": loss.item(), "lr": max(lrs),
-                        "lrs": lrs, "unfrozen": unfreezer.unfrozen if unfreezer is not None else None})
-        step += 1
-        if log and cfg.log_every and step % cfg.log_every == 0:
-            log(f"epoch {epoch + 1} step {step}/{total}: loss {loss.item():.4f}")
+    for window in acc.windows(plan):
+        micro = [make_batch(idx) for _, _, idx in window]
+        weights = acc.weights([{"task": n} for _, n in micro])
+        for k, ((epoch, b, _), (batch, _)) in enumerate(zip(window, micro)):
+            with _autocast(cfg, device):
+                loss = batch_loss(batch)
+            stepped, lrs = acc.backward({"task": loss}, weights[k], last=k == len(window) - 1)
+            if stepped:
+                sched.step()
+            history.append({"step": step, "epoch": epoch, "batch": b, "loss": loss.item(), "lr": max(lrs),
+                            "lrs": lrs, "unfrozen": unfreezer.unfrozen if unfreezer is not None else None})
+            step += 1
+            if log and cfg.log_every and step % cfg.log_every == 0:
+                log(f"epoch {epoch + 1} step {step}/{total}: loss {loss.item():.4f}")
     return history
 
 
@@ -560,34 +660,42 @@ def finetune_classifier(model: SequenceClassifier, tokenizer, train: Sequence[Ex
         g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
         orders = {t: torch.randperm(len(d), generator=g).tolist() for t, d in data.items()}
         plan = mtdnn_schedule(counts, cfg.seed, epoch) if extra_tasks else [("main", b) for b in range(per_epoch)]
-        for position, (task, b) in enumerate(plan):
-            idx = orders[task][b * cfg.batch_size: (b + 1) * cfg.batch_size]
-            batch = encode_examples(tokenizer, [data[task][i] for i in idx], cfg.max_length, maps[task])
-            if cfg.pack:  # the same examples, fewer padded tokens: the loss and gradients are unchanged
-                batch = pack_padded(batch, cfg.max_length)
-            batch = _to(batch, device)
-            with _autocast(cfg, device):
-                if task == "main":
-                    out = model(**batch)
-                else:
-                    hidden = model.encode(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
-                    out = heads[task](hidden.last_hidden_state, batch["attention_mask"], batch["labels"])
-                task_loss = out.loss
-                loss, gamma, lm = _add_aux_lm(task_loss, aux, batch, step, total, cfg)
-            stepped, lrs = acc.backward(loss, position)
-            cvt_loss = cvt_kl = None
-            if cvt_heads is not None:  # CVT: an unlabeled mini-batch after each labelled one
-                cvt_loss, cvt_kl = cvt.step(model, opt)
-            if stepped:
-                sched.step()
-            history.append({"step": step, "epoch": epoch, "task": task, "batch": b, "loss": loss.item(),
-                            "task_loss": task_loss.item(), "lm_loss": None if lm is None else lm.item(),
-                            "gamma": gamma, "lr": max(lrs), "lrs": lrs,
-                            "unfrozen": unfreezer.unfrozen if unfreezer is not None else None,
-                            "cvt_loss": cvt_loss, "cvt_kl": cvt_kl})
-            step += 1
-            if log and cfg.log_every and step % cfg.log_every == 0:
-                log(f"epoch {epoch + 1} step {step}/{total} ({task}): loss {loss.item():.4f}")
+        for window in acc.windows(plan):
+            # the optimizer step's micro-batches first: their scored targets weight their losses
+            micro = []
+            for task, b in window:
+                idx = orders[task][b * cfg.batch_size: (b + 1) * cfg.batch_size]
+                batch = encode_examples(tokenizer, [data[task][i] for i in idx], cfg.max_length, maps[task])
+                lm_batch = _aux_lm_batch(aux, batch, step + len(micro), cfg)
+                if cfg.pack:  # the same examples, fewer padded tokens: the loss and gradients are unchanged
+                    batch = pack_padded(batch, cfg.max_length)
+                micro.append((batch, lm_batch))
+            weights = acc.weights([_micro_counts(batch["labels"], lm_batch) for batch, lm_batch in micro])
+            gamma = _aux_gamma(cfg, acc) if aux is not None else None
+            for k, ((task, b), (batch, lm_batch)) in enumerate(zip(window, micro)):
+                batch = _to(batch, device)
+                with _autocast(cfg, device):
+                    if task == "main":
+                        out = model(**batch)
+                    else:
+                        hidden = model.encode(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+                        out = heads[task](hidden.last_hidden_state, batch["attention_mask"], batch["labels"])
+                    task_loss = out.loss
+                    loss, terms, lm = _add_aux_lm(task_loss, aux, lm_batch, gamma)
+                stepped, lrs = acc.backward(terms, weights[k], last=k == len(window) - 1)
+                cvt_loss = cvt_kl = None
+                if cvt_heads is not None:  # CVT: an unlabeled mini-batch after each labelled one
+                    cvt_loss, cvt_kl = cvt.step(model, opt)
+                if stepped:
+                    sched.step()
+                history.append({"step": step, "epoch": epoch, "task": task, "batch": b, "loss": loss.item(),
+                                "task_loss": task_loss.item(), "lm_loss": None if lm is None else lm.item(),
+                                "gamma": gamma, "lr": max(lrs), "lrs": lrs,
+                                "unfrozen": unfreezer.unfrozen if unfreezer is not None else None,
+                                "cvt_loss": cvt_loss, "cvt_kl": cvt_kl})
+                step += 1
+                if log and cfg.log_every and step % cfg.log_every == 0:
+                    log(f"epoch {epoch + 1} step {step}/{total} ({task}): loss {loss.item():.4f}")
     if unfreezer is not None:  # leave the model fully trainable
         for p in model.parameters():
             p.requires_grad_(True)
