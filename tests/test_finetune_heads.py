@@ -371,3 +371,34 @@ def test_token_labels_and_qa_positions_out_of_range_name_the_value():
     ls, le = torch.log_softmax(out.start_logits, -1), torch.log_softmax(out.end_logits, -1)
     want = (-ls[0, 1] + -(le[0, 3] + le[1, 5]) / 2) / 2
     assert torch.allclose(out.loss, want, atol=1e-6)
+
+
+def test_qa_loss_does_not_depend_on_the_padding():
+    """The same windows padded 0 or 7 columns wider: the same loss and gradients (the softmax
+    over positions skips padding); the logits are HF's, padding included."""
+    torch.manual_seed(0)
+    qa = QuestionAnswering(_tiny_cfg()).eval()
+    ids = torch.randint(5, 60, (3, 9))
+    mask = torch.ones(3, 9, dtype=torch.long)
+    mask[1, 6:] = 0
+    ids[1, 6:] = 0
+    pos = dict(start_positions=torch.tensor([2, 4, 1]), end_positions=torch.tensor([3, 5, 8]))
+
+    def run(extra):
+        qa.zero_grad()
+        wide = lambda t: torch.nn.functional.pad(t, (0, extra))  # noqa: E731
+        out = qa(wide(ids), wide(mask), **pos)
+        out.loss.backward()
+        return out.loss.detach(), [p.grad.clone() for p in qa.parameters() if p.grad is not None]
+
+    (l0, g0), (l7, g7) = run(0), run(7)
+    torch.testing.assert_close(l7, l0, rtol=1e-6, atol=1e-7)
+    for a, b in zip(g0, g7):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
+    # oracle for the padded row alone: the mean of the two cross-entropies over its 6 real positions
+    with torch.no_grad():
+        one = qa(ids[1:2], mask[1:2], start_positions=torch.tensor([4]), end_positions=torch.tensor([5]))
+    s, e = one.start_logits[0, :6], one.end_logits[0, :6]
+    manual = (-torch.log_softmax(s, 0)[4] - torch.log_softmax(e, 0)[5]) / 2
+    assert float(one.loss) == pytest.approx(float(manual), rel=1e-6)
+    assert one.start_logits.shape == (1, 9)  # the logits keep every position, as HF's

@@ -499,7 +499,10 @@ class QuestionAnswering(_TaskModel):
     """Extractive QA (HF ``BertForQuestionAnswering`` layout: ``qa_outputs`` -> start/end).
     ``start_positions``/``end_positions`` ``[B]`` give the loss (mean of the two cross-entropies,
     each over its positions that are not ``-100``; 0 when there is none). A position outside
-    ``[0, L)`` is a ``ValueError`` naming it."""
+    ``[0, L)`` is a ``ValueError`` naming it. The loss's softmax runs over each row's real
+    tokens only (``attention_mask``), so a window's loss does not depend on how far its batch is
+    padded (HF's ``BertForQuestionAnswering`` includes the padding, which it pads to a fixed
+    384); the returned logits are unmasked, as HF's."""
 
     task = "qa"
     architecture = "BertForQuestionAnswering"
@@ -521,7 +524,12 @@ class QuestionAnswering(_TaskModel):
             B, L = start.shape
             s_pos = _class_targets(start_positions, L, (B,), "start_positions", "a token position").to(start.device)
             e_pos = _class_targets(end_positions, L, (B,), "end_positions", "a token position").to(start.device)
-            loss = (_scored_ce(start, s_pos) + _scored_ce(end, e_pos)) / 2
+            s_logits, e_logits = start, end
+            if attention_mask is not None:  # padding is no answer position
+                pad = attention_mask.to(start.device) == 0
+                s_logits = start.masked_fill(pad, torch.finfo(start.dtype).min)
+                e_logits = end.masked_fill(pad, torch.finfo(end.dtype).min)
+            loss = (_scored_ce(s_logits, s_pos) + _scored_ce(e_logits, e_pos)) / 2
         return TaskOutput(loss, None, start, end, out.last_hidden_state)
 
     def predict_spans(self, batch: dict[str, torch.Tensor], context_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
