@@ -253,3 +253,60 @@ def test_named_pipes_are_rejected_instead_of_blocking(tmp_path, minilm_dir):
         timeout=120,
     )
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+def test_bytes_path_opens_the_shard(tmp_path, tok, corpus_paths):
+    shard = tok.encode_file(corpus_paths[0], tmp_path / "b")
+    again = TokenShard(os.fsencode(shard.path))
+    assert again.path == shard.path and np.array_equal(again.tokens, shard.tokens)
+    with pytest.raises(TypeError, match="int"):
+        TokenShard(3)  # type: ignore[arg-type]
+
+
+_READ_OLD_AFTER_REENCODE = r"""
+import json, sys
+from unimask.datasets import ShardSamples
+from unimask.tokenizer import TokenShard, WordPieceTokenizer
+tok_dir, big, small, prefix = sys.argv[1:]
+tok = WordPieceTokenizer.from_pretrained(tok_dir)
+shard = tok.encode_file(big, prefix)
+samples = ShardSamples(prefix + ".umshard", unit="pair")
+new = tok.encode_file(small, prefix)  # the same prefix, a much smaller corpus
+old = [[s.tolist() for s in shard[i]] for i in range(len(shard))]
+pairs = [[x.tolist() for x in samples[i]] for i in (0, len(samples) - 1)]
+print(json.dumps({"old": old, "pairs": pairs, "new": [[s.tolist() for s in new[i]] for i in range(len(new))]}))
+"""
+
+
+def test_reencoding_to_the_same_prefix_keeps_open_readers_valid(tmp_path, tok, minilm_dir):
+    import json
+
+    # Written in place, the file shrank under the old mapping: reading it was a SIGBUS (the
+    # process killed), hence the subprocess.
+    big, small = tmp_path / "big.txt", tmp_path / "small.txt"
+    lines = [f"sentence number {i} of the big corpus" for i in range(6000)]
+    big.write_text("\n".join(lines[:3000]) + "\n\n" + "\n".join(lines[3000:]) + "\n", encoding="utf-8")
+    small.write_text("hello world\n", encoding="utf-8")
+    r = subprocess.run([sys.executable, "-c", _READ_OLD_AFTER_REENCODE, str(minilm_dir), str(big), str(small), str(tmp_path / "s")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+    got = json.loads(r.stdout)
+    docs = read_documents(big)
+    b = tok.encode_batch([s for d in docs for s in d], add_special_tokens=False)
+    flat = [b[k].ids.tolist() for k in range(len(b))]
+    assert got["old"] == [flat[:3000], flat[3000:]]
+    assert got["pairs"] == [[flat[0], flat[1]], [flat[-2], flat[-1]]]
+    assert got["new"] == [[tok.encode("hello world", add_special_tokens=False).ids.tolist()]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.txt", "s.umshard", "small.txt"]
+
+
+def test_a_failed_encode_keeps_the_previous_shard(tmp_path, tok, corpus_paths):
+    shard = tok.encode_file(corpus_paths[0], tmp_path / "keep")
+    before = shard.path.read_bytes()
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"fine line\n" * 1000 + b"caf\xe9\n")
+    with pytest.raises(ValueError, match="line 1001 is not valid UTF-8"):
+        tok.encode_file(bad, tmp_path / "keep", batch_bytes=64)
+    assert shard.path.read_bytes() == before
+    _check_round_trip(tok, corpus_paths[0], TokenShard(shard.path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.txt", "keep.umshard"]

@@ -940,11 +940,18 @@ class TokenShard:
     and CRC-32 are checked on open (``verify=False`` skips the CRC pass over the file): sizes
     in the header that do not match the file (or overflow 64 bits) are a ``ValueError`` naming
     the file, a path that is not a regular file (directory, device, FIFO) an ``OSError``.
-    Picklable: workers reopen the file.
+    ``path`` is a ``str``, ``bytes`` (decoded with :func:`os.fsdecode`) or path-like.
+
+    Picklable: the copy (e.g. in a spawned DataLoader worker) reopens the path and checks that
+    it is still the file this shard had open (same size and stored CRC-32, read from the
+    header: no pass over the file); a file replaced in between raises ``ValueError`` ("changed
+    since it was opened") instead of serving its tokens under an index built for the old one.
     """
 
-    def __init__(self, path: str | os.PathLike, verify: bool = True) -> None:
-        self.path = Path(path)
+    def __init__(self, path: str | bytes | os.PathLike, verify: bool = True) -> None:
+        if not isinstance(path, (str, bytes, os.PathLike)):
+            raise TypeError(f"path must be a str, bytes or os.PathLike, got {type(path).__name__}")
+        self.path = Path(os.fsdecode(path))
         self.verify = verify
         h = _native.shard_header(os.fspath(self.path), verify)
         self.header = h
@@ -986,11 +993,26 @@ class TokenShard:
         d = self.document_offsets
         return [self.sentence(j) for j in range(int(d[i]), int(d[i + 1]))]
 
+    def _identity(self) -> tuple[int, int]:
+        """``(file size, stored CRC-32)`` of the opened file (both from the validated header)."""
+        h = self.header
+        size = int(h["header_len"]) + int(h["tokens_len"]) + 8 * (self.num_sentences + 1) + 8 * (self.num_documents + 1)
+        return size, int(h["crc32"])
+
     def __getstate__(self) -> dict:
-        return {"path": self.path, "verify": False}
+        return {"path": self.path, "verify": False, "identity": self._identity()}
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["path"], verify=state["verify"])  # type: ignore[misc]
+        want = state.get("identity")
+        if want is not None and tuple(want) != self._identity():
+            size, crc = want
+            got_size, got_crc = self._identity()
+            raise ValueError(
+                f"token shard {str(self.path)!r} changed since it was opened (was {size} bytes with "
+                f"CRC-32 {crc:#010x}, now {got_size} bytes with CRC-32 {got_crc:#010x}); "
+                "rebuild the dataset over the new file"
+            )
 
     def __repr__(self) -> str:
         return f"TokenShard({str(self.path)!r}, documents={self.num_documents}, sentences={self.num_sentences}, tokens={self.num_tokens})"

@@ -21,7 +21,10 @@
 //!
 //! The writer ([`write_shard`]) streams the input (UTF-8, one sentence per line, documents
 //! separated by blank lines) in batches, so memory stays bounded by the batch size: token ids go
-//! straight to the output file, offsets to temporary files appended at the end.
+//! straight to the output file, offsets to temporary files appended at the end. The output is
+//! written to `<out>.tmp-<pid>` in the same directory, synced, and renamed over `out` only when
+//! complete: a failed encode leaves no partial shard (and a previous one intact), and readers
+//! that have the previous shard mapped keep reading its old inode.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
@@ -273,6 +276,31 @@ impl Drop for TempFile {
     }
 }
 
+/// A path removed when dropped, unless [`RemoveOnDrop::rename_to`] moved it into place.
+struct RemoveOnDrop(Option<PathBuf>);
+
+impl RemoveOnDrop {
+    /// Atomically rename the file over `dest` (on success nothing is removed any more).
+    fn rename_to(mut self, dest: &Path) -> std::io::Result<()> {
+        let path = self.0.take().expect("renamed once");
+        match std::fs::rename(&path, dest) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
 /// Tokenize `input` (a corpus: one sentence per line, blank lines between documents; lines end
 /// at `\n`, `\r\n` or `\r` and are stripped of whitespace, as in Python) into the
 /// shard `out` with `tok` (no special tokens), `batch_bytes` of text at a time, on `num_threads`.
@@ -301,21 +329,27 @@ pub fn write_shard(
         ))
     })?;
     let mut reader = BufReader::with_capacity(1 << 20, fin);
-    let fout = File::create(out).map_err(|e| {
+    let tmp = |ext: &str| {
+        let mut p = out.as_os_str().to_owned();
+        p.push(format!(".tmp-{}{ext}", std::process::id()));
+        PathBuf::from(p)
+    };
+    // The shard is written to a temporary file next to `out` and renamed over it only once
+    // complete and synced: a failed encode leaves a previous shard at `out` intact, and a
+    // reader that has the previous shard mapped keeps its (old) inode instead of seeing the
+    // file truncated underneath it (SIGBUS).
+    let part_path = tmp("");
+    let fout = File::create(&part_path).map_err(|e| {
         Error::Io(std::io::Error::new(
             e.kind(),
             format!("cannot create shard {}: {e}", out.display()),
         ))
     })?;
+    let part_guard = RemoveOnDrop(Some(part_path));
     let mut w = BufWriter::with_capacity(1 << 20, fout);
     w.write_all(&[0u8; HEADER_LEN])?;
-    let tmp = |ext: &str| {
-        let mut p = out.as_os_str().to_owned();
-        p.push(ext);
-        PathBuf::from(p)
-    };
-    let mut sent_tmp = TempFile::new(tmp(".sentences.tmp"))?;
-    let mut doc_tmp = TempFile::new(tmp(".documents.tmp"))?;
+    let mut sent_tmp = TempFile::new(tmp(".sentences"))?;
+    let mut doc_tmp = TempFile::new(tmp(".documents"))?;
     let mut crc_payload = 0u32;
     let (mut n_tokens, mut n_sent, mut n_docs) = (0u64, 0u64, 0u64);
     let mut text_bytes = 0u64;
@@ -478,7 +512,14 @@ pub fn write_shard(
     let mut f = w.into_inner().map_err(|e| Error::Io(e.into_error()))?;
     f.seek(SeekFrom::Start(0))?;
     f.write_all(&header.to_bytes())?;
-    f.sync_all().ok();
+    f.sync_all()?;
+    drop(f);
+    part_guard.rename_to(out).map_err(|e| {
+        Error::Io(std::io::Error::new(
+            e.kind(),
+            format!("cannot create shard {}: {e}", out.display()),
+        ))
+    })?;
     Ok(ShardSummary {
         path: out.to_path_buf(),
         header,
@@ -564,8 +605,10 @@ impl Shard {
                 format!("cannot open shard {name}: {e}"),
             ))
         })?;
-        // SAFETY: the map is read-only; a shard modified by another process while mapped
-        // can give wrong tokens but not undefined behaviour in safe slices of plain integers.
+        // SAFETY: the map is read-only. A shard modified in place by another process while
+        // mapped can give wrong tokens, and one truncated underneath the map raises SIGBUS on
+        // the next read past the new end (inherent to mmap; `write_shard` never does either: it
+        // renames a new file over the path, and the map keeps the old inode).
         let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| {
             Error::Io(std::io::Error::new(
                 e.kind(),
@@ -751,6 +794,43 @@ mod tests {
         assert!(
             matches!(Shard::open(&out, true), Err(Error::InvalidInput(m)) if m.contains("checksum"))
         );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn failed_encode_keeps_the_previous_shard_and_leaves_no_temp_file() {
+        let dir = std::env::temp_dir().join(format!("umshard-atomic-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let words = ["[UNK]", "hello", "world"];
+        let tok = Tokenizer::new(
+            Vocab::new(words.iter().map(|s| s.to_string()).collect()).unwrap(),
+            TokenizerConfig::default(),
+        )
+        .unwrap();
+        let good = dir.join("good.txt");
+        std::fs::write(&good, "hello world\nworld\n").unwrap();
+        let bad = dir.join("bad.txt");
+        std::fs::write(&bad, b"hello\nworld \xff\n").unwrap();
+        let out = dir.join("s.umshard");
+        write_shard(&tok, &good, &out, 4, Some(1)).unwrap();
+        let before = std::fs::read(&out).unwrap();
+        let old = Shard::open(&out, true).unwrap();
+        assert!(matches!(
+            write_shard(&tok, &bad, &out, 4, Some(1)),
+            Err(Error::InvalidInput(m)) if m.contains("line 2")
+        ));
+        assert_eq!(std::fs::read(&out).unwrap(), before);
+        let mut names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["bad.txt", "good.txt", "s.umshard"]);
+        // Re-encoding replaces the file; the old map still reads the old tokens.
+        std::fs::write(&good, "world\n").unwrap();
+        write_shard(&tok, &good, &out, 4, Some(1)).unwrap();
+        assert_eq!((0..3).map(|i| old.token(i)).collect::<Vec<_>>(), [1, 2, 2]);
+        assert_eq!(Shard::open(&out, true).unwrap().header.n_tokens, 1);
         std::fs::remove_dir_all(&dir).ok();
     }
 
