@@ -241,8 +241,9 @@ class IterablePretrainingDataset(IterableDataset):
 class ShardSamples(Sequence):
     """Pretraining samples read lazily from token shards, without copying the tokens.
 
-    ``shards`` is a :class:`unimask.tokenizer.TokenShard`, a shard path, or a list of them (their
-    samples are concatenated in order). ``unit`` says what a sample is:
+    ``shards`` is a :class:`unimask.tokenizer.TokenShard`, a shard path (``str``, ``bytes`` or
+    path-like), or a list of them (their samples are concatenated in order). ``unit`` says what
+    a sample is:
 
     * ``"sentence"``: the token ids of one sentence (MLM, causal LM, MASS, T5 collators);
     * ``"pair"``: ``(sentence, next sentence)`` of the same document, the ``(segment_a,
@@ -251,8 +252,17 @@ class ShardSamples(Sequence):
     * ``"document"``: the list of a document's sentences (for
       :class:`~unimask.collators.NSPPairBuilder`).
 
+    Sentences that tokenize to nothing (a line of only U+FFFD, zero-width or control
+    characters, for instance) are stored in the shard as 0-token sentences, as
+    :func:`unimask.corpus.read_documents` reads them, but are never samples: the index skips
+    them for every unit, as ``unimask pretrain`` does. A pair is two consecutive non-empty
+    sentences of a document (the empty ones removed first), a document is its non-empty
+    sentences, and a document with none is skipped.
+
     Token ids come back as read-only views into the memory-mapped file (uint16 or uint32),
-    which the collators read directly. Picklable (each worker reopens the files).
+    which the collators read directly. Picklable (each worker reopens the files and checks that
+    they are the ones this index was built for, see :class:`~unimask.tokenizer.TokenShard`).
+    ``x in samples`` compares element-wise (a sample equal to ``x``).
     """
 
     UNITS = ("sentence", "pair", "document")
@@ -274,17 +284,24 @@ class ShardSamples(Sequence):
                 raise TypeError(f"shards must be TokenShard objects or paths, got {type(s).__name__}")
         self.shards = opened
         self.unit = unit
-        starts = []  # per shard: the first sentence (or document) index of each sample
+        # per shard: the first sentence (or document) index of each sample; for pairs also the
+        # second sentence (the next non-empty one, not necessarily j + 1)
+        starts: list[np.ndarray] = []
+        seconds: list[np.ndarray] = []
         for sh in opened:
-            if unit == "document":
-                starts.append(np.arange(sh.num_documents, dtype=np.int64))
+            nonempty = np.flatnonzero(np.diff(np.asarray(sh.sentence_offsets, dtype=np.int64)) > 0)
+            if unit == "sentence":
+                starts.append(nonempty)
                 continue
-            sent = np.arange(sh.num_sentences, dtype=np.int64)
-            if unit == "pair":
-                doc_of = np.repeat(np.arange(sh.num_documents), np.diff(np.asarray(sh.document_offsets, dtype=np.int64)))
-                sent = sent[:-1][doc_of[:-1] == doc_of[1:]] if sh.num_sentences else sent
-            starts.append(sent)
+            doc_of = np.repeat(np.arange(sh.num_documents, dtype=np.int64), np.diff(np.asarray(sh.document_offsets, dtype=np.int64)))
+            if unit == "document":
+                starts.append(np.unique(doc_of[nonempty]))
+            else:
+                same_doc = doc_of[nonempty[:-1]] == doc_of[nonempty[1:]]
+                starts.append(nonempty[:-1][same_doc])
+                seconds.append(nonempty[1:][same_doc])
         self._starts = starts
+        self._seconds = seconds
         self._cum = np.cumsum([0] + [len(x) for x in starts])
 
     def __len__(self) -> int:
@@ -302,8 +319,39 @@ class ShardSamples(Sequence):
         if self.unit == "sentence":
             return shard.sentence(j)
         if self.unit == "pair":
-            return (shard.sentence(j), shard.sentence(j + 1))
-        return shard[j]
+            return (shard.sentence(j), shard.sentence(int(self._seconds[k][i - self._cum[k]])))
+        return [s for s in shard[j] if len(s)]
+
+    def __contains__(self, value: object) -> bool:
+        """Whether some sample equals ``value`` element-wise (a linear scan)."""
+        return any(_same_sample(s, value) for s in self)
+
+    def index(self, value: Any, start: int = 0, stop: int | None = None) -> int:
+        """The first sample index in ``[start, stop)`` whose sample equals ``value`` element-wise."""
+        for i in range(*slice(start, stop).indices(len(self))):
+            if _same_sample(self[i], value):
+                return i
+        raise ValueError(f"{value!r} is not a sample of {self!r}")
+
+    def count(self, value: Any) -> int:
+        """The number of samples equal to ``value`` element-wise."""
+        return sum(_same_sample(s, value) for s in self)
 
     def __repr__(self) -> str:
         return f"ShardSamples({len(self.shards)} shard(s), unit={self.unit!r}, samples={len(self)})"
+
+
+def _same_sample(sample: Any, value: Any) -> bool:
+    """Element-wise equality of a :class:`ShardSamples` sample (a token-id array, a pair of them
+    or a list of them) and ``value`` (arrays, lists or tuples of ints, nested alike)."""
+    if isinstance(sample, np.ndarray):
+        if isinstance(value, (str, bytes)):
+            return False
+        try:
+            v = np.asarray(value)
+        except (TypeError, ValueError):
+            return False
+        return v.ndim == 1 and bool(np.array_equal(sample, v))
+    if not isinstance(value, (list, tuple)) or len(value) != len(sample):
+        return False
+    return all(_same_sample(a, b) for a, b in zip(sample, value))
