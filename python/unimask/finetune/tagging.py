@@ -29,12 +29,10 @@ from .heads import IGNORE_INDEX, TokenClassifier
 from .trainer import (
     AuxLM,
     FinetuneConfig,
-    _add_aux_lm,
-    _autocast,
-    _aux_gamma,
     _aux_lm_batch,
     _CrossViewRun,
     _micro_counts,
+    _run_window,
     _single_task_training,
     _to,
     lm_finetune,
@@ -364,6 +362,10 @@ def finetune_tagger(model: TokenClassifier, tokenizer, train: Sequence[TaggedSen
     extra = [m for m in (aux.head if aux is not None else None, cvt.heads if cvt is not None else None)
              if m is not None]
     opt, sched, unfreezer, total, plan, acc = _single_task_training(model, cfg, len(train), extra)
+
+    def message(epoch: int, step: int, _idx: list[int], loss: float) -> str:
+        return f"epoch {epoch + 1} step {step}/{total}: loss {loss:.4f}"
+
     history: list[dict[str, Any]] = []
     step = 0
     model.train()
@@ -377,27 +379,12 @@ def finetune_tagger(model: TokenClassifier, tokenizer, train: Sequence[TaggedSen
             if cfg.pack:  # the same sentences in fewer padded tokens; labels stay per token
                 batch = pack_padded(batch, cfg.max_length)
             micro.append((batch, lm_batch))
-        weights = acc.weights([_micro_counts(batch["labels"], lm_batch) for batch, lm_batch in micro])
-        gamma = _aux_gamma(cfg, acc) if aux is not None else None
-        for k, ((epoch, b, _), (batch, lm_batch)) in enumerate(zip(window, micro)):
-            batch = _to(batch, device)
-            with _autocast(cfg, device):
-                task_loss = model(**batch).loss
-                loss, terms, lm = _add_aux_lm(task_loss, aux, lm_batch, gamma)
-            stepped, lrs = acc.backward(terms, weights[k], last=k == len(window) - 1)
-            cvt_loss = cvt_kl = None
-            if cvt is not None:  # CVT: an unlabeled mini-batch after each labelled one
-                cvt_loss, cvt_kl = cvt.step(model, opt)
-            if stepped:
-                sched.step()
-            history.append({"step": step, "epoch": epoch, "batch": b, "loss": loss.item(),
-                            "task_loss": task_loss.item(), "lm_loss": None if lm is None else lm.item(),
-                            "gamma": gamma, "lr": max(lrs), "lrs": lrs,
-                            "unfrozen": unfreezer.unfrozen if unfreezer is not None else None,
-                            "cvt_loss": cvt_loss, "cvt_kl": cvt_kl})
-            step += 1
-            if log and cfg.log_every and step % cfg.log_every == 0:
-                log(f"epoch {epoch + 1} step {step}/{total}: loss {loss.item():.4f}")
+        records = _run_window(window, micro, [_micro_counts(batch["labels"], lm_batch) for batch, lm_batch in micro],
+                              lambda _idx, batch: model(**batch).loss, step, cfg=cfg, device=device, acc=acc,
+                              sched=sched, unfreezer=unfreezer, log=log, message=message, aux=aux,
+                              cvt_step=(lambda: cvt.step(model, opt)) if cvt is not None else None)
+        history += records
+        step += len(records)
     report = evaluate_tagger(model, tokenizer, eval_sentences, cfg.max_length, cfg.pack) if eval_sentences else None
     return {"history": history, "lm_losses": lm_losses, "eval": report, "config": asdict(cfg),
             "cvt": cvt.report(model, step) if cvt is not None else None,

@@ -416,6 +416,58 @@ def _single_task_training(model: nn.Module, cfg: FinetuneConfig, n_items: int, e
     return opt, sched, unfreezer, total, plan(), acc
 
 
+def _run_window(window: Sequence[tuple[int, int, _T]], micro: Sequence[tuple[Any, Mapping[str, torch.Tensor] | None]],
+                counts: Sequence[Mapping[str, int]], forward: Callable[[_T, Any], torch.Tensor], step: int, *,
+                cfg: FinetuneConfig, device: torch.device, acc: _Accumulator,
+                sched: torch.optim.lr_scheduler.LRScheduler, unfreezer: GradualUnfreezer | None,
+                log: Callable[[str], None] | None, message: Callable[[int, int, _T, float], str],
+                aux: AuxLM | None = None, cvt_step: Callable[[], tuple[float, dict[str, float]]] | None = None,
+                item_key: str | None = None, task_loss_only: bool = False) -> list[dict[str, Any]]:
+    """One optimizer step of a fine-tuning loop: the micro-batches of one :meth:`_Accumulator.windows`
+    window, already built; returns their history records (steps ``step``, ``step + 1``, ...).
+
+    ``window`` holds ``(epoch, batch number, item)`` per micro-batch and ``micro`` its
+    ``(batch, lm_batch)`` (``lm_batch``: the auxiliary LM's masked copies, or None), ``counts``
+    its scored targets per loss component (:func:`_micro_counts`), which weight the
+    micro-batches (:meth:`_Accumulator.weights`). Per micro-batch: the batch goes to ``device``,
+    ``forward(item, batch)`` gives the task loss under the run's autocast, ``aux`` adds its
+    masked-LM term (weight :func:`_aux_gamma`), :meth:`_Accumulator.backward` (stepping on the
+    window's last micro-batch), ``cvt_step()`` (a CVT consistency step, ``(loss, {view: kl})``)
+    when given, ``sched.step()`` when the optimizer stepped, the history record (``item`` under
+    ``item_key`` when given) and, every ``cfg.log_every`` steps, ``log(message(epoch, step count,
+    item, loss))``. ``task_loss_only`` (QA, seq2seq): ``forward`` moves the batch itself and the
+    records carry no ``task_loss`` / ``lm_loss`` / ``gamma`` / ``cvt_*`` fields."""
+    weights = acc.weights(counts)
+    gamma = _aux_gamma(cfg, acc) if aux is not None else None
+    records: list[dict[str, Any]] = []
+    for k, ((epoch, b, item), (batch, lm_batch)) in enumerate(zip(window, micro)):
+        if not task_loss_only:
+            batch = _to(batch, device)
+        with _autocast(cfg, device):
+            task_loss = forward(item, batch)
+            loss, terms, lm = _add_aux_lm(task_loss, aux, lm_batch, gamma)
+        stepped, lrs = acc.backward(terms, weights[k], last=k == len(window) - 1)
+        cvt_loss = cvt_kl = None
+        if cvt_step is not None:  # CVT: an unlabeled mini-batch after each labelled one
+            cvt_loss, cvt_kl = cvt_step()
+        if stepped:
+            sched.step()
+        record: dict[str, Any] = {"step": step, "epoch": epoch}
+        if item_key is not None:
+            record[item_key] = item
+        record.update(batch=b, loss=loss.item())
+        if not task_loss_only:
+            record.update(task_loss=task_loss.item(), lm_loss=None if lm is None else lm.item(), gamma=gamma)
+        record.update(lr=max(lrs), lrs=lrs, unfrozen=unfreezer.unfrozen if unfreezer is not None else None)
+        if not task_loss_only:
+            record.update(cvt_loss=cvt_loss, cvt_kl=cvt_kl)
+        records.append(record)
+        step += 1
+        if log and cfg.log_every and step % cfg.log_every == 0:
+            log(message(epoch, step, item, loss.item()))
+    return records
+
+
 def _train_task_loss_only(model: nn.Module, cfg: FinetuneConfig, n_items: int,
                           make_batch: Callable[[list[int]], tuple[Any, int]],
                           batch_loss: Callable[[Any], torch.Tensor],
@@ -428,23 +480,18 @@ def _train_task_loss_only(model: nn.Module, cfg: FinetuneConfig, n_items: int,
     history."""
     device = next(model.parameters()).device
     opt, sched, unfreezer, total, plan, acc = _single_task_training(model, cfg, n_items)
+
+    def message(epoch: int, step: int, _idx: list[int], loss: float) -> str:
+        return f"epoch {epoch + 1} step {step}/{total}: loss {loss:.4f}"
+
     history: list[dict[str, Any]] = []
-    step = 0
     model.train()
     for window in acc.windows(plan):
-        micro = [make_batch(idx) for _, _, idx in window]
-        weights = acc.weights([{"task": n} for _, n in micro])
-        for k, ((epoch, b, _), (batch, _)) in enumerate(zip(window, micro)):
-            with _autocast(cfg, device):
-                loss = batch_loss(batch)
-            stepped, lrs = acc.backward({"task": loss}, weights[k], last=k == len(window) - 1)
-            if stepped:
-                sched.step()
-            history.append({"step": step, "epoch": epoch, "batch": b, "loss": loss.item(), "lr": max(lrs),
-                            "lrs": lrs, "unfrozen": unfreezer.unfrozen if unfreezer is not None else None})
-            step += 1
-            if log and cfg.log_every and step % cfg.log_every == 0:
-                log(f"epoch {epoch + 1} step {step}/{total}: loss {loss.item():.4f}")
+        made = [make_batch(idx) for _, _, idx in window]
+        history += _run_window(window, [(batch, None) for batch, _ in made], [{"task": n} for _, n in made],
+                               lambda _idx, batch: batch_loss(batch), len(history), cfg=cfg, device=device,
+                               acc=acc, sched=sched, unfreezer=unfreezer, log=log, message=message,
+                               task_loss_only=True)
     return history
 
 
@@ -650,6 +697,17 @@ def finetune_classifier(model: SequenceClassifier, tokenizer, train: Sequence[Ex
     acc = _Accumulator(opt, cfg, per_epoch)
     sched = _make_scheduler(opt, cfg, acc.steps(cfg.epochs))
     unfreezer = GradualUnfreezer(model) if cfg.gradual_unfreeze else None
+
+    def forward(task: str, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The task loss of a device ``batch`` of ``task`` (the main model or an extra task's head)."""
+        if task == "main":
+            return model(**batch).loss
+        hidden = model.encode(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+        return heads[task](hidden.last_hidden_state, batch["attention_mask"], batch["labels"]).loss
+
+    def message(epoch: int, step: int, task: str, loss: float) -> str:
+        return f"epoch {epoch + 1} step {step}/{total} ({task}): loss {loss:.4f}"
+
     history: list[dict[str, Any]] = []
     step = 0
     model.train()
@@ -670,32 +728,13 @@ def finetune_classifier(model: SequenceClassifier, tokenizer, train: Sequence[Ex
                 if cfg.pack:  # the same examples, fewer padded tokens: the loss and gradients are unchanged
                     batch = pack_padded(batch, cfg.max_length)
                 micro.append((batch, lm_batch))
-            weights = acc.weights([_micro_counts(batch["labels"], lm_batch) for batch, lm_batch in micro])
-            gamma = _aux_gamma(cfg, acc) if aux is not None else None
-            for k, ((task, b), (batch, lm_batch)) in enumerate(zip(window, micro)):
-                batch = _to(batch, device)
-                with _autocast(cfg, device):
-                    if task == "main":
-                        out = model(**batch)
-                    else:
-                        hidden = model.encode(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
-                        out = heads[task](hidden.last_hidden_state, batch["attention_mask"], batch["labels"])
-                    task_loss = out.loss
-                    loss, terms, lm = _add_aux_lm(task_loss, aux, lm_batch, gamma)
-                stepped, lrs = acc.backward(terms, weights[k], last=k == len(window) - 1)
-                cvt_loss = cvt_kl = None
-                if cvt_heads is not None:  # CVT: an unlabeled mini-batch after each labelled one
-                    cvt_loss, cvt_kl = cvt.step(model, opt)
-                if stepped:
-                    sched.step()
-                history.append({"step": step, "epoch": epoch, "task": task, "batch": b, "loss": loss.item(),
-                                "task_loss": task_loss.item(), "lm_loss": None if lm is None else lm.item(),
-                                "gamma": gamma, "lr": max(lrs), "lrs": lrs,
-                                "unfrozen": unfreezer.unfrozen if unfreezer is not None else None,
-                                "cvt_loss": cvt_loss, "cvt_kl": cvt_kl})
-                step += 1
-                if log and cfg.log_every and step % cfg.log_every == 0:
-                    log(f"epoch {epoch + 1} step {step}/{total} ({task}): loss {loss.item():.4f}")
+            records = _run_window([(epoch, b, task) for task, b in window], micro,
+                                  [_micro_counts(batch["labels"], lm_batch) for batch, lm_batch in micro], forward,
+                                  step, cfg=cfg, device=device, acc=acc, sched=sched, unfreezer=unfreezer, log=log,
+                                  message=message, aux=aux, item_key="task",
+                                  cvt_step=(lambda: cvt.step(model, opt)) if cvt_heads is not None else None)
+            history += records
+            step += len(records)
     if unfreezer is not None:  # leave the model fully trainable
         for p in model.parameters():
             p.requires_grad_(True)
