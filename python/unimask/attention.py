@@ -16,7 +16,7 @@ import os
 
 import torch
 
-from .masks import check_batch_len, check_mask_args, dense_mask
+from .masks import check_mask_args, check_per_document, check_per_sample, dense_mask
 
 __all__ = [
     "unified_attention",
@@ -215,8 +215,7 @@ def unified_attention(
     if check:
         check_mask_args(attn_mode, src_len, seq_len, q.shape[2], batch=q.shape[0])
     else:  # shapes only (no sync): a short argument would make the kernel read past its end
-        for name, t in (("attn_mode", attn_mode), ("src_len", src_len), ("seq_len", seq_len)):
-            check_batch_len(name, t, q.shape[0])
+        check_per_sample(attn_mode, src_len, seq_len, q.shape[0])
     path = select_backend(q, backend)
     if path == "triton":
         return _kernel_module().attention(q, k, v, attn_mode, src_len, seq_len, scale, dropout_p)
@@ -262,8 +261,7 @@ def _check_varlen(q, k, v, cu_seqlens, attn_mode, src_len, max_seqlen):
         max_seqlen = longest
     elif int(max_seqlen) < longest:
         raise ValueError(f"max_seqlen = {max_seqlen} is shorter than the longest document ({longest})")
-    for name, t in (("attn_mode", attn_mode), ("src_len", src_len)):
-        check_batch_len(name, torch.as_tensor(t), lens.numel(), "cu_seqlens describes N = {} documents")
+    check_per_document(attn_mode, src_len, cu)
     mode, src, _ = check_mask_args(attn_mode, src_len, lens, max(int(max_seqlen), 0))
     return cu, lens, mode.cpu(), src.cpu(), int(max_seqlen)
 
@@ -389,8 +387,7 @@ def unified_attention_varlen(
     elif max_seqlen is None:
         raise ValueError("unified_attention_varlen(check=False) needs max_seqlen")
     else:  # shapes only (no sync): one entry per document, or the kernel reads past the end
-        for name, t in (("attn_mode", attn_mode), ("src_len", src_len)):
-            check_batch_len(name, t, len(cu_seqlens) - 1, "cu_seqlens describes N = {} documents")
+        check_per_document(attn_mode, src_len, cu_seqlens)
         cu, mode, src, max_seqlen = torch.as_tensor(cu_seqlens), attn_mode, src_len, int(max_seqlen)
     path = select_backend(q, backend)
     if path == "triton":

@@ -22,6 +22,8 @@ Queries ``i >= seq_len`` (padding) attend to nothing; their attention output is 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 BIDIRECTIONAL = 0
@@ -42,6 +44,8 @@ __all__ = [
     "dense_mask",
     "check_mask_args",
     "check_batch_len",
+    "check_per_sample",
+    "check_per_document",
 ]
 
 
@@ -127,6 +131,19 @@ def check_batch_len(name: str, t: torch.Tensor, batch: int,
         got = f"{n} entries" if n is not None else (
             f"shape {tuple(t.shape)}" if isinstance(t, torch.Tensor) else f"type {type(t).__name__}")
         raise ValueError(f"{name} has {got} but {what.format(batch)} (one entry each; nothing is broadcast)")
+
+
+def check_per_sample(attn_mode: Any, src_len: Any, seq_len: Any, batch: int) -> None:
+    """:func:`check_batch_len` of the three per-sample mask arguments against ``batch`` (B)."""
+    for name, t in (("attn_mode", attn_mode), ("src_len", src_len), ("seq_len", seq_len)):
+        check_batch_len(name, t, batch)
+
+
+def check_per_document(attn_mode: Any, src_len: Any, cu_seqlens: Any) -> None:
+    """:func:`check_batch_len` of packed rows' per-document ``attn_mode`` / ``src_len`` against
+    the ``N = len(cu_seqlens) - 1`` documents (shape reads only)."""
+    for name, t in (("attn_mode", attn_mode), ("src_len", src_len)):
+        check_batch_len(name, t, len(cu_seqlens) - 1, "cu_seqlens describes N = {} documents")
 
 
 def dense_mask(

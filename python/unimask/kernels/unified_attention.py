@@ -64,7 +64,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..masks import check_batch_len
+from ..masks import check_per_document, check_per_sample
 
 __all__ = ["attention", "attention_varlen", "INTERPRET", "SCHEDULES", "IEEE_CONFIG", "fwd_configs", "bwd_dkdv_configs", "bwd_dq_configs"]
 
@@ -768,8 +768,7 @@ def attention(
     arithmetic), only the speed differs. The others are there for benchmarking.
     """
     _check(q, k, v)
-    for name, t in (("attn_mode", attn_mode), ("src_len", src_len), ("seq_len", seq_len)):
-        check_batch_len(name, t, q.shape[0])  # the programs of sample b read entry b
+    check_per_sample(attn_mode, src_len, seq_len, q.shape[0])  # the programs of sample b read entry b
     sm_scale, dropout_p, seed = _prepare(q, dropout_p, scale, seed)
     dev = q.device
     mode, src, seq = _ints(attn_mode, dev), _ints(src_len, dev), _ints(seq_len, dev)
@@ -800,8 +799,7 @@ def attention_varlen(
     as in :func:`attention`.
     """
     _check(q, k, v)
-    for name, t in (("attn_mode", attn_mode), ("src_len", src_len)):
-        check_batch_len(name, t, len(cu_seqlens) - 1, "cu_seqlens describes N = {} documents")
+    check_per_document(attn_mode, src_len, cu_seqlens)
     sm_scale, dropout_p, seed = _prepare(q, dropout_p, scale, seed)
     dev = q.device
     cu = torch.as_tensor(cu_seqlens).to(device=dev, dtype=torch.int64)
