@@ -31,7 +31,7 @@ except ImportError:  # a bare checkout: the kernels from the source tree
 import test_attention_compile as T  # noqa: E402
 
 KERNELS = {"fwd": (T.K._attn_fwd, T.K.fwd_configs), "dkdv": (T.K._attn_bwd_dkdv, T.K.bwd_dkdv_configs),
-           "dq": (T.K._attn_bwd_dq, T.K.bwd_dq_configs)}
+           "dq": (T.K._attn_bwd_dq, T.K.bwd_dq_configs), "fused": (T.K._attn_bwd_fused, T.K.bwd_fused_configs)}
 CUOBJDUMP = Path(T.triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
 
 

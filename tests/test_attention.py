@@ -214,6 +214,12 @@ def test_bad_mask_ints_and_dropout_and_dtypes():
         unified_attention(q, k.double(), v, torch.tensor([0, 0]), torch.tensor([0, 0]), torch.tensor([5, 5]))
     with pytest.raises(TypeError, match="q must be a torch.Tensor"):
         unified_attention(q.numpy(), k, v, torch.tensor([0, 0]), torch.tensor([0, 0]), torch.tensor([5, 5]))
+    # deterministic= picks the kernel's backward; anything but a bool is an error, not truthiness
+    with pytest.raises(TypeError, match="deterministic must be a bool, got str 'no'"):
+        unified_attention(q, k, v, torch.tensor([0, 0]), torch.tensor([0, 0]), torch.tensor([5, 5]), deterministic="no")
+    with pytest.raises(TypeError, match="deterministic must be a bool, got int 0"):
+        unified_attention_varlen(q[0].transpose(0, 1), k[0].transpose(0, 1), v[0].transpose(0, 1), torch.tensor([0, 5]),
+                                 torch.tensor([0]), torch.tensor([0]), deterministic=0)
 
 
 @pytest.mark.parametrize("backend", ["sdpa", "reference"])

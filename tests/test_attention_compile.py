@@ -38,7 +38,7 @@ except ImportError as e:  # pragma: no cover - platforms without Triton's NVIDIA
     pytest.skip(f"Triton's NVIDIA backend is not importable here: {e}", allow_module_level=True)
 
 _INT_ARGS = {"B", "H", "HK", "GROUP", "L", "L_BUCKET"}
-_FP32_PTRS = {"LSE", "DELTA"}
+_FP32_PTRS = {"LSE", "DELTA", "DQ_ACC"}
 _INT_PTRS = {"MODE", "SRC", "SEQ", "STARTS"}
 
 
@@ -79,7 +79,7 @@ def _launch_specialization(fn, sig: dict, consts: dict) -> dict:
 
 
 def _compile(kernel, dtype: str, head_dim: int, config, dropout: bool = False, varlen: bool = False) -> object:
-    fn = getattr(kernel, "fn", kernel)  # the JITFunction under the autotuner
+    fn = kernel if isinstance(kernel, triton.runtime.JITFunction) else kernel.fn  # the JITFunction under the autotuner
     consts = {
         "HEAD_DIM": head_dim,
         "IS_FP32": dtype == "fp32",
@@ -89,6 +89,9 @@ def _compile(kernel, dtype: str, head_dim: int, config, dropout: bool = False, v
         "SCHEDULE": K._schedule(K.SCHEDULES[0]),
         **config.kwargs,
     }
+    if "ATOMIC_DQ" in fn.arg_names:  # one jit function behind two autotuners (dK/dV, fused)
+        consts["ATOMIC_DQ"] = kernel is K._attn_bwd_fused
+    consts = {n: c for n, c in consts.items() if n in fn.arg_names}  # the delta kernel takes fewer
     sig = _signature(fn, dtype, consts)
     attrs = _launch_specialization(fn, sig, consts)
     src = ASTSource(fn, sig, consts, attrs)
@@ -99,6 +102,7 @@ KERNELS = [
     ("fwd", K._attn_fwd, K.fwd_configs),
     ("dkdv", K._attn_bwd_dkdv, K.bwd_dkdv_configs),
     ("dq", K._attn_bwd_dq, K.bwd_dq_configs),
+    ("fused", K._attn_bwd_fused, K.bwd_fused_configs),
 ]
 # (dtype, head dim, dropout, packed rows)
 VARIANTS = [("bf16", 128, False, False), ("fp16", 16, False, False), ("fp32", 32, False, False), ("bf16", 64, True, True)]
@@ -177,3 +181,18 @@ def test_kernel_resources_reports_registers_and_spills(monkeypatch):
     assert regs.startswith("REG:") and 0 < int(regs[4:]) <= 255, line
     assert stack.startswith("STACK:") and int(stack[6:]) >= 0, line
     assert 0 < shared <= 232448, line
+
+
+def test_atomic_dq_backward_compiles_to_relaxed_reductions():
+    """The atomic-dQ backward: its one kernel adds dQ with relaxed fp32 reductions (no fence
+    per add; vectorised), the deterministic dK/dV kernel (same jit function, ATOMIC_DQ off) has
+    none, and the delta preprocess kernel compiles."""
+    import re
+
+    fused = _compile(K._attn_bwd_fused, "bf16", 64, K.bwd_fused_configs[0]).asm["ptx"]
+    adds = set(re.findall(r"(?:red|atom)\.global\.[a-z0-9.]*add[a-z0-9.]*", fused))
+    assert adds and all(".relaxed." in a and a.endswith(".f32") for a in adds), adds
+    plain = _compile(K._attn_bwd_dkdv, "bf16", 64, K.bwd_dkdv_configs[0]).asm["ptx"]
+    assert not re.findall(r"(?:red|atom)\.global\.[a-z0-9.]*add", plain)
+    delta = _compile(K._attn_bwd_delta, "bf16", 64, triton.Config({"BLOCK_M": 64}, num_warps=4, num_stages=1))
+    assert delta.asm.get("cubin")

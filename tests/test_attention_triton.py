@@ -100,7 +100,7 @@ def _tolerances(dtype: torch.dtype) -> tuple[float, float]:
 def _worker(inp: str, out: str) -> None:
     """Runs in the child, with TRITON_INTERPRET=1 set before Triton is imported."""
     assert os.environ.get("TRITON_INTERPRET") == "1"
-    from unimask.attention import unified_attention  # noqa: PLC0415
+    from unimask.attention import unified_attention, unified_attention_varlen  # noqa: PLC0415
     from unimask.kernels import unified_attention as K  # noqa: PLC0415
 
     assert K.INTERPRET, "kernel module did not see TRITON_INTERPRET=1"
@@ -124,7 +124,27 @@ def _worker(inp: str, out: str) -> None:
             other = K.attention(q, k, v, c["mode"], c["src"], c["seq"], c["scale"], c["dropout"], c["seed"] + 1)
             r["same_seed_equal"] = bool(torch.equal(again, o))
             r["other_seed_differs"] = not torch.equal(other, o)
+    # the atomic-dQ backward on every case (same forward; dQ summed with atomic adds)
+    results["atomic"] = {}
+    for c in payload["cases"]:
+        call = lambda q, k, v, c=c: K.attention(q, k, v, c["mode"], c["src"], c["seq"], c["scale"], c["dropout"], c["seed"],  # noqa: E731
+                                                backward="atomic_dq")
+        if c["layout"] == "blhd":
+            def call(q, k, v, c=c):  # noqa: E306 - the same strided views as above
+                q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v))
+                return K.attention(q, k, v, c["mode"], c["src"], c["seq"], c["scale"], c["dropout"], c["seed"], backward="atomic_dq")
+        o, dq, dk, dv = _fwd_bwd(call, c, c["dtype"])
+        results["atomic"][c["name"]] = dict(o=o, dq=dq, dk=dk, dv=dv)
+    try:
+        K.attention(*(payload["cases"][0][n].float() for n in ("q", "k", "v", "mode", "src", "seq")), backward="fast")
+        results["bad_backward"] = "no error"
+    except ValueError as e:
+        results["bad_backward"] = str(e)
     results["varlen"] = {}
+    results["varlen_atomic"] = {}
+    for c in payload["varlen"]:
+        results["varlen_atomic"][c["name"]] = dict(zip(("o", "dq", "dk", "dv"), _fwd_bwd(
+            lambda q, k, v, c=c: K.attention_varlen(q, k, v, c["cu"], c["mode"], c["src"], c["max_seqlen"], backward="atomic_dq"), c)))
     for c in payload["varlen"]:
         if c.get("layout") == "qkv":  # strided views (row stride 3 * H * D) of one tensor
             T, H, D = c["q"].shape
@@ -144,6 +164,18 @@ def _worker(inp: str, out: str) -> None:
     c = payload["cases"][0]
     args = (c["q"].float(), c["k"].float(), c["v"].float(), c["mode"], c["src"], c["seq"])
     results["dispatch_equal"] = bool(torch.equal(unified_attention(*args, backend="triton"), K.attention(*args)))
+    # deterministic=False reaches the kernel as the atomic-dQ backward (the interpreter runs the
+    # adds in program order, so here both backwards are reproducible and comparable bitwise)
+    results["dispatch_backward"] = {}
+    for det, bw in ((True, "deterministic"), (False, "atomic_dq")):
+        ours = _fwd_bwd(lambda q, k, v, det=det: unified_attention(q, k, v, *args[3:], backend="triton", deterministic=det), c)
+        kern = _fwd_bwd(lambda q, k, v, bw=bw: K.attention(q, k, v, *args[3:], backward=bw), c)
+        results["dispatch_backward"][bw] = _all_equal([ours, kern])
+    cv0 = payload["varlen"][0]
+    vargs = (cv0["cu"], cv0["mode"], cv0["src"], cv0["max_seqlen"])
+    ours = _fwd_bwd(lambda q, k, v: unified_attention_varlen(q, k, v, *vargs, backend="triton", deterministic=False), cv0)
+    kern = _fwd_bwd(lambda q, k, v: K.attention_varlen(q, k, v, *vargs, backward="atomic_dq"), cv0)
+    results["dispatch_backward"]["varlen_atomic_dq"] = _all_equal([ours, kern])
     # second derivatives: the kernel's backward is not differentiable; asking for them must be
     # an error, not a first-order gradient silently detached from the graph
     q2 = args[0].clone().requires_grad_()
@@ -354,6 +386,39 @@ def test_padding_is_exactly_zero(interp, case):
         assert not got["dv"][b, :, n:].any()
 
 
+@pytest.mark.parametrize("case", CASES, ids=CASE_NAMES)
+def test_atomic_dq_backward_matches_fp64_reference(interp, case):
+    """backward="atomic_dq" (dK, dV and dQ in one kernel, dQ by atomic adds): every gradient
+    against the fp64 reference, padded rows and keys exactly zero, and dK, dV bitwise those of
+    the deterministic backward (the same tiles and arithmetic; only dQ's summation differs)."""
+    got = interp["atomic"][case["name"]]
+    det = interp["cases"][case["name"]]
+    want = _reference(case, det.get("keep"))
+    _, tol_g = _tolerances(case["dtype"])
+    for g in ("dq", "dk", "dv"):
+        _assert_close(f"{case['name']} atomic {g}", got[g], want[g], tol_g)
+    assert torch.equal(got["o"], det["o"]) and torch.equal(got["dk"], det["dk"]) and torch.equal(got["dv"], det["dv"])
+    assert got["dq"].dtype == case["dtype"] and got["dq"].shape == case["q"].shape
+    for b, n in enumerate(case["seq"].tolist()):
+        assert not got["dq"][b, :, n:].any() and not got["dk"][b, :, n:].any() and not got["dv"][b, :, n:].any()
+
+
+@pytest.mark.parametrize("case", VARLEN_CASES, ids=[c["name"] for c in VARLEN_CASES])
+def test_atomic_dq_backward_varlen(interp, case):
+    """The atomic-dQ backward on packed rows: dQ against the per-document fp64 reference, dK/dV
+    bitwise those of the deterministic backward."""
+    from unimask.attention import reference_attention_varlen
+
+    got = interp["varlen_atomic"][case["name"]]
+    q, k, v = (case[n].clone().requires_grad_() for n in ("q", "k", "v"))
+    reference_attention_varlen(q, k, v, case["cu"], case["mode"], case["src"]).backward(case["do"])
+    _assert_close(f"{case['name']} atomic dq", got["dq"], q.grad, _tolerances(torch.float32)[1])
+    if case.get("layout") != "qkv":  # that case's deterministic run went through fused views
+        det = interp["varlen"][case["name"]]
+        assert torch.equal(got["dk"], det["dk"]) and torch.equal(got["dv"], det["dv"])
+    assert "got 'fast'" in interp["bad_backward"], interp["bad_backward"]
+
+
 def test_dropout_mask_rate_and_seeding(interp):
     c = next(c for c in CASES if c["dropout"] > 0.0)
     got = interp["cases"][c["name"]]
@@ -388,6 +453,7 @@ def test_output_dtype_and_layout(interp):
 
 def test_dispatch_and_empty(interp):
     assert interp["dispatch_equal"], "unified_attention(backend='triton') differs from the kernel"
+    assert interp["dispatch_backward"] == {"deterministic": True, "atomic_dq": True, "varlen_atomic_dq": True}
     assert interp["clamped_equal"], "seq_len > L (unchecked) must behave as seq_len = L"
     assert f"x {2**35} is too large" in interp["too_long"], interp["too_long"]
     assert "got 'fast'" in interp["bad_schedule"], interp["bad_schedule"]

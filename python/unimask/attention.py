@@ -167,6 +167,11 @@ def select_backend(q: torch.Tensor, backend: str | None = None) -> str:
     return "triton"
 
 
+def _check_deterministic(deterministic) -> None:
+    if not isinstance(deterministic, bool):
+        raise TypeError(f"deterministic must be a bool, got {type(deterministic).__name__} {deterministic!r}")
+
+
 def unified_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -178,6 +183,7 @@ def unified_attention(
     dropout_p: float = 0.0,
     backend: str | None = None,
     check: bool = True,
+    deterministic: bool = True,
 ) -> torch.Tensor:
     """Masked attention whose mask is derived from ``(attn_mode, src_len, seq_len)`` per sample.
 
@@ -201,6 +207,11 @@ def unified_attention(
             The lengths of the three arguments are checked either way (a shape read, no sync):
             each must have exactly ``B = q.shape[0]`` entries; a length-1 argument is not
             broadcast over the batch.
+        deterministic: the Triton kernel's backward. ``True`` (default): a dQ kernel, then a
+            dK/dV kernel, no atomics, bitwise reproducible gradients. ``False``: one kernel for
+            dK, dV and dQ, dQ summed with fp32 atomic adds (FlashAttention-2's backward: five
+            matrix products per tile pair instead of seven), so dQ may differ in the last bits
+            from run to run. The other paths ignore it (their determinism is PyTorch's).
 
     Raises:
         ValueError/TypeError: bad shapes, dtypes, devices, mask integers (naming the value),
@@ -211,6 +222,7 @@ def unified_attention(
     """
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+    _check_deterministic(deterministic)
     _check_qkv(q, k, v)
     if check:
         check_mask_args(attn_mode, src_len, seq_len, q.shape[2], batch=q.shape[0])
@@ -218,7 +230,8 @@ def unified_attention(
         check_per_sample(attn_mode, src_len, seq_len, q.shape[0])
     path = select_backend(q, backend)
     if path == "triton":
-        return _kernel_module().attention(q, k, v, attn_mode, src_len, seq_len, scale, dropout_p)
+        return _kernel_module().attention(q, k, v, attn_mode, src_len, seq_len, scale, dropout_p,
+                                          backward="deterministic" if deterministic else "atomic_dq")
     if path == "sdpa":
         return sdpa_attention(q, k, v, attn_mode, src_len, seq_len, scale, dropout_p)
     return reference_attention(q, k, v, attn_mode, src_len, seq_len, scale, dropout_p)
@@ -359,6 +372,7 @@ def unified_attention_varlen(
     dropout_p: float = 0.0,
     backend: str | None = None,
     check: bool = True,
+    deterministic: bool = True,
 ) -> torch.Tensor:
     """Packed rows: several documents per row, each with its own mode, no padding.
 
@@ -369,7 +383,7 @@ def unified_attention_varlen(
         attn_mode, src_len: int ``[N]``, per document, as in :mod:`unimask.masks` (exactly
             ``N = len(cu_seqlens) - 1`` entries, checked also with ``check=False``).
         max_seqlen: longest document (computed when ``None``).
-        scale, dropout_p, backend: as in :func:`unified_attention` (``"sdpa"``, the default
+        scale, dropout_p, backend, deterministic: as in :func:`unified_attention` (``"sdpa"``, the default
             off CUDA: :func:`sdpa_attention_varlen`; ``"reference"``: document by document).
         check: validate ``cu_seqlens`` and the per-document integers (this reads them on the
             host: a CUDA sync). A model validates them once per forward and passes
@@ -382,6 +396,7 @@ def unified_attention_varlen(
     """
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+    _check_deterministic(deterministic)
     if check:
         cu, _, mode, src, max_seqlen = _check_varlen(q, k, v, cu_seqlens, attn_mode, src_len, max_seqlen)
     elif max_seqlen is None:
@@ -391,7 +406,8 @@ def unified_attention_varlen(
         cu, mode, src, max_seqlen = torch.as_tensor(cu_seqlens), attn_mode, src_len, int(max_seqlen)
     path = select_backend(q, backend)
     if path == "triton":
-        return _kernel_module().attention_varlen(q, k, v, cu, mode, src, max_seqlen, scale, dropout_p)
+        return _kernel_module().attention_varlen(q, k, v, cu, mode, src, max_seqlen, scale, dropout_p,
+                                                 backward="deterministic" if deterministic else "atomic_dq")
     if path == "sdpa":
         return _batched_varlen(sdpa_attention, q, k, v, cu, mode, src, scale, dropout_p)
     return reference_attention_varlen(q, k, v, cu, mode, src, scale, dropout_p)

@@ -66,7 +66,8 @@ import triton.language as tl
 
 from ..masks import check_per_document, check_per_sample
 
-__all__ = ["attention", "attention_varlen", "INTERPRET", "SCHEDULES", "IEEE_CONFIG", "fwd_configs", "bwd_dkdv_configs", "bwd_dq_configs"]
+__all__ = ["attention", "attention_varlen", "INTERPRET", "SCHEDULES", "BACKWARDS", "IEEE_CONFIG", "fwd_configs", "bwd_dkdv_configs",
+           "bwd_fused_configs", "bwd_dq_configs"]
 
 #: Whether Triton decorated these kernels for its CPU interpreter (``TRITON_INTERPRET=1`` at import).
 INTERPRET: bool = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -105,6 +106,12 @@ fwd_configs = _configs([(128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 8, 4), (64,
 # dK/dV: BLOCK_N is the kv tile the program owns, BLOCK_M the query tiles it streams over.
 bwd_dkdv_configs = _configs([(64, 128, 8, 3), (32, 128, 4, 3), (64, 64, 4, 3), (64, 128, 4, 2), (32, 64, 4, 4),
                              (32, 128, 4, 3, False), (32, 64, 4, 4, False), (64, 128, 8, 3, False), (32, 128, 8, 2, False)])
+# dK/dV + atomic dQ (the ``atomic_dq`` backward): the dK/dV tiles plus a [BLOCK_M, HEAD_DIM] fp32
+# dQ tile per trip, so small query tiles. Compiled for sm_90 (bench/kernel_resources.py fused)
+# the single-loop 8-warp configs hold no spill at D 64 and 128 (32x128, 2 stages: 204 / 247
+# registers), the three-loop 4-warp ones spill 280-1900 bytes per thread. Not yet timed on a GPU.
+bwd_fused_configs = _configs([(32, 128, 8, 2, False), (32, 128, 8, 3, False), (32, 64, 8, 2, False), (64, 128, 8, 2, False),
+                              (32, 128, 4, 3), (32, 64, 4, 4, False), (64, 64, 4, 3, False)])
 # dQ: BLOCK_M is the query tile the program owns, BLOCK_N the kv tiles it streams over.
 bwd_dq_configs = _configs([(128, 64, 8, 3), (128, 32, 4, 3), (64, 64, 4, 3), (64, 32, 4, 4),
                            (64, 32, 4, 4, False), (64, 64, 4, 3, False)])
@@ -135,10 +142,15 @@ def _prune(configs, named_args, **kwargs):
 _FIXED = {"BLOCK_M": 16, "BLOCK_N": 16, "SPLIT": True} if INTERPRET else {}
 
 
-def _autotune(configs):
+def _autotune(configs, reset_to_zero: list[str] | None = None):
+    """``reset_to_zero``: outputs the kernel accumulates into (atomics), zeroed before every
+    timed trial and before the real run, so tuning does not add trials' results into them."""
     if INTERPRET:
         return lambda fn: fn
-    return triton.autotune(configs=configs, key=["HEAD_DIM", "L_BUCKET", "IS_FP32", "DOT_PREC", "DROPOUT", "VARLEN"], prune_configs_by={"early_config_prune": _prune})
+    return triton.autotune(
+        configs=configs, key=["HEAD_DIM", "L_BUCKET", "IS_FP32", "DOT_PREC", "DROPOUT", "VARLEN"],
+        prune_configs_by={"early_config_prune": _prune}, reset_to_zero=reset_to_zero,
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------
@@ -398,10 +410,13 @@ def _attn_fwd(
 def _dkdv_tiles(
     dk, dv, k, v, q_base, do_base, stride_qm, stride_qd, stride_dm, stride_dd, LSE, DELTA, row_base,
     mode, src, seq, offs_n, offs_d, start, end, f0, f1, qk_scale, dropout_p, seed, L,
+    dq_base, stride_dqm, stride_dqd, sm_scale,
     MASKED: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr, BLOCK_M: tl.constexpr,
+    ATOMIC_DQ: tl.constexpr,
 ):  # fmt: skip
     """Accumulate dK, dV of one key tile over query tiles [start, end) of one query head
-    (``MASKED`` as in :func:`_fwd_tiles`)."""
+    (``MASKED`` as in :func:`_fwd_tiles`). ``ATOMIC_DQ``: also add this key tile's share of dQ,
+    ``sm_scale * dS K``, to the fp32 accumulator at ``dq_base`` with atomic adds."""
     for m0 in range(start, end, BLOCK_M):
         offs_m = m0 + tl.arange(0, BLOCK_M)
         # rows past seq_len (also past L): q = dO = 0 and lse = +inf, so their probability is 0
@@ -425,15 +440,18 @@ def _dkdv_tiles(
             dpT = dpT * zT
         else:
             dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=DOT_PREC)
-        dsT = pT * (dpT - delta[None, :])
-        dk = tl.dot(dsT.to(q.dtype), q, dk, input_precision=DOT_PREC)
+        dsT = (pT * (dpT - delta[None, :])).to(q.dtype)
+        dk = tl.dot(dsT, q, dk, input_precision=DOT_PREC)
+        if ATOMIC_DQ:  # rows past seq_len have dS = 0 and are masked out anyway
+            dq = tl.dot(tl.trans(dsT), k, input_precision=DOT_PREC) * sm_scale
+            dq_ptrs = dq_base + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd
+            tl.atomic_add(dq_ptrs, dq, mask=q_ok, sem="relaxed")
     return dk, dv
 
 
-@_autotune(bwd_dkdv_configs)
 @triton.jit(do_not_specialize=["seed"])
-def _attn_bwd_dkdv(
-    Q, K, V, DO, DK, DV, LSE, DELTA, MODE, SRC, SEQ, STARTS,
+def _attn_bwd_kv(
+    Q, K, V, DO, DK, DV, DQ_ACC, LSE, DELTA, MODE, SRC, SEQ, STARTS,
     sm_scale, dropout_p, seed,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
@@ -441,12 +459,18 @@ def _attn_bwd_dkdv(
     stride_db, stride_dh, stride_dm, stride_dd,
     stride_dkb, stride_dkh, stride_dkn, stride_dkd,
     stride_dvb, stride_dvh, stride_dvn, stride_dvd,
+    stride_dqb, stride_dqh, stride_dqm, stride_dqd,
     B, H, HK, GROUP, L, L_BUCKET,
     HEAD_DIM: tl.constexpr, IS_FP32: tl.constexpr, DOT_PREC: tl.constexpr, DROPOUT: tl.constexpr,
-    VARLEN: tl.constexpr, SCHEDULE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    SPLIT: tl.constexpr,
+    VARLEN: tl.constexpr, SCHEDULE: tl.constexpr, ATOMIC_DQ: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, SPLIT: tl.constexpr,
 ):  # fmt: skip
-    """One program per (kv tile, b, kv head): dK, dV summed over the group's query heads."""
+    """One program per (kv tile, b, kv head): dK, dV summed over the group's query heads.
+
+    ``ATOMIC_DQ`` (the ``atomic_dq`` backward): dQ too, added tile by tile to the fp32
+    ``DQ_ACC`` (zeroed by the host) with atomic adds, so the backward needs no dQ kernel: five
+    matrix products per (query tile, key tile) pair instead of seven. The order of the adds
+    varies from run to run, so dQ is not bitwise reproducible. Otherwise ``DQ_ACC`` is not read."""
     pid_bhk, t = _program(B * HK, L, BLOCK_N, SCHEDULE)
     b = (pid_bhk // HK).to(tl.int64)
     hk = (pid_bhk % HK).to(tl.int64)
@@ -475,27 +499,28 @@ def _attn_bwd_dkdv(
         q_base = Q + b * stride_qb + t0 * stride_qm + h * stride_qh
         do_base = DO + b * stride_db + t0 * stride_dm + h * stride_dh
         row_base = (b * H + h) * L
+        dq_base = DQ_ACC + b * stride_dqb + t0 * stride_dqm + h * stride_dqh
         if SPLIT:
             dk, dv = _dkdv_tiles(
                 dk, dv, k, v, q_base, do_base, stride_qm, stride_qd, stride_dm, stride_dd, LSE, DELTA, row_base,
                 mode, src, seq, offs_n, offs_d, lo, f0, f0, f1, qk_scale, dropout_p, seed, L,
-                1, DROPOUT, DOT_PREC, BLOCK_M,
+                dq_base, stride_dqm, stride_dqd, sm_scale, 1, DROPOUT, DOT_PREC, BLOCK_M, ATOMIC_DQ,
             )  # fmt: skip
             dk, dv = _dkdv_tiles(
                 dk, dv, k, v, q_base, do_base, stride_qm, stride_qd, stride_dm, stride_dd, LSE, DELTA, row_base,
                 mode, src, seq, offs_n, offs_d, f0, f1, f0, f1, qk_scale, dropout_p, seed, L,
-                0, DROPOUT, DOT_PREC, BLOCK_M,
+                dq_base, stride_dqm, stride_dqd, sm_scale, 0, DROPOUT, DOT_PREC, BLOCK_M, ATOMIC_DQ,
             )  # fmt: skip
             dk, dv = _dkdv_tiles(
                 dk, dv, k, v, q_base, do_base, stride_qm, stride_qd, stride_dm, stride_dd, LSE, DELTA, row_base,
                 mode, src, seq, offs_n, offs_d, f1, hi, f0, f1, qk_scale, dropout_p, seed, L,
-                1, DROPOUT, DOT_PREC, BLOCK_M,
+                dq_base, stride_dqm, stride_dqd, sm_scale, 1, DROPOUT, DOT_PREC, BLOCK_M, ATOMIC_DQ,
             )  # fmt: skip
         else:
             dk, dv = _dkdv_tiles(
                 dk, dv, k, v, q_base, do_base, stride_qm, stride_qd, stride_dm, stride_dd, LSE, DELTA, row_base,
                 mode, src, seq, offs_n, offs_d, lo, hi, f0, f1, qk_scale, dropout_p, seed, L,
-                2, DROPOUT, DOT_PREC, BLOCK_M,
+                dq_base, stride_dqm, stride_dqd, sm_scale, 2, DROPOUT, DOT_PREC, BLOCK_M, ATOMIC_DQ,
             )  # fmt: skip
     dk = dk * sm_scale
 
@@ -504,6 +529,36 @@ def _attn_bwd_dkdv(
     dv_ptrs = DV + b * stride_dvb + t0 * stride_dvn + hk * stride_dvh + offs_n[:, None] * stride_dvn + offs_d[None, :] * stride_dvd
     tl.store(dk_ptrs, dk.to(DK.dtype.element_ty), mask=st_ok)
     tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=st_ok)
+
+
+#: dK/dV of the ``deterministic`` backward (after :func:`_attn_bwd_dq`).
+_attn_bwd_dkdv = _autotune(bwd_dkdv_configs)(_attn_bwd_kv)
+#: dK, dV and dQ (atomic adds) of the ``atomic_dq`` backward (after :func:`_attn_bwd_delta`).
+_attn_bwd_fused = _autotune(bwd_fused_configs, reset_to_zero=["DQ_ACC"])(_attn_bwd_kv)
+
+
+@triton.jit
+def _attn_bwd_delta(
+    O, DO, DELTA, SEQ, STARTS,
+    stride_ob, stride_oh, stride_om, stride_od,
+    stride_db, stride_dh, stride_dm, stride_dd,
+    B, H, L,
+    HEAD_DIM: tl.constexpr, VARLEN: tl.constexpr, BLOCK_M: tl.constexpr,
+):  # fmt: skip
+    """``delta = rowsum(dO * O)`` of one query tile (the ``atomic_dq`` backward's preprocess;
+    the ``deterministic`` one computes it in :func:`_attn_bwd_dq`). Rows past ``seq_len``: 0."""
+    pid_bh, t = _program(B * H, L, BLOCK_M, 0)
+    b = (pid_bh // H).to(tl.int64)
+    h = (pid_bh % H).to(tl.int64)
+    seq = tl.minimum(tl.load(SEQ + b), L)
+    offs_m = t * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    ok = offs_m[:, None] < seq
+    t0 = _doc_start(STARTS, b, VARLEN)
+    o = tl.load(O + b * stride_ob + t0 * stride_om + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od, mask=ok, other=0.0)
+    do = tl.load(DO + b * stride_db + t0 * stride_dm + h * stride_dh + offs_m[:, None] * stride_dm + offs_d[None, :] * stride_dd, mask=ok, other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
+    tl.store(DELTA + pid_bh.to(tl.int64) * L + offs_m, delta, mask=offs_m < L)
 
 
 @triton.jit
@@ -662,7 +717,7 @@ class _UnifiedAttention(torch.autograd.Function):
     documents starting at ``starts[b]`` and ``L`` = the longest document."""
 
     @staticmethod
-    def forward(ctx, q, k, v, mode, src, seq, starts, L, sm_scale, dropout_p, seed, schedule):  # noqa: D102
+    def forward(ctx, q, k, v, mode, src, seq, starts, L, sm_scale, dropout_p, seed, schedule, atomic_dq):  # noqa: D102
         varlen = starts is not None
         B, H, HK, D = seq.shape[0], q.shape[1], k.shape[1], q.shape[-1]
         if B * H * triton.cdiv(L, 16) >= 2**31:
@@ -680,6 +735,7 @@ class _UnifiedAttention(torch.autograd.Function):
             )  # fmt: skip
         ctx.save_for_backward(q, k, v, o, lse, mode, src, seq, starts)
         ctx.L, ctx.sm_scale, ctx.dropout_p, ctx.seed, ctx.schedule = L, sm_scale, dropout_p, seed, schedule
+        ctx.atomic_dq = atomic_dq
         return o
 
     @staticmethod
@@ -692,15 +748,35 @@ class _UnifiedAttention(torch.autograd.Function):
         dq = torch.empty_like(q, memory_format=torch.contiguous_format)
         dk = torch.empty_like(k, memory_format=torch.contiguous_format)
         dv = torch.empty_like(v, memory_format=torch.contiguous_format)
-        nones = (None,) * 9
+        nones = (None,) * 10
         if B * H * L == 0:
             return (dq.zero_(), dk.zero_(), dv.zero_(), *nones)
         starts_arg = starts if varlen else seq
-        delta = torch.empty_like(lse)  # written by the dQ kernel, read by the dK/dV kernel
+        delta = torch.empty_like(lse)  # rowsum(dO * O): read by the dK/dV kernel
         common = dict(
             HEAD_DIM=D, IS_FP32=q.dtype == torch.float32, DOT_PREC=_dot_precision(q.dtype),
             DROPOUT=ctx.dropout_p > 0.0, VARLEN=varlen, SCHEDULE=ctx.schedule, **_FIXED,
         )  # fmt: skip
+        grid_kv = lambda meta: (B * HK * triton.cdiv(L, meta["BLOCK_N"]),)  # noqa: E731
+        if ctx.atomic_dq:
+            # delta first (its own small kernel), then one kernel for dK, dV and dQ, dQ summed
+            # in fp32 with atomic adds
+            bm = 16 if INTERPRET else 64
+            _attn_bwd_delta[(B * H * triton.cdiv(L, bm),)](
+                o, do, delta, seq, starts_arg, *_strides(o, varlen), *_strides(do, varlen), B, H, L,
+                HEAD_DIM=D, VARLEN=varlen, BLOCK_M=bm,
+            )  # fmt: skip
+            dq_acc = dq if q.dtype == torch.float32 else torch.empty(dq.shape, device=dq.device, dtype=torch.float32)
+            dq_acc.zero_()
+            _attn_bwd_fused[grid_kv](
+                q, k, v, do, dk, dv, dq_acc, lse, delta, mode, src, seq, starts_arg, ctx.sm_scale, ctx.dropout_p, ctx.seed,
+                *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(do, varlen),
+                *_strides(dk, varlen), *_strides(dv, varlen), *_strides(dq_acc, varlen),
+                B, H, HK, H // HK, L, _l_bucket(L), ATOMIC_DQ=True, **common,
+            )  # fmt: skip
+            if dq_acc is not dq:
+                dq.copy_(dq_acc)
+            return (dq, dk, dv, *nones)
         grid_q = lambda meta: (B * H * triton.cdiv(L, meta["BLOCK_M"]),)  # noqa: E731
         _attn_bwd_dq[grid_q](
             q, k, v, o, do, dq, lse, delta, mode, src, seq, starts_arg, ctx.sm_scale, ctx.dropout_p, ctx.seed,
@@ -708,12 +784,12 @@ class _UnifiedAttention(torch.autograd.Function):
             *_strides(do, varlen), *_strides(dq, varlen),
             B, H, H // HK, L, _l_bucket(L), **common,
         )  # fmt: skip
-        grid_kv = lambda meta: (B * HK * triton.cdiv(L, meta["BLOCK_N"]),)  # noqa: E731
+        # DQ_ACC is not read without ATOMIC_DQ: dk stands in (a valid pointer, strides unused)
         _attn_bwd_dkdv[grid_kv](
-            q, k, v, do, dk, dv, lse, delta, mode, src, seq, starts_arg, ctx.sm_scale, ctx.dropout_p, ctx.seed,
+            q, k, v, do, dk, dv, dk, lse, delta, mode, src, seq, starts_arg, ctx.sm_scale, ctx.dropout_p, ctx.seed,
             *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(do, varlen),
-            *_strides(dk, varlen), *_strides(dv, varlen),
-            B, H, HK, H // HK, L, _l_bucket(L), **common,
+            *_strides(dk, varlen), *_strides(dv, varlen), *_strides(dk, varlen),
+            B, H, HK, H // HK, L, _l_bucket(L), ATOMIC_DQ=False, **common,
         )  # fmt: skip
         return (dq, dk, dv, *nones)
 
@@ -727,6 +803,17 @@ def _schedule(name: str) -> int:
     if name not in _SCHEDULE_IDS:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {name!r}")
     return _SCHEDULE_IDS[name]
+
+
+#: Backward strategies of :func:`attention` (the first is the default).
+BACKWARDS = ("deterministic", "atomic_dq")
+
+
+def _backward(name: str) -> bool:
+    """True for the atomic-dQ backward."""
+    if name not in BACKWARDS:
+        raise ValueError(f"backward must be one of {BACKWARDS}, got {name!r}")
+    return name == "atomic_dq"
 
 
 def _prepare(q, dropout_p: float, scale: float | None, seed: int | None) -> tuple[float, float, int]:
@@ -749,6 +836,7 @@ def attention(
     dropout_p: float = 0.0,
     seed: int | None = None,
     schedule: str = "heavy_first",
+    backward: str = "deterministic",
 ) -> torch.Tensor:
     """Fused unified-LM attention (Triton), differentiable in ``q``, ``k``, ``v``.
 
@@ -766,13 +854,22 @@ def attention(
     ``schedule``: the order the GPU runs the tiles in, one of :data:`SCHEDULES` (see
     :func:`_program`); the results are bitwise identical under every schedule (same tiles, same
     arithmetic), only the speed differs. The others are there for benchmarking.
+
+    ``backward``, one of :data:`BACKWARDS`: ``"deterministic"`` (default) runs a dQ kernel
+    (which also computes ``delta``), then a dK/dV kernel: no atomics, bitwise reproducible,
+    seven matrix products per visited (query tile, key tile) pair. ``"atomic_dq"`` computes
+    ``delta`` in a small kernel, then dK, dV and dQ in one kernel per key tile, dQ summed in an
+    fp32 buffer with atomic adds (FlashAttention-2's backward): five products per pair, one
+    ``[B, H, L, D]`` fp32 buffer more (for 16-bit inputs), and dQ is not bitwise reproducible
+    (the adds' order varies; dK, dV are).
     """
     _check(q, k, v)
     check_per_sample(attn_mode, src_len, seq_len, q.shape[0])  # the programs of sample b read entry b
     sm_scale, dropout_p, seed = _prepare(q, dropout_p, scale, seed)
     dev = q.device
     mode, src, seq = _ints(attn_mode, dev), _ints(src_len, dev), _ints(seq_len, dev)
-    return _UnifiedAttention.apply(q, k, v, mode, src, seq, None, q.shape[2], sm_scale, dropout_p, seed, _schedule(schedule))
+    return _UnifiedAttention.apply(q, k, v, mode, src, seq, None, q.shape[2], sm_scale, dropout_p, seed, _schedule(schedule),
+                                   _backward(backward))
 
 
 def attention_varlen(
@@ -787,6 +884,7 @@ def attention_varlen(
     dropout_p: float = 0.0,
     seed: int | None = None,
     schedule: str = "heavy_first",
+    backward: str = "deterministic",
 ) -> torch.Tensor:
     """Packed rows: documents concatenated along tokens, each with its own mode (no padding).
 
@@ -795,8 +893,8 @@ def attention_varlen(
     convention); ``attn_mode``, ``src_len``: int ``[N]``; ``max_seqlen`` >= every document's
     length. Each document gets the mask of :func:`unimask.masks.allowed` on document-relative
     positions; nothing crosses documents. Validated by
-    :func:`unimask.attention.unified_attention_varlen`. Returns ``[T, H, D]``. ``schedule``:
-    as in :func:`attention`.
+    :func:`unimask.attention.unified_attention_varlen`. Returns ``[T, H, D]``. ``schedule``,
+    ``backward``: as in :func:`attention`.
     """
     _check(q, k, v)
     check_per_document(attn_mode, src_len, cu_seqlens)
@@ -806,4 +904,5 @@ def attention_varlen(
     starts = cu[:-1].to(torch.int32).contiguous()
     seq = (cu[1:] - cu[:-1]).to(torch.int32).contiguous()
     mode, src = _ints(attn_mode, dev), _ints(src_len, dev)
-    return _UnifiedAttention.apply(q, k, v, mode, src, seq, starts, int(max_seqlen), sm_scale, dropout_p, seed, _schedule(schedule))
+    return _UnifiedAttention.apply(q, k, v, mode, src, seq, starts, int(max_seqlen), sm_scale, dropout_p, seed, _schedule(schedule),
+                                   _backward(backward))
