@@ -25,7 +25,9 @@ failure never hides the rest):
    proportions, seq_len in [L/2, L]): forward and forward+backward TFLOP/s and peak memory of
    unimask vs SDPA with the dense boolean mask vs FlexAttention (create_block_mask BLOCK 128 +
    torch.compile'd flex_attention; block-mask build time separately and included) and, on a
-   left_to_right-only batch with no padding, vs SDPA ``is_causal=True``.
+   left_to_right-only batch with no padding, vs SDPA ``is_causal=True``. unimask is timed
+   with both backwards: the default (deterministic) one and ``backward="atomic_dq"`` (column
+   ``unimask_atomic``, its own table; ``--no-atomic`` drops it); correctness checks both.
 
 FLOPs count only unmasked work: fwd = 4 * D * H * sum_b(allowed (i, j) pairs of sample b)
 (two matmuls, 2 flops per multiply-add); bwd = 2.5 x fwd (five matmuls instead of two, as in
@@ -538,11 +540,26 @@ def correctness(torch, masks, attention, K, res: Results, quick: bool, D_: Dev, 
                 for sc in getattr(K, "SCHEDULES", ())[1:]
                 for a, b in zip(got, run(lambda *a, sc=sc: K.attention(*a, schedule=sc), q, k, v, do))
             )
+            # the atomic-dQ backward: every gradient by the same criterion, padded rows zero,
+            # dK/dV bitwise the deterministic backward's (only dQ's summation order differs)
+            if "atomic_dq" in getattr(K, "BACKWARDS", ()):
+                at = run(lambda *a: K.attention(*a, backward="atomic_dq"), q, k, v, do)
+                at_ok = True
+                for n, a, r, lo in zip(("dq", "dk", "dv"), at[1:], ref_hi[1:], (ref_lo or [None] * 4)[1:]):
+                    err = (a.to(r.dtype) - r).abs().max().item()
+                    bound = 2 * row[n]["torch_lowp_err"] + 1e-3 if lo is not None else 1e-4 + 1e-4 * row[n]["ref_max"]
+                    row[f"atomic_{n}_max_err"] = err
+                    at_ok &= err <= bound and bool(torch.isfinite(a).all())
+                at_ok &= all(not t[b, :, int(seq[b]):].any() for t in at for b in range(B))
+                at_ok &= torch.equal(at[2], got[2]) and torch.equal(at[3], got[3])
+                row["atomic_dq_pass"] = bool(at_ok)
+                ok &= bool(at_ok)
             row["pass"] = ok and pad_zero and row["deterministic"] and row["schedules_equal"]
             log(f"correctness {name}: {'PASS' if row['pass'] else 'FAIL'} " + " ".join(
                 f"{n}={row[n]['max_err']:.2e}(torch {row[n]['torch_lowp_err'] if row[n]['torch_lowp_err'] is None else format(row[n]['torch_lowp_err'], '.2e')})"
                 for n in ("out", "dq", "dk", "dv")
-            ) + f" pad0={pad_zero} det={row['deterministic']} schedules_equal={row['schedules_equal']}")
+            ) + f" pad0={pad_zero} det={row['deterministic']} schedules_equal={row['schedules_equal']}"
+              + (f" atomic_dq={row['atomic_dq_pass']} (dq {row['atomic_dq_max_err']:.2e})" if "atomic_dq_pass" in row else ""))
         except Exception as e:  # noqa: BLE001 - report and go on
             row["error"] = res.error(f"correctness {name}", e)
             row["pass"] = False
@@ -604,8 +621,8 @@ def add_extra_configs(K, res: "Results") -> None:
 def autotune_record(K) -> dict:
     """Each kernel's tuned config per key and the timings of its latest tuning."""
     out = {}
-    for name in ("_attn_fwd", "_attn_bwd_dkdv", "_attn_bwd_dq"):
-        kern = getattr(K, name)
+    for name in ("_attn_fwd", "_attn_bwd_dkdv", "_attn_bwd_dq", "_attn_bwd_fused"):
+        kern = getattr(K, name, None)
         if type(kern).__name__ != "Autotuner":
             continue
         timings = getattr(kern, "configs_timings", None) or {}
@@ -662,7 +679,7 @@ def schedule_timings(K, D_: Dev, xs, mode_d, src_d, seq_d) -> dict:
 
 
 def bench(torch, triton, masks, K, res: Results, budget_s: float, quick: bool, D_: Dev, packed: bool = True,
-          schedules: bool = False, only: list[tuple[int, int, str]] | None = None) -> None:
+          schedules: bool = False, only: list[tuple[int, int, str]] | None = None, atomic: bool = True) -> None:
     dev = D_.name
     t_start = time.time()  # the budget counts from here: a long correctness section cannot eat it
     H, dt, tokens = (16, torch.bfloat16, 16384) if not D_.dry else (2, torch.float32, 96)
@@ -714,6 +731,8 @@ def bench(torch, triton, masks, K, res: Results, budget_s: float, quick: bool, D
 
         backends: dict = {}
         backends["unimask"] = lambda q_, k_, v_: K.attention(q_, k_, v_, mode_d, src_d, seq_d)
+        if atomic and "atomic_dq" in getattr(K, "BACKWARDS", ()):  # the same forward, the atomic-dQ backward
+            backends["unimask_atomic"] = lambda q_, k_, v_: K.attention(q_, k_, v_, mode_d, src_d, seq_d, backward="atomic_dq")
         inputs = {}  # backend -> (q, k, v, q_grad, k_grad, v_grad, dO) when not the padded ones
         if kind == "mixed" and packed:  # the same documents packed (cu_seqlens): no padding at all
             cu_d = torch.tensor([0, *seq.cumsum(0).tolist()], device=dev)
@@ -771,8 +790,8 @@ def bench(torch, triton, masks, K, res: Results, budget_s: float, quick: bool, D
                         r["schedules"] = sc = schedule_timings(K, D_, (xq, xk, xv, xqg, xkg, xvg, xdo), mode_d, src_d, seq_d)
                         log("  schedules device-only fwd / fwd+bwd ms: " + ", ".join(
                             f"{n} {t['gpu_fwd_ms']:.3f} / {t['gpu_fwd_bwd_ms']:.3f}" for n, t in sc.items()))
-                if name == "unimask" and (L, D, kind) in profile_shapes:
-                    r["kernel_profile"] = kernel_profile(torch, fwd_bwd_fresh_grads, res, f"L={L} D={D} {kind}", D_)
+                if name in ("unimask", "unimask_atomic") and (L, D, kind) in profile_shapes:
+                    r["kernel_profile"] = kernel_profile(torch, fwd_bwd_fresh_grads, res, f"{name} L={L} D={D} {kind}", D_)
                 if name == "flex" and "flex_block_mask_ms" in row:
                     bm = row["flex_block_mask_ms"]
                     r["fwd_ms_incl_mask"] = r["fwd_ms"] + bm
@@ -804,6 +823,27 @@ def _ratio(a, b):
 def _backends_of(row: dict) -> tuple[dict, ...]:
     """(unimask, sdpa_mask, flex, sdpa_causal, unimask_packed) results of a table row ({} if absent)."""
     return tuple(row.get(n, {}) for n in ("unimask", "sdpa_mask", "flex", "sdpa_causal", "unimask_packed"))
+
+
+def atomic_table(res: Results) -> str:
+    """unimask with backward="atomic_dq" against the default backward and SDPA-with-mask, device-only."""
+    rows = [r for r in res.data["bench"] if r.get("unimask_atomic")]
+    if not rows:
+        return ""
+    f, ratio = _fmt, _ratio
+    lines = ["unimask's atomic-dQ backward (deterministic=False), device-only fwd+bwd:", "",
+             "| L | D | batch | default f+b TF/s | atomic f+b TF/s | atomic / default | x SDPA-mask default | x SDPA-mask atomic | x flex atomic |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        u, s, fl, _, _ = _backends_of(r)
+        a = r["unimask_atomic"]
+        lines.append(
+            f"| {r['L']} | {r['D']} | {r['batch']} | {f(u.get('gpu_fwd_bwd_tflops'))} | {f(a.get('gpu_fwd_bwd_tflops'))} "
+            f"| {f(ratio(a.get('gpu_fwd_bwd_tflops'), u.get('gpu_fwd_bwd_tflops')), '{:.2f}x')} "
+            f"| {f(ratio(u.get('gpu_fwd_bwd_tflops'), s.get('gpu_fwd_bwd_tflops')), '{:.2f}x')} "
+            f"| {f(ratio(a.get('gpu_fwd_bwd_tflops'), s.get('gpu_fwd_bwd_tflops')), '{:.2f}x')} "
+            f"| {f(ratio(a.get('gpu_fwd_bwd_tflops'), fl.get('gpu_fwd_bwd_tflops')), '{:.2f}x')} |")
+    return "\n".join(lines)
 
 
 def table(res: Results) -> str:
@@ -878,6 +918,7 @@ def main() -> int:
     ap.add_argument("--no-packed", action="store_true", help="skip the packed (cu_seqlens) unimask column")
     ap.add_argument("--extra-configs", action="store_true", help="let the autotuner also try EXTRA_CONFIGS")
     ap.add_argument("--schedules", action="store_true", help="also time unimask under its other tile schedules (device-only)")
+    ap.add_argument("--no-atomic", action="store_true", help="skip the atomic-dQ backward column (unimask_atomic)")
     ap.add_argument("--shapes", default="", help="only these table rows, in order: comma-separated L:D:batch, e.g. 512:64:mixed,1024:64:l2r")
     ap.add_argument("--correctness-after", action="store_true",
                     help="after the benchmark, check bf16 correctness with the configs it tuned")
@@ -942,7 +983,7 @@ def main() -> int:
             correctness(torch, masks, attention, K, res, args.quick, D_)
         finally:
             os.environ.pop("UNIMASK_ATTN_AUTOTUNE") if tune is None else os.environ.__setitem__("UNIMASK_ATTN_AUTOTUNE", tune)
-            for kern in (K._attn_fwd, K._attn_bwd_dkdv, K._attn_bwd_dq):  # re-tune for the benchmark
+            for kern in (K._attn_fwd, K._attn_bwd_dkdv, K._attn_bwd_dq, getattr(K, "_attn_bwd_fused", None)):  # re-tune for the benchmark
                 if type(kern).__name__ == "Autotuner":
                     kern.cache.clear()
         n_ok = sum(1 for r in res.data["correctness"] if r.get("pass"))
@@ -951,11 +992,14 @@ def main() -> int:
     if args.extra_configs:
         add_extra_configs(K, res)
     only = [(int(L), int(D), kind) for L, D, kind in (x.split(":") for x in args.shapes.split(",") if x)] or None
-    bench(torch, triton, masks, K, res, args.budget_s, args.quick, D_, packed=not args.no_packed, schedules=args.schedules, only=only)
+    bench(torch, triton, masks, K, res, args.budget_s, args.quick, D_, packed=not args.no_packed, schedules=args.schedules, only=only,
+          atomic=not args.no_atomic)
     if args.correctness_after:
         log("== correctness with the benchmark's tuned configs (bf16) ==")
         correctness(torch, masks, attention, K, res, args.quick, D_, tuned_only=True)
     md = table(res) + "\n\n" + device_table(res)
+    if atomic_table(res):
+        md += "\n\n" + atomic_table(res)
     res.data["table_md"] = md
     res.save()
     print("\n" + md + "\n", flush=True)

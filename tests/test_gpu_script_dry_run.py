@@ -38,7 +38,12 @@ def test_gpu_check_rehearses_on_the_cpu_without_errors(tmp_path, extra):
         for name in ("unimask", "sdpa_mask"):  # the device-only (queued) timing and host cost
             assert row[name]["gpu_fwd_bwd_ms"] > 0 and row[name]["host_fwd_bwd_ms"] > 0, row[name]
         assert ("unimask_packed" in row) == (row["batch"] == "mixed" and "--no-packed" not in extra)
+        atomic = row.get("unimask_atomic", {})  # the atomic-dQ backward timed beside the default one
+        assert atomic.get("gpu_fwd_bwd_ms", 0) > 0, atomic
     assert any(row["unimask"].get("kernel_profile") for row in res["bench"])  # the profiler breakdown ran
+    assert "atomic-dQ backward" in res["table_md"]
+    # the atomic-dQ backward passed every correctness case too (it is part of "pass" above)
+    assert all(c.get("atomic_dq_pass") for c in res["correctness"] if "deterministic" in c)
     assert all(c.get("schedules_equal") for c in res["correctness"] if "deterministic" in c)
     if "--schedules" in extra:  # every other tile schedule timed, and its table
         for row in res["bench"]:
