@@ -164,6 +164,35 @@ def test_pre_ln_round_trip_and_config_validation(tmp_path):
         EncoderConfig(hidden_act="swish")
 
 
+def test_attention_deterministic_reaches_every_attention_call(tmp_path, monkeypatch):
+    """EncoderConfig.attention_deterministic is passed as ``deterministic`` to every layer's
+    attention (padded and packed rows) and survives save/load; non-bools are refused."""
+    import unimask.models.encoder as E
+
+    seen = []
+    for name in ("unified_attention", "unified_attention_varlen"):
+        real = getattr(E, name)
+
+        def spy(*a, _real=real, **kw):
+            seen.append(kw["deterministic"])
+            return _real(*a, **kw)
+
+        monkeypatch.setattr(E, name, spy)
+    cfg = EncoderConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=32, attention_deterministic=False)
+    m = TransformerEncoder(cfg).eval()
+    with torch.no_grad():
+        m(torch.randint(1, 50, (2, 7)))
+        m(torch.randint(1, 50, (1, 8)), cu_seqlens=torch.tensor([0, 3, 8]), attn_mode=torch.tensor([0, 1]),
+          src_len=torch.tensor([0, 0]))
+    assert seen == [False] * 4
+    m.save_pretrained(tmp_path)
+    assert TransformerEncoder.from_pretrained(tmp_path).config.attention_deterministic is False
+    assert EncoderConfig().attention_deterministic is True
+    with pytest.raises(TypeError, match="attention_deterministic must be a bool, got 'no'"):
+        EncoderConfig(attention_deterministic="no")
+
+
 @pytest.mark.parametrize(
     "kw, match",
     [

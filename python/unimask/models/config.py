@@ -29,6 +29,9 @@ class EncoderConfig:
       ``transformers.BertModel`` (it only knows post-LN).
     * ``add_pooler``: keep BERT's pooler (dense + tanh on the first token), needed by NSP.
     * ``attention_backend``: passed to :func:`unimask.unified_attention` (``None`` = auto).
+    * ``attention_deterministic``: passed to it as ``deterministic`` (``True``: bitwise
+      reproducible gradients; ``False``: the Triton kernel's atomic-dQ backward, fewer matrix
+      products, dQ reproducible only up to rounding).
     """
 
     vocab_size: int = 30522
@@ -47,6 +50,7 @@ class EncoderConfig:
     pre_layer_norm: bool = False
     add_pooler: bool = True
     attention_backend: str | None = None
+    attention_deterministic: bool = True
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
@@ -59,6 +63,8 @@ class EncoderConfig:
                 f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
                 f"({self.num_attention_heads})"
             )
+        if not isinstance(self.attention_deterministic, bool):
+            raise TypeError(f"EncoderConfig.attention_deterministic must be a bool, got {self.attention_deterministic!r}")
         if self.hidden_act not in _SUPPORTED_ACTS:
             raise ValueError(f"hidden_act must be one of {_SUPPORTED_ACTS}, got {self.hidden_act!r}")
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
@@ -93,7 +99,7 @@ class EncoderConfig:
     def to_dict(self) -> dict[str, Any]:
         """HF ``BertConfig``-compatible dict; unimask-only fields go under ``"unimask"``."""
         d = dataclasses.asdict(self)
-        extra = {k: d.pop(k) for k in ("pre_layer_norm", "add_pooler", "attention_backend")}
+        extra = {k: d.pop(k) for k in ("pre_layer_norm", "add_pooler", "attention_backend", "attention_deterministic")}
         d.update(
             model_type="bert",
             architectures=["BertModel"],

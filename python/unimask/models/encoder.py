@@ -213,6 +213,7 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(config.hidden_size, config.hidden_size)
         self.dropout_p = config.attention_probs_dropout_prob
         self.backend = config.attention_backend
+        self.deterministic = config.attention_deterministic
 
     def _heads(self, t: torch.Tensor) -> torch.Tensor:
         B, L, _ = t.shape
@@ -227,6 +228,7 @@ class SelfAttention(nn.Module):
             y = unified_attention_varlen(
                 q, k, v, packed.cu_seqlens, attn_mode, src_len, packed.max_seqlen,
                 dropout_p=self.dropout_p if self.training else 0.0, backend=self.backend, check=False,
+                deterministic=self.deterministic,
             )
             return self.proj(y.reshape(B, L, C))
         q, k, v = (self._heads(t) for t in self.qkv(x).split(C, dim=2))
@@ -239,6 +241,7 @@ class SelfAttention(nn.Module):
             y = unified_attention(
                 q, k, v, attn_mode, src_len, seq_len,
                 dropout_p=self.dropout_p if self.training else 0.0, backend=self.backend, check=False,
+                deterministic=self.deterministic,
             )
         else:  # incremental decoding: write new k/v at their positions, attend to j <= position
             assert cache is not None
