@@ -109,7 +109,8 @@ bwd_dkdv_configs = _configs([(64, 128, 8, 3), (32, 128, 4, 3), (64, 64, 4, 3), (
 # dK/dV + atomic dQ (the ``atomic_dq`` backward): the dK/dV tiles plus a [BLOCK_M, HEAD_DIM] fp32
 # dQ tile per trip, so small query tiles. Compiled for sm_90 (bench/kernel_resources.py fused)
 # the single-loop 8-warp configs hold no spill at D 64 and 128 (32x128, 2 stages: 204 / 247
-# registers), the three-loop 4-warp ones spill 280-1900 bytes per thread. Not yet timed on a GPU.
+# registers with Triton 3.9, 233 / 255 with 3.6), the three-loop 4-warp ones spill 280-1900
+# bytes per thread. Not yet timed on a GPU.
 bwd_fused_configs = _configs([(32, 128, 8, 2, False), (32, 128, 8, 3, False), (32, 64, 8, 2, False), (64, 128, 8, 2, False),
                               (32, 128, 4, 3), (32, 64, 4, 4, False), (64, 64, 4, 3, False)])
 # dQ: BLOCK_M is the query tile the program owns, BLOCK_N the kv tiles it streams over.
