@@ -9,6 +9,8 @@ arXiv 2307.08691), as named stages:
   preprocess kernel (the tutorial's) saves a launch: the program loads its ``dO`` rows anyway.
 * :func:`_attn_bwd_dkdv` -- one program per key/value tile (and kv head): dK, dV, reading the
   ``delta`` that :func:`_attn_bwd_dq` stored (launched after it on the same stream).
+* ``backward="atomic_dq"``: :func:`_attn_bwd_delta`, then :func:`_attn_bwd_fused` (the dK/dV
+  kernel's jit function, :func:`_attn_bwd_kv`, with ``ATOMIC_DQ``): dQ by fp32 atomic adds.
 * :class:`_UnifiedAttention` -- the ``torch.autograd.Function`` that wires them;
   :func:`attention` (padded ``[B, H, L, D]``) and :func:`attention_varlen` (packed ``[T, H, D]``).
 
@@ -40,7 +42,9 @@ denominator.
 Loads are masked with ``seq_len`` (which also covers the ``L`` boundary), so the content of
 padded positions never matters. Grouped-query attention: query head ``h`` reads kv head
 ``h // (H // H_kv)``; the dK/dV program of a kv head loops over its group of query heads, so no
-atomics are needed and results are deterministic.
+atomics are needed and results are deterministic. ``backward="atomic_dq"`` trades that for two
+fewer matrix products per tile pair: the dK/dV program also adds dQ with atomics
+(:func:`_attn_bwd_kv` with ``ATOMIC_DQ``; see :func:`attention`).
 
 Under ``TRITON_INTERPRET=1`` (read by Triton when a kernel is *decorated*, i.e. when this
 module is imported) the kernels are plain functions with one fixed small tile config; on a GPU
