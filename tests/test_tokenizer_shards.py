@@ -203,6 +203,44 @@ def test_header_sizes_of_a_small_valid_shard(tmp_path):
     assert [s.tolist() for s in shard[0]] == [[5, 6, 7]]
 
 
+def _offsets_shard(path: Path, sentences: list[int], documents: list[int]) -> Path:
+    """3 tokens [5, 6, 7], 2 sentences, 1 document, a valid CRC: only the offsets can be wrong."""
+    payload = struct.pack("<3H", 5, 6, 7) + bytes(2) + struct.pack("<3Q", *sentences) + struct.pack("<2Q", *documents)
+    return _raw_shard(path, 2, 3, 2, 1, payload)
+
+
+@pytest.mark.parametrize(
+    "sentences, documents, message",
+    [
+        # Read with numpy slicing, which clamps: sentence 1 came back as [7] instead of an error.
+        ([0, 2, 9], [0, 2], "sentence offset 2 is 9, past the 3 tokens of the header"),
+        ([0, 2**63, 3], [0, 2], f"sentence offset 1 is {2**63}, past the 3 tokens of the header"),
+        # Came back as [5, 6, 7] and an empty sentence.
+        ([0, 3, 1], [0, 2], "sentence offset 2 is 1, less than offset 1 (3)"),
+        ([1, 2, 3], [0, 2], "sentence offset 0 is 1, not 0"),
+        # Silently dropped the last token.
+        ([0, 1, 2], [0, 2], "the last sentence offset (2) is 2, not the 3 tokens of the header"),
+        # Was an IndexError "sentence 2 out of range" from shard[0].
+        ([0, 1, 3], [0, 5], "document offset 1 is 5, past the 2 sentences of the header"),
+        ([0, 1, 3], [0, 1], "the last document offset (1) is 1, not the 2 sentences of the header"),
+    ],
+)
+@pytest.mark.parametrize("verify", [True, False])
+def test_bad_offsets_are_a_value_error_naming_them(tmp_path, sentences, documents, message, verify):
+    path = _offsets_shard(tmp_path / "bad.umshard", sentences, documents)
+    with pytest.raises(ValueError) as e:
+        TokenShard(path, verify=verify)
+    assert str(e.value) == f"{path}: corrupted shard: {message}"
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_consistent_offsets_open_without_verify(tmp_path, verify):
+    shard = TokenShard(_offsets_shard(tmp_path / "ok.umshard", [0, 1, 3], [0, 2]), verify=verify)
+    assert [s.tolist() for s in shard[0]] == [[5], [6, 7]]
+    s2 = pickle.loads(pickle.dumps(shard))  # the copy reopens with verify=False
+    assert [s.tolist() for s in s2[0]] == [[5], [6, 7]]
+
+
 def test_non_regular_paths_are_rejected_naming_the_path(tmp_path, tok):
     with pytest.raises(OSError, match=re.escape(f"cannot open shard {tmp_path}: it is a directory")):
         TokenShard(tmp_path)

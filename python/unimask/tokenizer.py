@@ -936,10 +936,13 @@ class TokenShard:
 
     ``len(shard)`` is the number of documents; ``shard[i]`` is document ``i`` as a list of
     sentence token-id arrays (zero-copy views into the file); ``tokens``,
-    ``sentence_offsets`` and ``document_offsets`` are the raw ``np.memmap`` columns. The header
-    and CRC-32 are checked on open (``verify=False`` skips the CRC pass over the file): sizes
-    in the header that do not match the file (or overflow 64 bits) are a ``ValueError`` naming
-    the file, a path that is not a regular file (directory, device, FIFO) an ``OSError``.
+    ``sentence_offsets`` and ``document_offsets`` are the raw ``np.memmap`` columns. The header,
+    the offsets and the CRC-32 are checked on open (``verify=False`` skips only the CRC pass
+    over the whole file; the offsets are one cheap pass over their columns, always made): sizes
+    in the header that do not match the file (or overflow 64 bits) and offsets that do not
+    start at 0, decrease or do not end at the header's token (sentence) count are a
+    ``ValueError`` naming the file and the offending value, a path that is not a regular file
+    (directory, device, FIFO) an ``OSError``.
     ``path`` is a ``str``, ``bytes`` (decoded with :func:`os.fsdecode`) or path-like.
 
     Picklable: the copy (e.g. in a spawned DataLoader worker) reopens the path and checks that

@@ -613,7 +613,7 @@ impl PySegmenter {
     }
 }
 
-/// Validate a shard (sizes; CRC-32 when `verify`) and return its header as a dict.
+/// Validate a shard (sizes and offsets; CRC-32 when `verify`) and return its header as a dict.
 #[pyfunction]
 #[pyo3(signature = (path, verify=true))]
 fn shard_header(

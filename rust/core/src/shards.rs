@@ -585,6 +585,56 @@ pub fn crc32_combine(mut crc1: u32, crc2: u32, mut len2: u64) -> u32 {
 
 // ---------------------------------------------------------------------------------- reader
 
+/// Check an offsets column (`bytes`: little-endian u64s, at least one) against the format:
+/// it starts at 0, never decreases and ends at `end` (the header's count of what it indexes).
+/// The error names the first offending entry and its value.
+fn check_offsets(
+    bytes: &[u8],
+    end: u64,
+    what: &str,
+    units: &str,
+) -> std::result::Result<(), String> {
+    let at = |k: usize| u64::from_le_bytes(bytes[8 * k..8 * k + 8].try_into().unwrap());
+    let n = bytes.len() / 8;
+    // The common case in one branch-free pass (it vectorizes); the slow path below only runs
+    // on a corrupted shard, to name the entry.
+    let mut prev = 0u64;
+    let mut bad = false;
+    for c in bytes.chunks_exact(8) {
+        let v = u64::from_le_bytes(c.try_into().unwrap());
+        bad |= (v < prev) | (v > end);
+        prev = v;
+    }
+    if !bad && n > 0 && at(0) == 0 && prev == end {
+        return Ok(());
+    }
+    if n == 0 {
+        return Err(format!("the {what} offsets are missing"));
+    }
+    if at(0) != 0 {
+        return Err(format!("{what} offset 0 is {}, not 0", at(0)));
+    }
+    for k in 1..n {
+        let (p, v) = (at(k - 1), at(k));
+        if v > end {
+            return Err(format!(
+                "{what} offset {k} is {v}, past the {end} {units} of the header"
+            ));
+        }
+        if v < p {
+            return Err(format!(
+                "{what} offset {k} is {v}, less than offset {} ({p})",
+                k - 1
+            ));
+        }
+    }
+    Err(format!(
+        "the last {what} offset ({}) is {}, not the {end} {units} of the header",
+        n - 1,
+        at(n - 1)
+    ))
+}
+
 /// A memory-mapped shard.
 pub struct Shard {
     map: memmap2::Mmap,
@@ -595,7 +645,12 @@ pub struct Shard {
 }
 
 impl Shard {
-    /// Open and validate a shard (sizes always; the CRC when `verify`).
+    /// Open and validate a shard: the sizes and the offsets always, the CRC when `verify`.
+    ///
+    /// The offset check is one pass over the `S + D + 2` offsets (not the tokens, which the CRC
+    /// reads too), so a shard opened without `verify` still never maps a sentence to tokens
+    /// past the end or a document to sentences that do not exist: readers index the columns
+    /// with the offsets unchecked.
     pub fn open(path: &Path, verify: bool) -> Result<Self> {
         let name = path.display().to_string();
         check_regular_file(path, "shard")?;
@@ -650,18 +705,14 @@ impl Shard {
                     header.crc32
                 )));
             }
-            let so = s.sentence_offsets();
-            let d = s.document_offsets();
-            let ok = so.first() == Some(&0)
-                && so.last() == Some(&header.n_tokens)
-                && so.windows(2).all(|w| w[0] <= w[1])
-                && d.first() == Some(&0)
-                && d.last() == Some(&header.n_sentences)
-                && d.windows(2).all(|w| w[0] <= w[1]);
-            if !ok {
-                return Err(Error::InvalidInput(format!("{name}: inconsistent offsets")));
-            }
         }
+        let sentences = &s.map[sentences_at..documents_at];
+        check_offsets(sentences, header.n_tokens, "sentence", "tokens")
+            .and_then(|()| {
+                let documents = &s.map[documents_at..];
+                check_offsets(documents, header.n_sentences, "document", "sentences")
+            })
+            .map_err(|m| Error::InvalidInput(format!("{name}: corrupted shard: {m}")))?;
         Ok(s)
     }
 
@@ -901,6 +952,86 @@ mod tests {
             (vec![0, 3], vec![0, 1])
         );
         assert_eq!((0..3).map(|i| sh.token(i)).collect::<Vec<_>>(), [5, 6, 7]);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn bad_offsets_are_rejected_with_or_without_verify() {
+        let dir = std::env::temp_dir().join(format!("umshard-offsets-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // 3 tokens (padded to 8 bytes), 2 sentences, 1 document, the CRC valid: only the
+        // offsets are wrong.
+        let header = ShardHeader {
+            version: VERSION,
+            token_bytes: 2,
+            n_tokens: 3,
+            n_sentences: 2,
+            n_documents: 1,
+            vocab_size: 10,
+            flags: 0,
+            crc32: 0,
+        };
+        let file = |sentences: [u64; 3], documents: [u64; 2]| {
+            let mut payload = vec![5, 0, 6, 0, 7, 0, 0, 0];
+            payload.extend(
+                sentences
+                    .iter()
+                    .chain(&documents)
+                    .flat_map(|x| x.to_le_bytes()),
+            );
+            raw_shard(header, &payload)
+        };
+        let cases = [
+            (
+                file([0, 2, 9], [0, 2]),
+                "sentence offset 2 is 9, past the 3 tokens of the header",
+            ),
+            (
+                file([0, 1 << 63, 3], [0, 2]),
+                "sentence offset 1 is 9223372036854775808, past the 3 tokens of the header",
+            ),
+            (
+                file([0, 3, 1], [0, 2]),
+                "sentence offset 2 is 1, less than offset 1 (3)",
+            ),
+            (file([1, 2, 3], [0, 2]), "sentence offset 0 is 1, not 0"),
+            (
+                file([0, 1, 2], [0, 2]),
+                "the last sentence offset (2) is 2, not the 3 tokens of the header",
+            ),
+            (
+                file([0, 1, 3], [0, 5]),
+                "document offset 1 is 5, past the 2 sentences of the header",
+            ),
+            (
+                file([0, 1, 3], [0, 1]),
+                "the last document offset (1) is 1, not the 2 sentences of the header",
+            ),
+        ];
+        for (k, (bytes, want)) in cases.iter().enumerate() {
+            let path = dir.join(format!("b{k}.umshard"));
+            std::fs::write(&path, bytes).unwrap();
+            for verify in [true, false] {
+                match Shard::open(&path, verify) {
+                    Err(Error::InvalidInput(m)) => assert_eq!(
+                        m,
+                        format!("{}: corrupted shard: {want}", path.display()),
+                        "case {k}, verify={verify}"
+                    ),
+                    Err(e) => panic!("case {k}: {e}"),
+                    Ok(s) => panic!("case {k} accepted: {:?}", s.sentence_offsets()),
+                }
+            }
+        }
+        let path = dir.join("ok.umshard");
+        std::fs::write(&path, file([0, 1, 3], [0, 2])).unwrap();
+        for verify in [true, false] {
+            let sh = Shard::open(&path, verify).unwrap();
+            assert_eq!(
+                (sh.sentence_offsets(), sh.document_offsets()),
+                (vec![0, 1, 3], vec![0, 2])
+            );
+        }
         std::fs::remove_dir_all(&dir).ok();
     }
 
