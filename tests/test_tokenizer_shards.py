@@ -255,6 +255,40 @@ def test_non_regular_paths_are_rejected_naming_the_path(tmp_path, tok):
             TokenShard("/proc/self/status")
 
 
+def test_an_output_path_that_is_not_a_regular_file_is_refused_and_kept(tmp_path, tok):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("hello world\n", encoding="utf-8")
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"\xff\n")
+    out = tmp_path / "out"
+    (out / "d.umshard").mkdir(parents=True)
+    (out / "d.umshard" / "keep.txt").write_text("mine", encoding="utf-8")
+    cases = [("d", "a directory")]  # was an OSError "Is a directory" after encoding the corpus
+    nonregular = "not a regular file (a device, named pipe or socket)"
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(out / "f.umshard")  # was silently replaced by the shard
+        cases.append(("f", nonregular))
+    if Path("/dev/null").exists():
+        (out / "n.umshard").symlink_to("/dev/null")  # the link was silently replaced
+        cases.append(("n", nonregular))
+    before = {p.name: os.lstat(p) for p in out.iterdir()}
+    for name, kind in cases:
+        path = out / f"{name}.umshard"
+        for source in (corpus, bad):  # refused before the corpus is read: not its UTF-8 error
+            with pytest.raises(ValueError) as e:
+                tok.encode_file(source, out / name)
+            assert str(e.value) == f"cannot write shard {path}: it is {kind}"
+    after = {p.name: os.lstat(p) for p in out.iterdir()}
+    assert {k: (v.st_mode, v.st_ino) for k, v in after.items()} == {k: (v.st_mode, v.st_ino) for k, v in before.items()}
+    assert (out / "d.umshard" / "keep.txt").read_text(encoding="utf-8") == "mine"
+    if "n.umshard" in after:
+        assert os.readlink(out / "n.umshard") == "/dev/null"
+    # A regular file there is an old shard: replaced, as documented.
+    (out / "r.umshard").write_text("old", encoding="utf-8")
+    shard = tok.encode_file(corpus, out / "r")
+    assert [s.tolist() for s in shard[0]] == [tok.encode("hello world", add_special_tokens=False).ids.tolist()]
+
+
 _FIFO_SCRIPT = """
 import sys
 from unimask import _native

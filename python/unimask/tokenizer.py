@@ -811,7 +811,11 @@ class WordPieceTokenizer:
         ``<out_prefix>.umshard`` without special tokens, streaming ``batch_bytes`` of text at a
         time (bounded memory). Returns the opened :class:`TokenShard`. The format (header,
         version, CRC-32) is documented in ``docs/tokenizer.md``. Invalid UTF-8 raises
-        ``ValueError`` naming the line.
+        ``ValueError`` naming the line. The shard is written next to ``<out_prefix>.umshard`` and
+        renamed over it when complete: that path must be a regular file (an old shard, replaced)
+        or not exist, else ``ValueError`` "cannot write shard <path>: it is a directory" (or a
+        device, named pipe or socket, also through a symlink) before any work, the path left as
+        it was; a symlink to a regular file is replaced by the shard, its target kept.
         """
         batch_bytes = _check_int("batch_bytes", batch_bytes, 1)
         out = Path(os.fspath(out_prefix) + ".umshard")

@@ -200,6 +200,30 @@ pub fn check_regular_file(path: &Path, what: &str) -> Result<()> {
     )))
 }
 
+/// Fail with a `ValueError` naming `out` when something other than a regular file is there
+/// (after symlinks): the shard is renamed over `out`, which would silently replace a named
+/// pipe, socket or device node (or a symlink to one), and fail for a directory only after the
+/// whole corpus was encoded. Nothing there (or a dangling symlink) is fine.
+fn check_output_path(out: &Path) -> Result<()> {
+    let meta = match std::fs::metadata(out) {
+        Ok(m) => m,
+        // Not there, or not reachable: creating the temporary file next to it reports that.
+        Err(_) => return Ok(()),
+    };
+    if meta.is_file() {
+        return Ok(());
+    }
+    let kind = if meta.is_dir() {
+        "a directory"
+    } else {
+        "not a regular file (a device, named pipe or socket)"
+    };
+    Err(Error::InvalidInput(format!(
+        "cannot write shard {}: it is {kind}",
+        out.display()
+    )))
+}
+
 // ---------------------------------------------------------------------------------- writer
 
 /// Counts of a written shard.
@@ -304,6 +328,8 @@ impl Drop for RemoveOnDrop {
 /// Tokenize `input` (a corpus: one sentence per line, blank lines between documents; lines end
 /// at `\n`, `\r\n` or `\r` and are stripped of whitespace, as in Python) into the
 /// shard `out` with `tok` (no special tokens), `batch_bytes` of text at a time, on `num_threads`.
+/// `out` must be a regular file or not exist (checked before any work); a symlink there is
+/// replaced by the shard, its target left as it was.
 pub fn write_shard(
     tok: &Tokenizer,
     input: &Path,
@@ -322,6 +348,7 @@ pub fn write_shard(
     let vocab_size = tok.vocab().len();
     let width: u32 = if vocab_size <= 1 << 16 { 2 } else { 4 };
     check_regular_file(input, "corpus")?;
+    check_output_path(out)?;
     let fin = File::open(input).map_err(|e| {
         Error::Io(std::io::Error::new(
             e.kind(),
@@ -1055,6 +1082,22 @@ mod tests {
             }
         }
         assert!(!out.exists());
+        // An output path that is there but not a regular file is refused before the corpus is
+        // read (its invalid UTF-8 would be the error otherwise), and left as it was.
+        let sub = dir.join(format!("umshard-outdir-{}.umshard", std::process::id()));
+        std::fs::create_dir_all(&sub).unwrap();
+        let bad = dir.join(format!("umshard-bad-corpus-{}.txt", std::process::id()));
+        std::fs::write(&bad, b"\xff\n").unwrap();
+        match write_shard(&tok, &bad, &sub, 8, Some(1)) {
+            Err(Error::InvalidInput(m)) => assert_eq!(
+                m,
+                format!("cannot write shard {}: it is a directory", sub.display())
+            ),
+            other => panic!("{:?}", other.map(|s| s.header)),
+        }
+        assert!(sub.is_dir());
+        std::fs::remove_dir(&sub).ok();
+        std::fs::remove_file(&bad).ok();
         #[cfg(unix)]
         match Shard::open(Path::new("/dev/null"), true) {
             Err(Error::Io(e)) => assert!(e.to_string().contains("/dev/null: it is not a regular")),
