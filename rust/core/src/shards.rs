@@ -766,15 +766,20 @@ impl Shard {
         self.u64s(self.documents_at, self.map.len())
     }
 
-    /// Token id `i`. Panics when `i >= n_tokens`, as slice indexing does.
-    pub fn token(&self, i: u64) -> u32 {
+    /// Token id `i`, or `None` when `i >= n_tokens`. (Indexing the map alone did not catch
+    /// that: ids past the end read the section's zero padding or the offsets behind it.)
+    pub fn token(&self, i: u64) -> Option<u32> {
+        if i >= self.header.n_tokens {
+            return None;
+        }
+        // In bounds: `open` checked that the `n_tokens * width` bytes fit the file (and a usize).
         let w = self.header.token_bytes as usize;
         let at = HEADER_LEN + i as usize * w;
-        if w == 2 {
+        Some(if w == 2 {
             u16::from_le_bytes([self.map[at], self.map[at + 1]]) as u32
         } else {
             u32::from_le_bytes(self.map[at..at + 4].try_into().unwrap())
-        }
+        })
     }
 }
 
@@ -863,7 +868,7 @@ mod tests {
         assert_eq!(sh.sentence_offsets(), vec![0, 2, 3, 6]);
         assert_eq!(sh.document_offsets(), vec![0, 2, 3]);
         assert_eq!(
-            (0..6).map(|i| sh.token(i)).collect::<Vec<_>>(),
+            (0..6).map(|i| sh.token(i).unwrap()).collect::<Vec<_>>(),
             vec![5, 6, 5, 6, 5, 6]
         );
         let mut bytes = std::fs::read(&out).unwrap();
@@ -907,7 +912,10 @@ mod tests {
         // Re-encoding replaces the file; the old map still reads the old tokens.
         std::fs::write(&good, "world\n").unwrap();
         write_shard(&tok, &good, &out, 4, Some(1)).unwrap();
-        assert_eq!((0..3).map(|i| old.token(i)).collect::<Vec<_>>(), [1, 2, 2]);
+        assert_eq!(
+            (0..3).map(|i| old.token(i).unwrap()).collect::<Vec<_>>(),
+            [1, 2, 2]
+        );
         assert_eq!(Shard::open(&out, true).unwrap().header.n_tokens, 1);
         std::fs::remove_dir_all(&dir).ok();
     }
@@ -978,7 +986,50 @@ mod tests {
             (sh.sentence_offsets(), sh.document_offsets()),
             (vec![0, 3], vec![0, 1])
         );
-        assert_eq!((0..3).map(|i| sh.token(i)).collect::<Vec<_>>(), [5, 6, 7]);
+        assert_eq!(
+            (0..3).map(|i| sh.token(i).unwrap()).collect::<Vec<_>>(),
+            [5, 6, 7]
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn token_past_the_end_is_none() {
+        let dir = std::env::temp_dir().join(format!("umshard-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let offsets = |v: &[u64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        for (width, tokens) in [
+            (2u32, vec![5u8, 0, 6, 0, 7, 0, 0, 0]),
+            (4, {
+                let mut t: Vec<u8> = [5u32, 6, 7].iter().flat_map(|x| x.to_le_bytes()).collect();
+                t.extend([0; 4]);
+                t
+            }),
+        ] {
+            let header = ShardHeader {
+                version: VERSION,
+                token_bytes: width,
+                n_tokens: 3,
+                n_sentences: 1,
+                n_documents: 1,
+                vocab_size: 10,
+                flags: 0,
+                crc32: 0,
+            };
+            let path = dir.join(format!("w{width}.umshard"));
+            let payload = [tokens, offsets(&[0, 3, 0, 1])].concat();
+            std::fs::write(&path, raw_shard(header, &payload)).unwrap();
+            let sh = Shard::open(&path, true).unwrap();
+            assert_eq!(
+                (0..3).map(|i| sh.token(i)).collect::<Vec<_>>(),
+                [Some(5), Some(6), Some(7)]
+            );
+            // Past the end, token 3 was the padding's 0 and tokens 4.. the bytes of the
+            // offsets behind it, returned as ids; u64::MAX overflowed the byte offset.
+            for i in [3, 4, 5, 12, 1 << 40, u64::MAX] {
+                assert_eq!(sh.token(i), None, "token {i} of width {width}");
+            }
+        }
         std::fs::remove_dir_all(&dir).ok();
     }
 
