@@ -22,6 +22,7 @@ import math
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -140,6 +141,29 @@ def _worker(inp: str, out: str) -> None:
         results["bad_backward"] = "no error"
     except ValueError as e:
         results["bad_backward"] = str(e)
+    # torch.use_deterministic_algorithms(True): the atomic backward is torch's alert (an error,
+    # a warning with warn_only), raised before any launch; the default backward runs
+    c0 = payload["cases"][0]
+    atomic = lambda q, k, v: K.attention(q, k, v, c0["mode"], c0["src"], c0["seq"], backward="atomic_dq")  # noqa: E731
+    results["det_alert"] = {}
+    try:
+        torch.use_deterministic_algorithms(True)
+        try:
+            _fwd_bwd(atomic, c0)
+            results["det_alert"]["strict"] = "no error"
+        except RuntimeError as e:
+            results["det_alert"]["strict"] = str(e)
+        results["det_alert"]["default_backward_runs"] = _all_equal([
+            _fwd_bwd(lambda q, k, v: K.attention(q, k, v, c0["mode"], c0["src"], c0["seq"]), c0),
+            tuple(results["cases"][c0["name"]][n] for n in ("o", "dq", "dk", "dv"))])
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            warned = _fwd_bwd(atomic, c0)
+        results["det_alert"]["warn_only"] = [str(w.message) for w in caught if "atomic_dq" in str(w.message)]
+        results["det_alert"]["warn_only_equal"] = _all_equal([warned, tuple(results["atomic"][c0["name"]][n] for n in ("o", "dq", "dk", "dv"))])
+    finally:
+        torch.use_deterministic_algorithms(False)
     results["varlen"] = {}
     results["varlen_atomic"] = {}
     for c in payload["varlen"]:
@@ -417,6 +441,16 @@ def test_atomic_dq_backward_varlen(interp, case):
         det = interp["varlen"][case["name"]]
         assert torch.equal(got["dk"], det["dk"]) and torch.equal(got["dv"], det["dv"])
     assert "got 'fast'" in interp["bad_backward"], interp["bad_backward"]
+
+
+def test_atomic_dq_backward_honours_torch_deterministic_mode(interp):
+    """Under torch.use_deterministic_algorithms(True) the atomic-dQ backward raises (warns
+    with warn_only=True and still computes the same gradients), as torch's nondeterministic
+    kernels do; the default backward is unaffected."""
+    alert = interp["det_alert"]
+    assert "backward='atomic_dq'" in alert["strict"] and "use_deterministic_algorithms" in alert["strict"], alert
+    assert alert["default_backward_runs"]
+    assert len(alert["warn_only"]) == 1 and alert["warn_only_equal"], alert
 
 
 def test_dropout_mask_rate_and_seeding(interp):

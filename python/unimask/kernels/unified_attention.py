@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 
 import torch
 import triton
@@ -714,6 +715,21 @@ def _strides(t: torch.Tensor, varlen: bool) -> tuple[int, int, int, int]:
     return tuple(t.stride())
 
 
+def _alert_not_deterministic() -> None:
+    """PyTorch's rule for nondeterministic ops: under ``torch.use_deterministic_algorithms(True)``
+    the atomic-dQ backward is an error (a warning with ``warn_only=True``), raised before any
+    launch, as torch's own atomics-based kernels do."""
+    if not torch.are_deterministic_algorithms_enabled():
+        return
+    msg = ("unimask attention: backward='atomic_dq' (deterministic=False) sums dQ with atomic adds and is not "
+           "deterministic, but torch.use_deterministic_algorithms(True) is set; use the default backward "
+           "(deterministic=True, EncoderConfig.attention_deterministic=True)")
+    if torch.is_deterministic_algorithms_warn_only_enabled():
+        warnings.warn(msg, UserWarning, stacklevel=2)
+    else:
+        raise RuntimeError(msg)
+
+
 class _UnifiedAttention(torch.autograd.Function):
     """Forward: :func:`_attn_fwd`. Backward: the dQ kernel (which also stores ``delta``), then
     the dK/dV kernel.
@@ -764,6 +780,7 @@ class _UnifiedAttention(torch.autograd.Function):
         )  # fmt: skip
         grid_kv = lambda meta: (B * HK * triton.cdiv(L, meta["BLOCK_N"]),)  # noqa: E731
         if ctx.atomic_dq:
+            _alert_not_deterministic()
             # delta first (its own small kernel), then one kernel for dK, dV and dQ, dQ summed
             # in fp32 with atomic adds
             bm = 16 if INTERPRET else 64
