@@ -541,9 +541,15 @@ def correctness(torch, masks, attention, K, res: Results, quick: bool, D_: Dev, 
                 for a, b in zip(got, run(lambda *a, sc=sc: K.attention(*a, schedule=sc), q, k, v, do))
             )
             # the atomic-dQ backward: every gradient by the same criterion, padded rows zero,
-            # dK/dV bitwise the deterministic backward's (only dQ's summation order differs)
+            # dK/dV bitwise reproducible (no atomics; run twice). Bitwise equality with the
+            # default backward's dK/dV is recorded, not required: it holds under the interpreter
+            # (one fixed tile config) but not on a GPU, where the fused kernel runs its own tiles
+            # (bwd_fused_configs, single loop) and, compiled for sm_90, the default dK/dV kernel's
+            # fully visible loop contracts the score scaling into an FMA, exp2(fma(s, qk, -lse)),
+            # while a single loop rounds the product first: P differs in its last bits.
             if "atomic_dq" in getattr(K, "BACKWARDS", ()):
                 at = run(lambda *a: K.attention(*a, backward="atomic_dq"), q, k, v, do)
+                at_again = run(lambda *a: K.attention(*a, backward="atomic_dq"), q, k, v, do)
                 at_ok = True
                 for n, a, r, lo in zip(("dq", "dk", "dv"), at[1:], ref_hi[1:], (ref_lo or [None] * 4)[1:]):
                     err = (a.to(r.dtype) - r).abs().max().item()
@@ -551,7 +557,9 @@ def correctness(torch, masks, attention, K, res: Results, quick: bool, D_: Dev, 
                     row[f"atomic_{n}_max_err"] = err
                     at_ok &= err <= bound and bool(torch.isfinite(a).all())
                 at_ok &= all(not t[b, :, int(seq[b]):].any() for t in at for b in range(B))
-                at_ok &= torch.equal(at[2], got[2]) and torch.equal(at[3], got[3])
+                row["atomic_dkdv_reproducible"] = torch.equal(at[2], at_again[2]) and torch.equal(at[3], at_again[3])
+                row["atomic_dkdv_bitwise_default"] = torch.equal(at[2], got[2]) and torch.equal(at[3], got[3])
+                at_ok &= row["atomic_dkdv_reproducible"]
                 row["atomic_dq_pass"] = bool(at_ok)
                 ok &= bool(at_ok)
             row["pass"] = ok and pad_zero and row["deterministic"] and row["schedules_equal"]
