@@ -792,8 +792,9 @@ def bench(torch, triton, masks, K, res: Results, budget_s: float, quick: bool, D
                 r["gpu_fwd_bwd_ms"], r["host_fwd_bwd_ms"] = D_.queued_ms(fwd_bwd_fresh_grads)
                 r["gpu_fwd_bwd_tflops"] = 3.5 * fwd_flops / (r["gpu_fwd_bwd_ms"] * 1e-3) / 1e12
                 r["peak_mem_mib"] = D_.peak_mem_mib(fwd_bwd)
-                if name == "unimask":
+                if name in ("unimask", "unimask_atomic"):  # the fused kernel tunes in unimask_atomic's run
                     r["autotune"] = autotune_record(K)
+                if name == "unimask":
                     if schedules:
                         r["schedules"] = sc = schedule_timings(K, D_, (xq, xk, xv, xqg, xkg, xvg, xdo), mode_d, src_d, seq_d)
                         log("  schedules device-only fwd / fwd+bwd ms: " + ", ".join(

@@ -687,6 +687,21 @@ def test_bench_atomic_check_requires_reproducible_dkdv(tmp_path, monkeypatch):
     assert rows and all(not r["atomic_dq_pass"] and not r["pass"] and r.get("atomic_dkdv_reproducible") is False for r in rows), rows
 
 
+
+def test_bench_records_the_fused_kernels_tuning_of_each_shape(tmp_path):
+    """The atomic-dQ kernel tunes in the unimask_atomic run (after the unimask one): its row must
+    hold the autotuners' record, with this shape's choice (the last shape's was never recorded)."""
+    import unimask.masks as masks  # noqa: PLC0415
+
+    mod = _bench_module()
+    K = _stub_kernels()
+    res = mod.Results(tmp_path)
+    mod.bench(torch, None, masks, K, res, 120.0, True, mod.Dev(torch, True), packed=False, only=[(32, 16, "l2r")])
+    row = res.data["bench"][0]
+    assert row["unimask_atomic"]["autotune"]["_attn_bwd_fused"]["tuned"] == {"(16, 32)": "BLOCK_M: 32, BLOCK_N: 128"}, row
+    assert row["unimask"]["autotune"]["_attn_bwd_fused"]["tuned"] == {}  # recorded before the atomic run tuned
+
+
 if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "--worker":
     # Worker-only kernels. Triton's interpreter re-executes a kernel's source with its module
     # globals (not closures), so they and ``K`` live at module level, in the child only.
