@@ -78,12 +78,13 @@ def _launch_specialization(fn, sig: dict, consts: dict) -> dict:
     return attrs
 
 
-def _compile(kernel, dtype: str, head_dim: int, config, dropout: bool = False, varlen: bool = False) -> object:
+def _compile(kernel, dtype: str, head_dim: int, config, dropout: bool = False, varlen: bool = False,
+             dot_prec: str | None = None) -> object:
     fn = kernel if isinstance(kernel, triton.runtime.JITFunction) else kernel.fn  # the JITFunction under the autotuner
     consts = {
         "HEAD_DIM": head_dim,
         "IS_FP32": dtype == "fp32",
-        "DOT_PREC": "ieee" if dtype == "fp32" else "tf32",
+        "DOT_PREC": dot_prec or ("ieee" if dtype == "fp32" else "tf32"),
         "DROPOUT": dropout,
         "VARLEN": varlen,
         "SCHEDULE": K._schedule(K.SCHEDULES[0]),
@@ -138,6 +139,18 @@ def test_single_loop_configs_compile_pipelined(name, kernel, configs):
         assert "wgmma" in ck.asm["ptx"] and "async_copy_global_to_local" in ck.asm["ttgir"], (name, c)
 
 
+@pytest.mark.parametrize("name,kernel,configs", KERNELS, ids=[k[0] for k in KERNELS])
+def test_fp32_inputs_with_tf32_fit_in_shared_memory_at_head_dim_128(name, kernel, configs):
+    """fp32 inputs with TF32 allowed (torch.backends.cuda.matmul.allow_tf32) take 4-byte tiles:
+    the config the pruner leaves them must fit an H100's shared memory at D 128 (the 16-bit
+    configs need 246-459 KB there)."""
+    picked = K._prune(configs, {"L": 4096}, DOT_PREC="tf32", IS_FP32=True)
+    assert len(picked) == 1, picked
+    ck = _compile(kernel, "fp32", 128, picked[0], dot_prec="tf32")
+    assert ck.metadata.shared <= 232448, f"{name}: {ck.metadata.shared} bytes of shared memory > 227 KiB"
+    assert "mma" in ck.asm["ptx"], f"{name}: TF32 products should use the tensor cores"
+
+
 def test_pruning_picks_tiles_by_length_and_precision(monkeypatch):
     """Configs with tiles past the (power-of-two) length are dropped; exact fp32 products get
     IEEE_CONFIG alone; UNIMASK_ATTN_AUTOTUNE=0 keeps the first config."""
@@ -148,6 +161,7 @@ def test_pruning_picks_tiles_by_length_and_precision(monkeypatch):
         short = sizes(K._prune(configs, {"L": 40}, DOT_PREC="tf32"))
         assert short == [c for c in sizes(configs) if c[0] <= 64 and c[1] <= 64] or short == sizes(configs[:1])
         assert sizes(K._prune(configs, {"L": 4096}, DOT_PREC="ieee")) == [K.IEEE_CONFIG]
+        assert sizes(K._prune(configs, {"L": 4096}, DOT_PREC="tf32", IS_FP32=True)) == [K.IEEE_CONFIG]
         monkeypatch.setenv("UNIMASK_ATTN_AUTOTUNE", "0")
         assert sizes(K._prune(configs, {"L": 4096}, DOT_PREC="tf32")) == sizes(configs[:1])
         assert sizes(K._prune(configs, {"L": 4096}, DOT_PREC="ieee")) == [K.IEEE_CONFIG]

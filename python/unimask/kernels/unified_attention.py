@@ -127,15 +127,18 @@ bwd_dq_configs = _configs([(128, 64, 8, 3), (128, 32, 4, 3), (64, 64, 4, 3), (64
 #: not tensor cores, and compile 5-10x slower than bf16 at the tile sizes above (sm_90, D 64,
 #: the first listed config: fwd 12.4 s, dK/dV 14.4 s, dQ 8.7 s; bf16 1.8 / 1.8 / 1.3 s; on the
 #: H200 machine's CPU 2-3x longer). That path is for exactness, not speed: one smaller config for
-#: all three kernels (2.6 / 5.2 / 3.9 s), no tuning. Its speed is not measured.
+#: all three kernels (2.6 / 5.2 / 3.9 s), no tuning. Its speed is not measured. fp32 inputs with
+#: TF32 products get it too: their tiles take twice the shared memory of 16-bit ones, and at
+#: head dim 128 every listed config needs more than an H100's 227 KiB (sm_90, Triton 3.6: forward
+#: 262-459 KB); this one needs 98-132 KB (tests/test_attention_compile.py).
 IEEE_CONFIG = (64, 32, 4, 2)
 
 
 def _prune(configs, named_args, **kwargs):
     """Drop configs whose tiles are far larger than the sequence (they only add masked work);
     ``UNIMASK_ATTN_AUTOTUNE=0`` (read when a new shape bucket is tuned) keeps the first only;
-    exact fp32 products get :data:`IEEE_CONFIG` alone."""
-    if kwargs.get("DOT_PREC") == "ieee":
+    fp32 inputs (exact or TF32 products) get :data:`IEEE_CONFIG` alone."""
+    if kwargs.get("DOT_PREC") == "ieee" or kwargs.get("IS_FP32"):
         return [_cfg(*IEEE_CONFIG)]
     if os.environ.get("UNIMASK_ATTN_AUTOTUNE", "1") == "0":
         return configs[:1]
