@@ -247,8 +247,10 @@ class SelfAttention(nn.Module):
             assert cache is not None
             kc, vc = cache
             idx = positions[:, None, :, None].expand(B, self.n_head, L, self.head_dim)
-            kc.scatter_(2, idx, k)
-            vc.scatter_(2, idx, v)
+            # under autocast k/v come out of the projection in bf16/fp16 while the cache keeps the
+            # parameters' dtype; scatter_ (unlike the prefill's slice assignment) does not cast
+            kc.scatter_(2, idx, k.to(kc.dtype))
+            vc.scatter_(2, idx, v.to(vc.dtype))
             T = kc.shape[2]
             visible = torch.arange(T, device=x.device)[None, None, :] <= positions[:, :, None]
             scores = (q @ kc.transpose(-1, -2)) / math.sqrt(self.head_dim)
