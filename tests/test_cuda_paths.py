@@ -58,3 +58,29 @@ def test_mass_cached_decoder_step_under_bf16_autocast_matches_fp32():
         for t in range(4):
             h = model.decode(mem16, dec[:, t:t + 1], pos[:, t:t + 1], cache=cache, slots=torch.full((2, 1), t))
     torch.testing.assert_close(h[:, 0].float(), full[:, -1], atol=1e-2, rtol=0)
+
+
+class _Recorder:
+    """Stands in for a model's ``generate``: records where its tensor arguments live."""
+
+    def __init__(self) -> None:
+        self.devices: dict[str, torch.device] = {}
+
+    def __call__(self, ids, **kw):
+        self.devices = {"input_ids": ids.device, **{k: v.device for k, v in kw.items() if isinstance(v, torch.Tensor)}}
+        return torch.tensor([[7, 2, 0]] * ids.shape[0])  # token 7, then [SEP] = 2
+
+
+def test_seq2seq_finetuners_generate_on_the_models_device():
+    """The fine-tuners build the source batch on the CPU; with the model on another device (a
+    GPU; here ``meta``) it must reach ``model.generate`` on the model's device, or the first
+    embedding lookup fails (CPU ids, CUDA table)."""
+    from unimask.finetune import MassFinetuner, Seq2SeqFinetuner
+    from unimask.models import UnifiedLM
+
+    for ft in (MassFinetuner(MassSeq2Seq(_cfg()).to("meta"), cls_id=1, sep_id=2, start_id=MASK),
+               Seq2SeqFinetuner(UnifiedLM(_cfg()).to("meta"), cls_id=1, sep_id=2, mask_id=MASK)):
+        rec = _Recorder()
+        ft.model.generate = rec
+        assert ft.generate([[5, 6], [9]], max_new_tokens=3) == [[7], [7]]
+        assert rec.devices and set(rec.devices.values()) == {torch.device("meta")}, (type(ft).__name__, rec.devices)

@@ -660,7 +660,8 @@ class MassFinetuner(nn.Module):
     def generate(self, sources: list[list[int]], max_new_tokens: int = 20, num_beams: int = 1) -> list[list[int]]:
         """Decode targets for ``sources`` (ids without specials); stops at [SEP]."""
         ids, seq_len = self._sources(sources)
-        out = self.model.generate(ids, seq_len=seq_len, max_new_tokens=max_new_tokens, num_beams=num_beams,
+        device = next(self.model.parameters()).device
+        out = self.model.generate(ids.to(device), seq_len=seq_len.to(device), max_new_tokens=max_new_tokens, num_beams=num_beams,
                                   eos_id=self.sep_id, pad_id=self.pad_id, decoder_start_id=self.start_id,
                                   decoder_start_position=0)
         result = []
