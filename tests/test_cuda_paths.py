@@ -84,3 +84,37 @@ def test_seq2seq_finetuners_generate_on_the_models_device():
         ft.model.generate = rec
         assert ft.generate([[5, 6], [9]], max_new_tokens=3) == [[7], [7]]
         assert rec.devices and set(rec.devices.values()) == {torch.device("meta")}, (type(ft).__name__, rec.devices)
+
+
+def _fake_gpu(monkeypatch, major: int) -> None:
+    """Make ``torch.cuda`` describe one GPU of compute capability ``major``.x on which a bf16
+    tensor can be created (true of every NVIDIA GPU torch supports: before sm_80 bf16 is emulated)."""
+    import types
+
+    props = types.SimpleNamespace(major=major, minor=0, name=f"fake sm_{major}0", total_memory=16 << 30)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: props)
+    monkeypatch.setattr(torch.cuda, "_check_bf16_tensor_supported", lambda device: True, raising=False)
+    monkeypatch.setattr(torch.version, "hip", None)
+
+
+def test_auto_precision_is_fp16_with_loss_scaling_on_gpus_without_native_bf16(monkeypatch):
+    """``precision="auto"``: bf16 on Ampere and later, fp16 + GradScaler before (V100 sm_70,
+    T4 sm_75), where ``torch.cuda.is_bf16_supported()`` is True only through emulation."""
+    from torch import nn
+
+    from unimask.training import Trainer, TrainingConfig
+
+    def auto(major: int) -> Trainer:
+        _fake_gpu(monkeypatch, major)
+        # a model without tensors: moving it to "cuda" touches no device
+        return Trainer(nn.Module(), lambda start: iter(()), TrainingConfig(progress=False), device="cuda")
+
+    for major in (7, 6):
+        t = auto(major)
+        assert (t.precision, type(t.scaler)) == ("fp16", torch.amp.GradScaler), major
+    for major in (8, 9):
+        t = auto(major)
+        assert (t.precision, t.scaler) == ("bf16", None), major

@@ -81,7 +81,7 @@ class TrainingConfig:
     warmup_steps: int = 100
     grad_clip: float = 1.0
     grad_accum: int = 1
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autocast; bf16/fp16 on CUDA only)
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autocast; bf16/fp16 on CUDA only; auto: bf16 on GPUs with native bf16, else fp16)
     eval_every: int = 200
     log_every: int = 10
     checkpoint_every: int = 0  # 0: only at the end (when output_dir is set)
@@ -430,7 +430,12 @@ class Trainer:
         self.log = log if log is not None else (print if self.rank == 0 else (lambda _s: None))
         precision = config.precision
         if precision == "auto":
-            precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if self.device.type == "cuda" else "fp32"
+            # bf16 where the GPU computes it natively (compute capability >= 8, or ROCm), else fp16
+            # with loss scaling; torch.cuda.is_bf16_supported() also says True for the emulated
+            # bf16 of older GPUs (V100, T4), which would make fp16 unreachable
+            native_bf16 = self.device.type == "cuda" and (
+                bool(torch.version.hip) or torch.cuda.get_device_capability(self.device)[0] >= 8)
+            precision = ("bf16" if native_bf16 else "fp16") if self.device.type == "cuda" else "fp32"
         if precision != "fp32" and self.device.type != "cuda":
             raise ValueError(f"precision {precision!r} needs a CUDA device (autocast is CUDA-only here), got {self.device}")
         self.precision = precision
