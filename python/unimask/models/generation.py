@@ -71,16 +71,18 @@ def beam_search(stepper, batch: int, beams: int, max_new_tokens: int, eos_id: in
         logp = torch.log_softmax(logits.float(), dim=-1).view(batch, beams, V)
         cand = (scores[:, :, None] + logp).view(batch, beams * V)
         top_s, top_i = cand.topk(2 * beams, dim=1)
-        next_beam = torch.zeros(batch, beams, dtype=torch.long, device=dev)
-        next_tok = torch.full((batch, beams), pad_id, dtype=torch.long, device=dev)
-        next_score = torch.full((batch, beams), float("-inf"), device=dev)
+        # one host read per step (not one GPU sync per candidate); the beams are chosen on the
+        # host and sent back as three small tensors
+        top_s_h, top_i_h = top_s.tolist(), top_i.tolist()
+        next_beam = [list(range(beams)) if done[b] else [0] * beams for b in range(batch)]
+        next_tok = [[pad_id] * beams for _ in range(batch)]
+        next_score = [[float("-inf")] * beams for _ in range(batch)]
         for b in range(batch):
             if done[b]:
-                next_beam[b] = torch.arange(beams, device=dev)
                 continue
             k = 0
             for rank in range(2 * beams):
-                s, i = float(top_s[b, rank]), int(top_i[b, rank])
+                s, i = top_s_h[b][rank], top_i_h[b][rank]
                 src, tok = divmod(i, V)
                 if s == float("-inf"):
                     break
@@ -89,23 +91,26 @@ def beam_search(stepper, batch: int, beams: int, max_new_tokens: int, eos_id: in
                         hyp = seqs[b * beams + src].tolist() + [tok]
                         finished[b].append((s / (len(hyp) ** length_penalty), hyp))
                     continue
-                next_beam[b, k], next_tok[b, k], next_score[b, k] = src, tok, s
+                next_beam[b][k], next_tok[b][k], next_score[b][k] = src, tok, s
                 k += 1
                 if k == beams:
                     break
             if len(finished[b]) >= beams:
                 done[b] = True
-        scores = next_score
+        next_beam = torch.tensor(next_beam, dtype=torch.long).to(dev)
+        next_tok = torch.tensor(next_tok, dtype=torch.long).to(dev)
+        scores = torch.tensor(next_score, dtype=torch.float32).to(dev)
         index = (next_beam + torch.arange(batch, device=dev)[:, None] * beams).view(-1)
         seqs = torch.cat([seqs.index_select(0, index), next_tok.view(-1, 1)], dim=1)
         if all(done) or t == max_new_tokens - 1:
             break
         stepper.reorder(index)
         logits = stepper.step(next_tok.view(-1))
+    scores_h = scores.tolist()
     for b in range(batch):
         if not done[b]:
             for j in range(beams):
-                s = float(scores[b, j])
+                s = scores_h[b][j]
                 if s > float("-inf"):
                     hyp = seqs[b * beams + j].tolist()
                     finished[b].append((s / (len(hyp) ** length_penalty), hyp))
