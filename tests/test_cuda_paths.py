@@ -4,6 +4,7 @@ each forced on the CPU."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from unimask.masks import LEFT_TO_RIGHT
@@ -118,3 +119,33 @@ def test_auto_precision_is_fp16_with_loss_scaling_on_gpus_without_native_bf16(mo
     for major in (8, 9):
         t = auto(major)
         assert (t.precision, t.scaler) == ("bf16", None), major
+
+
+def test_checkpoint_rng_state_is_this_gpus_generator_only(monkeypatch):
+    """A checkpoint keeps the CUDA generator of the trainer's own GPU (not every visible GPU's:
+    that creates a CUDA context on each of them in every rank) and restores it to that GPU;
+    an older checkpoint's per-GPU list gives this GPU's entry, or nothing when it has none."""
+    from unimask import training as T
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: pytest.fail("read every GPU's generator"))
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda s: pytest.fail("wrote every GPU's generator"))
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": calls.append(("get", device)) or torch.tensor([7], dtype=torch.uint8))
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, device="cuda": calls.append(("set", device, s.tolist())))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    for dev in (torch.device("cuda", 1), torch.device("cuda")):  # explicit index, or the current device
+        calls.clear()
+        state = T._rng_state(dev)
+        assert calls == [("get", dev)]
+        T._set_rng_state(state, dev)
+        assert calls[-1] == ("set", dev, [7])
+        old = [torch.tensor([1], dtype=torch.uint8), torch.tensor([2], dtype=torch.uint8)]
+        T._set_rng_state({**state, "cuda": old}, dev)
+        assert calls[-1] == ("set", dev, [2])  # GPU 1's entry
+        n = len(calls)
+        T._set_rng_state({**state, "cuda": old[:1]}, dev)  # saved with one GPU visible: none for GPU 1
+        assert len(calls) == n
+    calls.clear()
+    cpu = T._rng_state(torch.device("cpu"))
+    T._set_rng_state({**cpu, "cuda": torch.tensor([3], dtype=torch.uint8)}, torch.device("cpu"))
+    assert "cuda" not in cpu and calls == []

@@ -218,19 +218,30 @@ def _checkpoints_to_prune(directory: Path, current: Path, step: int, keep: int) 
     return [p for _, name, p in ours[: max(0, len(ours) - keep)] if name not in protected]
 
 
-def _rng_state() -> dict[str, Any]:
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    """The RNG states a resumed run needs: CPU torch, numpy, Python, and the CUDA generator of
+    this trainer's ``device`` only. (``torch.cuda.get_rng_state_all()`` would create a CUDA
+    context on every visible GPU in every rank, and its per-GPU list cannot be restored when
+    fewer GPUs are visible.)"""
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if cuda is None or device.type != "cuda":
+        return
+    if isinstance(cuda, (list, tuple)):  # older checkpoints: one state per visible GPU
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        if index >= len(cuda):
+            return  # that run had no generator for this GPU: nothing to restore
+        cuda = cuda[index]
+    torch.cuda.set_rng_state(cuda, device)
 
 
 def _dist():
@@ -629,7 +640,7 @@ class Trainer:
                                              options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         else:
             optim = self.optimizer.state_dict()
-        rng = _rng_state()
+        rng = _rng_state(self.device)
         rng_per_rank = None
         if self.dist is not None:  # each rank has its own RNG stream (dropout): keep them all
             rng_per_rank = [None] * self.world
@@ -707,7 +718,7 @@ class Trainer:
         if self.scaler and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         per_rank = state.get("rng_per_rank")
-        _set_rng_state(per_rank[self.rank] if per_rank else state["rng"])
+        _set_rng_state(per_rank[self.rank] if per_rank else state["rng"], self.device)
         self.state = _State(state["step"], state["data_position"], list(state["history"]), list(state["evals"]))
 
     # -- plot -------------------------------------------------------------------------------
