@@ -250,3 +250,22 @@ def test_pretrain_resume_from_a_corrupted_checkpoint_is_a_user_error(tmp_path):
     assert r.returncode == 2, r.stderr
     assert "Traceback" not in r.stderr
     assert f"unimask pretrain: checkpoint {ckpt} is corrupt" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("device", ["cuda:1", "mps"])
+def test_pretrain_under_torchrun_refuses_a_device_it_cannot_honour(monkeypatch, device):
+    """torchrun gives each process cuda:LOCAL_RANK (or the CPU): a --device naming one GPU, or
+    another kind of device, is a ValueError (a usage error, exit 2, for ``unimask pretrain``;
+    it was silently replaced), raised before any process group is initialised. (Tested on the
+    function: under torchrun's variables the command ends its process with ``os._exit``.)"""
+    import torch.distributed as dist
+
+    from unimask.cli import is_user_error
+    from unimask.pretrain import _init_distributed
+
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    with pytest.raises(ValueError, match=f"--device must be 'cuda'.*got {device!r}") as e:
+        _init_distributed(device)
+    assert is_user_error(e.value) and not dist.is_initialized()

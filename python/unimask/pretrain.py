@@ -375,6 +375,10 @@ def _init_distributed(device: str | None) -> tuple[int, int, str | None]:
     import torch  # noqa: PLC0415
     import torch.distributed as dist  # noqa: PLC0415
 
+    # torchrun starts one process per device: each takes cuda:LOCAL_RANK (or the CPU), so a
+    # device naming one GPU, or another kind of device, cannot be honoured in every process
+    if device is not None and device not in ("cpu", "cuda"):
+        raise ValueError(f"under torchrun --device must be 'cuda' (each process uses cuda:LOCAL_RANK) or 'cpu', got {device!r}")
     local = int(os.environ.get("LOCAL_RANK", 0))
     use_cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
     if not dist.is_initialized():
