@@ -186,18 +186,24 @@ pub fn check_regular_file(path: &Path, what: &str) -> Result<()> {
             format!("cannot open {what} {}: {e}", path.display()),
         ))
     })?;
-    if meta.is_file() {
-        return Ok(());
+    match non_regular_kind(&meta) {
+        None => Ok(()),
+        Some(kind) => Err(Error::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("cannot open {what} {}: it is {kind}", path.display()),
+        ))),
     }
-    let kind = if meta.is_dir() {
-        "a directory"
+}
+
+/// What `meta` is when it is not a regular file (for the error messages), `None` when it is.
+fn non_regular_kind(meta: &std::fs::Metadata) -> Option<&'static str> {
+    if meta.is_file() {
+        None
+    } else if meta.is_dir() {
+        Some("a directory")
     } else {
-        "not a regular file (a device, named pipe or socket)"
-    };
-    Err(Error::Io(std::io::Error::new(
-        std::io::ErrorKind::InvalidInput,
-        format!("cannot open {what} {}: it is {kind}", path.display()),
-    )))
+        Some("not a regular file (a device, named pipe or socket)")
+    }
 }
 
 /// Fail with a `ValueError` naming `out` when something other than a regular file is there
@@ -210,18 +216,13 @@ fn check_output_path(out: &Path) -> Result<()> {
         // Not there, or not reachable: creating the temporary file next to it reports that.
         Err(_) => return Ok(()),
     };
-    if meta.is_file() {
-        return Ok(());
+    match non_regular_kind(&meta) {
+        None => Ok(()),
+        Some(kind) => Err(Error::InvalidInput(format!(
+            "cannot write shard {}: it is {kind}",
+            out.display()
+        ))),
     }
-    let kind = if meta.is_dir() {
-        "a directory"
-    } else {
-        "not a regular file (a device, named pipe or socket)"
-    };
-    Err(Error::InvalidInput(format!(
-        "cannot write shard {}: it is {kind}",
-        out.display()
-    )))
 }
 
 // ---------------------------------------------------------------------------------- writer
