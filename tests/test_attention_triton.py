@@ -109,10 +109,7 @@ def _worker(inp: str, out: str) -> None:
     results: dict = {"cases": {}}
     for c in payload["cases"]:
         dt = c["dtype"]
-        q, k, v = (t.to(dt) for t in (c["q"], c["k"], c["v"]))
-        if c["layout"] == "blhd":  # [B, L, H, D] storage seen through a transpose
-            q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v))
-        q, k, v = (t.requires_grad_() for t in (q, k, v))
+        q, k, v = (t.requires_grad_() for t in _in_layout(c, (t.to(dt) for t in (c["q"], c["k"], c["v"]))))
         o = K.attention(q, k, v, c["mode"], c["src"], c["seq"], c["scale"], c["dropout"], c["seed"])
         o.backward(c["do"].to(dt))
         results["cases"][c["name"]] = r = dict(o=o.detach(), dq=q.grad, dk=k.grad, dv=v.grad)
@@ -128,12 +125,10 @@ def _worker(inp: str, out: str) -> None:
     # the atomic-dQ backward on every case (same forward; dQ summed with atomic adds)
     results["atomic"] = {}
     for c in payload["cases"]:
-        call = lambda q, k, v, c=c: K.attention(q, k, v, c["mode"], c["src"], c["seq"], c["scale"], c["dropout"], c["seed"],  # noqa: E731
-                                                backward="atomic_dq")
-        if c["layout"] == "blhd":
-            def call(q, k, v, c=c):  # noqa: E306 - the same strided views as above
-                q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v))
-                return K.attention(q, k, v, c["mode"], c["src"], c["seq"], c["scale"], c["dropout"], c["seed"], backward="atomic_dq")
+        def call(q, k, v, c=c):  # the same layout as above (strided views for "blhd")
+            q, k, v = _in_layout(c, (q, k, v))
+            return K.attention(q, k, v, c["mode"], c["src"], c["seq"], c["scale"], c["dropout"], c["seed"], backward="atomic_dq")
+
         o, dq, dk, dv = _fwd_bwd(call, c, c["dtype"])
         results["atomic"][c["name"]] = dict(o=o, dq=dq, dk=dk, dv=dv)
     try:
@@ -272,6 +267,13 @@ def _worker(inp: str, out: str) -> None:
     dot16[(1,)](x, y, z)
     results["bf16_dot_err"] = float((z - x.float() @ y.float()).abs().max())
     torch.save(results, out)
+
+
+def _in_layout(c: dict, tensors) -> tuple:
+    """``tensors`` in case ``c``'s layout: "blhd" is [B, L, H, D] storage seen through a transpose."""
+    if c["layout"] == "blhd":
+        return tuple(t.transpose(1, 2).contiguous().transpose(1, 2) for t in tensors)
+    return tuple(tensors)
 
 
 def _fwd_bwd(call, t: dict, dtype: torch.dtype = torch.float32) -> tuple:
