@@ -409,6 +409,80 @@ def dropout_check(torch, masks, K, res: "Results", D_: Dev) -> None:
         res.save()
 
 
+def cuda_graph_check(torch, K, res: "Results", D_: Dev) -> None:
+    """The kernels inside a captured CUDA graph (forward + backward, one ``torch.cuda.graph``).
+
+    With dropout, the seed is drawn on the device in the graph (as ``attention(seed=None)``
+    does) and the kernels read it from memory, so each replay must draw a new seed and give
+    exactly what an eager call with that seed gives (output and the three gradients, bitwise:
+    same kernels, same tile configs); without dropout a replay must equal the eager call bitwise.
+    Dry run: the "replays" are plain calls (no CUDA graphs on the CPU); the comparisons are the same."""
+    dev = D_.name
+    B, H, HK, L, D = (4, 4, 2, 300, 64) if not D_.dry else (3, 2, 1, 33, 16)
+    name = f"CUDA graph replay {str(D_.lowp).split('.')[-1]} D{D} L{L} B{B} H{H} Hkv{HK} (dropout 0.1 and 0)"
+    row: dict = {"case": name}
+    try:
+        mode, src, seq = make_batch(torch, B, L, seed=13)
+        md, sd, qd = (t.to(device=dev, dtype=torch.int32) for t in (mode, src, seq))
+        g = torch.Generator(device=dev).manual_seed(4)
+        q = torch.randn(B, H, L, D, device=dev, generator=g).to(D_.lowp).requires_grad_()
+        k, v = (torch.randn(B, HK, L, D, device=dev, generator=g).to(D_.lowp).requires_grad_() for _ in range(2))
+        do = torch.randn(B, H, L, D, device=dev, generator=g).to(D_.lowp)
+
+        def eager(p, seed):
+            qq, kk, vv = (t.detach().clone().requires_grad_() for t in (q, k, v))
+            o = K.attention(qq, kk, vv, md, sd, qd, None, p, seed)
+            o.backward(do)
+            return [o.detach(), qq.grad, kk.grad, vv.grad]
+
+        for p in (0.1, 0.0):
+            box: dict = {}
+
+            def step(p=p, box=box):  # what attention(seed=None) does, keeping the seed tensor
+                for t in (q, k, v):
+                    t.grad = None
+                sm_scale, p_, seed_t = K._prepare(q, p, None, None)
+                o = K._UnifiedAttention.apply(q, k, v, md, sd, qd, None, L, sm_scale, p_, seed_t, K._schedule("heavy_first"), False)
+                o.backward(do)
+                box.update(o=o, seed=seed_t)
+
+            if D_.dry:
+                replay = step
+            else:
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):  # warm-up: compiles (and tunes) outside the capture
+                    for _ in range(3):
+                        step()
+                torch.cuda.current_stream().wait_stream(side)
+                for t in (q, k, v):
+                    t.grad = None
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    step()
+                replay = graph.replay
+            runs = []
+            for _ in range(3):
+                replay()
+                D_.sync()
+                runs.append(dict(seed=None if box["seed"] is None else int(box["seed"].item()),
+                                 got=[box["o"].detach().clone(), *(t.grad.clone() for t in (q, k, v))]))
+            key = "dropout" if p > 0 else "no_dropout"
+            equal = [all(torch.equal(a, b) for a, b in zip(r["got"], eager(p, r["seed"]))) for r in runs]
+            row[key] = {"seeds": [r["seed"] for r in runs], "replays_equal_eager": equal}
+            if p > 0:
+                row[key]["new_seed_each_replay"] = len({r["seed"] for r in runs}) == len(runs)
+        row["pass"] = (all(row["dropout"]["replays_equal_eager"]) and row["dropout"]["new_seed_each_replay"]
+                       and all(row["no_dropout"]["replays_equal_eager"]))
+        log(f"correctness {name}: {'PASS' if row['pass'] else 'FAIL'} dropout seeds {row['dropout']['seeds']} "
+            f"replays = eager {row['dropout']['replays_equal_eager']}; no dropout replays = eager {row['no_dropout']['replays_equal_eager']}")
+    except Exception as e:  # noqa: BLE001
+        row["error"] = res.error(f"correctness {name}", e)
+        row["pass"] = False
+    res.data["correctness"].append(row)
+    res.save()
+
+
 def packed_model_check(torch, res: "Results", D_: Dev) -> None:
     """A packed TransformerEncoder (cu_seqlens: the varlen kernel inside a model, on views of the
     fused QKV projection) against each document encoded alone, and against the same packed batch
@@ -578,6 +652,7 @@ def correctness(torch, masks, attention, K, res: Results, quick: bool, D_: Dev, 
     if tuned_only:
         return
     dropout_check(torch, masks, K, res, D_)
+    cuda_graph_check(torch, K, res, D_)
     varlen_check(torch, attention, K, res, D_)
     packed_model_check(torch, res, D_)
     # FlexAttention semantics check (so that the comparison is apples to apples)

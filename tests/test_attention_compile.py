@@ -49,8 +49,8 @@ def _signature(fn, dtype: str, constexprs: dict) -> dict:
             sig[name] = "constexpr"
         elif name in ("sm_scale", "dropout_p"):
             sig[name] = "fp32"
-        elif name == "seed":
-            sig[name] = "i32"
+        elif name == "SEED":  # the dropout seed, read from a one-element int64 tensor
+            sig[name] = "*i64"
         elif name in _INT_ARGS or name.startswith("stride_"):
             sig[name] = "i32"
         elif name in _FP32_PTRS:

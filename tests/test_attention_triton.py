@@ -25,6 +25,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -122,6 +123,40 @@ def _worker(inp: str, out: str) -> None:
             other = K.attention(q, k, v, c["mode"], c["src"], c["seq"], c["scale"], c["dropout"], c["seed"] + 1)
             r["same_seed_equal"] = bool(torch.equal(again, o))
             r["other_seed_differs"] = not torch.equal(other, o)
+            # seed=None: one torch.randint draw from the generator of q's device (here the CPU's)
+            torch.manual_seed(c["seed"])
+            drawn = int(torch.randint(0, 2**31 - 1, (1,)).item())
+            torch.manual_seed(c["seed"])
+            default = K.attention(q, k, v, c["mode"], c["src"], c["seq"], c["scale"], c["dropout"])
+            r["default_seed_is_the_generators_draw"] = bool(torch.equal(
+                default, K.attention(q, k, v, c["mode"], c["src"], c["seq"], c["scale"], c["dropout"], drawn)))
+            # the kernels read the seed from its tensor when they run (what a CUDA graph's replay
+            # relies on): the same tensor refilled with another seed gives that seed's forward
+            # and gradients
+            sm_scale, p, seed_t = K._prepare(q, c["dropout"], c["scale"], c["seed"])
+            ints = [K._ints(c[n], q.device) for n in ("mode", "src", "seq")]
+
+            def via_tensor(q, k, v, c=c, ints=ints, sm_scale=sm_scale, p=p, seed_t=seed_t):
+                return K._UnifiedAttention.apply(q, k, v, *ints, None, q.shape[2], sm_scale, p, seed_t,
+                                                 K._schedule("heavy_first"), False)
+
+            first = _fwd_bwd(via_tensor, c, dt)
+            seed_t.fill_(c["seed"] + 1)
+            refilled = _fwd_bwd(via_tensor, c, dt)
+            r["seed_tensor_refilled"] = dict(
+                first_is_seed=_all_equal([first, (o.detach(), q.grad, k.grad, v.grad)]),
+                refilled_is_other_seed=_all_equal([refilled, _fwd_bwd(
+                    lambda q, k, v, c=c: K.attention(q, k, v, c["mode"], c["src"], c["seq"], c["scale"], c["dropout"], c["seed"] + 1),
+                    c, dt)]))
+            r["bad_seeds"] = {}
+            for name, bad in (("float", 1.5), ("bool", True), ("str", "7"), ("over_64_bits", 2**64)):
+                try:
+                    K.attention(q, k, v, c["mode"], c["src"], c["seq"], c["scale"], c["dropout"], bad)
+                    r["bad_seeds"][name] = "no error"
+                except (TypeError, ValueError) as e:
+                    r["bad_seeds"][name] = f"{type(e).__name__}: {e}"
+            r["numpy_seed_equal"] = bool(torch.equal(
+                K.attention(q, k, v, c["mode"], c["src"], c["seq"], c["scale"], c["dropout"], np.int64(c["seed"])), o.detach()))
     # the atomic-dQ backward on every case (same forward; dQ summed with atomic adds)
     results["atomic"] = {}
     for c in payload["cases"]:
@@ -463,6 +498,27 @@ def test_dropout_mask_rate_and_seeding(interp):
     assert abs(rate - c["dropout"]) < 5 * math.sqrt(c["dropout"] * (1 - c["dropout"]) / n), f"drop rate {rate}"
     assert got["same_seed_equal"], "same seed must reproduce the same output"
     assert got["other_seed_differs"], "another seed must draw another mask"
+    assert got["numpy_seed_equal"], "a numpy integer seed is the same seed"
+
+
+def test_dropout_seed_is_drawn_on_the_device_and_read_at_launch(interp):
+    """``seed=None`` is one ``torch.randint`` draw from the generator of q's device, and the
+    kernels read the seed from its one-element tensor when they run (forward and backward), so
+    a CUDA graph replay, which refills that tensor from PyTorch's graph-safe RNG, draws new
+    masks instead of reusing the captured one."""
+    c = next(c for c in CASES if c["dropout"] > 0.0)
+    got = interp["cases"][c["name"]]
+    assert got["default_seed_is_the_generators_draw"]
+    assert got["seed_tensor_refilled"] == {"first_is_seed": True, "refilled_is_other_seed": True}, got["seed_tensor_refilled"]
+
+
+def test_bad_dropout_seeds_are_errors(interp):
+    c = next(c for c in CASES if c["dropout"] > 0.0)
+    bad = interp["cases"][c["name"]]["bad_seeds"]
+    assert bad["float"].startswith("TypeError") and "1.5" in bad["float"], bad
+    assert bad["bool"].startswith("TypeError") and "True" in bad["bool"], bad
+    assert bad["str"].startswith("TypeError") and "'7'" in bad["str"], bad
+    assert bad["over_64_bits"].startswith("ValueError") and str(2**64) in bad["over_64_bits"], bad
 
 
 @pytest.mark.parametrize("case", VARLEN_CASES, ids=[c["name"] for c in VARLEN_CASES])

@@ -62,6 +62,7 @@ Attention dropout: a Philox keep-mask on the global element index, regenerated i
 from __future__ import annotations
 
 import math
+import operator
 import os
 import warnings
 
@@ -258,6 +259,18 @@ def _kv_tile(t, mode, seq, BLOCK_N: tl.constexpr, SCHEDULE: tl.constexpr):
 
 
 @triton.jit
+def _load_seed(SEED, DROPOUT: tl.constexpr):
+    """The dropout seed, read from device memory (a one-element int64 tensor) rather than
+    passed by value, so a captured CUDA graph draws a new one on each replay; not read without
+    dropout."""
+    if DROPOUT:
+        seed = tl.load(SEED)
+    else:
+        seed = 0
+    return seed
+
+
+@triton.jit
 def _dropout_keep(seed, dropout_p, row_base, L, i, j):
     """Keep-mask of attention dropout for rows ``i``, keys ``j`` (broadcast) of one (b, h).
 
@@ -332,10 +345,10 @@ def _fwd_tiles(
 
 
 @_autotune(fwd_configs)
-@triton.jit(do_not_specialize=["seed"])
+@triton.jit
 def _attn_fwd(
     Q, K, V, O, LSE, MODE, SRC, SEQ, STARTS,
-    sm_scale, dropout_p, seed,
+    sm_scale, dropout_p, SEED,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -353,6 +366,7 @@ def _attn_fwd(
     mode = tl.load(MODE + b)
     src = tl.load(SRC + b)
     seq = tl.minimum(tl.load(SEQ + b), L)  # never read past L, even for unchecked input
+    seed = _load_seed(SEED, DROPOUT)
     pid_m = _q_tile(t, mode, seq, BLOCK_M, SCHEDULE)
 
     m0 = pid_m * BLOCK_M
@@ -458,10 +472,10 @@ def _dkdv_tiles(
     return dk, dv
 
 
-@triton.jit(do_not_specialize=["seed"])
+@triton.jit
 def _attn_bwd_kv(
     Q, K, V, DO, DK, DV, DQ_ACC, LSE, DELTA, MODE, SRC, SEQ, STARTS,
-    sm_scale, dropout_p, seed,
+    sm_scale, dropout_p, SEED,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -486,6 +500,7 @@ def _attn_bwd_kv(
     mode = tl.load(MODE + b)
     src = tl.load(SRC + b)
     seq = tl.minimum(tl.load(SEQ + b), L)  # never read past L, even for unchecked input
+    seed = _load_seed(SEED, DROPOUT)
     pid_n = _kv_tile(t, mode, seq, BLOCK_N, SCHEDULE)
 
     n0 = pid_n * BLOCK_N
@@ -605,10 +620,10 @@ def _dq_tiles(
 
 
 @_autotune(bwd_dq_configs)
-@triton.jit(do_not_specialize=["seed"])
+@triton.jit
 def _attn_bwd_dq(
     Q, K, V, O, DO, DQ, LSE, DELTA, MODE, SRC, SEQ, STARTS,
-    sm_scale, dropout_p, seed,
+    sm_scale, dropout_p, SEED,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -629,6 +644,7 @@ def _attn_bwd_dq(
     mode = tl.load(MODE + b)
     src = tl.load(SRC + b)
     seq = tl.minimum(tl.load(SEQ + b), L)  # never read past L, even for unchecked input
+    seed = _load_seed(SEED, DROPOUT)
     pid_m = _q_tile(t, mode, seq, BLOCK_M, SCHEDULE)
 
     m0 = pid_m * BLOCK_M
@@ -751,21 +767,22 @@ class _UnifiedAttention(torch.autograd.Function):
         if B * H * L > 0:
             grid = lambda meta: (B * H * triton.cdiv(L, meta["BLOCK_M"]),)  # noqa: E731
             _attn_fwd[grid](
-                q, k, v, o, lse, mode, src, seq, starts if varlen else seq, sm_scale, dropout_p, seed,
+                q, k, v, o, lse, mode, src, seq, starts if varlen else seq, sm_scale, dropout_p,
+                seq if seed is None else seed,  # without dropout the seed is not read
                 *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(o, varlen),
                 B, H, H // HK, L, _l_bucket(L),
                 HEAD_DIM=D, IS_FP32=q.dtype == torch.float32, DOT_PREC=_dot_precision(q.dtype),
                 DROPOUT=dropout_p > 0.0, VARLEN=varlen, SCHEDULE=schedule, **_FIXED,
             )  # fmt: skip
-        ctx.save_for_backward(q, k, v, o, lse, mode, src, seq, starts)
-        ctx.L, ctx.sm_scale, ctx.dropout_p, ctx.seed, ctx.schedule = L, sm_scale, dropout_p, seed, schedule
+        ctx.save_for_backward(q, k, v, o, lse, mode, src, seq, starts, seed)
+        ctx.L, ctx.sm_scale, ctx.dropout_p, ctx.schedule = L, sm_scale, dropout_p, schedule
         ctx.atomic_dq = atomic_dq
         return o
 
     @staticmethod
     @torch.autograd.function.once_differentiable  # no second derivatives: an error, not silently none
     def backward(ctx, do):  # noqa: D102
-        q, k, v, o, lse, mode, src, seq, starts = ctx.saved_tensors
+        q, k, v, o, lse, mode, src, seq, starts, seed = ctx.saved_tensors
         varlen = starts is not None
         L = ctx.L
         B, H, HK, D = seq.shape[0], q.shape[1], k.shape[1], q.shape[-1]
@@ -776,6 +793,7 @@ class _UnifiedAttention(torch.autograd.Function):
         if B * H * L == 0:
             return (dq.zero_(), dk.zero_(), dv.zero_(), *nones)
         starts_arg = starts if varlen else seq
+        seed_arg = seq if seed is None else seed  # the forward's seed tensor: the same keep-mask
         delta = torch.empty_like(lse)  # rowsum(dO * O): read by the dK/dV kernel
         common = dict(
             HEAD_DIM=D, IS_FP32=q.dtype == torch.float32, DOT_PREC=_dot_precision(q.dtype),
@@ -794,7 +812,7 @@ class _UnifiedAttention(torch.autograd.Function):
             dq_acc = dq if q.dtype == torch.float32 else torch.empty(dq.shape, device=dq.device, dtype=torch.float32)
             dq_acc.zero_()
             _attn_bwd_fused[grid_kv](
-                q, k, v, do, dk, dv, dq_acc, lse, delta, mode, src, seq, starts_arg, ctx.sm_scale, ctx.dropout_p, ctx.seed,
+                q, k, v, do, dk, dv, dq_acc, lse, delta, mode, src, seq, starts_arg, ctx.sm_scale, ctx.dropout_p, seed_arg,
                 *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(do, varlen),
                 *_strides(dk, varlen), *_strides(dv, varlen), *_strides(dq_acc, varlen),
                 B, H, HK, H // HK, L, _l_bucket(L), ATOMIC_DQ=True, **common,
@@ -804,14 +822,14 @@ class _UnifiedAttention(torch.autograd.Function):
             return (dq, dk, dv, *nones)
         grid_q = lambda meta: (B * H * triton.cdiv(L, meta["BLOCK_M"]),)  # noqa: E731
         _attn_bwd_dq[grid_q](
-            q, k, v, o, do, dq, lse, delta, mode, src, seq, starts_arg, ctx.sm_scale, ctx.dropout_p, ctx.seed,
+            q, k, v, o, do, dq, lse, delta, mode, src, seq, starts_arg, ctx.sm_scale, ctx.dropout_p, seed_arg,
             *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(o, varlen),
             *_strides(do, varlen), *_strides(dq, varlen),
             B, H, H // HK, L, _l_bucket(L), **common,
         )  # fmt: skip
         # DQ_ACC is not read without ATOMIC_DQ: dk stands in (a valid pointer, strides unused)
         _attn_bwd_dkdv[grid_kv](
-            q, k, v, do, dk, dv, dk, lse, delta, mode, src, seq, starts_arg, ctx.sm_scale, ctx.dropout_p, ctx.seed,
+            q, k, v, do, dk, dv, dk, lse, delta, mode, src, seq, starts_arg, ctx.sm_scale, ctx.dropout_p, seed_arg,
             *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(do, varlen),
             *_strides(dk, varlen), *_strides(dv, varlen), *_strides(dk, varlen),
             B, H, HK, H // HK, L, _l_bucket(L), ATOMIC_DQ=False, **common,
@@ -841,13 +859,27 @@ def _backward(name: str) -> bool:
     return name == "atomic_dq"
 
 
-def _prepare(q, dropout_p: float, scale: float | None, seed: int | None) -> tuple[float, float, int]:
+def _prepare(q, dropout_p: float, scale: float | None, seed: int | None) -> tuple[float, float, torch.Tensor | None]:
+    """``(sm_scale, dropout_p, seed)``; the seed is a one-element int64 tensor on ``q``'s device
+    (``None`` without dropout), which the kernels read from memory.
+
+    ``seed=None`` draws it with ``torch.randint`` from the generator of ``q``'s device, on the
+    device: no host synchronisation, and inside a captured CUDA graph each replay draws a new
+    seed (PyTorch's graph-safe RNG), so the dropout masks differ from replay to replay as
+    ``torch.nn.functional.dropout``'s do. A Python int seed would be frozen into the graph."""
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
     sm_scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    if dropout_p == 0.0:
+        return sm_scale, 0.0, None
     if seed is None:
-        seed = int(torch.randint(0, 2**31 - 1, (1,)).item()) if dropout_p > 0.0 else 0
-    return sm_scale, float(dropout_p), int(seed)
+        return sm_scale, float(dropout_p), torch.randint(0, 2**31 - 1, (1,), device=q.device, dtype=torch.int64)
+    if isinstance(seed, bool) or not hasattr(type(seed), "__index__"):
+        raise TypeError(f"seed must be an int or None, got {type(seed).__name__}: {seed!r}")
+    seed = operator.index(seed)
+    if not -(2**63) <= seed < 2**63:
+        raise ValueError(f"seed must fit in 64 bits, got {seed}")
+    return sm_scale, float(dropout_p), torch.full((1,), seed, device=q.device, dtype=torch.int64)
 
 
 def attention(
@@ -873,8 +905,10 @@ def attention(
 
     ``dropout_p``: inverted dropout on the attention probabilities (as
     ``torch.nn.functional.dropout`` applied to the softmax), regenerated in the backward from
-    Philox(``seed``, element index) instead of being stored. ``seed`` defaults to a draw from
-    torch's CPU generator, so ``torch.manual_seed`` makes runs reproducible.
+    Philox(``seed``, element index) instead of being stored. ``seed`` (an int, or ``None``)
+    defaults to a draw from the random generator of ``q``'s device, made on the device and read
+    by the kernels from memory: ``torch.manual_seed`` makes runs reproducible, no host
+    synchronisation, and a captured CUDA graph draws new masks on every replay.
 
     ``schedule``: the order the GPU runs the tiles in, one of :data:`SCHEDULES` (see
     :func:`_program`); the results are bitwise identical under every schedule (same tiles, same
