@@ -21,6 +21,7 @@ batches an uninterrupted run would have read.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -30,7 +31,7 @@ import random
 import re
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -306,11 +307,25 @@ def _weighted_loss(out: Any, counts: dict[str, int], weights: dict[str, float], 
     return terms[0] if len(terms) == 1 else sum(terms[1:], terms[0])
 
 
-def _full(t: torch.Tensor) -> float:
-    """A scalar as a float; a DTensor (FSDP2's total grad norm) is first made whole."""
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """A scalar tensor made whole: a DTensor (FSDP2's total grad norm) becomes a plain tensor
+    (a collective), anything else is returned as it is. It stays on the device (no host sync)."""
     if hasattr(t, "full_tensor"):
         t = t.full_tensor()
-    return float(t)
+    return t
+
+
+def _host_floats(scalars: Sequence[torch.Tensor]) -> list[float]:
+    """The values of floating-point scalar tensors as Python floats, read from the device in
+    one transfer: they are stacked on the first one's device, in a dtype that holds each of
+    them exactly (the promotion of their dtypes and float32: bf16/fp16/fp32 values go to fp32,
+    fp64 stays fp64), and read with a single ``tolist()``. Each value equals ``t.item()``; one
+    ``.item()`` per scalar instead would wait for the device once per scalar."""
+    if not scalars:
+        return []
+    dtype = functools.reduce(torch.promote_types, (t.dtype for t in scalars), torch.float32)
+    device = scalars[0].device
+    return torch.stack([t.detach().reshape(()).to(device=device, dtype=dtype) for t in scalars]).tolist()
 
 
 def fsdp_blocks(model: nn.Module) -> list[nn.Module]:
@@ -499,6 +514,27 @@ class Trainer:
             totals = [int(v) for v in t.tolist()]
         return [{k: (self.world * c[k] / n if n > 0 else 0.0) for k, n in zip(_COMPONENTS, totals)} for c in counts]
 
+    def _logged_scalars(self, losses: list[torch.Tensor],
+                        grad_norm: torch.Tensor | None) -> tuple[float, float | None]:
+        """A step's logged loss and grad norm (None without clipping) as Python floats, with one
+        device-to-host transfer (:func:`_host_floats`), called once the optimizer and scheduler
+        steps are queued, so the device is not waited for between micro-batches.
+
+        The loss is the sum of the step's (detached) micro-batch ``losses``, added in float64 in
+        micro-batch order; under torch.distributed each rank makes that sum on the device, the
+        float32 sum is all-reduced and divided by the world size (the mean over ranks)."""
+        if self.dist is not None:
+            total = losses[0].double()
+            for loss in losses[1:]:
+                total = total + loss.double()
+            total = total.float().reshape(1)
+            self.dist.all_reduce(total)
+            losses = [total]
+        values = _host_floats(losses + ([] if grad_norm is None else [grad_norm]))
+        norm = values.pop() if grad_norm is not None else None
+        loss_sum = values[0] / self.world if self.dist is not None else sum(values, 0.0)
+        return loss_sum, norm
+
     # -- evaluation -------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -508,7 +544,9 @@ class Trainer:
         data = self.eval_data() if callable(self.eval_data) else self.eval_data
         was_training = self.model.training
         self.model.eval()
-        total, correct, count = 0.0, 0, 0
+        sums: list[torch.Tensor] = []  # per batch, on the device: read once at the end
+        hits: list[torch.Tensor] = []
+        count = 0
         # FSDP shards the parameters: evaluate through the FSDP hooks (every rank calls evaluate);
         # DDP: the plain module (no gradient sync needed)
         model = self.wrapped if self.sharded else self.model
@@ -518,14 +556,16 @@ class Trainer:
             logits, labels = out.mlm_logits, out.mlm_labels
             if logits is None or labels.numel() == 0:
                 continue
-            total += float(torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum"))
-            correct += int((logits.argmax(-1) == labels).sum())
+            sums.append(torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum"))
+            hits.append((logits.argmax(-1) == labels).sum())
             count += labels.numel()
         self.model.train(was_training)
         if self.sharded:
             _reshard(self.model)
         if count == 0:
             return {}
+        total = sum(_host_floats(sums), 0.0)  # float64, in batch order
+        correct = sum(torch.stack(hits).tolist())
         loss = total / count
         return {"eval_loss": loss, "eval_accuracy": correct / count, "eval_perplexity": math.exp(min(loss, 50.0))}
 
@@ -556,7 +596,7 @@ class Trainer:
                 self.state.data_position += 1
             counts = [_scored_counts(self.model, b) for b in window]
             weights = self._window_weights(counts)
-            loss_sum = 0.0
+            losses: list[torch.Tensor] = []  # detached, on the device: read once per step (_logged_scalars)
             for micro, batch in enumerate(window):
                 tokens += _count_tokens(batch) * self.world
                 batch = self._to_device(batch)
@@ -569,7 +609,7 @@ class Trainer:
                         out = model(**batch)
                     loss = _weighted_loss(out, counts[micro], weights[micro], cfg.grad_accum)
                     (self.scaler.scale(loss) if self.scaler else loss).backward()
-                loss_sum += float(loss.detach())
+                losses.append(loss.detach())
             window.clear()
             if self.scaler:
                 self.scaler.unscale_(opt)
@@ -585,10 +625,7 @@ class Trainer:
             self.scheduler.step()
             opt.zero_grad(set_to_none=True)
             self.state.step += 1
-            if self.dist is not None:
-                t = torch.tensor([loss_sum], device=self.device)
-                self.dist.all_reduce(t)
-                loss_sum = float(t) / self.world
+            loss_sum, grad_norm = self._logged_scalars(losses, grad_norm)
             record = {"step": self.state.step, "loss": loss_sum, "lr": self.scheduler.get_last_lr()[0]}
             if grad_norm is not None:
                 record["grad_norm"] = grad_norm

@@ -27,6 +27,7 @@ from torch import nn
 
 from ..masks import BIDIRECTIONAL, LEFT_TO_RIGHT, RIGHT_TO_LEFT
 from ..models.encoder import TransformerEncoder
+from ..training import _host_floats
 from .heads import IGNORE_INDEX, pool_hidden
 
 __all__ = ["CrossViewTagger", "CrossViewHeads", "classifier_cvt_loss", "tagger_cvt_loss", "cross_view_kl",
@@ -194,36 +195,51 @@ def _teacher_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: t
         model.train(was)
 
 
+def _per_view_result(per_view: dict[str, torch.Tensor],
+                     kl_on_device: bool) -> tuple[torch.Tensor, dict[str, float] | dict[str, torch.Tensor]]:
+    """``(mean over views, {view: kl})``: the KLs as floats read in one device-to-host transfer
+    (:func:`~unimask.training._host_floats`), or as detached tensors left on the device."""
+    loss = sum(per_view.values()) / len(per_view)
+    if kl_on_device:
+        return loss, {v: k.detach() for v, k in per_view.items()}
+    return loss, dict(zip(per_view, _host_floats(list(per_view.values()))))
+
+
 def classifier_cvt_loss(model: nn.Module, heads: CrossViewHeads, input_ids: torch.Tensor,
                         attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None,
-                        **unused: Any) -> tuple[torch.Tensor, dict[str, float]]:
+                        *, kl_on_device: bool = False,
+                        **unused: Any) -> tuple[torch.Tensor, dict[str, float] | dict[str, torch.Tensor]]:
     """CVT consistency loss of a classifier on an unlabeled batch: the primary prediction on the
     full (bidirectional) input is the fixed teacher (computed without dropout and without
     gradient), each view's head is a student; ``loss = mean over views of
-    KL(p_primary || p_view)`` (:func:`cvt_consistency_loss`). Returns ``(loss, {view: kl})``."""
+    KL(p_primary || p_view)`` (:func:`cvt_consistency_loss`). Returns ``(loss, {view: kl})``,
+    the KLs as floats (read from the device together, in one transfer), or with
+    ``kl_on_device=True`` as detached 0-dim tensors (no device sync; the fine-tuning loop reads
+    them with the step's other numbers)."""
     teacher = _teacher_logits(model, input_ids, attention_mask, token_type_ids)
     per_view = {v: cvt_consistency_loss(teacher, heads(model.encoder, v, input_ids, attention_mask, token_type_ids))
                 for v in heads.views}
-    loss = sum(per_view.values()) / len(per_view)
-    return loss, {v: k.item() for v, k in per_view.items()}
+    return _per_view_result(per_view, kl_on_device)
 
 
 def tagger_cvt_loss(model: nn.Module, heads: CrossViewHeads, input_ids: torch.Tensor,
                     attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None,
-                    **unused: Any) -> tuple[torch.Tensor, dict[str, float]]:
+                    *, kl_on_device: bool = False,
+                    **unused: Any) -> tuple[torch.Tensor, dict[str, float] | dict[str, torch.Tensor]]:
     """CVT consistency loss of a token tagger on an unlabeled batch (CVT's own setting,
     Clark et al. 2018 sec. 3.1): at every real token, the primary tag distribution on the full
     input is the fixed teacher (eval mode, no gradient) and each view's per-position head
     (:meth:`CrossViewHeads.position_logits`: the forward view sees tokens ``<= t``, the
     backward one tokens ``>= t``) a student; ``loss = mean over views of the mean over real
-    tokens of KL(p_primary || p_view)``. Returns ``(loss, {view: kl})``."""
+    tokens of KL(p_primary || p_view)``. Returns ``(loss, {view: kl})``, the KLs as floats
+    (one transfer) or, with ``kl_on_device=True``, detached tensors (see
+    :func:`classifier_cvt_loss`)."""
     teacher = _teacher_logits(model, input_ids, attention_mask, token_type_ids)
     mask = attention_mask.bool() if attention_mask is not None else None
     per_view = {v: cvt_consistency_loss(teacher, heads.position_logits(model.encoder, v, input_ids, attention_mask,
                                                                        token_type_ids), mask)
                 for v in heads.views}
-    loss = sum(per_view.values()) / len(per_view)
-    return loss, {v: k.item() for v, k in per_view.items()}
+    return _per_view_result(per_view, kl_on_device)
 
 
 @torch.no_grad()
@@ -236,25 +252,33 @@ def cross_view_kl(model: nn.Module, heads: CrossViewHeads, batches: list[dict[st
     model.eval()
     heads.eval()
     try:
-        sums = dict.fromkeys(heads.views, 0.0)
-        n = 0
+        kls: list[torch.Tensor] = []  # per batch, per view, on the device: read once at the end
+        sizes: list[int | torch.Tensor] = []  # per batch: examples, or real tokens (a device count)
         for b in batches:
             ids, am, tt = b["input_ids"], b.get("attention_mask"), b.get("token_type_ids")
             teacher = model(ids, am, tt).logits
             if per_token:
                 mask = am.bool() if am is not None else torch.ones(ids.shape, dtype=torch.bool, device=ids.device)
-                B = int(mask.sum())
+                sizes.append(mask.sum())
                 for v in heads.views:
                     student = heads.position_logits(model.encoder, v, ids, am, tt)
-                    sums[v] += cvt_consistency_loss(teacher, student, mask).item() * B
+                    kls.append(cvt_consistency_loss(teacher, student, mask))
             else:
-                B = ids.shape[0]
+                sizes.append(ids.shape[0])
                 for v in heads.views:
-                    sums[v] += cvt_consistency_loss(teacher, heads(model.encoder, v, ids, am, tt)).item() * B
-            n += B
+                    kls.append(cvt_consistency_loss(teacher, heads(model.encoder, v, ids, am, tt)))
     finally:
         model.train(was_m)
         heads.train(was_h)
+    if per_token and sizes:
+        sizes = torch.stack(sizes).tolist()
+    values = iter(_host_floats(kls))
+    sums = dict.fromkeys(heads.views, 0.0)
+    n = 0
+    for B in sizes:  # the batch-size-weighted sums, in float64 and batch order
+        for v in heads.views:
+            sums[v] += next(values) * B
+        n += B
     out = {v: s / max(n, 1) for v, s in sums.items()}
     out["mean"] = sum(out[v] for v in heads.views) / len(heads.views)
     return out

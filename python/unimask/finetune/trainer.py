@@ -42,7 +42,7 @@ from torch import nn
 
 from ..models.heads import MLMHead, gather_labelled
 from ..packing import pack_padded
-from ..training import configure_optimizers, linear_schedule
+from ..training import _host_floats, configure_optimizers, linear_schedule
 from .._checks import check_number as _config_number
 from .cvt import CrossViewHeads, classifier_cvt_loss, cross_view_kl
 from .data import Example, LabelMap, load_unlabeled
@@ -421,7 +421,8 @@ def _run_window(window: Sequence[tuple[int, int, _T]], micro: Sequence[tuple[Any
                 cfg: FinetuneConfig, device: torch.device, acc: _Accumulator,
                 sched: torch.optim.lr_scheduler.LRScheduler, unfreezer: GradualUnfreezer | None,
                 log: Callable[[str], None] | None, message: Callable[[int, int, _T, float], str],
-                aux: AuxLM | None = None, cvt_step: Callable[[], tuple[float, dict[str, float]]] | None = None,
+                aux: AuxLM | None = None,
+                cvt_step: Callable[[], tuple[torch.Tensor, dict[str, torch.Tensor]]] | None = None,
                 item_key: str | None = None, task_loss_only: bool = False) -> list[dict[str, Any]]:
     """One optimizer step of a fine-tuning loop: the micro-batches of one :meth:`_Accumulator.windows`
     window, already built; returns their history records (steps ``step``, ``step + 1``, ...).
@@ -432,11 +433,14 @@ def _run_window(window: Sequence[tuple[int, int, _T]], micro: Sequence[tuple[Any
     micro-batches (:meth:`_Accumulator.weights`). Per micro-batch: the batch goes to ``device``,
     ``forward(item, batch)`` gives the task loss under the run's autocast, ``aux`` adds its
     masked-LM term (weight :func:`_aux_gamma`), :meth:`_Accumulator.backward` (stepping on the
-    window's last micro-batch), ``cvt_step()`` (a CVT consistency step, ``(loss, {view: kl})``)
-    when given, ``sched.step()`` when the optimizer stepped, the history record (``item`` under
-    ``item_key`` when given) and, every ``cfg.log_every`` steps, ``log(message(epoch, step count,
-    item, loss))``. ``task_loss_only`` (QA, seq2seq): ``forward`` moves the batch itself and the
-    records carry no ``task_loss`` / ``lm_loss`` / ``gamma`` / ``cvt_*`` fields."""
+    window's last micro-batch), ``cvt_step()`` (a CVT consistency step, ``(loss, {view: kl})``
+    as device tensors) when given, ``sched.step()`` when the optimizer stepped, the history
+    record (``item`` under ``item_key`` when given) and, every ``cfg.log_every`` steps,
+    ``log(message(epoch, step count, item, loss))``. The records' numbers (losses, CVT KLs) are
+    read from the device once per window, all together (:func:`_host_floats`), after its
+    optimizer steps are queued; the log lines follow then. ``task_loss_only`` (QA, seq2seq):
+    ``forward`` moves the batch itself and the records carry no ``task_loss`` / ``lm_loss`` /
+    ``gamma`` / ``cvt_*`` fields."""
     weights = acc.weights(counts)
     gamma = _aux_gamma(cfg, acc) if aux is not None else None
     records: list[dict[str, Any]] = []
@@ -455,16 +459,27 @@ def _run_window(window: Sequence[tuple[int, int, _T]], micro: Sequence[tuple[Any
         record: dict[str, Any] = {"step": step, "epoch": epoch}
         if item_key is not None:
             record[item_key] = item
-        record.update(batch=b, loss=loss.item())
+        record.update(batch=b, loss=loss.detach())
         if not task_loss_only:
-            record.update(task_loss=task_loss.item(), lm_loss=None if lm is None else lm.item(), gamma=gamma)
+            record.update(task_loss=task_loss.detach(), lm_loss=None if lm is None else lm.detach(), gamma=gamma)
         record.update(lr=max(lrs), lrs=lrs, unfrozen=unfreezer.unfrozen if unfreezer is not None else None)
         if not task_loss_only:
             record.update(cvt_loss=cvt_loss, cvt_kl=cvt_kl)
         records.append(record)
         step += 1
-        if log and cfg.log_every and step % cfg.log_every == 0:
-            log(message(epoch, step, item, loss.item()))
+    # the records' numbers (tensors so far) as floats, read from the device in one transfer per
+    # optimizer step, once it is queued: no wait for the device between micro-batches
+    slots = [(r, k) for r in records for k in ("loss", "task_loss", "lm_loss", "cvt_loss") if r.get(k) is not None]
+    kls = [(r["cvt_kl"], v) for r in records if r.get("cvt_kl") is not None for v in r["cvt_kl"]]
+    values = iter(_host_floats([r[k] for r, k in slots] + [d[v] for d, v in kls]))
+    for r, k in slots:
+        r[k] = next(values)
+    for d, v in kls:
+        d[v] = next(values)
+    if log and cfg.log_every:
+        for (epoch, _, item), r in zip(window, records):
+            if (r["step"] + 1) % cfg.log_every == 0:
+                log(message(epoch, r["step"] + 1, item, r["loss"]))
     return records
 
 
@@ -517,17 +532,19 @@ class _CrossViewRun:
         self.gen = torch.Generator().manual_seed(cfg.seed * 1000 + 7)
         self.order: list[int] = []
 
-    def step(self, model: nn.Module, opt: torch.optim.Optimizer) -> tuple[float, dict[str, float]]:
-        """One consistency step on the next unlabeled mini-batch: ``(loss, {view: kl})``."""
+    def step(self, model: nn.Module, opt: torch.optim.Optimizer) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One consistency step on the next unlabeled mini-batch: ``(loss, {view: kl})`` as
+        detached scalar tensors, left on the device (:func:`_run_window` reads them with the
+        step's other numbers, in one transfer)."""
         bs = self.cfg.batch_size
         if len(self.order) < bs:
             self.order += torch.randperm(len(self.rows), generator=self.gen).tolist()
         idx, self.order = self.order[:bs], self.order[bs:]
         batch = self.encode([self.rows[i] for i in idx])
         with _autocast(self.cfg, self.device):
-            loss, kl = self.loss_fn(model, self.heads, **batch)
+            loss, kl = self.loss_fn(model, self.heads, **batch, kl_on_device=True)
         _optimizer_step(opt, self.cfg.cvt_weight * loss, self.cfg)
-        return loss.item(), kl
+        return loss.detach(), kl
 
     def report(self, model: nn.Module, steps: int) -> dict[str, Any]:
         """Settings and the final eval-mode cross-view KL on up to ``cfg.cvt_eval_max`` rows."""
