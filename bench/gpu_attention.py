@@ -483,6 +483,53 @@ def cuda_graph_check(torch, K, res: "Results", D_: Dev) -> None:
     res.save()
 
 
+def compile_check(torch, attention, K, res: "Results", D_: Dev) -> None:
+    """``torch.compile(fullgraph=True)`` over ``unified_attention`` on the kernel path (the
+    ``unimask::attention_fwd`` / ``attention_bwd`` custom ops): one graph, and bitwise the eager
+    kernel's output and gradients, with dropout 0 and 0.1 (``torch.manual_seed`` before each
+    call: the compiled graph draws the seed from the same generator). AOTAutograd's eager
+    backend, so the check does not wait on Inductor's compiles."""
+    dev = D_.name
+    B, H, HK, L, D = (4, 4, 2, 300, 64) if not D_.dry else (3, 2, 1, 33, 16)
+    name = f"torch.compile fullgraph {str(D_.lowp).split('.')[-1]} D{D} L{L} B{B} H{H} Hkv{HK} (dropout 0 and 0.1)"
+    row: dict = {"case": name}
+    try:
+        mode, src, seq = make_batch(torch, B, L, seed=17)
+        md, sd, qd = (t.to(dev) for t in (mode, src, seq))
+        g = torch.Generator(device=dev).manual_seed(5)
+        q = torch.randn(B, H, L, D, device=dev, generator=g).to(D_.lowp)
+        k, v = (torch.randn(B, HK, L, D, device=dev, generator=g).to(D_.lowp) for _ in range(2))
+        do = torch.randn(B, H, L, D, device=dev, generator=g).to(D_.lowp)
+
+        def run(fn):
+            qq, kk, vv = (t.detach().clone().requires_grad_() for t in (q, k, v))
+            torch.manual_seed(3)
+            o = fn(qq, kk, vv)
+            o.backward(do)
+            return [o.detach(), qq.grad, kk.grad, vv.grad]
+
+        ok = True
+        for p in (0.0, 0.1):
+            def call(a, b, c, p=p):
+                return attention.unified_attention(a, b, c, md, sd, qd, dropout_p=p, backend="triton", check=False)
+
+            torch._dynamo.reset()
+            graphs = torch._dynamo.explain(call)(q, k, v).graph_count
+            torch._dynamo.reset()
+            got = run(torch.compile(call, fullgraph=True, backend="aot_eager"))
+            want = run(call)
+            equal = [bool(torch.equal(a, b)) for a, b in zip(got, want)]
+            row[f"p={p}"] = {"graphs": graphs, "equal_eager": equal}
+            ok &= graphs == 1 and all(equal)
+        row["pass"] = ok
+        log(f"correctness {name}: {'PASS' if ok else 'FAIL'} " + json.dumps({k: v for k, v in row.items() if k.startswith("p=")}))
+    except Exception as e:  # noqa: BLE001
+        row["error"] = res.error(f"correctness {name}", e)
+        row["pass"] = False
+    res.data["correctness"].append(row)
+    res.save()
+
+
 def packed_model_check(torch, res: "Results", D_: Dev) -> None:
     """A packed TransformerEncoder (cu_seqlens: the varlen kernel inside a model, on views of the
     fused QKV projection) against each document encoded alone, and against the same packed batch
@@ -653,6 +700,7 @@ def correctness(torch, masks, attention, K, res: Results, quick: bool, D_: Dev, 
         return
     dropout_check(torch, masks, K, res, D_)
     cuda_graph_check(torch, K, res, D_)
+    compile_check(torch, attention, K, res, D_)
     varlen_check(torch, attention, K, res, D_)
     packed_model_check(torch, res, D_)
     # FlexAttention semantics check (so that the comparison is apples to apples)

@@ -749,31 +749,97 @@ def _alert_not_deterministic() -> None:
         raise RuntimeError(msg)
 
 
+def _forward(q, k, v, mode, src, seq, starts, L: int, sm_scale: float, dropout_p: float, seed, schedule: int):
+    """The forward kernel's launch: ``(O, LSE)``. Padded ``[B, H, L, D]`` (``starts is None``)
+    or packed ``[T, H, D]`` with documents starting at ``starts[b]`` and ``L`` = the longest
+    document; ``seed``: the dropout seed tensor (``None`` without dropout)."""
+    varlen = starts is not None
+    B, H, HK, D = seq.shape[0], q.shape[1], k.shape[1], q.shape[-1]
+    if B * H * triton.cdiv(L, 16) >= 2**31:
+        raise ValueError(f"batch x heads x sequence length {B} x {H} x {L} is too large for the kernels' grid")
+    o = torch.empty_like(q, memory_format=torch.contiguous_format)
+    lse = torch.empty((B, H, L), device=q.device, dtype=torch.float32)
+    if B * H * L > 0:
+        grid = lambda meta: (B * H * triton.cdiv(L, meta["BLOCK_M"]),)  # noqa: E731
+        _attn_fwd[grid](
+            q, k, v, o, lse, mode, src, seq, starts if varlen else seq, sm_scale, dropout_p,
+            seq if seed is None else seed,  # without dropout the seed is not read
+            *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(o, varlen),
+            B, H, H // HK, L, _l_bucket(L),
+            HEAD_DIM=D, IS_FP32=q.dtype == torch.float32, DOT_PREC=_dot_precision(q.dtype),
+            DROPOUT=dropout_p > 0.0, VARLEN=varlen, SCHEDULE=schedule, **_FIXED,
+        )  # fmt: skip
+    return o, lse
+
+
+def _backward_kernels(do, q, k, v, o, lse, mode, src, seq, starts, L: int, sm_scale: float, dropout_p: float, seed,
+                      schedule: int, atomic_dq: bool):
+    """The backward kernels' launches: ``(dQ, dK, dV)``. Default: the dQ kernel (which also
+    stores ``delta``), then the dK/dV kernel; ``atomic_dq``: the ``delta`` kernel, then one
+    kernel for dK, dV and dQ (atomic adds)."""
+    varlen = starts is not None
+    B, H, HK, D = seq.shape[0], q.shape[1], k.shape[1], q.shape[-1]
+    dq = torch.empty_like(q, memory_format=torch.contiguous_format)
+    dk = torch.empty_like(k, memory_format=torch.contiguous_format)
+    dv = torch.empty_like(v, memory_format=torch.contiguous_format)
+    if B * H * L == 0:
+        return dq.zero_(), dk.zero_(), dv.zero_()
+    starts_arg = starts if varlen else seq
+    seed_arg = seq if seed is None else seed  # the forward's seed tensor: the same keep-mask
+    delta = torch.empty_like(lse)  # rowsum(dO * O): read by the dK/dV kernel
+    common = dict(
+        HEAD_DIM=D, IS_FP32=q.dtype == torch.float32, DOT_PREC=_dot_precision(q.dtype),
+        DROPOUT=dropout_p > 0.0, VARLEN=varlen, SCHEDULE=schedule, **_FIXED,
+    )  # fmt: skip
+    grid_kv = lambda meta: (B * HK * triton.cdiv(L, meta["BLOCK_N"]),)  # noqa: E731
+    if atomic_dq:
+        _alert_not_deterministic()
+        # delta first (its own small kernel), then one kernel for dK, dV and dQ, dQ summed
+        # in fp32 with atomic adds
+        bm = 16 if INTERPRET else 64
+        _attn_bwd_delta[(B * H * triton.cdiv(L, bm),)](
+            o, do, delta, seq, starts_arg, *_strides(o, varlen), *_strides(do, varlen), B, H, L,
+            HEAD_DIM=D, VARLEN=varlen, BLOCK_M=bm,
+        )  # fmt: skip
+        dq_acc = dq if q.dtype == torch.float32 else torch.empty(dq.shape, device=dq.device, dtype=torch.float32)
+        dq_acc.zero_()
+        _attn_bwd_fused[grid_kv](
+            q, k, v, do, dk, dv, dq_acc, lse, delta, mode, src, seq, starts_arg, sm_scale, dropout_p, seed_arg,
+            *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(do, varlen),
+            *_strides(dk, varlen), *_strides(dv, varlen), *_strides(dq_acc, varlen),
+            B, H, HK, H // HK, L, _l_bucket(L), ATOMIC_DQ=True, **common,
+        )  # fmt: skip
+        if dq_acc is not dq:
+            dq.copy_(dq_acc)
+        return dq, dk, dv
+    grid_q = lambda meta: (B * H * triton.cdiv(L, meta["BLOCK_M"]),)  # noqa: E731
+    _attn_bwd_dq[grid_q](
+        q, k, v, o, do, dq, lse, delta, mode, src, seq, starts_arg, sm_scale, dropout_p, seed_arg,
+        *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(o, varlen),
+        *_strides(do, varlen), *_strides(dq, varlen),
+        B, H, H // HK, L, _l_bucket(L), **common,
+    )  # fmt: skip
+    # DQ_ACC is not read without ATOMIC_DQ: dk stands in (a valid pointer, strides unused)
+    _attn_bwd_dkdv[grid_kv](
+        q, k, v, do, dk, dv, dk, lse, delta, mode, src, seq, starts_arg, sm_scale, dropout_p, seed_arg,
+        *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(do, varlen),
+        *_strides(dk, varlen), *_strides(dv, varlen), *_strides(dk, varlen),
+        B, H, HK, H // HK, L, _l_bucket(L), ATOMIC_DQ=False, **common,
+    )  # fmt: skip
+    return dq, dk, dv
+
+
 class _UnifiedAttention(torch.autograd.Function):
-    """Forward: :func:`_attn_fwd`. Backward: the dQ kernel (which also stores ``delta``), then
-    the dK/dV kernel.
+    """Eager calls: forward :func:`_forward`, backward :func:`_backward_kernels`. (Under
+    ``torch.compile`` the same two functions run as the custom ops ``unimask::attention_fwd``
+    / ``unimask::attention_bwd``: see :func:`_attention_compiled`.)
 
     Two layouts: padded ``[B, H, L, D]`` (``starts is None``) and packed ``[T, H, D]`` with
     documents starting at ``starts[b]`` and ``L`` = the longest document."""
 
     @staticmethod
     def forward(ctx, q, k, v, mode, src, seq, starts, L, sm_scale, dropout_p, seed, schedule, atomic_dq):  # noqa: D102
-        varlen = starts is not None
-        B, H, HK, D = seq.shape[0], q.shape[1], k.shape[1], q.shape[-1]
-        if B * H * triton.cdiv(L, 16) >= 2**31:
-            raise ValueError(f"batch x heads x sequence length {B} x {H} x {L} is too large for the kernels' grid")
-        o = torch.empty_like(q, memory_format=torch.contiguous_format)
-        lse = torch.empty((B, H, L), device=q.device, dtype=torch.float32)
-        if B * H * L > 0:
-            grid = lambda meta: (B * H * triton.cdiv(L, meta["BLOCK_M"]),)  # noqa: E731
-            _attn_fwd[grid](
-                q, k, v, o, lse, mode, src, seq, starts if varlen else seq, sm_scale, dropout_p,
-                seq if seed is None else seed,  # without dropout the seed is not read
-                *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(o, varlen),
-                B, H, H // HK, L, _l_bucket(L),
-                HEAD_DIM=D, IS_FP32=q.dtype == torch.float32, DOT_PREC=_dot_precision(q.dtype),
-                DROPOUT=dropout_p > 0.0, VARLEN=varlen, SCHEDULE=schedule, **_FIXED,
-            )  # fmt: skip
+        o, lse = _forward(q, k, v, mode, src, seq, starts, L, sm_scale, dropout_p, seed, schedule)
         ctx.save_for_backward(q, k, v, o, lse, mode, src, seq, starts, seed)
         ctx.L, ctx.sm_scale, ctx.dropout_p, ctx.schedule = L, sm_scale, dropout_p, schedule
         ctx.atomic_dq = atomic_dq
@@ -783,58 +849,81 @@ class _UnifiedAttention(torch.autograd.Function):
     @torch.autograd.function.once_differentiable  # no second derivatives: an error, not silently none
     def backward(ctx, do):  # noqa: D102
         q, k, v, o, lse, mode, src, seq, starts, seed = ctx.saved_tensors
-        varlen = starts is not None
-        L = ctx.L
-        B, H, HK, D = seq.shape[0], q.shape[1], k.shape[1], q.shape[-1]
-        dq = torch.empty_like(q, memory_format=torch.contiguous_format)
-        dk = torch.empty_like(k, memory_format=torch.contiguous_format)
-        dv = torch.empty_like(v, memory_format=torch.contiguous_format)
-        nones = (None,) * 10
-        if B * H * L == 0:
-            return (dq.zero_(), dk.zero_(), dv.zero_(), *nones)
-        starts_arg = starts if varlen else seq
-        seed_arg = seq if seed is None else seed  # the forward's seed tensor: the same keep-mask
-        delta = torch.empty_like(lse)  # rowsum(dO * O): read by the dK/dV kernel
-        common = dict(
-            HEAD_DIM=D, IS_FP32=q.dtype == torch.float32, DOT_PREC=_dot_precision(q.dtype),
-            DROPOUT=ctx.dropout_p > 0.0, VARLEN=varlen, SCHEDULE=ctx.schedule, **_FIXED,
-        )  # fmt: skip
-        grid_kv = lambda meta: (B * HK * triton.cdiv(L, meta["BLOCK_N"]),)  # noqa: E731
-        if ctx.atomic_dq:
-            _alert_not_deterministic()
-            # delta first (its own small kernel), then one kernel for dK, dV and dQ, dQ summed
-            # in fp32 with atomic adds
-            bm = 16 if INTERPRET else 64
-            _attn_bwd_delta[(B * H * triton.cdiv(L, bm),)](
-                o, do, delta, seq, starts_arg, *_strides(o, varlen), *_strides(do, varlen), B, H, L,
-                HEAD_DIM=D, VARLEN=varlen, BLOCK_M=bm,
-            )  # fmt: skip
-            dq_acc = dq if q.dtype == torch.float32 else torch.empty(dq.shape, device=dq.device, dtype=torch.float32)
-            dq_acc.zero_()
-            _attn_bwd_fused[grid_kv](
-                q, k, v, do, dk, dv, dq_acc, lse, delta, mode, src, seq, starts_arg, ctx.sm_scale, ctx.dropout_p, seed_arg,
-                *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(do, varlen),
-                *_strides(dk, varlen), *_strides(dv, varlen), *_strides(dq_acc, varlen),
-                B, H, HK, H // HK, L, _l_bucket(L), ATOMIC_DQ=True, **common,
-            )  # fmt: skip
-            if dq_acc is not dq:
-                dq.copy_(dq_acc)
-            return (dq, dk, dv, *nones)
-        grid_q = lambda meta: (B * H * triton.cdiv(L, meta["BLOCK_M"]),)  # noqa: E731
-        _attn_bwd_dq[grid_q](
-            q, k, v, o, do, dq, lse, delta, mode, src, seq, starts_arg, ctx.sm_scale, ctx.dropout_p, seed_arg,
-            *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(o, varlen),
-            *_strides(do, varlen), *_strides(dq, varlen),
-            B, H, H // HK, L, _l_bucket(L), **common,
-        )  # fmt: skip
-        # DQ_ACC is not read without ATOMIC_DQ: dk stands in (a valid pointer, strides unused)
-        _attn_bwd_dkdv[grid_kv](
-            q, k, v, do, dk, dv, dk, lse, delta, mode, src, seq, starts_arg, ctx.sm_scale, ctx.dropout_p, seed_arg,
-            *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(do, varlen),
-            *_strides(dk, varlen), *_strides(dv, varlen), *_strides(dk, varlen),
-            B, H, HK, H // HK, L, _l_bucket(L), ATOMIC_DQ=False, **common,
-        )  # fmt: skip
-        return (dq, dk, dv, *nones)
+        grads = _backward_kernels(do, q, k, v, o, lse, mode, src, seq, starts, ctx.L, ctx.sm_scale, ctx.dropout_p, seed,
+                                  ctx.schedule, ctx.atomic_dq)
+        return (*grads, *(None,) * 10)
+
+
+# --------------------------------------------------------------------------------------------
+# torch.compile: the same launches as custom ops, opaque to Dynamo
+# --------------------------------------------------------------------------------------------
+# explicit schemas: no dependence on how a torch version infers them from annotations
+@torch.library.custom_op(
+    "unimask::attention_fwd", mutates_args=(),
+    schema="(Tensor q, Tensor k, Tensor v, Tensor mode, Tensor src, Tensor seq, Tensor? starts, SymInt L, float sm_scale, "
+           "float dropout_p, Tensor? seed, int schedule, bool atomic_dq) -> (Tensor, Tensor)",
+)
+def _attention_fwd_op(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mode: torch.Tensor, src: torch.Tensor, seq: torch.Tensor,
+    starts: torch.Tensor | None, L: int, sm_scale: float, dropout_p: float, seed: torch.Tensor | None,
+    schedule: int, atomic_dq: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(O, LSE)`` of :func:`_forward` (``atomic_dq`` only picks the backward)."""
+    return _forward(q, k, v, mode, src, seq, starts, L, sm_scale, dropout_p, seed, schedule)
+
+
+@_attention_fwd_op.register_fake
+def _(q, k, v, mode, src, seq, starts, L, sm_scale, dropout_p, seed, schedule, atomic_dq):
+    return (torch.empty_like(q, memory_format=torch.contiguous_format),
+            q.new_empty((seq.shape[0], q.shape[1], L), dtype=torch.float32))
+
+
+@torch.library.custom_op(
+    "unimask::attention_bwd", mutates_args=(),
+    schema="(Tensor do, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, Tensor mode, Tensor src, Tensor seq, Tensor? starts, "
+           "SymInt L, float sm_scale, float dropout_p, Tensor? seed, int schedule, bool atomic_dq) -> (Tensor, Tensor, Tensor)",
+)
+def _attention_bwd_op(
+    do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor,
+    mode: torch.Tensor, src: torch.Tensor, seq: torch.Tensor, starts: torch.Tensor | None, L: int, sm_scale: float,
+    dropout_p: float, seed: torch.Tensor | None, schedule: int, atomic_dq: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(dQ, dK, dV)`` of :func:`_backward_kernels`."""
+    return _backward_kernels(do, q, k, v, o, lse, mode, src, seq, starts, L, sm_scale, dropout_p, seed, schedule, atomic_dq)
+
+
+@_attention_bwd_op.register_fake
+def _(do, q, k, v, o, lse, mode, src, seq, starts, L, sm_scale, dropout_p, seed, schedule, atomic_dq):
+    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
+
+
+def _fwd_op_setup_context(ctx, inputs, output) -> None:
+    q, k, v, mode, src, seq, starts, L, sm_scale, dropout_p, seed, schedule, atomic_dq = inputs
+    o, lse = output
+    ctx.mark_non_differentiable(lse)
+    ctx.save_for_backward(q, k, v, o, lse, mode, src, seq, starts, seed)
+    ctx.args = (L, sm_scale, dropout_p, schedule, atomic_dq)
+
+
+def _fwd_op_backward(ctx, do, _dlse):
+    q, k, v, o, lse, mode, src, seq, starts, seed = ctx.saved_tensors
+    L, sm_scale, dropout_p, schedule, atomic_dq = ctx.args
+    dq, dk, dv = torch.ops.unimask.attention_bwd(do, q, k, v, o, lse, mode, src, seq, starts, L, sm_scale, dropout_p, seed,
+                                                 schedule, atomic_dq)
+    return (dq, dk, dv, *(None,) * 10)
+
+
+_attention_fwd_op.register_autograd(_fwd_op_backward, setup_context=_fwd_op_setup_context)
+
+
+def _apply(q, k, v, mode, src, seq, starts, L, sm_scale, dropout_p, seed, schedule, atomic_dq) -> torch.Tensor:
+    """Eagerly the autograd Function (the least host time per call); under ``torch.compile``
+    the custom op, which Dynamo and AOTAutograd treat as one opaque op with a known output
+    shape (no graph break, no tracing into Triton's launcher)."""
+    if torch.compiler.is_compiling():
+        return torch.ops.unimask.attention_fwd(q, k, v, mode, src, seq, starts, L, sm_scale, dropout_p, seed, schedule,
+                                               atomic_dq)[0]
+    return _UnifiedAttention.apply(q, k, v, mode, src, seq, starts, L, sm_scale, dropout_p, seed, schedule, atomic_dq)
 
 
 #: Tile schedules of :func:`attention` (the first is the default; see :func:`_program`).
@@ -927,8 +1016,7 @@ def attention(
     sm_scale, dropout_p, seed = _prepare(q, dropout_p, scale, seed)
     dev = q.device
     mode, src, seq = _ints(attn_mode, dev), _ints(src_len, dev), _ints(seq_len, dev)
-    return _UnifiedAttention.apply(q, k, v, mode, src, seq, None, q.shape[2], sm_scale, dropout_p, seed, _schedule(schedule),
-                                   _backward(backward))
+    return _apply(q, k, v, mode, src, seq, None, q.shape[2], sm_scale, dropout_p, seed, _schedule(schedule), _backward(backward))
 
 
 def attention_varlen(
@@ -963,5 +1051,5 @@ def attention_varlen(
     starts = cu[:-1].to(torch.int32).contiguous()
     seq = (cu[1:] - cu[:-1]).to(torch.int32).contiguous()
     mode, src = _ints(attn_mode, dev), _ints(src_len, dev)
-    return _UnifiedAttention.apply(q, k, v, mode, src, seq, starts, int(max_seqlen), sm_scale, dropout_p, seed, _schedule(schedule),
-                                   _backward(backward))
+    return _apply(q, k, v, mode, src, seq, starts, int(max_seqlen), sm_scale, dropout_p, seed, _schedule(schedule),
+                  _backward(backward))
