@@ -599,9 +599,15 @@ def _error_bound(torch_lowp_err: float | None, ref_max: float) -> float:
     return 2 * torch_lowp_err + 1e-3 if torch_lowp_err is not None else 1e-4 + 1e-4 * ref_max
 
 
-def correctness(torch, masks, attention, K, res: Results, quick: bool, D_: Dev, tuned_only: bool = False) -> None:
+#: The correctness sections, in the order they run (``--checks`` picks some).
+CHECKS = ("kernel", "dropout", "graph", "compile", "varlen", "packed_model", "flex")
+
+
+def correctness(torch, masks, attention, K, res: Results, quick: bool, D_: Dev, tuned_only: bool = False,
+                checks: tuple[str, ...] = CHECKS) -> None:
     """Kernel vs reference. ``tuned_only``: after the benchmark, with the configs it tuned
-    (bf16, the benchmark's dtype, only; no dropout / packed / FlexAttention checks)."""
+    (bf16, the benchmark's dtype, only; no dropout / packed / FlexAttention checks).
+    ``checks``: the sections of :data:`CHECKS` to run."""
     dev = D_.name
     cases = []
     if D_.dry:  # the interpreter: fp32 and fp16 (its bf16 dot is broken), tiny shapes
@@ -614,6 +620,8 @@ def correctness(torch, masks, attention, K, res: Results, quick: bool, D_: Dev, 
                     cases.append(dict(dtype=dt, D=D, L=1000, B=4, H=4, HK=4, hi=torch.float32))
     if not tuned_only:
         cases.append(dict(dtype=torch.float32, D=64 if not D_.dry else 32, L=200 if not D_.dry else 40, B=6, H=2, HK=1, hi=torch.float64))
+    if "kernel" not in checks:
+        cases = []
     for c in cases:
         name = f"{str(c['dtype']).split('.')[-1]} D{c['D']} L{c['L']} B{c['B']} H{c['H']} Hkv{c['HK']}" + (" tuned" if tuned_only else "")
         row: dict = {"case": name}
@@ -698,12 +706,23 @@ def correctness(torch, masks, attention, K, res: Results, quick: bool, D_: Dev, 
         res.save()
     if tuned_only:
         return
-    dropout_check(torch, masks, K, res, D_)
-    cuda_graph_check(torch, K, res, D_)
-    compile_check(torch, attention, K, res, D_)
-    varlen_check(torch, attention, K, res, D_)
-    packed_model_check(torch, res, D_)
-    # FlexAttention semantics check (so that the comparison is apples to apples)
+    if "dropout" in checks:
+        dropout_check(torch, masks, K, res, D_)
+    if "graph" in checks:
+        cuda_graph_check(torch, K, res, D_)
+    if "compile" in checks:
+        compile_check(torch, attention, K, res, D_)
+    if "varlen" in checks:
+        varlen_check(torch, attention, K, res, D_)
+    if "packed_model" in checks:
+        packed_model_check(torch, res, D_)
+    if "flex" in checks:
+        flex_semantics_check(torch, attention, res, D_)
+
+
+def flex_semantics_check(torch, attention, res: Results, D_: Dev) -> None:
+    """FlexAttention under our mask_mod vs the reference (so that the comparison is apples to apples)."""
+    dev = D_.name
     try:
         from torch.nn.attention.flex_attention import flex_attention
 
@@ -719,7 +738,6 @@ def correctness(torch, masks, attention, K, res: Results, quick: bool, D_: Dev, 
         log(res.data["notes"][-1])
     except Exception as e:  # noqa: BLE001
         res.error("flex semantics check", e)
-
 
 
 # --------------------------------------------------------------------------------------------
@@ -1060,10 +1078,16 @@ def main() -> int:
     ap.add_argument("--shapes", default="", help="only these table rows, in order: comma-separated L:D:batch, e.g. 512:64:mixed,1024:64:l2r")
     ap.add_argument("--correctness-after", action="store_true",
                     help="after the benchmark, check bf16 correctness with the configs it tuned")
+    ap.add_argument("--checks", default=",".join(CHECKS),
+                    help=f"comma-separated correctness sections to run (default all): {','.join(CHECKS)}")
     ap.add_argument("--dry-run-cpu", action="store_true", help="rehearse every code path on the CPU (Triton interpreter, tiny shapes)")
     args = ap.parse_args()
     if args.dry_run_cpu:
         os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported
+    checks = tuple(c for c in args.checks.split(",") if c)
+    unknown = sorted(set(checks) - set(CHECKS))
+    if unknown:
+        ap.error(f"--checks: unknown {unknown}; choose from {','.join(CHECKS)}")
     res = Results(Path(args.out))
     env = res.data["env"]
     env["python"] = sys.version.split()[0]
@@ -1118,7 +1142,7 @@ def main() -> int:
         tune = os.environ.get("UNIMASK_ATTN_AUTOTUNE")
         os.environ["UNIMASK_ATTN_AUTOTUNE"] = "0"  # read by the kernels' config pruning
         try:
-            correctness(torch, masks, attention, K, res, args.quick, D_)
+            correctness(torch, masks, attention, K, res, args.quick, D_, checks=checks)
         finally:
             os.environ.pop("UNIMASK_ATTN_AUTOTUNE") if tune is None else os.environ.__setitem__("UNIMASK_ATTN_AUTOTUNE", tune)
             for kern in (getattr(K, name, None) for name in AUTOTUNED):  # re-tune for the benchmark

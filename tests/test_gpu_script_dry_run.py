@@ -30,6 +30,9 @@ def test_gpu_check_rehearses_on_the_cpu_without_errors(tmp_path, extra):
     res = json.loads((tmp_path / "gpu_attention.json").read_text())
     assert res["errors"] == [], res["errors"]
     assert res["correctness"] and all(c["pass"] for c in res["correctness"]), res["correctness"]
+    if not extra:  # the CUDA-graph replay and torch.compile sections ran (and passed, above)
+        cases = [c["case"] for c in res["correctness"]]
+        assert any(c.startswith("CUDA graph replay") for c in cases) and any(c.startswith("torch.compile") for c in cases), cases
     assert {row["batch"] for row in res["bench"]} == {"mixed", "l2r"}
     for row in res["bench"]:  # every backend ran (flex's backward has no CPU version)
         for name in ("unimask", "sdpa_mask", "flex"):
@@ -52,6 +55,21 @@ def test_gpu_check_rehearses_on_the_cpu_without_errors(tmp_path, extra):
     if "--correctness-after" in extra:
         assert any(c["case"].endswith(" tuned") for c in res["correctness"])
     assert res["table_md"].count("\n| ") >= 2 * len(res["bench"])  # eager and device-only tables
+
+
+def test_checks_selects_correctness_sections(tmp_path):
+    """``--checks`` runs only the named correctness sections (a GPU session with little device
+    time left picks the new ones); an unknown name is a usage error naming it."""
+    pytest.importorskip("triton")
+    r = subprocess.run([sys.executable, str(SCRIPT), "--dry-run-cpu", "--out", str(tmp_path), "--budget-s", "0",
+                        "--checks", "compile"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    res = json.loads((tmp_path / "gpu_attention.json").read_text())
+    assert [c["case"].split(" ")[0] for c in res["correctness"]] == ["torch.compile"], res["correctness"]
+    assert res["correctness"][0]["pass"] and res["bench"] == []
+    bad = subprocess.run([sys.executable, str(SCRIPT), "--dry-run-cpu", "--out", str(tmp_path), "--checks", "kernel,fast"],
+                         capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and "unknown ['fast']" in bad.stderr, bad.stderr[-2000:]
 
 
 def test_pretrain_step_stage_runs_without_the_minilm_package():
