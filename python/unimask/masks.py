@@ -43,6 +43,8 @@ __all__ = [
     "allowed",
     "dense_mask",
     "check_mask_args",
+    "check_right_padding",
+    "to_host",
     "check_batch_len",
     "check_per_sample",
     "check_per_document",
@@ -64,19 +66,47 @@ def allowed(mode: int, src_len: int, seq_len: int, i: int, j: int) -> bool:
     raise ValueError(f"attn_mode must be 0..3 ({', '.join(MODE_NAMES)}), got {mode}")
 
 
-def check_mask_args(
-    attn_mode: torch.Tensor, src_len: torch.Tensor, seq_len: torch.Tensor, L: int,
-    batch: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Validate the per-sample integers and return them as int64 tensors on one device.
+def to_host(*tensors: Any) -> list[Any]:
+    """CPU copies of ``tensors`` with at most one device-to-host transfer per device.
 
-    ``batch``: the number of samples (``q.shape[0]``, ``input_ids.shape[0]``) each argument
-    must have one entry for; nothing is broadcast (a length-1 argument for a larger batch is an
-    error, not one mask for every row). ``None`` checks only that the three lengths agree.
-
-    Raises ``ValueError``/``TypeError`` naming the offending value: modes outside 0..3,
-    ``seq_len`` outside ``[0, L]``, ``src_len`` outside ``[0, seq_len]``, shape mismatches.
+    Every transfer from an accelerator waits for the work queued on it, so the per-forward
+    validation of small integer vectors reads them all at once: integer and bool tensors that
+    are not on the CPU are flattened, cast to int64, concatenated, copied to the host in one
+    ``.cpu()`` and split back, each with its own shape and dtype. CPU tensors, tensors of other
+    dtypes (their validation raises on the dtype without reading values) and non-tensors
+    (``None``, lists) are returned as they are.
     """
+    out = list(tensors)
+    groups: dict[torch.device, list[int]] = {}
+    for i, t in enumerate(tensors):
+        if (isinstance(t, torch.Tensor) and t.device.type != "cpu"
+                and not (t.dtype.is_floating_point or t.dtype.is_complex)):
+            groups.setdefault(t.device, []).append(i)
+    for idx in groups.values():
+        flat = torch.cat([tensors[i].reshape(-1).to(torch.int64) for i in idx]).cpu()
+        for i, part in zip(idx, flat.split([tensors[i].numel() for i in idx])):
+            out[i] = part.view(tensors[i].shape).to(tensors[i].dtype)
+    return out
+
+
+def _on(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` on ``device``; a copy from the CPU to an accelerator is queued without waiting
+    (``non_blocking``: a blocking host-to-device copy waits for the device's queue)."""
+    return t.to(device, non_blocking=t.device.type == "cpu" and device.type != "cpu")
+
+
+def _placed(given: Any, host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A validated argument as int64 on ``device``: ``given`` itself when it is a tensor there
+    already, else its checked CPU copy ``host``, copied over without waiting (:func:`_on`)."""
+    if isinstance(given, torch.Tensor) and given.device == device:
+        return given.to(torch.int64)
+    return _on(host, device)
+
+
+def _mask_arg_tensors(attn_mode: Any, src_len: Any, seq_len: Any,
+                      batch: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The three arguments as int64 tensors, each on its own device, after the checks that read
+    no values (type, dtype, shape, one entry per sample)."""
     tensors = []
     for name, t in (("attn_mode", attn_mode), ("src_len", src_len), ("seq_len", seq_len)):
         if not isinstance(t, torch.Tensor):
@@ -97,7 +127,11 @@ def check_mask_args(
             f"attn_mode, src_len, seq_len must have the same length, got "
             f"{mode.shape[0]}, {src.shape[0]}, {seq.shape[0]}"
         )
-    src, seq = src.to(mode.device), seq.to(mode.device)
+    return mode, src, seq
+
+
+def _check_mask_values(mode: torch.Tensor, src: torch.Tensor, seq: torch.Tensor, L: int) -> None:
+    """The value checks of :func:`check_mask_args` on int64 CPU tensors (no device read)."""
     if mode.numel():
         bad = (mode < 0) | (mode > 3)
         if bad.any():
@@ -111,7 +145,57 @@ def check_mask_args(
         if bad.any():
             b = int(bad.nonzero()[0, 0])
             raise ValueError(f"src_len[{b}] = {int(src[b])} is outside [0, seq_len[{b}] = {int(seq[b])}]")
-    return mode, src, seq
+
+
+def check_mask_args(
+    attn_mode: torch.Tensor, src_len: torch.Tensor, seq_len: torch.Tensor, L: int,
+    batch: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Validate the per-sample integers and return them as int64 tensors on one device
+    (``attn_mode``'s).
+
+    ``batch``: the number of samples (``q.shape[0]``, ``input_ids.shape[0]``) each argument
+    must have one entry for; nothing is broadcast (a length-1 argument for a larger batch is an
+    error, not one mask for every row). ``None`` checks only that the three lengths agree.
+
+    The values are checked on the host: CPU arguments need no device synchronisation; those on
+    an accelerator are read back together, in one transfer (:func:`to_host`).
+
+    Raises ``ValueError``/``TypeError`` naming the offending value: modes outside 0..3,
+    ``seq_len`` outside ``[0, L]``, ``src_len`` outside ``[0, seq_len]``, shape mismatches.
+    """
+    mode, src, seq = _mask_arg_tensors(attn_mode, src_len, seq_len, batch)
+    host = to_host(mode, src, seq)
+    _check_mask_values(*host, L)
+    dev = mode.device
+    if dev.type == "cpu":  # the host copies are what the caller wants: no second transfer
+        return host[0], host[1], host[2]
+    return mode, _on(src, dev), _on(seq, dev)
+
+
+def check_right_padding(attention_mask: torch.Tensor, right: torch.Tensor, n: torch.Tensor,
+                        seq_len: Any = None, seq_host: Any = None) -> None:
+    """Raise ``ValueError`` unless every row of the HF-style ``attention_mask`` ``[B, L]`` is a
+    right-padding mask (``right``: the per-row flag, on the CPU) and, when ``seq_len`` is also
+    given, unless it has one entry per row equal to ``n = attention_mask.sum(1)`` (CPU).
+    ``seq_host``: ``seq_len`` already copied to the CPU (:func:`to_host`), if it was.
+    ``attention_mask`` and ``seq_len`` themselves are read only to write a message.
+    See :func:`unimask.models.resolve_mask_args`."""
+    bad = ~right.to(torch.bool)
+    if bad.any():
+        b = int(bad.nonzero()[0, 0])
+        raise ValueError(
+            f"attention_mask[{b}] is not a right-padding mask (it has holes or left padding): "
+            f"{attention_mask[b].tolist()}; unimask expects tokens first, padding last"
+        )
+    if seq_len is not None:
+        check_batch_len("seq_len", seq_len, n.shape[0])
+        if not (isinstance(seq_host, torch.Tensor) and seq_host.device.type == "cpu"):
+            seq_host = torch.as_tensor(seq_len).cpu()  # not an integer tensor: its dtype is reported later
+        if not torch.equal(seq_host.to(torch.int64), n):
+            raise ValueError(
+                f"seq_len {torch.as_tensor(seq_len).tolist()} disagrees with attention_mask.sum(1) {n.tolist()}"
+            )
 
 
 def check_batch_len(name: str, t: torch.Tensor, batch: int,

@@ -494,7 +494,16 @@ class Trainer:
         return iter(it)
 
     def _to_device(self, batch: Batch) -> Batch:
-        return {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        """The batch's tensors on the device (queued copies, no waiting), except the fields the
+        model declares it reads on the host (``host_batch_keys``, e.g. the mask integers of
+        :class:`unimask.models.UnifiedLM`): those stay on the CPU, where the model validates
+        them without a device synchronisation before it copies them over itself. Not under
+        torch.distributed: DDP and FSDP2 copy a CPU input to the device themselves, with a
+        blocking copy (a synchronisation each), so everything is moved here, without waiting,
+        and the model reads its integers back in one transfer."""
+        host = getattr(self.model, "host_batch_keys", frozenset()) if self.dist is None else frozenset()
+        return {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) and k not in host else v
+                for k, v in batch.items()}
 
     def _autocast(self):
         if self.precision == "fp32":

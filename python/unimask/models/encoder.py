@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..attention import check_cu_seqlens, unified_attention, unified_attention_varlen
-from ..masks import check_batch_len, check_mask_args
+from ..masks import _on, _placed, check_mask_args, check_right_padding, to_host
 from .config import EncoderConfig
 
 __all__ = [
@@ -100,38 +100,39 @@ def resolve_mask_args(
     is validated by :func:`unimask.masks.check_mask_args` (one entry per sample, no broadcast;
     ``seq_len <= L``; ...) and returned as int64 tensors on ``device``; bad input raises
     ``ValueError``/``TypeError`` naming the value.
+
+    The values are checked on the host, so CPU inputs (as the collators make them) cost no
+    device synchronisation: they are validated there and then copied to ``device`` without
+    waiting (``non_blocking``). Inputs already on an accelerator are read back together, the
+    attention mask's per-row sums and right-padding flags with them, in one transfer
+    (:func:`unimask.masks.to_host`).
     """
     B, L = input_shape
+    n = right = None
     if attention_mask is not None:
         if tuple(attention_mask.shape) != (B, L):
             raise ValueError(
                 f"attention_mask must have shape {(B, L)} like input_ids, got {tuple(attention_mask.shape)}"
             )
-        am = attention_mask.to(device) != 0
+        am = attention_mask != 0  # where the mask is: a CPU mask is checked on the CPU
         n = am.sum(dim=1)
-        prefix = torch.arange(L, device=device)[None, :] < n[:, None]
-        bad = (am != prefix).any(dim=1)
-        if bad.any():
-            b = int(bad.nonzero()[0, 0])
-            raise ValueError(
-                f"attention_mask[{b}] is not a right-padding mask (it has holes or left padding): "
-                f"{attention_mask[b].tolist()}; unimask expects tokens first, padding last"
-            )
-        if seq_len is None:
-            seq_len = n
-        else:
-            check_batch_len("seq_len", seq_len, B)
-            if not torch.equal(seq_len.to(device=device, dtype=torch.int64), n):
-                raise ValueError(
-                    f"seq_len {seq_len.tolist()} disagrees with attention_mask.sum(1) {n.tolist()}"
-                )
-    if seq_len is None:
-        seq_len = torch.full((B,), L, dtype=torch.int64, device=device)
+        right = ~(am[:, 1:] & ~am[:, :-1]).any(dim=1)  # no token after a padding position
+    # defaults are made on the host: nothing there to read back
     if attn_mode is None:
-        attn_mode = torch.zeros(B, dtype=torch.int64, device=device)
+        attn_mode = torch.zeros(B, dtype=torch.int64)
     if src_len is None:
-        src_len = torch.zeros(B, dtype=torch.int64, device=device)
-    return check_mask_args(torch.as_tensor(attn_mode).to(device), src_len, seq_len, L, batch=B)
+        src_len = torch.zeros(B, dtype=torch.int64)
+    if seq_len is None and n is None:
+        seq_len = torch.full((B,), L, dtype=torch.int64)
+    h_n, h_right, h_mode, h_src, h_seq = to_host(n, right, attn_mode, src_len, seq_len)
+    if attention_mask is not None:
+        check_right_padding(attention_mask, h_right, h_n, seq_len, h_seq)
+        if seq_len is None:
+            seq_len, h_seq = n, h_n
+    # checked on the CPU copies (same dtypes and shapes, hence the same errors); each result is
+    # the argument itself where it is on `device` already, else its checked copy sent there
+    mode, src, seq = check_mask_args(h_mode, h_src, h_seq, L, batch=B)
+    return _placed(attn_mode, mode, device), _placed(src_len, src, device), _placed(seq_len, seq, device)
 
 
 @dataclass(frozen=True)
@@ -152,28 +153,31 @@ def resolve_packed_args(
     max_positions: int,
     device: torch.device,
 ) -> tuple[PackedRows, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Validate packed-row inputs once per forward (one host read of ``cu_seqlens``).
+    """Validate packed-row inputs once per forward, on the host.
 
     Returns ``(PackedRows, attn_mode, src_len, position_ids)``: per-document integers on
     ``device`` (``attn_mode`` defaults to bidirectional, ``src_len`` to 0) and ``[B, L]``
-    positions restarting at 0 at each document's first token.
+    positions restarting at 0 at each document's first token. CPU inputs need no device
+    synchronisation (checked there, then copied to ``device`` with ``non_blocking``); inputs
+    already on an accelerator are read back in one transfer (:func:`unimask.masks.to_host`).
     """
     B, L = input_shape
-    host, lens = check_cu_seqlens(cu_seqlens, B * L, "B * L", f" (every token of the [{B}, {L}] batch in one document)",
+    h_cu, h_mode, h_src = to_host(cu_seqlens, attn_mode, src_len)
+    host, lens = check_cu_seqlens(h_cu, B * L, "B * L", f" (every token of the [{B}, {L}] batch in one document)",
                                   min_entries=2)
     max_seqlen = int(lens.max())
     if max_seqlen > max_positions:
         raise ValueError(f"a document of {max_seqlen} tokens exceeds max_position_embeddings {max_positions}")
     N = lens.numel()
     if attn_mode is None:
-        attn_mode = torch.zeros(N, dtype=torch.int64)
+        attn_mode = h_mode = torch.zeros(N, dtype=torch.int64)
     if src_len is None:
-        src_len = torch.zeros(N, dtype=torch.int64)
-    attn_mode, src_len, _ = check_mask_args(attn_mode, src_len, lens, max_seqlen)
+        src_len = h_src = torch.zeros(N, dtype=torch.int64)
+    mode, src, _ = check_mask_args(h_mode, h_src, lens, max_seqlen)
     starts = torch.repeat_interleave(host[:-1], lens, output_size=B * L)
     positions = (torch.arange(B * L) - starts).view(B, L)
-    packed = PackedRows(host.to(device), max_seqlen)
-    return packed, attn_mode.to(device), src_len.to(device), positions.to(device)
+    packed = PackedRows(_placed(cu_seqlens, host, device), max_seqlen)
+    return packed, _placed(attn_mode, mode, device), _placed(src_len, src, device), _on(positions, device)
 
 
 class Embeddings(nn.Module):
@@ -391,7 +395,7 @@ class TransformerEncoder(nn.Module):
         row) on the tokens at flattened ``positions`` of ``hidden`` ``[B, L, H]``: in packed
         rows, each document's ``[CLS]`` (``doc_starts``). Returns ``[len(positions), H]``."""
         flat = hidden.reshape(-1, hidden.shape[-1])
-        return torch.tanh(self.pooler(flat[positions.to(flat.device)]))
+        return torch.tanh(self.pooler(flat[_on(positions, flat.device)]))
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         """Empty :class:`KVCache` for ``batch`` sequences of up to ``max_len`` positions."""

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..masks import BIDIRECTIONAL, LEFT_TO_RIGHT
+from ..masks import BIDIRECTIONAL, LEFT_TO_RIGHT, _on
 from .checkpoint import (
     HEAD_NAMES,
     hf_to_unimask,
@@ -92,6 +92,13 @@ class _EncoderWithLMHead(nn.Module):
     """Encoder + tied MLM head (+ optional NSP head); HF BertForPreTraining checkpoints."""
 
     has_nsp = True
+    #: Batch fields the forward reads only on the host (the mask integers and the attention
+    #: mask, validated there and then copied to the device by the model itself, without
+    #: waiting) or not at all (the packing collator's per-row counts, ``doc_lengths``):
+    #: :class:`unimask.training.Trainer` leaves them on the CPU, so validating them needs no
+    #: device synchronisation.
+    host_batch_keys = frozenset({"attn_mode", "src_len", "seq_len", "cu_seqlens", "attention_mask",
+                                 "num_documents", "num_tokens", "doc_lengths"})
 
     def __init__(self, config: EncoderConfig) -> None:
         super().__init__()
@@ -190,19 +197,20 @@ class BertForPretraining(_EncoderWithLMHead):
                     raise ValueError("packed rows with next_sentence_label need doc_starts (unimask.packing.PackingCollator)")
                 pooled = None
             else:
-                starts = doc_starts.to(out.last_hidden_state.device)
+                starts = _on(doc_starts, out.last_hidden_state.device)
                 pooled = self.encoder.pooled_at(out.last_hidden_state, starts)
                 if attn_mode is not None:  # the document starting at each sample's [CLS]
-                    cu = cu_seqlens.to(starts.device)
-                    sample_mode = attn_mode.to(starts.device)[torch.searchsorted(cu[1:], starts, right=True)]
+                    cu = _on(cu_seqlens, starts.device)
+                    sample_mode = _on(attn_mode, starts.device)[torch.searchsorted(cu[1:], starts, right=True)]
         nsp_logits = self.nsp(pooled) if pooled is not None else None
         nsp_loss = None
         if next_sentence_label is not None:
             nsp_label = self._nsp_labels(next_sentence_label, sample_mode)
-            if (nsp_label != IGNORE_INDEX).any():
-                nsp_loss = F.cross_entropy(nsp_logits.float(), nsp_label, ignore_index=IGNORE_INDEX)
-            else:
-                nsp_loss = nsp_logits.sum() * 0.0
+            # the mean over labelled samples, written as sum / count so that no device value is
+            # read (whether any sample is labelled): 0 (still on the graph) when none is
+            scored = (nsp_label != IGNORE_INDEX).sum().clamp(min=1)
+            nsp_loss = F.cross_entropy(nsp_logits.float(), nsp_label, ignore_index=IGNORE_INDEX,
+                                       reduction="sum") / scored
         losses = [t for t in (mlm_loss, nsp_loss) if t is not None]
         loss = sum(losses) if losses else None
         return PretrainingOutput(loss, mlm_loss, nsp_loss, logits, y, nsp_logits, out.last_hidden_state)
@@ -225,7 +233,8 @@ class UnifiedLM(BertForPretraining):
         label = label.long()
         if attn_mode is None:
             return label
-        return torch.where(attn_mode.to(label.device) == BIDIRECTIONAL, label, torch.full_like(label, IGNORE_INDEX))
+        return torch.where(_on(attn_mode, label.device) == BIDIRECTIONAL, label,
+                           torch.full_like(label, IGNORE_INDEX))
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, config: EncoderConfig | None = None,
@@ -256,7 +265,7 @@ class CausalLM(_EncoderWithLMHead):
                 labels: torch.Tensor | None = None, seq_len: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, **unused: torch.Tensor) -> PretrainingOutput:
         B = input_ids.shape[0]
-        mode = torch.full((B,), LEFT_TO_RIGHT, dtype=torch.int64, device=input_ids.device)
+        mode = torch.full((B,), LEFT_TO_RIGHT, dtype=torch.int64)  # on the host: validated without a device read
         out = self.encoder(input_ids, token_type_ids, attention_mask, mode, None, seq_len=seq_len)
         loss, logits, y = self._mlm(out.last_hidden_state, labels)
         return PretrainingOutput(loss, loss, None, logits, y, None, out.last_hidden_state)
@@ -264,7 +273,7 @@ class CausalLM(_EncoderWithLMHead):
     def logits(self, input_ids: torch.Tensor, seq_len: torch.Tensor | None = None) -> torch.Tensor:
         """Next-token logits ``[B, L, V]`` at every position (for scoring and tests)."""
         B = input_ids.shape[0]
-        mode = torch.full((B,), LEFT_TO_RIGHT, dtype=torch.int64, device=input_ids.device)
+        mode = torch.full((B,), LEFT_TO_RIGHT, dtype=torch.int64)  # on the host: validated without a device read
         return self.lm_logits(self.encoder(input_ids, attn_mode=mode, seq_len=seq_len).last_hidden_state)
 
     def generate(self, *args, **kwargs):
