@@ -41,6 +41,7 @@ or ``./gpu_results``), rewritten after every measurement so a killed run keeps i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import math
@@ -199,6 +200,21 @@ class Results:
         return msg
 
 
+@contextlib.contextmanager
+def correctness_case(res: "Results", name: str):
+    """One correctness row: yields ``{"case": name}`` for the check to fill (``pass`` and its
+    numbers); an exception inside is recorded as the row's error (a failed row) instead of
+    ending the run; the row is then appended to the results and saved."""
+    row: dict = {"case": name}
+    try:
+        yield row
+    except Exception as e:  # noqa: BLE001 - report and go on
+        row["error"] = res.error(f"correctness {name}", e)
+        row["pass"] = False
+    res.data["correctness"].append(row)
+    res.save()
+
+
 def make_batch(torch, B: int, L: int, seed: int, modes: list[int] | None = None, full: bool = False):
     """Per-sample (mode, src_len, seq_len) for a batch mixing the modes in UNILM proportions."""
     g = torch.Generator().manual_seed(seed)
@@ -326,8 +342,7 @@ def varlen_check(torch, attention, K, res: "Results", D_: Dev) -> None:
     dt = D_.lowp
     B, H, HK, L, D = (8, 4, 2, 300, 64) if not D_.dry else (4, 2, 1, 33, 16)
     name = f"varlen {str(dt).split('.')[-1]} D{D} docs{B} max{L} H{H} Hkv{HK}"
-    row: dict = {"case": name}
-    try:
+    with correctness_case(res, name) as row:
         mode, src, seq = make_batch(torch, B, L, seed=5)
         mode[1], seq[1], src[1] = 0, 0, 0
         cu = torch.tensor([0, *seq.cumsum(0).tolist()])
@@ -355,11 +370,6 @@ def varlen_check(torch, attention, K, res: "Results", D_: Dev) -> None:
         row["pass"] = ok
         log(f"correctness {name}: {'PASS' if ok else 'FAIL'} " + " ".join(
             f"{n}={row[n]['max_err']:.2e}(torch {row[n]['torch_lowp_err']:.2e})" for n in ("out", "dq", "dk", "dv")))
-    except Exception as e:  # noqa: BLE001
-        row["error"] = res.error(f"correctness {name}", e)
-        row["pass"] = False
-    res.data["correctness"].append(row)
-    res.save()
 
 
 def dropout_check(torch, masks, K, res: "Results", D_: Dev) -> None:
@@ -367,8 +377,7 @@ def dropout_check(torch, masks, K, res: "Results", D_: Dev) -> None:
     for dt in (D_.lowp,):
         B, H, HK, L, D, p, seed = (6, 4, 2, 300, 64, 0.1, 1234) if not D_.dry else (4, 2, 1, 33, 16, 0.1, 1234)
         name = f"dropout p={p} {str(dt).split('.')[-1]} D{D} L{L} B{B} H{H} Hkv{HK}"
-        row: dict = {"case": name}
-        try:
+        with correctness_case(res, name) as row:
             import triton
 
             mode, src, seq = make_batch(torch, B, L, seed=11)
@@ -402,11 +411,6 @@ def dropout_check(torch, masks, K, res: "Results", D_: Dev) -> None:
             row["pass"] = ok and abs(row["drop_rate"] - p) < (0.01 if not D_.dry else 0.05)
             log(f"correctness {name}: {'PASS' if row['pass'] else 'FAIL'} drop rate {row['drop_rate']:.4f} " + " ".join(
                 f"{n}={row[n]['max_err']:.2e}(torch {row[n]['torch_lowp_err']:.2e})" for n in ("out", "dq", "dk", "dv")))
-        except Exception as e:  # noqa: BLE001
-            row["error"] = res.error(f"correctness {name}", e)
-            row["pass"] = False
-        res.data["correctness"].append(row)
-        res.save()
 
 
 def cuda_graph_check(torch, K, res: "Results", D_: Dev) -> None:
@@ -420,8 +424,7 @@ def cuda_graph_check(torch, K, res: "Results", D_: Dev) -> None:
     dev = D_.name
     B, H, HK, L, D = (4, 4, 2, 300, 64) if not D_.dry else (3, 2, 1, 33, 16)
     name = f"CUDA graph replay {str(D_.lowp).split('.')[-1]} D{D} L{L} B{B} H{H} Hkv{HK} (dropout 0.1 and 0)"
-    row: dict = {"case": name}
-    try:
+    with correctness_case(res, name) as row:
         mode, src, seq = make_batch(torch, B, L, seed=13)
         md, sd, qd = (t.to(device=dev, dtype=torch.int32) for t in (mode, src, seq))
         g = torch.Generator(device=dev).manual_seed(4)
@@ -476,11 +479,6 @@ def cuda_graph_check(torch, K, res: "Results", D_: Dev) -> None:
                        and all(row["no_dropout"]["replays_equal_eager"]))
         log(f"correctness {name}: {'PASS' if row['pass'] else 'FAIL'} dropout seeds {row['dropout']['seeds']} "
             f"replays = eager {row['dropout']['replays_equal_eager']}; no dropout replays = eager {row['no_dropout']['replays_equal_eager']}")
-    except Exception as e:  # noqa: BLE001
-        row["error"] = res.error(f"correctness {name}", e)
-        row["pass"] = False
-    res.data["correctness"].append(row)
-    res.save()
 
 
 def compile_check(torch, attention, K, res: "Results", D_: Dev) -> None:
@@ -492,8 +490,7 @@ def compile_check(torch, attention, K, res: "Results", D_: Dev) -> None:
     dev = D_.name
     B, H, HK, L, D = (4, 4, 2, 300, 64) if not D_.dry else (3, 2, 1, 33, 16)
     name = f"torch.compile fullgraph {str(D_.lowp).split('.')[-1]} D{D} L{L} B{B} H{H} Hkv{HK} (dropout 0 and 0.1)"
-    row: dict = {"case": name}
-    try:
+    with correctness_case(res, name) as row:
         mode, src, seq = make_batch(torch, B, L, seed=17)
         md, sd, qd = (t.to(dev) for t in (mode, src, seq))
         g = torch.Generator(device=dev).manual_seed(5)
@@ -523,11 +520,6 @@ def compile_check(torch, attention, K, res: "Results", D_: Dev) -> None:
             ok &= graphs == 1 and all(equal)
         row["pass"] = ok
         log(f"correctness {name}: {'PASS' if ok else 'FAIL'} " + json.dumps({k: v for k, v in row.items() if k.startswith("p=")}))
-    except Exception as e:  # noqa: BLE001
-        row["error"] = res.error(f"correctness {name}", e)
-        row["pass"] = False
-    res.data["correctness"].append(row)
-    res.save()
 
 
 def packed_model_check(torch, res: "Results", D_: Dev) -> None:
@@ -538,8 +530,7 @@ def packed_model_check(torch, res: "Results", D_: Dev) -> None:
     The loss is the output against a fixed random tensor: the output ends in a LayerNorm, so
     ``sum(out ** 2)`` would be a constant (zero gradient below it, leaving rounding noise to compare)."""
     name = "packed encoder (varlen in a model) vs documents alone and vs reference"
-    row: dict = {"case": name}
-    try:
+    with correctness_case(res, name) as row:
         models = importlib.import_module("unimask.models")
         dev = D_.name
         H, D = (2, 64) if not D_.dry else (2, 16)
@@ -585,11 +576,6 @@ def packed_model_check(torch, res: "Results", D_: Dev) -> None:
         row["pass"] = max(row["vs_alone_max_err"], row["vs_reference_max_err"]) < 1e-3 and rel[worst] < 1e-4 and len(rel) > 10
         log(f"correctness {name}: {'PASS' if row['pass'] else 'FAIL'} vs alone {row['vs_alone_max_err']:.2e} "
             f"vs reference {row['vs_reference_max_err']:.2e} grad (relative, worst of {len(rel)}: {worst}) {rel[worst]:.2e}")
-    except Exception as e:  # noqa: BLE001
-        row["error"] = res.error(f"correctness {name}", e)
-        row["pass"] = False
-    res.data["correctness"].append(row)
-    res.save()
 
 
 def _error_bound(torch_lowp_err: float | None, ref_max: float) -> float:
@@ -624,8 +610,7 @@ def correctness(torch, masks, attention, K, res: Results, quick: bool, D_: Dev, 
         cases = []
     for c in cases:
         name = f"{str(c['dtype']).split('.')[-1]} D{c['D']} L{c['L']} B{c['B']} H{c['H']} Hkv{c['HK']}" + (" tuned" if tuned_only else "")
-        row: dict = {"case": name}
-        try:
+        with correctness_case(res, name) as row:
             B, H, HK, L, D, dt = c["B"], c["H"], c["HK"], c["L"], c["D"], c["dtype"]
             mode, src, seq = make_batch(torch, B, L, seed=7)
             # edge cases: a fully padded sample, seq_len 1, src_len 1 and src_len = seq_len
@@ -699,11 +684,6 @@ def correctness(torch, masks, attention, K, res: Results, quick: bool, D_: Dev, 
                 for n in ("out", "dq", "dk", "dv")
             ) + f" pad0={pad_zero} det={row['deterministic']} schedules_equal={row['schedules_equal']}"
               + (f" atomic_dq={row['atomic_dq_pass']} (dq {row['atomic_dq_max_err']:.2e})" if "atomic_dq_pass" in row else ""))
-        except Exception as e:  # noqa: BLE001 - report and go on
-            row["error"] = res.error(f"correctness {name}", e)
-            row["pass"] = False
-        res.data["correctness"].append(row)
-        res.save()
     if tuned_only:
         return
     if "dropout" in checks:
