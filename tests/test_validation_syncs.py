@@ -357,7 +357,7 @@ def test_trainer_leaves_the_mask_integers_on_the_host():
     with FakeDevice() as fake:
         moved = t._to_device(batch)
         assert fake.blocking == 0
-        host = {"attention_mask", "attn_mode", "src_len", "seq_len", "num_tokens"}
+        host = {"attention_mask", "attn_mode", "src_len", "seq_len", "num_tokens", "labels"}
         assert {k for k, v in moved.items() if not on_dev(v)} == host
         assert all(moved[k] is batch[k] for k in host)
         # what the model then does with them: validated without a read, copied without waiting
@@ -369,6 +369,43 @@ def test_trainer_leaves_the_mask_integers_on_the_host():
         t.dist, t.model = None, torch.nn.Linear(1, 1)  # a model that declares no host fields
         assert all(on_dev(v) for v in t._to_device(batch).values())
         assert fake.blocking == 0
+
+
+def test_labelled_positions_are_selected_without_a_device_read():
+    """The MLM head's positions (a data-dependent count): found on the host from CPU labels, so
+    no read of the device, no blocking copy; with device labels the boolean selection reads
+    them. Same rows and labels either way, against a hand loop."""
+    from unimask.models.heads import gather_labelled  # noqa: PLC0415
+
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(3, 5, 4, generator=g)
+    labels = torch.full((3, 5), -100)
+    labels[0, 1], labels[1, 4], labels[2, 0], labels[2, 3] = 7, 9, 11, 13
+    rows = [(b, t) for b in range(3) for t in range(5) if labels[b, t] != -100]  # row-major
+    with FakeDevice() as fake:
+        h, y = gather_labelled(dev(hidden), labels)
+        assert (fake.reads, fake.blocking) == (0, 0)
+        assert on_dev(h) and on_dev(y)
+        h_old, y_old = gather_labelled(dev(hidden), dev(labels))  # labels on the device: the two
+        assert fake.reads == 2  # boolean selections (rows, labels) each read the mask
+    assert values(y) == values(y_old) == [13 if r == (2, 3) else int(labels[r]) for r in rows]
+    assert values(h) == values(h_old) == [hidden[b, t].tolist() for b, t in rows]
+
+
+def test_host_positions_give_the_boolean_selections_gradient():
+    from unimask.models.heads import _gather_at_host_positions  # noqa: PLC0415
+
+    g = torch.Generator().manual_seed(1)
+    base = torch.randn(4, 6, 8, generator=g)
+    labels = torch.where(torch.rand(4, 6, generator=g) < 0.3, torch.randint(0, 50, (4, 6), generator=g), -100)
+    proj = torch.randn(int((labels != -100).sum()), 8, generator=g)
+    grads = []
+    for select in (lambda h: (h[labels != -100], labels[labels != -100]), lambda h: _gather_at_host_positions(h, labels)):
+        h = base.clone().requires_grad_()
+        rows, y = select(h)
+        (rows * proj).sum().backward()
+        grads.append((rows.detach(), y, h.grad))
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
 
 
 def test_finetune_batches_are_copied_without_waiting():
