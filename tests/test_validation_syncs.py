@@ -408,6 +408,47 @@ def test_host_positions_give_the_boolean_selections_gradient():
     assert all(torch.equal(a, b) for a, b in zip(*grads))
 
 
+@pytest.mark.parametrize("given", ["default", "cpu_ints", "device_ints"])
+def test_mass_decoder_lengths_need_at_most_one_read(given):
+    """MASS's decoder lengths: the default made on the host and CPU ones checked there (no
+    read, no blocking copy: the old decode made the default on the device and read it, and
+    copied CPU ones with a blocking copy); device ones are read once."""
+    from unimask.models.mass import _check_decoder_len, _decoder_lengths  # noqa: PLC0415
+
+    arg = {"default": None, "cpu_ints": torch.tensor([3, 0, 5]), "device_ints": dev([3, 0, 5])}[given]
+    with FakeDevice() as fake:
+        got = _decoder_lengths(arg, 3, 5, DEV)
+        assert (fake.reads, fake.blocking) == (int(given == "device_ints"), 0)
+        assert on_dev(got) and got.dtype == torch.int64
+        assert values(got) == ([5, 5, 5] if given == "default" else [3, 0, 5])
+        wrap = dev if given == "device_ints" else torch.as_tensor
+        with pytest.raises(ValueError, match=r"decoder_len\[1\] = 6 is outside \[0, 5\] \(decoder_input_ids has 5 columns\)"):
+            _check_decoder_len(wrap([3, 6, -1]), 3, 5)
+        with pytest.raises(ValueError, match=r"decoder_len has 2 entries but decoder_input_ids has B = 3 rows"):
+            _check_decoder_len(wrap([3, 1]), 3, 5)
+        with pytest.raises(TypeError, match="decoder_len must hold integers, got dtype torch.float32"):
+            _check_decoder_len(wrap([3.0, 1.0, 2.0]), 3, 5)
+
+
+def test_trainer_leaves_mass_fields_on_the_host():
+    from unimask.models import MassSeq2Seq  # noqa: PLC0415
+
+    torch.manual_seed(0)
+    model = MassSeq2Seq(EncoderConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                      intermediate_size=32, max_position_embeddings=16))
+    t = Trainer(model, lambda start: iter(()), TrainingConfig(max_steps=1, progress=False, precision="fp32"),
+                device="cpu", log=lambda s: None)
+    t.device = DEV
+    batch = {"input_ids": torch.ones(2, 6, dtype=torch.int64), "attention_mask": torch.ones(2, 6, dtype=torch.int64),
+             "decoder_input_ids": torch.ones(2, 3, dtype=torch.int64), "decoder_positions": torch.zeros(2, 3, dtype=torch.int64),
+             "decoder_labels": torch.full((2, 3), -100), "decoder_len": torch.tensor([3, 2])}
+    with FakeDevice() as fake:
+        moved = t._to_device(batch)
+        assert fake.blocking == 0
+    host = {"attention_mask", "decoder_len", "decoder_labels"}
+    assert {k for k, v in moved.items() if not on_dev(v)} == host
+
+
 def test_finetune_batches_are_copied_without_waiting():
     batch = {"input_ids": torch.ones(2, 3, dtype=torch.int64), "attention_mask": torch.ones(2, 3, dtype=torch.int64),
              "labels": torch.tensor([0, 1])}

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..masks import LEFT_TO_RIGHT, check_batch_len
+from ..masks import LEFT_TO_RIGHT, _on, check_batch_len, to_host
 from .checkpoint import (
     hf_to_unimask,
     normalize_hf_names,
@@ -103,6 +103,33 @@ class _Memory:
         self.kv = [(k.index_select(0, index), v.index_select(0, index)) for k, v in self.kv]
 
 
+def _check_decoder_len(decoder_len, B: int, Ld: int) -> torch.Tensor:
+    """``decoder_len`` as a tensor, after checking it holds ``B`` integers in ``[0, Ld]``
+    (``TypeError``/``ValueError`` naming the value); the values are read on the host: no device
+    read for a CPU tensor, one transfer for a device one (:func:`unimask.masks.to_host`)."""
+    decoder_len = torch.as_tensor(decoder_len)
+    if decoder_len.dtype.is_floating_point or decoder_len.dtype.is_complex or decoder_len.dtype == torch.bool:
+        raise TypeError(f"decoder_len must hold integers, got dtype {decoder_len.dtype}")
+    check_batch_len("decoder_len", decoder_len, B, "decoder_input_ids has B = {} rows")
+    (host,) = to_host(decoder_len)
+    bad = (host < 0) | (host > Ld)
+    if bool(bad.any()):
+        b = int(bad.nonzero()[0, 0])
+        raise ValueError(f"decoder_len[{b}] = {int(host[b])} is outside [0, {Ld}] (decoder_input_ids has {Ld} columns)")
+    return decoder_len
+
+
+def _decoder_lengths(decoder_len, B: int, Ld: int, device: torch.device, validate: bool = True) -> torch.Tensor:
+    """``decoder_len`` (default: ``Ld`` for every row, made on the host) as int64 on ``device``,
+    validated (:func:`_check_decoder_len`) unless ``validate`` is off; a CPU tensor is checked on
+    the host and copied over without waiting: no device synchronisation."""
+    if decoder_len is None:
+        decoder_len = torch.full((B,), Ld, dtype=torch.int64)
+    if validate:
+        decoder_len = _check_decoder_len(decoder_len, B, Ld)
+    return _on(decoder_len, device).long()
+
+
 class MassSeq2Seq(nn.Module):
     """Encoder-decoder for MASS; ``model(**batch)`` with the MASS collator's batch.
 
@@ -110,6 +137,12 @@ class MassSeq2Seq(nn.Module):
     ``decoder_positions`` (original positions of the span), ``decoder_labels`` (-100 padding),
     ``decoder_len``. Loss: mean cross-entropy over the span tokens.
     """
+
+    #: Batch fields the forward reads only on the host (validated there, or the labelled
+    #: positions found there, then copied to the device without waiting):
+    #: :class:`unimask.training.Trainer` leaves them on the CPU, so the forward needs no device
+    #: synchronisation (see ``_EncoderWithLMHead.host_batch_keys``).
+    host_batch_keys = frozenset({"attention_mask", "seq_len", "decoder_len", "decoder_labels"})
 
     def __init__(self, config: EncoderConfig, num_decoder_layers: int | None = None) -> None:
         super().__init__()
@@ -132,7 +165,7 @@ class MassSeq2Seq(nn.Module):
             seq_len = (attention_mask.sum(1) if attention_mask is not None
                        else torch.full((input_ids.shape[0],), input_ids.shape[1], device=input_ids.device))
         enc = out.last_hidden_state
-        return _Memory(seq_len.to(enc.device).long(), [layer.cross.memory(enc) for layer in self.decoder])
+        return _Memory(_on(seq_len, enc.device).long(), [layer.cross.memory(enc) for layer in self.decoder])
 
     def decode(self, memory: _Memory, decoder_input_ids: torch.Tensor, decoder_positions: torch.Tensor,
                decoder_len: torch.Tensor | None = None, cache: KVCache | None = None,
@@ -140,19 +173,8 @@ class MassSeq2Seq(nn.Module):
         """Decoder hidden states ``[B, Ld, H]``. With ``cache`` + ``slots`` (step index per
         token) it decodes incrementally; without, the whole span at once (causal)."""
         B, Ld = decoder_input_ids.shape
-        if decoder_len is None:
-            decoder_len = torch.full((B,), Ld, dtype=torch.int64, device=decoder_input_ids.device)
-        if slots is None:  # validated once here; the decoder layers skip per-layer checks
-            decoder_len = torch.as_tensor(decoder_len)
-            if decoder_len.dtype.is_floating_point or decoder_len.dtype.is_complex or decoder_len.dtype == torch.bool:
-                raise TypeError(f"decoder_len must hold integers, got dtype {decoder_len.dtype}")
-            check_batch_len("decoder_len", decoder_len, B, "decoder_input_ids has B = {} rows")
-            bad = (decoder_len < 0) | (decoder_len > Ld)
-            if bool(bad.any()):
-                b = int(bad.nonzero()[0, 0])
-                raise ValueError(f"decoder_len[{b}] = {int(decoder_len[b])} is outside [0, {Ld}] "
-                                 f"(decoder_input_ids has {Ld} columns)")
-        decoder_len = decoder_len.to(decoder_input_ids.device).long()
+        # validated once here (not in incremental decoding); the decoder layers skip per-layer checks
+        decoder_len = _decoder_lengths(decoder_len, B, Ld, decoder_input_ids.device, validate=slots is None)
         x = self.encoder.embeddings(decoder_input_ids, None, decoder_positions)
         for i, layer in enumerate(self.decoder):
             c = (cache.k[i], cache.v[i]) if cache is not None else None
