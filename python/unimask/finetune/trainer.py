@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..masks import _on
 from ..models.heads import MLMHead, gather_labelled
 from ..packing import pack_padded
 from ..training import _host_floats, configure_optimizers, linear_schedule
@@ -230,8 +231,11 @@ class AuxLM(nn.Module):
         the graph when nothing is masked)."""
         enc = self.encoder[0]
         device = enc.embeddings.word.weight.device
-        out = enc(batch["input_ids"].to(device), batch["token_type_ids"].to(device), batch["attention_mask"].to(device))
-        h, y = gather_labelled(out.last_hidden_state, batch["labels"].to(device))
+        # the attention mask and the labels stay where the collator made them (the CPU): the
+        # encoder validates the mask there and gather_labelled finds the masked positions
+        # there, so neither reads the device; the ids are copied over without waiting
+        out = enc(_on(batch["input_ids"], device), _on(batch["token_type_ids"], device), batch["attention_mask"])
+        h, y = gather_labelled(out.last_hidden_state, batch["labels"])
         if y.numel() == 0:
             return out.last_hidden_state.sum() * 0.0
         return F.cross_entropy(self.head(h, enc.embeddings.word.weight).float(), y)
