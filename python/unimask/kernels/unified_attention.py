@@ -11,7 +11,9 @@ arXiv 2307.08691), as named stages:
   ``delta`` that :func:`_attn_bwd_dq` stored (launched after it on the same stream).
 * ``backward="atomic_dq"``: :func:`_attn_bwd_delta`, then :func:`_attn_bwd_fused` (the dK/dV
   kernel's jit function, :func:`_attn_bwd_kv`, with ``ATOMIC_DQ``): dQ by fp32 atomic adds.
-* :class:`_UnifiedAttention` -- the ``torch.autograd.Function`` that wires them;
+* :class:`_UnifiedAttention` -- the ``torch.autograd.Function`` that wires them for eager
+  calls; under ``torch.compile`` the same launches run as the custom ops
+  ``unimask::attention_fwd`` / ``unimask::attention_bwd`` (:func:`_apply` picks);
   :func:`attention` (padded ``[B, H, L, D]``) and :func:`attention_varlen` (packed ``[T, H, D]``).
 
 The mask is never materialised. Each sample's mask is the predicate of :mod:`unimask.masks`
@@ -56,7 +58,8 @@ mode, given as ``cu_seqlens``) run through the same kernels with ``VARLEN=True``
 document ``d`` offsets its pointers by ``cu_seqlens[d]`` rows and masks its stores at the
 document's end. See ``docs/attention.md``.
 
-Attention dropout: a Philox keep-mask on the global element index, regenerated in the backward.
+Attention dropout: a Philox keep-mask on the global element index, regenerated in the backward,
+seeded from a one-element device tensor the kernels read (CUDA-graph safe: :func:`_prepare`).
 """
 
 from __future__ import annotations
