@@ -449,6 +449,35 @@ def test_trainer_leaves_mass_fields_on_the_host():
     assert {k for k, v in moved.items() if not on_dev(v)} == host
 
 
+def test_copies_to_cuda_go_through_pinned_memory(monkeypatch):
+    """From pageable memory CUDA may synchronise the stream to stage a copy; ``_on`` pins the
+    CPU tensor first and copies it with ``non_blocking=True`` (recorded here: no GPU to copy to)."""
+    from unimask.masks import _on  # noqa: PLC0415
+
+    calls = []
+    real_to = torch.Tensor.to
+
+    def pin(t):
+        calls.append("pin")
+        return t.clone()
+
+    def to(t, *a, **k):
+        if any(torch.device(x).type == "cuda" for x in a if isinstance(x, (str, torch.device))):
+            calls.append(("to", k.get("non_blocking", False)))
+            return t
+        return real_to(t, *a, **k)
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", pin)
+    monkeypatch.setattr(torch.Tensor, "is_pinned", lambda t: False)
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    _on(torch.arange(3), torch.device("cuda"))
+    _on(torch.arange(3), "cuda:0")
+    assert calls == ["pin", ("to", True)] * 2
+    calls.clear()
+    t = torch.arange(3)
+    assert _on(t, torch.device("cpu")) is t and calls == []  # nothing to copy
+
+
 def test_finetune_batches_are_copied_without_waiting():
     batch = {"input_ids": torch.ones(2, 3, dtype=torch.int64), "attention_mask": torch.ones(2, 3, dtype=torch.int64),
              "labels": torch.tensor([0, 1])}

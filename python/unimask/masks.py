@@ -89,10 +89,19 @@ def to_host(*tensors: Any) -> list[Any]:
     return out
 
 
-def _on(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+def _on(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
     """``t`` on ``device``; a copy from the CPU to an accelerator is queued without waiting
-    (``non_blocking``: a blocking host-to-device copy waits for the device's queue)."""
-    return t.to(device, non_blocking=t.device.type == "cpu" and device.type != "cpu")
+    (``non_blocking``: a blocking host-to-device copy waits for the device's queue). To CUDA
+    the CPU tensor is first put in page-locked memory (PyTorch's caching host allocator, which
+    keeps the block until the copy is done): from pageable memory CUDA "may synchronize with the
+    stream" to stage the copy (CUDA runtime API, "API synchronization behavior"), from pinned
+    memory it does not."""
+    device = torch.device(device)
+    if t.device.type != "cpu" or device.type == "cpu":
+        return t.to(device)
+    if device.type == "cuda" and not t.is_pinned():
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
 
 
 def _placed(given: Any, host: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -40,6 +40,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .masks import _on
+
 __all__ = [
     "TrainingConfig",
     "Trainer",
@@ -502,7 +504,7 @@ class Trainer:
         blocking copy (a synchronisation each), so everything is moved here, without waiting,
         and the model reads its integers back in one transfer."""
         host = getattr(self.model, "host_batch_keys", frozenset()) if self.dist is None else frozenset()
-        return {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) and k not in host else v
+        return {k: _on(v, self.device) if isinstance(v, torch.Tensor) and k not in host else v
                 for k, v in batch.items()}
 
     def _autocast(self):

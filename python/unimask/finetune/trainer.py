@@ -255,10 +255,10 @@ def _rows_of(batch: Mapping[str, torch.Tensor], key: str = "input_ids") -> list[
 
 def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     """``batch`` on ``device``. Copies from the CPU are queued without waiting
-    (``non_blocking``): a blocking host-to-device copy synchronises the device's stream, so it
-    would wait, at every micro-batch, for all the work queued so far."""
-    return {k: v.to(device, non_blocking=v.device.type == "cpu" and torch.device(device).type != "cpu")
-            for k, v in batch.items()}
+    (:func:`unimask.masks._on`: pinned, ``non_blocking``): a blocking host-to-device copy
+    synchronises the device's stream, so it would wait, at every micro-batch, for all the work
+    queued so far."""
+    return {k: _on(v, device) for k, v in batch.items()}
 
 
 def _autocast(cfg: FinetuneConfig, device: torch.device):
