@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 
-from unimask.bench_cases.tokenizer import hf_parallelism, load_lines, reference_and_ours
+from unimask.bench_cases.tokenizer import hf_parallelism, reference_and_ours
 from unimask.corpus import demo_corpus_path
 
 pytest.importorskip("tokenizers")

@@ -794,8 +794,6 @@ EXTRA_CONFIGS = {
 
 
 def add_extra_configs(K, res: "Results") -> None:
-    import triton
-
     for name, extra in EXTRA_CONFIGS.items():
         kern = getattr(K, name)
         if type(kern).__name__ != "Autotuner":
