@@ -523,56 +523,71 @@ def compile_check(torch, attention, K, res: "Results", D_: Dev) -> None:
 
 
 def sync_check(torch, res: "Results", D_: Dev) -> None:
-    """Device synchronisations of a pretraining step through the Trainer (UnifiedLM on the
-    kernel path, bf16, grad_accum 2, clipping on), counted with
+    """Device synchronisations of pretraining steps through the Trainer (UnifiedLM on the
+    kernel path, and MassSeq2Seq; bf16, grad_accum 2, clipping on), counted with
     ``torch.cuda.set_sync_debug_mode("warn")`` over steps 3-4 (steps 1-2 compile and autotune
     the kernels, which synchronises). Expected: one per optimizer step, the read of the logged
     loss and grad norm; the mask validation and the MLM head's position selection read CPU
-    tensors (``host_batch_keys``). Dry run: the steps run, nothing is counted (no CUDA)."""
+    tensors (``host_batch_keys``). Each warning's source line is recorded. Dry run: the steps
+    run, nothing is counted (no CUDA)."""
     import warnings  # noqa: PLC0415
 
-    name = "synchronisations per pretraining step (Trainer, UnifiedLM, grad_accum 2)"
-    with correctness_case(res, name) as row:
-        models = importlib.import_module("unimask.models")
-        training = importlib.import_module("unimask.training")
-        B, L, V = 4, 48, 120
-        cfg = models.EncoderConfig(vocab_size=V, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                                   intermediate_size=128, max_position_embeddings=64, type_vocab_size=6)
-        torch.manual_seed(0)
-        model = models.UnifiedLM(cfg)
-        counting = {"on": False}
+    models = importlib.import_module("unimask.models")
+    training = importlib.import_module("unimask.training")
+    B, L, Ld, V = 4, 48, 12, 120
+    cfg = models.EncoderConfig(vocab_size=V, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                               intermediate_size=128, max_position_embeddings=64, type_vocab_size=6)
 
-        def batches(start):
-            for i in range(start, 10**9):
-                if i == 4 and not D_.dry:  # steps 3 and 4 (micro-batches 4-7)
-                    torch.cuda.set_sync_debug_mode("warn")
-                    counting["on"] = True
-                g = torch.Generator().manual_seed(i)
-                seq = torch.randint(L // 2, L + 1, (B,), generator=g)
-                ids = torch.randint(5, V, (B, L), generator=g)
-                am = (torch.arange(L)[None, :] < seq[:, None]).long()
-                labels = torch.where((torch.rand(B, L, generator=g) < 0.15) & (am > 0), ids, -100)
-                yield {"input_ids": ids * am, "attention_mask": am, "labels": labels,
-                       "token_type_ids": torch.zeros(B, L, dtype=torch.long),
-                       "next_sentence_label": torch.tensor([1, 0, -100, -100]),
-                       "attn_mode": torch.tensor([0, 3, 1, 2]), "src_len": torch.tensor([0, L // 4, 0, 0]), "seq_len": seq}
+    def unilm_batch(g):
+        seq = torch.randint(L // 2, L + 1, (B,), generator=g)
+        ids = torch.randint(5, V, (B, L), generator=g)
+        am = (torch.arange(L)[None, :] < seq[:, None]).long()
+        labels = torch.where((torch.rand(B, L, generator=g) < 0.15) & (am > 0), ids, -100)
+        return {"input_ids": ids * am, "attention_mask": am, "labels": labels,
+                "token_type_ids": torch.zeros(B, L, dtype=torch.long),
+                "next_sentence_label": torch.tensor([1, 0, -100, -100]),
+                "attn_mode": torch.tensor([0, 3, 1, 2]), "src_len": torch.tensor([0, L // 4, 0, 0]), "seq_len": seq}
 
-        tc = training.TrainingConfig(max_steps=4, grad_accum=2, grad_clip=1.0, progress=False,
-                                     precision="fp32" if D_.dry else "bf16")
-        trainer = training.Trainer(model, batches, tc, device=D_.name, log=lambda m: None)
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                trainer.train()
-        finally:
-            if not D_.dry:
-                torch.cuda.set_sync_debug_mode(0)
-        syncs = [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message)]
-        row["steps"] = trainer.state.step
-        row["syncs_steps_3_4"] = None if D_.dry else len(syncs)
-        row["sync_messages"] = sorted(set(syncs))[:5]
-        row["pass"] = trainer.state.step == 4 and (D_.dry or len(syncs) <= 2)
-        log(f"correctness {name}: {'PASS' if row['pass'] else 'FAIL'} syncs in steps 3-4: {row['syncs_steps_3_4']}")
+    def mass_batch(g):
+        seq = torch.randint(L // 2, L + 1, (B,), generator=g)
+        am = (torch.arange(L)[None, :] < seq[:, None]).long()
+        dlen = torch.randint(1, Ld + 1, (B,), generator=g)
+        dmask = torch.arange(Ld)[None, :] < dlen[:, None]
+        labels = torch.where(dmask, torch.randint(5, V, (B, Ld), generator=g), -100)
+        return {"input_ids": torch.randint(5, V, (B, L), generator=g) * am, "attention_mask": am,
+                "decoder_input_ids": torch.randint(5, V, (B, Ld), generator=g) * dmask,
+                "decoder_positions": torch.arange(Ld).expand(B, Ld).clone(), "decoder_labels": labels, "decoder_len": dlen}
+
+    for label, make_model, make_batch_ in (("UnifiedLM", lambda: models.UnifiedLM(cfg), unilm_batch),
+                                           ("MassSeq2Seq", lambda: models.MassSeq2Seq(cfg), mass_batch)):
+        name = f"synchronisations per pretraining step (Trainer, {label}, grad_accum 2)"
+        with correctness_case(res, name) as row:
+            torch.manual_seed(0)
+            model = make_model()
+
+            def batches(start, make_batch_=make_batch_):
+                for i in range(start, 10**9):
+                    if i == 4 and not D_.dry:  # steps 3 and 4 (micro-batches 4-7)
+                        torch.cuda.set_sync_debug_mode("warn")
+                    yield make_batch_(torch.Generator().manual_seed(i))
+
+            tc = training.TrainingConfig(max_steps=4, grad_accum=2, grad_clip=1.0, progress=False,
+                                         precision="fp32" if D_.dry else "bf16")
+            trainer = training.Trainer(model, batches, tc, device=D_.name, log=lambda m: None)
+            try:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    trainer.train()
+            finally:
+                if not D_.dry:
+                    torch.cuda.set_sync_debug_mode(0)
+            syncs = [f"{Path(w.filename).name}:{w.lineno}" for w in caught if "synchroniz" in str(w.message)]
+            row["steps"] = trainer.state.step
+            row["syncs_steps_3_4"] = None if D_.dry else len(syncs)
+            row["sync_sources"] = sorted(set(syncs))
+            row["pass"] = trainer.state.step == 4 and (D_.dry or len(syncs) <= 2)
+            log(f"correctness {name}: {'PASS' if row['pass'] else 'FAIL'} syncs in steps 3-4: "
+                f"{row['syncs_steps_3_4']} {row['sync_sources']}")
 
 
 def packed_model_check(torch, res: "Results", D_: Dev) -> None:
