@@ -215,6 +215,15 @@ def correctness_case(res: "Results", name: str):
     res.save()
 
 
+def forward_backward(fn, q, k, v, do, dtype=None) -> list:
+    """``fn(q, k, v)`` on fresh leaf copies of ``q, k, v`` (cast to ``dtype`` when given) and its
+    backward with ``do`` (cast likewise): ``[output, dq, dk, dv]``."""
+    leaves = [t.detach().to(dtype or t.dtype).clone().requires_grad_() for t in (q, k, v)]
+    o = fn(*leaves)
+    o.backward(do if dtype is None else do.to(dtype))
+    return [o.detach(), *(t.grad for t in leaves)]
+
+
 def make_batch(torch, B: int, L: int, seed: int, modes: list[int] | None = None, full: bool = False):
     """Per-sample (mode, src_len, seq_len) for a batch mixing the modes in UNILM proportions."""
     g = torch.Generator().manual_seed(seed)
@@ -352,15 +361,9 @@ def varlen_check(torch, attention, K, res: "Results", D_: Dev) -> None:
         k, v = (torch.randn(T, HK, D, device=dev, generator=g).to(dt) for _ in range(2))
         do = torch.randn(T, H, D, device=dev, generator=g).to(dt)
 
-        def run(fn, dtype):
-            qq, kk, vv = (t.detach().to(dtype).requires_grad_() for t in (q, k, v))
-            o = fn(qq, kk, vv)
-            o.backward(do.to(dtype))
-            return [o.detach(), qq.grad, kk.grad, vv.grad]
-
-        got = run(lambda a, b, c: K.attention_varlen(a, b, c, cu.to(dev), mode.to(dev), src.to(dev), L), dt)
-        ref = run(lambda a, b, c: attention.reference_attention_varlen(a, b, c, cu, mode, src), torch.float64)
-        lowp = run(lambda a, b, c: attention.reference_attention_varlen(a, b, c, cu, mode, src), dt)
+        got = forward_backward(lambda a, b, c: K.attention_varlen(a, b, c, cu.to(dev), mode.to(dev), src.to(dev), L), q, k, v, do, dt)
+        ref = forward_backward(lambda a, b, c: attention.reference_attention_varlen(a, b, c, cu, mode, src), q, k, v, do, torch.float64)
+        lowp = forward_backward(lambda a, b, c: attention.reference_attention_varlen(a, b, c, cu, mode, src), q, k, v, do, dt)
         ok = True
         for n, a, r, lo in zip(("out", "dq", "dk", "dv"), got, ref, lowp):
             err = (a.double() - r).abs().max().item()
@@ -392,15 +395,11 @@ def dropout_check(torch, masks, K, res: "Results", D_: Dev) -> None:
             make_keep_kernel()[(B * H, triton.cdiv(L, bl))](keep, seed, p, L, BL=bl)
             keep = keep.view(B, H, L, L).to(torch.float64)
 
-            def run(fn, dtype):
-                qq, kk, vv = (t.detach().to(dtype).requires_grad_() for t in (q, k, v))
-                o = fn(qq, kk, vv)
-                o.backward(do.to(dtype))
-                return [o.detach(), qq.grad, kk.grad, vv.grad]
-
-            got = run(lambda a, b, c: K.attention(a, b, c, md, sd, qd, None, p, seed), dt)
-            ref = run(lambda a, b, c: reference_with_keep(torch, masks, a, b, c, mode, src, seq, keep, p), torch.float64)
-            lowp = run(lambda a, b, c: reference_with_keep(torch, masks, a, b, c, mode, src, seq, keep.to(dt), p), dt)
+            got = forward_backward(lambda a, b, c: K.attention(a, b, c, md, sd, qd, None, p, seed), q, k, v, do, dt)
+            ref = forward_backward(lambda a, b, c: reference_with_keep(torch, masks, a, b, c, mode, src, seq, keep, p),
+                                   q, k, v, do, torch.float64)
+            lowp = forward_backward(lambda a, b, c: reference_with_keep(torch, masks, a, b, c, mode, src, seq, keep.to(dt), p),
+                                    q, k, v, do, dt)
             ok = True
             for n, a, r, lo in zip(("out", "dq", "dk", "dv"), got, ref, lowp):
                 err = (a.double() - r).abs().max().item()
@@ -433,10 +432,7 @@ def cuda_graph_check(torch, K, res: "Results", D_: Dev) -> None:
         do = torch.randn(B, H, L, D, device=dev, generator=g).to(D_.lowp)
 
         def eager(p, seed):
-            qq, kk, vv = (t.detach().clone().requires_grad_() for t in (q, k, v))
-            o = K.attention(qq, kk, vv, md, sd, qd, None, p, seed)
-            o.backward(do)
-            return [o.detach(), qq.grad, kk.grad, vv.grad]
+            return forward_backward(lambda a, b, c: K.attention(a, b, c, md, sd, qd, None, p, seed), q, k, v, do)
 
         for p in (0.1, 0.0):
             box: dict = {}
@@ -499,11 +495,8 @@ def compile_check(torch, attention, K, res: "Results", D_: Dev) -> None:
         do = torch.randn(B, H, L, D, device=dev, generator=g).to(D_.lowp)
 
         def run(fn):
-            qq, kk, vv = (t.detach().clone().requires_grad_() for t in (q, k, v))
-            torch.manual_seed(3)
-            o = fn(qq, kk, vv)
-            o.backward(do)
-            return [o.detach(), qq.grad, kk.grad, vv.grad]
+            torch.manual_seed(3)  # the dropout seed's draw
+            return forward_backward(fn, q, k, v, do)
 
         ok = True
         for p in (0.0, 0.1):
@@ -696,10 +689,7 @@ def correctness(torch, masks, attention, K, res: Results, quick: bool, D_: Dev, 
             mode_d, src_d, seq_d = (t.to(dev) for t in (mode, src, seq))
 
             def run(fn, qq, kk, vv, ddo):
-                qq, kk, vv = (t.detach().clone().requires_grad_() for t in (qq, kk, vv))
-                o = fn(qq, kk, vv, mode_d, src_d, seq_d)
-                o.backward(ddo)
-                return [o.detach(), qq.grad, kk.grad, vv.grad]
+                return forward_backward(lambda a, b, c: fn(a, b, c, mode_d, src_d, seq_d), qq, kk, vv, ddo)
 
             got = run(K.attention, q, k, v, do)
             again = run(K.attention, q, k, v, do)
