@@ -112,6 +112,12 @@ def _placed(given: Any, host: torch.Tensor, device: torch.device) -> torch.Tenso
     return _on(host, device)
 
 
+def _check_integers(name: str, t: torch.Tensor) -> None:
+    """``TypeError`` naming ``name`` unless ``t`` holds integers (not floating, complex or bool)."""
+    if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integers, got dtype {t.dtype}")
+
+
 def _mask_arg_tensors(attn_mode: Any, src_len: Any, seq_len: Any,
                       batch: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The three arguments as int64 tensors, each on its own device, after the checks that read
@@ -123,8 +129,7 @@ def _mask_arg_tensors(attn_mode: Any, src_len: Any, seq_len: Any,
                 t = torch.as_tensor(t)
             except Exception as e:  # noqa: BLE001 - re-raised with the argument's name
                 raise TypeError(f"{name} must be a tensor of integers, got {type(t).__name__}") from e
-        if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
-            raise TypeError(f"{name} must hold integers, got dtype {t.dtype}")
+        _check_integers(name, t)
         if t.dim() != 1:
             raise ValueError(f"{name} must be 1-D [batch], got shape {tuple(t.shape)}")
         if batch is not None:

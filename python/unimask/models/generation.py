@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from ..masks import LEFT_TO_RIGHT, SEQ2SEQ, check_batch_len
+from ..masks import LEFT_TO_RIGHT, SEQ2SEQ, _check_integers, check_batch_len
 from .encoder import resolve_mask_args
 
 __all__ = ["greedy_search", "beam_search", "generate_causal", "generate_unilm", "generate_mass"]
@@ -133,8 +133,7 @@ def _lengths(ids: torch.Tensor, lengths: torch.Tensor | None, attention_mask: to
     B, L = ids.shape
     if lengths is not None:
         lengths = torch.as_tensor(lengths)
-        if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
-            raise TypeError(f"{name} must hold integers, got dtype {lengths.dtype}")
+        _check_integers(name, lengths)
         check_batch_len(name, lengths, B, "input_ids has B = {} rows")
         lengths = lengths.to(device=ids.device, dtype=torch.long)
         bad = lengths > L

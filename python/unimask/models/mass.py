@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..masks import LEFT_TO_RIGHT, _on, check_batch_len, to_host
+from ..masks import LEFT_TO_RIGHT, _check_integers, _on, check_batch_len, to_host
 from .checkpoint import (
     hf_to_unimask,
     normalize_hf_names,
@@ -108,8 +108,7 @@ def _check_decoder_len(decoder_len, B: int, Ld: int) -> torch.Tensor:
     (``TypeError``/``ValueError`` naming the value); the values are read on the host: no device
     read for a CPU tensor, one transfer for a device one (:func:`unimask.masks.to_host`)."""
     decoder_len = torch.as_tensor(decoder_len)
-    if decoder_len.dtype.is_floating_point or decoder_len.dtype.is_complex or decoder_len.dtype == torch.bool:
-        raise TypeError(f"decoder_len must hold integers, got dtype {decoder_len.dtype}")
+    _check_integers("decoder_len", decoder_len)
     check_batch_len("decoder_len", decoder_len, B, "decoder_input_ids has B = {} rows")
     (host,) = to_host(decoder_len)
     bad = (host < 0) | (host > Ld)
