@@ -167,9 +167,11 @@ def select_backend(q: torch.Tensor, backend: str | None = None) -> str:
     return "triton"
 
 
-def _check_deterministic(deterministic) -> None:
+def _kernel_backward(deterministic) -> str:
+    """The kernel's ``backward=`` for ``deterministic`` (a bool, else ``TypeError``)."""
     if not isinstance(deterministic, bool):
         raise TypeError(f"deterministic must be a bool, got {type(deterministic).__name__} {deterministic!r}")
+    return "deterministic" if deterministic else "atomic_dq"
 
 
 def unified_attention(
@@ -222,7 +224,7 @@ def unified_attention(
     """
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
-    _check_deterministic(deterministic)
+    backward = _kernel_backward(deterministic)
     _check_qkv(q, k, v)
     if check:
         check_mask_args(attn_mode, src_len, seq_len, q.shape[2], batch=q.shape[0])
@@ -230,8 +232,7 @@ def unified_attention(
         check_per_sample(attn_mode, src_len, seq_len, q.shape[0])
     path = select_backend(q, backend)
     if path == "triton":
-        return _kernel_module().attention(q, k, v, attn_mode, src_len, seq_len, scale, dropout_p,
-                                          backward="deterministic" if deterministic else "atomic_dq")
+        return _kernel_module().attention(q, k, v, attn_mode, src_len, seq_len, scale, dropout_p, backward=backward)
     if path == "sdpa":
         return sdpa_attention(q, k, v, attn_mode, src_len, seq_len, scale, dropout_p)
     return reference_attention(q, k, v, attn_mode, src_len, seq_len, scale, dropout_p)
@@ -396,7 +397,7 @@ def unified_attention_varlen(
     """
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
-    _check_deterministic(deterministic)
+    backward = _kernel_backward(deterministic)
     if check:
         cu, _, mode, src, max_seqlen = _check_varlen(q, k, v, cu_seqlens, attn_mode, src_len, max_seqlen)
     elif max_seqlen is None:
@@ -406,8 +407,7 @@ def unified_attention_varlen(
         cu, mode, src, max_seqlen = torch.as_tensor(cu_seqlens), attn_mode, src_len, int(max_seqlen)
     path = select_backend(q, backend)
     if path == "triton":
-        return _kernel_module().attention_varlen(q, k, v, cu, mode, src, max_seqlen, scale, dropout_p,
-                                                 backward="deterministic" if deterministic else "atomic_dq")
+        return _kernel_module().attention_varlen(q, k, v, cu, mode, src, max_seqlen, scale, dropout_p, backward=backward)
     if path == "sdpa":
         return _batched_varlen(sdpa_attention, q, k, v, cu, mode, src, scale, dropout_p)
     return reference_attention_varlen(q, k, v, cu, mode, src, scale, dropout_p)
