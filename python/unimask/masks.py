@@ -244,6 +244,29 @@ def check_per_document(attn_mode: Any, src_len: Any, cu_seqlens: Any) -> None:
         check_batch_len(name, t, len(cu_seqlens) - 1, "cu_seqlens describes N = {} documents")
 
 
+def _row_bounds(mode: torch.Tensor, src: torch.Tensor, seq: torch.Tensor, L: int,
+                padded_rows: str = "empty") -> tuple[torch.Tensor, torch.Tensor]:
+    """Each query row's visible keys as one interval ``[lo, hi)``: two int64 tensors ``[B, L]``.
+
+    Every UNILM mask row is contiguous: bidirectional ``[0, seq)``, left_to_right ``[0, i+1)``,
+    right_to_left ``[i, seq)``, seq2seq ``[0, src)`` for ``i < src`` else ``[0, i+1)``; all
+    four are ``[lo, max(i + 1, reach))`` with ``lo = i`` for right_to_left (else 0) and the
+    per-sample ``reach`` = ``seq`` (bidirectional, right_to_left), ``src`` (seq2seq) or 0
+    (left_to_right). Padded query rows (``i >= seq``) get ``[0, 0)`` (``padded_rows="empty"``,
+    the mask's definition) or ``[0, L)`` (``"all"``: a row SDPA can softmax over; the caller
+    zeroes its output). ``mode``, ``src``, ``seq``: int64 ``[B]`` on one device, not checked
+    here (a mode outside 0..3 reads as bidirectional)."""
+    i = torch.arange(L, device=mode.device)
+    mode, src, seq = mode[:, None], src[:, None], seq[:, None]
+    reach = torch.where(mode == SEQ2SEQ, src, torch.where(mode == LEFT_TO_RIGHT, torch.zeros_like(seq), seq))
+    hi = torch.maximum(i + 1, reach)
+    lo = i * (mode == RIGHT_TO_LEFT)
+    valid = i < seq
+    if padded_rows == "empty":
+        return lo, hi * valid
+    return lo * valid, torch.where(valid, hi, L)
+
+
 def dense_mask(
     attn_mode: torch.Tensor, src_len: torch.Tensor, seq_len: torch.Tensor, L: int,
     batch: int | None = None,
@@ -251,20 +274,11 @@ def dense_mask(
     """Boolean mask ``[B, L, L]``, ``True`` where query ``i`` (dim 1) may attend to key ``j`` (dim 2).
 
     The O(B*L^2) form of the three integers, used by the reference attention path and tests.
-    ``batch``: the expected ``B`` (see :func:`check_mask_args`).
+    ``batch``: the expected ``B`` (see :func:`check_mask_args`). Built from each row's key
+    interval (``lo <= j < hi``, a few O(B*L) ops for the bounds, then two comparisons over
+    ``B*L*L``).
     """
     mode, src, seq = check_mask_args(attn_mode, src_len, seq_len, L, batch=batch)
-    dev = mode.device
-    i = torch.arange(L, device=dev).view(1, L, 1)
-    j = torch.arange(L, device=dev).view(1, 1, L)
-    mode = mode.view(-1, 1, 1)
-    src = src.view(-1, 1, 1)
-    seq = seq.view(-1, 1, 1)
-    valid = (i < seq) & (j < seq)
-    s2s = torch.where(i < src, j < src, j <= i)
-    rule = torch.where(
-        mode == BIDIRECTIONAL,
-        torch.ones_like(s2s),
-        torch.where(mode == LEFT_TO_RIGHT, j <= i, torch.where(mode == RIGHT_TO_LEFT, j >= i, s2s)),
-    )
-    return valid & rule
+    lo, hi = _row_bounds(mode, src, seq, L)
+    j = torch.arange(L, device=mode.device)
+    return (j >= lo[..., None]) & (j < hi[..., None])
