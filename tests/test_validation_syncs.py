@@ -357,7 +357,7 @@ def test_trainer_leaves_the_mask_integers_on_the_host():
     with FakeDevice() as fake:
         moved = t._to_device(batch)
         assert fake.blocking == 0
-        host = {"attention_mask", "attn_mode", "src_len", "seq_len", "num_tokens", "labels"}
+        host = {"attention_mask", "attn_mode", "src_len", "seq_len", "num_tokens", "labels", "input_ids"}
         assert {k for k, v in moved.items() if not on_dev(v)} == host
         assert all(moved[k] is batch[k] for k in host)
         # what the model then does with them: validated without a read, copied without waiting
@@ -445,7 +445,7 @@ def test_trainer_leaves_mass_fields_on_the_host():
     with FakeDevice() as fake:
         moved = t._to_device(batch)
         assert fake.blocking == 0
-    host = {"attention_mask", "decoder_len", "decoder_labels"}
+    host = {"attention_mask", "decoder_len", "decoder_labels", "input_ids", "decoder_input_ids", "decoder_positions"}
     assert {k for k, v in moved.items() if not on_dev(v)} == host
 
 

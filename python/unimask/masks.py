@@ -48,6 +48,7 @@ __all__ = [
     "check_batch_len",
     "check_per_sample",
     "check_per_document",
+    "check_indices",
 ]
 
 
@@ -265,6 +266,29 @@ def _row_bounds(mode: torch.Tensor, src: torch.Tensor, seq: torch.Tensor, L: int
     if padded_rows == "empty":
         return lo, hi * valid
     return lo * valid, torch.where(valid, hi, L)
+
+
+def check_indices(name: str, t: torch.Tensor, size: int, what: str) -> torch.Tensor:
+    """The embedding indices ``t`` (the argument ``name``, ``[B, L]``) as a tensor that
+    ``nn.Embedding`` takes, after checking they are integers in ``[0, size)``.
+
+    ``TypeError`` naming ``name`` and the dtype for bool, floating and complex tensors. Integer
+    dtypes ``nn.Embedding`` rejects (the tokenizer's uint32 ids and uint8 segment ids, int8,
+    int16, uint16, uint64) are converted to int64; int32 and int64 are kept. The range is checked
+    only where it costs no device synchronisation: on a CPU tensor (a min/max over ``B * L``),
+    with a ``ValueError`` naming the first offending entry (row-major), its ``[row, column]``
+    and ``what`` (the config field that is the bound). A tensor on an accelerator is not read.
+    """
+    _check_integers(name, t)
+    wide = t if t.dtype in (torch.int64, torch.int32) else t.to(torch.int64)
+    if wide.device.type != "cpu" or wide.numel() == 0:
+        return wide
+    lo, hi = torch.aminmax(wide)
+    if int(lo) < 0 or int(hi) >= size:
+        r, c = ((wide < 0) | (wide >= size)).nonzero()[0].tolist()
+        value = int(wide[r, c]) + (2 ** 64 if t.dtype == torch.uint64 and int(wide[r, c]) < 0 else 0)
+        raise ValueError(f"{name}[{r}, {c}] = {value} is outside [0, {size}) ({what} = {size})")
+    return wide
 
 
 def dense_mask(

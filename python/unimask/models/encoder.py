@@ -28,7 +28,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..attention import check_cu_seqlens, unified_attention, unified_attention_varlen
-from ..masks import _on, _placed, check_mask_args, check_right_padding, to_host
+from ..masks import (
+    _on,
+    _placed,
+    check_indices,
+    check_mask_args,
+    check_right_padding,
+    to_host,
+)
 from .config import EncoderConfig
 
 __all__ = [
@@ -181,7 +188,11 @@ def resolve_packed_args(
 
 
 class Embeddings(nn.Module):
-    """Token + absolute position + segment embeddings, then LayerNorm and dropout (BERT)."""
+    """Token + absolute position + segment embeddings, then LayerNorm and dropout (BERT).
+
+    The index tensors are validated by :meth:`check_inputs` (once per forward: the encoder
+    calls it before its layers, and :meth:`forward` unless told they are ``checked``).
+    """
 
     def __init__(self, config: EncoderConfig) -> None:
         super().__init__()
@@ -191,8 +202,67 @@ class Embeddings(nn.Module):
         self.ln = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.drop = nn.Dropout(config.hidden_dropout_prob)
 
+    def check_inputs(
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        *,
+        names: tuple[str, str, str] = ("input_ids", "token_type_ids", "position_ids"),
+        max_position: tuple[int, str] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Validate the three index tensors and place them on the embeddings' device.
+
+        ``input_ids`` ``[B, L]``; ``token_type_ids`` the same shape; ``position_ids`` ``[B, L]``
+        or ``[1, L]`` (``ValueError`` naming both shapes otherwise). Integers only (``TypeError``
+        naming the argument and the dtype); dtypes ``nn.Embedding`` rejects (e.g. the
+        tokenizer's uint32 ids and uint8 segment ids) are converted to int64
+        (:func:`unimask.masks.check_indices`). Ranges ``0 <= input_ids < vocab_size``,
+        ``0 <= token_type_ids < type_vocab_size``, ``0 <= position_ids <
+        max_position_embeddings`` (or ``max_position``: ``(bound, name of the bound)``) are
+        checked on CPU tensors, with a ``ValueError`` naming the first offending value and its
+        ``[row, column]``, and those tensors are then copied to the device without waiting
+        (pinned, ``non_blocking``: no device synchronisation). Tensors already on an
+        accelerator are not range-checked (that would read them back, a synchronisation): an
+        out-of-range index there is a device-side assert. ``names``: the arguments' names in
+        the messages (MASS's decoder passes its own).
+        """
+        ids_name, types_name, pos_name = names
+        for name, t in zip(names, (input_ids, token_type_ids, position_ids)):
+            if t is not None and not isinstance(t, torch.Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor of integers, got {type(t).__name__}")
+        if input_ids.dim() != 2:
+            raise ValueError(f"{ids_name} must be [batch, length], got shape {tuple(input_ids.shape)}")
+        shape = tuple(input_ids.shape)
+        if token_type_ids is not None and tuple(token_type_ids.shape) != shape:
+            raise ValueError(
+                f"{types_name} must have the shape of {ids_name} {shape}, got {tuple(token_type_ids.shape)}"
+            )
+        if position_ids is not None and (position_ids.dim() != 2 or position_ids.shape[1] != shape[1]
+                                         or position_ids.shape[0] not in (shape[0], 1)):
+            raise ValueError(
+                f"{pos_name} must have shape {shape} or {(1, shape[1])} (the shape of {ids_name}, or one row "
+                f"for every row), got {tuple(position_ids.shape)}"
+            )
+        bound, bound_name = max_position or (self.position.num_embeddings, "max_position_embeddings")
+        device = self.word.weight.device
+        out = []
+        for name, t, size, what in ((ids_name, input_ids, self.word.num_embeddings, "vocab_size"),
+                                    (types_name, token_type_ids, self.token_type.num_embeddings, "type_vocab_size"),
+                                    (pos_name, position_ids, bound, bound_name)):
+            if t is not None:
+                t = check_indices(name, t, size, what)
+                if t.device.type == "cpu":  # checked on the host: sent over without waiting
+                    t = _on(t, device)
+            out.append(t)
+        return out[0], out[1], out[2]
+
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None) -> torch.Tensor:
+                position_ids: torch.Tensor | None = None, *, checked: bool = False) -> torch.Tensor:
+        """Embeddings ``[B, L, H]``; ``checked``: the indices already went through
+        :meth:`check_inputs` (the encoder's forward), so they are not validated again."""
+        if not checked:
+            input_ids, token_type_ids, position_ids = self.check_inputs(input_ids, token_type_ids, position_ids)
         B, L = input_ids.shape
         if position_ids is None:
             if L > self.position.num_embeddings:
@@ -336,8 +406,9 @@ class TransformerEncoder(nn.Module):
         """Encode a right-padded batch, or documents packed into rows (``cu_seqlens``).
 
         Args:
-            input_ids: int ``[B, L]``.
-            token_type_ids: int ``[B, L]`` segment ids (UNILM uses them to mark the LM mode).
+            input_ids: int ``[B, L]``, each in ``[0, vocab_size)``.
+            token_type_ids: int ``[B, L]`` segment ids (UNILM uses them to mark the LM mode),
+                each in ``[0, type_vocab_size)``.
             attention_mask: HF-style ``[B, L]`` right-padding mask; gives ``seq_len``.
             attn_mode, src_len, seq_len: int ``[B]`` per-sample mask of :mod:`unimask.masks`.
             output_hidden_states: also return the embeddings output and every layer's output.
@@ -352,9 +423,40 @@ class TransformerEncoder(nn.Module):
                 varlen path, or the reference document by document); ``position_ids`` default
                 to positions restarting at each document. Replaces ``attention_mask`` /
                 ``seq_len``; not with ``cache``.
+
+        The index tensors (``input_ids``, ``token_type_ids``, ``position_ids`` or
+        ``cache_positions``, which must then be below the cache's ``max_len``) are validated
+        once per forward by :meth:`Embeddings.check_inputs`: shapes, integer dtypes (narrow and
+        unsigned ones, e.g. the tokenizer's uint32 ids, converted), and on CPU tensors the
+        ranges, after which they are copied to the model's device without waiting. Indices
+        already on an accelerator are not range-checked (no device synchronisation is spent on
+        them): an out-of-range one is a device-side assert there.
         """
-        if input_ids.dim() != 2:
-            raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
+        position_name, position_bound = "position_ids", None
+        if cache_positions is not None:
+            if cache is None:
+                raise ValueError("cache_positions (incremental decoding) needs the cache they index (cache=)")
+            if position_ids is not None:
+                raise ValueError("position_ids and cache_positions both given: with a cache, cache_positions are "
+                                 "the positions")
+            position_ids, position_name = cache_positions, "cache_positions"
+            position_bound = (min(cache.max_len, self.config.max_position_embeddings),
+                              "the cache's max_len" if cache.max_len < self.config.max_position_embeddings
+                              else "max_position_embeddings")
+        # the indices, validated once per forward (on the host for CPU tensors, then sent to the
+        # model's device without waiting); the layers and the mask integers use their device
+        input_ids, token_type_ids, position_ids = self.embeddings.check_inputs(
+            input_ids, token_type_ids, position_ids, names=("input_ids", "token_type_ids", position_name),
+            max_position=position_bound,
+        )
+        if cache_positions is not None:
+            cache_positions = position_ids
+        if cache is not None:
+            B, L = input_ids.shape
+            if cache.k and cache.k[0].shape[0] != B:
+                raise ValueError(f"the cache holds {cache.k[0].shape[0]} sequences but input_ids has B = {B} rows")
+            if cache_positions is None and L > cache.max_len:
+                raise ValueError(f"input_ids has {L} columns but the cache holds max_len = {cache.max_len} positions")
         packed = None
         if cu_seqlens is not None:
             if attention_mask is not None or seq_len is not None or cache is not None or cache_positions is not None:
@@ -371,7 +473,7 @@ class TransformerEncoder(nn.Module):
             attn_mode, src_len, seq_len = resolve_mask_args(  # validated here, once per forward
                 tuple(input_ids.shape), attention_mask, attn_mode, src_len, seq_len, input_ids.device
             )
-        x = self.embeddings(input_ids, token_type_ids, position_ids)
+        x = self.embeddings(input_ids, token_type_ids, position_ids, checked=True)
         hidden = [x] if output_hidden_states else None
         for i, layer in enumerate(self.layers):
             layer_cache = (cache.k[i], cache.v[i]) if cache is not None else None

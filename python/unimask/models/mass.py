@@ -138,10 +138,12 @@ class MassSeq2Seq(nn.Module):
     """
 
     #: Batch fields the forward reads only on the host (validated there, or the labelled
-    #: positions found there, then copied to the device without waiting):
+    #: positions found there, then copied to the device without waiting; the embedding indices
+    #: range-checked there by :meth:`unimask.models.encoder.Embeddings.check_inputs`):
     #: :class:`unimask.training.Trainer` leaves them on the CPU, so the forward needs no device
     #: synchronisation (see ``_EncoderWithLMHead.host_batch_keys``).
-    host_batch_keys = frozenset({"attention_mask", "seq_len", "decoder_len", "decoder_labels"})
+    host_batch_keys = frozenset({"attention_mask", "seq_len", "decoder_len", "decoder_labels",
+                                 "input_ids", "token_type_ids", "decoder_input_ids", "decoder_positions"})
 
     def __init__(self, config: EncoderConfig, num_decoder_layers: int | None = None) -> None:
         super().__init__()
@@ -171,10 +173,14 @@ class MassSeq2Seq(nn.Module):
                slots: torch.Tensor | None = None) -> torch.Tensor:
         """Decoder hidden states ``[B, Ld, H]``. With ``cache`` + ``slots`` (step index per
         token) it decodes incrementally; without, the whole span at once (causal)."""
+        # the indices validated once here (CPU ones on the host, then sent to the model's device)
+        emb = self.encoder.embeddings
+        decoder_input_ids, _, decoder_positions = emb.check_inputs(
+            decoder_input_ids, None, decoder_positions, names=("decoder_input_ids", "token_type_ids", "decoder_positions"))
         B, Ld = decoder_input_ids.shape
         # validated once here (not in incremental decoding); the decoder layers skip per-layer checks
         decoder_len = _decoder_lengths(decoder_len, B, Ld, decoder_input_ids.device, validate=slots is None)
-        x = self.encoder.embeddings(decoder_input_ids, None, decoder_positions)
+        x = emb(decoder_input_ids, None, decoder_positions, checked=True)
         for i, layer in enumerate(self.decoder):
             c = (cache.k[i], cache.v[i]) if cache is not None else None
             x = layer(x, decoder_len, memory.kv[i], memory.enc_len, c, slots)

@@ -94,13 +94,16 @@ class _EncoderWithLMHead(nn.Module):
     has_nsp = True
     #: Batch fields the forward reads only on the host (the mask integers and the attention
     #: mask, validated there and then copied to the device by the model itself, without
-    #: waiting; the MLM ``labels``, whose labelled positions are found there:
+    #: waiting; the embedding indices ``input_ids`` / ``token_type_ids`` / ``position_ids``,
+    #: range-checked there by :meth:`unimask.models.encoder.Embeddings.check_inputs` and copied the
+    #: same way; the MLM ``labels``, whose labelled positions are found there:
     #: :func:`unimask.models.heads.gather_labelled`) or not at all (the packing collator's
     #: per-row counts, ``doc_lengths``): :class:`unimask.training.Trainer` leaves them on the
     #: CPU, so neither validating them nor selecting the predicted positions needs a device
     #: synchronisation.
     host_batch_keys = frozenset({"attn_mode", "src_len", "seq_len", "cu_seqlens", "attention_mask", "labels",
-                                 "num_documents", "num_tokens", "doc_lengths"})
+                                 "num_documents", "num_tokens", "doc_lengths",
+                                 "input_ids", "token_type_ids", "position_ids"})
 
     def __init__(self, config: EncoderConfig) -> None:
         super().__init__()
