@@ -58,6 +58,7 @@ _EXPORTS: dict[str, str] = {
     "UnifiedLM": "models",
     "CausalLM": "models",
     "MassSeq2Seq": "models",
+    "set_gradient_checkpointing": "models",
     # fine-tuning
     "SequenceClassifier": "finetune",
     "TokenClassifier": "finetune",

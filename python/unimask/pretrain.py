@@ -365,6 +365,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="auto: bf16 (or fp16) autocast on CUDA, fp32 elsewhere; bf16 and fp16 need a CUDA device")
     p.add_argument("--distributed", choices=("ddp", "fsdp"), default="ddp", help="under torchrun")
     p.add_argument("--threads", type=number(int, 1), default=None, help="torch CPU threads")
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="recompute each layer's activations in the backward instead of keeping them "
+                        "(less memory, one more forward per step; same losses)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -411,6 +414,7 @@ def run(args: argparse.Namespace) -> int:
     import torch  # noqa: PLC0415
 
     from .corpus import demo_corpus_path  # noqa: PLC0415
+    from .models import set_gradient_checkpointing  # noqa: PLC0415
     from .training import Trainer, TrainingConfig  # noqa: PLC0415
 
     corpus = args.corpus or demo_corpus_path("en")
@@ -474,6 +478,8 @@ def run(args: argparse.Namespace) -> int:
         f"{len(held_docs)} held-out documents, {n_train} sentences), {world} process(es), device {device or 'auto'}")
 
     model = build_model(args.objective, special.vocab_size, args.max_length, args.hidden, args.layers, args.heads)
+    if args.gradient_checkpointing:
+        set_gradient_checkpointing(model)
     say(f"model: {type(model).__name__}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters")
     cfg = TrainingConfig(max_steps=args.steps, lr=args.lr, warmup_steps=min(args.warmup, args.steps),
                          grad_accum=args.grad_accum, precision=args.precision, eval_every=args.eval_every,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .config import EncoderConfig
-from .encoder import EncoderOutput, KVCache, TransformerEncoder
+from .encoder import EncoderOutput, KVCache, TransformerEncoder, set_gradient_checkpointing
 from .mass import MassSeq2Seq
 from .pretraining import BertForPretraining, CausalLM, PretrainingOutput, UnifiedLM
 
@@ -12,6 +12,7 @@ __all__ = [
     "EncoderOutput",
     "KVCache",
     "TransformerEncoder",
+    "set_gradient_checkpointing",
     "PretrainingOutput",
     "BertForPretraining",
     "UnifiedLM",

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..attention import check_cu_seqlens, unified_attention, unified_attention_varlen
 from ..masks import (
@@ -185,6 +186,40 @@ def resolve_packed_args(
     positions = (torch.arange(B * L) - starts).view(B, L)
     packed = PackedRows(_placed(cu_seqlens, host, device), max_seqlen)
     return packed, _placed(attn_mode, mode, device), _placed(src_len, src, device), _on(positions, device)
+
+
+def run_layer(layer: nn.Module, checkpointed: bool, *args) -> torch.Tensor:
+    """``layer(*args)``, or with ``checkpointed`` (activation checkpointing) through PyTorch's
+    non-reentrant ``torch.utils.checkpoint.checkpoint``: the layer keeps only its inputs for
+    the backward and runs its forward again there, trading one more forward per layer for the
+    activation memory of all but one layer (Chen et al. 2016, arXiv 1604.06174). The RNG state
+    is saved and restored around the recomputation, so dropout (``nn.Dropout``, SDPA's, and
+    the Triton kernel's seed, drawn from the device generator) draws the same masks again and
+    the gradients equal those of the plain call. Off when autograd is not recording
+    (inference, ``torch.no_grad``), where there is nothing to save."""
+    if checkpointed and torch.is_grad_enabled():
+        return checkpoint(layer, *args, use_reentrant=False)
+    return layer(*args)
+
+
+def set_gradient_checkpointing(model: nn.Module, enabled: bool = True) -> int:
+    """Switch activation checkpointing (:func:`run_layer`) on or off in every unimask encoder
+    and MASS decoder inside ``model`` (a pretraining model, a fine-tuning head, a multi-task
+    model, ...). Returns how many modules were switched.
+
+    Raises:
+        TypeError: ``enabled`` is not a bool.
+        ValueError: ``model`` holds no module with the switch.
+    """
+    if not isinstance(enabled, bool):
+        raise TypeError(f"enabled must be a bool, got {enabled!r}")
+    found = [m for m in model.modules() if callable(getattr(m, "gradient_checkpointing_enable", None))
+             and isinstance(getattr(m, "gradient_checkpointing", None), bool)]
+    if not found:
+        raise ValueError(f"{type(model).__name__} holds no unimask encoder: nothing to checkpoint")
+    for m in found:
+        m.gradient_checkpointing_enable() if enabled else m.gradient_checkpointing_disable()
+    return len(found)
 
 
 class Embeddings(nn.Module):
@@ -371,7 +406,21 @@ class TransformerEncoder(nn.Module):
         self.final_ln = (nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
                          if config.pre_layer_norm else None)
         self.pooler = nn.Linear(config.hidden_size, config.hidden_size) if config.add_pooler else None
+        #: activation checkpointing of every layer (:meth:`gradient_checkpointing_enable`)
+        self.gradient_checkpointing = False
         self.apply(self._init_weights)
+
+    def gradient_checkpointing_enable(self) -> None:
+        """Recompute each layer's activations in the backward instead of keeping them
+        (:func:`run_layer`; HF's method name). Training memory for activations falls from
+        every layer's to about one layer's plus each layer's input, at the cost of one more
+        forward per step; outputs and gradients are unchanged. Not used in incremental decoding
+        (``cache``) or without autograd. A runtime switch, not saved with the checkpoint."""
+        self.gradient_checkpointing = True
+
+    def gradient_checkpointing_disable(self) -> None:
+        """Keep every layer's activations again (the default)."""
+        self.gradient_checkpointing = False
 
     def _init_weights(self, module: nn.Module) -> None:
         """BERT init: N(0, initializer_range) weights, zero biases, LayerNorm (1, 0)."""
@@ -477,7 +526,8 @@ class TransformerEncoder(nn.Module):
         hidden = [x] if output_hidden_states else None
         for i, layer in enumerate(self.layers):
             layer_cache = (cache.k[i], cache.v[i]) if cache is not None else None
-            x = layer(x, attn_mode, src_len, seq_len, layer_cache, cache_positions, packed)
+            x = run_layer(layer, self.gradient_checkpointing and cache is None,
+                          x, attn_mode, src_len, seq_len, layer_cache, cache_positions, packed)
             if hidden is not None:
                 hidden.append(x)
         if self.final_ln is not None:

@@ -28,7 +28,7 @@ from .checkpoint import (
     write_config,
 )
 from .config import EncoderConfig
-from .encoder import KVCache, SelfAttention, TransformerEncoder, activation
+from .encoder import KVCache, SelfAttention, TransformerEncoder, activation, run_layer
 from .heads import MLMHead, gather_labelled
 from .pretraining import PretrainingOutput, _mean_ce
 
@@ -154,6 +154,19 @@ class MassSeq2Seq(nn.Module):
         self.lm = MLMHead(config)
         self.decoder.apply(self.encoder._init_weights)
         self.lm.apply(self.encoder._init_weights)
+        #: activation checkpointing of the decoder's layers (:meth:`gradient_checkpointing_enable`)
+        self.gradient_checkpointing = False
+
+    def gradient_checkpointing_enable(self) -> None:
+        """Activation checkpointing of every encoder and decoder layer
+        (:meth:`TransformerEncoder.gradient_checkpointing_enable`); not in incremental decoding."""
+        self.gradient_checkpointing = True
+        self.encoder.gradient_checkpointing_enable()
+
+    def gradient_checkpointing_disable(self) -> None:
+        """Keep every layer's activations again (the default)."""
+        self.gradient_checkpointing = False
+        self.encoder.gradient_checkpointing_disable()
 
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm(hidden, self.encoder.embeddings.word.weight)
@@ -183,7 +196,8 @@ class MassSeq2Seq(nn.Module):
         x = emb(decoder_input_ids, None, decoder_positions, checked=True)
         for i, layer in enumerate(self.decoder):
             c = (cache.k[i], cache.v[i]) if cache is not None else None
-            x = layer(x, decoder_len, memory.kv[i], memory.enc_len, c, slots)
+            x = run_layer(layer, self.gradient_checkpointing and cache is None,
+                          x, decoder_len, memory.kv[i], memory.enc_len, c, slots)
         return x
 
     def forward(self, input_ids: torch.Tensor, decoder_input_ids: torch.Tensor,
