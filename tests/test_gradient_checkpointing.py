@@ -263,3 +263,98 @@ def test_fsdp_two_ranks_with_checkpointing_trains_bitwise_the_same(tmp_path):
     assert ckpt["model"].keys() == plain["model"].keys()
     for k, v in plain["model"].items():
         assert torch.equal(ckpt["model"][k], v), k
+
+
+def _fortunes(n: int):
+    import json  # noqa: PLC0415
+
+    from unimask.finetune import Example  # noqa: PLC0415
+
+    rows = [json.loads(x) for x in (Path(__file__).parent / "fixtures" / "finetune" / "fortunes_train.jsonl")
+            .read_text().splitlines()[:n]]
+    return [Example(r["text"], None, r["label"], i + 1) for i, r in enumerate(rows)]
+
+
+def test_finetune_config_checkpointing_trains_the_same_classifier(minilm_dir):
+    """``FinetuneConfig(gradient_checkpointing=True)``: the same losses and weights as without,
+    through ULMFiT LM fine-tuning, the SiATL auxiliary LM and the task steps (dropout on)."""
+    from unimask.finetune import FinetuneConfig, LabelMap, finetune_classifier  # noqa: PLC0415
+    from unimask.tokenizer import WordPieceTokenizer  # noqa: PLC0415
+
+    tok = WordPieceTokenizer.from_pretrained(minilm_dir)
+    data = _fortunes(12)
+    runs = []
+    for flag in (False, True):
+        torch.manual_seed(5)
+        model = tiny_classifier(tok.vocab_size, LabelMap.from_examples(data))
+        cfg = FinetuneConfig(epochs=1, batch_size=4, max_length=24, seed=3, aux_lm_weight="siatl",
+                             lm_finetune_steps=2, gradient_checkpointing=flag)
+        out = finetune_classifier(model, tok, data, cfg)
+        runs.append(([h["loss"] for h in out["history"]], out["lm_losses"], model.state_dict(),
+                     model.encoder.gradient_checkpointing))
+    (want, want_lm, want_sd, was), (got, got_lm, got_sd, now) = runs
+    assert not was and now
+    assert got == want and got_lm == want_lm
+    assert all(torch.equal(got_sd[k], v) for k, v in want_sd.items())
+    with pytest.raises(ValueError, match="gradient_checkpointing must be True or False, got 'yes'"):
+        FinetuneConfig(gradient_checkpointing="yes")
+
+
+def tiny_classifier(vocab_size: int, label_map):
+    from unimask.finetune import SequenceClassifier  # noqa: PLC0415
+
+    return SequenceClassifier(EncoderConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2,
+                                            num_attention_heads=2, intermediate_size=64,
+                                            max_position_embeddings=64), label_map)
+
+
+@pytest.mark.slow
+def test_finetune_cli_flag(minilm_dir, tmp_path):
+    import json  # noqa: PLC0415
+
+    from unimask.cli import main  # noqa: PLC0415
+
+    rows = (Path(__file__).parent / "fixtures" / "finetune" / "fortunes_train.jsonl").read_text().splitlines()[:16]
+    data = tmp_path / "tiny.jsonl"
+    data.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    metrics = []
+    for name, extra in (("plain", []), ("ckpt", ["--gradient-checkpointing"])):
+        argv = ["finetune", "--model", str(minilm_dir), "--train", str(data), "--eval", str(data), "--epochs", "1",
+                "--output", str(tmp_path / name), "--max-length", "32", "--batch-size", "8", "--quiet", *extra]
+        assert main(argv) == 0
+        metrics.append(json.loads((tmp_path / name / "metrics.json").read_text()))
+    plain, ckpt = metrics
+    assert ckpt["config"]["gradient_checkpointing"] is True and plain["config"]["gradient_checkpointing"] is False
+    assert [h["loss"] for h in ckpt["history"]] == [h["loss"] for h in plain["history"]]
+
+
+def test_finetune_tagger_and_qa_loops_switch_it_on(minilm_dir):
+    """The tagging loop and the loss-only loop (QA, seq2seq) apply the config too, with the
+    same losses as without it."""
+    from unimask.finetune import FinetuneConfig, QuestionAnswering, TokenClassifier  # noqa: PLC0415
+    from unimask.finetune.tagging import TaggedSentence, finetune_tagger, tag_label_map  # noqa: PLC0415
+    from unimask.finetune.trainer import _train_task_loss_only  # noqa: PLC0415
+    from unimask.tokenizer import WordPieceTokenizer  # noqa: PLC0415
+
+    tok = WordPieceTokenizer.from_pretrained(minilm_dir)
+    sents = [TaggedSentence(["the", "cat", "sat", str(i)], ["O", "B-X", "O", "B-N"]) for i in range(8)]
+    lm = tag_label_map(sents)
+    enc = EncoderConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    runs = []
+    for flag in (False, True):
+        torch.manual_seed(1)
+        model = TokenClassifier(enc, lm)
+        out = finetune_tagger(model, tok, sents, FinetuneConfig(epochs=1, batch_size=4, max_length=16,
+                                                                gradient_checkpointing=flag))
+        runs.append(([h["loss"] for h in out["history"]], model.encoder.gradient_checkpointing))
+    assert runs[0][0] == runs[1][0] and runs == [(runs[0][0], False), (runs[0][0], True)]
+    qa = QuestionAnswering(enc)
+    g = torch.Generator().manual_seed(0)
+    batch = dict(input_ids=torch.randint(1000, 2000, (2, 12), generator=g), attention_mask=torch.ones(2, 12, dtype=torch.long),
+                 token_type_ids=torch.zeros(2, 12, dtype=torch.long), start_positions=torch.tensor([3, 4]),
+                 end_positions=torch.tensor([5, 6]))
+    _train_task_loss_only(qa, FinetuneConfig(epochs=1, batch_size=2, gradient_checkpointing=True), 2,
+                          lambda idx: (batch, 2), lambda b: qa(**b).loss)
+    assert qa.encoder.gradient_checkpointing
+

@@ -126,6 +126,9 @@ def add_finetune_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--pack", action="store_true",
                    help="classify/regress/tag: pack each batch's examples into rows of --max-length (fewer padded "
                         "tokens, the same training; unimask.packing)")
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="recompute each encoder layer's activations in the backward instead of keeping them "
+                        "(less memory, one more forward per step; the same training)")
     p.add_argument("--grad-accum", type=int, default=1,
                    help="micro-batches of --batch-size per optimizer step (effective batch = both multiplied)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
@@ -225,7 +228,8 @@ def _finetune_config(args: argparse.Namespace, **extra: Any):
         warmup_frac=args.warmup_frac, discriminative_lr=args.discriminative_lr,
         gradual_unfreeze=args.gradual_unfreeze, aux_lm_weight=args.aux_lm_weight,
         lm_finetune_steps=args.lm_finetune_steps, seed=args.seed, log_every=0 if args.quiet else 10,
-        precision=args.precision, grad_accum=args.grad_accum, pack=args.pack, **extra)
+        precision=args.precision, grad_accum=args.grad_accum, pack=args.pack,
+        gradient_checkpointing=args.gradient_checkpointing, **extra)
 
 
 def _fit_max_length(model, given: int | None, note: Callable[[str], None], default: int = DEFAULT_MAX_LENGTH,

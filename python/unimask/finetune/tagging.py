@@ -35,6 +35,7 @@ from .trainer import (
     _run_window,
     _single_task_training,
     _to,
+    _use_checkpointing,
     lm_finetune,
 )
 
@@ -339,6 +340,7 @@ def finetune_tagger(model: TokenClassifier, tokenizer, train: Sequence[TaggedSen
         raise ValueError("no training sentences")
     torch.manual_seed(cfg.seed)
     device = next(model.parameters()).device
+    _use_checkpointing(model, cfg)
     if unlabeled is None and cfg.cvt_unlabeled is not None:
         unlabeled = [e.text for e in load_unlabeled(cfg.cvt_unlabeled, cfg.cvt_text_field)]
     cvt = None

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..masks import _on
+from ..models.encoder import set_gradient_checkpointing
 from ..models.heads import MLMHead, gather_labelled
 from ..packing import pack_padded
 from ..training import _host_floats, configure_optimizers, linear_schedule
@@ -104,6 +105,7 @@ class FinetuneConfig:
     precision: str = "fp32"  # fp32 | bf16 (autocast of the forward passes, on CUDA or the CPU)
     grad_accum: int = 1  # micro-batches of batch_size per optimizer step
     pack: bool = False  # classification, regression, tagging: pack each batch's examples into rows of max_length
+    gradient_checkpointing: bool = False  # recompute each encoder layer's activations in the backward (less memory)
 
     def __post_init__(self) -> None:
         # every numeric field up front, as a ValueError naming it (a float epoch count, a NaN
@@ -121,7 +123,7 @@ class FinetuneConfig:
         self.cut_frac = _config_number("cut_frac", self.cut_frac, 0, 1, lo_open=True, hi_open=True)
         self.stlr_ratio = _config_number("stlr_ratio", self.stlr_ratio, 1)
         self.lr_decay = _config_number("lr_decay", self.lr_decay, 0, lo_open=True)
-        for flag in ("discriminative_lr", "gradual_unfreeze", "pack"):
+        for flag in ("discriminative_lr", "gradual_unfreeze", "pack", "gradient_checkpointing"):
             if not isinstance(getattr(self, flag), bool):
                 raise ValueError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
         if self.aux_lm_weight is not None and self.aux_lm_weight != "siatl":
@@ -259,6 +261,13 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch
     synchronises the device's stream, so it would wait, at every micro-batch, for all the work
     queued so far."""
     return {k: _on(v, device) for k, v in batch.items()}
+
+
+def _use_checkpointing(model: nn.Module, cfg: FinetuneConfig) -> None:
+    """``cfg.gradient_checkpointing``: activation checkpointing on in every encoder of ``model``
+    for the run (:func:`unimask.models.set_gradient_checkpointing`; it stays on afterwards)."""
+    if cfg.gradient_checkpointing:
+        set_gradient_checkpointing(model)
 
 
 def _autocast(cfg: FinetuneConfig, device: torch.device):
@@ -502,6 +511,7 @@ def _train_task_loss_only(model: nn.Module, cfg: FinetuneConfig, n_items: int,
     Optimizer, schedule and unfreezing as :func:`_single_task_training`. Returns the per-step
     history."""
     device = next(model.parameters()).device
+    _use_checkpointing(model, cfg)
     opt, sched, unfreezer, total, plan, acc = _single_task_training(model, cfg, n_items)
 
     def message(epoch: int, step: int, _idx: list[int], loss: float) -> str:
@@ -594,6 +604,7 @@ def lm_finetune(encoder: nn.Module, tokenizer, texts: Sequence[str], steps: int,
         return []
     if not texts:
         raise ValueError("lm_finetune needs target-domain texts")
+    _use_checkpointing(encoder, cfg)
     aux = AuxLM(encoder, tokenizer, cfg.mlm_probability, cfg.seed + 1)
     aux.head.to(encoder.embeddings.word.weight.device)
     enc = tokenizer.encode_batch(list(texts), max_length=cfg.max_length)
@@ -672,6 +683,7 @@ def finetune_classifier(model: SequenceClassifier, tokenizer, train: Sequence[Ex
         _check_pairs(eval_examples, "eval_examples")
     if cfg.pack and (extra_tasks or unlabeled is not None):
         raise ValueError("pack=True is for single-task fine-tuning (no extra tasks, no CVT)")
+    _use_checkpointing(model, cfg)
     if cfg.lm_finetune_steps:
         # every text of the training set is target-domain text: both sides of a pair
         texts = [t for e in train for t in (e.text, e.text_pair) if t is not None]
