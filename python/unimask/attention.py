@@ -4,7 +4,8 @@
 heads, GQA) and the three per-sample integers of :mod:`unimask.masks`. On CUDA with Triton it
 runs the fused kernel from ``unimask.kernels`` (FlashAttention-2 style, Dao 2023, with the UNILM
 masks of Dong et al. 2019 derived per tile); elsewhere it runs :func:`sdpa_attention` (PyTorch
-SDPA under the dense mask). :func:`reference_attention` is the plain oracle of the tests.
+SDPA under the mask built from each row's key interval, or no mask / SDPA's causal mask where
+the batch allows). :func:`reference_attention` is the plain oracle of the tests.
 Force a path with ``backend="triton"``/``"sdpa"``/``"reference"`` or the environment variable
 ``UNIMASK_ATTENTION_BACKEND``; :func:`select_backend` tells which path a call takes.
 """
@@ -13,10 +14,22 @@ from __future__ import annotations
 
 import math
 import os
+import threading
+from collections import OrderedDict
 
 import torch
 
-from .masks import check_mask_args, check_per_document, check_per_sample, dense_mask
+from .masks import (
+    BIDIRECTIONAL,
+    LEFT_TO_RIGHT,
+    _on,
+    _row_bounds,
+    check_mask_args,
+    check_per_document,
+    check_per_sample,
+    dense_mask,
+    to_host,
+)
 
 __all__ = [
     "unified_attention",
@@ -92,6 +105,67 @@ def reference_attention(
     return torch.matmul(probs, v)
 
 
+def _sdpa_mask(
+    mode: torch.Tensor, src: torch.Tensor, seq: torch.Tensor, L: int, device: torch.device
+) -> tuple[torch.Tensor | None, bool, torch.Tensor | None]:
+    """What :func:`sdpa_attention` hands SDPA for the three (unchecked) per-sample integers:
+    ``(attn_mask, is_causal, row_ok)``.
+
+    ``attn_mask``: boolean, ``[B, 1, L, L]`` built from each row's key interval
+    (:func:`unimask.masks._row_bounds`; padded query rows get every key, so SDPA's softmax has
+    no empty row), ``[B, 1, 1, L]`` (key padding only) when every sample is bidirectional, or
+    ``None``. ``is_causal``: SDPA's own causal mask instead. ``row_ok``: ``[B, 1, L, 1]``, 0 for
+    padded query rows (the output is multiplied by it), ``None`` when no row is padded.
+
+    The shortcuts need the integers' values: they are taken only when all three are CPU
+    tensors (reading those costs no device synchronisation) and ``torch.compile`` is not
+    tracing (a read would break the graph in every layer). Integers on an accelerator always
+    get the general masked path, without any read.
+    """
+    if mode.device.type == src.device.type == seq.device.type == "cpu" and not torch.compiler.is_compiling():
+        padded = not bool((seq == L).all())
+        bidirectional = bool((mode == BIDIRECTIONAL).all())
+        if not padded and bidirectional:
+            return None, False, None
+        if not padded and bool((mode == LEFT_TO_RIGHT).all()):
+            return None, True, None
+        i = torch.arange(L)
+        row_ok = _on((i < seq[:, None])[:, None, :, None], device) if padded else None
+        if bidirectional:  # every valid row sees [0, seq); padded rows too (seq = 0: every key)
+            keys = torch.where(seq > 0, seq, L)
+            return _on((i < keys[:, None])[:, None, None, :], device), False, row_ok
+        mode, src, seq = (_on(t, device) for t in (mode, src, seq))
+    else:
+        mode, src, seq = (t.to(device) for t in (mode, src, seq))
+        row_ok = (torch.arange(L, device=device) < seq[:, None])[:, None, :, None]
+    lo, hi = _row_bounds(mode, src, seq, L, padded_rows="all")
+    j = torch.arange(L, device=device)
+    return ((j >= lo[..., None]) & (j < hi[..., None]))[:, None], False, row_ok
+
+
+def _sdpa(q, k, v, attn_mask, is_causal, row_ok, scale, dropout_p) -> torch.Tensor:
+    """SDPA on ``[B, H, L, D]`` (k/v heads repeated for GQA) under :func:`_sdpa_mask`'s plan."""
+    H = q.shape[1]
+    if k.shape[1] != H:
+        rep = H // k.shape[1]
+        k = k.repeat_interleave(rep, dim=1)
+        v = v.repeat_interleave(rep, dim=1)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale
+    )
+    return out if row_ok is None else out * row_ok.to(out.dtype)
+
+
+def _mask_ints(attn_mode, src_len, seq_len, L: int, B: int,
+               check: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The three integers as int64 tensors: validated (:func:`check_mask_args`) when ``check``,
+    else only their lengths checked (no read, no sync) and their values taken as they are."""
+    if check:
+        return check_mask_args(attn_mode, src_len, seq_len, L, batch=B)
+    check_per_sample(attn_mode, src_len, seq_len, B)
+    return tuple(torch.as_tensor(t).to(torch.int64) for t in (attn_mode, src_len, seq_len))
+
+
 def sdpa_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -101,26 +175,31 @@ def sdpa_attention(
     seq_len: torch.Tensor,
     scale: float | None = None,
     dropout_p: float = 0.0,
+    *,
+    check: bool = True,
 ) -> torch.Tensor:
-    """PyTorch's fused ``scaled_dot_product_attention`` under :func:`unimask.masks.dense_mask`.
+    """PyTorch's fused ``scaled_dot_product_attention`` under the mask of the three integers.
 
-    The fast path where the Triton kernel cannot run (CPU, other devices): one fused op instead
-    of the reference's chain of element-wise passes, still O(B*L^2) for the mask. Rows of padded
-    queries see every key inside SDPA (so its softmax has no empty row) and are then multiplied
-    by 0: output and gradients of padded rows are exactly 0, as on the other paths.
+    The fast path where the Triton kernel cannot run (CPU, other devices): one fused op. The
+    mask (O(B*L^2) in general) is built from each query row's key interval, and padded query
+    rows get every key inside SDPA (so its softmax has no empty row), then are multiplied by 0:
+    output and gradients of padded rows are exactly 0, as on the other paths. When the
+    integers are CPU tensors (their values cost no device synchronisation) the batch is
+    inspected first: no padded row means no multiplication; every sample bidirectional over
+    all ``L`` positions means no mask at all (``attn_mask=None``); every sample left_to_right
+    over all ``L`` positions means SDPA's ``is_causal=True``; every sample bidirectional with
+    padding means a ``[B, 1, 1, L]`` key-padding mask. Integers on an accelerator always take
+    the general masked path (no read).
+
+    ``check``: validate the integers (:func:`unimask.masks.check_mask_args`, which reads them
+    on the host). ``False`` (what :func:`unified_attention` passes, having validated them or
+    been told not to) checks only that each has ``B`` entries; invalid values then give wrong
+    results, not errors.
     """
     _check_qkv(q, k, v)
-    B, H, L, D = q.shape
-    mask = dense_mask(attn_mode, src_len, seq_len, L, batch=B).to(q.device)[:, None]  # [B, 1, L, L]
-    row_ok = mask.any(dim=-1, keepdim=True)
-    if k.shape[1] != H:
-        rep = H // k.shape[1]
-        k = k.repeat_interleave(rep, dim=1)
-        v = v.repeat_interleave(rep, dim=1)
-    out = torch.nn.functional.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask | ~row_ok, dropout_p=dropout_p, scale=scale
-    )
-    return out * row_ok.to(out.dtype)
+    B, _, L, _ = q.shape
+    mode, src, seq = _mask_ints(attn_mode, src_len, seq_len, L, B, check)
+    return _sdpa(q, k, v, *_sdpa_mask(mode, src, seq, L, q.device), scale, dropout_p)
 
 
 def _kernel_module():
@@ -234,7 +313,7 @@ def unified_attention(
     if path == "triton":
         return _kernel_module().attention(q, k, v, attn_mode, src_len, seq_len, scale, dropout_p, backward=backward)
     if path == "sdpa":
-        return sdpa_attention(q, k, v, attn_mode, src_len, seq_len, scale, dropout_p)
+        return sdpa_attention(q, k, v, attn_mode, src_len, seq_len, scale, dropout_p, check=False)
     return reference_attention(q, k, v, attn_mode, src_len, seq_len, scale, dropout_p)
 
 
@@ -312,33 +391,72 @@ def _length_buckets(lens: list[int]) -> dict[int, list[int]]:
     return buckets
 
 
-def _batched_varlen(attn, q, k, v, cu, mode, src, scale, dropout_p) -> torch.Tensor:
-    """``attn`` (a padded-layout path) on packed documents, a few calls instead of one per
-    document: documents of similar length (one power-of-two bucket) are gathered into a padded
-    ``[n, H, L_b, D]`` batch (padding positions point at the document's first token; the mask's
-    ``seq_len`` hides them and their output rows are dropped), and the valid rows are put back
-    in place. Differentiable; a token's gradient flows only from its own document."""
-    cu_h = [int(x) for x in torch.as_tensor(cu).tolist()]
-    lens = [b - a for a, b in zip(cu_h, cu_h[1:])]
-    mode_d = torch.as_tensor(mode).to(device="cpu", dtype=torch.int64)
-    src_d = torch.as_tensor(src).to(device="cpu", dtype=torch.int64)
-    rows, where = [], []
+#: The last few packed layouts' SDPA plans (:func:`_varlen_plan`), most recent last: a model's
+#: layers all attend over the same documents, so the grouping, gathers and masks are built once
+#: per forward, not once per layer. Keyed by content, so a new layout can never hit a stale plan.
+_VARLEN_PLANS: OrderedDict[tuple, tuple] = OrderedDict()
+_VARLEN_PLANS_KEPT = 2
+_VARLEN_LOCK = threading.Lock()
+
+
+@torch.compiler.disable  # host reads and a cache: run eagerly (one graph break, as the read always made)
+def _varlen_plan(cu, mode, src, device: torch.device) -> tuple:
+    """How :func:`_batched_varlen` runs packed documents: ``(buckets, where)``.
+
+    ``buckets``: per power-of-two length bucket (:func:`_length_buckets`), ``(idx, keep,
+    mask)``: ``idx`` ``[n, L_b]`` the token gathered at each padded position (padding points at
+    the document's first token), ``keep`` the flat positions ``[0, n * L_b)`` of the valid ones,
+    ``mask`` the bucket's :func:`_sdpa_mask` (padded rows are dropped, so never multiplied by 0).
+    ``where``: the valid tokens' indices, in the order of the buckets' rows. Reads ``cu``,
+    ``mode``, ``src`` on the host (one transfer); cached by their values (and ``device``, and
+    whether inference mode is on: inference tensors cannot be saved for a later backward).
+    """
+    cu_h, mode_h, src_h = (t.to(torch.int64) for t in to_host(
+        *(x if isinstance(x, torch.Tensor) else torch.as_tensor(x) for x in (cu, mode, src))))
+    cu_l = cu_h.tolist()
+    key = (device, torch.is_inference_mode_enabled(), tuple(cu_l), tuple(mode_h.tolist()), tuple(src_h.tolist()))
+    with _VARLEN_LOCK:
+        plan = _VARLEN_PLANS.get(key)
+        if plan is not None:
+            _VARLEN_PLANS.move_to_end(key)
+            return plan
+    lens = [b - a for a, b in zip(cu_l, cu_l[1:])]
+    buckets, where = [], []
     for _bucket, docs in sorted(_length_buckets(lens).items()):
         Lb = max(lens[d] for d in docs)  # pad to the bucket's longest document
-        start = torch.tensor([cu_h[d] for d in docs], dtype=torch.int64)
+        start = torch.tensor([cu_l[d] for d in docs], dtype=torch.int64)
         n = torch.tensor([lens[d] for d in docs], dtype=torch.int64)
         pos = torch.arange(Lb, dtype=torch.int64)
         valid = pos[None, :] < n[:, None]
-        idx = torch.where(valid, start[:, None] + pos[None, :], start[:, None]).to(q.device)
-        qb, kb, vb = (t[idx].transpose(1, 2) for t in (q, k, v))  # [n, H, Lb, D]
+        idx = torch.where(valid, start[:, None] + pos[None, :], start[:, None])
         sel = torch.tensor(docs, dtype=torch.int64)
-        o = attn(qb, kb, vb, mode_d[sel], src_d[sel], n, scale, dropout_p).transpose(1, 2)  # [n, Lb, H, D]
-        valid = valid.to(q.device)
-        rows.append(o[valid])
+        attn_mask, is_causal, _ = _sdpa_mask(mode_h[sel], src_h[sel], n, Lb, device)
+        buckets.append((_on(idx, device), _on(valid.reshape(-1).nonzero()[:, 0], device), (attn_mask, is_causal, None)))
         where.append(idx[valid])
-    if not rows:
+    plan = (buckets, _on(torch.cat(where), device) if where else None)
+    with _VARLEN_LOCK:
+        _VARLEN_PLANS[key] = plan
+        while len(_VARLEN_PLANS) > _VARLEN_PLANS_KEPT:
+            _VARLEN_PLANS.popitem(last=False)
+    return plan
+
+
+def _batched_varlen(q, k, v, cu, mode, src, scale, dropout_p) -> torch.Tensor:
+    """SDPA on packed documents, a few calls instead of one per document: documents of similar
+    length (one power-of-two bucket) are gathered into a padded ``[n, H, L_b, D]`` batch
+    (:func:`_varlen_plan`: padding positions point at the document's first token, the mask hides
+    them and their output rows are dropped), and the valid rows are put back in place.
+    Differentiable; a token's gradient flows only from its own document. The integers are not
+    validated here."""
+    buckets, where = _varlen_plan(cu, mode, src, q.device)
+    if not buckets:
         return q.new_zeros(q.shape)
-    return q.new_zeros(q.shape).index_copy(0, torch.cat(where), torch.cat(rows))
+    rows = []
+    for idx, keep, mask in buckets:
+        qb, kb, vb = (t[idx].transpose(1, 2) for t in (q, k, v))  # [n, H, Lb, D]
+        o = _sdpa(qb, kb, vb, *mask, scale, dropout_p).transpose(1, 2)  # [n, Lb, H, D]
+        rows.append(o.reshape(-1, *o.shape[2:]).index_select(0, keep))
+    return q.new_zeros(q.shape).index_copy(0, where, torch.cat(rows))
 
 
 def sdpa_attention_varlen(
@@ -358,7 +476,7 @@ def sdpa_attention_varlen(
     per document, as :func:`reference_attention_varlen` makes); each document sees only itself,
     with its own mode. Reads ``cu_seqlens`` on the host."""
     cu, _, mode, src, _ = _check_varlen(q, k, v, cu_seqlens, attn_mode, src_len, None)
-    return _batched_varlen(sdpa_attention, q, k, v, cu, mode, src, scale, dropout_p)
+    return _batched_varlen(q, k, v, cu, mode, src, scale, dropout_p)
 
 
 def unified_attention_varlen(
@@ -409,5 +527,5 @@ def unified_attention_varlen(
     if path == "triton":
         return _kernel_module().attention_varlen(q, k, v, cu, mode, src, max_seqlen, scale, dropout_p, backward=backward)
     if path == "sdpa":
-        return _batched_varlen(sdpa_attention, q, k, v, cu, mode, src, scale, dropout_p)
+        return _batched_varlen(q, k, v, cu, mode, src, scale, dropout_p)
     return reference_attention_varlen(q, k, v, cu, mode, src, scale, dropout_p)
