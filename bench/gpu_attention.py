@@ -639,6 +639,63 @@ def packed_model_check(torch, res: "Results", D_: Dev) -> None:
             f"vs reference {row['vs_reference_max_err']:.2e} grad (relative, worst of {len(rel)}: {worst}) {rel[worst]:.2e}")
 
 
+def checkpoint_check(torch, res: "Results", D_: Dev) -> None:
+    """Activation checkpointing (``unimask.set_gradient_checkpointing``) on the kernel path with
+    dropout 0.1: a UnifiedLM training step with it gives bitwise the loss and every gradient of
+    the step without it (the recomputation restores the CUDA RNG, so the kernel's seed tensor is
+    drawn again the same), each layer runs twice (forward, recomputation), and the peak CUDA
+    memory of the step (``max_memory_allocated`` above the model's) is recorded both ways."""
+    name = "activation checkpointing on the kernel path (UnifiedLM step, dropout 0.1)"
+    with correctness_case(res, name) as row:
+        models = importlib.import_module("unimask.models")
+        dev = D_.name
+        B, L, Hd, nl, nh = (8, 1024, 512, 6, 8) if not D_.dry else (3, 24, 32, 2, 2)
+        V = 1000
+        cfg = models.EncoderConfig(vocab_size=V, hidden_size=Hd, num_hidden_layers=nl, num_attention_heads=nh,
+                                   intermediate_size=4 * Hd, max_position_embeddings=max(64, L), type_vocab_size=6,
+                                   attention_backend="triton")
+        torch.manual_seed(0)
+        model = models.UnifiedLM(cfg).to(dev).train()
+        g = torch.Generator().manual_seed(4)
+        mode, src, seq = make_batch(torch, B, L, seed=21)
+        ids = torch.randint(5, V, (B, L), generator=g)
+        labels = torch.where(torch.rand(B, L, generator=g) < 0.15, ids, -100)
+        batch = {"input_ids": ids.to(dev), "labels": labels, "attn_mode": mode, "src_len": src, "seq_len": seq}
+        layers = [m for m in model.modules() if type(m).__name__ == "EncoderLayer"]
+        calls = [0]
+        hooks = [m.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1)) for m in layers]
+
+        def step():
+            model.zero_grad(set_to_none=True)
+            D_.sync()
+            if not D_.dry:
+                torch.cuda.reset_peak_memory_stats()
+            base = 0 if D_.dry else torch.cuda.memory_allocated()
+            calls[0] = 0
+            torch.manual_seed(11)
+            with torch.autocast(dev, dtype=torch.bfloat16, enabled=not D_.dry):
+                loss = model(**batch).loss
+            loss.backward()
+            D_.sync()
+            peak = None if D_.dry else (torch.cuda.max_memory_allocated() - base) / 2**20
+            grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+            return loss.detach(), grads, calls[0], peak
+
+        step()  # compiles and autotunes the kernels outside the comparison
+        want_loss, want, plain_calls, plain_peak = step()
+        models.set_gradient_checkpointing(model)
+        got_loss, got, ckpt_calls, ckpt_peak = step()
+        for h in hooks:
+            h.remove()
+        equal = bool(torch.equal(got_loss, want_loss)) and got.keys() == want.keys() and all(
+            torch.equal(got[n], w) for n, w in want.items())
+        row.update(loss_and_grads_bitwise_equal=equal, layer_calls=[plain_calls, ckpt_calls],
+                   peak_mib_plain=plain_peak, peak_mib_checkpointed=ckpt_peak, shape=f"B{B} L{L} hidden {Hd} layers {nl}")
+        row["pass"] = equal and plain_calls == nl and ckpt_calls == 2 * nl
+        log(f"correctness {name}: {'PASS' if row['pass'] else 'FAIL'} bitwise={equal} layer calls "
+            f"{plain_calls}/{ckpt_calls} peak MiB plain {plain_peak} checkpointed {ckpt_peak} ({row['shape']})")
+
+
 def _error_bound(torch_lowp_err: float | None, ref_max: float) -> float:
     """Largest error the kernel may have against the high-precision reference: 2x PyTorch's own
     error computing it in the low precision, + 1e-3 (FlashAttention's criterion); fp32 inputs
@@ -647,7 +704,7 @@ def _error_bound(torch_lowp_err: float | None, ref_max: float) -> float:
 
 
 #: The correctness sections, in the order they run (``--checks`` picks some).
-CHECKS = ("kernel", "dropout", "graph", "compile", "syncs", "varlen", "packed_model", "flex")
+CHECKS = ("kernel", "dropout", "graph", "compile", "syncs", "checkpoint", "varlen", "packed_model", "flex")
 
 
 def correctness(torch, masks, attention, K, res: Results, quick: bool, D_: Dev, tuned_only: bool = False,
@@ -752,6 +809,8 @@ def correctness(torch, masks, attention, K, res: Results, quick: bool, D_: Dev, 
         compile_check(torch, attention, K, res, D_)
     if "syncs" in checks:
         sync_check(torch, res, D_)
+    if "checkpoint" in checks:
+        checkpoint_check(torch, res, D_)
     if "varlen" in checks:
         varlen_check(torch, attention, K, res, D_)
     if "packed_model" in checks:

@@ -30,9 +30,10 @@ def test_gpu_check_rehearses_on_the_cpu_without_errors(tmp_path, extra):
     res = json.loads((tmp_path / "gpu_attention.json").read_text())
     assert res["errors"] == [], res["errors"]
     assert res["correctness"] and all(c["pass"] for c in res["correctness"]), res["correctness"]
-    if not extra:  # the CUDA-graph replay and torch.compile sections ran (and passed, above)
+    if not extra:  # the CUDA-graph replay, torch.compile and checkpointing sections ran (and passed, above)
         cases = [c["case"] for c in res["correctness"]]
         assert any(c.startswith("CUDA graph replay") for c in cases) and any(c.startswith("torch.compile") for c in cases), cases
+        assert any(c.startswith("activation checkpointing") for c in cases), cases
     assert {row["batch"] for row in res["bench"]} == {"mixed", "l2r"}
     for row in res["bench"]:  # every backend ran (flex's backward has no CPU version)
         for name in ("unimask", "sdpa_mask", "flex"):
