@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from ..benchmarking import BenchCase
-from . import attention, collate, finetune, finetune_data, tokenizer
+from . import attention, collate, encoder, finetune, finetune_data, tokenizer
 
 __all__ = ["all_cases"]
 
 
 def all_cases() -> list[BenchCase]:
-    """Cases of every area: tokenizer, collators, attention, fine-tuning (FAQ retrieval, the
-    tagging and QA data paths)."""
-    return [*tokenizer.cases(), *collate.cases(), *attention.cases(), *finetune.cases(), *finetune_data.cases()]
+    """Cases of every area: tokenizer, collators, attention, encoder inference, fine-tuning
+    (FAQ retrieval, the tagging and QA data paths)."""
+    return [*tokenizer.cases(), *collate.cases(), *attention.cases(), *encoder.cases(), *finetune.cases(),
+            *finetune_data.cases()]
