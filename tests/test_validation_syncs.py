@@ -364,9 +364,11 @@ def test_trainer_leaves_the_mask_integers_on_the_host():
         mode, src, seq = resolve_mask_args((B, L), moved["attention_mask"], moved["attn_mode"], moved["src_len"],
                                            moved["seq_len"], DEV)
         assert (fake.reads, fake.blocking) == (0, 0) and all(on_dev(x) for x in (mode, src, seq))
-        t.dist = object()  # DDP / FSDP2 would copy CPU inputs with a blocking copy: all moved here
+        t.dist = object()  # DDP (no device_ids) passes its inputs as they are: the same fields stay
+        assert {k for k, v in t._to_device(batch).items() if not on_dev(v)} == host
+        t.config.distributed = "fsdp"  # FSDP2 would copy CPU inputs with a blocking copy: all moved here
         assert all(on_dev(v) for v in t._to_device(batch).values())
-        t.dist, t.model = None, torch.nn.Linear(1, 1)  # a model that declares no host fields
+        t.dist, t.config.distributed, t.model = None, "ddp", torch.nn.Linear(1, 1)  # declares no host fields
         assert all(on_dev(v) for v in t._to_device(batch).values())
         assert fake.blocking == 0
 

@@ -479,14 +479,21 @@ class Trainer:
         return self.config.distributed == "fsdp" and self.dist is not None
 
     def _wrap(self, model: nn.Module) -> nn.Module:
+        """``model`` as the training loop calls it: itself in one process, sharded by FSDP2
+        (:func:`fsdp_shard`) with ``distributed="fsdp"``, else in ``DistributedDataParallel``.
+
+        DDP gets ``device_ids=None`` on CUDA too (allowed for a module on one device: the
+        Trainer has moved it there). With ``device_ids`` set, DDP's ``_pre_forward`` copies every
+        tensor input to that device (``torch.distributed.utils._to_kwargs``, a blocking copy from
+        the CPU); with ``None`` it passes the inputs as they are, so the model's
+        ``host_batch_keys`` reach it on the CPU, as in one process (see :meth:`_to_device`)."""
         if self.dist is None:
             return model
         if self.config.distributed == "fsdp":
             return fsdp_shard(model, self.device, self.world)
         from torch.nn.parallel import DistributedDataParallel  # noqa: PLC0415
 
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(model, device_ids=ids,
+        return DistributedDataParallel(model, device_ids=None,
                                        find_unused_parameters=self.config.find_unused_parameters)
 
     # -- data -------------------------------------------------------------------------------
@@ -499,11 +506,13 @@ class Trainer:
         """The batch's tensors on the device (queued copies, no waiting), except the fields the
         model declares it reads on the host (``host_batch_keys``, e.g. the mask integers of
         :class:`unimask.models.UnifiedLM`): those stay on the CPU, where the model validates
-        them without a device synchronisation before it copies them over itself. Not under
-        torch.distributed: DDP and FSDP2 copy a CPU input to the device themselves, with a
-        blocking copy (a synchronisation each), so everything is moved here, without waiting,
-        and the model reads its integers back in one transfer."""
-        host = getattr(self.model, "host_batch_keys", frozenset()) if self.dist is None else frozenset()
+        them without a device synchronisation before it copies them over itself. The same under
+        DDP, which leaves the inputs alone (:meth:`_wrap` gives it no ``device_ids``). Not under
+        FSDP (``distributed="fsdp"``): FSDP2's root copies every tensor input to its CUDA device
+        before the forward, with a blocking copy (a synchronisation each), so there everything is
+        moved here, without waiting, and the model reads its integers back in one transfer (and
+        does not range-check the embedding ids)."""
+        host = frozenset() if self.sharded else getattr(self.model, "host_batch_keys", frozenset())
         return {k: _on(v, self.device) if isinstance(v, torch.Tensor) and k not in host else v
                 for k, v in batch.items()}
 
