@@ -113,7 +113,7 @@ def test_cpu_integers_pick_the_cheapest_sdpa_call(monkeypatch, name):
     padded rows open, the result multiplied. The same through unified_attention's dispatch."""
     mode, src, seq = _ints(name)
     kind = BATCHES[name][3]
-    q, k, v = _qkv(len(mode), 2, 2, dtype=torch.float32)
+    q, k, v = (t.requires_grad_() for t in _qkv(len(mode), 2, 2, dtype=torch.float32))  # no in-place product
     spy = _Spy(monkeypatch)
     for out in (sdpa_attention(q, k, v, mode, src, seq), unified_attention(q, k, v, mode, src, seq, backend="sdpa", check=False)):
         attn_mask, is_causal, sdpa_out = spy.calls.pop(0)
@@ -128,7 +128,28 @@ def test_cpu_integers_pick_the_cheapest_sdpa_call(monkeypatch, name):
             want |= ~want.any(-1, keepdim=True)
             assert attn_mask.shape == (len(mode), 1, L, L) and torch.equal(attn_mask[:, 0], want)
         assert (out is sdpa_out) == (kind in ("none", "causal", "mask_unmultiplied"))
+        with torch.no_grad():
+            torch.testing.assert_close(out, _old_formulation(q, k, v, mode, src, seq), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["inference", "autograd"])
+def test_padded_rows_are_zeroed_in_place_only_without_autograd(monkeypatch, grad):
+    """Padded rows are zeroed in SDPA's own output buffer when no gradient flows (a fresh
+    buffer for the product costs more than the product), in a new tensor when one does (SDPA
+    saves its output for the backward); the values are the old formulation's either way."""
+    mode, src, seq = _ints("mixed_padded")
+    q, k, v = (t.requires_grad_(grad) for t in _qkv(len(mode), 2, 2, dtype=torch.float32, seed=6))
+    spy = _Spy(monkeypatch)
+    out = sdpa_attention(q, k, v, mode, src, seq)
+    (_, _, sdpa_out), = spy.calls
+    assert (out is sdpa_out) == (not grad) and out.requires_grad == grad
+    with torch.no_grad():
         torch.testing.assert_close(out, _old_formulation(q, k, v, mode, src, seq), rtol=1e-5, atol=1e-6)
+    for b, n in enumerate(seq.tolist()):
+        assert not out[b, :, n:].any()
+    if grad:
+        out.sum().backward()
+        assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
 
 
 @pytest.mark.parametrize("name", list(BATCHES))
