@@ -184,3 +184,31 @@ def test_ddp_step_equals_the_single_process_step(tmp_path):
     for (name, p), q in zip(single.model.named_parameters(), ddp.model.parameters()):
         assert torch.equal(p, q), name
     assert evaluated == single.evaluate() and set(evaluated) == {"eval_loss", "eval_accuracy", "eval_perplexity"}
+
+
+@pytest.mark.parametrize("world", [1, 3])
+def test_window_weights_under_torch_distributed_read_nothing(world_of_one, world):
+    """The step's loss weights ``world * n / N`` under torch.distributed are made on the device
+    from the all-reduced totals, with no read back (before: a blocking copy of the counts and a
+    ``.tolist()`` of the totals, two synchronisations per step before the first forward). Oracle:
+    the Python float quotient, rounded to float32 as it is when it multiplies a float32 loss."""
+    t = _trainer(_tiny())
+    t.world = world  # the factor only; the group (one rank) all-reduces the totals unchanged
+    counts = [{"mlm": 3, "nsp": 2}, {"mlm": 5, "nsp": 0}, {"mlm": 0, "nsp": 0}]
+    totals = {k: sum(c[k] for c in counts) for k in ("mlm", "nsp")}
+    t.device = DEV
+    with FakeDevice() as fake:
+        got = t._window_weights(counts)
+        assert (fake.reads, fake.blocking) == (0, 0)
+    for g, c in zip(got, counts):
+        for k, n in totals.items():
+            assert on_dev(g[k]) and g[k].dtype == torch.float32
+            want = torch.tensor(world * c[k] / n if n else 0.0, dtype=torch.float32)
+            assert torch.equal(g[k].as_subclass(torch.Tensor), want), (k, c, values(g[k]))
+    # a float32 loss times the device weight is the loss times the Python float, bitwise
+    from unimask.training import _weighted_loss  # noqa: PLC0415
+
+    out = type("Out", (), {"mlm_loss": torch.tensor(2.3456789), "nsp_loss": torch.tensor(0.71), "mlm_labels": None})()
+    host_w = {k: world * counts[0][k] / totals[k] for k in ("mlm", "nsp")}
+    dev_w = {k: v.as_subclass(torch.Tensor) for k, v in got[0].items()}
+    assert torch.equal(_weighted_loss(out, counts[0], dev_w, 1), _weighted_loss(out, counts[0], host_w, 1))

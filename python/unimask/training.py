@@ -294,7 +294,8 @@ def _scored_counts(model: nn.Module, batch: Batch) -> dict[str, int]:
     return counts
 
 
-def _weighted_loss(out: Any, counts: dict[str, int], weights: dict[str, float], grad_accum: int) -> torch.Tensor:
+def _weighted_loss(out: Any, counts: dict[str, int], weights: dict[str, float | torch.Tensor],
+                   grad_accum: int) -> torch.Tensor:
     """One micro-batch's share of the step's loss: ``sum_c weights[c] * out.<c>_loss``.
 
     A model whose output has neither ``mlm_loss`` nor ``nsp_loss`` (a custom model with only
@@ -305,7 +306,10 @@ def _weighted_loss(out: Any, counts: dict[str, int], weights: dict[str, float], 
     scored = getattr(out, "mlm_labels", None)
     if parts["mlm"] is not None and scored is not None and scored.shape[0] != counts["mlm"]:
         raise RuntimeError(f"the model scored {scored.shape[0]} MLM targets, the batch labels {counts['mlm']}")
-    terms = [v * weights[c] for c, v in parts.items() if v is not None]
+    # a device weight (torch.distributed) is float32: v * w in float32 then v's dtype, the
+    # arithmetic of v times a Python float
+    terms = [(v.float() * weights[c]).to(v.dtype) if isinstance(weights[c], torch.Tensor) else v * weights[c]
+             for c, v in parts.items() if v is not None]
     return terms[0] if len(terms) == 1 else sum(terms[1:], terms[0])
 
 
@@ -521,18 +525,30 @@ class Trainer:
             return torch.autocast(self.device.type, enabled=False)
         return torch.autocast("cuda", dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16)
 
-    def _window_weights(self, counts: list[dict[str, int]]) -> list[dict[str, float]]:
+    def _window_weights(self, counts: list[dict[str, int]]) -> list[dict[str, float | torch.Tensor]]:
         """Each micro-batch's weight per loss component: ``world * n / N``, with ``n`` its
         scored targets and ``N`` the window's total over micro-batches and ranks (0 when
         ``N`` is 0). DDP/FSDP average the gradients over ranks, hence the factor ``world``;
         the accumulated gradient is then the gradient of the mean loss over the whole
-        global batch's targets. One all-reduce of the totals per step under torch.distributed."""
-        totals = [sum(c[k] for c in counts) for k in _COMPONENTS]
-        if self.dist is not None:
-            t = torch.tensor(totals, dtype=torch.int64, device=self.device)
-            self.dist.all_reduce(t)
-            totals = [int(v) for v in t.tolist()]
-        return [{k: (self.world * c[k] / n if n > 0 else 0.0) for k, n in zip(_COMPONENTS, totals)} for c in counts]
+        global batch's targets. One all-reduce of the totals per step under torch.distributed.
+
+        In one process the weights are Python floats. Under torch.distributed the totals come
+        back on the device, and the weights are made there (0-dim float32 tensors; the same
+        correctly rounded float64 quotient, then float32, as a Python float multiplying a
+        float32 loss), so the step is queued without waiting for the all-reduce: the counts
+        go over with a pinned non-blocking copy and nothing is read back."""
+        if self.dist is None:
+            totals = [sum(c[k] for c in counts) for k in _COMPONENTS]
+            return [{k: (c[k] / n if n > 0 else 0.0) for k, n in zip(_COMPONENTS, totals)} for c in counts]
+        # row 0: the window's totals (all-reduced), rows 1..: each micro-batch's counts * world
+        table = [[sum(c[k] for c in counts) for k in _COMPONENTS]]
+        table += [[self.world * c[k] for k in _COMPONENTS] for c in counts]
+        t = _on(torch.tensor(table, dtype=torch.int64), self.device)
+        total = t[0].clone()
+        self.dist.all_reduce(total)
+        total = total.double()
+        w = torch.where(total > 0, t[1:].double() / total.clamp_min(1), 0.0).float()
+        return [{k: w[i, j] for j, k in enumerate(_COMPONENTS)} for i in range(len(counts))]
 
     def _logged_scalars(self, losses: list[torch.Tensor],
                         grad_norm: torch.Tensor | None) -> tuple[float, float | None]:
