@@ -44,8 +44,12 @@ def main() -> None:
     with torch.inference_mode():
         for name, (mode, src, seq) in _cases().items():
             mask, causal, _ = A._sdpa_mask(mode, src, seq, L, q.device)
-            ours = lambda: A.unified_attention(q, k, v, mode, src, seq, check=False)  # noqa: E731
-            bare = lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)  # noqa: E731
+            def ours(mode=mode, src=src, seq=seq):
+                return A.unified_attention(q, k, v, mode, src, seq, check=False)
+
+            def bare(mask=mask, causal=causal):
+                return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+
             rows.append((name, *time_interleaved([ours, bare], 1.0)))
         lens = torch.randint(5, 61, (64,), generator=g)
         cu = torch.cat([torch.zeros(1, dtype=torch.long), lens.cumsum(0)])
@@ -53,9 +57,11 @@ def main() -> None:
         mode, src = torch.randint(0, 4, (64,), generator=g), lens // 2
         buckets, _ = A._varlen_plan(cu, mode, src, qp.device)
         gathered = [(tuple(t[idx].transpose(1, 2) for t in (qp, kp, vp)), m) for idx, _, m in buckets]
-        ours = lambda: A.unified_attention_varlen(qp, kp, vp, cu, mode, src, int(lens.max()), check=False)  # noqa: E731
-        bare = lambda: [F.scaled_dot_product_attention(*t, attn_mask=m[0], is_causal=m[1]) for t, m in gathered]  # noqa: E731
-        rows.append(("packed, 64 documents (varlen)", *time_interleaved([ours, bare], 1.0)))
+        longest = int(lens.max())
+        rows.append(("packed, 64 documents (varlen)", *time_interleaved([
+            lambda: A.unified_attention_varlen(qp, kp, vp, cu, mode, src, longest, check=False),
+            lambda: [F.scaled_dot_product_attention(*t, attn_mask=m[0], is_causal=m[1]) for t, m in gathered],
+        ], 1.0)))
     print(f"{'batch':32s} {'unimask':>10s} {'bare SDPA':>10s}  ratio")
     for name, t_ours, t_bare in rows:
         print(f"{name:32s} {t_ours * 1e3:8.3f}ms {t_bare * 1e3:8.3f}ms  {t_bare / t_ours:.2f}x")

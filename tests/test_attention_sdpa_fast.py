@@ -19,9 +19,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from test_validation_syncs import DEV, FakeDevice, dev, on_dev, values
 
 import unimask.attention as A
+from test_validation_syncs import DEV, FakeDevice, dev, on_dev, values
 from unimask.attention import (
     reference_attention,
     reference_attention_varlen,
