@@ -6,7 +6,7 @@ Batches (fp32, B 32, H 12, L 128, D 32, the shape of MiniLM's layers on a padded
 modes with padding (the general interval mask), every sample bidirectional or left_to_right
 over all L (no mask / ``is_causal``), every sample bidirectional with padding (the key-padding
 mask). Also the packed path per "layer" (``unified_attention_varlen(check=False)``, 64 documents
-of 5-60 tokens, the plan cached after the first call) against the same SDPA calls made bare.
+of 5-60 tokens, the grouping plan built per call) against the same SDPA calls made bare.
 The ratio is bare SDPA time / unimask time: 1.00x means no overhead.
 
 Run: ``OMP_NUM_THREADS=2 python bench/bench_sdpa_overhead.py``.
