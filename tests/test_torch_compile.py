@@ -48,8 +48,14 @@ def test_compiled_encoder_matches_eager(packed):
     (got * proj).sum().backward()
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     got_grads = _grads(m)
-    # every parameter but the pooler's (unused by this loss) has a gradient, on both sides
-    assert set(got_grads) == set(want_grads) == {n for n, _ in m.named_parameters() if not n.startswith("pooler")}
+    # every parameter but the pooler's (unused by this loss) has a gradient, on both sides; the
+    # compiled graph holds the pooler with the layers (no graph break between them since the
+    # attention's mask is built without re-validating the integers), and AOTAutograd then
+    # returns zeros for it where eager returns None
+    assert set(want_grads) == {n for n, _ in m.named_parameters() if not n.startswith("pooler")}
+    extra = set(got_grads) - set(want_grads)
+    assert set(want_grads) <= set(got_grads) and extra <= {"pooler.weight", "pooler.bias"}, extra
+    assert all(not got_grads[n].any() for n in extra)
     for name, w in want_grads.items():  # Inductor fuses and reorders fp32 sums
         rel = ((got_grads[name] - w).norm() / w.norm()).item()
         assert rel < 1e-4, (name, rel)
