@@ -212,3 +212,15 @@ def test_cli_pretrains_packed_unilm(tmp_path, capsys):
     assert "objective unilm (packed rows)" in text and "step 30:" in text
     losses = [float(line.split("eval loss ")[1].split()[0]) for line in text.splitlines() if "eval loss " in line]
     assert len(losses) >= 2 and losses[-1] < losses[0], losses  # held-out loss goes down
+
+
+def test_cli_pretrains_in_bf16_on_the_cpu(tmp_path, capsys):
+    """``--precision bf16 --device cpu``: CPU autocast (no longer a usage error); fp16 still is."""
+    pytest.importorskip("tokenizers")
+    common = ["--objective", "unilm", "--max-documents", "100", "--batch-size", "8", "--max-length", "32",
+              "--hidden", "32", "--layers", "1", "--heads", "2", "--eval-every", "2", "--eval-batches", "1",
+              "--device", "cpu", "--no-progress", "--steps", "2", "--warmup", "1"]
+    assert main([*common, "--precision", "bf16", "--output", str(tmp_path / "bf16")]) == 0
+    assert "step 2:" in capsys.readouterr().out
+    assert main([*common, "--precision", "fp16", "--output", str(tmp_path / "fp16")]) == 2
+    assert "--precision fp16 needs a CUDA device" in capsys.readouterr().err

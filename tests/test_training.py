@@ -193,9 +193,12 @@ def test_checkpoint_retention_keeps_this_runs_checkpoints_in_a_used_directory(tm
         assert torch.equal(c.model.state_dict()[n], v), n
 
 
-def test_autocast_precisions_need_cuda():
-    with pytest.raises(ValueError, match="CUDA"):
-        Trainer(tiny_model(), lambda s: iter(()), TrainingConfig(precision="bf16"), device="cpu")
+def test_fp16_needs_cuda_and_bf16_autocasts_on_the_cpu():
+    with pytest.raises(ValueError, match="precision 'fp16' needs a CUDA device"):
+        Trainer(tiny_model(), lambda s: iter(()), TrainingConfig(precision="fp16"), device="cpu")
+    with pytest.raises(ValueError, match="precision 'bf16' autocasts on CUDA or the CPU, got meta"):
+        Trainer(tiny_model(), lambda s: iter(()), TrainingConfig(precision="bf16"), device="meta")
+    assert Trainer(tiny_model(), lambda s: iter(()), TrainingConfig(precision="bf16"), device="cpu").precision == "bf16"
     with pytest.raises(ValueError, match="grad_accum"):
         TrainingConfig(grad_accum=0)
 
@@ -234,3 +237,29 @@ def test_fsdp_units_are_the_encoder_blocks_and_sharding_needs_torch_distributed(
     # without torch.distributed, distributed="fsdp" trains the plain model
     t = Trainer(model, lambda s: iter(()), TrainingConfig(distributed="fsdp", precision="fp32"), device="cpu")
     assert not t.sharded and t.wrapped is model
+
+
+def test_bf16_on_the_cpu_autocasts_the_products_and_trains_like_fp32():
+    """``precision="bf16"`` on the CPU: the encoder's linear layers compute in bf16 in training
+    steps and in evaluation (forward hooks see bf16 outputs; fp32 without it), the parameters
+    stay fp32, and the per-step losses follow the fp32 run's within bf16's precision."""
+    docs = synthetic_documents()
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        model = tiny_model(dropout=0.0)
+        seen = set()
+        hook = model.encoder.layers[0].fc1.register_forward_hook(lambda m, i, o: seen.add(o.dtype))
+        cfg = TrainingConfig(max_steps=4, lr=3e-3, warmup_steps=1, eval_every=0, progress=False, precision=precision)
+        t = Trainer(model, source(docs), cfg, device="cpu", eval_data=[source(docs).batch(0)], log=lambda s: None)
+        t.train()
+        train_seen = set(seen)
+        seen.clear()
+        metrics = t.evaluate()
+        hook.remove()
+        runs[precision] = ([h["loss"] for h in t.state.history], metrics["eval_loss"])
+        want = torch.bfloat16 if precision == "bf16" else torch.float32
+        assert train_seen == {want} and seen == {want}, (precision, train_seen, seen)
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+    (fp32, fp32_eval), (bf16, bf16_eval) = runs["fp32"], runs["bf16"]
+    assert bf16 != fp32  # the products really ran in bf16
+    assert bf16 == pytest.approx(fp32, rel=3e-2) and bf16_eval == pytest.approx(fp32_eval, rel=3e-2)
