@@ -227,6 +227,7 @@ PRETRAIN = ["pretrain", "--max-documents", "40", "--batch-size", "4", "--steps",
     (["--lr", "-1"], ["argument --lr", "'-1'"]),
     (["--threads", "-1"], ["argument --threads", "'-1'"]),
     (["--precision", "fp16"], ["--precision fp16", "CUDA", "--precision bf16"]),
+    (["--precision", "bf16", "--device", "meta"], ["--precision bf16", "CUDA or the CPU", "meta"]),
     (["--device", "bogus"], ["--device bogus"]),
     (["--vocab", "/nonexistent/vocab.txt"], ["--vocab /nonexistent/vocab.txt"]),
 ])

@@ -449,6 +449,10 @@ def run(args: argparse.Namespace) -> int:
     if device_type == "cuda" and not torch.cuda.is_available():
         print(f"unimask pretrain: --device {args.device}: CUDA is not available", file=sys.stderr)
         return 2
+    if args.precision == "bf16" and device_type not in ("cuda", "cpu"):
+        print(f"unimask pretrain: --precision bf16 autocasts on CUDA or the CPU, got device {args.device}; "
+              f"use --precision fp32", file=sys.stderr)
+        return 2
     if args.precision == "fp16" and device_type != "cuda":
         print(f"unimask pretrain: --precision fp16 needs a CUDA device (loss scaling), got device {args.device or 'cpu'}; "
               f"use --precision bf16 (CPU autocast), fp32 or auto", file=sys.stderr)
