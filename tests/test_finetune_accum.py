@@ -36,10 +36,11 @@ from unimask.finetune import (
     finetune_qa,
     finetune_seq2seq,
     finetune_tagger,
+    mtdnn_schedule,
     seq2seq_finetuner,
 )
 from unimask.finetune.qa import QAExample
-from unimask.finetune.trainer import _Accumulator
+from unimask.finetune.trainer import _Accumulator, encode_examples
 from unimask.models import EncoderConfig, UnifiedLM
 from unimask.tokenizer import WordPieceTokenizer
 
@@ -195,3 +196,93 @@ def test_grad_accum_1_is_bitwise_the_plain_step(tok, sents):
     g = torch.cat([(params[n].grad if params[n].grad is not None else torch.zeros_like(params[n])).flatten()
                    for n in sorted(params)])
     assert hist[0]["loss"] == out.loss.item() and torch.equal(grads[0], g)
+
+
+# -- MT-DNN (``finetune_classifier(..., extra_tasks=...)``) -------------------------------------
+# ``b`` x ``N`` is NOT the ``bN`` x 1 run here, by design of the plan: the micro-batches of an
+# epoch are the ``mtdnn_schedule`` of the tasks' ``b``-sized mini-batches (counts ceil(n_t / b)),
+# each task's mini-batches in a shuffled order, and a window is ``N`` consecutive entries of that
+# list. So a window mixes tasks and non-adjacent slices of a task's example order, while every
+# step of the ``bN`` x 1 run is one mini-batch of one task, from a schedule of other counts (a
+# different draw). What holds, and what is pinned below: an optimizer step's gradient is the
+# gradient of the mean of the per-example losses over all the window's examples, each under its
+# own task's head (weights count / window total across tasks, not ``loss / N``, nor a mean per
+# task). The oracle computes it example by example (batches of one, no padding) at the weights
+# the step started from.
+
+#: (micro-batch size, grad_accum, epochs) over main 5 / "x" 4 / "y" 3 examples. b=2: 3 + 2 + 2
+#: = 7 micro-batches (sizes 2,2,1 | 2,2 | 2,1) an epoch, windows 3 + 3 + 1; b=3: 2 + 2 + 1 = 5
+#: (3,2 | 3,1 | 3), windows 2 + 2 + 1; two epochs: windows do not straddle the epoch boundary;
+#: grad_accum 1: each step one task's mini-batch mean
+MTDNN_SHAPES = [(2, 3, 1), (3, 2, 1), (2, 2, 2), (2, 1, 1)]
+
+
+def _mtdnn_data(sents: list[str]) -> tuple[list[Example], dict[str, list[Example]]]:
+    """The main task (3 classes, 5 examples) and two extra classification tasks (4 and 3)."""
+    train = [Example(s, label="abc"[i % 3]) for i, s in enumerate(sents[:5])]
+    extra = {"x": [Example(s, label="pq"[i % 2]) for i, s in enumerate(sents[5:9])],
+             "y": [Example(s, label="uvw"[i % 3]) for i, s in enumerate(sents[::-1][:3])]}
+    return train, extra
+
+
+@pytest.mark.parametrize("b,accum,epochs", MTDNN_SHAPES)
+def test_mtdnn_step_is_the_mean_over_the_windows_examples(tok, sents, b, accum, epochs):
+    train, extra = _mtdnn_data(sents)
+    labels = LabelMap(["a", "b", "c"])
+    torch.manual_seed(0)
+    model = SequenceClassifier(_tiny(tok), labels)
+    steps: list[dict[int, tuple[torch.Tensor, torch.Tensor]]] = []  # per step: id -> (weight, grad)
+
+    def hook(opt, args, kwargs):
+        steps.append({id(p): (p.detach().clone(), p.grad.clone() if p.grad is not None else torch.zeros_like(p))
+                      for g in opt.param_groups for p in g["params"]})
+    cfg = FinetuneConfig(epochs=epochs, batch_size=b, grad_accum=accum, lr=1e-3, schedule="constant",
+                         max_length=32, seed=0, weight_decay=0.0, grad_clip=0)
+    handle = register_optimizer_step_pre_hook(hook)
+    try:
+        result = finetune_classifier(model, tok, train, cfg, extra_tasks=extra)
+    finally:
+        handle.remove()
+    heads = result["extra_heads"]
+    named = {**{f"main.{n}": p for n, p in model.named_parameters()},
+             **{f"{t}.{n}": p for t, h in heads.items() for n, p in h.named_parameters()}}
+    assert {id(p) for p in named.values()} == set(steps[0])  # the optimizer trains exactly these
+
+    # the plan: the seeded schedule of b-sized mini-batches, each task's examples in a seeded order
+    data = {"main": train, **extra}
+    maps = {"main": labels, **{t: LabelMap.from_examples(e) for t, e in extra.items()}}
+    counts = {t: -(-len(d) // b) for t, d in data.items()}
+    windows, plan = [], []
+    for epoch in range(epochs):
+        g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+        orders = {t: torch.randperm(len(d), generator=g).tolist() for t, d in data.items()}
+        sched = mtdnn_schedule(counts, cfg.seed, epoch)
+        plan += sched
+        for s in range(0, len(sched), accum):
+            windows.append([(t, data[t][i]) for t, k in sched[s: s + accum]
+                            for i in orders[t][k * b: (k + 1) * b]])
+    assert [(r["task"], r["batch"]) for r in result["history"]] == plan
+    assert len(steps) == len(windows) == epochs * -(-sum(counts.values()) // accum)
+    if accum > 1:  # windows that no bN x 1 step can be: several tasks, unequal micro-batches
+        assert any(len({t for t, _ in w}) > 1 for w in windows)
+
+    for step, (state, window) in enumerate(zip(steps, windows)):
+        with torch.no_grad():
+            for p in named.values():
+                p.copy_(state[id(p)][0])
+                p.grad = None
+        loss = 0.0
+        for task, ex in window:  # one example at a time under its own task's head
+            batch = encode_examples(tok, [ex], 32, maps[task])
+            if task == "main":
+                ex_loss = model(**batch).loss
+            else:
+                hidden = model.encode(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+                ex_loss = heads[task](hidden.last_hidden_state, batch["attention_mask"], batch["labels"]).loss
+            loss = loss + ex_loss / len(window)
+        loss.backward()
+        want = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten()
+                          for _, p in sorted(named.items())])
+        got = torch.cat([state[id(p)][1].flatten() for _, p in sorted(named.items())])
+        assert want.norm() > 0
+        assert _rel(got, want) < 1e-6, (step, [t for t, _ in window], _rel(got, want))
