@@ -654,8 +654,10 @@ def finetune_classifier(model: SequenceClassifier, tokenizer, train: Sequence[Ex
     each extra task is a classification task with at least 2 distinct labels (a task with a
     single label is a ``ValueError``, not a 1-output regression head) and gets a
     :class:`~unimask.finetune.multitask.TaskHead` on the shared encoder,
-    every step takes one mini-batch of one task (the main task is called ``"main"``), in the
-    order of :func:`~unimask.finetune.multitask.mtdnn_schedule`. The auxiliary LM loss, when
+    every micro-batch is one mini-batch of one task (the main task is called ``"main"``), in the
+    order of :func:`~unimask.finetune.multitask.mtdnn_schedule`; with ``grad_accum > 1`` an
+    optimizer step takes the next ``grad_accum`` of them, so it may mix tasks, weighted by their
+    example counts (the mean loss over the step's examples). The auxiliary LM loss, when
     enabled, is added on every step.
 
     ``unlabeled`` (texts or label-less examples; default: read from ``cfg.cvt_unlabeled``)
