@@ -358,3 +358,22 @@ def test_finetune_tagger_and_qa_loops_switch_it_on(minilm_dir):
                           lambda idx: (batch, 2), lambda b: qa(**b).loss)
     assert qa.encoder.gradient_checkpointing
 
+
+
+def test_checkpointing_under_torch_compile():
+    """``torch.compile`` of a checkpointed model (Dynamo traces the non-reentrant checkpoint as
+    a higher-order op): every gradient bitwise the eager, unchecked model's (AOTAutograd's eager
+    backend, no dropout)."""
+    torch.manual_seed(0)
+    model = UnifiedLM(cfg(layers=2, dropout=0.0)).train()
+    b = unilm_batch()
+    _, want, _ = step(model, b)
+    set_gradient_checkpointing(model)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="aot_eager")
+    model.zero_grad(set_to_none=True)
+    compiled(**b).loss.backward()
+    got = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert set(want) <= set(got)
+    assert all(torch.equal(got[n], w) for n, w in want.items())
+    assert all(not got[n].any() for n in set(got) - set(want))  # an unused pooler: zeros under compile
