@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..masks import BIDIRECTIONAL, LEFT_TO_RIGHT, RIGHT_TO_LEFT
+from ..masks import BIDIRECTIONAL, LEFT_TO_RIGHT, RIGHT_TO_LEFT, _on
 from ..models.encoder import TransformerEncoder
 from ..training import _host_floats
 from .heads import IGNORE_INDEX, pool_hidden
@@ -40,11 +40,18 @@ VIEWS = {"left_to_right": LEFT_TO_RIGHT, "right_to_left": RIGHT_TO_LEFT}
 def cvt_consistency_loss(teacher_logits: torch.Tensor, student_logits: torch.Tensor,
                          mask: torch.Tensor | None = None) -> torch.Tensor:
     """``mean over scored positions of KL(softmax(teacher) || softmax(student))``; the teacher
-    is detached. ``mask`` (bool, the logits' leading shape) picks the positions scored."""
+    is detached. ``mask`` (bool, the logits' leading shape) picks the positions scored; a CPU
+    mask with logits on an accelerator is read on the host (its positions sent over without
+    waiting, the same elements in the same order as the boolean selection): no device
+    synchronisation."""
     t = torch.log_softmax(teacher_logits.detach().float(), -1)
     s = torch.log_softmax(student_logits.float(), -1)
     kl = (t.exp() * (t - s)).sum(-1)
-    if mask is not None:
+    if mask is not None and mask.device.type == "cpu" and kl.device.type != "cpu":
+        if tuple(mask.shape) != tuple(kl.shape):
+            raise ValueError(f"mask shape {tuple(mask.shape)} differs from the logits' leading shape {tuple(kl.shape)}")
+        kl = kl.reshape(-1)[_on(mask.reshape(-1).nonzero().squeeze(1), kl.device)]
+    elif mask is not None:
         kl = kl[mask]
     if kl.numel() == 0:
         return student_logits.sum() * 0.0
@@ -58,6 +65,11 @@ class CrossViewTagger(nn.Module):
     :meth:`supervised_loss` trains the primary head on labelled tokens; :meth:`cvt_loss` is
     the consistency loss on an unlabeled batch (primary = teacher, views = students).
     """
+
+    #: Batch fields the losses take on the CPU (validated or used there, then copied to the
+    #: device without waiting: no device synchronisation; ids range-checked), as
+    #: :attr:`unimask.finetune.TokenClassifier.host_batch_keys`.
+    host_batch_keys = frozenset({"input_ids", "token_type_ids", "attention_mask", "labels"})
 
     def __init__(self, encoder: TransformerEncoder, num_labels: int) -> None:
         super().__init__()
@@ -87,7 +99,8 @@ class CrossViewTagger(nn.Module):
     def supervised_loss(self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None = None,
                         token_type_ids: torch.Tensor | None = None, **unused: Any) -> torch.Tensor:
         logits = self.logits(input_ids, attention_mask, token_type_ids)
-        return F.cross_entropy(logits.float().reshape(-1, self.num_labels), labels.reshape(-1), ignore_index=IGNORE_INDEX)
+        return F.cross_entropy(logits.float().reshape(-1, self.num_labels), _on(labels.reshape(-1), logits.device),
+                               ignore_index=IGNORE_INDEX)
 
     def cvt_loss(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                  token_type_ids: torch.Tensor | None = None, **unused: Any) -> torch.Tensor:

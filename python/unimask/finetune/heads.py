@@ -41,7 +41,9 @@ from ..models.checkpoint import (
     write_config,
 )
 from ..models.config import EncoderConfig
+from ..masks import _on
 from ..models.encoder import TransformerEncoder
+from ..models.heads import gather_labelled
 from ..models.pretraining import _mean_ce
 from .._checks import check_number
 from .data import LabelMap
@@ -105,16 +107,26 @@ def _class_targets(labels: torch.Tensor, num_classes: int, shape: tuple[int, ...
 def _scored_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy over the targets that are not ``-100`` (``logits [N, C]``, ``targets
     [N]``); no scored target gives a 0 loss that keeps the graph (pretraining's ``_mean_ce``)
-    instead of the NaN of ``F.cross_entropy(ignore_index=-100)``."""
-    keep = targets != IGNORE_INDEX
-    return _mean_ce(logits[keep], targets[keep])
+    instead of the NaN of ``F.cross_entropy(ignore_index=-100)``.
+
+    CPU ``targets`` (as the collators make them; the fine-tuning loops leave the models'
+    ``host_batch_keys`` there) are left there: the scored positions are found on the host and
+    sent over without waiting (:func:`unimask.models.heads.gather_labelled`), so the selection
+    needs no device synchronisation; the rows, the loss and its gradient are those of the
+    boolean selection on the device."""
+    if targets.device.type != "cpu":
+        targets = targets.to(logits.device)
+    rows, y = gather_labelled(logits, targets)
+    return _mean_ce(rows, y)
 
 
 def _valid_mask(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """The real tokens of ``hidden`` ``[B, L, H]`` as a bool ``[B, L]`` on its device; a CPU
+    ``attention_mask`` is copied over without waiting (:func:`unimask.masks._on`)."""
     B, L, _ = hidden.shape
     if attention_mask is None:
         return torch.ones(B, L, dtype=torch.bool, device=hidden.device)
-    return attention_mask.to(hidden.device) != 0
+    return _on(attention_mask, hidden.device) != 0
 
 
 def pool_hidden(hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooling: str) -> torch.Tensor:
@@ -144,25 +156,33 @@ def pool_hidden(hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooli
 def pool_packed(hidden: torch.Tensor, doc_starts: torch.Tensor, doc_lengths: torch.Tensor, pooling: str) -> torch.Tensor:
     """:func:`pool_hidden` for packed rows: ``hidden`` ``[R, L, H]``, example ``i`` = flattened
     tokens ``doc_starts[i] : doc_starts[i] + doc_lengths[i]`` (:func:`unimask.packing.pack_padded`);
-    returns ``[N, H]`` (``[N, 3H]`` for ``concat``) in the examples' order."""
+    returns ``[N, H]`` (``[N, 3H]`` for ``concat``) in the examples' order.
+
+    The token indices are computed where ``doc_starts`` / ``doc_lengths`` are: from CPU ones
+    (as :func:`~unimask.packing.pack_padded` makes them) on the host, then sent to ``hidden``'s
+    device without waiting, so the data-dependent token count needs no device read."""
     flat = hidden.reshape(-1, hidden.shape[-1])
-    starts, lengths = doc_starts.to(flat.device), doc_lengths.to(flat.device)
+    dev = flat.device
     if pooling == "cls":
-        return flat[starts]
+        return flat[_on(doc_starts, dev)]
+    at = doc_lengths.device if doc_starts.device == doc_lengths.device else dev  # where the indices are made
+    starts, lengths = doc_starts.to(at), doc_lengths.to(at)
     N = starts.shape[0]
-    owner = torch.repeat_interleave(torch.arange(N, device=flat.device), lengths)  # example of each token
+    owner = torch.repeat_interleave(torch.arange(N, device=at), lengths)  # example of each token
     first = lengths.cumsum(0) - lengths  # where each example's tokens begin among the gathered ones
-    h = flat[starts[owner] + torch.arange(owner.shape[0], device=flat.device) - first[owner]]
-    mean = torch.zeros(N, flat.shape[-1], dtype=flat.dtype, device=flat.device).index_add_(0, owner, h)
-    mean = mean / lengths.clamp(min=1).to(flat.dtype)[:, None]
+    tokens = starts[owner] + torch.arange(owner.shape[0], device=at) - first[owner]
+    owner, tokens = _on(owner, dev), _on(tokens, dev)
+    h = flat[tokens]
+    mean = torch.zeros(N, flat.shape[-1], dtype=flat.dtype, device=dev).index_add_(0, owner, h)
+    mean = mean / _on(lengths.clamp(min=1), dev).to(flat.dtype)[:, None]
     if pooling == "mean":
         return mean
-    mx = torch.full((N, flat.shape[-1]), torch.finfo(flat.dtype).min, dtype=flat.dtype, device=flat.device)
+    mx = torch.full((N, flat.shape[-1]), torch.finfo(flat.dtype).min, dtype=flat.dtype, device=dev)
     mx = mx.scatter_reduce(0, owner[:, None].expand_as(h), h, reduce="amax", include_self=True)
     if pooling == "max":
         return mx
     if pooling == "concat":
-        last = flat[starts + (lengths - 1).clamp(min=0)]
+        last = flat[_on(starts + (lengths - 1).clamp(min=0), dev)]
         return torch.cat([last, mx, mean], dim=-1)
     raise ValueError(f"pooling must be one of {POOLINGS + ('max',)}, got {pooling!r}")
 
@@ -173,6 +193,14 @@ class _TaskModel(nn.Module):
     task = "base"
     architecture = "BertModel"
     head_prefixes: tuple[str, ...] = ()
+    #: Batch fields the forward takes on the CPU: the fine-tuning loops leave them there
+    #: (:func:`unimask.finetune.trainer._to`). The encoder's inputs (``input_ids`` /
+    #: ``token_type_ids`` range-checked and the attention mask validated on the host, then
+    #: copied to the device without waiting), and the fields the head uses on the host or
+    #: copies over itself without waiting (pooling and loss masks, the scored positions of the
+    #: labels): the forward then needs no device synchronisation, and an id outside the
+    #: vocabulary is a ``ValueError`` naming it instead of a device-side assert.
+    host_batch_keys: frozenset[str] = frozenset({"input_ids", "token_type_ids", "attention_mask"})
 
     def __init__(self, config: EncoderConfig, label_map: LabelMap | None = None, **task_args: Any) -> None:
         super().__init__()
@@ -270,7 +298,7 @@ def _regression_mse(predictions: torch.Tensor, labels: Any) -> torch.Tensor:
         labels = torch.as_tensor(labels)
     if tuple(labels.shape) not in ((N,), (N, 1)):
         raise ValueError(f"regression labels must have shape ({N},) or ({N}, 1), got {tuple(labels.shape)}")
-    return F.mse_loss(predictions.reshape(N).float(), labels.reshape(N).to(predictions.device).float())
+    return F.mse_loss(predictions.reshape(N).float(), _on(labels.reshape(N), predictions.device).float())
 
 
 class SequenceClassifier(_TaskModel):
@@ -287,6 +315,8 @@ class SequenceClassifier(_TaskModel):
     task = "classify"
     architecture = "BertForSequenceClassification"
     head_prefixes = ("classifier.",)
+    host_batch_keys = _TaskModel.host_batch_keys | {"labels", "cu_seqlens", "attn_mode", "src_len", "doc_starts",
+                                                    "doc_lengths"}
 
     def __init__(self, config: EncoderConfig, label_map: LabelMap | None = None, pooling: str = "cls",
                  problem_type: str = "classification", num_labels: int | None = None) -> None:
@@ -343,7 +373,7 @@ class SequenceClassifier(_TaskModel):
             if self.problem_type == "regression":  # [N] or [N, 1] targets, as HF squeezes both
                 loss = _regression_mse(logits, labels)
             else:
-                y = _class_targets(labels, self.num_labels, (logits.shape[0],), what="a class id").to(logits.device)
+                y = _class_targets(labels, self.num_labels, (logits.shape[0],), what="a class id")
                 loss = _scored_ce(logits, y)
         return TaskOutput(loss, logits, last_hidden_state=out.last_hidden_state)
 
@@ -388,6 +418,7 @@ class TokenClassifier(_TaskModel):
     task = "tag"
     architecture = "BertForTokenClassification"
     head_prefixes = ("classifier.",)
+    host_batch_keys = _TaskModel.host_batch_keys | {"labels", "cu_seqlens", "attn_mode", "src_len"}
 
     def __init__(self, config: EncoderConfig, label_map: LabelMap | None = None, num_labels: int | None = None) -> None:
         if num_labels is None:
@@ -416,7 +447,7 @@ class TokenClassifier(_TaskModel):
         logits = self.classifier(self.dropout(out.last_hidden_state))
         loss = None
         if labels is not None:
-            y = _class_targets(labels, self.num_labels, tuple(logits.shape[:2]), what="a class id").to(logits.device)
+            y = _class_targets(labels, self.num_labels, tuple(logits.shape[:2]), what="a class id")
             loss = _scored_ce(logits.reshape(-1, self.num_labels), y.reshape(-1))
         return TaskOutput(loss, logits, last_hidden_state=out.last_hidden_state)
 
@@ -507,6 +538,7 @@ class QuestionAnswering(_TaskModel):
     task = "qa"
     architecture = "BertForQuestionAnswering"
     head_prefixes = ("qa_outputs.",)
+    host_batch_keys = _TaskModel.host_batch_keys | {"start_positions", "end_positions"}
 
     def __init__(self, config: EncoderConfig, label_map: LabelMap | None = None, max_answer_length: int = 30) -> None:
         super().__init__(config, None, max_answer_length=max_answer_length)
@@ -522,11 +554,11 @@ class QuestionAnswering(_TaskModel):
         loss = None
         if start_positions is not None and end_positions is not None:
             B, L = start.shape
-            s_pos = _class_targets(start_positions, L, (B,), "start_positions", "a token position").to(start.device)
-            e_pos = _class_targets(end_positions, L, (B,), "end_positions", "a token position").to(start.device)
+            s_pos = _class_targets(start_positions, L, (B,), "start_positions", "a token position")
+            e_pos = _class_targets(end_positions, L, (B,), "end_positions", "a token position")
             s_logits, e_logits = start, end
             if attention_mask is not None:  # padding is no answer position
-                pad = attention_mask.to(start.device) == 0
+                pad = _on(attention_mask, start.device) == 0
                 s_logits = start.masked_fill(pad, torch.finfo(start.dtype).min)
                 e_logits = end.masked_fill(pad, torch.finfo(end.dtype).min)
             loss = (_scored_ce(s_logits, s_pos) + _scored_ce(e_logits, e_pos)) / 2
@@ -589,6 +621,11 @@ class Seq2SeqFinetuner(nn.Module):
         mode = torch.full((B,), SEQ2SEQ, dtype=torch.long)
         return {"input_ids": ids, "token_type_ids": types, "labels": labels, "attn_mode": mode,
                 "src_len": src_len, "seq_len": seq_len}
+
+    @property
+    def host_batch_keys(self) -> frozenset[str]:
+        """The wrapped model's ``host_batch_keys`` (the batch goes to it as it is)."""
+        return getattr(self.model, "host_batch_keys", frozenset())
 
     def forward(self, **batch: torch.Tensor):
         return self.model(**batch)
@@ -653,6 +690,11 @@ class MassFinetuner(nn.Module):
         positions = torch.arange(T)[None].expand(B, T).contiguous()
         return {"input_ids": ids, "seq_len": seq_len, "decoder_input_ids": dec, "decoder_positions": positions,
                 "decoder_labels": labels, "decoder_len": torch.tensor([len(t) + 1 for t in targets])}
+
+    @property
+    def host_batch_keys(self) -> frozenset[str]:
+        """The wrapped model's ``host_batch_keys`` (the batch goes to it as it is)."""
+        return getattr(self.model, "host_batch_keys", frozenset())
 
     def forward(self, **batch: torch.Tensor):
         return self.model(**batch)

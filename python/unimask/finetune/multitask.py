@@ -92,7 +92,7 @@ class TaskHead(nn.Module):
             if self.problem_type == "regression":
                 loss = _regression_mse(logits, labels)
             else:
-                y = _class_targets(labels, self.num_labels, (logits.shape[0],), what="a class id").to(logits.device)
+                y = _class_targets(labels, self.num_labels, (logits.shape[0],), what="a class id")
                 loss = _scored_ce(logits, y)
         return TaskOutput(loss, logits, last_hidden_state=hidden)
 
@@ -104,6 +104,11 @@ class MultiTaskModel(nn.Module):
     a regression head, >= 2 a classifier; labels checked as :class:`TaskHead` does);
     ``model(task="topic", input_ids=..., attention_mask=..., labels=...)``.
     """
+
+    #: Batch fields the forward takes on the CPU (validated or used there, then copied to the
+    #: device without waiting: no device synchronisation; ids range-checked), as
+    #: :attr:`unimask.finetune.SequenceClassifier.host_batch_keys`.
+    host_batch_keys = frozenset({"input_ids", "token_type_ids", "attention_mask", "labels"})
 
     def __init__(self, encoder: TransformerEncoder, tasks: Mapping[str, int], pooling: str = "cls") -> None:
         super().__init__()

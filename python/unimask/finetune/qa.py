@@ -25,10 +25,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..masks import _on
 from .data import _rows
 from .heads import QuestionAnswering, best_span
 from .metrics import exact_match, squad_f1
-from .trainer import FinetuneConfig, _to, _train_task_loss_only
+from .trainer import FinetuneConfig, _host_keys, _to, _train_task_loss_only
 
 __all__ = ["QAExample", "load_squad", "encode_qa", "predict_answers", "evaluate_qa", "finetune_qa"]
 
@@ -161,8 +162,8 @@ def predict_answers(model: QuestionAnswering, tokenizer, examples: Sequence[QAEx
             chunk = examples[s: s + batch_size]
             batch = encode_qa(tokenizer, chunk, max_length, stride, with_targets=False)
             offsets, which = batch.pop("offsets"), batch.pop("example").tolist()
-            ctx = batch.pop("context_mask").to(device)
-            out = model(**_to(batch, device))
+            ctx = _on(batch.pop("context_mask"), device)
+            out = model(**_to(batch, device, _host_keys(model)))
             i, j, score = best_span(out.start_logits, out.end_logits, ctx, model.max_answer_length)
             cls = (out.start_logits[:, 0] + out.end_logits[:, 0]).tolist()
             for r, (a, b, sc) in enumerate(zip(i.tolist(), j.tolist(), score.tolist())):
@@ -229,7 +230,7 @@ def finetune_qa(model: QuestionAnswering, tokenizer, train: Sequence[QAExample],
         return {k: (v[:, :width] if v.dim() == 2 else v) for k, v in batch.items()}, len(idx)
 
     def batch_loss(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return model(**_to(batch, device)).loss
+        return model(**_to(batch, device, _host_keys(model))).loss
 
     history = _train_task_loss_only(model, cfg, n, make_batch, batch_loss, log)
     report = (evaluate_qa(model, tokenizer, eval_examples, cfg.max_length, stride, null_threshold)

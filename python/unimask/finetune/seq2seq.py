@@ -22,7 +22,7 @@ import torch
 from .data import Example
 from .heads import Seq2SeqFinetuner
 from .metrics import exact_match, rouge_l
-from .trainer import FinetuneConfig, _scored, _to, _train_task_loss_only
+from .trainer import FinetuneConfig, _host_keys, _scored, _to, _train_task_loss_only
 
 __all__ = ["seq2seq_finetuner", "generate_texts", "evaluate_seq2seq", "finetune_seq2seq"]
 
@@ -99,7 +99,7 @@ def finetune_seq2seq(ft: Seq2SeqFinetuner, tokenizer, train: Sequence[Example], 
         return batch, _scored(batch["labels"])  # the loss is a mean over the masked target tokens
 
     def batch_loss(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return ft(**_to(batch, device)).loss
+        return ft(**_to(batch, device, _host_keys(ft))).loss
 
     history = _train_task_loss_only(ft.model, cfg, len(train), make_batch, batch_loss, log)
     report = (evaluate_seq2seq(ft, tokenizer, eval_examples, max_source_length, max_target_length, num_beams)

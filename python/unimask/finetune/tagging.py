@@ -31,6 +31,7 @@ from .trainer import (
     FinetuneConfig,
     _aux_lm_batch,
     _CrossViewRun,
+    _host_keys,
     _micro_counts,
     _run_window,
     _single_task_training,
@@ -268,12 +269,12 @@ def _predict(model: TokenClassifier, tokenizer, sentences: Sequence[TaggedSenten
             word_ids = batch.pop("word_ids").numpy()
             if pack:  # packed rows; each sentence's predictions back into its padded row
                 packed = pack_padded(batch, max_length)
-                flat = model(**_to(packed, device)).logits.argmax(-1).reshape(-1).cpu().numpy()
+                flat = model(**_to(packed, device, _host_keys(model))).logits.argmax(-1).reshape(-1).cpu().numpy()
                 pred = np.zeros(word_ids.shape, dtype=np.int64)
                 for i, (st, n) in enumerate(zip(packed["doc_starts"].tolist(), packed["doc_lengths"].tolist())):
                     pred[i, :n] = flat[st:st + n]
             else:
-                pred = model(**_to(batch, device)).logits.argmax(-1).cpu().numpy()
+                pred = model(**_to(batch, device, _host_keys(model))).logits.argmax(-1).cpu().numpy()
             first = _first_pieces(word_ids)
             for i, sent in enumerate(chunk):
                 tags = [default] * len(sent.words)
@@ -352,7 +353,7 @@ def finetune_tagger(model: TokenClassifier, tokenizer, train: Sequence[TaggedSen
 
         def unlabeled_batch(texts: Sequence[str]) -> dict[str, torch.Tensor]:
             enc = tokenizer.encode_batch(list(texts), max_length=cfg.max_length)
-            return _to({k: torch.from_numpy(v) for k, v in enc.to_padded().items()}, device)
+            return _to({k: torch.from_numpy(v) for k, v in enc.to_padded().items()}, device, _host_keys(model))
 
         cvt = _CrossViewRun(model, cvt_texts, unlabeled_batch, tagger_cvt_loss, cfg, device, per_token=True)
 
@@ -384,6 +385,7 @@ def finetune_tagger(model: TokenClassifier, tokenizer, train: Sequence[TaggedSen
         records = _run_window(window, micro, [_micro_counts(batch["labels"], lm_batch) for batch, lm_batch in micro],
                               lambda _idx, batch: model(**batch).loss, step, cfg=cfg, device=device, acc=acc,
                               sched=sched, unfreezer=unfreezer, log=log, message=message, aux=aux,
+                              host=_host_keys(model),
                               cvt_step=(lambda: cvt.step(model, opt)) if cvt is not None else None)
         history += records
         step += len(records)

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -232,11 +232,10 @@ class AuxLM(nn.Module):
         """The mean MLM loss over the masked tokens of a :meth:`collate` batch (a 0 that keeps
         the graph when nothing is masked)."""
         enc = self.encoder[0]
-        device = enc.embeddings.word.weight.device
-        # the attention mask and the labels stay where the collator made them (the CPU): the
-        # encoder validates the mask there and gather_labelled finds the masked positions
-        # there, so neither reads the device; the ids are copied over without waiting
-        out = enc(_on(batch["input_ids"], device), _on(batch["token_type_ids"], device), batch["attention_mask"])
+        # everything stays where the collator made it (the CPU): the encoder range-checks the
+        # ids and validates the mask there and copies them over without waiting, and
+        # gather_labelled finds the masked positions there, so nothing reads the device
+        out = enc(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
         h, y = gather_labelled(out.last_hidden_state, batch["labels"])
         if y.numel() == 0:
             return out.last_hidden_state.sum() * 0.0
@@ -255,12 +254,24 @@ def _rows_of(batch: Mapping[str, torch.Tensor], key: str = "input_ids") -> list[
     return [col[i, :n] for i, n in enumerate(lens)]
 
 
-def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    """``batch`` on ``device``. Copies from the CPU are queued without waiting
+def _host_keys(model: nn.Module) -> frozenset[str]:
+    """The batch fields ``model`` takes on the CPU (its ``host_batch_keys``; none declared:
+    none)."""
+    return frozenset(getattr(model, "host_batch_keys", frozenset()))
+
+
+def _to(batch: dict[str, torch.Tensor], device: torch.device,
+        host: Collection[str] = frozenset()) -> dict[str, torch.Tensor]:
+    """``batch`` on ``device``, except the fields in ``host`` (the model's ``host_batch_keys``,
+    :func:`_host_keys`), which stay on the CPU: the model validates them there (range checks
+    of the ids, the attention mask; a bad value is a ``ValueError`` naming it, not a
+    device-side assert) and copies them over itself without waiting, so its forward needs no
+    device synchronisation (with every field on the device, the mask validation read it back
+    at every micro-batch). Copies from the CPU are queued without waiting
     (:func:`unimask.masks._on`: pinned, ``non_blocking``): a blocking host-to-device copy
     synchronises the device's stream, so it would wait, at every micro-batch, for all the work
     queued so far."""
-    return {k: _on(v, device) for k, v in batch.items()}
+    return {k: v if k in host else _on(v, device) for k, v in batch.items()}
 
 
 def _use_checkpointing(model: nn.Module, cfg: FinetuneConfig) -> None:
@@ -440,14 +451,16 @@ def _run_window(window: Sequence[tuple[int, int, _T]], micro: Sequence[tuple[Any
                 log: Callable[[str], None] | None, message: Callable[[int, int, _T, float], str],
                 aux: AuxLM | None = None,
                 cvt_step: Callable[[], tuple[torch.Tensor, dict[str, torch.Tensor]]] | None = None,
-                item_key: str | None = None, task_loss_only: bool = False) -> list[dict[str, Any]]:
+                item_key: str | None = None, task_loss_only: bool = False,
+                host: Collection[str] = frozenset()) -> list[dict[str, Any]]:
     """One optimizer step of a fine-tuning loop: the micro-batches of one :meth:`_Accumulator.windows`
     window, already built; returns their history records (steps ``step``, ``step + 1``, ...).
 
     ``window`` holds ``(epoch, batch number, item)`` per micro-batch and ``micro`` its
     ``(batch, lm_batch)`` (``lm_batch``: the auxiliary LM's masked copies, or None), ``counts``
     its scored targets per loss component (:func:`_micro_counts`), which weight the
-    micro-batches (:meth:`_Accumulator.weights`). Per micro-batch: the batch goes to ``device``,
+    micro-batches (:meth:`_Accumulator.weights`). Per micro-batch: the batch goes to ``device``
+    (but its fields in ``host``, the model's ``host_batch_keys``, which stay on the CPU: :func:`_to`),
     ``forward(item, batch)`` gives the task loss under the run's autocast, ``aux`` adds its
     masked-LM term (weight :func:`_aux_gamma`), :meth:`_Accumulator.backward` (stepping on the
     window's last micro-batch), ``cvt_step()`` (a CVT consistency step, ``(loss, {view: kl})``
@@ -463,7 +476,7 @@ def _run_window(window: Sequence[tuple[int, int, _T]], micro: Sequence[tuple[Any
     records: list[dict[str, Any]] = []
     for k, ((epoch, b, item), (batch, lm_batch)) in enumerate(zip(window, micro)):
         if not task_loss_only:
-            batch = _to(batch, device)
+            batch = _to(batch, device, host)
         with _autocast(cfg, device):
             task_loss = forward(item, batch)
             loss, terms, lm = _add_aux_lm(task_loss, aux, lm_batch, gamma)
@@ -708,7 +721,8 @@ def finetune_classifier(model: SequenceClassifier, tokenizer, train: Sequence[Ex
             raise ValueError("CVT unlabeled texts must be non-empty strings")
         if _check_pairs(cvt_rows, "unlabeled") != (train[0].text_pair is not None):
             raise ValueError("CVT unlabeled rows must have a text pair exactly when the training rows do")
-        cvt = _CrossViewRun(model, cvt_rows, lambda rows: _to(encode_examples(tokenizer, rows, cfg.max_length), device),
+        cvt = _CrossViewRun(model, cvt_rows,
+                            lambda rows: _to(encode_examples(tokenizer, rows, cfg.max_length), device, _host_keys(model)),
                             classifier_cvt_loss, cfg, device, per_token=False)
         cvt_heads = cvt.heads
     data: dict[str, Sequence[Example]] = {"main": train, **extra_tasks}
@@ -770,7 +784,7 @@ def finetune_classifier(model: SequenceClassifier, tokenizer, train: Sequence[Ex
             records = _run_window([(epoch, b, task) for task, b in window], micro,
                                   [_micro_counts(batch["labels"], lm_batch) for batch, lm_batch in micro], forward,
                                   step, cfg=cfg, device=device, acc=acc, sched=sched, unfreezer=unfreezer, log=log,
-                                  message=message, aux=aux, item_key="task",
+                                  message=message, aux=aux, item_key="task", host=_host_keys(model),
                                   cvt_step=(lambda: cvt.step(model, opt)) if cvt_heads is not None else None)
             history += records
             step += len(records)
@@ -800,7 +814,7 @@ def predict(model: SequenceClassifier, tokenizer, examples: Sequence[Example], m
             batch = encode_examples(tokenizer, chunk, max_length)
             if pack:
                 batch = pack_padded(batch, max_length)
-            out.append(model(**_to(batch, device)).logits.float().cpu())
+            out.append(model(**_to(batch, device, _host_keys(model))).logits.float().cpu())
     finally:
         model.train(was)
     return torch.cat(out)
