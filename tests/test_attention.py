@@ -121,22 +121,29 @@ def test_auto_on_cpu_is_sdpa(monkeypatch):
     assert torch.equal(unified_attention(q, k, v, MODE, SRC, SEQ, backend="reference"), reference_attention(q, k, v, MODE, SRC, SEQ))
 
 
-@pytest.mark.parametrize("hk", [2, 1], ids=["mha", "gqa"])
-def test_sdpa_path_matches_reference_fp64(hk):
-    """Forward and all three gradients, padded rows and a fully padded sample included."""
-    q, k, v = (t.requires_grad_() for t in _inputs(6, 2, hk, 7, 4, seed=5))
-    do = torch.randn(6, 2, 7, 4, dtype=torch.float64)
-    out = sdpa_attention(q, k, v, MODE, SRC, SEQ, scale=0.6)
+def assert_sdpa_matches_reference(q, k, v, mode, src, seq, **kw) -> None:
+    """``sdpa_attention(q, k, v, mode, src, seq, scale=0.6, **kw)`` against the fp64
+    ``reference_attention``: output and the three gradients, and padded query rows (and their
+    gradients) exactly zero. ``q``, ``k``, ``v``: fp64 leaves."""
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+    do = torch.randn_like(q)
+    out = sdpa_attention(q, k, v, mode, src, seq, scale=0.6, **kw)
     grads = torch.autograd.grad(out, (q, k, v), do)
     q2, k2, v2 = (t.detach().clone().requires_grad_() for t in (q, k, v))
-    want = reference_attention(q2, k2, v2, MODE, SRC, SEQ, scale=0.6)
+    want = reference_attention(q2, k2, v2, mode, src, seq, scale=0.6)
     want_grads = torch.autograd.grad(want, (q2, k2, v2), do)
     torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-12)
     for g, w in zip(grads, want_grads):
         torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
-    for b, n in enumerate(SEQ.tolist()):
+    for b, n in enumerate(torch.as_tensor(seq).tolist()):
         assert not out[b, :, n:].any() and not grads[0][b, :, n:].any()
         assert not grads[1][b, :, n:].any() and not grads[2][b, :, n:].any()
+
+
+@pytest.mark.parametrize("hk", [2, 1], ids=["mha", "gqa"])
+def test_sdpa_path_matches_reference_fp64(hk):
+    """Forward and all three gradients, padded rows and a fully padded sample included."""
+    assert_sdpa_matches_reference(*_inputs(6, 2, hk, 7, 4, seed=5), MODE, SRC, SEQ)
 
 
 def test_sdpa_path_dropout_seeded():

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 import unimask.attention as A
+from test_attention import assert_sdpa_matches_reference
 from test_validation_syncs import DEV, FakeDevice, dev, on_dev, values
 from unimask.attention import (
     reference_attention,
@@ -75,19 +76,7 @@ def test_sdpa_matches_the_fp64_reference(name, hk, check):
     """Forward and the three gradients against reference_attention, every kind of batch;
     padded query rows (and padded keys) exactly zero, in output and gradients."""
     mode, src, seq = _ints(name)
-    q, k, v = (t.requires_grad_() for t in _qkv(len(mode), 2, hk, seed=len(name)))
-    do = torch.randn_like(q)
-    out = sdpa_attention(q, k, v, mode, src, seq, scale=0.6, check=check)
-    grads = torch.autograd.grad(out, (q, k, v), do)
-    q2, k2, v2 = (t.detach().clone().requires_grad_() for t in (q, k, v))
-    want = reference_attention(q2, k2, v2, mode, src, seq, scale=0.6)
-    want_grads = torch.autograd.grad(want, (q2, k2, v2), do)
-    torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-12)
-    for g, w in zip(grads, want_grads):
-        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
-    for b, n in enumerate(seq.tolist()):
-        assert not out[b, :, n:].any() and not grads[0][b, :, n:].any()
-        assert not grads[1][b, :, n:].any() and not grads[2][b, :, n:].any()
+    assert_sdpa_matches_reference(*_qkv(len(mode), 2, hk, seed=len(name)), mode, src, seq, check=check)
 
 
 class _Spy:
