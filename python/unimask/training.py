@@ -313,6 +313,12 @@ def _weighted_loss(out: Any, counts: dict[str, int], weights: dict[str, float | 
     return terms[0] if len(terms) == 1 else sum(terms[1:], terms[0])
 
 
+def _host_batch_keys(model: nn.Module) -> frozenset[str]:
+    """The batch fields ``model`` takes on the CPU (its ``host_batch_keys``: it validates them
+    there and copies them to its device itself, without waiting); none declared: none."""
+    return frozenset(getattr(model, "host_batch_keys", frozenset()))
+
+
 def _full(t: torch.Tensor) -> torch.Tensor:
     """A scalar tensor made whole: a DTensor (FSDP2's total grad norm) becomes a plain tensor
     (a collective), anything else is returned as it is. It stays on the device (no host sync)."""
@@ -518,7 +524,7 @@ class Trainer:
         before the forward, with a blocking copy (a synchronisation each), so there everything is
         moved here, without waiting, and the model reads its integers back in one transfer (and
         does not range-check the embedding ids)."""
-        host = frozenset() if self.sharded else getattr(self.model, "host_batch_keys", frozenset())
+        host = frozenset() if self.sharded else _host_batch_keys(self.model)
         return {k: _on(v, self.device) if isinstance(v, torch.Tensor) and k not in host else v
                 for k, v in batch.items()}
 

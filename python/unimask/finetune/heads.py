@@ -46,6 +46,7 @@ from ..models.encoder import TransformerEncoder
 from ..models.heads import gather_labelled
 from ..models.pretraining import _mean_ce
 from .._checks import check_number
+from ..training import _host_batch_keys
 from .data import LabelMap
 
 __all__ = [
@@ -625,7 +626,7 @@ class Seq2SeqFinetuner(nn.Module):
     @property
     def host_batch_keys(self) -> frozenset[str]:
         """The wrapped model's ``host_batch_keys`` (the batch goes to it as it is)."""
-        return getattr(self.model, "host_batch_keys", frozenset())
+        return _host_batch_keys(self.model)
 
     def forward(self, **batch: torch.Tensor):
         return self.model(**batch)
@@ -694,7 +695,7 @@ class MassFinetuner(nn.Module):
     @property
     def host_batch_keys(self) -> frozenset[str]:
         """The wrapped model's ``host_batch_keys`` (the batch goes to it as it is)."""
-        return getattr(self.model, "host_batch_keys", frozenset())
+        return _host_batch_keys(self.model)
 
     def forward(self, **batch: torch.Tensor):
         return self.model(**batch)

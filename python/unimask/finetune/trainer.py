@@ -44,6 +44,7 @@ from ..masks import _on
 from ..models.encoder import set_gradient_checkpointing
 from ..models.heads import MLMHead, gather_labelled
 from ..packing import pack_padded
+from ..training import _host_batch_keys as _host_keys
 from ..training import _host_floats, configure_optimizers, linear_schedule
 from .._checks import check_number as _config_number
 from .cvt import CrossViewHeads, classifier_cvt_loss, cross_view_kl
@@ -252,12 +253,6 @@ def _rows_of(batch: Mapping[str, torch.Tensor], key: str = "input_ids") -> list[
     lens = batch["attention_mask"].sum(1).tolist()
     col = batch[key].cpu()
     return [col[i, :n] for i, n in enumerate(lens)]
-
-
-def _host_keys(model: nn.Module) -> frozenset[str]:
-    """The batch fields ``model`` takes on the CPU (its ``host_batch_keys``; none declared:
-    none)."""
-    return frozenset(getattr(model, "host_batch_keys", frozenset()))
 
 
 def _to(batch: dict[str, torch.Tensor], device: torch.device,
